@@ -1,0 +1,65 @@
+"""``rerank-convert``: build a verified ONNX model folder from a checkpoint or a GGUF file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from converters.catalog import CATALOG, resolve
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="rerank-convert",
+        description="Convert a cross-encoder reranker (Hugging Face checkpoint, Hub repo id, catalog name, "
+                    "or GGUF file) into a verified ONNX model folder.",
+    )
+    p.add_argument("source", nargs="?", help="catalog name, Hub repo id, local checkpoint folder, or .gguf file")
+    p.add_argument("--name", help="served model name (default: the catalog name or the folder's name)")
+    p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models)")
+    p.add_argument("--force", action="store_true", help="replace an existing model folder")
+    p.add_argument("--list", action="store_true", help="list the supported models and exit")
+    a = p.parse_args(argv)
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if a.list:
+        from rich.table import Table
+
+        table = Table(title="Supported rerankers")
+        for column in ("name", "Hub repo", "GGUF repo", "architecture", "params", "max length", "licence"):
+            table.add_column(column)
+        for entry in CATALOG.values():
+            table.add_row(entry.name, entry.hub_repo, entry.gguf_repo, entry.architecture, entry.params,
+                          str(entry.max_length), entry.licence + (" (non-commercial)" if "nc" in entry.licence.lower() else ""))
+        Console().print(table)
+        return 0
+    if not a.source:
+        p.error("a source is required (or --list)")
+
+    from converters.sources import load_source
+    from converters.convert import VerificationError, convert
+
+    source, entry = resolve(a.source)
+    name = a.name or (entry.name if entry else Path(source.rstrip("/")).stem.replace(".", "-"))
+    with console.status(f"reading {source}") as status:
+        def progress(message: str) -> None:
+            console.log(message)
+            status.update(message)
+
+        try:
+            bundle = load_source(source, progress=progress)
+            result = convert(bundle.loaded, name=name, out_dir=a.out, source_folder=bundle.folder,
+                             tokenizer=bundle.tokenizer, reference=bundle.reference,
+                             licence=entry.licence if entry else "", progress=progress, force=a.force)
+        except (VerificationError, FileExistsError, ValueError) as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            return 1
+    console.print(f"[green]wrote[/] {result.folder} (max |Δ| {result.max_abs_diff:.2e} on {result.probes} probes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

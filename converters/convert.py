@@ -1,0 +1,139 @@
+"""The conversion pipeline: source -> canonical weights -> ONNX -> verified model folder.
+
+Nothing is written to the final folder until the graph has been checked against the reference
+implementation on the probe pairs; the folder is assembled in a temporary sibling directory and
+moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from converters import onnx_graph
+from converters.probes import probe_pairs
+from converters.spec import LoadedModel
+from service.backends.onnx import OnnxBackend
+from service.core.batching import pad
+from service.core.model_folder import ModelFolderConfig, Variant, write_config
+from service.core.tokenization import PairEncoder, template_from_tokenizer
+
+TOLERANCE = 1e-4
+"""Largest accepted |logit difference| between the fp32 graph and the reference."""
+
+Progress = Callable[[str], None]
+
+
+class VerificationError(RuntimeError):
+    """The converted graph does not score like the reference; nothing was written."""
+
+
+@dataclass(frozen=True)
+class Result:
+    folder: Path
+    max_abs_diff: float
+    probes: int
+
+
+def onnx_scores(folder: Path, config: ModelFolderConfig, pairs: list[tuple[str, str]], variant: str = "fp32") -> np.ndarray:
+    """Scores ``pairs`` through the service's own encoder and backend (one pair per run)."""
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    backend = OnnxBackend(folder, config, variant=variant, device="cpu")
+    scores = []
+    for query, document in pairs:
+        encoded = encoder.encode(query, [document])
+        batch = pad(encoded.pairs, config.template.pad_id, config.type_ids_input)
+        scores.append(float(backend.run(batch)[0]))
+    return np.asarray(scores)
+
+
+def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out: Path) -> Tokenizer:
+    """Copies (or, from slow-tokenizer files, builds) ``tokenizer.json`` into ``out``."""
+    if tokenizer is None:
+        assert source_folder is not None
+        path = source_folder / "tokenizer.json"
+        if not path.exists():
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(source_folder)).save_pretrained(str(out / "_hf_tok"))
+            path = out / "_hf_tok" / "tokenizer.json"
+        tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    tokenizer.save(str(out / "tokenizer.json"))
+    shutil.rmtree(out / "_hf_tok", ignore_errors=True)
+    return tokenizer
+
+
+def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Path | None,
+            tokenizer: Tokenizer | None = None, reference: Callable[[list[tuple[str, str]]], np.ndarray] | None = None,
+            licence: str = "", progress: Progress = print, force: bool = False) -> Result:
+    """Writes ``out_dir/name`` for ``loaded`` after verifying it against ``reference``.
+
+    ``reference`` maps pairs to reference logits; by default the transformers model read from
+    ``source_folder``.
+    """
+    final = out_dir / name
+    if final.exists() and not force:
+        raise FileExistsError(f"{final} exists; pass --force to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+    try:
+        spec = loaded.spec
+        progress(f"tokenizer: writing tokenizer.json")
+        tok = write_tokenizer(source_folder, tokenizer, work)
+        template = template_from_tokenizer(tok, pad_id=spec.pad_id)
+        progress(f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}")
+        model = onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
+        onnx_graph.save(model, work / "model.onnx")
+        del model
+        config = ModelFolderConfig(
+            name=name, architecture=spec.family, max_length=spec.max_length, template=template,
+            type_ids_input=spec.type_ids_input,
+            variants={"fp32": Variant(file="model.onnx", precision="fp32")},
+            source={"ref": loaded.source, "format": loaded.source_format, "dtype": loaded.source_dtype,
+                    "sha256": loaded.files_sha256,
+                    "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+            spec=spec.to_json(), notes=tuple(loaded.notes), licence=licence, opset=onnx_graph.OPSET,
+        )
+        write_config(work, config)
+
+        pairs = probe_pairs(spec.max_length)
+        progress(f"verify: scoring {len(pairs)} probe pairs with ONNX Runtime")
+        ours = onnx_scores(work, config, pairs)
+        progress("verify: scoring them with the reference implementation")
+        if reference is None:
+            from converters.reference import reference_scores
+
+            assert source_folder is not None
+            theirs = reference_scores(source_folder, loaded, pairs)
+        else:
+            theirs = reference(pairs)
+        diff = float(np.max(np.abs(ours - theirs)))
+        progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
+        if not np.isfinite(diff) or diff > TOLERANCE:
+            worst = int(np.argmax(np.abs(ours - theirs)))
+            raise VerificationError(
+                f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
+                f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
+            )
+        config = ModelFolderConfig(**{**config.__dict__, "verification": {
+            "reference": "transformers" if reference is None else "custom",
+            "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,
+        }})
+        write_config(work, config)
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+        progress(f"done: {final}")
+        return Result(final, diff, len(pairs))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

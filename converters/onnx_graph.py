@@ -1,0 +1,231 @@
+"""Builds the ONNX graph of a cross-encoder from an :class:`~converters.spec.EncoderSpec`.
+
+One definition covers every supported family (XLM-R, BERT, JinaBERT, GTE); the spec switches
+the three places where they differ: positions (learned table, ALiBi bias, RoPE rotation), the
+feed-forward (GELU, GEGLU, GTE's gated GELU) and the classifier head.
+
+Graph interface (what :mod:`service.backends.onnx` feeds):
+
+* inputs ``input_ids`` and ``attention_mask``: int64 ``[batch, sequence]``, right padded;
+  ``token_type_ids`` as well when ``spec.type_ids_input``;
+* output ``logits``: float32 ``[batch]``, the raw relevance logit of each pair.
+
+Only standard ONNX operators are used (opset 17), written in the shapes that ONNX Runtime's
+graph optimiser recognises (erf GELU, LayerNormalization), so the plain graph is portable and
+still fast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.spec import EncoderSpec, Weights, alibi_slopes
+
+OPSET = 17
+MASK_VALUE = float(np.finfo(np.float32).min)
+"""Additive bias for padded keys, as transformers uses: exp() of it underflows to exactly 0."""
+
+
+class _Builder:
+    """Accumulates nodes and initializers, naming intermediate values uniquely."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, value: np.ndarray | float | int | list, hint: str = "c") -> str:
+        array = np.asarray(value)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def ops(self, op_type: str, inputs: list[str], n_out: int, hint: str, **attrs) -> list[str]:
+        outs = [self.name(f"{hint}{i}") for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))
+        return outs
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
+        """``x @ weight.T + bias`` with ``weight`` in PyTorch's [out, in] orientation."""
+        y = self.op("MatMul", x, self.const(np.ascontiguousarray(weight.T), f"{hint}_w"), hint=hint)
+        if bias is not None:
+            y = self.op("Add", y, self.const(bias, f"{hint}_b"), hint=f"{hint}_bias")
+        return y
+
+    def layer_norm(self, x: str, w: np.ndarray, b: np.ndarray, eps: float, hint: str) -> str:
+        return self.op(
+            "LayerNormalization", x, self.const(w, f"{hint}_g"), self.const(b, f"{hint}_b"),
+            axis=-1, epsilon=float(eps), hint=hint,
+        )
+
+    def gelu(self, x: str) -> str:
+        # Exact (erf) GELU, written as ONNX Runtime's GELU fusion expects it.
+        scaled = self.op("Div", x, self.const(np.float32(math.sqrt(2.0))))
+        erf = self.op("Erf", scaled)
+        one_plus = self.op("Add", erf, self.const(np.float32(1.0)))
+        return self.op("Mul", self.op("Mul", x, one_plus), self.const(np.float32(0.5)), hint="gelu")
+
+
+def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross_encoder") -> onnx.ModelProto:
+    """Returns the float32 ONNX model for ``spec`` with ``weights`` baked in as initializers."""
+    b = _Builder()
+    H, N, D = spec.hidden, spec.heads, spec.head_dim
+    w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+
+    input_ids, attention_mask = "input_ids", "attention_mask"
+    graph_inputs = [
+        helper.make_tensor_value_info(input_ids, TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info(attention_mask, TensorProto.INT64, ["batch", "sequence"]),
+    ]
+    if spec.type_ids_input:
+        graph_inputs.append(
+            helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"])
+        )
+
+    shape = b.op("Shape", input_ids)
+    seq_len = b.op("Gather", shape, b.const(np.array([1], dtype=np.int64)), axis=0, hint="seq_len")
+    seq_scalar = b.op("Squeeze", seq_len, b.const(np.array([0], dtype=np.int64)))
+    positions = b.op(
+        "Range", b.const(np.array(0, dtype=np.int64)), seq_scalar, b.const(np.array(1, dtype=np.int64)),
+        hint="positions",
+    )
+
+    # --- embeddings -------------------------------------------------------------------------
+    x = b.op("Gather", b.const(w["emb.word"], "word_embeddings"), input_ids, axis=0, hint="word")
+    if spec.positions == "learned":
+        if spec.positions_from_pad:
+            # XLM-R: real tokens count up from pad_id + 1, pad tokens sit at pad_id.
+            not_pad = b.op("Cast", b.op("Not", b.op("Equal", input_ids, b.const(np.array(spec.pad_id, dtype=np.int64)))), to=TensorProto.INT64)
+            counted = b.op("Mul", b.op("CumSum", not_pad, b.const(np.array(1, dtype=np.int64))), not_pad)
+            pos_ids = b.op("Add", counted, b.const(np.array(spec.pad_id, dtype=np.int64)), hint="position_ids")
+        else:
+            pos_ids = b.op("Add", positions, b.const(np.array(spec.position_offset, dtype=np.int64)))
+        pos = b.op("Gather", b.const(w["emb.pos"], "position_embeddings"), pos_ids, axis=0, hint="pos")
+        x = b.op("Add", x, pos)
+    if "emb.type" in w:
+        if spec.type_ids_input:
+            types = b.op("Gather", b.const(w["emb.type"], "type_embeddings"), "token_type_ids", axis=0)
+            x = b.op("Add", x, types)
+        else:
+            # Every token has type 0: add that row as a constant.
+            x = b.op("Add", x, b.const(w["emb.type"][0], "type0_embedding"))
+    x = b.layer_norm(x, w["emb.ln.w"], w["emb.ln.b"], spec.layer_norm_eps, "emb_ln")
+
+    # --- attention bias: padding mask, plus ALiBi where used --------------------------------
+    mask_f = b.op("Cast", attention_mask, to=TensorProto.FLOAT)
+    inv = b.op("Sub", b.const(np.float32(1.0)), mask_f)
+    bias = b.op("Mul", inv, b.const(np.float32(MASK_VALUE)))
+    bias = b.op("Unsqueeze", bias, b.const(np.array([1, 2], dtype=np.int64)), hint="mask_bias")  # [B,1,1,S]
+    if spec.positions == "alibi":
+        pos_f = b.op("Cast", positions, to=TensorProto.FLOAT)
+        rows = b.op("Unsqueeze", pos_f, b.const(np.array([1], dtype=np.int64)))
+        cols = b.op("Unsqueeze", pos_f, b.const(np.array([0], dtype=np.int64)))
+        distance = b.op("Abs", b.op("Sub", rows, cols))  # [S,S]
+        slopes = -alibi_slopes(N).reshape(1, N, 1, 1)
+        alibi = b.op("Mul", b.const(slopes, "alibi_slopes"), distance, hint="alibi")  # [1,N,S,S]
+        bias = b.op("Add", bias, alibi, hint="attention_bias")
+
+    cos = sin = None
+    if spec.positions == "rope":
+        cos_table, sin_table = rope_tables(spec)
+        start = b.const(np.array([0], dtype=np.int64))
+        axis0 = b.const(np.array([0], dtype=np.int64))
+        cos = b.op("Slice", b.const(cos_table, "rope_cos"), start, seq_len, axis0, hint="cos")
+        sin = b.op("Slice", b.const(sin_table, "rope_sin"), start, seq_len, axis0, hint="sin")
+
+    qkv_shape = b.const(np.array([0, 0, 3, N, D], dtype=np.int64))
+    merge_shape = b.const(np.array([0, 0, H], dtype=np.int64))
+    scale = b.const(np.float32(1.0 / math.sqrt(D)))
+
+    def rotate(t: str) -> str:
+        first, second = b.ops("Split", [t], 2, "half", axis=-1)
+        rotated = b.op("Concat", b.op("Neg", second), first, axis=-1)
+        return b.op("Add", b.op("Mul", t, cos), b.op("Mul", rotated, sin), hint="rope")
+
+    # --- encoder layers (post-LayerNorm) ------------------------------------------------------
+    for i in range(spec.num_layers):
+        p = f"L{i}."
+        qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
+        qkv = b.op("Transpose", b.op("Reshape", qkv, qkv_shape), perm=[2, 0, 3, 1, 4])  # [3,B,N,S,D]
+        q, k, v = (
+            b.op("Squeeze", part, b.const(np.array([0], dtype=np.int64)))
+            for part in b.ops("Split", [qkv], 3, f"l{i}_split", axis=0)
+        )
+        if cos is not None:
+            q, k = rotate(q), rotate(k)
+        scores = b.op("MatMul", b.op("Mul", q, scale), b.op("Transpose", k, perm=[0, 1, 3, 2]), hint=f"l{i}_scores")
+        probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")
+        context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
+        context = b.op("Reshape", context, merge_shape, hint=f"l{i}_context")
+        attn = b.linear(context, w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
+        x = b.layer_norm(b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln")
+
+        up = b.linear(x, w[p + "up.w"], w.get(p + "up.b"), f"l{i}_up")
+        if spec.feed_forward == "gelu":
+            hidden = b.gelu(up)
+        else:
+            first, second = b.ops("Split", [up], 2, f"l{i}_glu", axis=-1)
+            if spec.feed_forward == "geglu":
+                hidden = b.op("Mul", b.gelu(first), second)
+            else:  # gelu-gated-second (GTE): [up | gate] -> up * gelu(gate)
+                hidden = b.op("Mul", first, b.gelu(second))
+        down = b.linear(hidden, w[p + "down.w"], w[p + "down.b"], f"l{i}_down")
+        x = b.layer_norm(b.op("Add", down, x), w[p + "ffn_ln.w"], w[p + "ffn_ln.b"], spec.layer_norm_eps, f"l{i}_ffn_ln")
+
+    # --- classifier head on the first token -------------------------------------------------
+    first_token = b.op("Gather", x, b.const(np.array(0, dtype=np.int64)), axis=1, hint="cls")
+    if spec.head == "tanh":
+        score = b.op("Tanh", b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out"))
+    else:
+        pooled = b.op("Tanh", b.linear(first_token, w["head.dense.w"], w["head.dense.b"], "head_dense"))
+        score = b.linear(pooled, w["head.out.w"], w["head.out.b"], "head_out")
+    logits = "logits"
+    b.nodes.append(helper.make_node("Squeeze", [score, b.const(np.array([1], dtype=np.int64))], [logits], name="logits"))
+
+    graph = helper.make_graph(
+        b.nodes, graph_name, graph_inputs,
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch"])],
+        initializer=b.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rerank-convert")
+    model.ir_version = 8
+    return model
+
+
+def rope_tables(spec: EncoderSpec) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables ``[max_length, head_dim]`` for NeoX-style (rotate-half) RoPE.
+
+    Computed the way transformers does (float32 inverse frequencies, positions divided by the
+    linear scale) so the rotation matches the reference bit for bit in most entries.
+    """
+    D = spec.head_dim
+    inv_freq = 1.0 / (np.float32(spec.rope_base) ** (np.arange(0, D, 2, dtype=np.int64).astype(np.float32) / D))
+    t = np.arange(spec.max_length, dtype=np.float32) / np.float32(spec.rope_position_scale)
+    freqs = np.outer(t, inv_freq.astype(np.float32)).astype(np.float32)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def save(model: onnx.ModelProto, path) -> None:
+    """Saves ``model``; weights go to ``<name>.data`` beside it when over protobuf's 2 GiB cap."""
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > 1_800_000_000:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))

@@ -1,0 +1,1 @@
+"""Envoy gateway: descriptor build, config rendering and process control."""

@@ -1,0 +1,88 @@
+"""ONNX Runtime backend: one session per model, on CUDA when available, else on the CPU.
+
+The backend's only job is ``run(batch) -> logits``. Which graph variant runs, and on which
+execution provider, is decided here from what the model folder offers and what this machine
+has (``onnxruntime-gpu`` with a visible GPU selects CUDA and the fp16 graph).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.model_folder import ModelFolderConfig, Variant
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+# Preference order when the server is free to choose.
+CPU_PREFERENCE = ("fp32-fused", "fp32")
+CUDA_PREFERENCE = ("fp16", "fp32-fused", "fp32")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded micro-batch: int64 arrays ``[pairs, longest]``."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray | None
+
+
+def available_device() -> str:
+    """``cuda`` when ONNX Runtime can reach a GPU here, else ``cpu``."""
+    return "cuda" if CUDA in ort.get_available_providers() else "cpu"
+
+
+def choose_variant(config: ModelFolderConfig, device: str, requested: str | None = None) -> str:
+    """Picks the graph variant to serve: ``requested`` if given, else the best one for ``device``."""
+    if requested:
+        if requested not in config.variants:
+            raise ValueError(f"model {config.name!r} has no variant {requested!r}; it has {sorted(config.variants)}")
+        return requested
+    for key in CUDA_PREFERENCE if device == "cuda" else CPU_PREFERENCE:
+        variant = config.variants.get(key)
+        if variant and variant.device in ("any", device):
+            return key
+    return "fp32"
+
+
+class OnnxBackend:
+    """Runs one model folder's chosen graph. ``run`` is blocking; call it from a worker thread."""
+
+    def __init__(self, folder: Path, config: ModelFolderConfig, *, variant: str | None = None,
+                 device: str | None = None, threads: int | None = None) -> None:
+        self.device = device or available_device()
+        self.variant_key = choose_variant(config, self.device, variant)
+        self.variant: Variant = config.variants[self.variant_key]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Inference runs one micro-batch at a time per model, so every core goes to intra-op work.
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers: list = [CPU]
+        if self.device == "cuda":
+            providers = [(CUDA, {"cudnn_conv_algo_search": "DEFAULT"}), CPU]
+        self.session = ort.InferenceSession(str(folder / self.variant.file), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.precision = self.variant.precision
+        log.info("loaded %s variant %s (%s) on %s", config.name, self.variant_key, self.variant.file, self.provider)
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Returns float64 logits ``[pairs]`` for ``batch``."""
+        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = (
+                batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)
+            )
+        (logits,) = self.session.run(["logits"], feed)
+        return np.asarray(logits, dtype=np.float64).reshape(-1)

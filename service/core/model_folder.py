@@ -1,0 +1,135 @@
+"""The model folder: one directory per served model, Triton-style, written by rerank-convert.
+
+Layout::
+
+    models/<name>/
+        rerank.json        this file's :class:`ModelFolderConfig`
+        tokenizer.json     a Hugging Face ``tokenizers`` file
+        model.onnx         float32 reference graph (``model.onnx.data`` beside it when > 2 GiB)
+        model.*.onnx       optional optimised variants, listed in ``rerank.json``
+
+The service reads only this folder: no network, no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "rerank.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """How a (query, document) pair becomes one token sequence.
+
+    Each special token is ``(token_id, token_type_id)``. XLM-R: ``<s> q </s></s> d </s>``, all
+    type 0. BERT: ``[CLS] q [SEP] d [SEP]`` with the document and its ``[SEP]`` of type 1.
+    """
+
+    prefix: tuple[tuple[int, int], ...]
+    middle: tuple[tuple[int, int], ...]
+    suffix: tuple[tuple[int, int], ...]
+    query_type: int = 0
+    document_type: int = 0
+    pad_id: int = 0
+
+    @property
+    def special_count(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PairTemplate":
+        def pairs(items: list) -> tuple[tuple[int, int], ...]:
+            return tuple((int(a), int(b)) for a, b in items)
+
+        return cls(pairs(data["prefix"]), pairs(data["middle"]), pairs(data["suffix"]),
+                   int(data.get("query_type", 0)), int(data.get("document_type", 0)), int(data.get("pad_id", 0)))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX graph of the model: the float32 reference or an optimised form of it."""
+
+    file: str
+    precision: str
+    """``fp32``, ``fp16`` or ``int8``."""
+    device: str = "any"
+    """Where it is meant to run: ``any``, ``cpu`` or ``cuda``."""
+    fused: bool = False
+    gate: dict[str, Any] = field(default_factory=dict)
+    """Accuracy figures against fp32 on the probe set, recorded when the variant was written."""
+
+
+@dataclass(frozen=True)
+class ModelFolderConfig:
+    """Everything the service needs to know about a model besides its weights."""
+
+    name: str
+    architecture: str
+    max_length: int
+    template: PairTemplate
+    type_ids_input: bool
+    variants: dict[str, Variant]
+    source: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    licence: str = ""
+    opset: int = 17
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["template"] = {
+            "prefix": [list(p) for p in self.template.prefix],
+            "middle": [list(p) for p in self.template.middle],
+            "suffix": [list(p) for p in self.template.suffix],
+            "query_type": self.template.query_type,
+            "document_type": self.template.document_type,
+            "pad_id": self.template.pad_id,
+        }
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelFolderConfig":
+        if int(data.get("format", 0)) != FORMAT_VERSION:
+            raise ValueError(f"model folder format {data.get('format')!r} is not {FORMAT_VERSION}; reconvert the model")
+        variants = {k: Variant(**v) for k, v in data["variants"].items()}
+        return cls(
+            name=data["name"], architecture=data["architecture"], max_length=int(data["max_length"]),
+            template=PairTemplate.from_json(data["template"]), type_ids_input=bool(data["type_ids_input"]),
+            variants=variants, source=data.get("source", {}), spec=data.get("spec", {}),
+            verification=data.get("verification", {}), notes=tuple(data.get("notes", ())),
+            licence=data.get("licence", ""), opset=int(data.get("opset", 17)),
+        )
+
+
+def read_model_folder(folder: Path) -> ModelFolderConfig:
+    """Reads and checks ``folder/rerank.json``; raises ``ValueError`` naming what is wrong."""
+    path = folder / CONFIG_NAME
+    if not path.exists():
+        raise ValueError(f"{folder}: no {CONFIG_NAME}; is this a folder written by rerank-convert?")
+    config = ModelFolderConfig.from_json(json.loads(path.read_text()))
+    for required in ("tokenizer.json",):
+        if not (folder / required).exists():
+            raise ValueError(f"{folder}: missing {required}")
+    for key, variant in config.variants.items():
+        if not (folder / variant.file).exists():
+            raise ValueError(f"{folder}: variant {key!r} lists {variant.file}, which is missing")
+    return config
+
+
+def write_config(folder: Path, config: ModelFolderConfig) -> Path:
+    path = folder / CONFIG_NAME
+    path.write_text(json.dumps(config.to_json(), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def find_model_folders(root: Path) -> list[Path]:
+    """Every direct subfolder of ``root`` that holds a ``rerank.json``, sorted by name."""
+    return sorted(p.parent for p in root.glob(f"*/{CONFIG_NAME}"))

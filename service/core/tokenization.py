@@ -1,0 +1,127 @@
+"""Turns a query and its documents into model-ready token sequences.
+
+The query is encoded once per request and never cut; each document is encoded without special
+tokens and then framed by the model's :class:`~service.core.model_folder.PairTemplate`. This
+is what ``tokenizer(query, document, truncation="only_second")`` produces, but it lets one query
+encoding serve every document, and lets a long document be split into windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.core.model_folder import PairTemplate
+
+LongDocuments = Literal["truncate", "window"]
+WINDOW_OVERLAP = 0.25
+"""Fraction of a window repeated at the start of the next one, so no sentence is only ever seen cut."""
+
+
+class QueryTooLong(ValueError):
+    """The query alone leaves no room for any document token."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One sequence to score: a whole document, its truncated head, or one of its windows."""
+
+    document: int
+    """Index of the document in the request."""
+    ids: np.ndarray
+    """int64 token ids, special tokens included."""
+    type_ids: np.ndarray
+    """int64 token type ids (all zero unless the model reads them)."""
+
+
+@dataclass(frozen=True)
+class EncodedRequest:
+    """All pairs of one request, plus per-document bookkeeping for the response."""
+
+    pairs: list[Pair]
+    truncated_tokens: list[int]
+    """Per document: tokens that no scored sequence contains."""
+    windows: list[int]
+    """Per document: how many sequences were scored."""
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(p.ids) for p in self.pairs)
+
+
+class PairEncoder:
+    """Encodes (query, documents) for one model. Thread-safe: ``tokenizers`` releases the GIL."""
+
+    def __init__(self, tokenizer_path: Path, template: PairTemplate, max_length: int) -> None:
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.template = template
+        self.max_length = max_length
+
+    def room_for_document(self, query_len: int) -> int:
+        return self.max_length - self.template.special_count - query_len
+
+    def encode(self, query: str, documents: list[str], long_documents: LongDocuments = "truncate") -> EncodedRequest:
+        """Encodes every pair; raises :class:`QueryTooLong` when the query leaves no room."""
+        query_ids = self.tokenizer.encode(query, add_special_tokens=False).ids
+        room = self.room_for_document(len(query_ids))
+        if room < 1:
+            raise QueryTooLong(
+                f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
+                f"pair including {self.template.special_count} special tokens, which leaves no room for a document"
+            )
+        doc_ids = [e.ids for e in self.tokenizer.encode_batch(documents, add_special_tokens=False)]
+        t = self.template
+        head = [i for i, _ in t.prefix] + query_ids + [i for i, _ in t.middle]
+        head_types = [ty for _, ty in t.prefix] + [t.query_type] * len(query_ids) + [ty for _, ty in t.middle]
+        tail = [i for i, _ in t.suffix]
+        tail_types = [ty for _, ty in t.suffix]
+
+        pairs: list[Pair] = []
+        truncated: list[int] = []
+        windows: list[int] = []
+        for index, ids in enumerate(doc_ids):
+            if long_documents == "window" and len(ids) > room:
+                step = max(1, room - int(room * WINDOW_OVERLAP))
+                starts = list(range(0, len(ids) - room + step, step))
+                chunks = [ids[s : s + room] for s in starts]
+                cut = 0
+            else:
+                chunks = [ids[:room]]
+                cut = max(0, len(ids) - room)
+            for chunk in chunks:
+                seq = head + chunk + tail
+                types = head_types + [t.document_type] * len(chunk) + tail_types
+                pairs.append(Pair(index, np.asarray(seq, dtype=np.int64), np.asarray(types, dtype=np.int64)))
+            truncated.append(cut)
+            windows.append(len(chunks))
+        return EncodedRequest(pairs, truncated, windows)
+
+
+def template_from_tokenizer(tokenizer: Tokenizer, pad_id: int) -> PairTemplate:
+    """Reads the pair template off a tokenizer's own post-processor.
+
+    Encodes a two-word pair with special tokens and sorts each token into prefix, middle or
+    suffix by which sequence it belongs to (special tokens belong to none).
+    """
+    enc = tokenizer.encode("a", "b", add_special_tokens=True)
+    plain = (tokenizer.encode("a", add_special_tokens=False), tokenizer.encode("b", add_special_tokens=False))
+    parts: dict[str, list[tuple[int, int]]] = {"prefix": [], "middle": [], "suffix": []}
+    seq_types = {0: 0, 1: 0}
+    seen: set[int] = set()
+    for token_id, type_id, seq in zip(enc.ids, enc.type_ids, enc.sequence_ids):
+        if seq is None:
+            where = "prefix" if not seen else ("middle" if seen == {0} else "suffix")
+            parts[where].append((token_id, type_id))
+        else:
+            seen.add(seq)
+            seq_types[seq] = type_id
+    if len(enc.ids) != sum(len(v) for v in parts.values()) + len(plain[0].ids) + len(plain[1].ids):
+        raise ValueError("the tokenizer's pair encoding is not prefix + query + middle + document + suffix")
+    return PairTemplate(tuple(parts["prefix"]), tuple(parts["middle"]), tuple(parts["suffix"]),
+                        seq_types[0], seq_types[1], pad_id)

@@ -1,0 +1,162 @@
+"""Session fixtures: tiny real checkpoints, converted by the real converter, served by the real
+gRPC server and the real Envoy, all on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from tests.fixtures.checkpoints import make_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-0123456789"
+OTHER_KEY = "second-key-abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(checkpoint_dir):
+    """``checkpoint(kind)``: the fixture checkpoint folder of one architecture, built once."""
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = make_checkpoint(kind, checkpoint_dir / kind, seed=0)
+        return cache[kind]
+
+    return get
+
+
+SERVED = {"xlmr-tiny": "xlmr", "bert-tiny": "bert"}
+"""Served model name -> fixture kind, for the end-to-end server."""
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, checkpoint) -> Path:
+    """A models directory written by ``rerank-convert`` (the real CLI, in a subprocess)."""
+    out = tmp_path_factory.mktemp("models")
+    for name, kind in SERVED.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "converters.cli", str(checkpoint(kind)), "--name", name, "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@dataclass
+class Stack:
+    grpc_port: int
+    rest_port: int
+    models_dir: Path
+    process: subprocess.Popen
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def wait_for_grpc(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"service exited with {proc.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError("service did not become healthy")
+
+
+def start_service(models_dir: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int, Path]:
+    port = free_port()
+    log = models_dir.parent / f"service-{port}.log"
+    full_env = {**os.environ, "RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--host", "127.0.0.1",
+         "--port", str(port), *extra],
+        cwd=REPO, env=full_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_grpc(port, proc)
+    except BaseException:
+        proc.kill()
+        raise RuntimeError(log.read_text()[-4000:])
+    return proc, port, log
+
+
+@pytest.fixture(scope="session")
+def stack(models_dir, tmp_path_factory):
+    """The real service plus the real Envoy in front of it."""
+    from gateway.envoy import start as start_envoy
+
+    proc, port, log = start_service(models_dir)
+    rest_port = free_port()
+    envoy = start_envoy(listen_port=rest_port, upstream_port=port, admin_port=free_port(),
+                        workdir=tmp_path_factory.mktemp("envoy"), listen_host="127.0.0.1")
+    try:
+        yield Stack(port, rest_port, models_dir, proc)
+    finally:
+        envoy.stop()
+        proc.send_signal(15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture()
+def rest(stack):
+    with httpx.Client(base_url=stack.rest, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture()
+def rest_anonymous(stack):
+    with httpx.Client(base_url=stack.rest, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def grpc_channel(stack):
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def stub(grpc_channel):
+    from service.protocol import rerank_pb2_grpc
+
+    return rerank_pb2_grpc.RerankServiceStub(grpc_channel)
+
+
+AUTH = (("authorization", f"Bearer {API_KEY}"),)

@@ -1,0 +1,139 @@
+"""Every bad input gets the stated status and a JSON body naming the problem."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tests.conftest import AUTH
+
+GOOD = {"model": "xlmr-tiny", "query": "q", "documents": ["a", "b"]}
+
+
+def bad(**changes):
+    body = {**GOOD, **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+CASES = [
+    # (request body, HTTP status, gRPC code, text the message must contain, field)
+    (bad(query=""), 400, 3, "query", "query"),
+    (bad(query="   "), 400, 3, "query", "query"),
+    (bad(query=...), 400, 3, "query", "query"),
+    (bad(documents=[]), 400, 3, "documents", "documents"),
+    (bad(documents=...), 400, 3, "documents", "documents"),
+    (bad(documents=["ok", 42]), 400, 3, "documents[1]", "documents[1]"),
+    (bad(documents=[None]), 400, 3, "documents[0]", "documents[0]"),
+    (bad(documents=[{"txt": "x"}]), 400, 3, "documents[0]", "documents[0]"),
+    (bad(documents=[{"text": 5}]), 400, 3, "documents[0]", "documents[0]"),
+    (bad(documents=[["nested"]]), 400, 3, "documents[0]", "documents[0]"),
+    (bad(top_n=0), 400, 3, "top_n", "top_n"),
+    (bad(top_n=-3), 400, 3, "top_n", "top_n"),
+    (bad(long_documents="chop"), 400, 3, "long_documents", "long_documents"),
+    (bad(model="nope"), 404, 5, "bert-tiny, xlmr-tiny", "model"),
+    (bad(model=...), 400, 3, "bert-tiny, xlmr-tiny", "model"),
+    (bad(documents=["x"] * 1001), 429, 8, "1000", "documents"),
+]
+
+
+@pytest.mark.parametrize("body,http,code,text,field", CASES)
+def test_rest_errors(rest, body, http, code, text, field):
+    response = rest.post("/v1/rerank", json=body)
+    assert response.status_code == http, response.text
+    error = response.json()
+    assert error["code"] == code
+    assert text in error["message"]
+    violations = [v for d in error["details"] if d["@type"].endswith("BadRequest") for v in d["field_violations"]]
+    assert violations and violations[0]["field"] == field
+
+
+def _value(item):
+    v = struct_pb2.Value()
+    if item is None:
+        v.null_value = 0
+    elif isinstance(item, str):
+        v.string_value = item
+    elif isinstance(item, dict):
+        v.struct_value.update(item)
+    elif isinstance(item, list):
+        v.list_value.extend(item)
+    else:
+        v.number_value = item
+    return v
+
+
+@pytest.mark.parametrize("body,http,code,text,field", CASES)
+def test_grpc_errors(stub, body, http, code, text, field):
+    from service.protocol import rerank_pb2
+
+    req = rerank_pb2.RerankRequest(model=body.get("model", ""), query=body.get("query", ""),
+                                   documents=[_value(d) for d in body.get("documents", [])],
+                                   long_documents=body.get("long_documents", ""))
+    if "top_n" in body:
+        req.top_n = body["top_n"]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Rerank(req, metadata=AUTH, timeout=30)
+    assert info.value.code().value[0] == code
+    assert text in info.value.details()
+    status = rpc_status.from_call(info.value)
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields += [v.field for v in bad_request.field_violations]
+    assert fields == [field]
+
+
+def test_query_too_long_for_window(rest):
+    response = rest.post("/v1/rerank", json=bad(query="panda " * 400))
+    assert response.status_code == 400
+    assert "query" in response.json()["message"] and "128" in response.json()["message"]
+
+
+@pytest.mark.parametrize("raw,fragment", [(b"{not json", ""), (b"[1,2]", "")])
+def test_malformed_json(rest, raw, fragment):
+    response = rest.post("/v1/rerank", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["code"] == 3 and response.json()["message"]
+
+
+def test_wrong_type_field(rest):
+    response = rest.post("/v1/rerank", json={**GOOD, "query": 123})
+    assert response.status_code == 400
+    assert "query" in response.json()["message"]
+
+
+def test_unknown_path_and_wrong_method(rest):
+    unknown = rest.post("/v1/nothing", json=GOOD)
+    assert unknown.status_code == 404 and unknown.json()["message"]
+    get = rest.get("/v1/rerank")
+    assert get.status_code == 405 and get.json()["message"] == "Method Not Allowed"
+
+
+def test_unknown_query_parameter_is_ignored(rest):
+    response = rest.post("/v1/rerank?foo=bar", json=GOOD)
+    assert response.status_code == 200
+
+
+def test_oversized_body_is_413(rest):
+    response = rest.post("/v1/rerank", json={**GOOD, "documents": ["x" * 1_000_000] * 5})
+    assert response.status_code == 413
+    assert response.json()["message"]
+
+
+def test_oversized_grpc_message_is_resource_exhausted(stub):
+    from service.protocol import rerank_pb2
+
+    req = rerank_pb2.RerankRequest(model="xlmr-tiny", query="q", documents=[_value("x" * 1_000_000)] * 5)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Rerank(req, metadata=AUTH, timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_server_survives_bad_inputs(rest):
+    assert rest.post("/v1/rerank", json=GOOD).status_code == 200
