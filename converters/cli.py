@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bundle = load_source(source, progress=progress)
             result = convert(bundle.loaded, name=name, out_dir=a.out, source_folder=bundle.folder,
-                             tokenizer=bundle.tokenizer, reference=bundle.reference,
+                             tokenizer=bundle.tokenizer,
                              licence=entry.licence if entry else "", progress=progress, force=a.force)
         except (VerificationError, FileExistsError, ValueError) as exc:
             console.print(f"[bold red]error:[/] {exc}")

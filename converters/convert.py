@@ -54,32 +54,48 @@ def onnx_scores(folder: Path, config: ModelFolderConfig, pairs: list[tuple[str, 
     return np.asarray(scores)
 
 
-def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out: Path) -> Tokenizer:
-    """Copies (or, from slow-tokenizer files, builds) ``tokenizer.json`` into ``out``."""
-    if tokenizer is None:
-        assert source_folder is not None
-        path = source_folder / "tokenizer.json"
-        if not path.exists():
-            from transformers import AutoTokenizer
+def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
+                      pairs: list[tuple[str, str]]) -> tuple[np.ndarray, str]:
+    """Reference logits for ``pairs``, and a name for the reference used."""
+    import transformers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-            AutoTokenizer.from_pretrained(str(source_folder)).save_pretrained(str(out / "_hf_tok"))
-            path = out / "_hf_tok" / "tokenizer.json"
-        tokenizer = Tokenizer.from_file(str(path))
+    from converters.reference import reference_model, reference_scores
+
+    model = reference_model(folder, loaded)
+    if folder is not None:
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    else:
+        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
+    name = "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
+    return scores, f"{name} ({type(model).__name__})"
+
+
+def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out: Path) -> Tokenizer:
+    """Writes ``out/tokenizer.json``: the rebuilt ``tokenizer``, or the checkpoint's own.
+
+    For a checkpoint, the tokenizer is the one transformers builds (``AutoTokenizer``), not the
+    checkpoint's ``tokenizer.json`` read raw: transformers 5 assembles XLM-R's pipeline in code
+    (whitespace split, then Metaspace), and where an older ``tokenizer.json`` disagrees (a
+    trailing space becoming a ``▁`` token) the reference is what transformers does.
+    """
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        assert source_folder is not None
+        tokenizer = Tokenizer.from_str(AutoTokenizer.from_pretrained(str(source_folder)).backend_tokenizer.to_str())
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.save(str(out / "tokenizer.json"))
-    shutil.rmtree(out / "_hf_tok", ignore_errors=True)
     return tokenizer
 
 
 def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Path | None,
-            tokenizer: Tokenizer | None = None, reference: Callable[[list[tuple[str, str]]], np.ndarray] | None = None,
-            licence: str = "", progress: Progress = print, force: bool = False) -> Result:
-    """Writes ``out_dir/name`` for ``loaded`` after verifying it against ``reference``.
-
-    ``reference`` maps pairs to reference logits; by default the transformers model read from
-    ``source_folder``.
-    """
+            tokenizer: Tokenizer | None = None, licence: str = "", progress: Progress = print,
+            force: bool = False) -> Result:
+    """Writes ``out_dir/name`` for ``loaded`` after verifying it against the reference
+    implementation (:mod:`converters.reference`) on the probe pairs."""
     final = out_dir / name
     if final.exists() and not force:
         raise FileExistsError(f"{final} exists; pass --force to replace it")
@@ -109,13 +125,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         progress(f"verify: scoring {len(pairs)} probe pairs with ONNX Runtime")
         ours = onnx_scores(work, config, pairs)
         progress("verify: scoring them with the reference implementation")
-        if reference is None:
-            from converters.reference import reference_scores
-
-            assert source_folder is not None
-            theirs = reference_scores(source_folder, loaded, pairs)
-        else:
-            theirs = reference(pairs)
+        theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
         if not np.isfinite(diff) or diff > TOLERANCE:
@@ -125,7 +135,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
         config = ModelFolderConfig(**{**config.__dict__, "verification": {
-            "reference": "transformers" if reference is None else "custom",
+            "reference": reference_name,
             "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,
         }})
         write_config(work, config)

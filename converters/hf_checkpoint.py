@@ -216,7 +216,8 @@ def load_checkpoint(source: str) -> LoadedModel:
     act = str(config.get("hidden_act", "gelu"))
     if act not in ("gelu", "gelu_python"):
         raise CheckpointError(f"hidden_act {act!r} is not supported (only exact GELU)")
-    return LoadedModel(spec=spec, weights=w, source=source, source_format="hf", notes=notes, files_sha256=hashes)
+    return LoadedModel(spec=spec, weights=w, source=source, source_format="hf", notes=notes, files_sha256=hashes,
+                       layout=family)
 
 
 def gte_rope(config: dict) -> tuple[float, float]:

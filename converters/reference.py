@@ -1,66 +1,52 @@
 """Reference scores from the original implementation, to prove a converted graph exact.
 
-* XLM-R and BERT checkpoints: transformers' own ``*ForSequenceClassification``.
-* jina-reranker-v2 ("flash" layout): transformers' XLM-R after renaming the weights, which is
-  the same math (the remote code is never run).
-* GTE "new": transformers' native ``GteForSequenceClassification``.
+* XLM-R, BERT and GTE checkpoints: transformers' own classes, loaded from the checkpoint folder
+  by transformers itself (``from_pretrained``), independent of our weight reader.
+* jina-reranker-v2 ("flash" layout) and every GGUF file: transformers' class for the family,
+  given the weights our reader produced (the remote code is never run).
 * JinaBERT: transformers has no class for it; :mod:`converters.jinabert_torch` is a separate
   PyTorch definition written from the published description.
+* The ``tanh`` head of pooler-less GGUFs (what llama.cpp computes) sits on top of the
+  transformers backbone.
 
-Tokenisation here is the checkpoint's own Hugging Face tokenizer with
-``truncation="only_second"``, independent of the service's pair encoder.
+Tokenisation here is the Hugging Face tokenizer with ``truncation="only_second"``, independent
+of the service's pair encoder.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from converters.spec import LoadedModel
 
 
-def hf_tokenize(folder: Path, pairs: list[tuple[str, str]], max_length: int):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return tokenizer(
-        [q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=max_length,
-        padding=True, return_tensors="pt",
-    )
+def hf_tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int):
+    return tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second",
+                     max_length=max_length, padding=True, return_tensors="pt")
 
 
-def _xlmr_from_flash(folder: Path, loaded: LoadedModel):
-    """jina-reranker-v2: build transformers' XLM-R and load the flash weights under its names."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+def _split_qkv(w: dict, o: str, H: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(w[o + "qkv.w"][j * H:(j + 1) * H], w[o + "qkv.b"][j * H:(j + 1) * H]) for j in range(3)]
 
-    raw = json.loads((folder / "config.json").read_text())
-    spec = loaded.spec
-    config = XLMRobertaConfig(
-        vocab_size=loaded.weights["emb.word"].shape[0], hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
-        max_position_embeddings=int(raw["max_position_embeddings"]), type_vocab_size=max(1, spec.type_vocab),
-        pad_token_id=spec.pad_id, num_labels=1,
-    )
-    model = XLMRobertaForSequenceClassification(config)
-    w = loaded.weights
-    H = spec.hidden
+
+def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
+    """Canonical weights -> transformers' BERT/XLM-R backbone names (without the head)."""
+    spec, w = loaded.spec, loaded.weights
     state = {
-        "roberta.embeddings.word_embeddings.weight": w["emb.word"],
-        "roberta.embeddings.position_embeddings.weight": w["emb.pos"],
-        "roberta.embeddings.LayerNorm.weight": w["emb.ln.w"], "roberta.embeddings.LayerNorm.bias": w["emb.ln.b"],
-        "classifier.dense.weight": w["head.dense.w"], "classifier.dense.bias": w["head.dense.b"],
-        "classifier.out_proj.weight": w["head.out.w"], "classifier.out_proj.bias": w["head.out.b"],
+        f"{prefix}embeddings.word_embeddings.weight": w["emb.word"],
+        f"{prefix}embeddings.LayerNorm.weight": w["emb.ln.w"], f"{prefix}embeddings.LayerNorm.bias": w["emb.ln.b"],
     }
+    if "emb.pos" in w:
+        state[f"{prefix}embeddings.position_embeddings.weight"] = w["emb.pos"]
     if "emb.type" in w:
-        state["roberta.embeddings.token_type_embeddings.weight"] = w["emb.type"]
+        state[f"{prefix}embeddings.token_type_embeddings.weight"] = w["emb.type"]
     for i in range(spec.num_layers):
-        p, o = f"roberta.encoder.layer.{i}.", f"L{i}."
-        for j, name in enumerate(("query", "key", "value")):
-            state[f"{p}attention.self.{name}.weight"] = w[o + "qkv.w"][j * H:(j + 1) * H]
-            state[f"{p}attention.self.{name}.bias"] = w[o + "qkv.b"][j * H:(j + 1) * H]
+        p, o = f"{prefix}encoder.layer.{i}.", f"L{i}."
+        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), ("query", "key", "value")):
+            state[f"{p}attention.self.{name}.weight"], state[f"{p}attention.self.{name}.bias"] = wt, bs
         state.update({
             f"{p}attention.output.dense.weight": w[o + "o.w"], f"{p}attention.output.dense.bias": w[o + "o.b"],
             f"{p}attention.output.LayerNorm.weight": w[o + "attn_ln.w"], f"{p}attention.output.LayerNorm.bias": w[o + "attn_ln.b"],
@@ -68,70 +54,138 @@ def _xlmr_from_flash(folder: Path, loaded: LoadedModel):
             f"{p}output.dense.weight": w[o + "down.w"], f"{p}output.dense.bias": w[o + "down.b"],
             f"{p}output.LayerNorm.weight": w[o + "ffn_ln.w"], f"{p}output.LayerNorm.bias": w[o + "ffn_ln.b"],
         })
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False)
-    if unexpected or [m for m in missing if "position_ids" not in m]:
-        raise RuntimeError(f"flash -> XLM-R renaming left missing={missing} unexpected={unexpected}")
+    return state
+
+
+def _gte_state(loaded: LoadedModel) -> dict[str, np.ndarray]:
+    spec, w = loaded.spec, loaded.weights
+    state = {
+        "gte.embeddings.word_embeddings.weight": w["emb.word"],
+        "gte.embeddings.LayerNorm.weight": w["emb.ln.w"], "gte.embeddings.LayerNorm.bias": w["emb.ln.b"],
+    }
+    if "emb.type" in w:
+        state["gte.embeddings.token_type_embeddings.weight"] = w["emb.type"]
+    I = spec.intermediate
+    for i in range(spec.num_layers):
+        p, o = f"gte.layers.{i}.", f"L{i}."
+        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), "qkv"):
+            state[f"{p}self_attn.{name}_proj.weight"], state[f"{p}self_attn.{name}_proj.bias"] = wt, bs
+        state.update({
+            f"{p}self_attn.o_proj.weight": w[o + "o.w"], f"{p}self_attn.o_proj.bias": w[o + "o.b"],
+            f"{p}post_attention_layernorm.weight": w[o + "attn_ln.w"], f"{p}post_attention_layernorm.bias": w[o + "attn_ln.b"],
+            f"{p}mlp.up_proj.weight": w[o + "up.w"][:I], f"{p}mlp.gate_proj.weight": w[o + "up.w"][I:],
+            f"{p}mlp.down_proj.weight": w[o + "down.w"], f"{p}mlp.down_proj.bias": w[o + "down.b"],
+            f"{p}post_mlp_layernorm.weight": w[o + "ffn_ln.w"], f"{p}post_mlp_layernorm.bias": w[o + "ffn_ln.b"],
+        })
+    return state
+
+
+def _load(model, state: dict[str, np.ndarray]):
+    import torch
+
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+                                                strict=False)
+    missing = [m for m in missing if "position_ids" not in m]
+    if unexpected or missing:
+        raise RuntimeError(f"reference weights do not fit: missing={missing} unexpected={unexpected}")
     return model
 
 
-def _gte(folder: Path, loaded: LoadedModel):
-    """GTE "new": transformers' native Gte class with the same (folded) RoPE parameters."""
-    from transformers import GteConfig, GteForSequenceClassification
+class _TanhHead:
+    """tanh(out(h0)) on a transformers backbone: llama.cpp's head for pooler-less GGUFs."""
 
-    spec = loaded.spec
-    if spec.rope_position_scale != 1.0:
-        raise NotImplementedError("transformers' Gte has no position scaling; cannot serve as reference")
-    config = GteConfig(
-        vocab_size=loaded.weights["emb.word"].shape[0], hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
-        max_position_embeddings=spec.max_length, type_vocab_size=max(1, spec.type_vocab), pad_token_id=spec.pad_id,
-        num_labels=1, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base},
-    )
-    return GteForSequenceClassification.from_pretrained(str(folder), config=config)
+    def __init__(self, backbone, loaded: LoadedModel) -> None:
+        import torch
+
+        self.backbone = backbone
+        self.w = torch.from_numpy(loaded.weights["head.out.w"])
+        self.b = torch.from_numpy(loaded.weights["head.out.b"])
+
+    def __call__(self, **inputs):
+        import torch
+
+        h0 = self.backbone(**inputs).last_hidden_state[:, 0]
+        return SimpleNamespace(logits=torch.tanh(h0 @ self.w.T + self.b))
 
 
-def reference_model(folder: Path, loaded: LoadedModel):
-    """The reference PyTorch module for ``loaded`` (read from ``folder``), in eval mode, fp32."""
-    raw = json.loads((folder / "config.json").read_text())
-    family = loaded.spec.family
-    if family == "jina-bert":
+def model_from_weights(loaded: LoadedModel):
+    """A transformers (or JinaBERT) reference module built from canonical weights."""
+    spec, w = loaded.spec, loaded.weights
+    vocab = w["emb.word"].shape[0]
+    sizes = dict(vocab_size=vocab, hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
+                 num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
+                 type_vocab_size=max(1, spec.type_vocab), pad_token_id=spec.pad_id, num_labels=1)
+    if spec.family == "jina-bert":
         from converters.jinabert_torch import JinaBertReranker
 
-        model = JinaBertReranker.from_loaded(loaded)
-    elif family == "gte":
-        model = _gte(folder, loaded)
-    elif any(".mixer.Wqkv." in k for k in _tensor_names(folder)):
-        model = _xlmr_from_flash(folder, loaded)
-    else:
+        return JinaBertReranker(loaded)
+    if spec.family == "gte":
+        from transformers import GteConfig, GteForSequenceClassification
+
+        if spec.rope_position_scale != 1.0:
+            raise NotImplementedError("transformers' Gte has no RoPE position scaling")
+        config = GteConfig(max_position_embeddings=spec.max_length,
+                           rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base}, **sizes)
+        state = _gte_state(loaded)
+        state.update({"gte.pooler.dense.weight": w["head.dense.w"], "gte.pooler.dense.bias": w["head.dense.b"],
+                      "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})
+        return _load(GteForSequenceClassification(config), state)
+    if spec.family == "xlm-roberta":
+        from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
+
+        config = XLMRobertaConfig(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
+        if spec.head == "tanh":
+            return _TanhHead(_load(XLMRobertaModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
+        state = _bert_like_state(loaded, "roberta.")
+        state.update({"classifier.dense.weight": w["head.dense.w"], "classifier.dense.bias": w["head.dense.b"],
+                      "classifier.out_proj.weight": w["head.out.w"], "classifier.out_proj.bias": w["head.out.b"]})
+        return _load(XLMRobertaForSequenceClassification(config), state)
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    config = BertConfig(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
+    if spec.head == "tanh":
+        return _TanhHead(_load(BertModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
+    state = _bert_like_state(loaded, "bert.")
+    state.update({"bert.pooler.dense.weight": w["head.dense.w"], "bert.pooler.dense.bias": w["head.dense.b"],
+                  "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})
+    return _load(BertForSequenceClassification(config), state)
+
+
+def reference_model(folder: Path | None, loaded: LoadedModel):
+    """The reference module: transformers ``from_pretrained`` where the checkpoint is in a layout
+    transformers reads itself, else one built from our canonical weights."""
+    spec = loaded.spec
+    layout = loaded.layout
+    if folder is not None and layout in ("xlm-roberta", "bert"):
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, attn_implementation="eager")
-    del raw
-    return model.float().eval()
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
+    if folder is not None and layout == "gte" and spec.rope_position_scale == 1.0:
+        from transformers import GteConfig, GteForSequenceClassification
+
+        config = GteConfig(
+            vocab_size=loaded.weights["emb.word"].shape[0], hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
+            max_position_embeddings=spec.max_length, type_vocab_size=max(1, spec.type_vocab), pad_token_id=spec.pad_id,
+            num_labels=1, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base},
+        )
+        return GteForSequenceClassification.from_pretrained(str(folder), config=config)
+    return model_from_weights(loaded)
 
 
-def _tensor_names(folder: Path) -> list[str]:
-    from safetensors import safe_open
-
-    names: list[str] = []
-    for file in folder.glob("*.safetensors"):
-        with safe_open(str(file), "np") as handle:
-            names.extend(handle.keys())
-    return names
-
-
-def reference_scores(folder: Path, loaded: LoadedModel, pairs: list[tuple[str, str]]) -> np.ndarray:
-    """Logits of the reference implementation for ``pairs`` (float64)."""
+def reference_scores(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, type_ids: bool) -> np.ndarray:
+    """Logits of ``model`` for ``pairs`` tokenised by the HF ``tokenizer`` (float64), one pair at a time."""
     import torch
 
-    model = reference_model(folder, loaded)
-    encoded = hf_tokenize(folder, pairs, loaded.spec.max_length)
+    encoded = hf_tokenize(tokenizer, pairs, max_length)
     scores = []
     with torch.inference_mode():
+        if hasattr(model, "eval"):
+            model.float().eval()
         for row in range(len(pairs)):
             length = int(encoded["attention_mask"][row].sum())
             inputs = {k: v[row:row + 1, :length] for k, v in encoded.items()}
-            if not loaded.spec.type_ids_input:
+            if not type_ids:
                 inputs.pop("token_type_ids", None)
             scores.append(float(model(**inputs).logits.reshape(-1)[0]))
     return np.asarray(scores, dtype=np.float64)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from tokenizers import Tokenizer
 
 from converters.spec import LoadedModel
@@ -21,8 +20,6 @@ class SourceBundle:
     """The checkpoint folder (tokenizer files, reference model), when there is one."""
     tokenizer: Tokenizer | None = None
     """A tokenizer rebuilt from the source (GGUF); None means: use the folder's files."""
-    reference: Callable[[list[tuple[str, str]]], np.ndarray] | None = None
-    """Reference scorer; None means: the transformers model in ``folder``."""
 
 
 def load_source(source: str, progress: Callable[[str], None] = print) -> SourceBundle:

@@ -106,6 +106,8 @@ class LoadedModel:
     """Known deviations from the original model that the source cannot express."""
     files_sha256: dict[str, str] = field(default_factory=dict)
     source_dtype: str = "fp32"
+    layout: str = ""
+    """The weight layout read: ``xlm-roberta``, ``jina-v2``, ``bert``, ``jina-bert``, ``gte`` or ``gguf``."""
 
 
 def alibi_slopes(heads: int) -> np.ndarray:

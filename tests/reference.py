@@ -20,7 +20,7 @@ def _load(folder: str):
 
 
 def transformers_scores(folder: Path, query: str, documents: list[str], max_length: int | None = None) -> np.ndarray:
-    """Logits of ``AutoModelForSequenceClassification`` for each (query, document), one at a time."""
+    """Logits of ``AutoModelForSequenceClassification`` for each (query, document), one pair at a time."""
     import torch
 
     tokenizer, model = _load(str(folder))
@@ -29,6 +29,8 @@ def transformers_scores(folder: Path, query: str, documents: list[str], max_leng
     out = []
     with torch.inference_mode():
         for doc in documents:
-            enc = tokenizer(query, doc, truncation="only_second", max_length=limit, return_tensors="pt")
+            # List form, as sentence-transformers' CrossEncoder calls it: an empty document is then
+            # still a pair (a bare string pair with "" collapses to a single sequence).
+            enc = tokenizer([query], [doc], truncation="only_second", max_length=limit, return_tensors="pt")
             out.append(float(model(**enc).logits.reshape(-1)[0]))
     return np.asarray(out)

@@ -19,7 +19,7 @@ BODY = {"model": "xlmr-tiny", "query": "q", "documents": ["a"]}
     ({}, 401),
     ({"authorization": "Bearer wrong"}, 401),
     ({"authorization": f"Basic {API_KEY}"}, 401),
-    ({"authorization": "Bearer "}, 401),
+    ({"authorization": "Bearer"}, 401),
     ({"authorization": API_KEY}, 401),
     ({"authorization": f"Bearer {API_KEY}"}, 200),
     ({"authorization": f"bearer {OTHER_KEY}"}, 200),

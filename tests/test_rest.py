@@ -55,7 +55,7 @@ def test_usage_counts_fed_tokens(rest, checkpoint):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(checkpoint("xlmr")))
-    expected = sum(len(tok(QUERY, d, truncation="only_second", max_length=128)["input_ids"]) for d in DOCS)
+    expected = sum(len(ids) for ids in tok([QUERY] * len(DOCS), DOCS, truncation="only_second", max_length=128)["input_ids"])
     body = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS}).json()
     assert body["usage"]["prompt_tokens"] == expected
 

@@ -1,0 +1,395 @@
+"""Checks of the test fixtures themselves: checkpoint layouts, tokenizers, scores, text generators."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+import unicodedata
+
+import pytest
+import sentencepiece as spm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
+
+from tests.fixtures.checkpoints import (
+    GTE_EXTRA_VOCAB_ROWS,
+    HIDDEN,
+    INTERMEDIATE,
+    KINDS,
+    LAYERS,
+    gte_reference_model,
+    gte_rope_parameters,
+    make_checkpoint,
+    multilingual_strings,
+)
+from tests.fixtures.corpus import LANGUAGES, training_corpus
+
+QUERY, DOC = "What is a panda?", "The giant panda is a bear species endemic to China."
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {kind: make_checkpoint(kind, root / kind) for kind in KINDS}
+
+
+def _config(folder: pathlib.Path) -> dict:
+    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+
+
+def _shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+
+
+def _pairs(n: int = 20) -> tuple[list[str], list[str]]:
+    lines = training_corpus(n_lines=2 * n, seed=123)
+    return lines[0::2], lines[1::2]
+
+
+# --- layout ---------------------------------------------------------------------------------------
+
+FILES = {
+    "xlmr": {"config.json", "model.safetensors", "sentencepiece.bpe.model", "special_tokens_map.json",
+             "tokenizer.json", "tokenizer_config.json"},
+    "bert": {"config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+             "tokenizer_config.json", "vocab.txt"},
+    "jina-v1": {"config.json", "merges.txt", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+                "tokenizer_config.json", "vocab.json"},
+    "jina-v2": {"config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+                "tokenizer_config.json"},
+    "gte": {"config.json", "model.safetensors", "sentencepiece.bpe.model", "special_tokens_map.json",
+            "tokenizer.json", "tokenizer_config.json"},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_files(folders: dict[str, pathlib.Path], kind: str) -> None:
+    assert {p.name for p in folders[kind].iterdir()} == FILES[kind]
+    with safe_open(str(folders[kind] / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def _transformers_names(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the transformers class the folder names, after checking it loads cleanly."""
+    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_xlmr_layout(folders: dict[str, pathlib.Path]) -> None:
+    folder = folders["xlmr"]
+    shapes = _shapes(folder)
+    assert shapes == _transformers_names(folder)
+    cfg = _config(folder)
+    assert cfg["architectures"] == ["XLMRobertaForSequenceClassification"] and cfg["model_type"] == "xlm-roberta"
+    assert (cfg["max_position_embeddings"], cfg["pad_token_id"], cfg["type_vocab_size"]) == (130, 1, 1)
+    assert cfg["layer_norm_eps"] == 1e-5 and cfg["id2label"] == {"0": "LABEL_0"}
+    assert shapes["roberta.embeddings.position_embeddings.weight"] == (130, HIDDEN)
+    assert shapes["roberta.embeddings.word_embeddings.weight"] == (cfg["vocab_size"], HIDDEN)
+    assert shapes["classifier.out_proj.weight"] == (1, HIDDEN)
+
+
+def test_bert_layout(folders: dict[str, pathlib.Path]) -> None:
+    folder = folders["bert"]
+    shapes = _shapes(folder)
+    assert shapes == _transformers_names(folder) | {"bert.embeddings.position_ids": (1, 128)}
+    cfg = _config(folder)
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and cfg["type_vocab_size"] == 2
+    assert shapes["bert.embeddings.word_embeddings.weight"] == (cfg["vocab_size"], HIDDEN)
+    assert shapes["classifier.weight"] == (1, HIDDEN) and shapes["bert.pooler.dense.weight"] == (HIDDEN, HIDDEN)
+
+
+def test_jina_v1_layout(folders: dict[str, pathlib.Path]) -> None:
+    shapes = _shapes(folders["jina-v1"])
+    cfg = _config(folders["jina-v1"])
+    vocab = cfg["vocab_size"]
+    expected = {
+        "bert.embeddings.word_embeddings.weight": (vocab, HIDDEN),
+        "bert.embeddings.token_type_embeddings.weight": (2, HIDDEN),
+        "bert.embeddings.LayerNorm.weight": (HIDDEN,), "bert.embeddings.LayerNorm.bias": (HIDDEN,),
+        "bert.pooler.dense.weight": (HIDDEN, HIDDEN), "bert.pooler.dense.bias": (HIDDEN,),
+        "classifier.weight": (1, HIDDEN), "classifier.bias": (1,),
+    }
+    for i in range(LAYERS):
+        layer = f"bert.encoder.layer.{i}"
+        for proj in ("query", "key", "value"):
+            expected |= {f"{layer}.attention.self.{proj}.weight": (HIDDEN, HIDDEN),
+                         f"{layer}.attention.self.{proj}.bias": (HIDDEN,)}
+        expected |= {
+            f"{layer}.attention.output.dense.weight": (HIDDEN, HIDDEN),
+            f"{layer}.attention.output.dense.bias": (HIDDEN,),
+            f"{layer}.attention.output.LayerNorm.weight": (HIDDEN,),
+            f"{layer}.attention.output.LayerNorm.bias": (HIDDEN,),
+            f"{layer}.mlp.gated_layers.weight": (2 * INTERMEDIATE, HIDDEN),
+            f"{layer}.mlp.wo.weight": (HIDDEN, INTERMEDIATE), f"{layer}.mlp.wo.bias": (HIDDEN,),
+            f"{layer}.mlp.layernorm.weight": (HIDDEN,), f"{layer}.mlp.layernorm.bias": (HIDDEN,),
+        }
+    assert shapes == expected
+    assert cfg["position_embedding_type"] == "alibi" and cfg["feed_forward_type"] == "geglu"
+    assert cfg["architectures"] == ["JinaBertForMaskedLM"] and "id2label" not in cfg
+
+
+def test_jina_v2_layout(folders: dict[str, pathlib.Path]) -> None:
+    shapes = _shapes(folders["jina-v2"])
+    cfg = _config(folders["jina-v2"])
+    assert shapes["roberta.encoder.layers.0.mixer.Wqkv.weight"] == (3 * HIDDEN, HIDDEN)
+    assert shapes["roberta.encoder.layers.1.mlp.fc1.weight"] == (INTERMEDIATE, HIDDEN)
+    assert shapes["roberta.emb_ln.weight"] == (HIDDEN,)
+    assert shapes["roberta.embeddings.position_embeddings.weight"] == (1026, HIDDEN)
+    assert shapes["classifier.out_proj.weight"] == (1, HIDDEN)
+    assert len(shapes) == 5 + 4 + LAYERS * 12
+    assert not any(".attention." in name or "encoder.layer." in name for name in shapes)
+    with safe_open(str(folders["jina-v2"] / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.bfloat16}
+    assert cfg["use_flash_attn"] is True and cfg["max_position_embeddings"] == 1026
+    assert cfg["auto_map"]["AutoConfig"] == "configuration_xlm_roberta.XLMRobertaFlashConfig"
+
+
+def test_gte_layout(folders: dict[str, pathlib.Path]) -> None:
+    shapes = _shapes(folders["gte"])
+    cfg = _config(folders["gte"])
+    assert shapes["new.encoder.layer.0.attention.qkv_proj.weight"] == (3 * HIDDEN, HIDDEN)
+    assert shapes["new.encoder.layer.0.mlp.up_gate_proj.weight"] == (2 * INTERMEDIATE, HIDDEN)
+    assert "new.encoder.layer.0.mlp.up_gate_proj.bias" not in shapes
+    assert shapes["new.embeddings.word_embeddings.weight"] == (cfg["vocab_size"], HIDDEN)
+    assert not any("position" in name for name in shapes)
+    assert (cfg["model_type"], cfg["architectures"]) == ("new", ["NewForSequenceClassification"])
+    assert (cfg["rope_theta"], cfg["rope_scaling"]) == (20000, {"factor": 8.0, "type": "ntk"})
+    with safe_open(str(folders["gte"] / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.float16}
+
+
+def test_gte_rope_parameters() -> None:
+    params = gte_rope_parameters({"rope_theta": 20000, "rope_scaling": {"type": "ntk", "factor": 8.0},
+                                  "hidden_size": 768, "num_attention_heads": 12})
+    assert params["rope_type"] == "linear" and params["rope_theta"] == 160000.0
+    assert math.isclose(params["factor"], 8.0 ** (2 / 64))
+
+
+# --- tokenizers ------------------------------------------------------------------------------------
+
+
+def _auto_tokenizer(folder: pathlib.Path):  # noqa: ANN202 - transformers' tokenizer classes vary
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pair_template(folders: dict[str, pathlib.Path], kind: str) -> None:
+    folder = folders[kind]
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    hf = _auto_tokenizer(folder)
+    enc = raw.encode(QUERY, DOC)
+    q = raw.encode(QUERY, add_special_tokens=False).tokens
+    d = raw.encode(DOC, add_special_tokens=False).tokens
+    if kind == "bert":
+        assert enc.tokens == ["[CLS]", *q, "[SEP]", *d, "[SEP]"]
+        assert enc.type_ids == [0] * (len(q) + 2) + [1] * (len(d) + 1)
+        assert hf(QUERY, DOC)["token_type_ids"] == enc.type_ids
+    else:
+        assert enc.tokens == ["<s>", *q, "</s>", "</s>", *d, "</s>"]
+        assert set(enc.type_ids) == {0}
+        assert "token_type_ids" not in hf(QUERY, DOC)
+        assert [raw.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>")] == [0, 1, 2, 3]
+    assert hf(QUERY, DOC)["input_ids"] == enc.ids
+    assert hf.pad_token_id == (0 if kind == "bert" else 1)
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "jina-v2", "gte"])
+def test_xlmr_vocabulary(folders: dict[str, pathlib.Path], kind: str) -> None:
+    raw = Tokenizer.from_file(str(folders[kind] / "tokenizer.json"))
+    size = raw.get_vocab_size()
+    assert raw.token_to_id("<mask>") == size - 1
+    rows = _config(folders[kind])["vocab_size"]
+    assert rows == size + (GTE_EXTRA_VOCAB_ROWS if kind == "gte" else 0)
+    normalizer = json.loads((folders[kind] / "tokenizer.json").read_text(encoding="utf-8"))["normalizer"]
+    assert normalizer["type"] == ("Precompiled" if kind == "jina-v2" else "Sequence")
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "gte"])
+def test_sentencepiece_offset(folders: dict[str, pathlib.Path], kind: str) -> None:
+    """HF ids are the SentencePiece ids shifted by the fairseq offset of 1 (``<unk>``: 0 -> 3)."""
+    sp = spm.SentencePieceProcessor(model_file=str(folders[kind] / "sentencepiece.bpe.model"))
+    raw = Tokenizer.from_file(str(folders[kind] / "tokenizer.json"))
+    for text in training_corpus(n_lines=50, seed=7):
+        assert raw.encode(text, add_special_tokens=False).ids == [i + 1 if i else 3 for i in sp.encode(text)]
+
+
+# --- scores ----------------------------------------------------------------------------------------
+
+
+def _jina_v1_scores(folder: pathlib.Path, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """JinaBERT forward (symmetric ALiBi, GEGLU, post-LN, pooler + classifier) in plain torch."""
+    cfg = _config(folder)
+    w = load_file(str(folder / "model.safetensors"))
+    heads, eps = cfg["num_attention_heads"], cfg["layer_norm_eps"]
+
+    def ln(x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), w[f"{name}.weight"], w[f"{name}.bias"], eps)
+
+    def lin(x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    x = ln(w["bert.embeddings.word_embeddings.weight"][ids] + w["bert.embeddings.token_type_embeddings.weight"][0],
+           "bert.embeddings.LayerNorm")
+    n = ids.shape[1]
+    slopes = torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)])
+    distance = (torch.arange(n)[None, :] - torch.arange(n)[:, None]).abs()
+    bias = -slopes[:, None, None] * distance + (1 - mask[:, None, None, :].float()) * -1e9
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"bert.encoder.layer.{i}"
+        q, k, v = (lin(x, f"{p}.attention.self.{t}").unflatten(-1, (heads, -1)).transpose(1, 2)
+                   for t in ("query", "key", "value"))
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = ln(lin(ctx.transpose(1, 2).flatten(2), f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+        gate, up = lin(x, f"{p}.mlp.gated_layers").chunk(2, dim=-1)
+        x = ln(lin(torch.nn.functional.gelu(gate) * up, f"{p}.mlp.wo") + x, f"{p}.mlp.layernorm")
+    return lin(torch.tanh(lin(x[:, 0], "bert.pooler.dense")), "classifier")[:, 0]
+
+
+def _jina_v2_reference(folder: pathlib.Path) -> torch.nn.Module:
+    """Un-fuse the flash names back into transformers' XLM-R (the math jina-v2 shares with it)."""
+    w = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    sd = {k: v for k, v in w.items() if not k.startswith(("roberta.encoder.", "roberta.emb_ln."))}
+    sd |= {f"roberta.embeddings.LayerNorm.{t}": w[f"roberta.emb_ln.{t}"] for t in ("weight", "bias")}
+    for i in range(LAYERS):
+        old, new = f"roberta.encoder.layers.{i}", f"roberta.encoder.layer.{i}"
+        for t in ("weight", "bias"):
+            for proj, part in zip(("query", "key", "value"), w[f"{old}.mixer.Wqkv.{t}"].chunk(3)):
+                sd[f"{new}.attention.self.{proj}.{t}"] = part
+            for src, dst in (("mixer.out_proj", "attention.output.dense"), ("norm1", "attention.output.LayerNorm"),
+                             ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"),
+                             ("norm2", "output.LayerNorm")):
+                sd[f"{new}.{dst}.{t}"] = w[f"{old}.{src}.{t}"]
+    cfg = _config(folder)
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
+    model = XLMRobertaForSequenceClassification(XLMRobertaConfig(num_labels=1, **{k: cfg[k] for k in keys}))
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def _gte_remote_code_scores(folder: pathlib.Path, enc: dict[str, torch.Tensor], ntk: bool = True) -> torch.Tensor:
+    """Alibaba's "new" forward (fixed-NTK RoPE, [up | gate] GEGLU, post-LN, pooler) in plain torch."""
+    cfg = _config(folder)
+    w = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    hidden, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
+    dim = hidden // heads
+
+    def ln(x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x, (hidden,), w[f"{name}.weight"], w[f"{name}.bias"], eps)
+
+    def lin(x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.nn.functional.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-x[..., dim // 2:], x[..., : dim // 2]], dim=-1)
+
+    factor = cfg["rope_scaling"]["factor"] if ntk else 1.0
+    inv_freq = (cfg["rope_theta"] * factor) ** (-torch.arange(0, dim, 2).float() / dim) / factor ** (2 / dim)
+    angles = torch.outer(torch.arange(enc["input_ids"].shape[1]).float(), inv_freq).repeat(1, 2)
+    cos, sin = angles.cos(), angles.sin()
+    bias = (1 - enc["attention_mask"][:, None, None, :].float()) * -1e9
+    x = ln(w["new.embeddings.word_embeddings.weight"][enc["input_ids"]]
+           + w["new.embeddings.token_type_embeddings.weight"][0], "new.embeddings.LayerNorm")
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"new.encoder.layer.{i}"
+        q, k, v = (t.unflatten(-1, (heads, dim)).transpose(1, 2)
+                   for t in lin(x, f"{p}.attention.qkv_proj").split(hidden, dim=-1))
+        q, k = q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = ln(x + lin(ctx.transpose(1, 2).flatten(2), f"{p}.attention.o_proj"), f"{p}.attn_ln")
+        up, gate = lin(x, f"{p}.mlp.up_gate_proj").chunk(2, dim=-1)
+        x = ln(x + lin(torch.nn.functional.gelu(gate) * up, f"{p}.mlp.down_proj"), f"{p}.mlp_ln")
+    return lin(torch.tanh(lin(x[:, 0], "new.pooler.dense")), "classifier")[:, 0]
+
+
+def test_gte_reference_matches_remote_code_math(folders: dict[str, pathlib.Path]) -> None:
+    folder = folders["gte"]
+    enc = _auto_tokenizer(folder)(*_pairs(), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = gte_reference_model(folder)(**enc).logits[:, 0]
+    torch.testing.assert_close(got, _gte_remote_code_scores(folder, enc), atol=1e-4, rtol=1e-4)
+    assert (got - _gte_remote_code_scores(folder, enc, ntk=False)).abs().max() > 1e-2  # NTK matters
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_vary(folders: dict[str, pathlib.Path], kind: str) -> None:
+    folder = folders[kind]
+    queries, docs = _pairs()
+    enc = _auto_tokenizer(folder)(queries, docs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        if kind == "jina-v1":
+            scores = _jina_v1_scores(folder, enc)
+        else:
+            if kind == "gte":
+                model = gte_reference_model(folder)
+            elif kind == "jina-v2":
+                model = _jina_v2_reference(folder)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+            scores = model(**enc).logits[:, 0]
+    assert scores.shape == (20,)
+    assert torch.isfinite(scores).all()
+    assert scores.std().item() > 0.3
+
+
+# --- determinism and speed -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deterministic_and_fast(folders: dict[str, pathlib.Path], tmp_path: pathlib.Path, kind: str) -> None:
+    start = time.perf_counter()
+    again = make_checkpoint(kind, tmp_path / "again")
+    assert time.perf_counter() - start < 10
+    for path in folders[kind].iterdir():
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+    other = make_checkpoint(kind, tmp_path / "other", seed=1)
+    assert (other / "model.safetensors").read_bytes() != (again / "model.safetensors").read_bytes()
+
+
+def test_unknown_kind(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="unknown checkpoint kind"):
+        make_checkpoint("roberta", tmp_path)
+
+
+# --- text generators ---------------------------------------------------------------------------------
+
+
+def test_multilingual_strings() -> None:
+    strings = multilingual_strings(2000)
+    assert len(strings) == 2000 and len(set(strings)) == 2000
+    assert strings == multilingual_strings(2000) and strings != multilingual_strings(2000, seed=1)
+    assert multilingual_strings(3) == strings[:3]
+    text = "".join(strings)
+
+    def has(predicate) -> bool:  # noqa: ANN001 - a str -> bool callable
+        return any(predicate(s) for s in strings)
+
+    for name in ("CJK UNIFIED", "ARABIC", "DEVANAGARI", "CYRILLIC", "GREEK", "THAI", "HANGUL", "HEBREW"):
+        assert any(name in unicodedata.name(c, "") for c in set(text)), name
+    for char in ("\t", "\n", "\u00a0", "\u200b", "\u200d", "\U0001f43c"):
+        assert char in text, repr(char)
+    assert has(lambda s: s == "") and has(lambda s: s.strip() == "" and s != "")
+    assert has(lambda s: "  " in s)
+    assert has(lambda s: unicodedata.normalize("NFC", s) != s)  # NFD accents
+    assert has(lambda s: any(len(word) >= 100 for word in s.split()))
+    assert has(lambda s: any(c.isdigit() for c in s)) and has(lambda s: s.isupper())
+
+
+def test_training_corpus() -> None:
+    lines = training_corpus()
+    assert len(lines) == 3000 and lines == training_corpus()
+    for words in LANGUAGES.values():
+        assert any(word in line for line in lines for word in words[:5])
