@@ -64,7 +64,7 @@ def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
 
     model = reference_model(folder, loaded)
     if folder is not None:
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     else:
         hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
     scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
@@ -84,7 +84,7 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
         from transformers import AutoTokenizer
 
         assert source_folder is not None
-        tokenizer = Tokenizer.from_str(AutoTokenizer.from_pretrained(str(source_folder)).backend_tokenizer.to_str())
+        tokenizer = Tokenizer.from_str(AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False).backend_tokenizer.to_str())
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.save(str(out / "tokenizer.json"))

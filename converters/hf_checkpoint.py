@@ -223,11 +223,11 @@ def load_checkpoint(source: str) -> LoadedModel:
 def gte_rope(config: dict) -> tuple[float, float]:
     """(base, position scale) of GTE's RoPE, with its static NTK scaling folded in.
 
-    The "new" implementation builds its cos/sin cache for ``factor * max_position_embeddings``
-    positions, so its NTK rule is always active: ``base' = base * factor ** (d / (d - 2))``...
-    expressed here as ``(base * factor, positions / factor ** (2 / d))`` which gives the same
-    frequencies for every dimension pair. Configs in transformers' own ``gte`` format carry the
-    final theta and no scaling.
+    The "new" implementation's static NTK scaling computes inverse frequencies from
+    ``base * factor`` and divides them by ``factor ** (2 / d)``: the same as RoPE with base
+    ``base * factor`` and positions divided by ``factor ** (2 / d)``, which is what this returns
+    (transformers' ``linear`` rope type with that factor). Configs in transformers' own ``gte``
+    format carry their final theta and, optionally, a linear factor.
     """
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
@@ -237,4 +237,6 @@ def gte_rope(config: dict) -> tuple[float, float]:
         factor = float(scaling["factor"])
         d = int(config["hidden_size"]) // int(config["num_attention_heads"])
         return theta * factor, factor ** (2.0 / d)
+    if params.get("rope_type") == "linear":
+        return theta, float(params["factor"])
     return theta, 1.0

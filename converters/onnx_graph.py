@@ -210,15 +210,19 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
 def rope_tables(spec: EncoderSpec) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin tables ``[max_length, head_dim]`` for NeoX-style (rotate-half) RoPE.
 
-    Computed the way transformers does (float32 inverse frequencies, positions divided by the
-    linear scale) so the rotation matches the reference bit for bit in most entries.
+    Computed in float32 in transformers' order (inverse frequencies, divided by the linear
+    position scale, times the integer position) because at positions in the thousands a
+    different rounding order alone moves angles by ~1e-4.
     """
+    import torch  # build time only; its float32 pow matches the reference's bit for bit
+
     D = spec.head_dim
-    inv_freq = 1.0 / (np.float32(spec.rope_base) ** (np.arange(0, D, 2, dtype=np.int64).astype(np.float32) / D))
-    t = np.arange(spec.max_length, dtype=np.float32) / np.float32(spec.rope_position_scale)
-    freqs = np.outer(t, inv_freq.astype(np.float32)).astype(np.float32)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+    inv_freq = 1.0 / (spec.rope_base ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    inv_freq = inv_freq / spec.rope_position_scale
+    positions = torch.arange(spec.max_length, dtype=torch.int64).float()
+    freqs = inv_freq[:, None] @ positions[None, :]
+    emb = torch.cat((freqs.T, freqs.T), dim=-1)
+    return emb.cos().numpy().astype(np.float32), emb.sin().numpy().astype(np.float32)
 
 
 def save(model: onnx.ModelProto, path) -> None:

@@ -108,6 +108,13 @@ class _TanhHead:
         return SimpleNamespace(logits=torch.tanh(h0 @ self.w.T + self.b))
 
 
+def gte_rope_parameters(spec) -> dict:
+    """transformers' rope settings for our (base, position scale) form of GTE's NTK RoPE."""
+    if spec.rope_position_scale == 1.0:
+        return {"rope_type": "default", "rope_theta": spec.rope_base}
+    return {"rope_type": "linear", "rope_theta": spec.rope_base, "factor": spec.rope_position_scale}
+
+
 def model_from_weights(loaded: LoadedModel):
     """A transformers (or JinaBERT) reference module built from canonical weights."""
     spec, w = loaded.spec, loaded.weights
@@ -122,10 +129,7 @@ def model_from_weights(loaded: LoadedModel):
     if spec.family == "gte":
         from transformers import GteConfig, GteForSequenceClassification
 
-        if spec.rope_position_scale != 1.0:
-            raise NotImplementedError("transformers' Gte has no RoPE position scaling")
-        config = GteConfig(max_position_embeddings=spec.max_length,
-                           rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base}, **sizes)
+        config = GteConfig(max_position_embeddings=spec.max_length, rope_parameters=gte_rope_parameters(spec), **sizes)
         state = _gte_state(loaded)
         state.update({"gte.pooler.dense.weight": w["head.dense.w"], "gte.pooler.dense.bias": w["head.dense.b"],
                       "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})
@@ -160,14 +164,16 @@ def reference_model(folder: Path | None, loaded: LoadedModel):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
-    if folder is not None and layout == "gte" and spec.rope_position_scale == 1.0:
+    if folder is not None and layout == "gte":
+        # transformers reads the "new" checkpoint's weights itself (its gte conversion mapping);
+        # only the config, which it cannot read (model_type "new"), is translated.
         from transformers import GteConfig, GteForSequenceClassification
 
         config = GteConfig(
             vocab_size=loaded.weights["emb.word"].shape[0], hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
             num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
             max_position_embeddings=spec.max_length, type_vocab_size=max(1, spec.type_vocab), pad_token_id=spec.pad_id,
-            num_labels=1, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base},
+            num_labels=1, rope_parameters=gte_rope_parameters(spec),
         )
         return GteForSequenceClassification.from_pretrained(str(folder), config=config)
     return model_from_weights(loaded)

