@@ -82,19 +82,25 @@ def _charsmap(value: Any) -> bytes:
 
 
 def _unigram(metadata: dict[str, Any], tokens: list[str], scores: np.ndarray, types: np.ndarray) -> Tokenizer:
-    """XLM-R: Unigram, charsmap then collapsed spaces, ``▁`` always prepended (whatever
-    ``add_space_prefix`` says: published files get it wrong)."""
+    """XLM-R: Unigram after the charsmap, split on whitespace, ``▁`` always prepended (whatever
+    ``add_space_prefix`` says: published files get it wrong).
+
+    The whitespace split is what SentencePiece (``remove_extra_whitespaces``), llama.cpp and
+    transformers 5 do: runs of spaces collapse and leading or trailing whitespace is dropped.
+    Older ``tokenizer.json`` files instead collapse with a regex and keep a trailing ``▁``.
+    """
     tokenizer = Tokenizer(models.Unigram(
         list(zip(tokens, scores.tolist())),
         unk_id=_id(metadata, "unknown"),
         byte_fallback=bool((types == _BYTE).any()),
     ))
-    steps = [normalizers.Replace(Regex(" {2,}"), " ")]
     charsmap = metadata.get("tokenizer.ggml.precompiled_charsmap")
     if charsmap is not None and len(charsmap):
-        steps.insert(0, normalizers.Precompiled(_charsmap(charsmap)))
-    tokenizer.normalizer = normalizers.Sequence(steps)
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tokenizer.normalizer = normalizers.Precompiled(_charsmap(charsmap))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+    ])
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     return tokenizer
 

@@ -1,8 +1,9 @@
 """The tokenizer rebuilt from GGUF metadata encodes exactly like the checkpoint's own tokenizer.
 
-GGUF files are made from the fixture checkpoints by llama.cpp's ``convert_hf_to_gguf.py``. Two
-reference behaviours are checked: ``tokenizer.json`` through ``tokenizers`` (what the published
-checkpoints ship) and ``transformers.AutoTokenizer``.
+GGUF files are made from the fixture checkpoints by llama.cpp's ``convert_hf_to_gguf.py``. The
+reference is ``transformers.AutoTokenizer`` (what sentence-transformers runs), which must match
+exactly. The raw ``tokenizer.json`` must match too, except where transformers 5 itself departs
+from it: XLM-R text with leading, trailing or repeated whitespace (see test_matches_tokenizer_json).
 """
 
 from __future__ import annotations
@@ -47,15 +48,15 @@ def metadata(converted: dict[str, tuple[Path, Path]]) -> dict[str, dict[str, Any
     return {kind: GgufFile.open(gguf).metadata for kind, (_, gguf) in converted.items()}
 
 
-def reference(kind: str, folder: Path) -> Tokenizer:
-    """The checkpoint's tokenizer.json. jina-v2's has no collapse-spaces step, which a GGUF cannot
-    record (llama.cpp's converter writes ``remove_extra_whitespaces`` from an unrelated flag): the
-    rebuild collapses, like XLM-R and llama.cpp, so the step is added to the reference."""
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    if kind == "jina-v2":
-        assert isinstance(tokenizer.normalizer, normalizers.Precompiled)
-        tokenizer.normalizer = normalizers.Sequence([tokenizer.normalizer, normalizers.Replace(Regex(" {2,}"), " ")])
-    return tokenizer
+def reference(folder: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+
+def plain_whitespace(tokenizer: Tokenizer, text: str) -> bool:
+    """After normalisation, non-empty with no leading, trailing or repeated spaces: where an
+    old-style XLM-R tokenizer.json and transformers 5 (whitespace split) agree."""
+    normalized = tokenizer.normalizer.normalize_str(text) if tokenizer.normalizer else text
+    return bool(normalized) and " ".join(normalized.split()) == normalized
 
 
 def assert_same(ours: list[list[int]], theirs: list[list[int]], texts: list[Any]) -> None:
@@ -65,44 +66,34 @@ def assert_same(ours: list[list[int]], theirs: list[list[int]], texts: list[Any]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_matches_tokenizer_json(kind: str, converted, metadata) -> None:
-    ours, theirs = tokenizer_from_gguf(metadata[kind]), reference(kind, converted[kind][0])
-    singles = theirs.encode_batch(STRINGS, add_special_tokens=False)
-    mine = ours.encode_batch(STRINGS, add_special_tokens=False)
-    assert_same([e.ids for e in mine], [e.ids for e in singles], STRINGS)
+    ours, theirs = tokenizer_from_gguf(metadata[kind]), reference(converted[kind][0])
+    exact = kind in ("bert", "jina-v1")
+    strings = STRINGS if exact else [s for s in STRINGS if plain_whitespace(theirs, s)]
+    pairs = PAIRS if exact else [p for p in PAIRS if all(plain_whitespace(theirs, t) for t in p)]
+    assert len(strings) > 1000 and len(pairs) > 500
+    singles = theirs.encode_batch(strings, add_special_tokens=False)
+    mine = ours.encode_batch(strings, add_special_tokens=False)
+    assert_same([e.ids for e in mine], [e.ids for e in singles], strings)
     ids = [e.ids for e in singles[:300]]
     assert ours.decode_batch(ids) == theirs.decode_batch(ids)
 
-    pairs_ours, pairs_theirs = ours.encode_batch(PAIRS), theirs.encode_batch(PAIRS)
-    assert_same([e.ids for e in pairs_ours], [e.ids for e in pairs_theirs], PAIRS)
-    assert_same([e.type_ids for e in pairs_ours], [e.type_ids for e in pairs_theirs], PAIRS)
-
-
-def without_trailing_metaspace(ids: list[int], metaspace: int | None, sep: int) -> list[int]:
-    """``ids`` less every lone ``▁`` that ends a segment: transformers 5 rebuilds XLM-R with a
-    whitespace split, which drops the ``▁`` that tokenizer.json (and transformers 4) produce for
-    text ending in whitespace."""
-    return [t for i, t in enumerate(ids) if not (t == metaspace and (ids[i + 1:i + 2] or [sep])[0] == sep)]
+    pairs_ours, pairs_theirs = ours.encode_batch(pairs), theirs.encode_batch(pairs)
+    assert_same([e.ids for e in pairs_ours], [e.ids for e in pairs_theirs], pairs)
+    assert_same([e.type_ids for e in pairs_ours], [e.type_ids for e in pairs_theirs], pairs)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_matches_auto_tokenizer(kind: str, converted, metadata) -> None:
-    ours, auto = tokenizer_from_gguf(metadata[kind]), AutoTokenizer.from_pretrained(converted[kind][0])
-    metaspace, sep = ours.token_to_id("▁") if kind in ("xlmr", "jina-v2") else None, auto.sep_token_id
-
-    def check(mine: list[list[int]], theirs: list[list[int]], texts: list[Any]) -> None:
-        assert_same([m if m == t else without_trailing_metaspace(m, metaspace, sep) for m, t in zip(mine, theirs)],
-                    theirs, texts)
-
+    ours = tokenizer_from_gguf(metadata[kind])
+    auto = AutoTokenizer.from_pretrained(converted[kind][0], trust_remote_code=False)
     texts = STRINGS + SPECIALS_INLINE
-    check([e.ids for e in ours.encode_batch(texts, add_special_tokens=False)],
-          auto(texts, add_special_tokens=False)["input_ids"], texts)
+    assert_same([e.ids for e in ours.encode_batch(texts, add_special_tokens=False)],
+                auto(texts, add_special_tokens=False)["input_ids"], texts)
     queries, documents = map(list, zip(*PAIRS))
     encoded = auto(queries, documents, return_token_type_ids=True)
     pairs = ours.encode_batch(PAIRS)
-    check([e.ids for e in pairs], encoded["input_ids"], PAIRS)
-    same = [i for i, e in enumerate(pairs) if e.ids == encoded["input_ids"][i]]
-    assert len(same) > len(PAIRS) // 2
-    assert_same([pairs[i].type_ids for i in same], [encoded["token_type_ids"][i] for i in same], PAIRS)
+    assert_same([e.ids for e in pairs], encoded["input_ids"], PAIRS)
+    assert_same([e.type_ids for e in pairs], encoded["token_type_ids"], PAIRS)
 
 
 def test_mask_placeholder_is_replaced(converted, metadata) -> None:
@@ -161,10 +152,12 @@ def test_published_file_quirks(tmp_path: Path, converted, metadata) -> None:
     assert isinstance(quirky.metadata["tokenizer.ggml.precompiled_charsmap"], str)
     assert "tokenizer.ggml.add_sep_token" not in quirky.metadata
 
-    ours, theirs = tokenizer_from_gguf(quirky.metadata), reference("xlmr", converted["xlmr"][0])
+    ours = tokenizer_from_gguf(quirky.metadata)
+    auto = AutoTokenizer.from_pretrained(converted["xlmr"][0], trust_remote_code=False)
     assert_same([e.ids for e in ours.encode_batch(STRINGS, add_special_tokens=False)],
-                [e.ids for e in theirs.encode_batch(STRINGS, add_special_tokens=False)], STRINGS)
-    assert_same([e.ids for e in ours.encode_batch(PAIRS)], [e.ids for e in theirs.encode_batch(PAIRS)], PAIRS)
+                auto(STRINGS, add_special_tokens=False)["input_ids"], STRINGS)
+    queries, documents = map(list, zip(*PAIRS))
+    assert_same([e.ids for e in ours.encode_batch(PAIRS)], auto(queries, documents)["input_ids"], PAIRS)
 
 
 def test_unsupported_model(metadata) -> None:
