@@ -66,7 +66,7 @@ def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
     if folder is not None:
         hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     else:
-        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=tok.id_to_token(loaded.spec.pad_id))
     scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
     name = "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
     return scores, f"{name} ({type(model).__name__})"

@@ -12,8 +12,9 @@ Architectures (``general.architecture``):
   architecture).
 
 What a file cannot express is recorded in :attr:`LoadedModel.notes` and in the model folder:
-llama.cpp's converter drops BERT's pooler, so a ``bert`` or ``jina-bert-v2`` file with only a
-``cls`` tensor scores ``tanh(cls · h0 + b)`` (llama.cpp's RANK pooling), not the original head.
+llama.cpp's converter drops BERT's pooler, so a ``jina-bert-v2`` file (classifier in ``cls``)
+scores ``tanh(cls · h0 + b)`` and a BERT file (classifier in ``cls.output``) ``cls.output · h0 + b``
+(llama.cpp's RANK pooling), not the original head.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from converters.sources import SourceBundle
 from converters.spec import EncoderSpec, LoadedModel, Weights
 
 POOLER_DROPPED = (
-    "the GGUF has no BERT pooler (llama.cpp's converter drops it): scores are tanh(classifier(h0)) as llama.cpp "
-    "computes them, not the original model's classifier(tanh(pooler(h0))); rankings usually agree, values do not"
+    "the GGUF has no BERT pooler (llama.cpp's converter drops it): scores are {form} as llama.cpp computes them, "
+    "not the original model's classifier(tanh(pooler(h0))); rankings may agree, values do not"
 )
 TYPE_IDS_USED = (
     "document tokens get token type 1 from the file's token-type table, as the original BERT model does; "
@@ -88,14 +89,18 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
         w[o + "down.w"], w[o + "down.b"] = _tensor(t, b + "ffn_down.weight"), _tensor(t, b + "ffn_down.bias")
         w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _tensor(t, b + "layer_output_norm.weight"), _tensor(t, b + "layer_output_norm.bias")
 
-    if "cls.output.weight" in t:
-        w["head.dense.w"], w["head.dense.b"] = _tensor(t, "cls.weight"), _tensor(t, "cls.bias")
+    if "cls.output.weight" in t and "cls.weight" in t:
+        w["head.dense.w"], w["head.dense.b"] = t["cls.weight"], _tensor(t, "cls.bias")
         w["head.out.w"], w["head.out.b"] = t["cls.output.weight"], _tensor(t, "cls.output.bias")
         head = "pooler" if arch == "new" or tokenizer_model == "bert" else "roberta"
+    elif "cls.output.weight" in t:
+        w["head.out.w"], w["head.out.b"] = t["cls.output.weight"], _tensor(t, "cls.output.bias")
+        head = "linear"
+        notes.append(POOLER_DROPPED.format(form="classifier(h0)"))
     elif "cls.weight" in t:
         w["head.out.w"], w["head.out.b"] = t["cls.weight"], _tensor(t, "cls.bias")
         head = "tanh"
-        notes.append(POOLER_DROPPED)
+        notes.append(POOLER_DROPPED.format(form="tanh(classifier(h0))"))
     else:
         raise GgufError(f"{path.name}: no classifier (cls) tensor: this is an embedding model, not a reranker")
     if w["head.out.w"].shape[0] != 1:

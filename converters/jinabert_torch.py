@@ -57,7 +57,8 @@ class JinaBertReranker(nn.Module):
             gated, plain = (x @ w[p + "up.w"].T).split(s.intermediate, dim=-1)
             ffn = (nn.functional.gelu(gated) * plain) @ w[p + "down.w"].T + w[p + "down.b"]
             x = self._ln(ffn + x, p + "ffn_ln")
-        if s.head == "tanh":  # a pooler-less GGUF: llama.cpp's tanh(cls · h0 + b)
-            return SimpleNamespace(logits=torch.tanh(x[:, 0] @ w["head.out.w"].T + w["head.out.b"]))
+        if s.head in ("tanh", "linear"):  # a pooler-less GGUF: llama.cpp's [tanh](cls · h0 + b)
+            logits = x[:, 0] @ w["head.out.w"].T + w["head.out.b"]
+            return SimpleNamespace(logits=torch.tanh(logits) if s.head == "tanh" else logits)
         pooled = torch.tanh(x[:, 0] @ w["head.dense.w"].T + w["head.dense.b"])
         return SimpleNamespace(logits=pooled @ w["head.out.w"].T + w["head.out.b"])

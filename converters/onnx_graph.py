@@ -191,6 +191,8 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
     first_token = b.op("Gather", x, b.const(np.array(0, dtype=np.int64)), axis=1, hint="cls")
     if spec.head == "tanh":
         score = b.op("Tanh", b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out"))
+    elif spec.head == "linear":
+        score = b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out")
     else:
         pooled = b.op("Tanh", b.linear(first_token, w["head.dense.w"], w["head.dense.b"], "head_dense"))
         score = b.linear(pooled, w["head.out.w"], w["head.out.b"], "head_out")

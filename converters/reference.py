@@ -6,8 +6,8 @@
   given the weights our reader produced (the remote code is never run).
 * JinaBERT: transformers has no class for it; :mod:`converters.jinabert_torch` is a separate
   PyTorch definition written from the published description.
-* The ``tanh`` head of pooler-less GGUFs (what llama.cpp computes) sits on top of the
-  transformers backbone.
+* The ``tanh`` and ``linear`` heads of pooler-less GGUFs (what llama.cpp computes) sit on top
+  of the transformers backbone.
 
 Tokenisation here is the Hugging Face tokenizer with ``truncation="only_second"``, independent
 of the service's pair encoder.
@@ -25,7 +25,7 @@ from converters.spec import LoadedModel
 
 def hf_tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int):
     return tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second",
-                     max_length=max_length, padding=True, return_tensors="pt")
+                     max_length=max_length, padding=True, return_token_type_ids=True, return_tensors="pt")
 
 
 def _split_qkv(w: dict, o: str, H: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,7 +83,7 @@ def _gte_state(loaded: LoadedModel) -> dict[str, np.ndarray]:
 def _load(model, state: dict[str, np.ndarray]):
     import torch
 
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()},
                                                 strict=False)
     missing = [m for m in missing if "position_ids" not in m]
     if unexpected or missing:
@@ -91,21 +91,22 @@ def _load(model, state: dict[str, np.ndarray]):
     return model
 
 
-class _TanhHead:
-    """tanh(out(h0)) on a transformers backbone: llama.cpp's head for pooler-less GGUFs."""
+class _PoolerlessHead:
+    """tanh(out(h0)) or out(h0) on a transformers backbone: llama.cpp's heads for pooler-less GGUFs."""
 
     def __init__(self, backbone, loaded: LoadedModel) -> None:
         import torch
 
-        self.backbone = backbone
-        self.w = torch.from_numpy(loaded.weights["head.out.w"])
-        self.b = torch.from_numpy(loaded.weights["head.out.b"])
+        self.backbone = backbone.float().eval()
+        self.tanh = loaded.spec.head == "tanh"
+        self.w = torch.from_numpy(np.array(loaded.weights["head.out.w"]))
+        self.b = torch.from_numpy(np.array(loaded.weights["head.out.b"]))
 
     def __call__(self, **inputs):
         import torch
 
-        h0 = self.backbone(**inputs).last_hidden_state[:, 0]
-        return SimpleNamespace(logits=torch.tanh(h0 @ self.w.T + self.b))
+        logits = self.backbone(**inputs).last_hidden_state[:, 0] @ self.w.T + self.b
+        return SimpleNamespace(logits=torch.tanh(logits) if self.tanh else logits)
 
 
 def gte_rope_parameters(spec) -> dict:
@@ -138,8 +139,8 @@ def model_from_weights(loaded: LoadedModel):
         from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
 
         config = XLMRobertaConfig(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
-        if spec.head == "tanh":
-            return _TanhHead(_load(XLMRobertaModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
+        if spec.head in ("tanh", "linear"):
+            return _PoolerlessHead(_load(XLMRobertaModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
         state = _bert_like_state(loaded, "roberta.")
         state.update({"classifier.dense.weight": w["head.dense.w"], "classifier.dense.bias": w["head.dense.b"],
                       "classifier.out_proj.weight": w["head.out.w"], "classifier.out_proj.bias": w["head.out.b"]})
@@ -147,8 +148,8 @@ def model_from_weights(loaded: LoadedModel):
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     config = BertConfig(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
-    if spec.head == "tanh":
-        return _TanhHead(_load(BertModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
+    if spec.head in ("tanh", "linear"):
+        return _PoolerlessHead(_load(BertModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
     state = _bert_like_state(loaded, "bert.")
     state.update({"bert.pooler.dense.weight": w["head.dense.w"], "bert.pooler.dense.bias": w["head.dense.b"],
                   "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})

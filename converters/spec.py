@@ -25,7 +25,7 @@ Canonical names::
     L{i}.up.b           [ffn_rows]                   optional (gated kinds have none)
     L{i}.down.w / .b    [hidden, intermediate] / [hidden]
     L{i}.ffn_ln.w/.b    [hidden]                     post-feed-forward LayerNorm
-    head.dense.w / .b   [hidden, hidden] / [hidden]  RoBERTa head dense, or BERT pooler; absent for head "tanh"
+    head.dense.w / .b   [hidden, hidden] / [hidden]  RoBERTa head dense, or BERT pooler; absent for tanh/linear
     head.out.w / .b     [1, hidden] / [1]            the scoring projection
 """
 
@@ -47,10 +47,11 @@ FeedForward = Literal["gelu", "geglu", "gelu-gated-second"]
 """``gelu``: down(gelu(up x)). ``geglu`` (JinaBERT): up gives [a | b], down(gelu(a) * b).
 ``gelu-gated-second`` (GTE): up gives [up | gate], down(up * gelu(gate))."""
 
-Head = Literal["roberta", "pooler", "tanh"]
+Head = Literal["roberta", "pooler", "tanh", "linear"]
 """``roberta``: out(tanh(dense(h0))). ``pooler`` (BERT): out(tanh(pooler(h0))), the same math
-under BERT's names. ``tanh``: tanh(out(h0)) — what llama.cpp computes for a BERT-style GGUF whose
-pooler was dropped by its converter; it is not the original model's head."""
+under BERT's names. ``tanh`` and ``linear``: tanh(out(h0)) and out(h0) — what llama.cpp computes
+for a BERT-style GGUF whose pooler its converter dropped (the classifier lands in ``cls`` for
+JinaBERT, in ``cls.output`` for BERT); neither is the original model's head."""
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ class JinaBertNumpy:
         self.cfg = json.loads((folder / "config.json").read_text())
         self.t = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
 
-    def score(self, ids: list[int]) -> float:
+    def score(self, ids: list[int], head: str = "pooler") -> float:
+        """The logit for one token sequence. ``head="tanh"``: llama.cpp's head for a GGUF whose
+        pooler was dropped, tanh(classifier(h0))."""
         c, t = self.cfg, self.t
         H, N = c["hidden_size"], c["num_attention_heads"]
         D, eps = H // N, c["layer_norm_eps"]
@@ -70,5 +72,7 @@ class JinaBertNumpy:
             inter = h.shape[-1] // 2
             h = _gelu(h[:, :inter]) * h[:, inter:]
             x = _ln(lin("mlp.wo", h) + x, t[p + "mlp.layernorm.weight"], t[p + "mlp.layernorm.bias"], eps)
+        if head == "tanh":
+            return float(np.tanh(x[0] @ t["classifier.weight"][0] + t["classifier.bias"][0]))
         pooled = np.tanh(x[0] @ t["bert.pooler.dense.weight"].T + t["bert.pooler.dense.bias"])
         return float(pooled @ t["classifier.weight"][0] + t["classifier.bias"][0])

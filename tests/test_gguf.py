@@ -1,0 +1,153 @@
+"""GGUF input: files made from the fixture checkpoints by llama.cpp's own convert_hf_to_gguf.py
+(and, for GTE, which upstream cannot convert, written in llama-box's layout) are converted by
+rerank-convert and must score like the same checkpoint converted from Hugging Face."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from converters.convert import convert
+from converters.gguf_source import POOLER_DROPPED
+from converters.sources import load_source
+from service.backends.onnx import OnnxBackend
+from service.core.batching import pad
+from service.core.model_folder import read_model_folder
+from service.core.tokenization import PairEncoder
+from tests.fixtures.checkpoints import multilingual_strings
+from tests.jinabert_numpy import JinaBertNumpy
+from tests.llama_cpp import convert_to_gguf
+
+REPO = Path(__file__).resolve().parent.parent
+FULL = ("xlmr", "jina-v2")  # llama.cpp keeps every weight of these
+NO_POOLER = ("bert", "jina-v1")  # llama.cpp's converter drops BERT's pooler
+# Measured here on the fixtures (random weights of std 0.3, far rougher than trained ones; logits
+# spread over ~4): f32 0 (same weights, same graph), f16 up to 5.2e-3, q8_0 up to 0.15.
+TOLERANCE = {"f32": 1e-4, "f16": 2e-2, "q8_0": 0.3}
+
+
+def pairs() -> list[tuple[str, str]]:
+    texts = multilingual_strings(200, seed=3)
+    queries = [t for t in texts if 0 < len(t) < 40][:10]
+    return [(q, d) for q, d in zip(queries, texts[50:60])] + [("panda", "the giant panda eats bamboo")]
+
+
+def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
+    config = read_model_folder(folder)
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    encoded = [encoder.encode(q, [d]).pairs[0] for q, d in items]
+    return OnnxBackend(folder, config, device="cpu").run(pad(encoded, config.template.pad_id, config.type_ids_input))
+
+
+@pytest.fixture(scope="module")
+def ggufs(checkpoint, tmp_path_factory):
+    """(kind, outtype) -> GGUF path, made by llama.cpp's converter."""
+    out = tmp_path_factory.mktemp("gguf")
+    jobs = [(k, t) for k in FULL for t in ("f32", "f16", "q8_0")] + [(k, "f32") for k in NO_POOLER]
+    with ThreadPoolExecutor(4) as pool:
+        paths = pool.map(lambda j: convert_to_gguf(checkpoint(j[0]), out / f"{j[0]}-{j[1]}.gguf", j[1]), jobs)
+        return dict(zip(jobs, paths))
+
+
+@pytest.fixture(scope="module")
+def hf_folders(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf-models")
+    for kind in FULL + NO_POOLER + ("gte",):
+        bundle = load_source(str(checkpoint(kind)), progress=lambda _: None)
+        convert(bundle.loaded, name=kind, out_dir=out, source_folder=bundle.folder, progress=lambda _: None)
+    return out
+
+
+def convert_gguf(path: Path, out: Path, name: str) -> Path:
+    """Through the real CLI, as a user would."""
+    result = subprocess.run([sys.executable, "-m", "converters.cli", str(path), "--name", name, "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / name
+
+
+@pytest.mark.parametrize("kind", FULL)
+@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
+def test_full_weight_gguf_scores_like_hf(kind, outtype, ggufs, hf_folders, tmp_path):
+    folder = convert_gguf(ggufs[(kind, outtype)], tmp_path, f"{kind}-{outtype}")
+    config = json.loads((folder / "rerank.json").read_text())
+    assert config["source"]["format"] == "gguf" and config["notes"] == []
+    assert config["source"]["dtype"] == {"f32": "f32", "f16": "f16", "q8_0": "q8_0"}[outtype]
+    items = pairs()
+    ours, hf = onnx_scores(folder, items), onnx_scores(hf_folders / kind, items)
+    diff = float(np.max(np.abs(ours - hf)))
+    print(f"{kind} {outtype}: max |Δ logit| vs HF = {diff:.2e}")
+    assert diff <= TOLERANCE[outtype]
+    assert np.argmax(ours) == np.argmax(hf)
+
+
+def test_bert_gguf_without_pooler(ggufs, checkpoint, tmp_path):
+    """The file has no pooler and llama.cpp puts the classifier in ``cls.output``: what it can
+    express is classifier(h0) on the full backbone, with the token-type table it still holds.
+    Reference: transformers' BertModel + that head."""
+    from transformers import AutoTokenizer, BertModel
+
+    folder = convert_gguf(ggufs[("bert", "f32")], tmp_path, "bert-gguf")
+    config = json.loads((folder / "rerank.json").read_text())
+    assert config["notes"][0] == POOLER_DROPPED.format(form="classifier(h0)") and config["spec"]["head"] == "linear"
+    items = pairs()
+    ckpt = checkpoint("bert")
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    backbone = BertModel.from_pretrained(str(ckpt), add_pooling_layer=False).eval()
+    from safetensors.torch import load_file
+
+    head = load_file(str(ckpt / "model.safetensors"))
+    with torch.inference_mode():
+        expected = [float(backbone(**tok([q], [d], truncation="only_second", max_length=128, return_tensors="pt"))
+                          .last_hidden_state[0, 0] @ head["classifier.weight"][0] + head["classifier.bias"][0])
+                    for q, d in items]
+    np.testing.assert_allclose(onnx_scores(folder, items), expected, atol=1e-4, rtol=0)
+
+
+def test_jina_v1_gguf_without_pooler(ggufs, checkpoint, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = convert_gguf(ggufs[("jina-v1", "f32")], tmp_path, "jina-v1-gguf")
+    config = json.loads((folder / "rerank.json").read_text())
+    assert config["notes"] == [POOLER_DROPPED.format(form="tanh(classifier(h0))")]
+    assert config["spec"]["positions"] == "alibi" and config["spec"]["head"] == "tanh"
+    items = pairs()
+    tok = AutoTokenizer.from_pretrained(str(checkpoint("jina-v1")))
+    model = JinaBertNumpy(checkpoint("jina-v1"))
+    expected = [model.score(tok([q], [d])["input_ids"][0], head="tanh") for q, d in items]
+    np.testing.assert_allclose(onnx_scores(folder, items), expected, atol=1e-4, rtol=0)
+
+
+def test_gte_gguf_in_llama_box_layout(checkpoint, ggufs, hf_folders, tmp_path):
+    """Upstream llama.cpp cannot convert GTE; GPUStack's files come from llama-box's converter.
+    This writes that layout (arch ``new``, fused qkv, [up | gate] ffn_up, cls = pooler,
+    cls.output = classifier, NTK folded into freq_base) from the fixture checkpoint."""
+    from tests.gguf_writer import write_llama_box_gte
+
+    # The gte fixture shares the xlmr fixture's tokenizer (same SentencePiece training).
+    path = write_llama_box_gte(checkpoint("gte"), tmp_path / "gte.gguf", ggufs[("xlmr", "f32")])
+    folder = convert_gguf(path, tmp_path, "gte-gguf")
+    items = pairs()
+    np.testing.assert_allclose(onnx_scores(folder, items), onnx_scores(hf_folders / "gte", items), atol=1e-4, rtol=0)
+
+
+def test_not_a_reranker_is_refused(ggufs, tmp_path):
+    from gguf import GGUFWriter
+
+    path = tmp_path / "llama.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = subprocess.run([sys.executable, "-m", "converters.cli", str(path), "--name", "x", "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "not a supported reranker" in result.stderr
