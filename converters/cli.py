@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from converters.catalog import CATALOG, resolve
+from converters.variants import DEFAULT as DEFAULT_VARIANTS, KNOWN as KNOWN_VARIANTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="served model name (default: the catalog name or the folder's name)")
     p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"optimised graphs to add, comma-separated, or 'none' (default: {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--no-gate", action="store_true",
+                   help="keep variants that fail the accuracy gate (only for speed benchmarks of random-weight models)")
     p.add_argument("--list", action="store_true", help="list the supported models and exit")
     a = p.parse_args(argv)
 
@@ -38,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.source:
         p.error("a source is required (or --list)")
+    variants = () if a.variants.strip().lower() == "none" else tuple(v.strip() for v in a.variants.split(",") if v.strip())
+    if set(variants) - set(KNOWN_VARIANTS):
+        p.error(f"--variants: unknown {sorted(set(variants) - set(KNOWN_VARIANTS))}; known: {', '.join(KNOWN_VARIANTS)}")
 
     from converters.sources import load_source
     from converters.convert import VerificationError, convert
@@ -52,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bundle = load_source(source, progress=progress)
             result = convert(bundle.loaded, name=name, out_dir=a.out, source_folder=bundle.folder,
-                             tokenizer=bundle.tokenizer,
-                             licence=entry.licence if entry else "", progress=progress, force=a.force)
+                             tokenizer=bundle.tokenizer, licence=entry.licence if entry else "", progress=progress,
+                             force=a.force, variants=variants, enforce_gate=not a.no_gate)
         except (VerificationError, FileExistsError, ValueError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             return 1

@@ -7,6 +7,7 @@ moved into place at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from tokenizers import Tokenizer
 from converters import onnx_graph
 from converters.probes import probe_pairs
 from converters.spec import LoadedModel
+from converters.variants import write_variants
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.model_folder import ModelFolderConfig, Variant, write_config
@@ -42,10 +44,12 @@ class Result:
     probes: int
 
 
-def onnx_scores(folder: Path, config: ModelFolderConfig, pairs: list[tuple[str, str]], variant: str = "fp32") -> np.ndarray:
-    """Scores ``pairs`` through the service's own encoder and backend (one pair per run)."""
+def onnx_scores(folder: Path, config: ModelFolderConfig, pairs: list[tuple[str, str]], file: str = "model.onnx") -> np.ndarray:
+    """Scores ``pairs`` with the graph ``file`` through the service's own encoder and backend
+    (one pair per run)."""
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-    backend = OnnxBackend(folder, config, variant=variant, device="cpu")
+    probe = dataclasses.replace(config, variants={"probe": Variant(file=file, precision="?")})
+    backend = OnnxBackend(folder, probe, variant="probe", device="cpu")
     scores = []
     for query, document in pairs:
         encoded = encoder.encode(query, [document])
@@ -93,14 +97,16 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
 
 def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Path | None,
             tokenizer: Tokenizer | None = None, licence: str = "", progress: Progress = print,
-            force: bool = False) -> Result:
+            force: bool = False, variants: tuple[str, ...] = (), enforce_gate: bool = True) -> Result:
     """Writes ``out_dir/name`` for ``loaded`` after verifying it against the reference
-    implementation (:mod:`converters.reference`) on the probe pairs."""
+    implementation (:mod:`converters.reference`) on the probe pairs, plus the optimised
+    ``variants`` (:mod:`converters.variants`) that pass their accuracy gate."""
     final = out_dir / name
     if final.exists() and not force:
         raise FileExistsError(f"{final} exists; pass --force to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+    work.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         spec = loaded.spec
         progress(f"tokenizer: writing tokenizer.json")
@@ -134,10 +140,12 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
-        config = ModelFolderConfig(**{**config.__dict__, "verification": {
-            "reference": reference_name,
-            "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,
-        }})
+        kept, figures = write_variants(work, loaded, variants, lambda file: onnx_scores(work, config, pairs, file),
+                                       ours, enforce_gate=enforce_gate, progress=progress)
+        config = dataclasses.replace(config, variants={**config.variants, **kept}, verification={
+            "reference": reference_name, "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,
+            "variant_gates": figures, "variant_gate_enforced": enforce_gate,
+        })
         write_config(work, config)
         if final.exists():
             shutil.rmtree(final)

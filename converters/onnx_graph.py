@@ -81,8 +81,15 @@ class _Builder:
         return self.op("Mul", self.op("Mul", x, one_plus), self.const(np.float32(0.5)), hint="gelu")
 
 
-def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross_encoder") -> onnx.ModelProto:
-    """Returns the float32 ONNX model for ``spec`` with ``weights`` baked in as initializers."""
+def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross_encoder",
+                fused_attention: bool = False) -> onnx.ModelProto:
+    """Returns the float32 ONNX model for ``spec`` with ``weights`` baked in as initializers.
+
+    ``fused_attention``: each layer's attention is ONNX Runtime's ``com.microsoft``
+    MultiHeadAttention kernel instead of standard operators (the "fused" variants). It never
+    materialises the padded [batch, heads, seq, seq] score tensor chain op by op, and reads the
+    padding mask directly.
+    """
     b = _Builder()
     H, N, D = spec.hidden, spec.heads, spec.head_dim
     w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
@@ -127,10 +134,13 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
     x = b.layer_norm(x, w["emb.ln.w"], w["emb.ln.b"], spec.layer_norm_eps, "emb_ln")
 
     # --- attention bias: padding mask, plus ALiBi where used --------------------------------
-    mask_f = b.op("Cast", attention_mask, to=TensorProto.FLOAT)
-    inv = b.op("Sub", b.const(np.float32(1.0)), mask_f)
-    bias = b.op("Mul", inv, b.const(np.float32(MASK_VALUE)))
-    bias = b.op("Unsqueeze", bias, b.const(np.array([1, 2], dtype=np.int64)), hint="mask_bias")  # [B,1,1,S]
+    # (The fused kernel takes the padding mask as is and ALiBi as its attention_bias input.)
+    bias = alibi = ""
+    if not fused_attention:
+        mask_f = b.op("Cast", attention_mask, to=TensorProto.FLOAT)
+        inv = b.op("Sub", b.const(np.float32(1.0)), mask_f)
+        bias = b.op("Mul", inv, b.const(np.float32(MASK_VALUE)))
+        bias = b.op("Unsqueeze", bias, b.const(np.array([1, 2], dtype=np.int64)), hint="mask_bias")  # [B,1,1,S]
     if spec.positions == "alibi":
         pos_f = b.op("Cast", positions, to=TensorProto.FLOAT)
         rows = b.op("Unsqueeze", pos_f, b.const(np.array([1], dtype=np.int64)))
@@ -138,7 +148,8 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         distance = b.op("Abs", b.op("Sub", rows, cols))  # [S,S]
         slopes = -alibi_slopes(N).reshape(1, N, 1, 1)
         alibi = b.op("Mul", b.const(slopes, "alibi_slopes"), distance, hint="alibi")  # [1,N,S,S]
-        bias = b.op("Add", bias, alibi, hint="attention_bias")
+        if not fused_attention:
+            bias = b.op("Add", bias, alibi, hint="attention_bias")
 
     cos = sin = None
     if spec.positions == "rope":
@@ -148,18 +159,49 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         cos = b.op("Slice", b.const(cos_table, "rope_cos"), start, seq_len, axis0, hint="cos")
         sin = b.op("Slice", b.const(sin_table, "rope_sin"), start, seq_len, axis0, hint="sin")
 
-    qkv_shape = b.const(np.array([0, 0, 3, N, D], dtype=np.int64))
     merge_shape = b.const(np.array([0, 0, H], dtype=np.int64))
-    scale = b.const(np.float32(1.0 / math.sqrt(D)))
+    if not fused_attention:
+        qkv_shape = b.const(np.array([0, 0, 3, N, D], dtype=np.int64))
+        scale = b.const(np.float32(1.0 / math.sqrt(D)))
 
     def rotate(t: str) -> str:
         first, second = b.ops("Split", [t], 2, "half", axis=-1)
         rotated = b.op("Concat", b.op("Neg", second), first, axis=-1)
         return b.op("Add", b.op("Mul", t, cos), b.op("Mul", rotated, sin), hint="rope")
 
+    if fused_attention:
+        key_padding_mask = b.op("Cast", attention_mask, to=TensorProto.INT32, hint="key_padding_mask")
+        split_shape = b.const(np.array([0, 0, N, D], dtype=np.int64))
+
+    def rotate_bsnd(t: str) -> str:
+        """RoPE on a [B,S,H] tensor viewed as [B,S,N,D] (cos/sin broadcast over heads)."""
+        t4 = b.op("Reshape", t, split_shape)
+        first, second = b.ops("Split", [t4], 2, "half", axis=-1)
+        rotated = b.op("Concat", b.op("Neg", second), first, axis=-1)
+        out = b.op("Add", b.op("Mul", t4, cos_s1d), b.op("Mul", rotated, sin_s1d))
+        return b.op("Reshape", out, merge_shape, hint="rope")
+
+    if fused_attention and cos is not None:
+        cos_s1d = b.op("Unsqueeze", cos, b.const(np.array([1], dtype=np.int64)))  # [S,1,D]
+        sin_s1d = b.op("Unsqueeze", sin, b.const(np.array([1], dtype=np.int64)))
+
     # --- encoder layers (post-LayerNorm) ------------------------------------------------------
     for i in range(spec.num_layers):
         p = f"L{i}."
+        if fused_attention:
+            qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
+            q, k, v = b.ops("Split", [qkv], 3, f"l{i}_qkv_split", axis=-1)
+            if cos is not None:
+                q, k = rotate_bsnd(q), rotate_bsnd(k)
+            mha = helper.make_node(
+                "MultiHeadAttention", [q, k, v, "", key_padding_mask, alibi], [b.name(f"l{i}_mha")],
+                name=b.name(f"l{i}_mha_node"), domain="com.microsoft", num_heads=N, scale=1.0 / math.sqrt(D),
+            )
+            b.nodes.append(mha)
+            attn = b.linear(mha.output[0], w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
+            x = b.layer_norm(b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln")
+            x = _feed_forward(b, spec, w, p, i, x)
+            continue
         qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
         qkv = b.op("Transpose", b.op("Reshape", qkv, qkv_shape), perm=[2, 0, 3, 1, 4])  # [3,B,N,S,D]
         q, k, v = (
@@ -174,18 +216,7 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         context = b.op("Reshape", context, merge_shape, hint=f"l{i}_context")
         attn = b.linear(context, w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
         x = b.layer_norm(b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln")
-
-        up = b.linear(x, w[p + "up.w"], w.get(p + "up.b"), f"l{i}_up")
-        if spec.feed_forward == "gelu":
-            hidden = b.gelu(up)
-        else:
-            first, second = b.ops("Split", [up], 2, f"l{i}_glu", axis=-1)
-            if spec.feed_forward == "geglu":
-                hidden = b.op("Mul", b.gelu(first), second)
-            else:  # gelu-gated-second (GTE): [up | gate] -> up * gelu(gate)
-                hidden = b.op("Mul", first, b.gelu(second))
-        down = b.linear(hidden, w[p + "down.w"], w[p + "down.b"], f"l{i}_down")
-        x = b.layer_norm(b.op("Add", down, x), w[p + "ffn_ln.w"], w[p + "ffn_ln.b"], spec.layer_norm_eps, f"l{i}_ffn_ln")
+        x = _feed_forward(b, spec, w, p, i, x)
 
     # --- classifier head on the first token -------------------------------------------------
     first_token = b.op("Gather", x, b.const(np.array(0, dtype=np.int64)), axis=1, hint="cls")
@@ -204,9 +235,27 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch"])],
         initializer=b.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rerank-convert")
+    opsets = [helper.make_opsetid("", OPSET)]
+    if fused_attention:
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="rerank-convert")
     model.ir_version = 8
     return model
+
+
+def _feed_forward(b: _Builder, spec: EncoderSpec, w: Weights, p: str, i: int, x: str) -> str:
+    """The feed-forward block and its residual LayerNorm."""
+    up = b.linear(x, w[p + "up.w"], w.get(p + "up.b"), f"l{i}_up")
+    if spec.feed_forward == "gelu":
+        hidden = b.gelu(up)
+    else:
+        first, second = b.ops("Split", [up], 2, f"l{i}_glu", axis=-1)
+        if spec.feed_forward == "geglu":
+            hidden = b.op("Mul", b.gelu(first), second)
+        else:  # gelu-gated-second (GTE): [up | gate] -> up * gelu(gate)
+            hidden = b.op("Mul", first, b.gelu(second))
+    down = b.linear(hidden, w[p + "down.w"], w[p + "down.b"], f"l{i}_down")
+    return b.layer_norm(b.op("Add", down, x), w[p + "ffn_ln.w"], w[p + "ffn_ln.b"], spec.layer_norm_eps, f"l{i}_ffn_ln")
 
 
 def rope_tables(spec: EncoderSpec) -> tuple[np.ndarray, np.ndarray]:

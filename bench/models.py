@@ -1,0 +1,184 @@
+"""The bench models: random-weight checkpoints with published shapes, and their converted forms.
+
+Each model exists in three forms, all cached under ``.cache/bench/<model>/`` (git-ignored):
+
+* ``checkpoint/``: a Hugging Face checkpoint folder (random weights, seeded; a fixture tokenizer);
+* ``models/<model>/``: our model folder, written by ``converters.cli`` with the fp32-fused and
+  int8 variants (``--no-gate``: random weights make the accuracy gate meaningless);
+* ``<model>-f16.gguf`` and ``<model>-q8_0.gguf``: llama.cpp's ``convert_hf_to_gguf.py`` output.
+
+A form is rebuilt only when it is missing; delete the folder to start over.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "bench"
+SEED = 0
+OUR_VARIANTS = ("fp32-fused", "int8")
+GGUF_TYPES = ("f16", "q8_0")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one bench model is built: the fixture tokenizer it borrows and its transformer shape."""
+
+    fixture: str
+    """``tests.fixtures.checkpoints`` kind whose tokenizer files are copied."""
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    max_positions: int
+    model_max_length: int
+    vocab_size: int | None
+    """Embedding rows; None: the tokenizer's own size."""
+
+
+SHAPES: dict[str, Shape] = {
+    # BAAI/bge-reranker-v2-m3 (XLMRobertaForSequenceClassification, ~568M parameters).
+    "bge-shape": Shape("xlmr", layers=24, hidden=1024, heads=16, intermediate=4096, max_positions=8194,
+                       model_max_length=8192, vocab_size=250002),
+    # cross-encoder/ms-marco-MiniLM-L-6-v2's shape with a 384-wide intermediate x4 (MiniLM-L6 family).
+    "bert-small": Shape("bert", layers=6, hidden=384, heads=12, intermediate=1536, max_positions=512,
+                        model_max_length=512, vocab_size=None),
+}
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "sentencepiece.bpe.model", "vocab.txt")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """Every form of one bench model, built."""
+
+    name: str
+    checkpoint: Path
+    models_dir: Path
+    gguf: dict[str, Path]
+    params: int
+    """All parameters of the checkpoint."""
+    matmul_params: int
+    """Parameters outside the embedding tables: the ones each token multiplies (GFLOP/s counts these)."""
+
+    @property
+    def folder(self) -> Path:
+        """Our model folder (served by name ``self.name``)."""
+        return self.models_dir / self.name
+
+
+def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    """Runs ``build(tmp)`` in a temporary sibling of ``final`` and renames it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(name: str, shape: Shape, out: Path) -> None:
+    """Random-weight *ForSequenceClassification checkpoint with ``shape`` and a fixture tokenizer."""
+    import torch
+    from transformers import (BertConfig, BertForSequenceClassification, XLMRobertaConfig,
+                              XLMRobertaForSequenceClassification)
+
+    from tests.fixtures.checkpoints import make_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fixture = make_checkpoint(shape.fixture, Path(tmp) / "fixture", seed=SEED)
+        for file in _TOKENIZER_FILES:
+            if (fixture / file).exists():
+                shutil.copy(fixture / file, out / file)
+        tokenizer_vocab = json.loads((fixture / "config.json").read_text())["vocab_size"]
+    config_path = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["model_max_length"] = shape.model_max_length
+    config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+    common = dict(num_hidden_layers=shape.layers, hidden_size=shape.hidden, num_attention_heads=shape.heads,
+                  intermediate_size=shape.intermediate, max_position_embeddings=shape.max_positions,
+                  vocab_size=shape.vocab_size or tokenizer_vocab, num_labels=1, name_or_path=name)
+    if shape.fixture == "xlmr":
+        config = XLMRobertaConfig(type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                  layer_norm_eps=1e-5, **common)
+        config.architectures = ["XLMRobertaForSequenceClassification"]
+        model_class = XLMRobertaForSequenceClassification
+    else:
+        config = BertConfig(type_vocab_size=2, pad_token_id=0, layer_norm_eps=1e-12, **common)
+        config.architectures = ["BertForSequenceClassification"]
+        model_class = BertForSequenceClassification
+    torch.manual_seed(SEED)
+    model = model_class(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def _run(command: list[str], what: str) -> None:
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}): {' '.join(command)}\n"
+                           f"{(result.stdout + result.stderr)[-3000:]}")
+
+
+def _convert_ours(name: str, checkpoint: Path, models_dir: Path) -> None:
+    """``converters.cli`` with our CPU variants; the accuracy gate is skipped (random weights)."""
+    _run([sys.executable, "-m", "converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir),
+          "--variants", ",".join(OUR_VARIANTS), "--no-gate"], f"converting {name}")
+
+
+def _count_params(checkpoint: Path) -> tuple[int, int]:
+    """(all parameters, parameters outside ``*embeddings*`` tensors) of a safetensors checkpoint."""
+    from safetensors import safe_open
+
+    total = matmul = 0
+    with safe_open(str(checkpoint / "model.safetensors"), "np") as f:
+        for key in f.keys():
+            if key.endswith("position_ids"):
+                continue
+            count = 1
+            for dim in f.get_slice(key).get_shape():
+                count *= dim
+            total += count
+            matmul += 0 if "embeddings" in key else count
+    return total, matmul
+
+
+def ensure(name: str, log: Callable[[str], None] = print) -> BenchModel:
+    """Builds whatever form of model ``name`` is missing from the cache and returns all of them."""
+    from tests.llama_cpp import convert_to_gguf
+
+    shape = SHAPES[name]
+    root = CACHE / name
+    checkpoint = root / "checkpoint"
+    if not (checkpoint / "model.safetensors").exists():
+        log(f"{name}: writing the random-weight checkpoint")
+        _atomic_dir(checkpoint, lambda tmp: _write_checkpoint(name, shape, tmp))
+    models_dir = root / "models"
+    rerank_json = models_dir / name / "rerank.json"
+    variants = json.loads(rerank_json.read_text())["variants"] if rerank_json.exists() else {}
+    if not set(OUR_VARIANTS) <= set(variants):
+        log(f"{name}: converting to our model folder ({', '.join(OUR_VARIANTS)})")
+        shutil.rmtree(models_dir, ignore_errors=True)
+        _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp))
+    gguf: dict[str, Path] = {}
+    for outtype in GGUF_TYPES:
+        path = root / f"{name}-{outtype}.gguf"
+        if not path.exists():
+            log(f"{name}: converting to GGUF {outtype}")
+            partial = path.with_suffix(".gguf.part")
+            convert_to_gguf(checkpoint, partial, outtype)
+            partial.rename(path)
+        gguf[outtype] = path
+    params, matmul_params = _count_params(checkpoint)
+    return BenchModel(name, checkpoint, models_dir, gguf, params, matmul_params)

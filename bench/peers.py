@@ -1,0 +1,375 @@
+"""The peers: every way of scoring the same model that the bench compares.
+
+Each peer has ``start``/``stop``/``score`` and names the processes whose memory it reports.
+Servers listen on free loopback ports and log to ``<workdir>/<name>.log``.
+
+===============  =====================================================================
+peer             what runs
+===============  =====================================================================
+grpc-fp32        our server, ``RERANK_VARIANT=fp32-fused``, called over gRPC
+rest-fp32        the same server behind Envoy, ``POST /v1/rerank`` (W3 only, see below)
+grpc-int8        our server, ``RERANK_VARIANT=int8``, over gRPC
+st-fp32          sentence-transformers ``CrossEncoder.predict`` in this process (torch, 2 threads)
+llama-f16        ``llama-server --reranking`` on the GGUF f16 conversion
+llama-q8_0       the same on the GGUF q8_0 conversion
+===============  =====================================================================
+
+REST runs W3 only: it is there to measure what Envoy and JSON add to one request, a constant
+that W3 shows best, and Envoy's 60 s route timeout (envoy.yaml) is shorter than a bge-shape W1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from bench.models import REPO, BenchModel
+from bench.workloads import WORKLOADS, Workload
+
+API_KEY = "bench-key-0123456789"
+THREADS = 2
+"""Threads every peer computes with (the bench machine's cores)."""
+LLAMA_SERVER = REPO / ".cache" / "llama.cpp" / "build" / "bin" / "llama-server"
+LLAMA_UBATCH = 8192
+STARTUP_TIMEOUT = 900.0
+REQUEST_TIMEOUT = 3600.0
+PEERS = ("grpc-fp32", "rest-fp32", "grpc-int8", "st-fp32", "llama-f16", "llama-q8_0")
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A server subprocess in its own session (Ctrl-C reaches the bench only), logging to a file."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Polls ``ready`` until it is true; raises with the log's tail if the process dies or times out."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                state = f"exited with {self.popen.returncode}" if self.popen.returncode is not None else "timed out"
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{what} {state} during startup; log {self.log}:\n{tail}")
+            time.sleep(0.2)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class OurServer:
+    """``python -m service`` serving one model folder with one graph variant; shared by its peers."""
+
+    def __init__(self, model: BenchModel, variant: str, workdir: Path) -> None:
+        self.model, self.variant, self.workdir = model, variant, workdir
+        self.port = 0
+        self.process: Process | None = None
+
+    def start(self) -> None:
+        """Starts the server unless it runs already; returns once gRPC health says SERVING."""
+        if self.process is not None:
+            return
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.port = free_port()
+        self.process = Process(
+            [sys.executable, "-m", "service", "--models-dir", str(self.model.models_dir), "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            self.workdir / f"ours-{self.variant}.log",
+            env={"RERANK_API_KEYS": API_KEY, "RERANK_VARIANT": self.variant, "RERANK_THREADS": str(THREADS)},
+        )
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            try:
+                return stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                return False
+
+        try:
+            self.process.wait_until(serving, f"our server ({self.variant})")
+        finally:
+            channel.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+class Peer(ABC):
+    """One way of scoring (query, documents) with the bench model."""
+
+    name: str
+    precision: str
+    workloads: tuple[str, ...] = WORKLOADS
+
+    def prepare(self, workload: Workload) -> None:
+        """Called before warming up for ``workload``; peers that size themselves to it restart here."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        """Scores every document; thread-safe; raises on any failure."""
+
+    @abstractmethod
+    def pids(self) -> list[int]:
+        """Processes whose resident memory is this peer's; this process's pid for in-process peers."""
+
+    def rss_baseline(self) -> int:
+        """Bytes of the processes in :meth:`pids` that are not the peer's (this process before loading)."""
+        return 0
+
+
+class OursGrpc(Peer):
+    """Our server over gRPC (one channel, shared by the client threads)."""
+
+    def __init__(self, server: OurServer) -> None:
+        self.server = server
+        self.precision = "int8" if server.variant == "int8" else "fp32"
+        self.name = f"grpc-{self.precision}"
+        self._channel: Any = None
+        self._stub: Any = None
+
+    def start(self) -> None:
+        import grpc
+
+        from service.protocol import rerank_pb2_grpc
+
+        self.server.start()
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}",
+                                              options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
+
+    def stop(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self.server.stop()
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        from google.protobuf import struct_pb2
+
+        from service.protocol import rerank_pb2
+
+        request = rerank_pb2.RerankRequest(
+            model=self.server.model.name, query=query, return_documents=False,
+            documents=[struct_pb2.Value(string_value=d) for d in documents],
+        )
+        response = self._stub.Rerank(request, metadata=(("authorization", f"Bearer {API_KEY}"),),
+                                     timeout=REQUEST_TIMEOUT)
+        if len(response.results) != len(documents):
+            raise RuntimeError(f"{self.name}: {len(response.results)} results for {len(documents)} documents")
+
+    def pids(self) -> list[int]:
+        assert self.server.process is not None
+        return [self.server.process.pid]
+
+
+class _HttpPeer(Peer):
+    """A peer reached with ``POST /v1/rerank``; subclasses start the server and set ``base_url``."""
+
+    base_url = ""
+    _client: httpx.Client | None = None
+
+    def _open(self, headers: dict[str, str] | None = None) -> None:
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=REQUEST_TIMEOUT,
+                                    limits=httpx.Limits(max_connections=32))
+
+    def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _post(self, body: dict[str, Any], documents: int) -> None:
+        assert self._client is not None
+        response = self._client.post("/v1/rerank", json=body)
+        response.raise_for_status()
+        if len(response.json()["results"]) != documents:
+            raise RuntimeError(f"{self.name}: wrong number of results: {response.text[:300]}")
+
+
+class OursRest(_HttpPeer):
+    """Envoy (``gateway.envoy``) transcoding REST to the fp32 server's gRPC."""
+
+    workloads = ("W3",)
+
+    def __init__(self, server: OurServer, workdir: Path) -> None:
+        self.server, self.workdir = server, workdir
+        self.name, self.precision = "rest-fp32", "fp32"
+        self._envoy: Any = None
+
+    def start(self) -> None:
+        from gateway.envoy import start as start_envoy
+
+        self.server.start()
+        port = free_port()
+        self._envoy = start_envoy(listen_port=port, upstream_port=self.server.port, admin_port=free_port(),
+                                  workdir=self.workdir, listen_host="127.0.0.1")
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._open({"authorization": f"Bearer {API_KEY}"})
+
+    def stop(self) -> None:
+        self._close()
+        if self._envoy is not None:
+            self._envoy.stop()
+            self._envoy = None
+        self.server.stop()
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        self._post({"model": self.server.model.name, "query": query, "documents": list(documents),
+                    "return_documents": False}, len(documents))
+
+    def pids(self) -> list[int]:
+        assert self.server.process is not None and self._envoy is not None
+        return [self.server.process.pid, self._envoy.proc.pid]
+
+
+class LlamaServer(_HttpPeer):
+    """``llama-server --reranking`` with one slot per concurrent client of the workload.
+
+    Flags: ``-t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192*np -np np``: one slot (``-np 1``) for
+    W1 and W3, eight for W2 so that each client's request has a slot instead of waiting in
+    the HTTP queue; ``-c`` gives every slot the full 8192-token window.
+    """
+
+    def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
+        self.model, self.workdir = model, workdir
+        self.name, self.precision = f"llama-{outtype}", outtype
+        self.gguf = model.gguf[outtype]
+        self.parallel = 1
+        self._process: Process | None = None
+
+    def prepare(self, workload: Workload) -> None:
+        if workload.clients != self.parallel:
+            self.stop()
+            self.parallel = workload.clients
+            self.start()
+
+    def start(self) -> None:
+        port = free_port()
+        self._process = Process(
+            [str(LLAMA_SERVER), "-m", str(self.gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port),
+             "-t", str(THREADS), "-tb", str(THREADS), "-fa", "off", "-ub", str(LLAMA_UBATCH),
+             "-b", str(LLAMA_UBATCH), "-c", str(LLAMA_UBATCH * self.parallel), "-np", str(self.parallel),
+             "--no-webui"],
+            self.workdir / f"{self.name}.log",
+        )
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), self.name)
+        self._open()
+
+    def stop(self) -> None:
+        self._close()
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        self._post({"model": self.model.name, "query": query, "documents": list(documents),
+                    "top_n": len(documents)}, len(documents))
+
+    def pids(self) -> list[int]:
+        assert self._process is not None
+        return [self._process.pid]
+
+
+class SentenceTransformers(Peer):
+    """``CrossEncoder(checkpoint, num_labels=1, max_length=512).predict`` in this process.
+
+    Calls are serialised with a lock, as a one-worker server would run them: concurrent
+    ``predict`` calls would each start 2 torch threads on the same 2 cores.
+    """
+
+    def __init__(self, model: BenchModel) -> None:
+        self.model = model
+        self.name, self.precision = "st-fp32", "fp32"
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+        self._baseline = 0
+
+    def start(self) -> None:
+        import psutil
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        torch.set_num_threads(THREADS)
+        self._baseline = psutil.Process().memory_info().rss
+        self._encoder = CrossEncoder(str(self.model.checkpoint), num_labels=1, max_length=512, device="cpu")
+
+    def stop(self) -> None:
+        self._encoder = None
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        with self._lock:
+            scores = self._encoder.predict([(query, d) for d in documents], show_progress_bar=False)
+        if len(scores) != len(documents):
+            raise RuntimeError(f"{self.name}: {len(scores)} scores for {len(documents)} documents")
+
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+    def rss_baseline(self) -> int:
+        return self._baseline
+
+
+def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
+    """Peers ``names`` for ``model`` (unknown names raise); gRPC and REST share one fp32 server."""
+    unknown = set(names) - set(PEERS)
+    if unknown:
+        raise ValueError(f"unknown peers {sorted(unknown)}; expected some of {PEERS}")
+    servers = {variant: OurServer(model, variant, workdir) for variant in ("fp32-fused", "int8")}
+    make: dict[str, Callable[[], Peer]] = {
+        "grpc-fp32": lambda: OursGrpc(servers["fp32-fused"]),
+        "rest-fp32": lambda: OursRest(servers["fp32-fused"], workdir),
+        "grpc-int8": lambda: OursGrpc(servers["int8"]),
+        "st-fp32": lambda: SentenceTransformers(model),
+        "llama-f16": lambda: LlamaServer(model, "f16", workdir),
+        "llama-q8_0": lambda: LlamaServer(model, "q8_0", workdir),
+    }
+    return [make[name]() for name in PEERS if name in names]

@@ -1,0 +1,103 @@
+"""llama.cpp's llama-server as a second, looser oracle (``make test-parity``).
+
+llama-server runs the same GGUF files with its own kernels (a GELU table, half-precision paths),
+so agreement is looser than with transformers; it confirms rankings and the semantics of files
+without a pooler. Needs llama-server built by tools/build_llama_cpp.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from converters.variants import spearman
+from tests.conftest import free_port
+from tests.llama_cpp import convert_to_gguf, llama_server_binary
+from tests.test_gguf import convert_gguf, onnx_scores
+
+pytestmark = pytest.mark.parity
+
+QUERY = "what do giant pandas eat"
+DOCS = ["the giant panda eats bamboo shoots and leaves", "a red car drove past", "熊猫吃竹子", "pandas",
+        "bamboo forests in Sichuan", "stock markets fell on Tuesday", "Большая панда питается бамбуком",
+        "the quick brown fox"]
+RESULTS = Path(__file__).resolve().parent.parent / "build" / "parity.json"
+
+
+@pytest.fixture(scope="module")
+def server_binary() -> Path:
+    binary = llama_server_binary()
+    if binary is None:
+        pytest.skip("llama-server not built: run tools/build_llama_cpp.sh (make test-parity does)")
+    return binary
+
+
+def llama_scores(binary: Path, gguf: Path) -> np.ndarray:
+    port = free_port()
+    proc = subprocess.Popen([str(binary), "-m", str(gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port),
+                             "-t", "2", "-c", "4096", "-b", "2048", "-ub", "2048", "-np", "1", "-fa", "off", "--no-webui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        body = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60).json()
+        scores = np.zeros(len(DOCS))
+        for r in body["results"]:
+            scores[r["index"]] = r["relevance_score"]
+        return scores
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def record(name: str, **figures: float) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[name] = figures
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2))
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "jina-v2", "jina-v1"])
+def test_llama_server_agrees_with_our_gguf_conversion(kind, server_binary, checkpoint, tmp_path):
+    gguf = convert_to_gguf(checkpoint(kind), tmp_path / f"{kind}.gguf", "f32")
+    ours = onnx_scores(convert_gguf(gguf, tmp_path, kind), [(QUERY, d) for d in DOCS])
+    theirs = llama_scores(server_binary, gguf)
+    diff, rho = float(np.max(np.abs(ours - theirs))), spearman(ours, theirs)
+    record(kind, max_abs_diff=diff, spearman=rho)
+    print(f"{kind}: llama-server vs ours max |Δ| {diff:.3e}, Spearman {rho:.4f}")
+    assert rho >= 0.95
+    assert diff <= 0.05
+
+
+def test_llama_server_feeds_type_zero_to_bert(server_binary, checkpoint, tmp_path):
+    """llama.cpp scores a BERT GGUF with token type 0 everywhere and no pooler: check that claim
+    against transformers' BertModel fed exactly that."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertModel
+
+    ckpt = checkpoint("bert")
+    gguf = convert_to_gguf(ckpt, tmp_path / "bert.gguf", "f32")
+    theirs = llama_scores(server_binary, gguf)
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    model = BertModel.from_pretrained(str(ckpt), add_pooling_layer=False).eval()
+    head = load_file(str(ckpt / "model.safetensors"))
+    with torch.inference_mode():
+        type0 = np.array([float(model(input_ids=tok([QUERY], [d], return_tensors="pt")["input_ids"]).last_hidden_state[0, 0]
+                                @ head["classifier.weight"][0] + head["classifier.bias"][0]) for d in DOCS])
+    ours = onnx_scores(convert_gguf(gguf, tmp_path, "bert"), [(QUERY, d) for d in DOCS])
+    record("bert", llama_vs_type0_max_abs_diff=float(np.max(np.abs(theirs - type0))),
+           llama_vs_ours_max_abs_diff=float(np.max(np.abs(theirs - ours))))
+    assert np.max(np.abs(theirs - type0)) <= 0.05
