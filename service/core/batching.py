@@ -111,6 +111,10 @@ class DynamicBatcher:
         """Logits for ``pairs``, in their order. Raises :class:`QueueFull` when over the limit."""
         if not pairs:
             return np.zeros(0)
+        if len(pairs) > self.config.max_queue_pairs:
+            self.metrics.rejected_requests += 1
+            raise QueueFull(f"this request needs {len(pairs)} sequences, more than the queue holds "
+                            f"({self.config.max_queue_pairs}); send fewer documents per request")
         if self._queued_pairs + len(pairs) > self.config.max_queue_pairs:
             self.metrics.rejected_requests += 1
             raise QueueFull(

@@ -116,6 +116,7 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
     def card(self, model: ServedModel) -> rerank_pb2.ModelCard:
         config: ModelFolderConfig = model.config
         batching = model.batcher.config
+        m = model.metrics
         return rerank_pb2.ModelCard(
             id=model.name, object="model", created=int(config.source.get("created", 0)), owned_by="rerank",
             max_length=config.max_length, architecture=config.architecture, precision=model.backend.precision,
@@ -124,7 +125,11 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
                 max_batch_tokens=batching.max_batch_tokens, max_batch_pairs=batching.max_batch_pairs,
                 max_queue_pairs=batching.max_queue_pairs, max_documents=self.limits.max_documents,
             ),
-            notes=list(config.notes),
+            notes=list(config.notes), variant=model.backend.variant_key,
+            stats=rerank_pb2.ModelStats(
+                requests=m.requests, rejected_requests=m.rejected_requests, cancelled_requests=m.cancelled_requests,
+                pairs=m.pairs, batches=m.batches, padding_fraction=m.padding_fraction, queued_pairs=m.queue_pairs,
+            ),
         )
 
     async def Health(self, request: rerank_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> rerank_pb2.HealthResponse:

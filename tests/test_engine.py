@@ -1,0 +1,101 @@
+"""The engine as a client sees it: concurrent requests, variants, queue limits, stats."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from tests.conftest import AUTH, start_service
+from tests.test_rest import DOCS, QUERY
+
+
+def request(model: str, docs: list[str]):
+    from service.protocol import rerank_pb2
+
+    req = rerank_pb2.RerankRequest(model=model, query=QUERY, return_documents=False)
+    for d in docs:
+        req.documents.add().string_value = d
+    return req
+
+
+async def test_concurrent_requests_score_like_single_ones(stack):
+    from service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    docs = [f"{d} {i}" for i in range(12) for d in DOCS[:3]]
+    async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        single = await stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60)
+        replies = await asyncio.gather(*(stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60) for _ in range(8)))
+        expected = {r.index: r.relevance_score for r in single.results}
+        for reply in replies:
+            got = {r.index: r.relevance_score for r in reply.results}
+            assert max(abs(got[i] - expected[i]) for i in expected) <= 1e-5
+        cards = await stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10)
+    stats = {c.id: c.stats for c in cards.data}["xlmr-tiny"]
+    assert stats.pairs >= 9 * len(docs) and stats.batches >= 1 and 0 <= stats.padding_fraction < 1
+    assert stats.queued_pairs == 0
+
+
+def test_default_variant_on_cpu_is_fused_fp32(stub):
+    from service.protocol import rerank_pb2
+
+    cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
+    assert cards["xlmr-tiny"].variant == "fp32-fused" and cards["xlmr-tiny"].precision == "fp32"
+    assert cards["xlmr-tiny"].provider == "CPUExecutionProvider"
+
+
+def test_variant_gates_recorded(models_dir):
+    import json
+
+    data = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())
+    gates = data["verification"]["variant_gates"]
+    assert set(gates) == {"fp32-fused", "int8", "fp16"}
+    for name, figures in gates.items():
+        assert figures["passed"] == (name in data["variants"])
+        assert figures["passed"] == (figures["spearman"] >= 0.99 and figures["same_top3"])
+    assert gates["fp32-fused"]["max_abs_diff"] <= 1e-4
+    assert data["variants"]["fp16"]["device"] == "cuda"
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16"])
+def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
+    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from tests.reference import transformers_scores
+
+    proc, port, _ = start_service(models_dir, "--variant", variant)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = rerank_pb2_grpc.RerankServiceStub(channel)
+            reply = stub.Rerank(request("xlmr-tiny", DOCS), metadata=AUTH, timeout=60)
+            card = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}["xlmr-tiny"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert card.variant == variant
+    expected = transformers_scores(checkpoint("xlmr"), QUERY, DOCS)
+    got = {r.index: r.relevance_score for r in reply.results}
+    tolerance = 1e-4 if variant == "fp32" else 5e-2
+    assert max(abs(got[i] - expected[i]) for i in range(len(DOCS))) <= tolerance
+
+
+def test_queue_limit_is_429_through_envoy(models_dir, tmp_path):
+    import httpx
+
+    from gateway.envoy import start as start_envoy
+    from tests.conftest import API_KEY, free_port
+
+    proc, port, _ = start_service(models_dir, "--max-queue-pairs", "4")
+    rest_port = free_port()
+    envoy = start_envoy(listen_port=rest_port, upstream_port=port, admin_port=free_port(), workdir=tmp_path,
+                        listen_host="127.0.0.1")
+    try:
+        response = httpx.post(f"http://127.0.0.1:{rest_port}/v1/rerank", headers={"authorization": f"Bearer {API_KEY}"},
+                              json={"model": "xlmr-tiny", "query": "q", "documents": ["a"] * 5}, timeout=30)
+    finally:
+        envoy.stop()
+        proc.terminate()
+        proc.wait(30)
+    assert response.status_code == 429
+    assert "queue" in response.json()["message"]
