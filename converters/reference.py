@@ -135,25 +135,27 @@ def model_from_weights(loaded: LoadedModel):
         state.update({"gte.pooler.dense.weight": w["head.dense.w"], "gte.pooler.dense.bias": w["head.dense.b"],
                       "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})
         return _load(GteForSequenceClassification(config), state)
-    if spec.family == "xlm-roberta":
-        from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
+    import transformers
 
-        config = XLMRobertaConfig(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
-        if spec.head in ("tanh", "linear"):
-            return _PoolerlessHead(_load(XLMRobertaModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
-        state = _bert_like_state(loaded, "roberta.")
-        state.update({"classifier.dense.weight": w["head.dense.w"], "classifier.dense.bias": w["head.dense.b"],
-                      "classifier.out_proj.weight": w["head.out.w"], "classifier.out_proj.bias": w["head.out.b"]})
-        return _load(XLMRobertaForSequenceClassification(config), state)
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    config = BertConfig(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
+    config_cls, model_cls, backbone_cls, prefix, head_names = _BERT_LIKE[spec.family]
+    config = getattr(transformers, config_cls)(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
     if spec.head in ("tanh", "linear"):
-        return _PoolerlessHead(_load(BertModel(config, add_pooling_layer=False), _bert_like_state(loaded, "")), loaded)
-    state = _bert_like_state(loaded, "bert.")
-    state.update({"bert.pooler.dense.weight": w["head.dense.w"], "bert.pooler.dense.bias": w["head.dense.b"],
-                  "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})
-    return _load(BertForSequenceClassification(config), state)
+        backbone = getattr(transformers, backbone_cls)(config, add_pooling_layer=False)
+        return _PoolerlessHead(_load(backbone, _bert_like_state(loaded, "")), loaded)
+    state = _bert_like_state(loaded, prefix)
+    state.update({theirs: w[ours] for theirs, ours in head_names.items()})
+    return _load(getattr(transformers, model_cls)(config), state)
+
+
+_BERT_LIKE = {
+    # family: (config class, classifier class, backbone class, backbone prefix, head weight names)
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", "XLMRobertaModel", "roberta.", {
+        "classifier.dense.weight": "head.dense.w", "classifier.dense.bias": "head.dense.b",
+        "classifier.out_proj.weight": "head.out.w", "classifier.out_proj.bias": "head.out.b"}),
+    "bert": ("BertConfig", "BertForSequenceClassification", "BertModel", "bert.", {
+        "bert.pooler.dense.weight": "head.dense.w", "bert.pooler.dense.bias": "head.dense.b",
+        "classifier.weight": "head.out.w", "classifier.bias": "head.out.b"}),
+}
 
 
 def reference_model(folder: Path | None, loaded: LoadedModel):

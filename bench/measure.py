@@ -1,0 +1,172 @@
+"""Timing one peer on one workload, its memory meanwhile, and what the numbers are derived from.
+
+* :func:`measure` sends a workload's requests (from ``clients`` threads at once) and times each;
+* :class:`RssSampler` polls the peer's processes with psutil while that happens;
+* :func:`request_tokens` counts a request's tokens with the model folder's own tokenizer and
+  pair template, the way the server encodes it;
+* :func:`padding_fraction` replays the server's micro-batching rule on those token lengths;
+* :func:`machine_peak` estimates the CPU's peak fp32 GFLOP/s from ``lscpu``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bench.peers import THREADS, Peer
+from bench.workloads import Workload
+
+
+@dataclass
+class Measurement:
+    """Every repetition of one peer on one workload, pooled."""
+
+    model: str
+    peer: str
+    precision: str
+    workload: str
+    latencies: list[float] = field(default_factory=list)
+    """Seconds per request, every client's."""
+    seconds: float = 0.0
+    """Wall time of the measured repetitions, summed."""
+    pairs: int = 0
+    tokens: int = 0
+    peak_rss: int = 0
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds
+
+    def latency_ms(self, percentile: float) -> float:
+        return float(np.percentile(self.latencies, percentile)) * 1e3
+
+    def gflops(self, matmul_params: int) -> float:
+        """2 x parameters x tokens / time: the matmul work every token does, attention left out."""
+        return 2 * matmul_params * self.tokens / self.seconds / 1e9
+
+
+class RssSampler:
+    """Peak summed RSS of ``pids`` (minus ``baseline``), sampled every ``interval`` seconds."""
+
+    def __init__(self, pids: list[int], baseline: int = 0, interval: float = 0.02) -> None:
+        self._processes = [psutil.Process(pid) for pid in pids]
+        self._baseline, self._interval = baseline, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.peak = 0
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, sum(p.memory_info().rss for p in self._processes) - self._baseline)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, tokens_per_request: int) -> None:
+    """Runs one repetition: each of ``workload.clients`` clients sends ``requests`` requests in turn."""
+
+    def client() -> list[float]:
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            peer.score(workload.query, workload.documents)
+            times.append(time.perf_counter() - start)
+        return times
+
+    with RssSampler(peer.pids(), peer.rss_baseline()) as rss:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workload.clients) as pool:
+            futures = [pool.submit(client) for _ in range(workload.clients)]
+            for future in futures:
+                into.latencies += future.result()
+        into.seconds += time.perf_counter() - start
+    sent = workload.clients * requests
+    into.pairs += sent * workload.pairs
+    into.tokens += sent * tokens_per_request
+    into.peak_rss = max(into.peak_rss, rss.peak)
+
+
+def request_lengths(model_folder: Path, workload: Workload) -> list[int]:
+    """Token count of each pair of one request, as our server encodes it (special tokens included)."""
+    from service.core.model_folder import read_model_folder
+    from service.core.tokenization import PairEncoder
+
+    config = read_model_folder(model_folder)
+    encoder = PairEncoder(model_folder / "tokenizer.json", config.template, config.max_length)
+    return [len(pair.ids) for pair in encoder.encode(workload.query, list(workload.documents)).pairs]
+
+
+def padding_fraction(lengths: list[int], requests: int) -> float:
+    """Padding share of the micro-batches our server forms for ``requests`` copies of a request
+    queued together: each request's pairs sorted by length, taken in arrival order while
+    ``longest x pairs`` stays within the server's token budget and pair cap (the rule of
+    ``service.core.batching.DynamicBatcher``, with the settings the server reads from the
+    environment)."""
+    from service.settings import parse
+
+    config = parse([]).batching
+    real = padded = 0
+    batch: list[int] = []
+    for length in sorted(lengths) * requests + [0]:  # the final 0 flushes the last batch
+        if batch and (length == 0 or max(*batch, length) * (len(batch) + 1) > config.max_batch_tokens
+                      or len(batch) >= config.max_batch_pairs):
+            real, padded, batch = real + sum(batch), padded + max(batch) * len(batch), []
+        batch.append(length)
+    return 1 - real / padded
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Estimated peak fp32 throughput of the cores the peers use."""
+
+    cpu: str
+    cores: int
+    ghz: float
+    flops_per_cycle: int
+    how: str
+
+    @property
+    def gflops(self) -> float:
+        return self.cores * self.ghz * self.flops_per_cycle
+
+
+def machine_peak() -> Peak:
+    """cores x GHz x fp32 FLOPs/cycle/core from ``lscpu``: 64 with AVX-512 FMA, 32 with AVX2 FMA,
+    16 with AVX, 8 otherwise, assuming two FMA pipes per core (one AVX-512 pipe halves it)."""
+    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    info = dict(re.findall(r"^([^:\n]+):\s*(.*)$", text, re.M))
+    flags = set(info.get("Flags", "").split())
+    per_cycle, isa = next((n, isa) for n, isa, needs in (
+        (64, "AVX-512 FMA", {"avx512f", "fma"}), (32, "AVX2 FMA", {"avx2", "fma"}), (16, "AVX", {"avx"}),
+        (8, "SSE", set()),
+    ) if needs <= flags)
+    mhz = info.get("CPU max MHz") or info.get("CPU MHz")
+    source = "lscpu max MHz" if "CPU max MHz" in info else "lscpu MHz"
+    if not mhz:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        mhz, source = re.findall(r"cpu MHz\s*:\s*([\d.]+)", cpuinfo)[0], "/proc/cpuinfo MHz"
+    cpus = int(info["CPU(s)"]) // int(info.get("Thread(s) per core", "1"))
+    cores = min(cpus, THREADS)
+    ghz = float(mhz) / 1000
+    how = (f"{cores} cores x {ghz:.2f} GHz ({source}) x {per_cycle} fp32 FLOPs/cycle ({isa}: 2 FMA pipes x "
+           f"{per_cycle // 4} lanes x 2)")
+    return Peak(info.get("Model name", "?"), cores, ghz, per_cycle, how)

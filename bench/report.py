@@ -1,0 +1,160 @@
+"""Turning measurements into the results table, peer ratios, target checks and a chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.measure import Measurement
+
+OURS = ("grpc-fp32", "rest-fp32", "grpc-int8")
+RATIOS = (("grpc-fp32", "st-fp32"), ("grpc-fp32", "llama-f16"), ("grpc-int8", "st-fp32"), ("grpc-int8", "llama-q8_0"))
+"""(ours, peer) pairs compared on throughput, at matching precision."""
+COLUMNS = ("model", "workload", "peer", "pairs/s", "p50 ms", "p99 ms", "peak RSS MiB", "GFLOP/s", "% peak",
+           "padding")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal from the issue, checked on one model."""
+
+    model: str
+    goal: str
+    value: float
+    limit: float
+    at_least: bool
+    """True: value must be >= limit; False: value must be <= limit."""
+    unit: str
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    def line(self) -> str:
+        gap = self.value - self.limit
+        verdict = "PASS" if self.passed else "MISS"
+        bound = ">=" if self.at_least else "<="
+        return (f"{verdict} {self.model}: {self.goal}: {self.value:.2f}{self.unit} (target {bound} "
+                f"{self.limit:g}{self.unit}, gap {gap:+.2f}{self.unit})")
+
+
+def _index(measurements: list[Measurement]) -> dict[tuple[str, str, str], Measurement]:
+    return {(m.model, m.peer, m.workload): m for m in measurements}
+
+
+def targets(measurements: list[Measurement]) -> list[Target]:
+    """Every target whose measurements exist."""
+    at = _index(measurements)
+    out: list[Target] = []
+    for model in dict.fromkeys(m.model for m in measurements):
+        def get(peer: str, workload: str) -> Measurement | None:
+            return at.get((model, peer, workload))
+
+        for ours, peer, limit in (("grpc-fp32", "st-fp32", 1.5), ("grpc-int8", "st-fp32", 3.0),
+                                  ("grpc-fp32", "llama-f16", 1.5), ("grpc-int8", "llama-q8_0", 1.5)):
+            a, b = get(ours, "W1"), get(peer, "W1")
+            if a and b:
+                out.append(Target(model, f"W1 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit,
+                                  True, "x"))
+        rest, grpc = get("rest-fp32", "W3"), get("grpc-fp32", "W3")
+        if rest and grpc:
+            out.append(Target(model, "W3 p50 REST via Envoy - gRPC", rest.latency_ms(50) - grpc.latency_ms(50),
+                              1.0, False, " ms"))
+        for ours in ("grpc-fp32", "grpc-int8"):
+            w1, w2 = get(ours, "W1"), get(ours, "W2")
+            if w1 and w2:
+                out.append(Target(model, f"W2 / W1 throughput {ours}", w2.pairs_per_s / w1.pairs_per_s, 1.0,
+                                  True, "x"))
+            if w2:
+                out.append(Target(model, f"W2 p99 / p50 {ours}", w2.latency_ms(99) / w2.latency_ms(50), 3.0,
+                                  False, "x"))
+    return out
+
+
+def ratios(measurements: list[Measurement]) -> list[tuple[str, str, str, str, float]]:
+    """(model, workload, ours, peer, ours / peer throughput) for every pair in :data:`RATIOS` measured."""
+    at = _index(measurements)
+    out = []
+    for model, peer_name, workload in dict.fromkeys((m.model, m.peer, m.workload) for m in measurements):
+        for ours, peer in RATIOS:
+            if peer == peer_name and (model, ours, workload) in at:
+                mine, theirs = at[(model, ours, workload)], at[(model, peer, workload)]
+                out.append((model, workload, ours, peer, mine.pairs_per_s / theirs.pairs_per_s))
+    return sorted(out)
+
+
+def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], peak_gflops: float) -> list[list[str]]:
+    """The results table's cells, one row per (model, workload, peer)."""
+    out = []
+    for m in measurements:
+        info = models[m.model]
+        gflops = m.gflops(info["matmul_params"])
+        padding = f"{info['padding'][m.workload]:.1%}" if m.peer in OURS else ""
+        out.append([m.model, m.workload, m.peer, f"{m.pairs_per_s:.1f}", f"{m.latency_ms(50):.1f}",
+                    f"{m.latency_ms(99):.1f}", f"{m.peak_rss / 2**20:.0f}", f"{gflops:.1f}",
+                    f"{gflops / peak_gflops:.0%}", padding])
+    return out
+
+
+def markdown(table: list[list[str]], ratio_rows: list[tuple[str, str, str, str, float]], checks: list[Target],
+             notes: list[str], command: str) -> str:
+    """The whole report as Markdown."""
+    lines = [f"# Rerank benchmark\n\n`{command}`\n", "| " + " | ".join(COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
+    lines += ["", "## Throughput ratios (ours / peer, same workload)", "", "| model | workload | ours | peer | ratio |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {m} | {w} | {o} | {p} | {r:.2f}x |" for m, w, o, p, r in ratio_rows]
+    lines += ["", "## Targets", ""] + [f"- {t.line()}" for t in checks]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def print_console(table: list[list[str]], ratio_rows: list[tuple[str, str, str, str, float]],
+                  checks: list[Target]) -> None:
+    """The table, ratios and PASS/MISS lines on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    results = Table(title="Rerank benchmark")
+    for column in COLUMNS:
+        results.add_column(column, justify="left" if column in ("model", "workload", "peer") else "right")
+    for row in table:
+        results.add_row(*row)
+    console.print(results)
+    for model, workload, ours, peer, ratio in ratio_rows:
+        console.print(f"{model} {workload}: {ours} / {peer} = {ratio:.2f}x")
+    for check in checks:
+        console.print(("[green]" if check.passed else "[red]") + check.line(), highlight=False)
+
+
+def chart(measurements: list[Measurement], path: Path) -> None:
+    """PNG: per model, pairs/s of every peer on W1 and W2, and W3 p50 latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(m.model for m in measurements))
+    fig, axes = plt.subplots(len(models), 2, figsize=(13, 4 * len(models)), squeeze=False)
+    for (left, right), model in zip(axes, models):
+        mine = [m for m in measurements if m.model == model]
+        peers = list(dict.fromkeys(m.peer for m in mine))
+        for offset, workload in ((-0.2, "W1"), (0.2, "W2")):
+            values = {m.peer: m.pairs_per_s for m in mine if m.workload == workload}
+            left.bar([i + offset for i, p in enumerate(peers) if p in values], [values[p] for p in peers if p in values],
+                     width=0.4, label=workload)
+        left.set_xticks(range(len(peers)), peers, rotation=20)
+        left.set_ylabel("pairs/s")
+        left.set_title(f"{model}: throughput (64 docs x ~150 words)")
+        left.legend()
+        w3 = [m for m in mine if m.workload == "W3"]
+        right.bar([m.peer for m in w3], [m.latency_ms(50) for m in w3], color="tab:green")
+        right.tick_params(axis="x", rotation=20)
+        right.set_ylabel("ms")
+        right.set_title(f"{model}: W3 p50 latency (8 short docs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

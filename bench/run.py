@@ -1,0 +1,180 @@
+"""``python -m bench.run``: every peer on every workload, round-robin, then the report.
+
+For each model: build (or reuse) its checkpoint, model folder and GGUF files; start every
+peer; then per workload warm each peer up and measure repetitions round-robin across peers
+(the starting peer rotates each repetition), so slow drift of the machine hits all of them.
+Servers are stopped at the end, on Ctrl-C and on errors.
+
+Writes ``bench/results/<timestamp>.json``, ``bench/results/latest.md`` and ``latest.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import models as bench_models
+from bench import peers as bench_peers
+from bench import report, workloads
+from bench.measure import Measurement, machine_peak, measure, padding_fraction, request_lengths
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much one model is measured: repetitions, requests per client per repetition, warm-up."""
+
+    reps: int
+    requests: dict[str, int]
+    warmup_documents: int
+    """Documents in the one warm-up request per peer and workload (fewer than W1's 64 only
+    where a full request costs minutes: it compiles no new kernels, it only fills caches)."""
+
+
+PLANS = {
+    # ~1 s per W1 request: enough repetitions for stable percentiles.
+    "bert-small": Plan(reps=5, requests={"W1": 1, "W2": 1, "W3": 20}, warmup_documents=64),
+    # Tens of seconds per W1 request on 2 cores: one repetition, a short warm-up.
+    "bge-shape": Plan(reps=1, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
+}
+QUICK = Plan(reps=1, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=_csv, default=list(PLANS), help=f"comma-separated, of {', '.join(PLANS)}")
+    p.add_argument("--peers", type=_csv, default=list(bench_peers.PEERS),
+                   help=f"comma-separated, of {', '.join(bench_peers.PEERS)}")
+    p.add_argument("--workloads", type=_csv, default=list(workloads.WORKLOADS), help="comma-separated, of W1,W2,W3")
+    p.add_argument("--reps", type=int, help="repetitions per peer and workload (default: per model, see PLANS)")
+    p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, short warm-ups")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
+    a = p.parse_args(argv)
+    for name, chosen, known in (("models", a.models, PLANS), ("workloads", a.workloads, workloads.WORKLOADS),
+                                ("peers", a.peers, bench_peers.PEERS)):
+        if not chosen or set(chosen) - set(known):
+            p.error(f"--{name} must be some of {', '.join(known)}")
+    return a
+
+
+def plan_for(model: str, args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else PLANS[model]
+    return dataclasses.replace(plan, reps=args.reps) if args.reps else plan
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[str]
+                ) -> tuple[list[Measurement], dict[str, Any]]:
+    """Measures every chosen peer and workload on model ``name``; returns the measurements and the
+    model's facts (parameters, tokens, padding, plan)."""
+    model = bench_models.ensure(name, log)
+    plan = plan_for(name, args)
+    loads = [workloads.make(w) for w in args.workloads]
+    lengths = {w.name: request_lengths(model.folder, w) for w in loads}
+    info: dict[str, Any] = {
+        "params": model.params, "matmul_params": model.matmul_params, "plan": dataclasses.asdict(plan),
+        "tokens_per_request": {w: sum(v) for w, v in lengths.items()},
+        "padding": {w.name: padding_fraction(lengths[w.name], w.clients) for w in loads},
+    }
+    results: list[Measurement] = []
+    with contextlib.ExitStack() as running:
+        live: list[bench_peers.Peer] = []
+        for peer in bench_peers.build(args.peers, model, workdir):
+            log(f"{name}: starting {peer.name}")
+            running.callback(peer.stop)
+            try:
+                peer.start()
+            except Exception as exc:  # noqa: BLE001 - one broken peer must not sink the others
+                notes.append(f"{name}: {peer.name} did not start: {str(exc).splitlines()[0]}")
+                log(notes[-1])
+                continue
+            live.append(peer)
+        for workload in loads:
+            active = [p for p in live if workload.name in p.workloads]
+            cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
+            for peer in active:
+                log(f"{name} {workload.name}: warming up {peer.name}")
+                peer.prepare(workload)
+                peer.score(workload.query, workload.documents[:plan.warmup_documents])
+            for rep in range(plan.reps):
+                for peer in active[rep % len(active):] + active[:rep % len(active)]:
+                    cell = cells[peer.name]
+                    measure(peer, workload, plan.requests[workload.name], cell,
+                            info["tokens_per_request"][workload.name])
+                    log(f"{name} {workload.name} rep {rep + 1}/{plan.reps} {peer.name}: "
+                        f"{cell.pairs_per_s:.1f} pairs/s so far, last {cell.latencies[-1]:.2f} s")
+            results += cells.values()
+    return results, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so every server is stopped
+    peak = machine_peak()
+    notes = [
+        f"Peak {peak.gflops:.0f} GFLOP/s fp32 = {peak.how}; CPU {peak.cpu}. GFLOP/s = 2 x non-embedding "
+        "parameters x real tokens / wall time (attention's own FLOPs and padding not counted); int8 and "
+        "f16/q8_0 rows are fp32-equivalent GFLOP/s against the same fp32 peak.",
+        "Weights are random (seeded): our variants were converted with --no-gate, since the accuracy gate "
+        "compares scores that mean nothing on random weights.",
+        "padding: client-side replay of our server's micro-batching on the request's token lengths "
+        "(W2: the 8 requests queued together); the server does not expose its counters.",
+        "peak RSS: psutil, sampled every 20 ms while measuring; servers: their process (rest-fp32: our "
+        "server + Envoy); st-fp32: this process's growth since before loading the model.",
+        "llama-server: -t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192*np, -np 1 for W1/W3 and -np 8 (one slot "
+        "per client) for W2. st-fp32: CrossEncoder.predict, default batch size 32, torch 2 threads, calls "
+        "serialised. rest-fp32 runs W3 only.",
+    ]
+    measurements: list[Measurement] = []
+    facts: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as tmp:
+        for name in args.models:
+            plan = plan_for(name, args)
+            notes.append(f"{name}: {plan.reps} repetition(s); requests per client per repetition {plan.requests}; "
+                         f"warm-up: 1 request of {plan.warmup_documents} documents per peer and workload.")
+            done, facts[name] = bench_model(name, args, Path(tmp), notes)
+            measurements += done
+    table = report.rows(measurements, facts, peak.gflops)
+    ratio_rows, checks = report.ratios(measurements), report.targets(measurements)
+    report.print_console(table, ratio_rows, checks)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    payload = {
+        "timestamp": stamp, "command": command, "machine": {**dataclasses.asdict(peak), "peak_gflops": peak.gflops},
+        "models": facts, "notes": notes,
+        "measurements": [{**dataclasses.asdict(m), "pairs_per_s": m.pairs_per_s, "p50_ms": m.latency_ms(50),
+                          "p99_ms": m.latency_ms(99), "gflops": m.gflops(facts[m.model]["matmul_params"])}
+                         for m in measurements],
+        "ratios": [dict(zip(("model", "workload", "ours", "peer", "ratio"), r)) for r in ratio_rows],
+        "targets": [{**dataclasses.asdict(t), "passed": t.passed} for t in checks],
+    }
+    (args.out / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.out / "latest.md").write_text(report.markdown(table, ratio_rows, checks, notes, command))
+    report.chart(measurements, args.out / "latest.png")
+    log(f"wrote {args.out / (stamp + '.json')}, latest.md, latest.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
