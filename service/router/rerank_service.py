@@ -92,8 +92,8 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
             except QueueFull as exc:
                 raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), reason="QUEUE_FULL") from None
         except ApiError as err:
-            await context.abort_with_status(err.to_status())
-            raise AssertionError("unreachable")  # abort_with_status raises
+            await context.abort_with_status(err.to_status())  # raises: the handler ends here
+            raise
         top_n = min(request.top_n, len(texts)) if request.HasField("top_n") else None
         return_documents = request.return_documents if request.HasField("return_documents") else True
         normalize = request.normalize if request.HasField("normalize") else False
