@@ -117,7 +117,7 @@ def print_console(table: list[list[str]], ratio_rows: list[tuple[str, str, str, 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     results = Table(title="Rerank benchmark")
     for column in COLUMNS:
         results.add_column(column, justify="left" if column in ("model", "workload", "peer") else "right")
@@ -141,7 +141,7 @@ def chart(measurements: list[Measurement], path: Path) -> None:
     fig, axes = plt.subplots(len(models), 2, figsize=(13, 4 * len(models)), squeeze=False)
     for (left, right), model in zip(axes, models):
         mine = [m for m in measurements if m.model == model]
-        peers = list(dict.fromkeys(m.peer for m in mine))
+        peers = list(dict.fromkeys(m.peer for m in mine if m.workload != "W3"))
         for offset, workload in ((-0.2, "W1"), (0.2, "W2")):
             values = {m.peer: m.pairs_per_s for m in mine if m.workload == workload}
             left.bar([i + offset for i, p in enumerate(peers) if p in values], [values[p] for p in peers if p in values],
@@ -153,7 +153,8 @@ def chart(measurements: list[Measurement], path: Path) -> None:
         w3 = [m for m in mine if m.workload == "W3"]
         right.bar([m.peer for m in w3], [m.latency_ms(50) for m in w3], color="tab:green")
         right.tick_params(axis="x", rotation=20)
-        right.set_ylabel("ms")
+        right.set_yscale("log")
+        right.set_ylabel("ms (log scale)")
         right.set_title(f"{model}: W3 p50 latency (8 short docs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

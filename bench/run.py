@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import models as bench_models
 from bench import peers as bench_peers
 from bench import report, workloads
 from bench.measure import Measurement, machine_peak, measure, padding_fraction, request_lengths
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BUSY_PERCENT = 10.0
+"""Machine-wide CPU use, with the bench idle, above which a workload's numbers are flagged."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
+            busy = psutil.cpu_percent(interval=1.0)  # every peer idle: this is other work on the machine
+            if busy > BUSY_PERCENT:
+                notes.append(f"{name} {workload.name}: the machine was {busy:.0f}% busy with other work just "
+                             "before measuring; these numbers are not trustworthy.")
+                log(notes[-1])
             for peer in active:
                 log(f"{name} {workload.name}: warming up {peer.name}")
                 peer.prepare(workload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tokenizers import Tokenizer
 from converters import onnx_graph
 from converters.probes import probe_pairs
 from converters.spec import LoadedModel
-from converters.variants import write_variants
+from converters.variants import build_fused, write_variants
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.model_folder import ModelFolderConfig, Variant, write_config
@@ -100,7 +101,10 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
             force: bool = False, variants: tuple[str, ...] = (), enforce_gate: bool = True) -> Result:
     """Writes ``out_dir/name`` for ``loaded`` after verifying it against the reference
     implementation (:mod:`converters.reference`) on the probe pairs, plus the optimised
-    ``variants`` (:mod:`converters.variants`) that pass their accuracy gate."""
+    ``variants`` (:mod:`converters.variants`) that pass their accuracy gate.
+
+    ``loaded.weights`` is emptied once every graph is on disk: a large model is never held
+    twice while the variants are derived."""
     final = out_dir / name
     if final.exists() and not force:
         raise FileExistsError(f"{final} exists; pass --force to replace it")
@@ -116,6 +120,8 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         model = onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
         onnx_graph.save(model, work / "model.onnx")
         del model
+        if variants:
+            build_fused(work, loaded, progress)
         config = ModelFolderConfig(
             name=name, architecture=spec.family, max_length=spec.max_length, template=template,
             type_ids_input=spec.type_ids_input,
@@ -132,6 +138,9 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         ours = onnx_scores(work, config, pairs)
         progress("verify: scoring them with the reference implementation")
         theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
+        # Every graph is on disk now: let the weights go before the variants need memory.
+        loaded.weights.clear()
+        gc.collect()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
         if not np.isfinite(diff) or diff > TOLERANCE:
@@ -140,7 +149,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
-        kept, figures = write_variants(work, loaded, variants, lambda file: onnx_scores(work, config, pairs, file),
+        kept, figures = write_variants(work, variants, lambda file: onnx_scores(work, config, pairs, file),
                                        ours, enforce_gate=enforce_gate, progress=progress)
         config = dataclasses.replace(config, variants={**config.variants, **kept}, verification={
             "reference": reference_name, "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,

@@ -97,14 +97,25 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 FILES = {"fp32-fused": "model.fused.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
-def write_variants(folder: Path, loaded: LoadedModel, names: tuple[str, ...],
-                   score: Callable[[str], np.ndarray], reference: np.ndarray, *, enforce_gate: bool = True,
+def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], None] = print) -> Path:
+    """Writes the fused fp32 graph, the base of every variant. Needs the weights, so the
+    converter calls it before it lets them go (a bge-m3 copy is 2.3 GB)."""
+    progress("variants: building the fused graph (MultiHeadAttention, SkipLayerNorm, BiasGelu)")
+    path = folder / FILES["fp32-fused"]
+    onnx_graph.save(_fuse(onnx_graph.build_graph(loaded.spec, loaded.weights, fused_attention=True)), path)
+    return path
+
+
+def write_variants(folder: Path, names: tuple[str, ...], score: Callable[[str], np.ndarray], reference: np.ndarray,
+                   *, enforce_gate: bool = True,
                    progress: Callable[[str], None] = print) -> tuple[dict[str, Variant], dict[str, dict]]:
-    """Builds ``names`` into ``folder``; returns the variants kept and every variant's gate figures.
+    """Derives ``names`` from the fused graph (:func:`build_fused`) in ``folder``; returns the
+    variants kept and every variant's gate figures.
 
     ``score(file)`` scores the probe pairs with one graph file; ``reference`` is the fp32
     graph's scores for them. With ``enforce_gate=False`` (speed benchmarks on random weights,
-    where accuracy means nothing) variants are kept whatever their figures.
+    where accuracy means nothing) variants are kept whatever their figures. Each step reads
+    its input from disk, so only one model copy is in memory at a time.
     """
     unknown = set(names) - set(KNOWN)
     if unknown:
@@ -112,9 +123,6 @@ def write_variants(folder: Path, loaded: LoadedModel, names: tuple[str, ...],
     kept: dict[str, Variant] = {}
     figures: dict[str, dict] = {}
     fused_path = folder / FILES["fp32-fused"]
-    if names:
-        progress("variants: building the fused graph (MultiHeadAttention, SkipLayerNorm, BiasGelu)")
-        onnx_graph.save(_fuse(onnx_graph.build_graph(loaded.spec, loaded.weights, fused_attention=True)), fused_path)
     for name in ("fp32-fused", "int8", "fp16"):
         if name not in names:
             continue
