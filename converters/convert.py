@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import gc
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tokenizers import Tokenizer
 from converters import onnx_graph
 from converters.probes import probe_pairs
 from converters.spec import LoadedModel
+from converters.memory import release_memory
 from converters.variants import build_fused, write_variants
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
@@ -120,8 +120,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         model = onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
         onnx_graph.save(model, work / "model.onnx")
         del model
-        if variants:
-            build_fused(work, loaded, progress)
+        release_memory()
         config = ModelFolderConfig(
             name=name, architecture=spec.family, max_length=spec.max_length, template=template,
             type_ids_input=spec.type_ids_input,
@@ -137,10 +136,9 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         progress(f"verify: scoring {len(pairs)} probe pairs with ONNX Runtime")
         ours = onnx_scores(work, config, pairs)
         progress("verify: scoring them with the reference implementation")
+        release_memory()
         theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
-        # Every graph is on disk now: let the weights go before the variants need memory.
-        loaded.weights.clear()
-        gc.collect()
+        release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
         if not np.isfinite(diff) or diff > TOLERANCE:
@@ -149,6 +147,11 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
+        if variants:
+            build_fused(work, loaded, progress)
+        # Every graph that needs the weights is on disk: let them go before the variants need memory.
+        loaded.weights.clear()
+        release_memory()
         kept, figures = write_variants(work, variants, lambda file: onnx_scores(work, config, pairs, file),
                                        ours, enforce_gate=enforce_gate, progress=progress)
         config = dataclasses.replace(config, variants={**config.variants, **kept}, verification={

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from converters import onnx_graph
+from converters.memory import release_memory
 from converters.spec import LoadedModel
 from service.core.model_folder import Variant
 
@@ -133,6 +134,7 @@ def write_variants(folder: Path, names: tuple[str, ...], score: Callable[[str], 
         elif name == "fp16":
             progress("variants: float16 conversion")
             onnx_graph.save(_to_fp16(onnx.load(str(fused_path))), path)
+        release_memory()
         result = gate(score(path.name), reference)
         figures[name] = result.to_json()
         verdict = "passed" if result.passed else ("FAILED (kept: gate off)" if not enforce_gate else "FAILED, not written")
