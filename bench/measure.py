@@ -1,7 +1,7 @@
 """Timing one peer on one workload, its memory meanwhile, and what the numbers are derived from.
 
 * :func:`measure` sends a workload's requests (from ``clients`` threads at once) and times each;
-* :class:`RssSampler` polls the peer's processes with psutil while that happens;
+* :class:`Monitor` polls the peer's memory with psutil meanwhile, and notes CPU used by others;
 * :func:`request_tokens` counts a request's tokens with the model folder's own tokenizer and
   pair template, the way the server encodes it;
 * :func:`padding_fraction` replays the server's micro-batching rule on those token lengths;
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -40,6 +41,8 @@ class Measurement:
     pairs: int = 0
     tokens: int = 0
     peak_rss: int = 0
+    other_cpu: float = 0.0
+    """Largest share of the machine's CPU that other processes took during a repetition."""
 
     @property
     def pairs_per_s(self) -> float:
@@ -53,15 +56,19 @@ class Measurement:
         return 2 * matmul_params * self.tokens / self.seconds / 1e9
 
 
-class RssSampler:
-    """Peak summed RSS of ``pids`` (minus ``baseline``), sampled every ``interval`` seconds."""
+class Monitor:
+    """While a repetition runs: the peak summed RSS of ``pids`` (minus ``baseline``), sampled every
+    ``interval`` seconds, and the share of the machine's CPU time spent outside them and this process."""
 
     def __init__(self, pids: list[int], baseline: int = 0, interval: float = 0.02) -> None:
         self._processes = [psutil.Process(pid) for pid in pids]
+        self._ours = [psutil.Process(pid) for pid in {*pids, os.getpid()}]
         self._baseline, self._interval = baseline, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = (0.0, 0.0, 0.0)
         self.peak = 0
+        self.other_cpu = 0.0
 
     def _sample(self) -> None:
         self.peak = max(self.peak, sum(p.memory_info().rss for p in self._processes) - self._baseline)
@@ -70,8 +77,16 @@ class RssSampler:
         while not self._stop.wait(self._interval):
             self._sample()
 
-    def __enter__(self) -> RssSampler:
+    def _clocks(self) -> tuple[float, float, float]:
+        """(wall, CPU seconds busy machine-wide, CPU seconds of our processes)."""
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        ours = sum(t.user + t.system for t in (p.cpu_times() for p in self._ours))
+        return time.perf_counter(), busy, ours
+
+    def __enter__(self) -> Monitor:
         self._sample()
+        self._start = self._clocks()
         self._thread.start()
         return self
 
@@ -79,6 +94,9 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        end = self._clocks()
+        wall, busy, ours = (b - a for a, b in zip(self._start, end))
+        self.other_cpu = max(0.0, (busy - ours) / (wall * (psutil.cpu_count() or 1)))
 
 
 def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, tokens_per_request: int) -> None:
@@ -92,7 +110,7 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
             times.append(time.perf_counter() - start)
         return times
 
-    with RssSampler(peer.pids(), peer.rss_baseline()) as rss:
+    with Monitor(peer.pids(), peer.rss_baseline()) as monitor:
         start = time.perf_counter()
         with ThreadPoolExecutor(workload.clients) as pool:
             futures = [pool.submit(client) for _ in range(workload.clients)]
@@ -102,7 +120,8 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
     sent = workload.clients * requests
     into.pairs += sent * workload.pairs
     into.tokens += sent * tokens_per_request
-    into.peak_rss = max(into.peak_rss, rss.peak)
+    into.peak_rss = max(into.peak_rss, monitor.peak)
+    into.other_cpu = max(into.other_cpu, monitor.other_cpu)
 
 
 def request_lengths(model_folder: Path, workload: Workload) -> list[int]:

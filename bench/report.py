@@ -12,7 +12,7 @@ OURS = ("grpc-fp32", "rest-fp32", "grpc-int8")
 RATIOS = (("grpc-fp32", "st-fp32"), ("grpc-fp32", "llama-f16"), ("grpc-int8", "st-fp32"), ("grpc-int8", "llama-q8_0"))
 """(ours, peer) pairs compared on throughput, at matching precision."""
 COLUMNS = ("model", "workload", "peer", "pairs/s", "p50 ms", "p99 ms", "peak RSS MiB", "GFLOP/s", "% peak",
-           "padding")
+           "padding", "other CPU")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], pea
         padding = f"{info['padding'][m.workload]:.1%}" if m.peer in OURS else ""
         out.append([m.model, m.workload, m.peer, f"{m.pairs_per_s:.1f}", f"{m.latency_ms(50):.1f}",
                     f"{m.latency_ms(99):.1f}", f"{m.peak_rss / 2**20:.0f}", f"{gflops:.1f}",
-                    f"{gflops / peak_gflops:.0%}", padding])
+                    f"{gflops / peak_gflops:.0%}", padding, f"{m.other_cpu:.0%}"])
     return out
 
 

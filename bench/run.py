@@ -24,36 +24,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench import models as bench_models
 from bench import peers as bench_peers
 from bench import report, workloads
 from bench.measure import Measurement, machine_peak, measure, padding_fraction, request_lengths
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BUSY_PERCENT = 10.0
-"""Machine-wide CPU use, with the bench idle, above which a workload's numbers are flagged."""
+BUSY = 0.05
+"""Share of the machine's CPU taken by other processes above which a measurement is flagged."""
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much one model is measured: repetitions, requests per client per repetition, warm-up."""
+    """How much one model is measured by default."""
 
-    reps: int
+    reps: dict[str, int]
+    """Repetitions per workload; a workload left out is skipped unless --workloads names it."""
     requests: dict[str, int]
+    """Requests per client per repetition."""
     warmup_documents: int
     """Documents in the one warm-up request per peer and workload (fewer than W1's 64 only
     where a full request costs minutes: it compiles no new kernels, it only fills caches)."""
 
 
 PLANS = {
-    # ~1 s per W1 request: enough repetitions for stable percentiles.
-    "bert-small": Plan(reps=5, requests={"W1": 1, "W2": 1, "W3": 20}, warmup_documents=64),
-    # Tens of seconds per W1 request on 2 cores: one repetition, a short warm-up.
-    "bge-shape": Plan(reps=1, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
+    # A few seconds per W1 request: repetitions for stable percentiles (~10 minutes).
+    "bert-small": Plan(reps={"W1": 5, "W2": 2, "W3": 5}, requests={"W1": 1, "W2": 1, "W3": 20},
+                       warmup_documents=64),
+    # Minutes per W1 request on 2 cores: one repetition, short warm-ups (~13 minutes). W2 (8 W1
+    # requests per peer, about 1.5 hours) only when --workloads names it.
+    "bge-shape": Plan(reps={"W1": 1, "W3": 1}, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
 }
-QUICK = Plan(reps=1, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8)
 
 
 def _csv(value: str) -> list[str]:
@@ -65,21 +66,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", type=_csv, default=list(PLANS), help=f"comma-separated, of {', '.join(PLANS)}")
     p.add_argument("--peers", type=_csv, default=list(bench_peers.PEERS),
                    help=f"comma-separated, of {', '.join(bench_peers.PEERS)}")
-    p.add_argument("--workloads", type=_csv, default=list(workloads.WORKLOADS), help="comma-separated, of W1,W2,W3")
+    p.add_argument("--workloads", type=_csv, help="comma-separated, of W1,W2,W3 (default: per model, see PLANS)")
     p.add_argument("--reps", type=int, help="repetitions per peer and workload (default: per model, see PLANS)")
-    p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, short warm-ups")
+    p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
     a = p.parse_args(argv)
     for name, chosen, known in (("models", a.models, PLANS), ("workloads", a.workloads, workloads.WORKLOADS),
                                 ("peers", a.peers, bench_peers.PEERS)):
-        if not chosen or set(chosen) - set(known):
+        if chosen is not None and (not chosen or set(chosen) - set(known)):
             p.error(f"--{name} must be some of {', '.join(known)}")
     return a
 
 
 def plan_for(model: str, args: argparse.Namespace) -> Plan:
-    plan = QUICK if args.quick else PLANS[model]
-    return dataclasses.replace(plan, reps=args.reps) if args.reps else plan
+    """The model's plan, with the workloads, repetitions and sizes that the flags override."""
+    plan = PLANS[model]
+    chosen = args.workloads or [w for w in workloads.WORKLOADS if w in plan.reps]
+    reps = args.reps or (1 if args.quick else None)
+    plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen})
+    if args.quick:
+        plan = dataclasses.replace(plan, requests={**plan.requests, "W3": 5}, warmup_documents=8)
+    return plan
 
 
 def log(message: str) -> None:
@@ -92,7 +99,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[
     model's facts (parameters, tokens, padding, plan)."""
     model = bench_models.ensure(name, log)
     plan = plan_for(name, args)
-    loads = [workloads.make(w) for w in args.workloads]
+    loads = [workloads.make(w) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}
     info: dict[str, Any] = {
         "params": model.params, "matmul_params": model.matmul_params, "plan": dataclasses.asdict(plan),
@@ -115,23 +122,24 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
-            busy = psutil.cpu_percent(interval=1.0)  # every peer idle: this is other work on the machine
-            if busy > BUSY_PERCENT:
-                notes.append(f"{name} {workload.name}: the machine was {busy:.0f}% busy with other work just "
-                             "before measuring; these numbers are not trustworthy.")
-                log(notes[-1])
             for peer in active:
                 log(f"{name} {workload.name}: warming up {peer.name}")
                 peer.prepare(workload)
                 peer.score(workload.query, workload.documents[:plan.warmup_documents])
-            for rep in range(plan.reps):
+            reps = plan.reps[workload.name]
+            for rep in range(reps):
                 for peer in active[rep % len(active):] + active[:rep % len(active)]:
                     cell = cells[peer.name]
                     measure(peer, workload, plan.requests[workload.name], cell,
                             info["tokens_per_request"][workload.name])
-                    log(f"{name} {workload.name} rep {rep + 1}/{plan.reps} {peer.name}: "
+                    log(f"{name} {workload.name} rep {rep + 1}/{reps} {peer.name}: "
                         f"{cell.pairs_per_s:.1f} pairs/s so far, last {cell.latencies[-1]:.2f} s")
             results += cells.values()
+            for cell in cells.values():
+                if cell.other_cpu > BUSY:
+                    notes.append(f"{name} {workload.name} {cell.peer}: other processes took up to "
+                                 f"{cell.other_cpu:.0%} of the machine's CPU during a repetition; not trustworthy.")
+                    log(notes[-1])
     return results, info
 
 
@@ -148,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "compares scores that mean nothing on random weights.",
         "padding: client-side replay of our server's micro-batching on the request's token lengths "
         "(W2: the 8 requests queued together); the server does not expose its counters.",
+        "other CPU: share of the machine's CPU time that processes other than the peer's and the bench's "
+        f"took during the worst repetition (machine-wide busy time minus ours); above {BUSY:.0%} the row is "
+        "flagged, since 2 cores shared with anything else make every peer slower, llama.cpp most.",
         "peak RSS: psutil, sampled every 20 ms while measuring; servers: their process (rest-fp32: our "
         "server + Envoy); st-fp32: this process's growth since before loading the model.",
         "llama-server: -t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192*np, -np 1 for W1/W3 and -np 8 (one slot "
@@ -159,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as tmp:
         for name in args.models:
             plan = plan_for(name, args)
-            notes.append(f"{name}: {plan.reps} repetition(s); requests per client per repetition {plan.requests}; "
-                         f"warm-up: 1 request of {plan.warmup_documents} documents per peer and workload.")
+            notes.append(f"{name}: repetitions {plan.reps}; requests per client per repetition "
+                         f"{ {w: plan.requests[w] for w in plan.reps} }; warm-up: 1 request of "
+                         f"{plan.warmup_documents} documents per peer and workload.")
             done, facts[name] = bench_model(name, args, Path(tmp), notes)
             measurements += done
     table = report.rows(measurements, facts, peak.gflops)

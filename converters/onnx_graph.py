@@ -282,5 +282,6 @@ def save(model: onnx.ModelProto, path) -> None:
     if size > 1_800_000_000:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{path.name}.data", size_threshold=1024)
+        (path.parent / f"{path.name}.data").chmod(0o644)  # onnx writes it private; model folders are shared
     else:
         onnx.save_model(model, str(path))
