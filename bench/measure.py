@@ -110,13 +110,18 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
             times.append(time.perf_counter() - start)
         return times
 
-    with Monitor(peer.pids(), peer.rss_baseline()) as monitor:
-        start = time.perf_counter()
-        with ThreadPoolExecutor(workload.clients) as pool:
+    # Not a ``with`` block: on Ctrl-C the clients may wait on a server for minutes, and the caller
+    # must get on with stopping the servers, which ends their calls.
+    pool = ThreadPoolExecutor(workload.clients)
+    try:
+        with Monitor(peer.pids(), peer.rss_baseline()) as monitor:
+            start = time.perf_counter()
             futures = [pool.submit(client) for _ in range(workload.clients)]
             for future in futures:
                 into.latencies += future.result()
-        into.seconds += time.perf_counter() - start
+            into.seconds += time.perf_counter() - start
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     sent = workload.clients * requests
     into.pairs += sent * workload.pairs
     into.tokens += sent * tokens_per_request

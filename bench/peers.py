@@ -33,13 +33,14 @@ from typing import Any, Callable
 import httpx
 
 from bench.models import REPO, BenchModel
-from bench.workloads import WORKLOADS, Workload
+from bench.workloads import WORKLOADS
 
 API_KEY = "bench-key-0123456789"
 THREADS = 2
 """Threads every peer computes with (the bench machine's cores)."""
 LLAMA_SERVER = REPO / ".cache" / "llama.cpp" / "build" / "bin" / "llama-server"
 LLAMA_UBATCH = 8192
+LLAMA_SLOTS = 1
 STARTUP_TIMEOUT = 900.0
 REQUEST_TIMEOUT = 3600.0
 PEERS = ("grpc-fp32", "rest-fp32", "grpc-int8", "st-fp32", "llama-f16", "llama-q8_0")
@@ -76,7 +77,7 @@ class Process:
                 raise RuntimeError(f"{what} {state} during startup; log {self.log}:\n{tail}")
             time.sleep(0.2)
 
-    def stop(self, grace: float = 30.0) -> None:
+    def stop(self, grace: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
         if self.popen.poll() is None:
             self.popen.terminate()
@@ -144,9 +145,6 @@ class Peer(ABC):
     precision: str
     workloads: tuple[str, ...] = WORKLOADS
 
-    def prepare(self, workload: Workload) -> None:
-        """Called before warming up for ``workload``; peers that size themselves to it restart here."""
-
     @abstractmethod
     def start(self) -> None: ...
 
@@ -185,6 +183,17 @@ class OursGrpc(Peer):
         self._channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}",
                                               options=[("grpc.max_receive_message_length", 64 << 20)])
         self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
+        served = self.card().variant
+        if served != self.server.variant:
+            raise RuntimeError(f"{self.name}: the server runs variant {served!r}, not {self.server.variant!r}")
+
+    def card(self) -> Any:
+        """The served model's ``ModelCard`` from ListModels (variant, cumulative ``stats``)."""
+        from service.protocol import rerank_pb2
+
+        response = self._stub.ListModels(rerank_pb2.ListModelsRequest(), timeout=10,
+                                         metadata=(("authorization", f"Bearer {API_KEY}"),))
+        return next(card for card in response.data if card.id == self.server.model.name)
 
     def stop(self) -> None:
         if self._channel is not None:
@@ -271,32 +280,25 @@ class OursRest(_HttpPeer):
 
 
 class LlamaServer(_HttpPeer):
-    """``llama-server --reranking`` with one slot per concurrent client of the workload.
+    """``llama-server --reranking -t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192 -np 1``.
 
-    Flags: ``-t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192*np -np np``: one slot (``-np 1``) for
-    W1 and W3, eight for W2 so that each client's request has a slot instead of waiting in
-    the HTTP queue; ``-c`` gives every slot the full 8192-token window.
+    One slot for every workload, W2 included: W2's concurrent requests then wait in
+    llama-server's task queue. Eight slots (``-np 8 -c 65536``, one per W2 client) were measured
+    3.5x slower on bert-small, on W1 and W2 alike (3.7-3.8 against 12.2-13.2 pairs/s).
     """
 
     def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
         self.model, self.workdir = model, workdir
         self.name, self.precision = f"llama-{outtype}", outtype
         self.gguf = model.gguf[outtype]
-        self.parallel = 1
         self._process: Process | None = None
-
-    def prepare(self, workload: Workload) -> None:
-        if workload.clients != self.parallel:
-            self.stop()
-            self.parallel = workload.clients
-            self.start()
 
     def start(self) -> None:
         port = free_port()
         self._process = Process(
             [str(LLAMA_SERVER), "-m", str(self.gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port),
              "-t", str(THREADS), "-tb", str(THREADS), "-fa", "off", "-ub", str(LLAMA_UBATCH),
-             "-b", str(LLAMA_UBATCH), "-c", str(LLAMA_UBATCH * self.parallel), "-np", str(self.parallel),
+             "-b", str(LLAMA_UBATCH), "-c", str(LLAMA_UBATCH * LLAMA_SLOTS), "-np", str(LLAMA_SLOTS),
              "--no-webui"],
             self.workdir / f"{self.name}.log",
         )

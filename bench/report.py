@@ -9,8 +9,9 @@ from typing import Any
 from bench.measure import Measurement
 
 OURS = ("grpc-fp32", "rest-fp32", "grpc-int8")
-RATIOS = (("grpc-fp32", "st-fp32"), ("grpc-fp32", "llama-f16"), ("grpc-int8", "st-fp32"), ("grpc-int8", "llama-q8_0"))
-"""(ours, peer) pairs compared on throughput, at matching precision."""
+THROUGHPUT_TARGETS = (("grpc-fp32", "st-fp32", 1.5), ("grpc-int8", "st-fp32", 3.0), ("grpc-fp32", "llama-f16", 1.5),
+                      ("grpc-int8", "llama-q8_0", 1.5))
+"""(ours, peer, least W1 throughput ratio): the peers compared at matching precision."""
 COLUMNS = ("model", "workload", "peer", "pairs/s", "p50 ms", "p99 ms", "peak RSS MiB", "GFLOP/s", "% peak",
            "padding", "other CPU")
 
@@ -51,8 +52,7 @@ def targets(measurements: list[Measurement]) -> list[Target]:
         def get(peer: str, workload: str) -> Measurement | None:
             return at.get((model, peer, workload))
 
-        for ours, peer, limit in (("grpc-fp32", "st-fp32", 1.5), ("grpc-int8", "st-fp32", 3.0),
-                                  ("grpc-fp32", "llama-f16", 1.5), ("grpc-int8", "llama-q8_0", 1.5)):
+        for ours, peer, limit in THROUGHPUT_TARGETS:
             a, b = get(ours, "W1"), get(peer, "W1")
             if a and b:
                 out.append(Target(model, f"W1 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit,
@@ -73,15 +73,12 @@ def targets(measurements: list[Measurement]) -> list[Target]:
 
 
 def ratios(measurements: list[Measurement]) -> list[tuple[str, str, str, str, float]]:
-    """(model, workload, ours, peer, ours / peer throughput) for every pair in :data:`RATIOS` measured."""
+    """(model, workload, ours, peer, ours / peer throughput) for the pairs of :data:`THROUGHPUT_TARGETS`,
+    on every workload both ran."""
     at = _index(measurements)
-    out = []
-    for model, peer_name, workload in dict.fromkeys((m.model, m.peer, m.workload) for m in measurements):
-        for ours, peer in RATIOS:
-            if peer == peer_name and (model, ours, workload) in at:
-                mine, theirs = at[(model, ours, workload)], at[(model, peer, workload)]
-                out.append((model, workload, ours, peer, mine.pairs_per_s / theirs.pairs_per_s))
-    return sorted(out)
+    return sorted((model, workload, ours, peer, at[(model, ours, workload)].pairs_per_s / theirs.pairs_per_s)
+                  for (model, peer, workload), theirs in at.items()
+                  for ours, compared, _ in THROUGHPUT_TARGETS if compared == peer and (model, ours, workload) in at)
 
 
 def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], peak_gflops: float) -> list[list[str]]:
@@ -144,17 +141,18 @@ def chart(measurements: list[Measurement], path: Path) -> None:
         peers = list(dict.fromkeys(m.peer for m in mine if m.workload != "W3"))
         for offset, workload in ((-0.2, "W1"), (0.2, "W2")):
             values = {m.peer: m.pairs_per_s for m in mine if m.workload == workload}
-            left.bar([i + offset for i, p in enumerate(peers) if p in values], [values[p] for p in peers if p in values],
-                     width=0.4, label=workload)
+            bars = left.bar([i + offset for i, p in enumerate(peers) if p in values],
+                            [values[p] for p in peers if p in values], width=0.4, label=workload)
+            left.bar_label(bars, fmt="%.1f", fontsize=8)
         left.set_xticks(range(len(peers)), peers, rotation=20)
         left.set_ylabel("pairs/s")
         left.set_title(f"{model}: throughput (64 docs x ~150 words)")
         left.legend()
         w3 = [m for m in mine if m.workload == "W3"]
-        right.bar([m.peer for m in w3], [m.latency_ms(50) for m in w3], color="tab:green")
+        right.bar_label(right.bar([m.peer for m in w3], [m.latency_ms(50) for m in w3], color="tab:green"),
+                        fmt="%.0f", fontsize=8)
         right.tick_params(axis="x", rotation=20)
-        right.set_yscale("log")
-        right.set_ylabel("ms (log scale)")
+        right.set_ylabel("ms")
         right.set_title(f"{model}: W3 p50 latency (8 short docs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
