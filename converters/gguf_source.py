@@ -70,7 +70,8 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
     w: Weights = {"emb.word": _tensor(t, "token_embd.weight"),
                   "emb.ln.w": _tensor(t, "token_embd_norm.weight"), "emb.ln.b": _tensor(t, "token_embd_norm.bias")}
     if "token_types.weight" in t:
-        w["emb.type"] = t["token_types.weight"]
+        # llama-quantize stores one-row matrices (a single token type) as vectors
+        w["emb.type"] = t["token_types.weight"].reshape(-1, hidden)
     for i in range(layers):
         b, o = f"blk.{i}.", f"L{i}."
         if b + "attn_qkv.weight" in t:
@@ -103,6 +104,7 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
         notes.append(POOLER_DROPPED.format(form="tanh(classifier(h0))"))
     else:
         raise GgufError(f"{path.name}: no classifier (cls) tensor: this is an embedding model, not a reranker")
+    w["head.out.w"] = w["head.out.w"].reshape(-1, hidden)  # a one-label classifier may come as a vector
     if w["head.out.w"].shape[0] != 1:
         raise GgufError(f"{path.name}: the classifier has {w['head.out.w'].shape[0]} outputs; a reranker has one")
 

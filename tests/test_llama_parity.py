@@ -101,3 +101,39 @@ def test_llama_server_feeds_type_zero_to_bert(server_binary, checkpoint, tmp_pat
     record("bert", llama_vs_type0_max_abs_diff=float(np.max(np.abs(theirs - type0))),
            llama_vs_ours_max_abs_diff=float(np.max(np.abs(theirs - ours))))
     assert np.max(np.abs(theirs - type0)) <= 0.05
+
+
+def test_k_quant_ggufs_score_like_hf(server_binary, checkpoint, tmp_path):
+    """Q4_K_M / Q5_K_M / Q6_K files from llama-quantize (K-quants need rows that are multiples of
+    256, so this uses a 256-wide XLM-R with the fixture's tokenizer)."""
+    import shutil
+
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from converters.convert import convert
+    from converters.sources import load_source
+
+    wide = tmp_path / "wide"
+    shutil.copytree(checkpoint("xlmr"), wide)
+    (wide / "model.safetensors").unlink()
+    config = json.loads((checkpoint("xlmr") / "config.json").read_text())
+    torch.manual_seed(0)
+    model = XLMRobertaForSequenceClassification(XLMRobertaConfig(
+        vocab_size=config["vocab_size"], hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=512, max_position_embeddings=config["max_position_embeddings"], num_labels=1,
+        pad_token_id=1, type_vocab_size=1, initializer_range=0.05))
+    model.save_pretrained(wide)
+    bundle = load_source(str(wide), progress=lambda _: None)
+    convert(bundle.loaded, name="hf", out_dir=tmp_path, source_folder=bundle.folder, progress=lambda _: None)
+    items = [(QUERY, d) for d in DOCS]
+    hf = onnx_scores(tmp_path / "hf", items)
+    f32 = convert_to_gguf(wide, tmp_path / "wide-f32.gguf", "f32")
+    quantize = server_binary.parent / "llama-quantize"
+    for kind in ("Q4_K_M", "Q5_K_M", "Q6_K"):
+        path = tmp_path / f"wide-{kind}.gguf"
+        subprocess.run([str(quantize), str(f32), str(path), kind], check=True, capture_output=True)
+        ours = onnx_scores(convert_gguf(path, tmp_path, kind.lower()), items)
+        diff, rho = float(np.max(np.abs(ours - hf))), spearman(ours, hf)
+        record(f"xlmr-256 {kind}", max_abs_diff=diff, spearman=rho)
+        print(f"{kind}: max |Δ| vs HF {diff:.3e}, Spearman {rho:.4f}")
+        assert rho >= 0.9 and diff <= 0.1
