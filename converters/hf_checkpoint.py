@@ -14,19 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from converters.spec import EncoderSpec, LoadedModel, Weights
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "sentencepiece.bpe.model", "vocab.txt", "vocab.json", "merges.txt",
-)
-
 
 class CheckpointError(ValueError):
     """The checkpoint is not one this converter understands; the message says why."""
