@@ -88,7 +88,7 @@ def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], pea
         info = models[m.model]
         gflops = m.gflops(info["matmul_params"])
         padding = f"{info['padding'][m.workload]:.1%}" if m.peer in OURS else ""
-        out.append([m.model, m.workload, m.peer, f"{m.pairs_per_s:.1f}", f"{m.latency_ms(50):.1f}",
+        out.append([m.model, m.workload, m.peer, f"{m.pairs_per_s:.3g}", f"{m.latency_ms(50):.1f}",
                     f"{m.latency_ms(99):.1f}", f"{m.peak_rss / 2**20:.0f}", f"{gflops:.1f}",
                     f"{gflops / peak_gflops:.0%}", padding, f"{m.other_cpu:.0%}"])
     return out
@@ -141,9 +141,11 @@ def chart(measurements: list[Measurement], path: Path) -> None:
         peers = list(dict.fromkeys(m.peer for m in mine if m.workload != "W3"))
         for offset, workload in ((-0.2, "W1"), (0.2, "W2")):
             values = {m.peer: m.pairs_per_s for m in mine if m.workload == workload}
+            if not values:
+                continue
             bars = left.bar([i + offset for i, p in enumerate(peers) if p in values],
                             [values[p] for p in peers if p in values], width=0.4, label=workload)
-            left.bar_label(bars, fmt="%.1f", fontsize=8)
+            left.bar_label(bars, fmt="%.3g", fontsize=8)
         left.set_xticks(range(len(peers)), peers, rotation=20)
         left.set_ylabel("pairs/s")
         left.set_title(f"{model}: throughput (64 docs x ~150 words)")

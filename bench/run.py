@@ -146,7 +146,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = ("python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so every server is stopped
     peak = machine_peak()
     notes = [
