@@ -1,36 +1,58 @@
-"""The CUDA path, checked end to end on a GPU machine (driven by bench/gpu_check.sh)."""
+"""The CUDA path, checked end to end on a GPU machine (driven by bench/gpu_check.sh).
+
+Prints PASS/FAIL lines, a throughput table, and writes the figures as JSON (to ``$OUT`` when
+set, else ``bench/results/``). ``--dry-run`` runs every step on the CPU with tiny timings, to
+prove the script itself before a GPU machine is spent on it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from converters import onnx_graph
+from converters.probes import probe_pairs
 from converters.spec import EncoderSpec
+from converters.variants import FILES, _fuse, _to_fp16, gate
 from service.backends.onnx import CUDA, Batch, OnnxBackend
 from service.core.batching import pad
-from service.core.model_folder import find_model_folders, read_model_folder
+from service.core.model_folder import Variant, find_model_folders, read_model_folder
 from service.core.tokenization import PairEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURES: list[str] = []
+REPORT: dict = {"checks": [], "throughput": []}
 
 
-def check(name: str, ok: bool, detail: str = "") -> None:
+def check(name: str, ok: bool, detail: str = "") -> bool:
     print(f"{'PASS' if ok else 'FAIL'}  {name}  {detail}", flush=True)
+    REPORT["checks"].append({"name": name, "passed": bool(ok), "detail": detail})
     if not ok:
         FAILURES.append(name)
+    return ok
 
 
 def bge_shape_weights(rng: np.random.Generator, spec: EncoderSpec, vocab: int) -> dict[str, np.ndarray]:
+    """Random weights in the converter's canonical names, bge-reranker-v2-m3's shapes."""
     H, I = spec.hidden, spec.intermediate
+
     def m(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
+
     w = {"emb.word": m(vocab, H), "emb.pos": m(spec.max_length + 2, H), "emb.type": m(1, H),
          "emb.ln.w": np.ones(H, np.float32), "emb.ln.b": np.zeros(H, np.float32),
          "head.dense.w": m(H, H), "head.dense.b": m(H), "head.out.w": m(1, H), "head.out.b": m(1)}
@@ -43,61 +65,177 @@ def bge_shape_weights(rng: np.random.Generator, spec: EncoderSpec, vocab: int) -
     return w
 
 
-def main() -> int:
-    providers = ort.get_available_providers()
-    check("CUDAExecutionProvider available", CUDA in providers, str(providers))
-    if CUDA not in providers:
-        return 1
+def fixture_checks(folder: Path, device: str) -> None:
+    """The converted fixture: the server's own variant choice on this device, and its scores
+    against fp32 on the CPU (the converter's gate)."""
+    config = read_model_folder(folder)
+    chosen = OnnxBackend(folder, config)  # no device, no variant: what the server would pick
+    cpu = OnnxBackend(folder, config, variant="fp32", device="cpu")
+    want = ("fp16", CUDA) if device == "cuda" else ("fp32-fused", "CPUExecutionProvider")
+    check(f"{config.name}: server's own choice is {want[0]} on {want[1]}",
+          (chosen.variant_key, chosen.provider) == want, f"{chosen.variant_key} on {chosen.provider}")
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    pairs = [encoder.encode(q, [d]).pairs[0] for q, d in probe_pairs(config.max_length)]
+    batch = pad(pairs, config.template.pad_id, config.type_ids_input)
+    reference = cpu.run(batch)
+    result = gate(chosen.run(batch), reference)
+    check(f"{config.name}: {chosen.variant_key}/{chosen.provider} passes the gate against fp32/CPU", result.passed,
+          json.dumps(result.to_json()))
+    REPORT["fixture_gate"] = result.to_json()
+    fp32 = OnnxBackend(folder, config, variant="fp32", device=device)
+    diff = float(np.max(np.abs(fp32.run(batch) - reference)))
+    REPORT["fixture_fp32_device_vs_cpu_max_abs"] = diff
+    check(f"{config.name}: fp32 on {fp32.provider} vs fp32 on the CPU", diff <= 1e-3, f"max |Δ| {diff:.2e}")
 
-    # 2-3. A converted fixture: fp16 on CUDA vs fp32 on the CPU.
-    folders = find_model_folders(ROOT / "models-gpu")
-    check("converted fixture present in models-gpu/", bool(folders), "run `make gpu-prep` on the CPU machine")
-    for folder in folders:
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_check(models: Path, folder: Path) -> None:
+    """The real server (``python -m service``) on this machine: ListModels reports the
+    device's variant and provider, and a Rerank over gRPC scores like fp32 on the CPU."""
+    import grpc
+
+    from service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    port = free_port()
+    log = Path(tempfile.mkdtemp()) / "service.log"
+    env = {**os.environ, "RERANK_INSECURE_NO_AUTH": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--models-dir", str(models), "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=120)
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        cards = stub.ListModels(rerank_pb2.ListModelsRequest(), timeout=30).data
+        card = cards[0]
+        REPORT["service_model_card"] = {"id": card.id, "variant": card.variant, "provider": card.provider,
+                                        "precision": card.precision}
+        print(f"      ListModels: {REPORT['service_model_card']}")
         config = read_model_folder(folder)
-        gpu = OnnxBackend(folder, config, device="cuda")
-        cpu = OnnxBackend(folder, config, variant="fp32", device="cpu")
-        check(f"{config.name}: CUDA picks the fp16 variant", gpu.variant_key == "fp16" and gpu.provider == CUDA,
-              f"{gpu.variant_key} on {gpu.provider}")
+        query, documents = probe_pairs(config.max_length)[0][0], [d for _, d in probe_pairs(config.max_length)[:6]]
+        from google.protobuf import struct_pb2
+
+        request = rerank_pb2.RerankRequest(model=card.id, query=query, top_n=len(documents),
+                                           documents=[struct_pb2.Value(string_value=d) for d in documents])
+        response = stub.Rerank(request, timeout=60)
+        got = {r.index: r.relevance_score for r in response.results}
         encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-        from converters.probes import probe_pairs
-        from converters.variants import gate
+        cpu = OnnxBackend(folder, config, variant="fp32", device="cpu")
+        want = cpu.run(pad(encoder.encode(query, documents).pairs, config.template.pad_id, config.type_ids_input))
+        result = gate(np.array([got[i] for i in range(len(documents))]), want)
+        check("service over gRPC: ranks like fp32 on the CPU", result.passed and len(got) == len(documents),
+              f"{card.variant} on {card.provider}; {json.dumps(result.to_json())}")
+        channel.close()
+    except Exception as exc:  # noqa: BLE001 - report and show the server's log
+        check("service over gRPC", False, f"{type(exc).__name__}: {exc}\n{log.read_text()[-3000:]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
-        pairs = [encoder.encode(q, [d]).pairs[0] for q, d in probe_pairs(config.max_length)]
-        batch = pad(pairs, config.template.pad_id, config.type_ids_input)
-        result = gate(gpu.run(batch), cpu.run(batch))
-        check(f"{config.name}: fp16/CUDA agrees with fp32/CPU", result.passed, str(result.to_json()))
 
-    # 4. Throughput on a bge-reranker-v2-m3-shaped graph.
-    spec = EncoderSpec(family="xlm-roberta", num_layers=24, hidden=1024, heads=16, intermediate=4096,
-                       layer_norm_eps=1e-5, max_length=8192, positions="learned", feed_forward="gelu",
-                       head="roberta", pad_id=1, position_offset=2, positions_from_pad=True, type_vocab=1)
+def throughput(device: str, dry_run: bool) -> None:
+    """bge-reranker-v2-m3's layer shape (24 x 1024 x 4096, random weights built here with numpy),
+    fused fp32 vs fp16 through the service's backend (I/O binding on CUDA), and the plain
+    ``session.run`` path for comparison."""
+    if dry_run:
+        spec = EncoderSpec(family="xlm-roberta", num_layers=2, hidden=64, heads=4, intermediate=128,
+                           layer_norm_eps=1e-5, max_length=512, positions="learned", feed_forward="gelu",
+                           head="roberta", pad_id=1, position_offset=2, positions_from_pad=True, type_vocab=1)
+        vocab = 1000
+    else:
+        spec = EncoderSpec(family="xlm-roberta", num_layers=24, hidden=1024, heads=16, intermediate=4096,
+                           layer_norm_eps=1e-5, max_length=8192, positions="learned", feed_forward="gelu",
+                           head="roberta", pad_id=1, position_offset=2, positions_from_pad=True, type_vocab=1)
+        # bge-m3's vocabulary is 250,002; the embedding lookup costs nothing next to the 24
+        # layers, and 32k keeps the graph build short (the device's minutes are few).
+        vocab = 32768
     rng = np.random.default_rng(0)
-    weights = bge_shape_weights(rng, spec, vocab=250002)
-    from converters.variants import _fuse, _to_fp16
-
+    started = time.perf_counter()
+    weights = bge_shape_weights(rng, spec, vocab=vocab)
+    matmul_params = sum(v.size for k, v in weights.items() if k.endswith(".w") and v.ndim == 2 and k != "emb.word"
+                        and not k.startswith("emb."))
     work = Path(tempfile.mkdtemp())
     fused = _fuse(onnx_graph.build_graph(spec, weights, fused_attention=True))
-    onnx_graph.save(fused, work / "fp32.onnx")
-    onnx_graph.save(_to_fp16(fused), work / "fp16.onnx")
-    ids = rng.integers(5, 250000, (64, 200), dtype=np.int64)
-    ids[:, 0] = 0
-    batch = Batch(ids, np.ones_like(ids), None)
-    options = ort.SessionOptions()
-    rates = {}
-    for name in ("fp32", "fp16"):
-        session = ort.InferenceSession(str(work / f"{name}.onnx"), options, providers=[CUDA])
-        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        session.run(None, feed)
-        start, reps = time.perf_counter(), 10
-        for _ in range(reps):
-            session.run(None, feed)
-        seconds = (time.perf_counter() - start) / reps
-        rates[name] = 64 / seconds
-        flops = 2 * sum(v.size for k, v in weights.items() if k != "emb.word") * ids.size / seconds / 1e12
-        print(f"      bge-shape {name} on CUDA: {rates[name]:.0f} pairs/s, {seconds * 1e3:.1f} ms per 64x200 batch, "
-              f"{flops:.1f} TFLOP/s (weights only)")
-    check("fp16 faster than fp32 on CUDA", rates["fp16"] > rates["fp32"], f"{rates['fp16'] / rates['fp32']:.2f}x")
-    print(f"\n{'ALL PASS' if not FAILURES else 'FAILED: ' + ', '.join(FAILURES)}")
+    del weights
+    onnx_graph.save(fused, work / FILES["fp32-fused"])
+    del fused  # saving may have moved its weights to external data: convert the copy on disk
+    onnx_graph.save(_to_fp16(onnx.load(str(work / FILES["fp32-fused"]))), work / FILES["fp16"])
+    print(f"      bge-shape graphs built in {time.perf_counter() - started:.0f} s", flush=True)
+    template = read_model_folder(find_model_folders(ROOT / "models-gpu")[0]).template
+    config = dataclasses.replace(
+        read_model_folder(find_model_folders(ROOT / "models-gpu")[0]), name="bge-shape",
+        variants={"fp32-fused": Variant(FILES["fp32-fused"], "fp32", "any", True),
+                  "fp16": Variant(FILES["fp16"], "fp16", "cuda", True)},
+        template=template, type_ids_input=False)
+    shapes = [(64, 200), (8, 32)] if not dry_run else [(4, 16)]
+    reps = 20 if not dry_run else 2
+    rows = []
+    for key in ("fp32-fused", "fp16"):
+        if device == "cpu" and key == "fp16":
+            continue
+        backend = OnnxBackend(work, config, variant=key, device=device)
+        for pairs, length in shapes:
+            ids = rng.integers(5, vocab - 2, (pairs, length), dtype=np.int64)
+            ids[:, 0] = 0
+            batch = Batch(ids, np.ones_like(ids), None)
+            feed = {"input_ids": ids, "attention_mask": batch.attention_mask}
+            for path, call in (("backend (I/O binding)" if device == "cuda" else "backend", lambda: backend.run(batch)),
+                               ("session.run", lambda: backend.session.run(["logits"], feed))):
+                call()
+                call()
+                times = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - t)
+                ms = float(np.median(times)) * 1e3
+                tflops = 2 * matmul_params * pairs * length / (ms / 1e3) / 1e12
+                row = {"variant": key, "path": path, "batch": f"{pairs}x{length}", "median_ms": round(ms, 3),
+                       "pairs_per_s": round(pairs / (ms / 1e3), 1), "tflops_weights": round(tflops, 2)}
+                rows.append(row)
+                print(f"      {key:10s} {path:22s} {pairs:3d}x{length:<4d} {ms:8.2f} ms  "
+                      f"{row['pairs_per_s']:9.1f} pairs/s  {tflops:6.1f} TFLOP/s", flush=True)
+        del backend
+    REPORT["throughput"] = rows
+    if device == "cuda":
+        w1 = {r["variant"]: r["pairs_per_s"] for r in rows if r["batch"] == "64x200" and r["path"].startswith("backend")}
+        check("fp16 faster than fp32 on CUDA (64x200)", w1["fp16"] > w1["fp32-fused"],
+              f"{w1['fp16'] / w1['fp32-fused']:.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="run every step on the CPU, tiny sizes")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    REPORT["onnxruntime"] = ort.__version__
+    REPORT["machine"] = platform.node()
+    providers = ort.get_available_providers()
+    print(f"onnxruntime {ort.__version__} from {Path(ort.__file__).parent}; providers {providers}")
+    device = "cpu" if args.dry_run else "cuda"
+    if not args.dry_run and not check("CUDAExecutionProvider available", CUDA in providers, str(providers)):
+        return 1
+    folders = find_model_folders(ROOT / "models-gpu")
+    if not check("converted fixture present in models-gpu/", bool(folders), "run `make gpu-prep` on the CPU machine"):
+        return 1
+    fixture_checks(folders[0], device)
+    service_check(ROOT / "models-gpu", folders[0])
+    throughput(device, args.dry_run)
+    REPORT["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}{'-dry' if args.dry_run else ''}.json"
+    path.write_text(json.dumps(REPORT, indent=2) + "\n")
+    print(f"\nwrote {path}; {REPORT['seconds']} s")
+    print(f"{'ALL PASS' if not FAILURES else 'FAILED: ' + ', '.join(FAILURES)}")
     return 1 if FAILURES else 0
 
 

@@ -2,24 +2,44 @@
 # GPU check for the CUDA path (run on a machine with an NVIDIA GPU; < 5 minutes).
 #
 #   bash bench/gpu_check.sh            # from the repository root
+#   bash bench/gpu_check.sh --dry-run  # every step on the CPU, tiny sizes (proves the script)
 #
-# What it proves, printing PASS/FAIL for each:
+# What it proves, printing PASS/FAIL for each (bench/gpu_check.py):
 #  1. onnxruntime-gpu sees CUDAExecutionProvider;
-#  2. the service's backend picks the fp16 variant on CUDA and runs it with I/O binding;
-#  3. fp16-on-CUDA scores agree with fp32-on-CPU for a converted fixture model (Spearman >= 0.99,
-#     same top 3) — the same gate the converter applies;
-#  4. throughput of a bge-reranker-v2-m3-shaped graph (24 x 1024, random weights built here with
-#     numpy, no torch needed), fp16 fused on CUDA vs fp32 on CUDA, W1-like batches (64 x ~200 tokens).
+#  2. the service's backend, left to choose, picks the fp16 variant on CUDA (I/O binding) and it
+#     passes the converter's gate against fp32 on the CPU; fp32 on CUDA (TF32 off) matches the CPU;
+#  3. the real server (python -m service) on the GPU: ListModels shows the variant and provider,
+#     a gRPC Rerank ranks like fp32 on the CPU;
+#  4. throughput of a bge-reranker-v2-m3-shaped graph (24 x 1024, random weights built with
+#     numpy), fused fp32 vs fp16 on CUDA, 64x200 (W1-like) and 8x32 (W3-like) batches.
 #
-# Needs: python3 with numpy, onnx, onnxruntime-gpu, tokenizers, grpcio, protobuf, googleapis-common-protos,
-# grpcio-status/health-checking/reflection. Wheels in .whl/ (see the device notes) are installed first
-# if present. A converted fixture folder is expected in models-gpu/ (make gpu-prep builds it on the CPU machine).
+# Needs python3 with numpy, onnx, onnxruntime-gpu, tokenizers, grpcio and the grpc/protobuf
+# extras of pyproject.toml, and models-gpu/ (`make gpu-prep` on the CPU machine). For a machine
+# without a package index: wheels in .whl/ are installed into /tmp/site, and an onnxruntime-gpu
+# packed by tools/pack_onnxruntime_gpu.sh (parts in .ortgpu/ or /tmp/ortgpu-parts/) is unpacked there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+site=/tmp/site
+mkdir -p "$site"
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+parts=$(ls /tmp/ortgpu-parts/part-* .ortgpu/part-* 2>/dev/null | awk -F/ '!seen[$NF]++ {print $NF" "$0}' | sort | cut -d' ' -f2- || true)
+if [ -n "$parts" ]; then
+  echo "unpacking onnxruntime-gpu from: $(echo $parts)"
+  cat $parts | python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" \
+    | tar -x -C "$site"
+fi
+export PYTHONPATH=$site:$PWD:${PYTHONPATH:-}
+# CUDA/cuDNN from the nvidia-* wheels next to the python (onnxruntime.preload_dlls covers the
+# usual layouts; this covers the rest).
+nvlibs=$(python3 - <<'PY'
+import glob, os, site
+dirs = {os.path.dirname(p) for sp in site.getsitepackages()
+        for p in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True)}
+print(":".join(sorted(dirs)))
+PY
+)
+export LD_LIBRARY_PATH=${nvlibs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 exec python3 -m bench.gpu_check "$@"
