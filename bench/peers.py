@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import httpx
 
+from bench.http_client import LeanHttpClient
 from bench.models import REPO, BenchModel
 from bench.workloads import WORKLOADS
 
@@ -221,14 +222,16 @@ class OursGrpc(Peer):
 
 
 class _HttpPeer(Peer):
-    """A peer reached with ``POST /v1/rerank``; subclasses start the server and set ``base_url``."""
+    """A peer reached with ``POST /v1/rerank``; subclasses start the server and set ``base_url``.
+
+    Requests go through :class:`bench.http_client.LeanHttpClient`, so that an HTTP server is
+    not charged for a Python HTTP library's own cost (see that module)."""
 
     base_url = ""
-    _client: httpx.Client | None = None
+    _client: LeanHttpClient | None = None
 
     def _open(self, headers: dict[str, str] | None = None) -> None:
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=REQUEST_TIMEOUT,
-                                    limits=httpx.Limits(max_connections=32))
+        self._client = LeanHttpClient(self.base_url, headers, timeout=REQUEST_TIMEOUT)
 
     def _close(self) -> None:
         if self._client is not None:
@@ -237,10 +240,9 @@ class _HttpPeer(Peer):
 
     def _post(self, body: dict[str, Any], documents: int) -> None:
         assert self._client is not None
-        response = self._client.post("/v1/rerank", json=body)
-        response.raise_for_status()
-        if len(response.json()["results"]) != documents:
-            raise RuntimeError(f"{self.name}: wrong number of results: {response.text[:300]}")
+        reply = self._client.post_json("/v1/rerank", body)
+        if len(reply.json()["results"]) != documents:
+            raise RuntimeError(f"{self.name}: wrong number of results: {reply.body[:300]!r}")
 
 
 class OursRest(_HttpPeer):
