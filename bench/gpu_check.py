@@ -314,6 +314,11 @@ def main() -> int:
     started = time.perf_counter()
     REPORT["onnxruntime"] = ort.__version__
     REPORT["machine"] = platform.node()
+    try:
+        REPORT["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                       capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        REPORT["gpu"] = ""
     providers = ort.get_available_providers()
     print(f"onnxruntime {ort.__version__} from {Path(ort.__file__).parent}; providers {providers}")
     device = "cpu" if args.dry_run else "cuda"
