@@ -23,6 +23,10 @@ class HttpError(Exception):
     """A non-2xx reply, a malformed reply, or a connection that closed mid-reply."""
 
 
+class _StaleConnection(HttpError):
+    """The connection closed before any byte of the reply."""
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -58,12 +62,22 @@ class LeanHttpClient:
         request = (f"POST {path} HTTP/1.1\r\n{self._fixed_headers}content-length: {len(payload)}\r\n\r\n"
                    .encode() + payload)
         try:
-            sock = self._idle.get_nowait()
+            sock, reused = self._idle.get_nowait(), True
         except queue.Empty:
-            sock = self._connect()
+            sock, reused = self._connect(), False
         try:
-            sock.sendall(request)
-            reply, keep = _read_reply(sock)
+            try:
+                sock.sendall(request)
+                reply, keep = _read_reply(sock)
+            except (_StaleConnection, ConnectionError):
+                if not reused:
+                    raise
+                # The server closed the idle connection (llama-server does after 5 s) before
+                # reading this request: send it again on a fresh one, as HTTP clients do.
+                sock.close()
+                sock = self._connect()
+                sock.sendall(request)
+                reply, keep = _read_reply(sock)
         except BaseException:
             sock.close()
             raise
@@ -89,7 +103,7 @@ def _read_reply(sock: socket.socket) -> tuple[Reply, bool]:
     while b"\r\n\r\n" not in buffer:
         chunk = sock.recv(65536)
         if not chunk:
-            raise HttpError("connection closed before the reply's headers")
+            raise (_StaleConnection if not buffer else HttpError)("connection closed before the reply's headers")
         buffer += chunk
     head, rest = buffer.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
