@@ -65,6 +65,26 @@ async def test_micro_batches_respect_token_budget_and_sort_by_length():
     await batcher.close()
 
 
+async def test_queued_requests_alternate_sort_direction():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+    batcher = make(model, max_batch_tokens=10_000, max_batch_pairs=3)
+    blocker = asyncio.create_task(batcher.score([pair(0, 1)]))
+    await asyncio.sleep(0.05)  # the model is busy: the next two requests queue together
+    lengths = [2, 4, 6, 8]
+    first = asyncio.create_task(batcher.score([pair(i, n) for i, n in enumerate(lengths)]))
+    second = asyncio.create_task(batcher.score([pair(i, n) for i, n in enumerate(lengths)]))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, first, second)
+    seen = [[int(m.sum()) for m in b.attention_mask] for b in model.batches[1:]]
+    # First request shortest first, the second longest first: the batch spanning them holds
+    # [8, 8, 6] (24 padded tokens) instead of [8, 2, 4] (24, of which 10 padding).
+    assert seen == [[2, 4, 6], [8, 8, 6], [4, 2]]
+    assert batcher.metrics.padded_tokens == 1 + 18 + 24 + 8
+    await batcher.close()
+
+
 async def test_pairs_from_concurrent_requests_share_batches():
     gate = threading.Event()
     model = RecordingModel(gate=gate)
