@@ -141,21 +141,25 @@ def request_lengths(model_folder: Path, workload: Workload) -> list[int]:
 
 def padding_fraction(lengths: list[int], requests: int) -> float:
     """Padding share of the micro-batches our server forms for ``requests`` copies of a request
-    queued together: each request's pairs sorted by length, taken in arrival order while
-    ``longest x pairs`` stays within the server's token budget and pair cap (the rule of
-    ``service.core.batching.DynamicBatcher``, with the settings the server reads from the
-    environment)."""
+    queued together: the server's own :class:`~service.core.batching.DynamicBatcher`, with the
+    settings the server reads from the environment, replayed on the pairs' token lengths."""
+    import asyncio
+
+    from service.core.batching import DynamicBatcher
+    from service.core.metrics import ModelMetrics
+    from service.core.tokenization import Pair
     from service.settings import parse
 
-    config = parse([]).batching
-    real = padded = 0
-    batch: list[int] = []
-    for length in sorted(lengths) * requests + [0]:  # the final 0 flushes the last batch
-        if batch and (length == 0 or max(*batch, length) * (len(batch) + 1) > config.max_batch_tokens
-                      or len(batch) >= config.max_batch_pairs):
-            real, padded, batch = real + sum(batch), padded + max(batch) * len(batch), []
-        batch.append(length)
-    return 1 - real / padded
+    async def replay() -> float:
+        metrics = ModelMetrics()
+        batcher = DynamicBatcher(lambda batch: np.zeros(len(batch.input_ids)), pad_id=0, with_types=False,
+                                 config=parse([]).batching, metrics=metrics, name="replay")
+        pairs = [Pair(i, np.zeros(n, np.int64), np.zeros(n, np.int64)) for i, n in enumerate(lengths)]
+        await asyncio.gather(*(batcher.score(pairs) for _ in range(requests)))
+        await batcher.close()
+        return 1 - metrics.real_tokens / metrics.padded_tokens
+
+    return asyncio.run(replay())
 
 
 @dataclass(frozen=True)
