@@ -33,17 +33,6 @@ from service.core.model_folder import find_model_folders, read_model_folder
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class _FolderModel:
-    """Just enough of :class:`bench.models.BenchModel` for :class:`OurServer` over any models dir."""
-
-    def __init__(self, models_dir: Path) -> None:
-        folders = find_model_folders(models_dir)
-        if not folders:
-            raise SystemExit(f"{models_dir}: no model folders")
-        self.models_dir = models_dir
-        self.name = read_model_folder(folders[0]).name
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bert-small", help="bench model to build/use (ignored with --models-dir)")
@@ -54,17 +43,24 @@ def main() -> int:
 
     from gateway.envoy import start as start_envoy
 
-    model = _FolderModel(args.models_dir) if args.models_dir else bench_models.ensure(args.model)
+    if args.models_dir:
+        folders = find_model_folders(args.models_dir)
+        if not folders:
+            raise SystemExit(f"{args.models_dir}: no model folders")
+        models_dir, model_name = args.models_dir, read_model_folder(folders[0]).name
+    else:
+        model = bench_models.ensure(args.model)
+        models_dir, model_name = model.models_dir, model.name
     workload = make("W3")
     work = Path(tempfile.mkdtemp(prefix="gateway-overhead-"))
-    server = OurServer(model, args.variant, work)  # type: ignore[arg-type]
+    server = OurServer(models_dir, model_name, args.variant, work)
     grpc_peer = OursGrpc(server)
     grpc_peer.start()
     rest_port = free_port()
     envoy = start_envoy(listen_port=rest_port, upstream_port=server.port, admin_port=free_port(), workdir=work,
                         listen_host="127.0.0.1")
     auth = {"authorization": f"Bearer {API_KEY}"}
-    body = {"model": model.name, "query": workload.query, "documents": list(workload.documents),
+    body = {"model": model_name, "query": workload.query, "documents": list(workload.documents),
             "return_documents": False}
     lean = LeanHttpClient(f"http://127.0.0.1:{rest_port}", auth)
     stdlib = http.client.HTTPConnection("127.0.0.1", rest_port)
@@ -112,7 +108,7 @@ def main() -> int:
 
     base = np.array(times["grpc (direct)"])
     rows = []
-    print(f"\n{model.name}, W3, {args.rounds} rounds; ms")
+    print(f"\n{model_name}, W3, {args.rounds} rounds; ms")
     print(f"{'path':20s} {'p50':>8s} {'p99':>8s} {'added p50 (paired)':>20s}")
     for name, values in times.items():
         array = np.array(values)
@@ -122,7 +118,7 @@ def main() -> int:
         print(f"{name:20s} {rows[-1]['p50_ms']:8.2f} {rows[-1]['p99_ms']:8.2f} {added:20.2f}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"model": model.name, "workload": "W3", "rounds": args.rounds, "rows": rows,
+    out.write_text(json.dumps({"model": model_name, "workload": "W3", "rounds": args.rounds, "rows": rows,
                                "command": "python -m bench.gateway_overhead " + " ".join(
                                    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)},
                               indent=2) + "\n")

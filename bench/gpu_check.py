@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from converters import onnx_graph
 from converters.probes import probe_pairs
 from converters.spec import EncoderSpec
 from converters.variants import FILES, _fuse, _to_fp16, gate
+from bench.peers import OurServer, OursGrpc
 from service.backends.onnx import CUDA, Batch, OnnxBackend
 from service.core.batching import pad
 from service.core.model_folder import Variant, find_model_folders, read_model_folder
@@ -64,9 +64,10 @@ def bge_shape_weights(rng: np.random.Generator, spec: EncoderSpec, vocab: int) -
     return w
 
 
-def fixture_checks(folder: Path, device: str) -> None:
+def fixture_checks(folder: Path, device: str) -> tuple[list[tuple[str, str]], np.ndarray]:
     """The converted fixture: the server's own variant choice on this device, and its scores
-    against fp32 on the CPU (the converter's gate)."""
+    against fp32 on the CPU (the converter's gate). Returns the probes that share the first
+    probe's query, with their fp32-on-CPU scores, for :func:`service_check`."""
     config = read_model_folder(folder)
     chosen = OnnxBackend(folder, config)  # no device, no variant: what the server would pick
     cpu = OnnxBackend(folder, config, variant="fp32", device="cpu")
@@ -74,7 +75,8 @@ def fixture_checks(folder: Path, device: str) -> None:
     check(f"{config.name}: server's own choice is {want[0]} on {want[1]}",
           (chosen.variant_key, chosen.provider) == want, f"{chosen.variant_key} on {chosen.provider}")
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-    pairs = [encoder.encode(q, [d]).pairs[0] for q, d in probe_pairs(config.max_length)]
+    probes = probe_pairs(config.max_length)
+    pairs = [encoder.encode(q, [d]).pairs[0] for q, d in probes]
     batch = pad(pairs, config.template.pad_id, config.type_ids_input)
     reference = cpu.run(batch)
     result = gate(chosen.run(batch), reference)
@@ -85,59 +87,32 @@ def fixture_checks(folder: Path, device: str) -> None:
     diff = float(np.max(np.abs(fp32.run(batch) - reference)))
     REPORT["fixture_fp32_device_vs_cpu_max_abs"] = diff
     check(f"{config.name}: fp32 on {fp32.provider} vs fp32 on the CPU", diff <= 1e-3, f"max |Δ| {diff:.2e}")
+    same_query = [i for i, (q, _) in enumerate(probes) if q == probes[0][0]]
+    return [probes[i] for i in same_query], reference[same_query]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def service_check(models: Path, folder: Path) -> None:
-    """The real server (``python -m service``) on this machine: ListModels reports the
-    device's variant and provider, and a Rerank over gRPC scores like fp32 on the CPU."""
-    import grpc
-
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
-
-    port = free_port()
-    log = Path(tempfile.mkdtemp()) / "service.log"
-    env = {**os.environ, "RERANK_INSECURE_NO_AUTH": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--models-dir", str(models), "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
+def service_check(models: Path, pairs: list[tuple[str, str]], reference: np.ndarray) -> None:
+    """The real server (``python -m service``, left to choose its variant) on this machine:
+    ListModels reports the device's variant and provider, and a Rerank over gRPC ranks
+    ``pairs`` (one query) like ``reference``, the fp32-on-CPU scores."""
+    server = OurServer(models, read_model_folder(find_model_folders(models)[0]).name, None,
+                       Path(tempfile.mkdtemp()))
+    client = OursGrpc(server)
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=120)
-        stub = rerank_pb2_grpc.RerankServiceStub(channel)
-        cards = stub.ListModels(rerank_pb2.ListModelsRequest(), timeout=30).data
-        card = cards[0]
+        client.start()
+        card = client.card()
         REPORT["service_model_card"] = {"id": card.id, "variant": card.variant, "provider": card.provider,
                                         "precision": card.precision}
         print(f"      ListModels: {REPORT['service_model_card']}")
-        config = read_model_folder(folder)
-        query, documents = probe_pairs(config.max_length)[0][0], [d for _, d in probe_pairs(config.max_length)[:6]]
-        from google.protobuf import struct_pb2
-
-        request = rerank_pb2.RerankRequest(model=card.id, query=query, top_n=len(documents),
-                                           documents=[struct_pb2.Value(string_value=d) for d in documents])
-        response = stub.Rerank(request, timeout=60)
+        response = client.rerank(pairs[0][0], [d for _, d in pairs])
         got = {r.index: r.relevance_score for r in response.results}
-        encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-        cpu = OnnxBackend(folder, config, variant="fp32", device="cpu")
-        want = cpu.run(pad(encoder.encode(query, documents).pairs, config.template.pad_id, config.type_ids_input))
-        result = gate(np.array([got[i] for i in range(len(documents))]), want)
-        check("service over gRPC: ranks like fp32 on the CPU", result.passed and len(got) == len(documents),
+        result = gate(np.array([got.get(i, np.nan) for i in range(len(pairs))]), reference)
+        check("service over gRPC: ranks like fp32 on the CPU", result.passed and len(got) == len(pairs),
               f"{card.variant} on {card.provider}; {json.dumps(result.to_json())}")
-        channel.close()
-    except Exception as exc:  # noqa: BLE001 - report and show the server's log
-        check("service over gRPC", False, f"{type(exc).__name__}: {exc}\n{log.read_text()[-3000:]}")
+    except Exception as exc:  # noqa: BLE001 - report (the message carries the server's log tail)
+        check("service over gRPC", False, f"{type(exc).__name__}: {exc}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        client.stop()
 
 
 BGE_SHAPE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096,
@@ -247,7 +222,6 @@ def throughput(device: str, dry_run: bool) -> None:
             record(key, "backend (I/O binding)" if device == "cuda" else "backend", shape,
                    _median_ms(lambda: backend.run(batch), reps))
             record(key, "session.run", shape, _median_ms(lambda: backend.session.run(["logits"], feed), reps))
-        del backend
     if checkpoint is not None:
         torch_peer(checkpoint, device, batches, parity_batch, ours, record, reps)
     REPORT["throughput"] = rows
@@ -302,9 +276,6 @@ def torch_peer(checkpoint: Path, device: str, batches: dict, parity_batch: Batch
                 half(input_ids=ids, attention_mask=mask).logits.float().cpu()
 
         record(key, "transformers (torch)", shape, _median_ms(run, reps, sync))
-    del model, half
-    if where == "cuda":
-        torch.cuda.empty_cache()
 
 
 def main() -> int:
@@ -319,6 +290,7 @@ def main() -> int:
                                        capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         REPORT["gpu"] = ""
+    print(f"GPU: {REPORT['gpu'] or 'none visible to nvidia-smi'}")
     providers = ort.get_available_providers()
     print(f"onnxruntime {ort.__version__} from {Path(ort.__file__).parent}; providers {providers}")
     device = "cpu" if args.dry_run else "cuda"
@@ -327,8 +299,8 @@ def main() -> int:
     folders = find_model_folders(ROOT / "models-gpu")
     if not check("converted fixture present in models-gpu/", bool(folders), "run `make gpu-prep` on the CPU machine"):
         return 1
-    fixture_checks(folders[0], device)
-    service_check(ROOT / "models-gpu", folders[0])
+    probes, reference = fixture_checks(folders[0], device)
+    service_check(ROOT / "models-gpu", probes, reference)
     throughput(device, args.dry_run)
     REPORT["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"

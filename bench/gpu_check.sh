@@ -20,5 +20,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 exec python3 -m bench.gpu_check "$@"

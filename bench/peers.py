@@ -97,10 +97,11 @@ def _http_ok(url: str) -> bool:
 
 
 class OurServer:
-    """``python -m service`` serving one model folder with one graph variant; shared by its peers."""
+    """``python -m service`` serving the model ``name`` from ``models_dir`` with one graph variant
+    (``None``: the server's own choice for the device); shared by its peers."""
 
-    def __init__(self, model: BenchModel, variant: str, workdir: Path) -> None:
-        self.model, self.variant, self.workdir = model, variant, workdir
+    def __init__(self, models_dir: Path, name: str, variant: str | None, workdir: Path) -> None:
+        self.models_dir, self.name, self.variant, self.workdir = models_dir, name, variant, workdir
         self.port = 0
         self.process: Process | None = None
 
@@ -113,10 +114,11 @@ class OurServer:
 
         self.port = free_port()
         self.process = Process(
-            [sys.executable, "-m", "service", "--models-dir", str(self.model.models_dir), "--host", "127.0.0.1",
+            [sys.executable, "-m", "service", "--models-dir", str(self.models_dir), "--host", "127.0.0.1",
              "--port", str(self.port)],
-            self.workdir / f"ours-{self.variant}.log",
-            env={"RERANK_API_KEYS": API_KEY, "RERANK_VARIANT": self.variant, "RERANK_THREADS": str(THREADS)},
+            self.workdir / f"ours-{self.variant or 'auto'}.log",
+            env={"RERANK_API_KEYS": API_KEY, "RERANK_THREADS": str(THREADS),
+                 **({"RERANK_VARIANT": self.variant} if self.variant else {})},
         )
         channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         stub = health_pb2_grpc.HealthStub(channel)
@@ -129,7 +131,7 @@ class OurServer:
                 return False
 
         try:
-            self.process.wait_until(serving, f"our server ({self.variant})")
+            self.process.wait_until(serving, f"our server ({self.variant or 'auto'})")
         finally:
             channel.close()
 
@@ -185,7 +187,7 @@ class OursGrpc(Peer):
                                               options=[("grpc.max_receive_message_length", 64 << 20)])
         self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
         served = self.card().variant
-        if served != self.server.variant:
+        if self.server.variant and served != self.server.variant:
             raise RuntimeError(f"{self.name}: the server runs variant {served!r}, not {self.server.variant!r}")
 
     def card(self) -> Any:
@@ -194,7 +196,7 @@ class OursGrpc(Peer):
 
         response = self._stub.ListModels(rerank_pb2.ListModelsRequest(), timeout=10,
                                          metadata=(("authorization", f"Bearer {API_KEY}"),))
-        return next(card for card in response.data if card.id == self.server.model.name)
+        return next(card for card in response.data if card.id == self.server.name)
 
     def stop(self) -> None:
         if self._channel is not None:
@@ -202,17 +204,21 @@ class OursGrpc(Peer):
             self._channel = None
         self.server.stop()
 
-    def score(self, query: str, documents: tuple[str, ...]) -> None:
+    def rerank(self, query: str, documents: tuple[str, ...] | list[str]) -> Any:
+        """The server's ``RerankResponse`` for ``documents`` (results ordered by score)."""
         from google.protobuf import struct_pb2
 
         from service.protocol import rerank_pb2
 
         request = rerank_pb2.RerankRequest(
-            model=self.server.model.name, query=query, return_documents=False,
+            model=self.server.name, query=query, return_documents=False,
             documents=[struct_pb2.Value(string_value=d) for d in documents],
         )
-        response = self._stub.Rerank(request, metadata=(("authorization", f"Bearer {API_KEY}"),),
-                                     timeout=REQUEST_TIMEOUT)
+        return self._stub.Rerank(request, metadata=(("authorization", f"Bearer {API_KEY}"),),
+                                 timeout=REQUEST_TIMEOUT)
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        response = self.rerank(query, documents)
         if len(response.results) != len(documents):
             raise RuntimeError(f"{self.name}: {len(response.results)} results for {len(documents)} documents")
 
@@ -273,7 +279,7 @@ class OursRest(_HttpPeer):
         self.server.stop()
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
-        self._post({"model": self.server.model.name, "query": query, "documents": list(documents),
+        self._post({"model": self.server.name, "query": query, "documents": list(documents),
                     "return_documents": False}, len(documents))
 
     def pids(self) -> list[int]:
@@ -367,7 +373,7 @@ def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
     unknown = set(names) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peers {sorted(unknown)}; expected some of {PEERS}")
-    servers = {variant: OurServer(model, variant, workdir) for variant in ("fp32-fused", "int8")}
+    servers = {variant: OurServer(model.models_dir, model.name, variant, workdir) for variant in ("fp32-fused", "int8")}
     make: dict[str, Callable[[], Peer]] = {
         "grpc-fp32": lambda: OursGrpc(servers["fp32-fused"]),
         "rest-fp32": lambda: OursRest(servers["fp32-fused"], workdir),

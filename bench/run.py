@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "f16/q8_0 rows are fp32-equivalent GFLOP/s against the same fp32 peak.",
         "Weights are random (seeded): our variants were converted with --no-gate, since the accuracy gate "
         "compares scores that mean nothing on random weights.",
-        "padding: client-side replay of our server's micro-batching on the request's token lengths "
+        "padding: our server's DynamicBatcher replayed client-side on the request's token lengths "
         "(W2: the 8 requests queued together), since the server's own figure (ListModels stats) is cumulative; "
         "that cumulative figure, warm-ups included, is noted per model below as a cross-check.",
         "other CPU: share of the machine's CPU time that processes other than the peer's and the bench's "

@@ -113,7 +113,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
     work.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         spec = loaded.spec
-        progress(f"tokenizer: writing tokenizer.json")
+        progress("tokenizer: writing tokenizer.json")
         tok = write_tokenizer(source_folder, tokenizer, work)
         template = template_from_tokenizer(tok, pad_id=spec.pad_id)
         progress(f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}")

@@ -29,7 +29,8 @@ def test_dequantised_tensor_matches_the_original(name, tmp_path):
     elif qtype == GGMLQuantizationType.F16:
         writer.add_tensor("t.weight", original.astype(np.float16))
     else:
-        writer.add_tensor("t.weight", quantize(original, qtype), raw_shape=quantize(original, qtype).shape, raw_dtype=qtype)
+        packed = quantize(original, qtype)
+        writer.add_tensor("t.weight", packed, raw_shape=packed.shape, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gguf import GGUFValueType, GGUFWriter
-from tokenizers import Regex, Tokenizer, normalizers
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from converters.gguf_file import GgufFile

@@ -7,6 +7,7 @@ has (``onnxruntime-gpu`` with a visible GPU selects CUDA and the fp16 graph).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def available_device() -> str:
     return "cuda" if CUDA in ort.get_available_providers() else "cpu"
 
 
+@functools.cache  # once per process, however many models are loaded
 def _preload_cuda_libraries() -> None:
     """Loads CUDA and cuDNN from the ``nvidia-*`` wheels (``pip install onnxruntime-gpu[cuda,cudnn]``)
     when they are installed, so no LD_LIBRARY_PATH is needed; a system CUDA is used otherwise."""

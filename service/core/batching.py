@@ -1,9 +1,10 @@
 """Dynamic batching: pairs from concurrent requests packed into padded micro-batches.
 
-Each model has one :class:`DynamicBatcher`. Requests enqueue their pairs (sorted by length, so
-neighbouring pairs pad little; alternately shortest and longest first across queued requests); a single loop takes pairs in arrival order until the next one
-would push the micro-batch past its token budget (``longest * pairs``, padding included) or its
-pair cap, runs it on the backend in a worker thread, and hands each request its scores.
+Each model has one :class:`DynamicBatcher`. Requests enqueue their pairs sorted by length, so
+neighbouring pairs pad little (shortest first and longest first in turn across queued requests);
+a single loop takes pairs in arrival order until the next one would push the micro-batch past its
+token budget (``longest * pairs``, padding included) or its pair cap, runs it on the backend in a
+worker thread, and hands each request its scores.
 
 * Bounded: a request that would take the queue past ``max_queue_pairs`` is refused at once
   (:class:`QueueFull`, RESOURCE_EXHAUSTED / HTTP 429) instead of growing memory.
