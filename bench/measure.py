@@ -131,7 +131,7 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
 
 def request_lengths(model_folder: Path, workload: Workload) -> list[int]:
     """Token count of each pair of one request, as our server encodes it (special tokens included)."""
-    from service.core.model_folder import read_model_folder
+    from service.model_folder import read_model_folder
     from service.core.tokenization import PairEncoder
 
     config = read_model_folder(model_folder)

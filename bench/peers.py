@@ -114,8 +114,8 @@ class OurServer:
 
         self.port = free_port()
         self.process = Process(
-            [sys.executable, "-m", "service", "--models-dir", str(self.models_dir), "--host", "127.0.0.1",
-             "--port", str(self.port)],
+            [sys.executable, "-m", "service", "--models-dir", str(self.models_dir), "--grpc-host", "127.0.0.1",
+             "--grpc-port", str(self.port)],
             self.workdir / f"ours-{self.variant or 'auto'}.log",
             env={"RERANK_API_KEYS": API_KEY, "RERANK_THREADS": str(THREADS),
                  **({"RERANK_VARIANT": self.variant} if self.variant else {})},
@@ -304,7 +304,7 @@ class LlamaServer(_HttpPeer):
     def start(self) -> None:
         port = free_port()
         self._process = Process(
-            [str(LLAMA_SERVER), "-m", str(self.gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port),
+            [str(LLAMA_SERVER), "-m", str(self.gguf), "--reranking", "--grpc-host", "127.0.0.1", "--grpc-port", str(port),
              "-t", str(THREADS), "-tb", str(THREADS), "-fa", "off", "-ub", str(LLAMA_UBATCH),
              "-b", str(LLAMA_UBATCH), "-c", str(LLAMA_UBATCH * LLAMA_SLOTS), "-np", str(LLAMA_SLOTS),
              "--no-webui"],

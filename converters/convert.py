@@ -23,10 +23,8 @@ from converters.probes import probe_pairs
 from converters.spec import LoadedModel
 from converters.memory import release_memory
 from converters.variants import build_fused, write_variants
-from service.backends.onnx import OnnxBackend
-from service.core.batching import pad
-from service.core.model_folder import ModelFolderConfig, Variant, write_config
-from service.core.tokenization import PairEncoder, template_from_tokenizer
+from service.model_folder import ModelFolderConfig, Variant, template_from_tokenizer, write_config
+from service.scoring import score_pairs
 
 TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
@@ -45,20 +43,6 @@ class Result:
     probes: int
 
 
-def onnx_scores(folder: Path, config: ModelFolderConfig, pairs: list[tuple[str, str]], file: str = "model.onnx") -> np.ndarray:
-    """Scores ``pairs`` with the graph ``file`` through the service's own encoder and backend
-    (one pair per run)."""
-    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-    probe = dataclasses.replace(config, variants={"probe": Variant(file=file, precision="?")})
-    backend = OnnxBackend(folder, probe, variant="probe", device="cpu")
-    scores = []
-    for query, document in pairs:
-        encoded = encoder.encode(query, [document])
-        batch = pad(encoded.pairs, config.template.pad_id, config.type_ids_input)
-        scores.append(float(backend.run(batch)[0]))
-    return np.asarray(scores)
-
-
 def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
                       pairs: list[tuple[str, str]]) -> tuple[np.ndarray, str]:
     """Reference logits for ``pairs``, and a name for the reference used."""
@@ -75,6 +59,13 @@ def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
     scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
     name = "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
     return scores, f"{name} ({type(model).__name__})"
+
+
+def source_name(ref: str) -> str:
+    """What clients are shown as the source: a Hub repo id as is, a local folder or file by its
+    name only (a path on the build machine is nobody's business)."""
+    path = Path(ref).expanduser()
+    return path.name if path.exists() else ref
 
 
 def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out: Path) -> Tokenizer:
@@ -125,7 +116,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
             name=name, architecture=spec.family, max_length=spec.max_length, template=template,
             type_ids_input=spec.type_ids_input,
             variants={"fp32": Variant(file="model.onnx", precision="fp32")},
-            source={"ref": loaded.source, "format": loaded.source_format, "dtype": loaded.source_dtype,
+            source={"ref": loaded.source, "name": source_name(loaded.source), "format": loaded.source_format, "dtype": loaded.source_dtype,
                     "sha256": loaded.files_sha256,
                     "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
             spec=spec.to_json(), notes=tuple(loaded.notes), licence=licence, opset=onnx_graph.OPSET,
@@ -134,7 +125,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
 
         pairs = probe_pairs(spec.max_length)
         progress(f"verify: scoring {len(pairs)} probe pairs with ONNX Runtime")
-        ours = onnx_scores(work, config, pairs)
+        ours = score_pairs(work, config, pairs)
         progress("verify: scoring them with the reference implementation")
         release_memory()
         theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
@@ -152,7 +143,7 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()
-        kept, figures = write_variants(work, variants, lambda file: onnx_scores(work, config, pairs, file),
+        kept, figures = write_variants(work, variants, lambda file: score_pairs(work, config, pairs, file=file),
                                        ours, enforce_gate=enforce_gate, progress=progress)
         config = dataclasses.replace(config, variants={**config.variants, **kept}, verification={
             "reference": reference_name, "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,

@@ -22,7 +22,7 @@ import onnx
 from converters import onnx_graph
 from converters.memory import release_memory
 from converters.spec import LoadedModel
-from service.core.model_folder import Variant
+from service.model_folder import Variant
 
 KNOWN = ("fp32-fused", "int8", "fp16")
 DEFAULT = ("fp32-fused", "int8", "fp16")

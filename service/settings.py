@@ -1,81 +1,252 @@
-"""Server settings: defaults, overridden by ``RERANK_*`` environment variables, then by flags."""
+"""Every setting, declared once.
+
+:class:`Settings` is the table: each field is one setting, with its type (the annotation), its
+default, its help, its environment variable (``RERANK_<NAME>``) and its flag (``--<name>``), and
+the commands that take it (``serve``: ``rerank-serve``; ``stack``: ``rerank-stack``; ``gateway``:
+Envoy's rendered configuration). :func:`parse` builds a command's parser from the table
+(defaults, overridden by the environment, overridden by flags), the stack hands its replicas
+their settings through :meth:`Settings.to_env`, Envoy's configuration is rendered from the same
+object, and ``python -m service.settings`` prints the README's configuration table.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from service.core.batching import BatchingConfig
+Role = Literal["serve", "stack", "gateway"]
+SERVE: frozenset[Role] = frozenset({"serve", "stack"})
+"""Settings of the gRPC service; the stack takes them too and hands them to its replicas."""
+STACK: frozenset[Role] = frozenset({"stack"})
+GATEWAY: frozenset[Role] = frozenset({"stack", "gateway"})
+"""Settings that shape Envoy's rendered configuration."""
+ALL: frozenset[Role] = frozenset({"serve", "stack", "gateway"})
+
+ENV_PREFIX = "RERANK_"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits; going over one is RESOURCE_EXHAUSTED (HTTP 429/413)."""
+def setting(default: Any, help: str, *, roles: frozenset[Role] = SERVE, env: str | None = None,
+            flag: str | None = None, secret: bool = False, choices: Sequence[str] | None = None,
+            minimum: float | None = None) -> Any:
+    """Declares one field of :class:`Settings`.
 
-    max_documents: int = 1000
-    max_request_bytes: int = 4 * 1024 * 1024
-    """Largest gRPC request message; Envoy's body limit in envoy.yaml matches it."""
+    ``secret``: read from the environment only, never a flag (``ps`` would show it) and never
+    printed. ``minimum``: the smallest accepted value of a number.
+    """
+    meta = {"help": help, "roles": roles, "env": env, "flag": flag, "secret": secret, "choices": choices,
+            "minimum": minimum}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not settings")
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Settings:
-    models_dir: Path = Path("models")
-    host: str = "0.0.0.0"
-    port: int = 50051
-    api_keys: tuple[str, ...] = ()
-    api_keys_file: Path | None = None
-    insecure_no_auth: bool = False
-    variant: str | None = None
-    """Force a graph variant (fp32, fp32-fused, int8, fp16) instead of the best for the device."""
-    device: str | None = None
-    """``cpu`` or ``cuda``; default: cuda when ONNX Runtime sees a GPU."""
-    threads: int | None = None
-    """ONNX Runtime intra-op threads; default: all cores."""
-    tokenizer_threads: int = 2
-    grace_seconds: float = 10.0
-    limits: Limits = field(default_factory=Limits)
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    """The whole configuration of one process. Field order is the order of the README's table."""
+
+    # --- models and inference ---------------------------------------------------------------
+    models_dir: Path = setting(Path("models"), "Folder of model folders written by rerank-convert; each subfolder "
+                               "with a rerank.json is served.")
+    variant: str | None = setting(None, "Graph variant to serve (fp32, fp32-fused, int8, fp16); default: the "
+                                  "best for the device.")
+    device: str | None = setting(None, "cpu or cuda; default: cuda when ONNX Runtime sees a GPU.",
+                                 choices=("cpu", "cuda"))
+    threads: int | None = setting(None, "ONNX Runtime intra-op threads per process; default: the cores "
+                                  "(divided between replicas by rerank-stack).", minimum=1)
+    tokenizer_threads: int = setting(2, "Threads that tokenize requests.", minimum=1)
+    # --- limits and batching ----------------------------------------------------------------
+    max_documents: int = setting(1000, "Documents per request.", minimum=1)
+    max_request_bytes: int = setting(4 * 1024 * 1024, "Largest request: the gRPC message limit and Envoy's "
+                                     "body limit.", roles=ALL, minimum=1024)
+    max_batch_tokens: int = setting(8192, "Padded tokens per micro-batch (longest sequence x pairs).", minimum=1)
+    max_batch_pairs: int = setting(64, "Pairs per micro-batch.", minimum=1)
+    max_queue_pairs: int = setting(8192, "Queued pairs before new requests are refused (429).", minimum=1)
+    # --- network ----------------------------------------------------------------------------
+    grpc_host: str = setting("127.0.0.1", "Address the gRPC service binds. Behind Envoy it stays on loopback; "
+                             "0.0.0.0 exposes it directly.")
+    grpc_port: int = setting(50051, "gRPC port (with --replicas N, the first of N consecutive ports).",
+                             roles=ALL, minimum=0)
+    rest_host: str = setting("0.0.0.0", "Address Envoy's REST and gRPC listener binds.", roles=GATEWAY)
+    rest_port: int = setting(8080, "Envoy's listener: REST (JSON) and gRPC on one port.", roles=GATEWAY, minimum=0)
+    admin_port: int = setting(9901, "Envoy's admin port (loopback only).", roles=GATEWAY, minimum=0,
+                              env="RERANK_ENVOY_ADMIN_PORT")
+    upstreams: str = setting("", "Envoy alone: the service endpoints, host:port[,host:port...]; a DNS name "
+                             "is re-resolved (a Kubernetes headless Service). Default: the stack's replicas.",
+                             roles=frozenset({"gateway"}))
+    route_timeout: float = setting(60.0, "Envoy's timeout for one request, in seconds.", roles=GATEWAY, minimum=1)
+    # --- processes --------------------------------------------------------------------------
+    replicas: int = setting(1, "Service processes behind Envoy.", roles=STACK, minimum=1)
+    grace_period: float = setting(10.0, "Seconds a stopping process lets in-flight requests finish.",
+                                  roles=ALL, minimum=0)
+    state_dir: Path = setting(Path(".rerank"), "Runtime state: the generated API key, the rendered Envoy "
+                              "configuration, logs.", roles=ALL)
+    # --- authentication ---------------------------------------------------------------------
+    api_keys: tuple[str, ...] = setting((), "Accepted API keys, comma-separated (environment only).",
+                                        secret=True)
+    api_keys_file: Path | None = setting(None, "File of SHA-256 hex digests of accepted keys, one per line.")
+    insecure_no_auth: bool = setting(False, "Serve without API keys (never in production).")
+    # --- logs -------------------------------------------------------------------------------
+    log_level: str = setting("info", "Log level.", roles=ALL, choices=("debug", "info", "warning", "error"))
+
+    def to_env(self, role: Role = "serve") -> dict[str, str]:
+        """The settings of ``role`` as environment variables: how the stack configures its
+        children (secrets included: the environment is where they come from)."""
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            if role in f.metadata["roles"]:
+                value = getattr(self, f.name)
+                if value is not None:
+                    env[env_name(f)] = _format(value)
+        return env
 
 
-def _env_int(name: str, default: int | None) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+# --------------------------------------------------------------------------------- parsing
 
 
-def parse(argv: list[str] | None = None) -> Settings:
-    """Builds :class:`Settings` from the environment and ``argv``."""
-    env = os.environ
-    p = argparse.ArgumentParser(prog="rerank-serve", description="Serve cross-encoder rerankers over gRPC.")
-    p.add_argument("--models-dir", type=Path, default=Path(env.get("RERANK_MODELS_DIR", "models")),
-                   help="folder of model folders written by rerank-convert (RERANK_MODELS_DIR)")
-    p.add_argument("--host", default=env.get("RERANK_HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=_env_int("RERANK_GRPC_PORT", 50051))
-    p.add_argument("--api-keys-file", type=Path, default=env.get("RERANK_API_KEYS_FILE") or None,
-                   help="file of SHA-256 hex digests of accepted keys, one per line (RERANK_API_KEYS_FILE)")
-    p.add_argument("--insecure-no-auth", action="store_true", default=env.get("RERANK_INSECURE_NO_AUTH") == "1",
-                   help="serve without API keys (never in production)")
-    p.add_argument("--variant", default=env.get("RERANK_VARIANT") or None)
-    p.add_argument("--device", choices=("cpu", "cuda"), default=env.get("RERANK_DEVICE") or None)
-    p.add_argument("--threads", type=int, default=_env_int("RERANK_THREADS", None))
-    p.add_argument("--max-documents", type=int, default=_env_int("RERANK_MAX_DOCUMENTS", Limits.max_documents))
-    p.add_argument("--max-request-bytes", type=int, default=_env_int("RERANK_MAX_REQUEST_BYTES", Limits.max_request_bytes))
-    p.add_argument("--max-batch-tokens", type=int, default=_env_int("RERANK_MAX_BATCH_TOKENS", BatchingConfig.max_batch_tokens))
-    p.add_argument("--max-batch-pairs", type=int, default=_env_int("RERANK_MAX_BATCH_PAIRS", BatchingConfig.max_batch_pairs))
-    p.add_argument("--max-queue-pairs", type=int, default=_env_int("RERANK_MAX_QUEUE_PAIRS", BatchingConfig.max_queue_pairs))
-    a = p.parse_args(argv)
-    # Keys are read from the environment only: a flag would show them in `ps`.
-    keys = tuple(k.strip() for k in env.get("RERANK_API_KEYS", "").split(",") if k.strip())
-    for name in ("max_documents", "max_request_bytes", "max_batch_tokens", "max_batch_pairs", "max_queue_pairs"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    return Settings(
-        models_dir=a.models_dir, host=a.host, port=a.port, api_keys=keys, api_keys_file=a.api_keys_file,
-        insecure_no_auth=a.insecure_no_auth, variant=a.variant, device=a.device, threads=a.threads,
-        limits=Limits(a.max_documents, a.max_request_bytes),
-        batching=BatchingConfig(a.max_batch_tokens, a.max_batch_pairs, a.max_queue_pairs),
-    )
+class SettingsError(ValueError):
+    """A setting has a value it cannot take; the message names the setting."""
 
 
-__all__ = ["Settings", "Limits", "parse"]
+def env_name(f: dataclasses.Field[Any]) -> str:
+    return f.metadata["env"] or ENV_PREFIX + f.name.upper()
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def _fields(role: Role) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if role in f.metadata["roles"]]
+
+
+_HINTS = get_type_hints(Settings)
+
+
+def _base_type(name: str) -> tuple[Any, bool]:
+    """The annotation of ``name`` without ``| None``, and whether None is allowed."""
+    hint = _HINTS[name]
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def _convert(f: dataclasses.Field[Any], text: str) -> Any:
+    base, optional = _base_type(f.name)
+    text = text.strip()
+    if optional and text == "":
+        return None
+    try:
+        if base is bool:
+            lowered = text.lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"not a boolean: {text!r}")
+            value: Any = lowered in ("1", "true", "yes", "on")
+        elif get_origin(base) is tuple:
+            value = tuple(part.strip() for part in text.split(",") if part.strip())
+        else:
+            value = base(text)
+    except ValueError as exc:
+        raise SettingsError(f"{env_name(f)} / {flag_name(f)}: {exc}") from None
+    return _check(f, value)
+
+
+def _check(f: dataclasses.Field[Any], value: Any) -> Any:
+    choices, minimum = f.metadata["choices"], f.metadata["minimum"]
+    if value is not None and choices and value not in choices:
+        raise SettingsError(f"{flag_name(f)} must be one of {', '.join(choices)} (got {value!r})")
+    if value is not None and minimum is not None and value < minimum:
+        raise SettingsError(f"{flag_name(f)} must be at least {minimum:g} (got {value})")
+    return value
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def build_parser(role: Role, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per setting of ``role`` (secrets have none)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     epilog="Every flag can also be set by its environment variable.")
+    for f in _fields(role):
+        if f.metadata["secret"]:
+            continue
+        base, _ = _base_type(f.name)
+        help_text = f"{f.metadata['help']} [{env_name(f)}; default: {_shown_default(f)}]"
+        if base is bool:
+            parser.add_argument(flag_name(f), dest=f.name, action="store_const", const="true", default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag_name(f), dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
+                                help=help_text)
+    return parser
+
+
+def _shown_default(f: dataclasses.Field[Any]) -> str:
+    if f.default is None or f.default in ((), ""):
+        return "-"
+    return _format(f.default)
+
+
+def resolve(role: Role, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None,
+            **overrides: Any) -> Settings:
+    """Settings for ``role``: defaults, then the environment, then ``flags``, then ``overrides``
+    (already typed). Raises :class:`SettingsError` naming the first bad value."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in _fields(role):
+        text = None if f.metadata["secret"] else flags.get(f.name)
+        if text is None:
+            text = environ.get(env_name(f))
+        if text is None or not text.strip():  # an empty variable is an unset one
+            continue
+        values[f.name] = _convert(f, text)
+    for name, value in overrides.items():
+        values[name] = _check(next(f for f in dataclasses.fields(Settings) if f.name == name), value)
+    return Settings(**values)
+
+
+def parse(role: Role, argv: Sequence[str] | None, *, prog: str, description: str,
+          add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[Settings, argparse.Namespace]:
+    """Parses ``argv`` for ``role``: returns the settings and the parsed namespace (for the
+    command's own extra arguments, added by ``add_arguments``). Exits with status 2 and a
+    one-line message on a bad value, as argparse does."""
+    parser = build_parser(role, prog, description)
+    if add_arguments is not None:
+        add_arguments(parser)
+    namespace = parser.parse_args(argv)
+    try:
+        settings = resolve(role, vars(namespace))
+    except SettingsError as exc:
+        parser.error(str(exc))
+    return settings, namespace
+
+
+# --------------------------------------------------------------------------------- the README table
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from the declarations."""
+    rows = ["| environment variable | flag | default | commands | meaning |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        roles = ", ".join(r for r in ("serve", "stack", "gateway") if r in f.metadata["roles"])
+        flag = "—" if f.metadata["secret"] else f"`{flag_name(f)}`"
+        default = _shown_default(f)
+        rows.append(f"| `{env_name(f)}` | {flag} | {'—' if default == '-' else f'`{default}`'} | {roles} | "
+                    f"{f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

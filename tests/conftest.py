@@ -102,8 +102,8 @@ def start_service(models_dir: Path, *extra: str, env: dict | None = None) -> tup
     log = models_dir.parent / f"service-{port}.log"
     full_env = {**os.environ, "RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--host", "127.0.0.1",
-         "--port", str(port), *extra],
+        [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1",
+         "--grpc-port", str(port), *extra],
         cwd=REPO, env=full_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )
     try:

@@ -16,7 +16,7 @@ from converters.convert import convert
 from converters.sources import load_source
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
-from service.core.model_folder import read_model_folder
+from service.model_folder import read_model_folder
 from service.core.tokenization import PairEncoder
 from tests.conftest import AUTH, start_service
 from tests.fixtures.checkpoints import KINDS, gte_reference_model, multilingual_strings

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from service.backends.onnx import Batch
-from service.core.batching import BatchingConfig, DynamicBatcher, QueueFull
+from service.backends.base import Batch
+from service.core.batching import BatchingConfig, DynamicBatcher
+from service.errors import QueueFull, TooManyDocuments
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
 
@@ -130,7 +131,7 @@ async def test_queue_is_bounded():
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull, match="retry later"):
         await batcher.score([pair(0, 2)] * 2)
-    with pytest.raises(QueueFull, match="more than the queue holds"):
+    with pytest.raises(TooManyDocuments, match="more than the queue holds"):
         await batcher.score([pair(0, 2)] * 7)
     gate.set()
     await asyncio.gather(first, waiting)

@@ -19,7 +19,7 @@ from converters.gguf_source import POOLER_DROPPED
 from converters.sources import load_source
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
-from service.core.model_folder import read_model_folder
+from service.model_folder import read_model_folder
 from service.core.tokenization import PairEncoder
 from tests.fixtures.checkpoints import multilingual_strings
 from tests.jinabert_numpy import JinaBertNumpy

@@ -77,7 +77,7 @@ def test_refuses_to_start_without_keys(models_dir):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
-    result = subprocess.run([sys.executable, "-m", "service", "--models-dir", str(models_dir), "--port", "0"],
+    result = subprocess.run([sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-port", "0"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "RERANK_API_KEYS" in result.stderr

@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service.core.model_folder import ModelFolderConfig, Variant
+from service.backends.base import Batch
+from service.model_folder import ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,6 @@ CUDA = "CUDAExecutionProvider"
 # Preference order when the server is free to choose.
 CPU_PREFERENCE = ("fp32-fused", "fp32")
 CUDA_PREFERENCE = ("fp16", "fp32-fused", "fp32")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A padded micro-batch: int64 arrays ``[pairs, longest]``."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    token_type_ids: np.ndarray | None
 
 
 def available_device() -> str:
@@ -70,7 +61,7 @@ def choose_variant(config: ModelFolderConfig, device: str, requested: str | None
 
 
 class OnnxBackend:
-    """Runs one model folder's chosen graph. ``run`` is blocking; call it from a worker thread."""
+    """Runs one model folder's chosen graph (a :class:`~service.backends.base.Backend`)."""
 
     def __init__(self, folder: Path, config: ModelFolderConfig, *, variant: str | None = None,
                  device: str | None = None, threads: int | None = None) -> None:
@@ -94,6 +85,8 @@ class OnnxBackend:
         self.provider = self.session.get_providers()[0]
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.precision = self.variant.precision
+        template = config.template
+        self._warm_up_ids = [i for i, _ in template.prefix + template.middle + template.suffix] or [template.pad_id]
         log.info("loaded %s variant %s (%s) on %s", config.name, self.variant_key, self.variant.file, self.provider)
 
     def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
@@ -110,6 +103,12 @@ class OnnxBackend:
             return self._run_cuda(batch)
         (logits,) = self.session.run(["logits"], self._feed(batch))
         return np.asarray(logits, dtype=np.float64).reshape(-1)
+
+    def warm_up(self) -> None:
+        """One tiny batch (the pair template's special tokens), so that the first request does
+        not pay for ONNX Runtime's lazy initialisation."""
+        ids = np.asarray([self._warm_up_ids], dtype=np.int64)
+        self.run(Batch(ids, np.ones_like(ids), np.zeros_like(ids)))
 
     def _run_cuda(self, batch: Batch) -> np.ndarray:
         """I/O binding: inputs are copied to the GPU once and the output stays there until the

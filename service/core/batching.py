@@ -24,9 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from service.backends.onnx import Batch
+from service.backends.base import Batch
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
+from service.errors import QueueFull, TooManyDocuments
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,6 @@ class BatchingConfig:
     max_batch_pairs: int = 64
     max_queue_pairs: int = 8192
     """Pairs waiting across all requests before new requests are refused."""
-
-
-class QueueFull(Exception):
-    """The model's queue is at its limit; the caller should retry later."""
 
 
 @dataclass(eq=False)
@@ -116,8 +113,9 @@ class DynamicBatcher:
             return np.zeros(0)
         if len(pairs) > self.config.max_queue_pairs:
             self.metrics.rejected_requests += 1
-            raise QueueFull(f"this request needs {len(pairs)} sequences, more than the queue holds "
-                            f"({self.config.max_queue_pairs}); send fewer documents per request")
+            raise TooManyDocuments(f"this request needs {len(pairs)} sequences, more than the queue holds "
+                                   f"({self.config.max_queue_pairs}); send fewer documents per request",
+                                   field="documents", metadata={"limit": str(self.config.max_queue_pairs)})
         if self._queued_pairs + len(pairs) > self.config.max_queue_pairs:
             self.metrics.rejected_requests += 1
             raise QueueFull(

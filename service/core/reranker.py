@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends.onnx import OnnxBackend
+from service.backends.base import Backend
 from service.core.batching import BatchingConfig, DynamicBatcher
 from service.core.metrics import ModelMetrics
-from service.core.model_folder import ModelFolderConfig, read_model_folder
 from service.core.tokenization import EncodedRequest, LongDocuments, PairEncoder
+from service.model_folder import ModelFolderConfig
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,16 @@ class Ranked:
 
 
 class ServedModel:
-    """One loaded model folder, ready to score."""
+    """One loaded model folder, ready to score: its pair encoder, its batcher, and the backend
+    the batcher runs (any :class:`~service.backends.base.Backend`)."""
 
-    def __init__(self, folder: Path, *, batching: BatchingConfig, tokenizer_pool: ThreadPoolExecutor,
-                 variant: str | None = None, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, folder: Path, config: ModelFolderConfig, backend: Backend, *, batching: BatchingConfig,
+                 tokenizer_pool: ThreadPoolExecutor) -> None:
         self.folder = folder
-        self.config: ModelFolderConfig = read_model_folder(folder)
-        self.name = self.config.name
-        self.encoder = PairEncoder(folder / "tokenizer.json", self.config.template, self.config.max_length)
-        self.backend = OnnxBackend(folder, self.config, variant=variant, device=device, threads=threads)
+        self.config = config
+        self.name = config.name
+        self.encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+        self.backend = backend
         self.metrics = ModelMetrics()
         self.batcher = DynamicBatcher(
             self.backend.run, pad_id=self.config.template.pad_id, with_types=self.config.type_ids_input,

@@ -15,15 +15,12 @@ from typing import Literal
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.core.model_folder import PairTemplate
+from service.errors import QueryTooLong
+from service.model_folder import PairTemplate
 
 LongDocuments = Literal["truncate", "window"]
 WINDOW_OVERLAP = 0.25
 """Fraction of a window repeated at the start of the next one, so no sentence is only ever seen cut."""
-
-
-class QueryTooLong(ValueError):
-    """The query alone leaves no room for any document token."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class PairEncoder:
         room = self.room_for_document(len(query_ids))
         if room < 1:
             raise QueryTooLong(
-                f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
+                field="query", message=f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
                 f"pair including {self.template.special_count} special tokens, which leaves no room for a document"
             )
         doc_ids = [e.ids for e in self.tokenizer.encode_batch(documents, add_special_tokens=False)]
@@ -101,27 +98,3 @@ class PairEncoder:
             truncated.append(cut)
             windows.append(len(chunks))
         return EncodedRequest(pairs, truncated, windows)
-
-
-def template_from_tokenizer(tokenizer: Tokenizer, pad_id: int) -> PairTemplate:
-    """Reads the pair template off a tokenizer's own post-processor.
-
-    Encodes a two-word pair with special tokens and sorts each token into prefix, middle or
-    suffix by which sequence it belongs to (special tokens belong to none).
-    """
-    enc = tokenizer.encode("a", "b", add_special_tokens=True)
-    plain = (tokenizer.encode("a", add_special_tokens=False), tokenizer.encode("b", add_special_tokens=False))
-    parts: dict[str, list[tuple[int, int]]] = {"prefix": [], "middle": [], "suffix": []}
-    seq_types = {0: 0, 1: 0}
-    seen: set[int] = set()
-    for token_id, type_id, seq in zip(enc.ids, enc.type_ids, enc.sequence_ids):
-        if seq is None:
-            where = "prefix" if not seen else ("middle" if seen == {0} else "suffix")
-            parts[where].append((token_id, type_id))
-        else:
-            seen.add(seq)
-            seq_types[seq] = type_id
-    if len(enc.ids) != sum(len(v) for v in parts.values()) + len(plain[0].ids) + len(plain[1].ids):
-        raise ValueError("the tokenizer's pair encoding is not prefix + query + middle + document + suffix")
-    return PairTemplate(tuple(parts["prefix"]), tuple(parts["middle"]), tuple(parts["suffix"]),
-                        seq_types[0], seq_types[1], pad_id)

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 CONFIG_NAME = "rerank.json"
 FORMAT_VERSION = 1
 
@@ -82,6 +84,14 @@ class ModelFolderConfig:
     opset: int = 17
     format: int = FORMAT_VERSION
 
+    @property
+    def source_name(self) -> str:
+        """The source's name for clients (a Hub repo id, a folder or file name), never a path."""
+        name = self.source.get("name")
+        if name:
+            return str(name)
+        return Path(str(self.source.get("ref", ""))).name
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["template"] = {
@@ -133,3 +143,27 @@ def write_config(folder: Path, config: ModelFolderConfig) -> Path:
 def find_model_folders(root: Path) -> list[Path]:
     """Every direct subfolder of ``root`` that holds a ``rerank.json``, sorted by name."""
     return sorted(p.parent for p in root.glob(f"*/{CONFIG_NAME}"))
+
+
+def template_from_tokenizer(tokenizer: Tokenizer, pad_id: int) -> PairTemplate:
+    """Reads the pair template off a tokenizer's own post-processor.
+
+    Encodes a two-word pair with special tokens and sorts each token into prefix, middle or
+    suffix by which sequence it belongs to (special tokens belong to none).
+    """
+    enc = tokenizer.encode("a", "b", add_special_tokens=True)
+    plain = (tokenizer.encode("a", add_special_tokens=False), tokenizer.encode("b", add_special_tokens=False))
+    parts: dict[str, list[tuple[int, int]]] = {"prefix": [], "middle": [], "suffix": []}
+    seq_types = {0: 0, 1: 0}
+    seen: set[int] = set()
+    for token_id, type_id, seq in zip(enc.ids, enc.type_ids, enc.sequence_ids):
+        if seq is None:
+            where = "prefix" if not seen else ("middle" if seen == {0} else "suffix")
+            parts[where].append((token_id, type_id))
+        else:
+            seen.add(seq)
+            seq_types[seq] = type_id
+    if len(enc.ids) != sum(len(v) for v in parts.values()) + len(plain[0].ids) + len(plain[1].ids):
+        raise ValueError("the tokenizer's pair encoding is not prefix + query + middle + document + suffix")
+    return PairTemplate(tuple(parts["prefix"]), tuple(parts["middle"]), tuple(parts["suffix"]),
+                        seq_types[0], seq_types[1], pad_id)

@@ -1,0 +1,3 @@
+from gateway.stack import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The errors a client can see, as typed exceptions.
+
+Library code (core, backends, the servicers) raises these; :mod:`service.router.status` is the
+one table that turns each kind into a gRPC status code (and so, through Envoy, an HTTP status).
+Every instance carries a human message naming the problem, a machine-readable ``reason``
+(``google.rpc.ErrorInfo``), and, for a bad request field, the ``field``
+(``google.rpc.BadRequest``).
+"""
+
+from __future__ import annotations
+
+QUOTE_LIMIT = 80
+"""Longest piece of user input quoted back in an error message."""
+
+
+def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, shortened to ``limit`` characters: user input is never echoed whole."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+class RerankError(Exception):
+    """Base of every client-visible error."""
+
+    default_reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, field: str | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.field = field
+        self.metadata = dict(metadata or {})
+
+
+class InvalidRequest(RerankError):
+    """The request is malformed or asks for something impossible; retrying will not help."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+
+class QueryTooLong(InvalidRequest):
+    """The query alone leaves no room for any document token."""
+
+    default_reason = "QUERY_TOO_LONG"
+
+
+class ModelNotFound(RerankError):
+    """The named model is not served."""
+
+    default_reason = "MODEL_NOT_FOUND"
+
+
+class Overloaded(RerankError):
+    """Over a limit that will clear: retry later."""
+
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class QueueFull(Overloaded):
+    """The model's queue cannot take this request now."""
+
+    default_reason = "QUEUE_FULL"
+
+
+class TooManyDocuments(Overloaded):
+    """More documents in one request than the server accepts."""
+
+    default_reason = "TOO_MANY_DOCUMENTS"
+
+
+class Unauthenticated(RerankError):
+    """No API key, or one that is not accepted."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class Unavailable(RerankError):
+    """The server is stopping or not ready."""
+
+    default_reason = "UNAVAILABLE"
+
+
+class ConfigurationError(Exception):
+    """The server cannot start as configured (no models, a bad model folder, a busy port, ...).
+
+    Not client-visible: ``main`` prints the message on one line and exits non-zero."""

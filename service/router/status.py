@@ -1,0 +1,128 @@
+"""The one table from error kinds to gRPC status codes, and the handler guard that applies it.
+
+A :class:`~service.errors.RerankError` becomes a rich status: its code from :data:`STATUS`, its
+message, a ``google.rpc.ErrorInfo`` (reason, domain, metadata) and, for a bad field, a
+``google.rpc.BadRequest``. Through Envoy (``convert_grpc_status``) that is a JSON body with the
+matching HTTP status: ``{"code": 3, "message": "...", "details": [...]}``.
+
+Anything else raised under a handler is a bug: it is logged with its traceback and the request
+id, and the client gets ``INTERNAL`` with an opaque message naming only that request id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    RerankError,
+    Unauthenticated,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "rerank.v1"
+
+STATUS: dict[type[RerankError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,  # HTTP 400
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,  # 401
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,  # 404
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,  # 429
+    Unavailable: grpc.StatusCode.UNAVAILABLE,  # 503
+}
+"""Error kind -> gRPC code. A subclass takes its nearest listed ancestor's code."""
+
+
+def status_code(error: RerankError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return grpc.StatusCode.UNKNOWN
+
+
+def to_status(error: RerankError) -> grpc.Status:
+    """The rich gRPC status for ``error``."""
+    details: list[Any] = []
+    if error.field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    details.append(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    code = status_code(error)
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=packed))
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """Envoy's ``x-request-id`` when the call came through it, else a fresh one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return uuid.uuid4().hex
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    """Aborts the call for ``exc``; never returns."""
+    if isinstance(exc, RerankError):
+        await context.abort_with_status(to_status(exc))
+    rid = request_id(context)
+    log.error("internal error in %s (request id %s)", method, rid, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {rid}")
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Applies :func:`_fail` to every unary-response handler (unary and client-streaming)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.response_streaming:
+            return handler
+        method = handler_call_details.method
+        if handler.request_streaming:
+            stream = handler.stream_unary
+
+            async def guarded_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    result = stream(requests, context)
+                    return await result if inspect.isawaitable(result) else result
+                except (grpc.aio.AbortError, grpc.RpcError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status
+                    await _fail(context, exc, method)
+
+            return grpc.stream_unary_rpc_method_handler(
+                guarded_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        unary = handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                result = unary(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except (grpc.aio.AbortError, grpc.RpcError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status
+                await _fail(context, exc, method)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
