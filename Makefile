@@ -11,32 +11,44 @@ NAME ?= $(notdir $(patsubst %/,%,$(MODEL)))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve proto model serve test test-parity bench gpu-prep gpu-check clean
+.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean
 
-# Everything CI and development need. `pip install -e .` runs the build step (setup.py) that
-# generates the gRPC/protobuf modules and Envoy's descriptor set; torch is pinned and installed
-# first: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# Installs go through requirements/dev.lock as constraints, so CI and every developer get the
+# same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
+# it. `pip install -e .` runs the build step (setup.py) that generates the gRPC/protobuf modules
+# and Envoy's descriptor set. The lock pins torch's CPU build (2.13.0+cpu): on a machine that
+# does not have it locally, add PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+LOCK := requirements/dev.lock
+PIP_INSTALL = $(BIN)/pip install -q -c $(LOCK)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[convert,gateway,test]'
+
+# Everything CI and development need.
+$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[convert,gateway,test,lint]'
 	touch $@ $(SERVE_STAMP)
 
 # What `make serve` needs: serving and converting, not the test tools.
-$(SERVE_STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[convert,gateway]'
+$(SERVE_STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[convert,gateway]'
 	touch $@
 
 install: $(STAMP)
 install-serve: $(SERVE_STAMP)
 
+lock: | $(VENV)/bin/python
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,test,lint --no-emit-index-url \
+		--no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+lint: install
+	BIN=$(BIN) scripts/check
+
 # Regenerate the protocol modules and the descriptor set after editing protos/.
 proto: install-serve
-	$(BIN)/python setup.py -q build_protos
+	$(BIN)/pip install -q --no-deps -e .
 
 model: install-serve
 	@if [ ! -f "$(MODELS_DIR)/$(NAME)/rerank.json" ]; then \
@@ -55,7 +67,7 @@ test-parity: install
 	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/pip install -q -e '.[bench]'
+	$(PIP_INSTALL) -e '.[bench]'
 	bash tools/build_llama_cpp.sh
 	$(BIN)/python -m bench.run
 

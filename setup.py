@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import Command, setup
 from setuptools.command.build_py import build_py
@@ -73,7 +74,7 @@ class BuildProtos(Command):
     """``python setup.py build_protos``: regenerate the protocol modules and the descriptor set."""
 
     description = "generate the gRPC/protobuf modules and Envoy's descriptor set from protos/"
-    user_options: list[tuple[str, str | None, str]] = []
+    user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
         pass

@@ -18,8 +18,8 @@ import http.client
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import numpy as np
@@ -57,11 +57,16 @@ def main() -> int:
     grpc_peer = OursGrpc(server)
     grpc_peer.start()
     rest_port = free_port()
-    envoy = start_envoy(listen_port=rest_port, upstream_port=server.port, admin_port=free_port(), workdir=work,
-                        listen_host="127.0.0.1")
+    envoy = start_envoy(
+        listen_port=rest_port, upstream_port=server.port, admin_port=free_port(), workdir=work, listen_host="127.0.0.1"
+    )
     auth = {"authorization": f"Bearer {API_KEY}"}
-    body = {"model": model_name, "query": workload.query, "documents": list(workload.documents),
-            "return_documents": False}
+    body = {
+        "model": model_name,
+        "query": workload.query,
+        "documents": list(workload.documents),
+        "return_documents": False,
+    }
     lean = LeanHttpClient(f"http://127.0.0.1:{rest_port}", auth)
     stdlib = http.client.HTTPConnection("127.0.0.1", rest_port)
     client = httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", headers=auth)
@@ -113,15 +118,31 @@ def main() -> int:
     for name, values in times.items():
         array = np.array(values)
         added = float(np.median(array - base))
-        rows.append({"path": name, "p50_ms": round(float(np.percentile(array, 50)), 3),
-                     "p99_ms": round(float(np.percentile(array, 99)), 3), "added_p50_ms": round(added, 3)})
+        rows.append(
+            {
+                "path": name,
+                "p50_ms": round(float(np.percentile(array, 50)), 3),
+                "p99_ms": round(float(np.percentile(array, 99)), 3),
+                "added_p50_ms": round(added, 3),
+            }
+        )
         print(f"{name:20s} {rows[-1]['p50_ms']:8.2f} {rows[-1]['p99_ms']:8.2f} {added:20.2f}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"model": model_name, "workload": "W3", "rounds": args.rounds, "rows": rows,
-                               "command": "python -m bench.gateway_overhead " + " ".join(
-                                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "model": model_name,
+                "workload": "W3",
+                "rounds": args.rounds,
+                "rows": rows,
+                "command": "python -m bench.gateway_overhead "
+                + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0
 

@@ -22,15 +22,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bench.peers import OurServer, OursGrpc
 from converters import onnx_graph
 from converters.probes import probe_pairs
 from converters.spec import EncoderSpec
 from converters.variants import FILES, _fuse, _to_fp16, gate
-from bench.peers import OurServer, OursGrpc
 from service.backends.onnx import CUDA, Batch, OnnxBackend
 from service.core.batching import pad
-from service.model_folder import Variant, find_model_folders, read_model_folder
 from service.core.tokenization import PairEncoder
+from service.model_folder import Variant, find_model_folders, read_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURES: list[str] = []
@@ -52,15 +52,35 @@ def bge_shape_weights(rng: np.random.Generator, spec: EncoderSpec, vocab: int) -
     def m(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
 
-    w = {"emb.word": m(vocab, H), "emb.pos": m(spec.max_length + 2, H), "emb.type": m(1, H),
-         "emb.ln.w": np.ones(H, np.float32), "emb.ln.b": np.zeros(H, np.float32),
-         "head.dense.w": m(H, H), "head.dense.b": m(H), "head.out.w": m(1, H), "head.out.b": m(1)}
+    w = {
+        "emb.word": m(vocab, H),
+        "emb.pos": m(spec.max_length + 2, H),
+        "emb.type": m(1, H),
+        "emb.ln.w": np.ones(H, np.float32),
+        "emb.ln.b": np.zeros(H, np.float32),
+        "head.dense.w": m(H, H),
+        "head.dense.b": m(H),
+        "head.out.w": m(1, H),
+        "head.out.b": m(1),
+    }
     for i in range(spec.num_layers):
         p = f"L{i}."
-        w.update({p + "qkv.w": m(3 * H, H), p + "qkv.b": m(3 * H), p + "o.w": m(H, H), p + "o.b": m(H),
-                  p + "attn_ln.w": np.ones(H, np.float32), p + "attn_ln.b": np.zeros(H, np.float32),
-                  p + "up.w": m(I, H), p + "up.b": m(I), p + "down.w": m(H, I), p + "down.b": m(H),
-                  p + "ffn_ln.w": np.ones(H, np.float32), p + "ffn_ln.b": np.zeros(H, np.float32)})
+        w.update(
+            {
+                p + "qkv.w": m(3 * H, H),
+                p + "qkv.b": m(3 * H),
+                p + "o.w": m(H, H),
+                p + "o.b": m(H),
+                p + "attn_ln.w": np.ones(H, np.float32),
+                p + "attn_ln.b": np.zeros(H, np.float32),
+                p + "up.w": m(I, H),
+                p + "up.b": m(I),
+                p + "down.w": m(H, I),
+                p + "down.b": m(H),
+                p + "ffn_ln.w": np.ones(H, np.float32),
+                p + "ffn_ln.b": np.zeros(H, np.float32),
+            }
+        )
     return w
 
 
@@ -72,16 +92,22 @@ def fixture_checks(folder: Path, device: str) -> tuple[list[tuple[str, str]], np
     chosen = OnnxBackend(folder, config)  # no device, no variant: what the server would pick
     cpu = OnnxBackend(folder, config, variant="fp32", device="cpu")
     want = ("fp16", CUDA) if device == "cuda" else ("fp32-fused", "CPUExecutionProvider")
-    check(f"{config.name}: server's own choice is {want[0]} on {want[1]}",
-          (chosen.variant_key, chosen.provider) == want, f"{chosen.variant_key} on {chosen.provider}")
+    check(
+        f"{config.name}: server's own choice is {want[0]} on {want[1]}",
+        (chosen.variant_key, chosen.provider) == want,
+        f"{chosen.variant_key} on {chosen.provider}",
+    )
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
     probes = probe_pairs(config.max_length)
     pairs = [encoder.encode(q, [d]).pairs[0] for q, d in probes]
     batch = pad(pairs, config.template.pad_id, config.type_ids_input)
     reference = cpu.run(batch)
     result = gate(chosen.run(batch), reference)
-    check(f"{config.name}: {chosen.variant_key}/{chosen.provider} passes the gate against fp32/CPU", result.passed,
-          json.dumps(result.to_json()))
+    check(
+        f"{config.name}: {chosen.variant_key}/{chosen.provider} passes the gate against fp32/CPU",
+        result.passed,
+        json.dumps(result.to_json()),
+    )
     REPORT["fixture_gate"] = result.to_json()
     fp32 = OnnxBackend(folder, config, variant="fp32", device=device)
     diff = float(np.max(np.abs(fp32.run(batch) - reference)))
@@ -95,32 +121,48 @@ def service_check(models: Path, pairs: list[tuple[str, str]], reference: np.ndar
     """The real server (``python -m service``, left to choose its variant) on this machine:
     ListModels reports the device's variant and provider, and a Rerank over gRPC ranks
     ``pairs`` (one query) like ``reference``, the fp32-on-CPU scores."""
-    server = OurServer(models, read_model_folder(find_model_folders(models)[0]).name, None,
-                       Path(tempfile.mkdtemp()))
+    server = OurServer(models, read_model_folder(find_model_folders(models)[0]).name, None, Path(tempfile.mkdtemp()))
     client = OursGrpc(server)
     try:
         client.start()
         card = client.card()
-        REPORT["service_model_card"] = {"id": card.id, "variant": card.variant, "provider": card.provider,
-                                        "precision": card.precision}
+        REPORT["service_model_card"] = {
+            "id": card.id,
+            "variant": card.variant,
+            "provider": card.provider,
+            "precision": card.precision,
+        }
         print(f"      ListModels: {REPORT['service_model_card']}")
         response = client.rerank(pairs[0][0], [d for _, d in pairs])
         got = {r.index: r.relevance_score for r in response.results}
         result = gate(np.array([got.get(i, np.nan) for i in range(len(pairs))]), reference)
-        check("service over gRPC: ranks like fp32 on the CPU", result.passed and len(got) == len(pairs),
-              f"{card.variant} on {card.provider}; {json.dumps(result.to_json())}")
+        check(
+            "service over gRPC: ranks like fp32 on the CPU",
+            result.passed and len(got) == len(pairs),
+            f"{card.variant} on {card.provider}; {json.dumps(result.to_json())}",
+        )
     except Exception as exc:  # noqa: BLE001 - report (the message carries the server's log tail)
         check("service over gRPC", False, f"{type(exc).__name__}: {exc}")
     finally:
         client.stop()
 
 
-BGE_SHAPE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096,
-                 max_position_embeddings=8194)
+BGE_SHAPE = {
+    "num_hidden_layers": 24,
+    "hidden_size": 1024,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "max_position_embeddings": 8194,
+}
 """bge-reranker-v2-m3's shape. Its vocabulary (250,002) is cut to 32k here: the embedding
 lookup costs nothing next to the 24 layers, and the smaller table keeps the build short."""
-DRY_SHAPE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                 max_position_embeddings=514)
+DRY_SHAPE = {
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 514,
+}
 
 
 def hf_checkpoint(out: Path, dry_run: bool) -> Path | None:
@@ -131,9 +173,16 @@ def hf_checkpoint(out: Path, dry_run: bool) -> Path | None:
         from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
     except ImportError:
         return None
-    config = XLMRobertaConfig(vocab_size=1000 if dry_run else 32768, type_vocab_size=1, pad_token_id=1,
-                              bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, num_labels=1,
-                              **(DRY_SHAPE if dry_run else BGE_SHAPE))
+    config = XLMRobertaConfig(
+        vocab_size=1000 if dry_run else 32768,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+        num_labels=1,
+        **(DRY_SHAPE if dry_run else BGE_SHAPE),
+    )
     config.architectures = ["XLMRobertaForSequenceClassification"]
     torch.manual_seed(0)
     XLMRobertaForSequenceClassification(config).eval().save_pretrained(out, safe_serialization=True)
@@ -150,11 +199,22 @@ def load_weights(work: Path, dry_run: bool) -> tuple[EncoderSpec, dict[str, np.n
         loaded = load_checkpoint(str(checkpoint))
         return loaded.spec, loaded.weights, checkpoint
     shape = DRY_SHAPE if dry_run else BGE_SHAPE
-    spec = EncoderSpec(family="xlm-roberta", num_layers=shape["num_hidden_layers"], hidden=shape["hidden_size"],
-                       heads=shape["num_attention_heads"], intermediate=shape["intermediate_size"],
-                       layer_norm_eps=1e-5, max_length=shape["max_position_embeddings"] - 2, positions="learned",
-                       feed_forward="gelu", head="roberta", pad_id=1, position_offset=2, positions_from_pad=True,
-                       type_vocab=1)
+    spec = EncoderSpec(
+        family="xlm-roberta",
+        num_layers=shape["num_hidden_layers"],
+        hidden=shape["hidden_size"],
+        heads=shape["num_attention_heads"],
+        intermediate=shape["intermediate_size"],
+        layer_norm_eps=1e-5,
+        max_length=shape["max_position_embeddings"] - 2,
+        positions="learned",
+        feed_forward="gelu",
+        head="roberta",
+        pad_id=1,
+        position_offset=2,
+        positions_from_pad=True,
+        type_vocab=1,
+    )
     return spec, bge_shape_weights(np.random.default_rng(0), spec, vocab=1000 if dry_run else 32768), None
 
 
@@ -185,13 +245,21 @@ def throughput(device: str, dry_run: bool) -> None:
     onnx_graph.save(fused, work / FILES["fp32-fused"])
     del fused  # saving may have moved its weights to external data: convert the copy on disk
     onnx_graph.save(_to_fp16(onnx.load(str(work / FILES["fp32-fused"]))), work / FILES["fp16"])
-    print(f"      bge-shape graphs built in {time.perf_counter() - started:.0f} s "
-          f"({'HF checkpoint via the converter' if checkpoint else 'numpy weights'}, vocab {vocab})", flush=True)
+    print(
+        f"      bge-shape graphs built in {time.perf_counter() - started:.0f} s "
+        f"({'HF checkpoint via the converter' if checkpoint else 'numpy weights'}, vocab {vocab})",
+        flush=True,
+    )
     fixture = read_model_folder(find_model_folders(ROOT / "models-gpu")[0])
     config = dataclasses.replace(
-        fixture, name="bge-shape", type_ids_input=False,
-        variants={"fp32-fused": Variant(FILES["fp32-fused"], "fp32", "any", True),
-                  "fp16": Variant(FILES["fp16"], "fp16", "cuda", True)})
+        fixture,
+        name="bge-shape",
+        type_ids_input=False,
+        variants={
+            "fp32-fused": Variant(FILES["fp32-fused"], "fp32", "any", True),
+            "fp16": Variant(FILES["fp16"], "fp16", "cuda", True),
+        },
+    )
     shapes = [(64, 200), (8, 32)] if not dry_run else [(4, 16)]
     reps = 20 if not dry_run else 2
     rng = np.random.default_rng(1)
@@ -205,10 +273,21 @@ def throughput(device: str, dry_run: bool) -> None:
     def record(key: str, path: str, shape: tuple[int, int], ms: float) -> None:
         pairs, length = shape
         tflops = 2 * matmul_params * pairs * length / (ms / 1e3) / 1e12
-        rows.append({"variant": key, "path": path, "batch": f"{pairs}x{length}", "median_ms": round(ms, 3),
-                     "pairs_per_s": round(pairs / (ms / 1e3), 1), "tflops_weights": round(tflops, 2)})
-        print(f"      {key:10s} {path:24s} {pairs:3d}x{length:<4d} {ms:8.2f} ms  "
-              f"{rows[-1]['pairs_per_s']:9.1f} pairs/s  {tflops:6.1f} TFLOP/s", flush=True)
+        rows.append(
+            {
+                "variant": key,
+                "path": path,
+                "batch": f"{pairs}x{length}",
+                "median_ms": round(ms, 3),
+                "pairs_per_s": round(pairs / (ms / 1e3), 1),
+                "tflops_weights": round(tflops, 2),
+            }
+        )
+        print(
+            f"      {key:10s} {path:24s} {pairs:3d}x{length:<4d} {ms:8.2f} ms  "
+            f"{rows[-1]['pairs_per_s']:9.1f} pairs/s  {tflops:6.1f} TFLOP/s",
+            flush=True,
+        )
 
     parity_batch = batches[shapes[-1]]
     ours: dict[str, np.ndarray] = {}
@@ -219,9 +298,18 @@ def throughput(device: str, dry_run: bool) -> None:
         ours[key] = backend.run(parity_batch)
         for shape, batch in batches.items():
             feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            record(key, "backend (I/O binding)" if device == "cuda" else "backend", shape,
-                   _median_ms(lambda: backend.run(batch), reps))
-            record(key, "session.run", shape, _median_ms(lambda: backend.session.run(["logits"], feed), reps))
+            record(
+                key,
+                "backend (I/O binding)" if device == "cuda" else "backend",
+                shape,
+                _median_ms(lambda backend=backend, batch=batch: backend.run(batch), reps),
+            )
+            record(
+                key,
+                "session.run",
+                shape,
+                _median_ms(lambda session=backend.session, feed=feed: session.run(["logits"], feed), reps),
+            )
     if checkpoint is not None:
         torch_peer(checkpoint, device, batches, parity_batch, ours, record, reps)
     REPORT["throughput"] = rows
@@ -235,8 +323,9 @@ def throughput(device: str, dry_run: bool) -> None:
             print(f"      ours fp16 / transformers fp16 at 64x200: {ratio:.2f}x")
 
 
-def torch_peer(checkpoint: Path, device: str, batches: dict, parity_batch: Batch, ours: dict[str, np.ndarray],
-               record, reps: int) -> None:
+def torch_peer(
+    checkpoint: Path, device: str, batches: dict, parity_batch: Batch, ours: dict[str, np.ndarray], record, reps: int
+) -> None:
     """The same checkpoint in transformers (PyTorch, SDPA attention): fp32 scores against our
     fp32 graph (TF32 off on both sides), fp16 scores against our fp16 graph, and fp16 speed."""
     import torch
@@ -250,8 +339,10 @@ def torch_peer(checkpoint: Path, device: str, batches: dict, parity_batch: Batch
 
     def scores(m, batch: Batch) -> np.ndarray:
         with torch.inference_mode():
-            out = m(input_ids=torch.from_numpy(batch.input_ids).to(where),
-                    attention_mask=torch.from_numpy(batch.attention_mask).to(where)).logits
+            out = m(
+                input_ids=torch.from_numpy(batch.input_ids).to(where),
+                attention_mask=torch.from_numpy(batch.attention_mask).to(where),
+            ).logits
         return out.float().cpu().numpy().reshape(-1).astype(np.float64)
 
     reference = scores(model, parity_batch)
@@ -264,14 +355,16 @@ def torch_peer(checkpoint: Path, device: str, batches: dict, parity_batch: Batch
         # little more than fp16's own rounding, so rank agreement says little either way.
         result = gate(ours["fp16"], scores(half, parity_batch))
         REPORT["bge_shape_fp16_vs_transformers_fp16"] = result.to_json()
-        print(f"      info: bge-shape fp16 vs transformers fp16: {json.dumps(result.to_json())}; "
-              f"score spread {np.ptp(reference):.3g}")
+        print(
+            f"      info: bge-shape fp16 vs transformers fp16: {json.dumps(result.to_json())}; "
+            f"score spread {np.ptp(reference):.3g}"
+        )
     key = "fp16" if where == "cuda" else "fp32-fused"
     for shape, batch in batches.items():
         ids = torch.from_numpy(batch.input_ids).to(where)
         mask = torch.from_numpy(batch.attention_mask).to(where)
 
-        def run() -> None:
+        def run(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
             with torch.inference_mode():
                 half(input_ids=ids, attention_mask=mask).logits.float().cpu()
 
@@ -286,8 +379,12 @@ def main() -> int:
     REPORT["onnxruntime"] = ort.__version__
     REPORT["machine"] = platform.node()
     try:
-        REPORT["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                       capture_output=True, text=True, timeout=30).stdout.strip()
+        REPORT["gpu"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         REPORT["gpu"] = ""
     print(f"GPU: {REPORT['gpu'] or 'none visible to nvidia-smi'}")

@@ -11,6 +11,7 @@ Thread-safe: each request takes an idle connection from a pool, or opens one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
@@ -59,8 +60,9 @@ class LeanHttpClient:
     def post_json(self, path: str, body: Any) -> Reply:
         """POSTs ``body`` as JSON; raises :class:`HttpError` unless the reply is 2xx."""
         payload = json.dumps(body).encode()
-        request = (f"POST {path} HTTP/1.1\r\n{self._fixed_headers}content-length: {len(payload)}\r\n\r\n"
-                   .encode() + payload)
+        request = (
+            f"POST {path} HTTP/1.1\r\n{self._fixed_headers}content-length: {len(payload)}\r\n\r\n".encode() + payload
+        )
         try:
             sock, reused = self._idle.get_nowait(), True
         except queue.Empty:
@@ -90,11 +92,9 @@ class LeanHttpClient:
         return reply
 
     def close(self) -> None:
-        while True:
-            try:
+        with contextlib.suppress(queue.Empty):
+            while True:
                 self._idle.get_nowait().close()
-            except queue.Empty:
-                return
 
 
 def _read_reply(sock: socket.socket) -> tuple[Reply, bool]:
@@ -148,6 +148,6 @@ def _read_chunked(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
         size_line, buffer = buffer.split(b"\r\n", 1)
         size = int(size_line.split(b";")[0], 16)
         need(size + 2)
-        body, buffer = body + buffer[:size], buffer[size + 2:]
+        body, buffer = body + buffer[:size], buffer[size + 2 :]
         if size == 0:
             return body, buffer

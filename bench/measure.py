@@ -95,7 +95,7 @@ class Monitor:
         self._thread.join()
         self._sample()
         end = self._clocks()
-        wall, busy, ours = (b - a for a, b in zip(self._start, end))
+        wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=False))
         self.other_cpu = max(0.0, (busy - ours) / (wall * (psutil.cpu_count() or 1)))
 
 
@@ -131,8 +131,8 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
 
 def request_lengths(model_folder: Path, workload: Workload) -> list[int]:
     """Token count of each pair of one request, as our server encodes it (special tokens included)."""
-    from service.model_folder import read_model_folder
     from service.core.tokenization import PairEncoder
+    from service.model_folder import read_model_folder
 
     config = read_model_folder(model_folder)
     encoder = PairEncoder(model_folder / "tokenizer.json", config.template, config.max_length)
@@ -152,8 +152,14 @@ def padding_fraction(lengths: list[int], requests: int) -> float:
 
     async def replay() -> float:
         metrics = ModelMetrics()
-        batcher = DynamicBatcher(lambda batch: np.zeros(len(batch.input_ids)), pad_id=0, with_types=False,
-                                 config=parse([]).batching, metrics=metrics, name="replay")
+        batcher = DynamicBatcher(
+            lambda batch: np.zeros(len(batch.input_ids)),
+            pad_id=0,
+            with_types=False,
+            config=parse([]).batching,
+            metrics=metrics,
+            name="replay",
+        )
         pairs = [Pair(i, np.zeros(n, np.int64), np.zeros(n, np.int64)) for i, n in enumerate(lengths)]
         await asyncio.gather(*(batcher.score(pairs) for _ in range(requests)))
         await batcher.close()
@@ -183,10 +189,16 @@ def machine_peak() -> Peak:
     text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     info = dict(re.findall(r"^([^:\n]+):\s*(.*)$", text, re.M))
     flags = set(info.get("Flags", "").split())
-    per_cycle, isa = next((n, isa) for n, isa, needs in (
-        (64, "AVX-512 FMA", {"avx512f", "fma"}), (32, "AVX2 FMA", {"avx2", "fma"}), (16, "AVX", {"avx"}),
-        (8, "SSE", set()),
-    ) if needs <= flags)
+    per_cycle, isa = next(
+        (n, isa)
+        for n, isa, needs in (
+            (64, "AVX-512 FMA", {"avx512f", "fma"}),
+            (32, "AVX2 FMA", {"avx2", "fma"}),
+            (16, "AVX", {"avx"}),
+            (8, "SSE", set()),
+        )
+        if needs <= flags
+    )
     mhz = info.get("CPU max MHz") or info.get("CPU MHz")
     source = "lscpu max MHz" if "CPU max MHz" in info else "lscpu MHz"
     if not mhz:
@@ -195,6 +207,8 @@ def machine_peak() -> Peak:
     cpus = int(info["CPU(s)"]) // int(info.get("Thread(s) per core", "1"))
     cores = min(cpus, THREADS)
     ghz = float(mhz) / 1000
-    how = (f"{cores} cores x {ghz:.2f} GHz ({source}) x {per_cycle} fp32 FLOPs/cycle ({isa}: 2 FMA pipes x "
-           f"{per_cycle // 4} lanes x 2)")
+    how = (
+        f"{cores} cores x {ghz:.2f} GHz ({source}) x {per_cycle} fp32 FLOPs/cycle ({isa}: 2 FMA pipes x "
+        f"{per_cycle // 4} lanes x 2)"
+    )
     return Peak(info.get("Model name", "?"), cores, ghz, per_cycle, how)

@@ -17,9 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
@@ -46,15 +46,36 @@ class Shape:
 
 SHAPES: dict[str, Shape] = {
     # BAAI/bge-reranker-v2-m3 (XLMRobertaForSequenceClassification, ~568M parameters).
-    "bge-shape": Shape("xlmr", layers=24, hidden=1024, heads=16, intermediate=4096, max_positions=8194,
-                       model_max_length=8192, vocab_size=250002),
+    "bge-shape": Shape(
+        "xlmr",
+        layers=24,
+        hidden=1024,
+        heads=16,
+        intermediate=4096,
+        max_positions=8194,
+        model_max_length=8192,
+        vocab_size=250002,
+    ),
     # cross-encoder/ms-marco-MiniLM-L-6-v2's shape with a 384-wide intermediate x4 (MiniLM-L6 family).
-    "bert-small": Shape("bert", layers=6, hidden=384, heads=12, intermediate=1536, max_positions=512,
-                        model_max_length=512, vocab_size=None),
+    "bert-small": Shape(
+        "bert",
+        layers=6,
+        hidden=384,
+        heads=12,
+        intermediate=1536,
+        max_positions=512,
+        model_max_length=512,
+        vocab_size=None,
+    ),
 }
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "sentencepiece.bpe.model", "vocab.txt")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +112,12 @@ def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
 def _write_checkpoint(name: str, shape: Shape, out: Path) -> None:
     """Random-weight *ForSequenceClassification checkpoint with ``shape`` and a fixture tokenizer."""
     import torch
-    from transformers import (BertConfig, BertForSequenceClassification, XLMRobertaConfig,
-                              XLMRobertaForSequenceClassification)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
 
     from tests.fixtures.checkpoints import make_checkpoint
 
@@ -107,12 +132,20 @@ def _write_checkpoint(name: str, shape: Shape, out: Path) -> None:
     tokenizer_config["model_max_length"] = shape.model_max_length
     config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
-    common = dict(num_hidden_layers=shape.layers, hidden_size=shape.hidden, num_attention_heads=shape.heads,
-                  intermediate_size=shape.intermediate, max_position_embeddings=shape.max_positions,
-                  vocab_size=shape.vocab_size or tokenizer_vocab, num_labels=1, name_or_path=name)
+    common = {
+        "num_hidden_layers": shape.layers,
+        "hidden_size": shape.hidden,
+        "num_attention_heads": shape.heads,
+        "intermediate_size": shape.intermediate,
+        "max_position_embeddings": shape.max_positions,
+        "vocab_size": shape.vocab_size or tokenizer_vocab,
+        "num_labels": 1,
+        "name_or_path": name,
+    }
     if shape.fixture == "xlmr":
-        config = XLMRobertaConfig(type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                                  layer_norm_eps=1e-5, **common)
+        config = XLMRobertaConfig(
+            type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, **common
+        )
         config.architectures = ["XLMRobertaForSequenceClassification"]
         model_class = XLMRobertaForSequenceClassification
     else:
@@ -127,14 +160,29 @@ def _write_checkpoint(name: str, shape: Shape, out: Path) -> None:
 def _run(command: list[str], what: str) -> None:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}): {' '.join(command)}\n"
-                           f"{(result.stdout + result.stderr)[-3000:]}")
+        raise RuntimeError(
+            f"{what} failed ({result.returncode}): {' '.join(command)}\n{(result.stdout + result.stderr)[-3000:]}"
+        )
 
 
 def _convert_ours(name: str, checkpoint: Path, models_dir: Path) -> None:
     """``converters.cli`` with our CPU variants; the accuracy gate is skipped (random weights)."""
-    _run([sys.executable, "-m", "converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir),
-          "--variants", ",".join(OUR_VARIANTS), "--no-gate"], f"converting {name}")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "converters.cli",
+            str(checkpoint),
+            "--name",
+            name,
+            "--out",
+            str(models_dir),
+            "--variants",
+            ",".join(OUR_VARIANTS),
+            "--no-gate",
+        ],
+        f"converting {name}",
+    )
 
 
 def _count_params(checkpoint: Path) -> tuple[int, int]:
@@ -143,7 +191,7 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
 
     total = matmul = 0
     with safe_open(str(checkpoint / "model.safetensors"), "np") as f:
-        for key in f.keys():
+        for key in f:
             if key.endswith("position_ids"):
                 continue
             count = 1

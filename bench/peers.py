@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -60,8 +61,14 @@ class Process:
     def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         with open(log, "wb") as out:
-            self.popen = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env={**os.environ, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -114,19 +121,33 @@ class OurServer:
 
         self.port = free_port()
         self.process = Process(
-            [sys.executable, "-m", "service", "--models-dir", str(self.models_dir), "--grpc-host", "127.0.0.1",
-             "--grpc-port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--models-dir",
+                str(self.models_dir),
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(self.port),
+            ],
             self.workdir / f"ours-{self.variant or 'auto'}.log",
-            env={"RERANK_API_KEYS": API_KEY, "RERANK_THREADS": str(THREADS),
-                 **({"RERANK_VARIANT": self.variant} if self.variant else {})},
+            env={
+                "RERANK_API_KEYS": API_KEY,
+                "RERANK_THREADS": str(THREADS),
+                **({"RERANK_VARIANT": self.variant} if self.variant else {}),
+            },
         )
         channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         stub = health_pb2_grpc.HealthStub(channel)
 
         def serving() -> bool:
             try:
-                return stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                    health_pb2.HealthCheckResponse.SERVING
+                return (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
             except grpc.RpcError:
                 return False
 
@@ -183,8 +204,9 @@ class OursGrpc(Peer):
         from service.protocol import rerank_pb2_grpc
 
         self.server.start()
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}",
-                                              options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.server.port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
         self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
         served = self.card().variant
         if self.server.variant and served != self.server.variant:
@@ -194,8 +216,9 @@ class OursGrpc(Peer):
         """The served model's ``ModelCard`` from ListModels (variant, cumulative ``stats``)."""
         from service.protocol import rerank_pb2
 
-        response = self._stub.ListModels(rerank_pb2.ListModelsRequest(), timeout=10,
-                                         metadata=(("authorization", f"Bearer {API_KEY}"),))
+        response = self._stub.ListModels(
+            rerank_pb2.ListModelsRequest(), timeout=10, metadata=(("authorization", f"Bearer {API_KEY}"),)
+        )
         return next(card for card in response.data if card.id == self.server.name)
 
     def stop(self) -> None:
@@ -211,11 +234,12 @@ class OursGrpc(Peer):
         from service.protocol import rerank_pb2
 
         request = rerank_pb2.RerankRequest(
-            model=self.server.name, query=query, return_documents=False,
+            model=self.server.name,
+            query=query,
+            return_documents=False,
             documents=[struct_pb2.Value(string_value=d) for d in documents],
         )
-        return self._stub.Rerank(request, metadata=(("authorization", f"Bearer {API_KEY}"),),
-                                 timeout=REQUEST_TIMEOUT)
+        return self._stub.Rerank(request, metadata=(("authorization", f"Bearer {API_KEY}"),), timeout=REQUEST_TIMEOUT)
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
         response = self.rerank(query, documents)
@@ -266,8 +290,13 @@ class OursRest(_HttpPeer):
 
         self.server.start()
         port = free_port()
-        self._envoy = start_envoy(listen_port=port, upstream_port=self.server.port, admin_port=free_port(),
-                                  workdir=self.workdir, listen_host="127.0.0.1")
+        self._envoy = start_envoy(
+            listen_port=port,
+            upstream_port=self.server.port,
+            admin_port=free_port(),
+            workdir=self.workdir,
+            listen_host="127.0.0.1",
+        )
         self.base_url = f"http://127.0.0.1:{port}"
         self._open({"authorization": f"Bearer {API_KEY}"})
 
@@ -279,8 +308,10 @@ class OursRest(_HttpPeer):
         self.server.stop()
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
-        self._post({"model": self.server.name, "query": query, "documents": list(documents),
-                    "return_documents": False}, len(documents))
+        self._post(
+            {"model": self.server.name, "query": query, "documents": list(documents), "return_documents": False},
+            len(documents),
+        )
 
     def pids(self) -> list[int]:
         assert self.server.process is not None and self._envoy is not None
@@ -304,10 +335,31 @@ class LlamaServer(_HttpPeer):
     def start(self) -> None:
         port = free_port()
         self._process = Process(
-            [str(LLAMA_SERVER), "-m", str(self.gguf), "--reranking", "--grpc-host", "127.0.0.1", "--grpc-port", str(port),
-             "-t", str(THREADS), "-tb", str(THREADS), "-fa", "off", "-ub", str(LLAMA_UBATCH),
-             "-b", str(LLAMA_UBATCH), "-c", str(LLAMA_UBATCH * LLAMA_SLOTS), "-np", str(LLAMA_SLOTS),
-             "--no-webui"],
+            [
+                str(LLAMA_SERVER),
+                "-m",
+                str(self.gguf),
+                "--reranking",
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(port),
+                "-t",
+                str(THREADS),
+                "-tb",
+                str(THREADS),
+                "-fa",
+                "off",
+                "-ub",
+                str(LLAMA_UBATCH),
+                "-b",
+                str(LLAMA_UBATCH),
+                "-c",
+                str(LLAMA_UBATCH * LLAMA_SLOTS),
+                "-np",
+                str(LLAMA_SLOTS),
+                "--no-webui",
+            ],
             self.workdir / f"{self.name}.log",
         )
         self.base_url = f"http://127.0.0.1:{port}"
@@ -321,8 +373,10 @@ class LlamaServer(_HttpPeer):
             self._process = None
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
-        self._post({"model": self.model.name, "query": query, "documents": list(documents),
-                    "top_n": len(documents)}, len(documents))
+        self._post(
+            {"model": self.model.name, "query": query, "documents": list(documents), "top_n": len(documents)},
+            len(documents),
+        )
 
     def pids(self) -> list[int]:
         assert self._process is not None

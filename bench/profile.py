@@ -39,8 +39,9 @@ def profile_ours(folder: Path, variant: str, ids: np.ndarray, reps: int) -> dict
     options.inter_op_num_threads = 1
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    session = ort.InferenceSession(str(folder / config.variants[variant].file), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(folder / config.variants[variant].file), options, providers=["CPUExecutionProvider"]
+    )
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     if "token_type_ids" in {i.name for i in session.get_inputs()}:
         feed["token_type_ids"] = np.zeros_like(ids)
@@ -85,13 +86,19 @@ def summarise(name: str, by_op: dict[str, float], gemms: set[str], flops: float,
     whole = by_op["(whole run)"]
     gemm = sum(t for op, t in by_op.items() if op in gemms)
     ranked = sorted(((t, op) for op, t in by_op.items() if op != "(whole run)"), reverse=True)[:8]
-    print(f"\n{name}: {whole * 1e3:.0f} ms per batch, GEMMs {gemm / whole:.0%} of it, "
-          f"GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s = {flops / gemm / 1e9 / peak:.0%} of the "
-          f"{peak:.0f} GFLOP/s peak; whole run {flops / whole / 1e9 / peak:.0%} of peak")
+    print(
+        f"\n{name}: {whole * 1e3:.0f} ms per batch, GEMMs {gemm / whole:.0%} of it, "
+        f"GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s = {flops / gemm / 1e9 / peak:.0%} of the "
+        f"{peak:.0f} GFLOP/s peak; whole run {flops / whole / 1e9 / peak:.0%} of peak"
+    )
     for t, op in ranked:
         print(f"    {op:40s} {t * 1e3:8.1f} ms  {t / whole:5.1%}")
-    return {"seconds": whole, "gemm_seconds": gemm, "gemm_gflops": flops / gemm / 1e9,
-            "top": [{"op": op, "seconds": t} for t, op in ranked]}
+    return {
+        "seconds": whole,
+        "gemm_seconds": gemm,
+        "gemm_gflops": flops / gemm / 1e9,
+        "top": [{"op": op, "seconds": t} for t, op in ranked],
+    }
 
 
 def main() -> int:
@@ -111,15 +118,37 @@ def main() -> int:
     peak = machine.gflops
     print(f"peak: {peak:.0f} GFLOP/s ({machine.how})")
     flops = 2.0 * model.matmul_params * ids.size
-    ours = summarise(f"ours ({args.variant}, ONNX Runtime)", profile_ours(model.folder, args.variant, ids, args.reps),
-                     GEMM_ORT, flops, peak)
-    torch_side = summarise("PyTorch (transformers, what CrossEncoder.predict runs)",
-                           profile_torch(model.checkpoint, ids, args.reps), GEMM_TORCH, flops, peak)
+    ours = summarise(
+        f"ours ({args.variant}, ONNX Runtime)",
+        profile_ours(model.folder, args.variant, ids, args.reps),
+        GEMM_ORT,
+        flops,
+        peak,
+    )
+    torch_side = summarise(
+        "PyTorch (transformers, what CrossEncoder.predict runs)",
+        profile_torch(model.checkpoint, ids, args.reps),
+        GEMM_TORCH,
+        flops,
+        peak,
+    )
     print(f"\nours / PyTorch, same batch: {torch_side['seconds'] / ours['seconds']:.2f}x")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"profile-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "peak_gflops": peak, "peak_how": machine.how, "flops_per_batch": flops,
-                               "ours": ours, "torch": torch_side}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "peak_gflops": peak,
+                "peak_how": machine.how,
+                "flops_per_batch": flops,
+                "ours": ours,
+                "torch": torch_side,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0
 

@@ -9,11 +9,26 @@ from typing import Any
 from bench.measure import Measurement
 
 OURS = ("grpc-fp32", "rest-fp32", "grpc-int8")
-THROUGHPUT_TARGETS = (("grpc-fp32", "st-fp32", 1.5), ("grpc-int8", "st-fp32", 3.0), ("grpc-fp32", "llama-f16", 1.5),
-                      ("grpc-int8", "llama-q8_0", 1.5))
+THROUGHPUT_TARGETS = (
+    ("grpc-fp32", "st-fp32", 1.5),
+    ("grpc-int8", "st-fp32", 3.0),
+    ("grpc-fp32", "llama-f16", 1.5),
+    ("grpc-int8", "llama-q8_0", 1.5),
+)
 """(ours, peer, least W1 throughput ratio): the peers compared at matching precision."""
-COLUMNS = ("model", "workload", "peer", "pairs/s", "p50 ms", "p99 ms", "peak RSS MiB", "GFLOP/s", "% peak",
-           "padding", "other CPU")
+COLUMNS = (
+    "model",
+    "workload",
+    "peer",
+    "pairs/s",
+    "p50 ms",
+    "p99 ms",
+    "peak RSS MiB",
+    "GFLOP/s",
+    "% peak",
+    "padding",
+    "other CPU",
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +51,10 @@ class Target:
         gap = self.value - self.limit
         verdict = "PASS" if self.passed else "MISS"
         bound = ">=" if self.at_least else "<="
-        return (f"{verdict} {self.model}: {self.goal}: {self.value:.2f}{self.unit} (target {bound} "
-                f"{self.limit:g}{self.unit}, gap {gap:+.2f}{self.unit})")
+        return (
+            f"{verdict} {self.model}: {self.goal}: {self.value:.2f}{self.unit} (target {bound} "
+            f"{self.limit:g}{self.unit}, gap {gap:+.2f}{self.unit})"
+        )
 
 
 def _index(measurements: list[Measurement]) -> dict[tuple[str, str, str], Measurement]:
@@ -49,26 +66,31 @@ def targets(measurements: list[Measurement]) -> list[Target]:
     at = _index(measurements)
     out: list[Target] = []
     for model in dict.fromkeys(m.model for m in measurements):
-        def get(peer: str, workload: str) -> Measurement | None:
+
+        def get(peer: str, workload: str, model: str = model) -> Measurement | None:
             return at.get((model, peer, workload))
 
         for ours, peer, limit in THROUGHPUT_TARGETS:
             a, b = get(ours, "W1"), get(peer, "W1")
             if a and b:
-                out.append(Target(model, f"W1 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit,
-                                  True, "x"))
+                out.append(
+                    Target(model, f"W1 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit, True, "x")
+                )
         rest, grpc = get("rest-fp32", "W3"), get("grpc-fp32", "W3")
         if rest and grpc:
-            out.append(Target(model, "W3 p50 REST via Envoy - gRPC", rest.latency_ms(50) - grpc.latency_ms(50),
-                              1.0, False, " ms"))
+            out.append(
+                Target(
+                    model, "W3 p50 REST via Envoy - gRPC", rest.latency_ms(50) - grpc.latency_ms(50), 1.0, False, " ms"
+                )
+            )
         for ours in ("grpc-fp32", "grpc-int8"):
             w1, w2 = get(ours, "W1"), get(ours, "W2")
             if w1 and w2:
-                out.append(Target(model, f"W2 / W1 throughput {ours}", w2.pairs_per_s / w1.pairs_per_s, 1.0,
-                                  True, "x"))
+                out.append(Target(model, f"W2 / W1 throughput {ours}", w2.pairs_per_s / w1.pairs_per_s, 1.0, True, "x"))
             if w2:
-                out.append(Target(model, f"W2 p99 / p50 {ours}", w2.latency_ms(99) / w2.latency_ms(50), 3.0,
-                                  False, "x"))
+                out.append(
+                    Target(model, f"W2 p99 / p50 {ours}", w2.latency_ms(99) / w2.latency_ms(50), 3.0, False, "x")
+                )
     return out
 
 
@@ -76,9 +98,12 @@ def ratios(measurements: list[Measurement]) -> list[tuple[str, str, str, str, fl
     """(model, workload, ours, peer, ours / peer throughput) for the pairs of :data:`THROUGHPUT_TARGETS`,
     on every workload both ran."""
     at = _index(measurements)
-    return sorted((model, workload, ours, peer, at[(model, ours, workload)].pairs_per_s / theirs.pairs_per_s)
-                  for (model, peer, workload), theirs in at.items()
-                  for ours, compared, _ in THROUGHPUT_TARGETS if compared == peer and (model, ours, workload) in at)
+    return sorted(
+        (model, workload, ours, peer, at[(model, ours, workload)].pairs_per_s / theirs.pairs_per_s)
+        for (model, peer, workload), theirs in at.items()
+        for ours, compared, _ in THROUGHPUT_TARGETS
+        if compared == peer and (model, ours, workload) in at
+    )
 
 
 def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], peak_gflops: float) -> list[list[str]]:
@@ -88,28 +113,50 @@ def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], pea
         info = models[m.model]
         gflops = m.gflops(info["matmul_params"])
         padding = f"{info['padding'][m.workload]:.1%}" if m.peer in OURS else ""
-        out.append([m.model, m.workload, m.peer, f"{m.pairs_per_s:.3g}", f"{m.latency_ms(50):.1f}",
-                    f"{m.latency_ms(99):.1f}", f"{m.peak_rss / 2**20:.0f}", f"{gflops:.1f}",
-                    f"{gflops / peak_gflops:.0%}", padding, f"{m.other_cpu:.0%}"])
+        out.append(
+            [
+                m.model,
+                m.workload,
+                m.peer,
+                f"{m.pairs_per_s:.3g}",
+                f"{m.latency_ms(50):.1f}",
+                f"{m.latency_ms(99):.1f}",
+                f"{m.peak_rss / 2**20:.0f}",
+                f"{gflops:.1f}",
+                f"{gflops / peak_gflops:.0%}",
+                padding,
+                f"{m.other_cpu:.0%}",
+            ]
+        )
     return out
 
 
-def markdown(table: list[list[str]], ratio_rows: list[tuple[str, str, str, str, float]], checks: list[Target],
-             notes: list[str], command: str) -> str:
+def markdown(
+    table: list[list[str]],
+    ratio_rows: list[tuple[str, str, str, str, float]],
+    checks: list[Target],
+    notes: list[str],
+    command: str,
+) -> str:
     """The whole report as Markdown."""
-    lines = [f"# Rerank benchmark\n\n`{command}`\n", "| " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
+    lines = [f"# Rerank benchmark\n\n`{command}`\n", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
-    lines += ["", "## Throughput ratios (ours / peer, same workload)", "", "| model | workload | ours | peer | ratio |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Throughput ratios (ours / peer, same workload)",
+        "",
+        "| model | workload | ours | peer | ratio |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {m} | {w} | {o} | {p} | {r:.2f}x |" for m, w, o, p, r in ratio_rows]
     lines += ["", "## Targets", ""] + [f"- {t.line()}" for t in checks]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def print_console(table: list[list[str]], ratio_rows: list[tuple[str, str, str, str, float]],
-                  checks: list[Target]) -> None:
+def print_console(
+    table: list[list[str]], ratio_rows: list[tuple[str, str, str, str, float]], checks: list[Target]
+) -> None:
     """The table, ratios and PASS/MISS lines on the terminal."""
     from rich.console import Console
     from rich.table import Table
@@ -136,23 +183,28 @@ def chart(measurements: list[Measurement], path: Path) -> None:
 
     models = list(dict.fromkeys(m.model for m in measurements))
     fig, axes = plt.subplots(len(models), 2, figsize=(13, 4 * len(models)), squeeze=False)
-    for (left, right), model in zip(axes, models):
+    for (left, right), model in zip(axes, models, strict=False):
         mine = [m for m in measurements if m.model == model]
         peers = list(dict.fromkeys(m.peer for m in mine if m.workload != "W3"))
         for offset, workload in ((-0.2, "W1"), (0.2, "W2")):
             values = {m.peer: m.pairs_per_s for m in mine if m.workload == workload}
             if not values:
                 continue
-            bars = left.bar([i + offset for i, p in enumerate(peers) if p in values],
-                            [values[p] for p in peers if p in values], width=0.4, label=workload)
+            bars = left.bar(
+                [i + offset for i, p in enumerate(peers) if p in values],
+                [values[p] for p in peers if p in values],
+                width=0.4,
+                label=workload,
+            )
             left.bar_label(bars, fmt="%.3g", fontsize=8)
         left.set_xticks(range(len(peers)), peers, rotation=20)
         left.set_ylabel("pairs/s")
         left.set_title(f"{model}: throughput (64 docs x ~150 words)")
         left.legend()
         w3 = [m for m in mine if m.workload == "W3"]
-        right.bar_label(right.bar([m.peer for m in w3], [m.latency_ms(50) for m in w3], color="tab:green"),
-                        fmt="%.0f", fontsize=8)
+        right.bar_label(
+            right.bar([m.peer for m in w3], [m.latency_ms(50) for m in w3], color="tab:green"), fmt="%.0f", fontsize=8
+        )
         right.tick_params(axis="x", rotation=20)
         right.set_ylabel("ms")
         right.set_title(f"{model}: W3 p50 latency (8 short docs)")

@@ -49,8 +49,7 @@ class Plan:
 
 PLANS = {
     # A few seconds per W1 request: repetitions for stable percentiles (~10 minutes).
-    "bert-small": Plan(reps={"W1": 5, "W2": 2, "W3": 5}, requests={"W1": 1, "W2": 1, "W3": 20},
-                       warmup_documents=64),
+    "bert-small": Plan(reps={"W1": 5, "W2": 2, "W3": 5}, requests={"W1": 1, "W2": 1, "W3": 20}, warmup_documents=64),
     # Minutes per W1 request on 2 cores: one repetition, short warm-ups (~13 minutes). W2 (8 W1
     # requests per peer, about 1.5 hours) only when --workloads names it.
     "bge-shape": Plan(reps={"W1": 1, "W3": 1}, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
@@ -64,15 +63,22 @@ def _csv(value: str) -> list[str]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=_csv, default=list(PLANS), help=f"comma-separated, of {', '.join(PLANS)}")
-    p.add_argument("--peers", type=_csv, default=list(bench_peers.PEERS),
-                   help=f"comma-separated, of {', '.join(bench_peers.PEERS)}")
+    p.add_argument(
+        "--peers",
+        type=_csv,
+        default=list(bench_peers.PEERS),
+        help=f"comma-separated, of {', '.join(bench_peers.PEERS)}",
+    )
     p.add_argument("--workloads", type=_csv, help="comma-separated, of W1,W2,W3 (default: per model, see PLANS)")
     p.add_argument("--reps", type=int, help="repetitions per peer and workload (default: per model, see PLANS)")
     p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
     a = p.parse_args(argv)
-    for name, chosen, known in (("models", a.models, PLANS), ("workloads", a.workloads, workloads.WORKLOADS),
-                                ("peers", a.peers, bench_peers.PEERS)):
+    for name, chosen, known in (
+        ("models", a.models, PLANS),
+        ("workloads", a.workloads, workloads.WORKLOADS),
+        ("peers", a.peers, bench_peers.PEERS),
+    ):
         if chosen is not None and (not chosen or set(chosen) - set(known)):
             p.error(f"--{name} must be some of {', '.join(known)}")
     return a
@@ -93,8 +99,9 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[str]
-                ) -> tuple[list[Measurement], dict[str, Any]]:
+def bench_model(
+    name: str, args: argparse.Namespace, workdir: Path, notes: list[str]
+) -> tuple[list[Measurement], dict[str, Any]]:
     """Measures every chosen peer and workload on model ``name``; returns the measurements and the
     model's facts (parameters, tokens, padding, plan)."""
     model = bench_models.ensure(name, log)
@@ -102,7 +109,9 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[
     loads = [workloads.make(w) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}
     info: dict[str, Any] = {
-        "params": model.params, "matmul_params": model.matmul_params, "plan": dataclasses.asdict(plan),
+        "params": model.params,
+        "matmul_params": model.matmul_params,
+        "plan": dataclasses.asdict(plan),
         "tokens_per_request": {w: sum(v) for w, v in lengths.items()},
         "padding": {w.name: padding_fraction(lengths[w.name], w.clients) for w in loads},
     }
@@ -124,23 +133,29 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, notes: list[
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
             for peer in active:
                 log(f"{name} {workload.name}: warming up {peer.name}")
-                peer.score(workload.query, workload.documents[:plan.warmup_documents])
+                peer.score(workload.query, workload.documents[: plan.warmup_documents])
             reps = plan.reps[workload.name]
             for rep in range(reps):
-                for peer in active[rep % len(active):] + active[:rep % len(active)]:
+                for peer in active[rep % len(active) :] + active[: rep % len(active)]:
                     cell = cells[peer.name]
-                    measure(peer, workload, plan.requests[workload.name], cell,
-                            info["tokens_per_request"][workload.name])
-                    log(f"{name} {workload.name} rep {rep + 1}/{reps} {peer.name}: "
-                        f"{cell.pairs_per_s:.1f} pairs/s so far, last {cell.latencies[-1]:.2f} s")
+                    measure(
+                        peer, workload, plan.requests[workload.name], cell, info["tokens_per_request"][workload.name]
+                    )
+                    log(
+                        f"{name} {workload.name} rep {rep + 1}/{reps} {peer.name}: "
+                        f"{cell.pairs_per_s:.1f} pairs/s so far, last {cell.latencies[-1]:.2f} s"
+                    )
             results += cells.values()
             for cell in cells.values():
                 if cell.other_cpu > BUSY:
-                    notes.append(f"{name} {workload.name} {cell.peer}: other processes took up to "
-                                 f"{cell.other_cpu:.0%} of the machine's CPU during a repetition; not trustworthy.")
+                    notes.append(
+                        f"{name} {workload.name} {cell.peer}: other processes took up to "
+                        f"{cell.other_cpu:.0%} of the machine's CPU during a repetition; not trustworthy."
+                    )
                     log(notes[-1])
-        info["server_padding"] = {p.name: p.card().stats.padding_fraction for p in live
-                                  if isinstance(p, bench_peers.OursGrpc)}
+        info["server_padding"] = {
+            p.name: p.card().stats.padding_fraction for p in live if isinstance(p, bench_peers.OursGrpc)
+        }
     return results, info
 
 
@@ -172,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as tmp:
         for name in args.models:
             plan = plan_for(name, args)
-            notes.append(f"{name}: repetitions {plan.reps}; requests per client per repetition "
-                         f"{ {w: plan.requests[w] for w in plan.reps} }; warm-up: 1 request of "
-                         f"{plan.warmup_documents} documents per peer and workload.")
+            notes.append(
+                f"{name}: repetitions {plan.reps}; requests per client per repetition "
+                f"{ {w: plan.requests[w] for w in plan.reps} }; warm-up: 1 request of "
+                f"{plan.warmup_documents} documents per peer and workload."
+            )
             done, facts[name] = bench_model(name, args, Path(tmp), notes)
             measurements += done
             padding = ", ".join(f"{peer} {share:.1%}" for peer, share in facts[name]["server_padding"].items())
@@ -186,12 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     payload = {
-        "timestamp": stamp, "command": command, "machine": {**dataclasses.asdict(peak), "peak_gflops": peak.gflops},
-        "models": facts, "notes": notes,
-        "measurements": [{**dataclasses.asdict(m), "pairs_per_s": m.pairs_per_s, "p50_ms": m.latency_ms(50),
-                          "p99_ms": m.latency_ms(99), "gflops": m.gflops(facts[m.model]["matmul_params"])}
-                         for m in measurements],
-        "ratios": [dict(zip(("model", "workload", "ours", "peer", "ratio"), r)) for r in ratio_rows],
+        "timestamp": stamp,
+        "command": command,
+        "machine": {**dataclasses.asdict(peak), "peak_gflops": peak.gflops},
+        "models": facts,
+        "notes": notes,
+        "measurements": [
+            {
+                **dataclasses.asdict(m),
+                "pairs_per_s": m.pairs_per_s,
+                "p50_ms": m.latency_ms(50),
+                "p99_ms": m.latency_ms(99),
+                "gflops": m.gflops(facts[m.model]["matmul_params"]),
+            }
+            for m in measurements
+        ],
+        "ratios": [dict(zip(("model", "workload", "ours", "peer", "ratio"), r, strict=False)) for r in ratio_rows],
         "targets": [{**dataclasses.asdict(t), "passed": t.passed} for t in checks],
     }
     (args.out / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -18,22 +18,67 @@ class CatalogEntry:
     """What the GGUF build cannot express, if anything (see docs/models.md)."""
 
 
-CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
-    CatalogEntry("bge-reranker-v2-m3", "BAAI/bge-reranker-v2-m3", "gpustack/bge-reranker-v2-m3-GGUF",
-                 "xlm-roberta", "568M", 8192, "apache-2.0"),
-    CatalogEntry("bce-reranker-base_v1", "maidalun1020/bce-reranker-base_v1", "gpustack/bce-reranker-base_v1-GGUF",
-                 "xlm-roberta", "279M", 512, "apache-2.0"),
-    CatalogEntry("jina-reranker-v1-turbo-en", "jinaai/jina-reranker-v1-turbo-en",
-                 "gpustack/jina-reranker-v1-turbo-en-GGUF", "jina-bert", "37.8M", 8192, "apache-2.0",
-                 "llama.cpp's converter drops the BERT pooler: the GGUF scores tanh(classifier(h0)), not the original head"),
-    CatalogEntry("jina-reranker-v1-tiny-en", "jinaai/jina-reranker-v1-tiny-en",
-                 "gpustack/jina-reranker-v1-tiny-en-GGUF", "jina-bert", "33.0M", 8192, "apache-2.0",
-                 "llama.cpp's converter drops the BERT pooler: the GGUF scores tanh(classifier(h0)), not the original head"),
-    CatalogEntry("jina-reranker-v2-base-multilingual", "jinaai/jina-reranker-v2-base-multilingual",
-                 "gpustack/jina-reranker-v2-base-multilingual-GGUF", "xlm-roberta", "278M", 1024, "cc-by-nc-4.0"),
-    CatalogEntry("gte-multilingual-reranker-base", "Alibaba-NLP/gte-multilingual-reranker-base",
-                 "gpustack/gte-multilingual-reranker-base-GGUF", "gte", "306M", 8192, "apache-2.0"),
-)}
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in (
+        CatalogEntry(
+            "bge-reranker-v2-m3",
+            "BAAI/bge-reranker-v2-m3",
+            "gpustack/bge-reranker-v2-m3-GGUF",
+            "xlm-roberta",
+            "568M",
+            8192,
+            "apache-2.0",
+        ),
+        CatalogEntry(
+            "bce-reranker-base_v1",
+            "maidalun1020/bce-reranker-base_v1",
+            "gpustack/bce-reranker-base_v1-GGUF",
+            "xlm-roberta",
+            "279M",
+            512,
+            "apache-2.0",
+        ),
+        CatalogEntry(
+            "jina-reranker-v1-turbo-en",
+            "jinaai/jina-reranker-v1-turbo-en",
+            "gpustack/jina-reranker-v1-turbo-en-GGUF",
+            "jina-bert",
+            "37.8M",
+            8192,
+            "apache-2.0",
+            "llama.cpp's converter drops the BERT pooler: the GGUF scores tanh(classifier(h0)), not the original head",
+        ),
+        CatalogEntry(
+            "jina-reranker-v1-tiny-en",
+            "jinaai/jina-reranker-v1-tiny-en",
+            "gpustack/jina-reranker-v1-tiny-en-GGUF",
+            "jina-bert",
+            "33.0M",
+            8192,
+            "apache-2.0",
+            "llama.cpp's converter drops the BERT pooler: the GGUF scores tanh(classifier(h0)), not the original head",
+        ),
+        CatalogEntry(
+            "jina-reranker-v2-base-multilingual",
+            "jinaai/jina-reranker-v2-base-multilingual",
+            "gpustack/jina-reranker-v2-base-multilingual-GGUF",
+            "xlm-roberta",
+            "278M",
+            1024,
+            "cc-by-nc-4.0",
+        ),
+        CatalogEntry(
+            "gte-multilingual-reranker-base",
+            "Alibaba-NLP/gte-multilingual-reranker-base",
+            "gpustack/gte-multilingual-reranker-base-GGUF",
+            "gte",
+            "306M",
+            8192,
+            "apache-2.0",
+        ),
+    )
+}
 
 
 def resolve(source: str) -> tuple[str, CatalogEntry | None]:

@@ -7,23 +7,30 @@ import sys
 from pathlib import Path
 
 from converters.catalog import CATALOG, resolve
-from converters.variants import DEFAULT as DEFAULT_VARIANTS, KNOWN as KNOWN_VARIANTS
+from converters.variants import DEFAULT as DEFAULT_VARIANTS
+from converters.variants import KNOWN as KNOWN_VARIANTS
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="rerank-convert",
         description="Convert a cross-encoder reranker (Hugging Face checkpoint, Hub repo id, catalog name, "
-                    "or GGUF file) into a verified ONNX model folder.",
+        "or GGUF file) into a verified ONNX model folder.",
     )
     p.add_argument("source", nargs="?", help="catalog name, Hub repo id, local checkpoint folder, or .gguf file")
     p.add_argument("--name", help="served model name (default: the catalog name or the folder's name)")
     p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"optimised graphs to add, comma-separated, or 'none' (default: {','.join(DEFAULT_VARIANTS)})")
-    p.add_argument("--no-gate", action="store_true",
-                   help="keep variants that fail the accuracy gate (only for speed benchmarks of random-weight models)")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"optimised graphs to add, comma-separated, or 'none' (default: {','.join(DEFAULT_VARIANTS)})",
+    )
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="keep variants that fail the accuracy gate (only for speed benchmarks of random-weight models)",
+    )
     p.add_argument("--list", action="store_true", help="list the supported models and exit")
     a = p.parse_args(argv)
 
@@ -37,31 +44,52 @@ def main(argv: list[str] | None = None) -> int:
         for column in ("name", "Hub repo", "GGUF repo", "architecture", "params", "max length", "licence"):
             table.add_column(column)
         for entry in CATALOG.values():
-            table.add_row(entry.name, entry.hub_repo, entry.gguf_repo, entry.architecture, entry.params,
-                          str(entry.max_length), entry.licence + (" (non-commercial)" if "nc" in entry.licence.lower() else ""))
+            table.add_row(
+                entry.name,
+                entry.hub_repo,
+                entry.gguf_repo,
+                entry.architecture,
+                entry.params,
+                str(entry.max_length),
+                entry.licence + (" (non-commercial)" if "nc" in entry.licence.lower() else ""),
+            )
         Console().print(table)
         return 0
     if not a.source:
         p.error("a source is required (or --list)")
-    variants = () if a.variants.strip().lower() == "none" else tuple(v.strip() for v in a.variants.split(",") if v.strip())
+    variants = (
+        () if a.variants.strip().lower() == "none" else tuple(v.strip() for v in a.variants.split(",") if v.strip())
+    )
     if set(variants) - set(KNOWN_VARIANTS):
-        p.error(f"--variants: unknown {sorted(set(variants) - set(KNOWN_VARIANTS))}; known: {', '.join(KNOWN_VARIANTS)}")
+        p.error(
+            f"--variants: unknown {sorted(set(variants) - set(KNOWN_VARIANTS))}; known: {', '.join(KNOWN_VARIANTS)}"
+        )
 
-    from converters.sources import load_source
     from converters.convert import VerificationError, convert
+    from converters.sources import load_source
 
     source, entry = resolve(a.source)
     name = a.name or (entry.name if entry else Path(source.rstrip("/")).stem.replace(".", "-"))
     with console.status(f"reading {source}") as status:
+
         def progress(message: str) -> None:
             console.log(message)
             status.update(message)
 
         try:
             bundle = load_source(source, progress=progress)
-            result = convert(bundle.loaded, name=name, out_dir=a.out, source_folder=bundle.folder,
-                             tokenizer=bundle.tokenizer, licence=entry.licence if entry else "", progress=progress,
-                             force=a.force, variants=variants, enforce_gate=not a.no_gate)
+            result = convert(
+                bundle.loaded,
+                name=name,
+                out_dir=a.out,
+                source_folder=bundle.folder,
+                tokenizer=bundle.tokenizer,
+                licence=entry.licence if entry else "",
+                progress=progress,
+                force=a.force,
+                variants=variants,
+                enforce_gate=not a.no_gate,
+            )
         except (VerificationError, FileExistsError, ValueError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             return 1

@@ -11,17 +11,17 @@ import dataclasses
 import datetime as _dt
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from converters import onnx_graph
+from converters.memory import release_memory
 from converters.probes import probe_pairs
 from converters.spec import LoadedModel
-from converters.memory import release_memory
 from converters.variants import build_fused, write_variants
 from service.model_folder import ModelFolderConfig, Variant, template_from_tokenizer, write_config
 from service.scoring import score_pairs
@@ -43,8 +43,9 @@ class Result:
     probes: int
 
 
-def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
-                      pairs: list[tuple[str, str]]) -> tuple[np.ndarray, str]:
+def _reference_scores(
+    loaded: LoadedModel, folder: Path | None, tok: Tokenizer, pairs: list[tuple[str, str]]
+) -> tuple[np.ndarray, str]:
     """Reference logits for ``pairs``, and a name for the reference used."""
     import transformers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -57,7 +58,9 @@ def _reference_scores(loaded: LoadedModel, folder: Path | None, tok: Tokenizer,
     else:
         hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=tok.id_to_token(loaded.spec.pad_id))
     scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
-    name = "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
+    name = (
+        "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
+    )
     return scores, f"{name} ({type(model).__name__})"
 
 
@@ -80,16 +83,28 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
         from transformers import AutoTokenizer
 
         assert source_folder is not None
-        tokenizer = Tokenizer.from_str(AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False).backend_tokenizer.to_str())
+        tokenizer = Tokenizer.from_str(
+            AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False).backend_tokenizer.to_str()
+        )
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.save(str(out / "tokenizer.json"))
     return tokenizer
 
 
-def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Path | None,
-            tokenizer: Tokenizer | None = None, licence: str = "", progress: Progress = print,
-            force: bool = False, variants: tuple[str, ...] = (), enforce_gate: bool = True) -> Result:
+def convert(
+    loaded: LoadedModel,
+    *,
+    name: str,
+    out_dir: Path,
+    source_folder: Path | None,
+    tokenizer: Tokenizer | None = None,
+    licence: str = "",
+    progress: Progress = print,
+    force: bool = False,
+    variants: tuple[str, ...] = (),
+    enforce_gate: bool = True,
+) -> Result:
     """Writes ``out_dir/name`` for ``loaded`` after verifying it against the reference
     implementation (:mod:`converters.reference`) on the probe pairs, plus the optimised
     ``variants`` (:mod:`converters.variants`) that pass their accuracy gate.
@@ -107,19 +122,32 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         progress("tokenizer: writing tokenizer.json")
         tok = write_tokenizer(source_folder, tokenizer, work)
         template = template_from_tokenizer(tok, pad_id=spec.pad_id)
-        progress(f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}")
+        progress(
+            f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}"
+        )
         model = onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
         onnx_graph.save(model, work / "model.onnx")
         del model
         release_memory()
         config = ModelFolderConfig(
-            name=name, architecture=spec.family, max_length=spec.max_length, template=template,
+            name=name,
+            architecture=spec.family,
+            max_length=spec.max_length,
+            template=template,
             type_ids_input=spec.type_ids_input,
             variants={"fp32": Variant(file="model.onnx", precision="fp32")},
-            source={"ref": loaded.source, "name": source_name(loaded.source), "format": loaded.source_format, "dtype": loaded.source_dtype,
-                    "sha256": loaded.files_sha256,
-                    "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
-            spec=spec.to_json(), notes=tuple(loaded.notes), licence=licence, opset=onnx_graph.OPSET,
+            source={
+                "ref": loaded.source,
+                "name": source_name(loaded.source),
+                "format": loaded.source_format,
+                "dtype": loaded.source_dtype,
+                "sha256": loaded.files_sha256,
+                "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+            spec=spec.to_json(),
+            notes=tuple(loaded.notes),
+            licence=licence,
+            opset=onnx_graph.OPSET,
         )
         write_config(work, config)
 
@@ -143,12 +171,26 @@ def convert(loaded: LoadedModel, *, name: str, out_dir: Path, source_folder: Pat
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()
-        kept, figures = write_variants(work, variants, lambda file: score_pairs(work, config, pairs, file=file),
-                                       ours, enforce_gate=enforce_gate, progress=progress)
-        config = dataclasses.replace(config, variants={**config.variants, **kept}, verification={
-            "reference": reference_name, "probes": len(pairs), "max_abs_diff": diff, "tolerance": TOLERANCE,
-            "variant_gates": figures, "variant_gate_enforced": enforce_gate,
-        })
+        kept, figures = write_variants(
+            work,
+            variants,
+            lambda file: score_pairs(work, config, pairs, file=file),
+            ours,
+            enforce_gate=enforce_gate,
+            progress=progress,
+        )
+        config = dataclasses.replace(
+            config,
+            variants={**config.variants, **kept},
+            verification={
+                "reference": reference_name,
+                "probes": len(pairs),
+                "max_abs_diff": diff,
+                "tolerance": TOLERANCE,
+                "variant_gates": figures,
+                "variant_gate_enforced": enforce_gate,
+            },
+        )
         write_config(work, config)
         if final.exists():
             shutil.rmtree(final)

@@ -62,7 +62,7 @@ class GgufFile:
     _reader: GGUFReader
 
     @classmethod
-    def open(cls, path: Path) -> "GgufFile":
+    def open(cls, path: Path) -> GgufFile:
         reader = _TolerantReader(str(path), "r")
         metadata = {name: _decode(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
         duplicates = list(getattr(reader, "duplicates", []))

@@ -19,8 +19,8 @@ scores ``tanh(cls · h0 + b)`` and a BERT file (classifier in ``cls.output``) ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -67,8 +67,11 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
     pad_id = int(f.metadata.get("tokenizer.ggml.padding_token_id", 1 if tokenizer_model == "t5" else 0))
     notes: list[str] = []
 
-    w: Weights = {"emb.word": _tensor(t, "token_embd.weight"),
-                  "emb.ln.w": _tensor(t, "token_embd_norm.weight"), "emb.ln.b": _tensor(t, "token_embd_norm.bias")}
+    w: Weights = {
+        "emb.word": _tensor(t, "token_embd.weight"),
+        "emb.ln.w": _tensor(t, "token_embd_norm.weight"),
+        "emb.ln.b": _tensor(t, "token_embd_norm.bias"),
+    }
     if "token_types.weight" in t:
         # llama-quantize stores one-row matrices (a single token type) as vectors
         w["emb.type"] = t["token_types.weight"].reshape(-1, hidden)
@@ -80,7 +83,10 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
             w[o + "qkv.w"] = np.concatenate([_tensor(t, f"{b}attn_{n}.weight") for n in "qkv"], 0)
             w[o + "qkv.b"] = np.concatenate([_tensor(t, f"{b}attn_{n}.bias") for n in "qkv"], 0)
         w[o + "o.w"], w[o + "o.b"] = _tensor(t, b + "attn_output.weight"), _tensor(t, b + "attn_output.bias")
-        w[o + "attn_ln.w"], w[o + "attn_ln.b"] = _tensor(t, b + "attn_output_norm.weight"), _tensor(t, b + "attn_output_norm.bias")
+        w[o + "attn_ln.w"], w[o + "attn_ln.b"] = (
+            _tensor(t, b + "attn_output_norm.weight"),
+            _tensor(t, b + "attn_output_norm.bias"),
+        )
         if b + "ffn_gate.weight" in t:  # older jina-bert-v2 conversions: gate (activated) and up apart
             w[o + "up.w"] = np.concatenate([t[b + "ffn_gate.weight"], _tensor(t, b + "ffn_up.weight")], 0)
         else:
@@ -88,7 +94,10 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
         if b + "ffn_up.bias" in t:
             w[o + "up.b"] = t[b + "ffn_up.bias"]
         w[o + "down.w"], w[o + "down.b"] = _tensor(t, b + "ffn_down.weight"), _tensor(t, b + "ffn_down.bias")
-        w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _tensor(t, b + "layer_output_norm.weight"), _tensor(t, b + "layer_output_norm.bias")
+        w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = (
+            _tensor(t, b + "layer_output_norm.weight"),
+            _tensor(t, b + "layer_output_norm.bias"),
+        )
 
     if "cls.output.weight" in t and "cls.weight" in t:
         w["head.dense.w"], w["head.dense.b"] = t["cls.weight"], _tensor(t, "cls.bias")
@@ -108,31 +117,66 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
     if w["head.out.w"].shape[0] != 1:
         raise GgufError(f"{path.name}: the classifier has {w['head.out.w'].shape[0]} outputs; a reranker has one")
 
-    common = dict(num_layers=layers, hidden=hidden, heads=heads, intermediate=inter, layer_norm_eps=eps,
-                  pad_id=pad_id, head=head, type_vocab=int(w["emb.type"].shape[0]) if "emb.type" in w else 0)
+    common = {
+        "num_layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "intermediate": inter,
+        "layer_norm_eps": eps,
+        "pad_id": pad_id,
+        "head": head,
+        "type_vocab": int(w["emb.type"].shape[0]) if "emb.type" in w else 0,
+    }
     if arch == "bert" and tokenizer_model == "t5":
         table = _tensor(t, "position_embd.weight")
         w["emb.pos"] = np.concatenate([np.zeros((pad_id + 1, hidden), np.float32), table], 0)
-        spec = EncoderSpec(family="xlm-roberta", max_length=context, positions="learned", feed_forward="gelu",
-                           position_offset=pad_id + 1, positions_from_pad=True, **common)
+        spec = EncoderSpec(
+            family="xlm-roberta",
+            max_length=context,
+            positions="learned",
+            feed_forward="gelu",
+            position_offset=pad_id + 1,
+            positions_from_pad=True,
+            **common,
+        )
     elif arch == "bert":
         w["emb.pos"] = _tensor(t, "position_embd.weight")
         type_ids = common["type_vocab"] > 1
         if type_ids:
             notes.append(TYPE_IDS_USED)
-        spec = EncoderSpec(family="bert", max_length=context, positions="learned", feed_forward="gelu",
-                           type_ids_input=type_ids, **common)
+        spec = EncoderSpec(
+            family="bert",
+            max_length=context,
+            positions="learned",
+            feed_forward="gelu",
+            type_ids_input=type_ids,
+            **common,
+        )
     elif arch == "jina-bert-v2":
         spec = EncoderSpec(family="jina-bert", max_length=context, positions="alibi", feed_forward="geglu", **common)
     else:
         base, scale = _new_rope(f, hidden // heads)
-        spec = EncoderSpec(family="gte", max_length=context, positions="rope", feed_forward="gelu-gated-second",
-                           rope_base=base, rope_position_scale=scale, **common)
+        spec = EncoderSpec(
+            family="gte",
+            max_length=context,
+            positions="rope",
+            feed_forward="gelu-gated-second",
+            rope_base=base,
+            rope_position_scale=scale,
+            **common,
+        )
         if not f.key("rope.scaling.factor"):
             notes.append("the GGUF records no RoPE scaling factor: RoPE runs unscaled with the file's freq_base")
-    loaded = LoadedModel(spec=spec, weights=w, source=str(path), source_format="gguf", notes=notes,
-                         files_sha256={path.name: sha256_file(path)}, source_dtype=f.dominant_type().lower(),
-                         layout="gguf")
+    loaded = LoadedModel(
+        spec=spec,
+        weights=w,
+        source=str(path),
+        source_format="gguf",
+        notes=notes,
+        files_sha256={path.name: sha256_file(path)},
+        source_dtype=f.dominant_type().lower(),
+        layout="gguf",
+    )
     return loaded, f
 
 

@@ -57,10 +57,12 @@ def tokenizer_from_gguf(metadata: dict[str, Any]) -> Tokenizer:
 
     # As in the original, the unknown token is special too. RoBERTa-style tokenizers strip the
     # space before <mask>; BERT's [MASK] keeps it.
-    tokenizer.add_special_tokens([
-        AddedToken(tokens[i], special=True, normalized=False, lstrip=kind != "bert" and i == mask_id)
-        for i in np.flatnonzero((types == _CONTROL) | (types == _UNKNOWN))
-    ])
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(tokens[i], special=True, normalized=False, lstrip=kind != "bert" and i == mask_id)
+            for i in np.flatnonzero((types == _CONTROL) | (types == _UNKNOWN))
+        ]
+    )
     tokenizer.post_processor = _template(metadata, tokens, bert=kind == "bert")
     return tokenizer
 
@@ -89,18 +91,22 @@ def _unigram(metadata: dict[str, Any], tokens: list[str], scores: np.ndarray, ty
     transformers 5 do: runs of spaces collapse and leading or trailing whitespace is dropped.
     Older ``tokenizer.json`` files instead collapse with a regex and keep a trailing ``▁``.
     """
-    tokenizer = Tokenizer(models.Unigram(
-        list(zip(tokens, scores.tolist())),
-        unk_id=_id(metadata, "unknown"),
-        byte_fallback=bool((types == _BYTE).any()),
-    ))
+    tokenizer = Tokenizer(
+        models.Unigram(
+            list(zip(tokens, scores.tolist(), strict=False)),
+            unk_id=_id(metadata, "unknown"),
+            byte_fallback=bool((types == _BYTE).any()),
+        )
+    )
     charsmap = metadata.get("tokenizer.ggml.precompiled_charsmap")
     if charsmap is not None and len(charsmap):
         tokenizer.normalizer = normalizers.Precompiled(_charsmap(charsmap))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+        ]
+    )
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     return tokenizer
 
@@ -108,15 +114,16 @@ def _unigram(metadata: dict[str, Any], tokens: list[str], scores: np.ndarray, ty
 def _wordpiece(metadata: dict[str, Any], tokens: list[str], types: np.ndarray) -> Tokenizer:
     """BERT: undo llama.cpp's piece spelling (``▁word`` -> ``word``, ``piece`` -> ``##piece``)."""
     vocab: dict[str, int] = {}
-    for i, (token, token_type) in enumerate(zip(tokens, types.tolist())):
+    for i, (token, token_type) in enumerate(zip(tokens, types.tolist(), strict=False)):
         if token_type != _CONTROL:
             token = token[1:] if token.startswith("▁") else f"##{token}"
         vocab.setdefault(token, i)
     lowercase = metadata.get("tokenizer.ggml.normalizer.lowercase")
     if lowercase is None:  # older files: uncased exactly when no piece has an upper-case letter
-        lowercase = not any(t != t.lower() for t, kind in zip(tokens, types.tolist()) if kind != _CONTROL)
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=tokens[_id(metadata, "unknown")],
-                                           continuing_subword_prefix="##"))
+        lowercase = not any(t != t.lower() for t, kind in zip(tokens, types.tolist(), strict=False) if kind != _CONTROL)
+    tokenizer = Tokenizer(
+        models.WordPiece(vocab, unk_token=tokens[_id(metadata, "unknown")], continuing_subword_prefix="##")
+    )
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=bool(lowercase))
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")

@@ -20,6 +20,7 @@ import numpy as np
 
 from converters.spec import EncoderSpec, LoadedModel, Weights
 
+
 class CheckpointError(ValueError):
     """The checkpoint is not one this converter understands; the message says why."""
 
@@ -36,7 +37,7 @@ def fetch(source: str) -> Path:
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     try:
         return Path(snapshot_download(source, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+    except Exception as exc:
         raise CheckpointError(f"could not download {source!r} from the Hugging Face Hub: {exc}") from exc
 
 
@@ -48,19 +49,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _load_safetensors(file: Path) -> Weights:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(file))
+    except TypeError:  # bf16 has no numpy dtype: go through torch
+        from safetensors.torch import load_file as load_torch
+
+        return {k: v.float().numpy() for k, v in load_torch(str(file)).items()}
+
+
 def _read_tensors(folder: Path) -> tuple[Weights, dict[str, str]]:
     files = sorted(folder.glob("*.safetensors"))
     if files:
-        from safetensors.numpy import load_file
-
         tensors: Weights = {}
         for file in files:
-            try:
-                tensors.update(load_file(str(file)))
-            except TypeError:  # bf16 has no numpy dtype: go through torch
-                from safetensors.torch import load_file as load_torch
-
-                tensors.update({k: v.float().numpy() for k, v in load_torch(str(file)).items()})
+            tensors.update(_load_safetensors(file))
         return tensors, {f.name: sha256_file(f) for f in files}
     bin_file = folder / "pytorch_model.bin"
     if bin_file.exists():
@@ -76,7 +81,7 @@ def _strip_prefix(tensors: Weights) -> tuple[str, Weights]:
     for key in tensors:
         if key.endswith("embeddings.word_embeddings.weight"):
             prefix = key[: -len("embeddings.word_embeddings.weight")]
-            return prefix, {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+            return prefix, {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
     raise CheckpointError("no embeddings.word_embeddings.weight tensor: not a supported encoder")
 
 
@@ -119,7 +124,7 @@ def load_checkpoint(source: str) -> LoadedModel:
         raise CheckpointError(f"{folder}: no config.json")
     config = json.loads(config_path.read_text())
     raw, hashes = _read_tensors(folder)
-    prefix, t = _strip_prefix(raw)
+    _, t = _strip_prefix(raw)
     family = detect_family(config, set(raw))
     layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
@@ -148,16 +153,34 @@ def load_checkpoint(source: str) -> LoadedModel:
         if family in ("xlm-roberta", "bert", "jina-bert"):
             p = f"encoder.layer.{i}"
             w[o + "qkv.w"], w[o + "qkv.b"] = stack_qkv(f"{p}.attention.self")
-            w[o + "o.w"], w[o + "o.b"] = _take(t, f"{p}.attention.output.dense.weight"), _take(t, f"{p}.attention.output.dense.bias")
-            w[o + "attn_ln.w"], w[o + "attn_ln.b"] = _take(t, f"{p}.attention.output.LayerNorm.weight"), _take(t, f"{p}.attention.output.LayerNorm.bias")
+            w[o + "o.w"], w[o + "o.b"] = (
+                _take(t, f"{p}.attention.output.dense.weight"),
+                _take(t, f"{p}.attention.output.dense.bias"),
+            )
+            w[o + "attn_ln.w"], w[o + "attn_ln.b"] = (
+                _take(t, f"{p}.attention.output.LayerNorm.weight"),
+                _take(t, f"{p}.attention.output.LayerNorm.bias"),
+            )
             if family == "jina-bert":
                 w[o + "up.w"] = _take(t, f"{p}.mlp.gated_layers.weight")
                 w[o + "down.w"], w[o + "down.b"] = _take(t, f"{p}.mlp.wo.weight"), _take(t, f"{p}.mlp.wo.bias")
-                w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _take(t, f"{p}.mlp.layernorm.weight"), _take(t, f"{p}.mlp.layernorm.bias")
+                w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = (
+                    _take(t, f"{p}.mlp.layernorm.weight"),
+                    _take(t, f"{p}.mlp.layernorm.bias"),
+                )
             else:
-                w[o + "up.w"], w[o + "up.b"] = _take(t, f"{p}.intermediate.dense.weight"), _take(t, f"{p}.intermediate.dense.bias")
-                w[o + "down.w"], w[o + "down.b"] = _take(t, f"{p}.output.dense.weight"), _take(t, f"{p}.output.dense.bias")
-                w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _take(t, f"{p}.output.LayerNorm.weight"), _take(t, f"{p}.output.LayerNorm.bias")
+                w[o + "up.w"], w[o + "up.b"] = (
+                    _take(t, f"{p}.intermediate.dense.weight"),
+                    _take(t, f"{p}.intermediate.dense.bias"),
+                )
+                w[o + "down.w"], w[o + "down.b"] = (
+                    _take(t, f"{p}.output.dense.weight"),
+                    _take(t, f"{p}.output.dense.bias"),
+                )
+                w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = (
+                    _take(t, f"{p}.output.LayerNorm.weight"),
+                    _take(t, f"{p}.output.LayerNorm.bias"),
+                )
         elif family == "jina-v2":
             p = f"encoder.layers.{i}"
             w[o + "qkv.w"], w[o + "qkv.b"] = _take(t, f"{p}.mixer.Wqkv.weight"), _take(t, f"{p}.mixer.Wqkv.bias")
@@ -168,16 +191,31 @@ def load_checkpoint(source: str) -> LoadedModel:
             w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _take(t, f"{p}.norm2.weight"), _take(t, f"{p}.norm2.bias")
         else:  # gte
             p = f"encoder.layer.{i}"
-            w[o + "qkv.w"], w[o + "qkv.b"] = _take(t, f"{p}.attention.qkv_proj.weight"), _take(t, f"{p}.attention.qkv_proj.bias")
-            w[o + "o.w"], w[o + "o.b"] = _take(t, f"{p}.attention.o_proj.weight"), _take(t, f"{p}.attention.o_proj.bias")
+            w[o + "qkv.w"], w[o + "qkv.b"] = (
+                _take(t, f"{p}.attention.qkv_proj.weight"),
+                _take(t, f"{p}.attention.qkv_proj.bias"),
+            )
+            w[o + "o.w"], w[o + "o.b"] = (
+                _take(t, f"{p}.attention.o_proj.weight"),
+                _take(t, f"{p}.attention.o_proj.bias"),
+            )
             w[o + "attn_ln.w"], w[o + "attn_ln.b"] = _take(t, f"{p}.attn_ln.weight"), _take(t, f"{p}.attn_ln.bias")
             w[o + "up.w"] = _take(t, f"{p}.mlp.up_gate_proj.weight")
-            w[o + "down.w"], w[o + "down.b"] = _take(t, f"{p}.mlp.down_proj.weight"), _take(t, f"{p}.mlp.down_proj.bias")
+            w[o + "down.w"], w[o + "down.b"] = (
+                _take(t, f"{p}.mlp.down_proj.weight"),
+                _take(t, f"{p}.mlp.down_proj.bias"),
+            )
             w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _take(t, f"{p}.mlp_ln.weight"), _take(t, f"{p}.mlp_ln.bias")
 
     if family in ("xlm-roberta", "jina-v2"):
-        w["head.dense.w"], w["head.dense.b"] = _take(raw, "classifier.dense.weight"), _take(raw, "classifier.dense.bias")
-        w["head.out.w"], w["head.out.b"] = _take(raw, "classifier.out_proj.weight"), _take(raw, "classifier.out_proj.bias")
+        w["head.dense.w"], w["head.dense.b"] = (
+            _take(raw, "classifier.dense.weight"),
+            _take(raw, "classifier.dense.bias"),
+        )
+        w["head.out.w"], w["head.out.b"] = (
+            _take(raw, "classifier.out_proj.weight"),
+            _take(raw, "classifier.out_proj.bias"),
+        )
         head = "roberta"
     else:
         w["head.dense.w"], w["head.dense.b"] = _take(t, "pooler.dense.weight"), _take(t, "pooler.dense.bias")
@@ -188,28 +226,57 @@ def load_checkpoint(source: str) -> LoadedModel:
     eps = float(config.get("layer_norm_eps", 1e-12))
     pad_id = int(config.get("pad_token_id", 1) if config.get("pad_token_id") is not None else 1)
     max_pos = int(config.get("max_position_embeddings", 512))
-    common = dict(num_layers=layers, hidden=hidden, heads=heads, intermediate=inter, layer_norm_eps=eps,
-                  pad_id=pad_id, head=head, type_vocab=int(w["emb.type"].shape[0]) if "emb.type" in w else 0)
+    common = {
+        "num_layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "intermediate": inter,
+        "layer_norm_eps": eps,
+        "pad_id": pad_id,
+        "head": head,
+        "type_vocab": int(w["emb.type"].shape[0]) if "emb.type" in w else 0,
+    }
     if family in ("xlm-roberta", "jina-v2"):
         w["emb.pos"] = _take(t, "embeddings.position_embeddings.weight")
-        spec = EncoderSpec(family="xlm-roberta", max_length=max_pos - pad_id - 1, positions="learned",
-                           feed_forward="gelu", position_offset=pad_id + 1, positions_from_pad=True, **common)
+        spec = EncoderSpec(
+            family="xlm-roberta",
+            max_length=max_pos - pad_id - 1,
+            positions="learned",
+            feed_forward="gelu",
+            position_offset=pad_id + 1,
+            positions_from_pad=True,
+            **common,
+        )
     elif family == "bert":
         w["emb.pos"] = _take(t, "embeddings.position_embeddings.weight")
-        spec = EncoderSpec(family="bert", max_length=max_pos, positions="learned", feed_forward="gelu",
-                           type_ids_input=common["type_vocab"] > 1, **common)
+        spec = EncoderSpec(
+            family="bert",
+            max_length=max_pos,
+            positions="learned",
+            feed_forward="gelu",
+            type_ids_input=common["type_vocab"] > 1,
+            **common,
+        )
     elif family == "jina-bert":
         # JinaBERT's tokenizer (RoBERTa BPE) emits no token-type ids: every token has type 0.
         spec = EncoderSpec(family="jina-bert", max_length=max_pos, positions="alibi", feed_forward="geglu", **common)
     else:
         base, scale = gte_rope(config)
-        spec = EncoderSpec(family="gte", max_length=max_pos, positions="rope", feed_forward="gelu-gated-second",
-                           rope_base=base, rope_position_scale=scale, **common)
+        spec = EncoderSpec(
+            family="gte",
+            max_length=max_pos,
+            positions="rope",
+            feed_forward="gelu-gated-second",
+            rope_base=base,
+            rope_position_scale=scale,
+            **common,
+        )
     act = str(config.get("hidden_act", "gelu"))
     if act not in ("gelu", "gelu_python"):
         raise CheckpointError(f"hidden_act {act!r} is not supported (only exact GELU)")
-    return LoadedModel(spec=spec, weights=w, source=source, source_format="hf", notes=notes, files_sha256=hashes,
-                       layout=family)
+    return LoadedModel(
+        spec=spec, weights=w, source=source, source_format="hf", notes=notes, files_sha256=hashes, layout=family
+    )
 
 
 def gte_rope(config: dict) -> tuple[float, float]:

@@ -27,11 +27,13 @@ class JinaBertReranker(nn.Module):
         self.slopes = torch.from_numpy(alibi_slopes(spec.heads))
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel) -> "JinaBertReranker":
+    def from_loaded(cls, loaded: LoadedModel) -> JinaBertReranker:
         return cls(loaded)
 
     def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return nn.functional.layer_norm(x, (x.shape[-1],), self.w[name + ".w"], self.w[name + ".b"], self.spec.layer_norm_eps)
+        return nn.functional.layer_norm(
+            x, (x.shape[-1],), self.w[name + ".w"], self.w[name + ".b"], self.spec.layer_norm_eps
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object):
         s, w = self.spec, self.w

@@ -69,8 +69,13 @@ class _Builder:
 
     def layer_norm(self, x: str, w: np.ndarray, b: np.ndarray, eps: float, hint: str) -> str:
         return self.op(
-            "LayerNormalization", x, self.const(w, f"{hint}_g"), self.const(b, f"{hint}_b"),
-            axis=-1, epsilon=float(eps), hint=hint,
+            "LayerNormalization",
+            x,
+            self.const(w, f"{hint}_g"),
+            self.const(b, f"{hint}_b"),
+            axis=-1,
+            epsilon=float(eps),
+            hint=hint,
         )
 
     def gelu(self, x: str) -> str:
@@ -81,8 +86,9 @@ class _Builder:
         return self.op("Mul", self.op("Mul", x, one_plus), self.const(np.float32(0.5)), hint="gelu")
 
 
-def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross_encoder",
-                fused_attention: bool = False) -> onnx.ModelProto:
+def build_graph(
+    spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross_encoder", fused_attention: bool = False
+) -> onnx.ModelProto:
     """Returns the float32 ONNX model for ``spec`` with ``weights`` baked in as initializers.
 
     ``fused_attention``: each layer's attention is ONNX Runtime's ``com.microsoft``
@@ -100,15 +106,16 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         helper.make_tensor_value_info(attention_mask, TensorProto.INT64, ["batch", "sequence"]),
     ]
     if spec.type_ids_input:
-        graph_inputs.append(
-            helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"])
-        )
+        graph_inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"]))
 
     shape = b.op("Shape", input_ids)
     seq_len = b.op("Gather", shape, b.const(np.array([1], dtype=np.int64)), axis=0, hint="seq_len")
     seq_scalar = b.op("Squeeze", seq_len, b.const(np.array([0], dtype=np.int64)))
     positions = b.op(
-        "Range", b.const(np.array(0, dtype=np.int64)), seq_scalar, b.const(np.array(1, dtype=np.int64)),
+        "Range",
+        b.const(np.array(0, dtype=np.int64)),
+        seq_scalar,
+        b.const(np.array(1, dtype=np.int64)),
         hint="positions",
     )
 
@@ -117,7 +124,11 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
     if spec.positions == "learned":
         if spec.positions_from_pad:
             # XLM-R: real tokens count up from pad_id + 1, pad tokens sit at pad_id.
-            not_pad = b.op("Cast", b.op("Not", b.op("Equal", input_ids, b.const(np.array(spec.pad_id, dtype=np.int64)))), to=TensorProto.INT64)
+            not_pad = b.op(
+                "Cast",
+                b.op("Not", b.op("Equal", input_ids, b.const(np.array(spec.pad_id, dtype=np.int64)))),
+                to=TensorProto.INT64,
+            )
             counted = b.op("Mul", b.op("CumSum", not_pad, b.const(np.array(1, dtype=np.int64))), not_pad)
             pos_ids = b.op("Add", counted, b.const(np.array(spec.pad_id, dtype=np.int64)), hint="position_ids")
         else:
@@ -199,12 +210,19 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
             if cos is not None:
                 q, k = rotate_bsnd(q), rotate_bsnd(k)
             mha = helper.make_node(
-                "MultiHeadAttention", [q, k, v, "", key_padding_mask, alibi], [b.name(f"l{i}_mha")],
-                name=b.name(f"l{i}_mha_node"), domain="com.microsoft", num_heads=N, scale=1.0 / math.sqrt(D),
+                "MultiHeadAttention",
+                [q, k, v, "", key_padding_mask, alibi],
+                [b.name(f"l{i}_mha")],
+                name=b.name(f"l{i}_mha_node"),
+                domain="com.microsoft",
+                num_heads=N,
+                scale=1.0 / math.sqrt(D),
             )
             b.nodes.append(mha)
             attn = b.linear(mha.output[0], w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
-            x = b.layer_norm(b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln")
+            x = b.layer_norm(
+                b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln"
+            )
             x = _feed_forward(b, spec, w, p, i, x)
             continue
         qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
@@ -220,7 +238,9 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
         context = b.op("Reshape", context, merge_shape, hint=f"l{i}_context")
         attn = b.linear(context, w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
-        x = b.layer_norm(b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln")
+        x = b.layer_norm(
+            b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln"
+        )
         x = _feed_forward(b, spec, w, p, i, x)
 
     # --- classifier head on the first token -------------------------------------------------
@@ -233,10 +253,14 @@ def build_graph(spec: EncoderSpec, weights: Weights, *, graph_name: str = "cross
         pooled = b.op("Tanh", b.linear(first_token, w["head.dense.w"], w["head.dense.b"], "head_dense"))
         score = b.linear(pooled, w["head.out.w"], w["head.out.b"], "head_out")
     logits = "logits"
-    b.nodes.append(helper.make_node("Squeeze", [score, b.const(np.array([1], dtype=np.int64))], [logits], name="logits"))
+    b.nodes.append(
+        helper.make_node("Squeeze", [score, b.const(np.array([1], dtype=np.int64))], [logits], name="logits")
+    )
 
     graph = helper.make_graph(
-        b.nodes, graph_name, graph_inputs,
+        b.nodes,
+        graph_name,
+        graph_inputs,
         [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch"])],
         initializer=b.initializers,
     )
@@ -285,8 +309,14 @@ def save(model: onnx.ModelProto, path) -> None:
     """Saves ``model``; weights go to ``<name>.data`` beside it when over protobuf's 2 GiB cap."""
     size = sum(t.ByteSize() for t in model.graph.initializer)
     if size > 1_800_000_000:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{path.name}.data", size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{path.name}.data",
+            size_threshold=1024,
+        )
         (path.parent / f"{path.name}.data").chmod(0o644)  # onnx writes it private; model folders are shared
     else:
         onnx.save_model(model, str(path))

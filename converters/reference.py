@@ -24,12 +24,19 @@ from converters.spec import LoadedModel
 
 
 def hf_tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int):
-    return tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation="only_second",
-                     max_length=max_length, padding=True, return_token_type_ids=True, return_tensors="pt")
+    return tokenizer(
+        [q for q, _ in pairs],
+        [d for _, d in pairs],
+        truncation="only_second",
+        max_length=max_length,
+        padding=True,
+        return_token_type_ids=True,
+        return_tensors="pt",
+    )
 
 
 def _split_qkv(w: dict, o: str, H: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(w[o + "qkv.w"][j * H:(j + 1) * H], w[o + "qkv.b"][j * H:(j + 1) * H]) for j in range(3)]
+    return [(w[o + "qkv.w"][j * H : (j + 1) * H], w[o + "qkv.b"][j * H : (j + 1) * H]) for j in range(3)]
 
 
 def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
@@ -37,7 +44,8 @@ def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
     spec, w = loaded.spec, loaded.weights
     state = {
         f"{prefix}embeddings.word_embeddings.weight": w["emb.word"],
-        f"{prefix}embeddings.LayerNorm.weight": w["emb.ln.w"], f"{prefix}embeddings.LayerNorm.bias": w["emb.ln.b"],
+        f"{prefix}embeddings.LayerNorm.weight": w["emb.ln.w"],
+        f"{prefix}embeddings.LayerNorm.bias": w["emb.ln.b"],
     }
     if "emb.pos" in w:
         state[f"{prefix}embeddings.position_embeddings.weight"] = w["emb.pos"]
@@ -45,15 +53,22 @@ def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
         state[f"{prefix}embeddings.token_type_embeddings.weight"] = w["emb.type"]
     for i in range(spec.num_layers):
         p, o = f"{prefix}encoder.layer.{i}.", f"L{i}."
-        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), ("query", "key", "value")):
+        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), ("query", "key", "value"), strict=False):
             state[f"{p}attention.self.{name}.weight"], state[f"{p}attention.self.{name}.bias"] = wt, bs
-        state.update({
-            f"{p}attention.output.dense.weight": w[o + "o.w"], f"{p}attention.output.dense.bias": w[o + "o.b"],
-            f"{p}attention.output.LayerNorm.weight": w[o + "attn_ln.w"], f"{p}attention.output.LayerNorm.bias": w[o + "attn_ln.b"],
-            f"{p}intermediate.dense.weight": w[o + "up.w"], f"{p}intermediate.dense.bias": w[o + "up.b"],
-            f"{p}output.dense.weight": w[o + "down.w"], f"{p}output.dense.bias": w[o + "down.b"],
-            f"{p}output.LayerNorm.weight": w[o + "ffn_ln.w"], f"{p}output.LayerNorm.bias": w[o + "ffn_ln.b"],
-        })
+        state.update(
+            {
+                f"{p}attention.output.dense.weight": w[o + "o.w"],
+                f"{p}attention.output.dense.bias": w[o + "o.b"],
+                f"{p}attention.output.LayerNorm.weight": w[o + "attn_ln.w"],
+                f"{p}attention.output.LayerNorm.bias": w[o + "attn_ln.b"],
+                f"{p}intermediate.dense.weight": w[o + "up.w"],
+                f"{p}intermediate.dense.bias": w[o + "up.b"],
+                f"{p}output.dense.weight": w[o + "down.w"],
+                f"{p}output.dense.bias": w[o + "down.b"],
+                f"{p}output.LayerNorm.weight": w[o + "ffn_ln.w"],
+                f"{p}output.LayerNorm.bias": w[o + "ffn_ln.b"],
+            }
+        )
     return state
 
 
@@ -61,30 +76,39 @@ def _gte_state(loaded: LoadedModel) -> dict[str, np.ndarray]:
     spec, w = loaded.spec, loaded.weights
     state = {
         "gte.embeddings.word_embeddings.weight": w["emb.word"],
-        "gte.embeddings.LayerNorm.weight": w["emb.ln.w"], "gte.embeddings.LayerNorm.bias": w["emb.ln.b"],
+        "gte.embeddings.LayerNorm.weight": w["emb.ln.w"],
+        "gte.embeddings.LayerNorm.bias": w["emb.ln.b"],
     }
     if "emb.type" in w:
         state["gte.embeddings.token_type_embeddings.weight"] = w["emb.type"]
     I = spec.intermediate
     for i in range(spec.num_layers):
         p, o = f"gte.layers.{i}.", f"L{i}."
-        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), "qkv"):
+        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), "qkv", strict=False):
             state[f"{p}self_attn.{name}_proj.weight"], state[f"{p}self_attn.{name}_proj.bias"] = wt, bs
-        state.update({
-            f"{p}self_attn.o_proj.weight": w[o + "o.w"], f"{p}self_attn.o_proj.bias": w[o + "o.b"],
-            f"{p}post_attention_layernorm.weight": w[o + "attn_ln.w"], f"{p}post_attention_layernorm.bias": w[o + "attn_ln.b"],
-            f"{p}mlp.up_proj.weight": w[o + "up.w"][:I], f"{p}mlp.gate_proj.weight": w[o + "up.w"][I:],
-            f"{p}mlp.down_proj.weight": w[o + "down.w"], f"{p}mlp.down_proj.bias": w[o + "down.b"],
-            f"{p}post_mlp_layernorm.weight": w[o + "ffn_ln.w"], f"{p}post_mlp_layernorm.bias": w[o + "ffn_ln.b"],
-        })
+        state.update(
+            {
+                f"{p}self_attn.o_proj.weight": w[o + "o.w"],
+                f"{p}self_attn.o_proj.bias": w[o + "o.b"],
+                f"{p}post_attention_layernorm.weight": w[o + "attn_ln.w"],
+                f"{p}post_attention_layernorm.bias": w[o + "attn_ln.b"],
+                f"{p}mlp.up_proj.weight": w[o + "up.w"][:I],
+                f"{p}mlp.gate_proj.weight": w[o + "up.w"][I:],
+                f"{p}mlp.down_proj.weight": w[o + "down.w"],
+                f"{p}mlp.down_proj.bias": w[o + "down.b"],
+                f"{p}post_mlp_layernorm.weight": w[o + "ffn_ln.w"],
+                f"{p}post_mlp_layernorm.bias": w[o + "ffn_ln.b"],
+            }
+        )
     return state
 
 
 def _load(model, state: dict[str, np.ndarray]):
     import torch
 
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()},
-                                                strict=False)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=False
+    )
     missing = [m for m in missing if "position_ids" not in m]
     if unexpected or missing:
         raise RuntimeError(f"reference weights do not fit: missing={missing} unexpected={unexpected}")
@@ -120,9 +144,17 @@ def model_from_weights(loaded: LoadedModel):
     """A transformers (or JinaBERT) reference module built from canonical weights."""
     spec, w = loaded.spec, loaded.weights
     vocab = w["emb.word"].shape[0]
-    sizes = dict(vocab_size=vocab, hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
-                 num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
-                 type_vocab_size=max(1, spec.type_vocab), pad_token_id=spec.pad_id, num_labels=1)
+    sizes = {
+        "vocab_size": vocab,
+        "hidden_size": spec.hidden,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.heads,
+        "intermediate_size": spec.intermediate,
+        "layer_norm_eps": spec.layer_norm_eps,
+        "type_vocab_size": max(1, spec.type_vocab),
+        "pad_token_id": spec.pad_id,
+        "num_labels": 1,
+    }
     if spec.family == "jina-bert":
         from converters.jinabert_torch import JinaBertReranker
 
@@ -132,8 +164,14 @@ def model_from_weights(loaded: LoadedModel):
 
         config = GteConfig(max_position_embeddings=spec.max_length, rope_parameters=gte_rope_parameters(spec), **sizes)
         state = _gte_state(loaded)
-        state.update({"gte.pooler.dense.weight": w["head.dense.w"], "gte.pooler.dense.bias": w["head.dense.b"],
-                      "classifier.weight": w["head.out.w"], "classifier.bias": w["head.out.b"]})
+        state.update(
+            {
+                "gte.pooler.dense.weight": w["head.dense.w"],
+                "gte.pooler.dense.bias": w["head.dense.b"],
+                "classifier.weight": w["head.out.w"],
+                "classifier.bias": w["head.out.b"],
+            }
+        )
         return _load(GteForSequenceClassification(config), state)
     import transformers
 
@@ -149,12 +187,30 @@ def model_from_weights(loaded: LoadedModel):
 
 _BERT_LIKE = {
     # family: (config class, classifier class, backbone class, backbone prefix, head weight names)
-    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", "XLMRobertaModel", "roberta.", {
-        "classifier.dense.weight": "head.dense.w", "classifier.dense.bias": "head.dense.b",
-        "classifier.out_proj.weight": "head.out.w", "classifier.out_proj.bias": "head.out.b"}),
-    "bert": ("BertConfig", "BertForSequenceClassification", "BertModel", "bert.", {
-        "bert.pooler.dense.weight": "head.dense.w", "bert.pooler.dense.bias": "head.dense.b",
-        "classifier.weight": "head.out.w", "classifier.bias": "head.out.b"}),
+    "xlm-roberta": (
+        "XLMRobertaConfig",
+        "XLMRobertaForSequenceClassification",
+        "XLMRobertaModel",
+        "roberta.",
+        {
+            "classifier.dense.weight": "head.dense.w",
+            "classifier.dense.bias": "head.dense.b",
+            "classifier.out_proj.weight": "head.out.w",
+            "classifier.out_proj.bias": "head.out.b",
+        },
+    ),
+    "bert": (
+        "BertConfig",
+        "BertForSequenceClassification",
+        "BertModel",
+        "bert.",
+        {
+            "bert.pooler.dense.weight": "head.dense.w",
+            "bert.pooler.dense.bias": "head.dense.b",
+            "classifier.weight": "head.out.w",
+            "classifier.bias": "head.out.b",
+        },
+    ),
 }
 
 
@@ -173,10 +229,17 @@ def reference_model(folder: Path | None, loaded: LoadedModel):
         from transformers import GteConfig, GteForSequenceClassification
 
         config = GteConfig(
-            vocab_size=loaded.weights["emb.word"].shape[0], hidden_size=spec.hidden, num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.heads, intermediate_size=spec.intermediate, layer_norm_eps=spec.layer_norm_eps,
-            max_position_embeddings=spec.max_length, type_vocab_size=max(1, spec.type_vocab), pad_token_id=spec.pad_id,
-            num_labels=1, rope_parameters=gte_rope_parameters(spec),
+            vocab_size=loaded.weights["emb.word"].shape[0],
+            hidden_size=spec.hidden,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.heads,
+            intermediate_size=spec.intermediate,
+            layer_norm_eps=spec.layer_norm_eps,
+            max_position_embeddings=spec.max_length,
+            type_vocab_size=max(1, spec.type_vocab),
+            pad_token_id=spec.pad_id,
+            num_labels=1,
+            rope_parameters=gte_rope_parameters(spec),
         )
         return GteForSequenceClassification.from_pretrained(str(folder), config=config)
     return model_from_weights(loaded)
@@ -193,7 +256,7 @@ def reference_scores(model, tokenizer, pairs: list[tuple[str, str]], max_length:
             model.float().eval()
         for row in range(len(pairs)):
             length = int(encoded["attention_mask"][row].sum())
-            inputs = {k: v[row:row + 1, :length] for k, v in encoded.items()}
+            inputs = {k: v[row : row + 1, :length] for k, v in encoded.items()}
             if not type_ids:
                 inputs.pop("token_type_ids", None)
             scores.append(float(model(**inputs).logits.reshape(-1)[0]))

@@ -90,8 +90,8 @@ class EncoderSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "EncoderSpec":
-        known = {f for f in cls.__dataclass_fields__}
+    def from_json(cls, data: dict) -> EncoderSpec:
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

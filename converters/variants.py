@@ -12,9 +12,9 @@ correlation ≥ 0.99 and the same top 3. The figures go into ``rerank.json`` eit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -41,12 +41,18 @@ class GateResult:
         return self.spearman >= MIN_SPEARMAN and self.same_top
 
     def to_json(self) -> dict:
-        return {"spearman": round(self.spearman, 6), f"same_top{TOP_K}": self.same_top,
-                "max_abs_diff": float(self.max_abs_diff), "min_spearman": MIN_SPEARMAN, "passed": self.passed}
+        return {
+            "spearman": round(self.spearman, 6),
+            f"same_top{TOP_K}": self.same_top,
+            "max_abs_diff": float(self.max_abs_diff),
+            "min_spearman": MIN_SPEARMAN,
+            "passed": self.passed,
+        }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
+
     def ranks(x: np.ndarray) -> np.ndarray:
         order = np.argsort(x, kind="stable")
         r = np.empty(len(x))
@@ -64,8 +70,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def gate(candidate: np.ndarray, reference: np.ndarray) -> GateResult:
     top = lambda x: list(np.argsort(-x, kind="stable")[:TOP_K])  # noqa: E731
-    return GateResult(spearman(candidate, reference), top(candidate) == top(reference),
-                      float(np.max(np.abs(candidate - reference))))
+    return GateResult(
+        spearman(candidate, reference), top(candidate) == top(reference), float(np.max(np.abs(candidate - reference)))
+    )
 
 
 def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -80,7 +87,11 @@ def _quantize_int8(fused_path: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(fused_path), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+        str(fused_path),
+        str(out),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
         # Only weight matrices: activations x activations stay float.
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
@@ -107,9 +118,15 @@ def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], Non
     return path
 
 
-def write_variants(folder: Path, names: tuple[str, ...], score: Callable[[str], np.ndarray], reference: np.ndarray,
-                   *, enforce_gate: bool = True,
-                   progress: Callable[[str], None] = print) -> tuple[dict[str, Variant], dict[str, dict]]:
+def write_variants(
+    folder: Path,
+    names: tuple[str, ...],
+    score: Callable[[str], np.ndarray],
+    reference: np.ndarray,
+    *,
+    enforce_gate: bool = True,
+    progress: Callable[[str], None] = print,
+) -> tuple[dict[str, Variant], dict[str, dict]]:
     """Derives ``names`` from the fused graph (:func:`build_fused`) in ``folder``; returns the
     variants kept and every variant's gate figures.
 
@@ -137,12 +154,21 @@ def write_variants(folder: Path, names: tuple[str, ...], score: Callable[[str], 
         release_memory()
         result = gate(score(path.name), reference)
         figures[name] = result.to_json()
-        verdict = "passed" if result.passed else ("FAILED (kept: gate off)" if not enforce_gate else "FAILED, not written")
-        progress(f"variants: {name}: Spearman {result.spearman:.4f}, top-{TOP_K} "
-                 f"{'same' if result.same_top else 'differs'}, max |Δ| {result.max_abs_diff:.2e} -> {verdict}")
+        verdict = (
+            "passed" if result.passed else ("FAILED (kept: gate off)" if not enforce_gate else "FAILED, not written")
+        )
+        progress(
+            f"variants: {name}: Spearman {result.spearman:.4f}, top-{TOP_K} "
+            f"{'same' if result.same_top else 'differs'}, max |Δ| {result.max_abs_diff:.2e} -> {verdict}"
+        )
         if result.passed or not enforce_gate:
-            kept[name] = Variant(file=path.name, precision="fp16" if name == "fp16" else ("int8" if name == "int8" else "fp32"),
-                                 device={"int8": "cpu", "fp16": "cuda"}.get(name, "any"), fused=True, gate=result.to_json())
+            kept[name] = Variant(
+                file=path.name,
+                precision="fp16" if name == "fp16" else ("int8" if name == "int8" else "fp32"),
+                device={"int8": "cpu", "fp16": "cuda"}.get(name, "any"),
+                fused=True,
+                gate=result.to_json(),
+            )
         elif name != "fp32-fused":
             path.unlink(missing_ok=True)
     if "fp32-fused" not in kept:

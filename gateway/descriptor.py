@@ -59,8 +59,9 @@ def build_descriptor_set(proto_root: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written under another name and renamed, so a reader never sees half a file.
     tmp = out.with_name(out.name + ".tmp")
-    protoc(proto_root, "--include_imports", "--include_source_info", f"--descriptor_set_out={tmp}",
-           *protos, *EXTRA_PROTOS)
+    protoc(
+        proto_root, "--include_imports", "--include_source_info", f"--descriptor_set_out={tmp}", *protos, *EXTRA_PROTOS
+    )
     tmp.replace(out)
     return out
 

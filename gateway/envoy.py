@@ -74,7 +74,8 @@ def envoy_binary() -> Path:
 
 def _socket_address(node: dict[str, Any], where: str) -> dict[str, Any]:
     try:
-        return node["address"]["socket_address"]
+        address: dict[str, Any] = node["address"]["socket_address"]
+        return address
     except (KeyError, TypeError) as exc:
         raise EnvoyError(f"{where}: no address.socket_address in the config") from exc
 
@@ -83,7 +84,8 @@ def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
     for chain in listener.get("filter_chains", []):
         for flt in chain.get("filters", []):
             if flt.get("name") == HCM_FILTER:
-                return flt["typed_config"]
+                config: dict[str, Any] = flt["typed_config"]
+                return config
     raise EnvoyError(f"listener {listener.get('name')}: no {HCM_FILTER}")
 
 
@@ -169,7 +171,9 @@ class EnvoyProcess:
     ) -> None:
         self.config = Path(config)
         if admin_port is None:
-            admin_port = int(yaml.safe_load(self.config.read_text())["admin"]["address"]["socket_address"]["port_value"])
+            admin_port = int(
+                yaml.safe_load(self.config.read_text())["admin"]["address"]["socket_address"]["port_value"]
+            )
         self.admin_port = admin_port
         self.log_level = log_level
         self.base_id = base_id

@@ -25,8 +25,14 @@ class RerankError(Exception):
 
     default_reason = "ERROR"
 
-    def __init__(self, message: str, *, reason: str | None = None, field: str | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason

@@ -44,12 +44,18 @@ class PairTemplate:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PairTemplate":
-        def pairs(items: list) -> tuple[tuple[int, int], ...]:
+    def from_json(cls, data: dict[str, Any]) -> PairTemplate:
+        def pairs(items: list[list[int]]) -> tuple[tuple[int, int], ...]:
             return tuple((int(a), int(b)) for a, b in items)
 
-        return cls(pairs(data["prefix"]), pairs(data["middle"]), pairs(data["suffix"]),
-                   int(data.get("query_type", 0)), int(data.get("document_type", 0)), int(data.get("pad_id", 0)))
+        return cls(
+            pairs(data["prefix"]),
+            pairs(data["middle"]),
+            pairs(data["suffix"]),
+            int(data.get("query_type", 0)),
+            int(data.get("document_type", 0)),
+            int(data.get("pad_id", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,16 +112,23 @@ class ModelFolderConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ModelFolderConfig":
+    def from_json(cls, data: dict[str, Any]) -> ModelFolderConfig:
         if int(data.get("format", 0)) != FORMAT_VERSION:
             raise ValueError(f"model folder format {data.get('format')!r} is not {FORMAT_VERSION}; reconvert the model")
         variants = {k: Variant(**v) for k, v in data["variants"].items()}
         return cls(
-            name=data["name"], architecture=data["architecture"], max_length=int(data["max_length"]),
-            template=PairTemplate.from_json(data["template"]), type_ids_input=bool(data["type_ids_input"]),
-            variants=variants, source=data.get("source", {}), spec=data.get("spec", {}),
-            verification=data.get("verification", {}), notes=tuple(data.get("notes", ())),
-            licence=data.get("licence", ""), opset=int(data.get("opset", 17)),
+            name=data["name"],
+            architecture=data["architecture"],
+            max_length=int(data["max_length"]),
+            template=PairTemplate.from_json(data["template"]),
+            type_ids_input=bool(data["type_ids_input"]),
+            variants=variants,
+            source=data.get("source", {}),
+            spec=data.get("spec", {}),
+            verification=data.get("verification", {}),
+            notes=tuple(data.get("notes", ())),
+            licence=data.get("licence", ""),
+            opset=int(data.get("opset", 17)),
         )
 
 
@@ -156,7 +169,7 @@ def template_from_tokenizer(tokenizer: Tokenizer, pad_id: int) -> PairTemplate:
     parts: dict[str, list[tuple[int, int]]] = {"prefix": [], "middle": [], "suffix": []}
     seq_types = {0: 0, 1: 0}
     seen: set[int] = set()
-    for token_id, type_id, seq in zip(enc.ids, enc.type_ids, enc.sequence_ids):
+    for token_id, type_id, seq in zip(enc.ids, enc.type_ids, enc.sequence_ids, strict=True):
         if seq is None:
             where = "prefix" if not seen else ("middle" if seen == {0} else "suffix")
             parts[where].append((token_id, type_id))
@@ -165,5 +178,6 @@ def template_from_tokenizer(tokenizer: Tokenizer, pad_id: int) -> PairTemplate:
             seq_types[seq] = type_id
     if len(enc.ids) != sum(len(v) for v in parts.values()) + len(plain[0].ids) + len(plain[1].ids):
         raise ValueError("the tokenizer's pair encoding is not prefix + query + middle + document + suffix")
-    return PairTemplate(tuple(parts["prefix"]), tuple(parts["middle"]), tuple(parts["suffix"]),
-                        seq_types[0], seq_types[1], pad_id)
+    return PairTemplate(
+        tuple(parts["prefix"]), tuple(parts["middle"]), tuple(parts["suffix"]), seq_types[0], seq_types[1], pad_id
+    )

@@ -20,8 +20,14 @@ from service.core.tokenization import PairEncoder
 from service.model_folder import ModelFolderConfig, Variant
 
 
-def score_pairs(folder: Path, config: ModelFolderConfig, pairs: Sequence[tuple[str, str]], *,
-                file: str = "model.onnx", device: str = "cpu") -> np.ndarray:
+def score_pairs(
+    folder: Path,
+    config: ModelFolderConfig,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    file: str = "model.onnx",
+    device: str = "cpu",
+) -> np.ndarray:
     """float64 logits of the graph ``folder/file`` for each (query, document) pair."""
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
     probe = dataclasses.replace(config, variants={"probe": Variant(file=file, precision="?")})

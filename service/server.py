@@ -49,8 +49,10 @@ class RerankServer:
         s = self.settings
         folders = find_model_folders(s.models_dir)
         if not folders:
-            raise ConfigurationError(f"no model folders under {s.models_dir}; convert one with rerank-convert "
-                                     "or point RERANK_MODELS_DIR / --models-dir at a folder of them")
+            raise ConfigurationError(
+                f"no model folders under {s.models_dir}; convert one with rerank-convert "
+                "or point RERANK_MODELS_DIR / --models-dir at a folder of them"
+            )
         for folder in folders:
             try:
                 config = read_model_folder(folder)
@@ -60,8 +62,9 @@ class RerankServer:
             if config.name in self.models:
                 raise ConfigurationError(f"two model folders are both named {config.name!r}")
             backend.warm_up()
-            self.models[config.name] = ServedModel(folder, config, backend, batching=batching_config(s),
-                                                   tokenizer_pool=self._tokenizer_pool)
+            self.models[config.name] = ServedModel(
+                folder, config, backend, batching=batching_config(s), tokenizer_pool=self._tokenizer_pool
+            )
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings
@@ -73,8 +76,10 @@ class RerankServer:
         if digests:
             interceptors.append(ApiKeyInterceptor(digests))
         elif not s.insecure_no_auth:
-            raise ConfigurationError("no API keys: set RERANK_API_KEYS or RERANK_API_KEYS_FILE "
-                                     "(or --insecure-no-auth for a local experiment)")
+            raise ConfigurationError(
+                "no API keys: set RERANK_API_KEYS or RERANK_API_KEYS_FILE "
+                "(or --insecure-no-auth for a local experiment)"
+            )
         else:
             log.warning("serving WITHOUT authentication (--insecure-no-auth)")
         # After auth: a call that reaches a handler gets typed errors mapped, and anything
@@ -106,8 +111,9 @@ class RerankServer:
         except RuntimeError:
             self.port = 0
         if not self.port:
-            raise ConfigurationError(f"cannot listen on {address} (is the port in use?); "
-                                     "choose another with RERANK_GRPC_PORT / --grpc-port")
+            raise ConfigurationError(
+                f"cannot listen on {address} (is the port in use?); choose another with RERANK_GRPC_PORT / --grpc-port"
+            )
         await self.server.start()
         for model in self.models.values():
             model.batcher.start()

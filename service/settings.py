@@ -32,16 +32,31 @@ ALL: frozenset[Role] = frozenset({"serve", "stack", "gateway"})
 ENV_PREFIX = "RERANK_"
 
 
-def setting(default: Any, help: str, *, roles: frozenset[Role] = SERVE, env: str | None = None,
-            flag: str | None = None, secret: bool = False, choices: Sequence[str] | None = None,
-            minimum: float | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    roles: frozenset[Role] = SERVE,
+    env: str | None = None,
+    flag: str | None = None,
+    secret: bool = False,
+    choices: Sequence[str] | None = None,
+    minimum: float | None = None,
+) -> Any:
     """Declares one field of :class:`Settings`.
 
     ``secret``: read from the environment only, never a flag (``ps`` would show it) and never
     printed. ``minimum``: the smallest accepted value of a number.
     """
-    meta = {"help": help, "roles": roles, "env": env, "flag": flag, "secret": secret, "choices": choices,
-            "minimum": minimum}
+    meta = {
+        "help": help,
+        "roles": roles,
+        "env": env,
+        "flag": flag,
+        "secret": secret,
+        "choices": choices,
+        "minimum": minimum,
+    }
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not settings")
     return field(default=default, metadata=meta)
@@ -52,44 +67,59 @@ class Settings:
     """The whole configuration of one process. Field order is the order of the README's table."""
 
     # --- models and inference ---------------------------------------------------------------
-    models_dir: Path = setting(Path("models"), "Folder of model folders written by rerank-convert; each subfolder "
-                               "with a rerank.json is served.")
-    variant: str | None = setting(None, "Graph variant to serve (fp32, fp32-fused, int8, fp16); default: the "
-                                  "best for the device.")
-    device: str | None = setting(None, "cpu or cuda; default: cuda when ONNX Runtime sees a GPU.",
-                                 choices=("cpu", "cuda"))
-    threads: int | None = setting(None, "ONNX Runtime intra-op threads per process; default: the cores "
-                                  "(divided between replicas by rerank-stack).", minimum=1)
+    models_dir: Path = setting(
+        Path("models"),
+        "Folder of model folders written by rerank-convert; each subfolder with a rerank.json is served.",
+    )
+    variant: str | None = setting(
+        None, "Graph variant to serve (fp32, fp32-fused, int8, fp16); default: the best for the device."
+    )
+    device: str | None = setting(
+        None, "cpu or cuda; default: cuda when ONNX Runtime sees a GPU.", choices=("cpu", "cuda")
+    )
+    threads: int | None = setting(
+        None,
+        "ONNX Runtime intra-op threads per process; default: the cores (divided between replicas by rerank-stack).",
+        minimum=1,
+    )
     tokenizer_threads: int = setting(2, "Threads that tokenize requests.", minimum=1)
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)
-    max_request_bytes: int = setting(4 * 1024 * 1024, "Largest request: the gRPC message limit and Envoy's "
-                                     "body limit.", roles=ALL, minimum=1024)
+    max_request_bytes: int = setting(
+        4 * 1024 * 1024, "Largest request: the gRPC message limit and Envoy's body limit.", roles=ALL, minimum=1024
+    )
     max_batch_tokens: int = setting(8192, "Padded tokens per micro-batch (longest sequence x pairs).", minimum=1)
     max_batch_pairs: int = setting(64, "Pairs per micro-batch.", minimum=1)
     max_queue_pairs: int = setting(8192, "Queued pairs before new requests are refused (429).", minimum=1)
     # --- network ----------------------------------------------------------------------------
-    grpc_host: str = setting("127.0.0.1", "Address the gRPC service binds. Behind Envoy it stays on loopback; "
-                             "0.0.0.0 exposes it directly.")
-    grpc_port: int = setting(50051, "gRPC port (with --replicas N, the first of N consecutive ports).",
-                             roles=ALL, minimum=0)
+    grpc_host: str = setting(
+        "127.0.0.1", "Address the gRPC service binds. Behind Envoy it stays on loopback; 0.0.0.0 exposes it directly."
+    )
+    grpc_port: int = setting(
+        50051, "gRPC port (with --replicas N, the first of N consecutive ports).", roles=ALL, minimum=0
+    )
     rest_host: str = setting("0.0.0.0", "Address Envoy's REST and gRPC listener binds.", roles=GATEWAY)
     rest_port: int = setting(8080, "Envoy's listener: REST (JSON) and gRPC on one port.", roles=GATEWAY, minimum=0)
-    admin_port: int = setting(9901, "Envoy's admin port (loopback only).", roles=GATEWAY, minimum=0,
-                              env="RERANK_ENVOY_ADMIN_PORT")
-    upstreams: str = setting("", "Envoy alone: the service endpoints, host:port[,host:port...]; a DNS name "
-                             "is re-resolved (a Kubernetes headless Service). Default: the stack's replicas.",
-                             roles=frozenset({"gateway"}))
+    admin_port: int = setting(
+        9901, "Envoy's admin port (loopback only).", roles=GATEWAY, minimum=0, env="RERANK_ENVOY_ADMIN_PORT"
+    )
+    upstreams: str = setting(
+        "",
+        "Envoy alone: the service endpoints, host:port[,host:port...]; a DNS name "
+        "is re-resolved (a Kubernetes headless Service). Default: the stack's replicas.",
+        roles=frozenset({"gateway"}),
+    )
     route_timeout: float = setting(60.0, "Envoy's timeout for one request, in seconds.", roles=GATEWAY, minimum=1)
     # --- processes --------------------------------------------------------------------------
     replicas: int = setting(1, "Service processes behind Envoy.", roles=STACK, minimum=1)
-    grace_period: float = setting(10.0, "Seconds a stopping process lets in-flight requests finish.",
-                                  roles=ALL, minimum=0)
-    state_dir: Path = setting(Path(".rerank"), "Runtime state: the generated API key, the rendered Envoy "
-                              "configuration, logs.", roles=ALL)
+    grace_period: float = setting(
+        10.0, "Seconds a stopping process lets in-flight requests finish.", roles=ALL, minimum=0
+    )
+    state_dir: Path = setting(
+        Path(".rerank"), "Runtime state: the generated API key, the rendered Envoy configuration, logs.", roles=ALL
+    )
     # --- authentication ---------------------------------------------------------------------
-    api_keys: tuple[str, ...] = setting((), "Accepted API keys, comma-separated (environment only).",
-                                        secret=True)
+    api_keys: tuple[str, ...] = setting((), "Accepted API keys, comma-separated (environment only).", secret=True)
     api_keys_file: Path | None = setting(None, "File of SHA-256 hex digests of accepted keys, one per line.")
     insecure_no_auth: bool = setting(False, "Serve without API keys (never in production).")
     # --- logs -------------------------------------------------------------------------------
@@ -177,19 +207,22 @@ def _format(value: Any) -> str:
 
 def build_parser(role: Role, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per setting of ``role`` (secrets have none)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     epilog="Every flag can also be set by its environment variable.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog="Every flag can also be set by its environment variable."
+    )
     for f in _fields(role):
         if f.metadata["secret"]:
             continue
         base, _ = _base_type(f.name)
         help_text = f"{f.metadata['help']} [{env_name(f)}; default: {_shown_default(f)}]"
         if base is bool:
-            parser.add_argument(flag_name(f), dest=f.name, action="store_const", const="true", default=None,
-                                help=help_text)
+            parser.add_argument(
+                flag_name(f), dest=f.name, action="store_const", const="true", default=None, help=help_text
+            )
         else:
-            parser.add_argument(flag_name(f), dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
-                                help=help_text)
+            parser.add_argument(
+                flag_name(f), dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(), help=help_text
+            )
     return parser
 
 
@@ -199,8 +232,9 @@ def _shown_default(f: dataclasses.Field[Any]) -> str:
     return _format(f.default)
 
 
-def resolve(role: Role, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None,
-            **overrides: Any) -> Settings:
+def resolve(
+    role: Role, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Settings for ``role``: defaults, then the environment, then ``flags``, then ``overrides``
     (already typed). Raises :class:`SettingsError` naming the first bad value."""
     environ = os.environ if environ is None else environ
@@ -217,8 +251,14 @@ def resolve(role: Role, flags: Mapping[str, str | None], environ: Mapping[str, s
     return Settings(**values)
 
 
-def parse(role: Role, argv: Sequence[str] | None, *, prog: str, description: str,
-          add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[Settings, argparse.Namespace]:
+def parse(
+    role: Role,
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[Settings, argparse.Namespace]:
     """Parses ``argv`` for ``role``: returns the settings and the parsed namespace (for the
     command's own extra arguments, added by ``add_arguments``). Exits with status 2 and a
     one-line message on a bad value, as argparse does."""
@@ -243,8 +283,10 @@ def markdown_table() -> str:
         roles = ", ".join(r for r in ("serve", "stack", "gateway") if r in f.metadata["roles"])
         flag = "—" if f.metadata["secret"] else f"`{flag_name(f)}`"
         default = _shown_default(f)
-        rows.append(f"| `{env_name(f)}` | {flag} | {'—' if default == '-' else f'`{default}`'} | {roles} | "
-                    f"{f.metadata['help']} |")
+        rows.append(
+            f"| `{env_name(f)}` | {flag} | {'—' if default == '-' else f'`{default}`'} | {roles} | "
+            f"{f.metadata['help']} |"
+        )
     return "\n".join(rows)
 
 

@@ -57,7 +57,10 @@ def models_dir(tmp_path_factory, checkpoint) -> Path:
     for name, kind in SERVED.items():
         result = subprocess.run(
             [sys.executable, "-m", "converters.cli", str(checkpoint(kind)), "--name", name, "--out", str(out)],
-            cwd=REPO, capture_output=True, text=True, timeout=600,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stdout + result.stderr
     return out
@@ -89,7 +92,10 @@ def wait_for_grpc(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
             if proc.poll() is not None:
                 raise RuntimeError(f"service exited with {proc.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -101,16 +107,16 @@ def start_service(models_dir: Path, *extra: str, env: dict | None = None) -> tup
     port = free_port()
     log = models_dir.parent / f"service-{port}.log"
     full_env = {**os.environ, "RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1",
-         "--grpc-port", str(port), *extra],
-        cwd=REPO, env=full_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [*command, "--grpc-port", str(port), *extra], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_for_grpc(port, proc)
-    except BaseException:
+    except (RuntimeError, TimeoutError) as exc:
         proc.kill()
-        raise RuntimeError(log.read_text()[-4000:])
+        raise RuntimeError(log.read_text()[-4000:]) from exc
     return proc, port, log
 
 
@@ -119,10 +125,15 @@ def stack(models_dir, tmp_path_factory):
     """The real service plus the real Envoy in front of it."""
     from gateway.envoy import start as start_envoy
 
-    proc, port, log = start_service(models_dir)
+    proc, port, _ = start_service(models_dir)
     rest_port = free_port()
-    envoy = start_envoy(listen_port=rest_port, upstream_port=port, admin_port=free_port(),
-                        workdir=tmp_path_factory.mktemp("envoy"), listen_host="127.0.0.1")
+    envoy = start_envoy(
+        listen_port=rest_port,
+        upstream_port=port,
+        admin_port=free_port(),
+        workdir=tmp_path_factory.mktemp("envoy"),
+        listen_host="127.0.0.1",
+    )
     try:
         yield Stack(port, rest_port, models_dir, proc)
     finally:
@@ -134,13 +145,13 @@ def stack(models_dir, tmp_path_factory):
             proc.kill()
 
 
-@pytest.fixture()
+@pytest.fixture
 def rest(stack):
     with httpx.Client(base_url=stack.rest, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
         yield client
 
 
-@pytest.fixture()
+@pytest.fixture
 def rest_anonymous(stack):
     with httpx.Client(base_url=stack.rest, timeout=60) as client:
         yield client

@@ -48,7 +48,9 @@ def write_llama_box_gte(checkpoint: Path, out: Path, tokenizer_source: Path) -> 
     w.add_token_scores(np.asarray(tok["tokenizer.ggml.scores"], dtype=np.float32).tolist())
     w.add_token_types(np.asarray(tok["tokenizer.ggml.token_type"], dtype=np.int32).tolist())
     charsmap = tok["tokenizer.ggml.precompiled_charsmap"]
-    w.add_string("tokenizer.ggml.precompiled_charsmap", base64.b64encode(np.asarray(charsmap, np.uint8).tobytes()).decode())
+    w.add_string(
+        "tokenizer.ggml.precompiled_charsmap", base64.b64encode(np.asarray(charsmap, np.uint8).tobytes()).decode()
+    )
     for key in ("bos", "eos", "unknown", "seperator", "padding"):
         w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(tok[f"tokenizer.ggml.{key}_token_id"]))
     w.add_add_space_prefix(False)  # the quirk: written false for XLM-R tokenizers
@@ -60,8 +62,13 @@ def write_llama_box_gte(checkpoint: Path, out: Path, tokenizer_source: Path) -> 
     w.add_tensor("token_embd_norm.bias", t[p + "embeddings.LayerNorm.bias"])
     for i in range(cfg["num_hidden_layers"]):
         s, b = f"{p}encoder.layer.{i}.", f"blk.{i}."
-        for src, dst in (("attention.qkv_proj", "attn_qkv"), ("attention.o_proj", "attn_output"),
-                         ("attn_ln", "attn_output_norm"), ("mlp.down_proj", "ffn_down"), ("mlp_ln", "layer_output_norm")):
+        for src, dst in (
+            ("attention.qkv_proj", "attn_qkv"),
+            ("attention.o_proj", "attn_output"),
+            ("attn_ln", "attn_output_norm"),
+            ("mlp.down_proj", "ffn_down"),
+            ("mlp_ln", "layer_output_norm"),
+        ):
             w.add_tensor(f"{b}{dst}.weight", t[f"{s}{src}.weight"])
             w.add_tensor(f"{b}{dst}.bias", t[f"{s}{src}.bias"])
         w.add_tensor(f"{b}ffn_up.weight", t[f"{s}mlp.up_gate_proj.weight"])

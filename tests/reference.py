@@ -24,8 +24,10 @@ def transformers_scores(folder: Path, query: str, documents: list[str], max_leng
     import torch
 
     tokenizer, model = _load(str(folder))
-    limit = max_length or (model.config.max_position_embeddings - (
-        model.config.pad_token_id + 1 if model.config.model_type == "xlm-roberta" else 0))
+    limit = max_length or (
+        model.config.max_position_embeddings
+        - (model.config.pad_token_id + 1 if model.config.model_type == "xlm-roberta" else 0)
+    )
     out = []
     with torch.inference_mode():
         for doc in documents:

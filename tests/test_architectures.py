@@ -16,8 +16,8 @@ from converters.convert import convert
 from converters.sources import load_source
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
-from service.model_folder import read_model_folder
 from service.core.tokenization import PairEncoder
+from service.model_folder import read_model_folder
 from tests.conftest import AUTH, start_service
 from tests.fixtures.checkpoints import KINDS, gte_reference_model, multilingual_strings
 from tests.jinabert_numpy import JinaBertNumpy
@@ -46,19 +46,38 @@ def _xlmr_from_flash(folder):
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     raw = json.loads((folder / "config.json").read_text())
-    cfg = XLMRobertaConfig(**{k: raw[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                   "intermediate_size", "max_position_embeddings", "layer_norm_eps",
-                                                   "type_vocab_size", "pad_token_id")}, num_labels=1)
+    cfg = XLMRobertaConfig(
+        **{
+            k: raw[k]
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "layer_norm_eps",
+                "type_vocab_size",
+                "pad_token_id",
+            )
+        },
+        num_labels=1,
+    )
     flash = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     H = cfg.hidden_size
     state = {}
     for key, value in flash.items():
         k = key.replace("roberta.emb_ln", "roberta.embeddings.LayerNorm").replace("encoder.layers.", "encoder.layer.")
-        k = (k.replace("mixer.out_proj", "attention.output.dense").replace("norm1", "attention.output.LayerNorm")
-              .replace("mlp.fc1", "intermediate.dense").replace("mlp.fc2", "output.dense").replace("norm2", "output.LayerNorm"))
+        k = (
+            k.replace("mixer.out_proj", "attention.output.dense")
+            .replace("norm1", "attention.output.LayerNorm")
+            .replace("mlp.fc1", "intermediate.dense")
+            .replace("mlp.fc2", "output.dense")
+            .replace("norm2", "output.LayerNorm")
+        )
         if "mixer.Wqkv" in k:
             for j, name in enumerate(("query", "key", "value")):
-                state[k.replace("mixer.Wqkv", f"attention.self.{name}")] = value[j * H:(j + 1) * H]
+                state[k.replace("mixer.Wqkv", f"attention.self.{name}")] = value[j * H : (j + 1) * H]
         else:
             state[k] = value
     model = XLMRobertaForSequenceClassification(cfg)
@@ -72,8 +91,9 @@ def reference_scores(kind: str, folder, pairs: list[tuple[str, str]]) -> np.ndar
     limit = MAX_LENGTH[kind]
     if kind == "jina-v1":
         model = JinaBertNumpy(folder)
-        return np.array([model.score(tok([q], [d], truncation="only_second", max_length=limit)["input_ids"][0])
-                         for q, d in pairs])
+        return np.array(
+            [model.score(tok([q], [d], truncation="only_second", max_length=limit)["input_ids"][0]) for q, d in pairs]
+        )
     if kind == "gte":
         model = gte_reference_model(folder)
     elif kind == "jina-v2":
@@ -172,16 +192,17 @@ def test_sliding_windows_take_the_best_window(all_models_server, checkpoint):
     q_ids = tok(query, add_special_tokens=False)["input_ids"]
     room = 128 - 4 - len(q_ids)
     step = room - room // 4
-    windows = [doc_ids[s:s + room] for s in range(0, max(1, len(doc_ids) - room + step), step)]
+    windows = [doc_ids[s : s + room] for s in range(0, max(1, len(doc_ids) - room + step), step)]
     assert by[0].windows == len(windows)
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint("xlmr")), num_labels=1).eval()
     with torch.inference_mode():
-        scores = [float(model(input_ids=torch.tensor([[0] + q_ids + [2, 2] + w + [2]])).logits[0, 0]) for w in windows]
+        scores = [float(model(input_ids=torch.tensor([[0, *q_ids, 2, 2, *w, 2]])).logits[0, 0]) for w in windows]
     assert abs(by[0].relevance_score - max(scores)) <= 1e-4
-    truncated = stub.Rerank(rerank_pb2.RerankRequest(model="xlmr", query=query, documents=request.documents),
-                            metadata=AUTH, timeout=60)
+    truncated = stub.Rerank(
+        rerank_pb2.RerankRequest(model="xlmr", query=query, documents=request.documents), metadata=AUTH, timeout=60
+    )
     cut = {r.index: r for r in truncated.results}[0]
     assert cut.windows == 1 and cut.truncated_tokens == len(doc_ids) - room
     assert abs(cut.relevance_score - scores[0]) <= 1e-4

@@ -15,15 +15,18 @@ from tests.conftest import API_KEY, OTHER_KEY
 BODY = {"model": "xlmr-tiny", "query": "q", "documents": ["a"]}
 
 
-@pytest.mark.parametrize("headers,status", [
-    ({}, 401),
-    ({"authorization": "Bearer wrong"}, 401),
-    ({"authorization": f"Basic {API_KEY}"}, 401),
-    ({"authorization": "Bearer"}, 401),
-    ({"authorization": API_KEY}, 401),
-    ({"authorization": f"Bearer {API_KEY}"}, 200),
-    ({"authorization": f"bearer {OTHER_KEY}"}, 200),
-])
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"authorization": "Bearer wrong"}, 401),
+        ({"authorization": f"Basic {API_KEY}"}, 401),
+        ({"authorization": "Bearer"}, 401),
+        ({"authorization": API_KEY}, 401),
+        ({"authorization": f"Bearer {API_KEY}"}, 200),
+        ({"authorization": f"bearer {OTHER_KEY}"}, 200),
+    ],
+)
 def test_rest_auth(stack, headers, status):
     for method, path, kwargs in (("POST", "/v1/rerank", {"json": BODY}), ("GET", "/v1/models", {})):
         response = httpx.request(method, stack.rest + path, headers=headers, timeout=30, **kwargs)
@@ -34,11 +37,14 @@ def test_rest_auth(stack, headers, status):
             assert API_KEY not in response.text
 
 
-@pytest.mark.parametrize("metadata,ok", [
-    ((), False),
-    ((("authorization", "Bearer nope"),), False),
-    ((("authorization", f"Bearer {API_KEY}"),), True),
-])
+@pytest.mark.parametrize(
+    ("metadata", "ok"),
+    [
+        ((), False),
+        ((("authorization", "Bearer nope"),), False),
+        ((("authorization", f"Bearer {API_KEY}"),), True),
+    ],
+)
 def test_grpc_auth_direct_and_through_envoy(stack, metadata, ok):
     from service.protocol import rerank_pb2, rerank_pb2_grpc
 
@@ -61,7 +67,9 @@ def test_health_is_public_on_both_paths(stack):
     for target in (stack.grpc_target, f"127.0.0.1:{stack.rest_port}"):
         with grpc.insecure_channel(target) as channel:
             for service in ("", "rerank.v1.RerankService"):
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=10
+                )
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

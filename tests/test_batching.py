@@ -12,9 +12,9 @@ import pytest
 
 from service.backends.base import Batch
 from service.core.batching import BatchingConfig, DynamicBatcher
-from service.errors import QueueFull, TooManyDocuments
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
+from service.errors import QueueFull, TooManyDocuments
 
 
 def pair(doc: int, length: int, token: int = 7) -> Pair:

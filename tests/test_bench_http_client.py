@@ -28,8 +28,9 @@ def _serve(reply: bytes, close_after: float | None) -> tuple[int, list[int]]:
                     return
                 buffer += chunk
             head, buffer = buffer.split(b"\r\n\r\n", 1)
-            size = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                            if line.lower().startswith(b"content-length")))
+            size = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
             while len(buffer) < size:
                 buffer += conn.recv(65536)
             buffer = buffer[size:]
@@ -71,8 +72,7 @@ def test_idle_connection_closed_by_server_is_replaced():
 
 
 def test_chunked_reply_and_error_status():
-    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-               b"5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n")
+    chunked = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
     port, _ = _serve(chunked, close_after=None)
     assert LeanHttpClient(f"http://127.0.0.1:{port}").post_json("/x", {}).json() == {"a": 1}
     port, _ = _serve(_reply({"code": 8}, "429 Too Many Requests"), close_after=None)

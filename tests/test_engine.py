@@ -27,7 +27,9 @@ async def test_concurrent_requests_score_like_single_ones(stack):
     async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
         single = await stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60)
-        replies = await asyncio.gather(*(stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60) for _ in range(8)))
+        replies = await asyncio.gather(
+            *(stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60) for _ in range(8))
+        )
         expected = {r.index: r.relevance_score for r in single.results}
         for reply in replies:
             got = {r.index: r.relevance_score for r in reply.results}
@@ -69,7 +71,9 @@ def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = rerank_pb2_grpc.RerankServiceStub(channel)
             reply = stub.Rerank(request("xlmr-tiny", DOCS), metadata=AUTH, timeout=60)
-            card = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}["xlmr-tiny"]
+            card = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}[
+                "xlmr-tiny"
+            ]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -88,11 +92,16 @@ def test_queue_limit_is_429_through_envoy(models_dir, tmp_path):
 
     proc, port, _ = start_service(models_dir, "--max-queue-pairs", "4")
     rest_port = free_port()
-    envoy = start_envoy(listen_port=rest_port, upstream_port=port, admin_port=free_port(), workdir=tmp_path,
-                        listen_host="127.0.0.1")
+    envoy = start_envoy(
+        listen_port=rest_port, upstream_port=port, admin_port=free_port(), workdir=tmp_path, listen_host="127.0.0.1"
+    )
     try:
-        response = httpx.post(f"http://127.0.0.1:{rest_port}/v1/rerank", headers={"authorization": f"Bearer {API_KEY}"},
-                              json={"model": "xlmr-tiny", "query": "q", "documents": ["a"] * 5}, timeout=30)
+        response = httpx.post(
+            f"http://127.0.0.1:{rest_port}/v1/rerank",
+            headers={"authorization": f"Bearer {API_KEY}"},
+            json={"model": "xlmr-tiny", "query": "q", "documents": ["a"] * 5},
+            timeout=30,
+        )
     finally:
         envoy.stop()
         proc.terminate()

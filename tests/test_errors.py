@@ -39,7 +39,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("body,http,code,text,field", CASES)
+@pytest.mark.parametrize(("body", "http", "code", "text", "field"), CASES)
 def test_rest_errors(rest, body, http, code, text, field):
     response = rest.post("/v1/rerank", json=body)
     assert response.status_code == http, response.text
@@ -65,13 +65,16 @@ def _value(item):
     return v
 
 
-@pytest.mark.parametrize("body,http,code,text,field", CASES)
+@pytest.mark.parametrize(("body", "http", "code", "text", "field"), CASES)
 def test_grpc_errors(stub, body, http, code, text, field):
     from service.protocol import rerank_pb2
 
-    req = rerank_pb2.RerankRequest(model=body.get("model", ""), query=body.get("query", ""),
-                                   documents=[_value(d) for d in body.get("documents", [])],
-                                   long_documents=body.get("long_documents", ""))
+    req = rerank_pb2.RerankRequest(
+        model=body.get("model", ""),
+        query=body.get("query", ""),
+        documents=[_value(d) for d in body.get("documents", [])],
+        long_documents=body.get("long_documents", ""),
+    )
     if "top_n" in body:
         req.top_n = body["top_n"]
     with pytest.raises(grpc.RpcError) as info:
@@ -94,7 +97,7 @@ def test_query_too_long_for_window(rest):
     assert "query" in response.json()["message"] and "128" in response.json()["message"]
 
 
-@pytest.mark.parametrize("raw,fragment", [(b"{not json", ""), (b"[1,2]", "")])
+@pytest.mark.parametrize(("raw", "fragment"), [(b"{not json", ""), (b"[1,2]", "")])
 def test_malformed_json(rest, raw, fragment):
     response = rest.post("/v1/rerank", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400

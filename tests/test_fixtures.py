@@ -49,7 +49,7 @@ def _config(folder: pathlib.Path) -> dict:
 
 def _shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f}
 
 
 def _pairs(n: int = 20) -> tuple[list[str], list[str]]:
@@ -60,16 +60,46 @@ def _pairs(n: int = 20) -> tuple[list[str], list[str]]:
 # --- layout ---------------------------------------------------------------------------------------
 
 FILES = {
-    "xlmr": {"config.json", "model.safetensors", "sentencepiece.bpe.model", "special_tokens_map.json",
-             "tokenizer.json", "tokenizer_config.json"},
-    "bert": {"config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
-             "tokenizer_config.json", "vocab.txt"},
-    "jina-v1": {"config.json", "merges.txt", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
-                "tokenizer_config.json", "vocab.json"},
-    "jina-v2": {"config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
-                "tokenizer_config.json"},
-    "gte": {"config.json", "model.safetensors", "sentencepiece.bpe.model", "special_tokens_map.json",
-            "tokenizer.json", "tokenizer_config.json"},
+    "xlmr": {
+        "config.json",
+        "model.safetensors",
+        "sentencepiece.bpe.model",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    },
+    "bert": {
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    },
+    "jina-v1": {
+        "config.json",
+        "merges.txt",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    },
+    "jina-v2": {
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    },
+    "gte": {
+        "config.json",
+        "model.safetensors",
+        "sentencepiece.bpe.model",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    },
 }
 
 
@@ -117,23 +147,30 @@ def test_jina_v1_layout(folders: dict[str, pathlib.Path]) -> None:
     expected = {
         "bert.embeddings.word_embeddings.weight": (vocab, HIDDEN),
         "bert.embeddings.token_type_embeddings.weight": (2, HIDDEN),
-        "bert.embeddings.LayerNorm.weight": (HIDDEN,), "bert.embeddings.LayerNorm.bias": (HIDDEN,),
-        "bert.pooler.dense.weight": (HIDDEN, HIDDEN), "bert.pooler.dense.bias": (HIDDEN,),
-        "classifier.weight": (1, HIDDEN), "classifier.bias": (1,),
+        "bert.embeddings.LayerNorm.weight": (HIDDEN,),
+        "bert.embeddings.LayerNorm.bias": (HIDDEN,),
+        "bert.pooler.dense.weight": (HIDDEN, HIDDEN),
+        "bert.pooler.dense.bias": (HIDDEN,),
+        "classifier.weight": (1, HIDDEN),
+        "classifier.bias": (1,),
     }
     for i in range(LAYERS):
         layer = f"bert.encoder.layer.{i}"
         for proj in ("query", "key", "value"):
-            expected |= {f"{layer}.attention.self.{proj}.weight": (HIDDEN, HIDDEN),
-                         f"{layer}.attention.self.{proj}.bias": (HIDDEN,)}
+            expected |= {
+                f"{layer}.attention.self.{proj}.weight": (HIDDEN, HIDDEN),
+                f"{layer}.attention.self.{proj}.bias": (HIDDEN,),
+            }
         expected |= {
             f"{layer}.attention.output.dense.weight": (HIDDEN, HIDDEN),
             f"{layer}.attention.output.dense.bias": (HIDDEN,),
             f"{layer}.attention.output.LayerNorm.weight": (HIDDEN,),
             f"{layer}.attention.output.LayerNorm.bias": (HIDDEN,),
             f"{layer}.mlp.gated_layers.weight": (2 * INTERMEDIATE, HIDDEN),
-            f"{layer}.mlp.wo.weight": (HIDDEN, INTERMEDIATE), f"{layer}.mlp.wo.bias": (HIDDEN,),
-            f"{layer}.mlp.layernorm.weight": (HIDDEN,), f"{layer}.mlp.layernorm.bias": (HIDDEN,),
+            f"{layer}.mlp.wo.weight": (HIDDEN, INTERMEDIATE),
+            f"{layer}.mlp.wo.bias": (HIDDEN,),
+            f"{layer}.mlp.layernorm.weight": (HIDDEN,),
+            f"{layer}.mlp.layernorm.bias": (HIDDEN,),
         }
     assert shapes == expected
     assert cfg["position_embedding_type"] == "alibi" and cfg["feed_forward_type"] == "geglu"
@@ -151,7 +188,7 @@ def test_jina_v2_layout(folders: dict[str, pathlib.Path]) -> None:
     assert len(shapes) == 5 + 4 + LAYERS * 12
     assert not any(".attention." in name or "encoder.layer." in name for name in shapes)
     with safe_open(str(folders["jina-v2"] / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(name).dtype for name in f} == {torch.bfloat16}
     assert cfg["use_flash_attn"] is True and cfg["max_position_embeddings"] == 1026
     assert cfg["auto_map"]["AutoConfig"] == "configuration_xlm_roberta.XLMRobertaFlashConfig"
 
@@ -167,12 +204,18 @@ def test_gte_layout(folders: dict[str, pathlib.Path]) -> None:
     assert (cfg["model_type"], cfg["architectures"]) == ("new", ["NewForSequenceClassification"])
     assert (cfg["rope_theta"], cfg["rope_scaling"]) == (20000, {"factor": 8.0, "type": "ntk"})
     with safe_open(str(folders["gte"] / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.float16}
+        assert {f.get_tensor(name).dtype for name in f} == {torch.float16}
 
 
 def test_gte_rope_parameters() -> None:
-    params = gte_rope_parameters({"rope_theta": 20000, "rope_scaling": {"type": "ntk", "factor": 8.0},
-                                  "hidden_size": 768, "num_attention_heads": 12})
+    params = gte_rope_parameters(
+        {
+            "rope_theta": 20000,
+            "rope_scaling": {"type": "ntk", "factor": 8.0},
+            "hidden_size": 768,
+            "num_attention_heads": 12,
+        }
+    )
     assert params["rope_type"] == "linear" and params["rope_theta"] == 160000.0
     assert math.isclose(params["factor"], 8.0 ** (2 / 64))
 
@@ -180,7 +223,7 @@ def test_gte_rope_parameters() -> None:
 # --- tokenizers ------------------------------------------------------------------------------------
 
 
-def _auto_tokenizer(folder: pathlib.Path):  # noqa: ANN202 - transformers' tokenizer classes vary
+def _auto_tokenizer(folder: pathlib.Path):
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
@@ -241,18 +284,24 @@ def _jina_v1_scores(folder: pathlib.Path, enc: dict[str, torch.Tensor]) -> torch
         return torch.nn.functional.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    x = ln(w["bert.embeddings.word_embeddings.weight"][ids] + w["bert.embeddings.token_type_embeddings.weight"][0],
-           "bert.embeddings.LayerNorm")
+    x = ln(
+        w["bert.embeddings.word_embeddings.weight"][ids] + w["bert.embeddings.token_type_embeddings.weight"][0],
+        "bert.embeddings.LayerNorm",
+    )
     n = ids.shape[1]
     slopes = torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)])
     distance = (torch.arange(n)[None, :] - torch.arange(n)[:, None]).abs()
     bias = -slopes[:, None, None] * distance + (1 - mask[:, None, None, :].float()) * -1e9
     for i in range(cfg["num_hidden_layers"]):
         p = f"bert.encoder.layer.{i}"
-        q, k, v = (lin(x, f"{p}.attention.self.{t}").unflatten(-1, (heads, -1)).transpose(1, 2)
-                   for t in ("query", "key", "value"))
+        q, k, v = (
+            lin(x, f"{p}.attention.self.{t}").unflatten(-1, (heads, -1)).transpose(1, 2)
+            for t in ("query", "key", "value")
+        )
         ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        x = ln(lin(ctx.transpose(1, 2).flatten(2), f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+        x = ln(
+            lin(ctx.transpose(1, 2).flatten(2), f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm"
+        )
         gate, up = lin(x, f"{p}.mlp.gated_layers").chunk(2, dim=-1)
         x = ln(lin(torch.nn.functional.gelu(gate) * up, f"{p}.mlp.wo") + x, f"{p}.mlp.layernorm")
     return lin(torch.tanh(lin(x[:, 0], "bert.pooler.dense")), "classifier")[:, 0]
@@ -266,15 +315,28 @@ def _jina_v2_reference(folder: pathlib.Path) -> torch.nn.Module:
     for i in range(LAYERS):
         old, new = f"roberta.encoder.layers.{i}", f"roberta.encoder.layer.{i}"
         for t in ("weight", "bias"):
-            for proj, part in zip(("query", "key", "value"), w[f"{old}.mixer.Wqkv.{t}"].chunk(3)):
+            for proj, part in zip(("query", "key", "value"), w[f"{old}.mixer.Wqkv.{t}"].chunk(3), strict=False):
                 sd[f"{new}.attention.self.{proj}.{t}"] = part
-            for src, dst in (("mixer.out_proj", "attention.output.dense"), ("norm1", "attention.output.LayerNorm"),
-                             ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"),
-                             ("norm2", "output.LayerNorm")):
+            for src, dst in (
+                ("mixer.out_proj", "attention.output.dense"),
+                ("norm1", "attention.output.LayerNorm"),
+                ("mlp.fc1", "intermediate.dense"),
+                ("mlp.fc2", "output.dense"),
+                ("norm2", "output.LayerNorm"),
+            ):
                 sd[f"{new}.{dst}.{t}"] = w[f"{old}.{src}.{t}"]
     cfg = _config(folder)
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+    )
     model = XLMRobertaForSequenceClassification(XLMRobertaConfig(num_labels=1, **{k: cfg[k] for k in keys}))
     model.load_state_dict(sd, strict=True)
     return model.eval()
@@ -294,19 +356,24 @@ def _gte_remote_code_scores(folder: pathlib.Path, enc: dict[str, torch.Tensor], 
         return torch.nn.functional.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([-x[..., dim // 2:], x[..., : dim // 2]], dim=-1)
+        return torch.cat([-x[..., dim // 2 :], x[..., : dim // 2]], dim=-1)
 
     factor = cfg["rope_scaling"]["factor"] if ntk else 1.0
     inv_freq = (cfg["rope_theta"] * factor) ** (-torch.arange(0, dim, 2).float() / dim) / factor ** (2 / dim)
     angles = torch.outer(torch.arange(enc["input_ids"].shape[1]).float(), inv_freq).repeat(1, 2)
     cos, sin = angles.cos(), angles.sin()
     bias = (1 - enc["attention_mask"][:, None, None, :].float()) * -1e9
-    x = ln(w["new.embeddings.word_embeddings.weight"][enc["input_ids"]]
-           + w["new.embeddings.token_type_embeddings.weight"][0], "new.embeddings.LayerNorm")
+    x = ln(
+        w["new.embeddings.word_embeddings.weight"][enc["input_ids"]]
+        + w["new.embeddings.token_type_embeddings.weight"][0],
+        "new.embeddings.LayerNorm",
+    )
     for i in range(cfg["num_hidden_layers"]):
         p = f"new.encoder.layer.{i}"
-        q, k, v = (t.unflatten(-1, (heads, dim)).transpose(1, 2)
-                   for t in lin(x, f"{p}.attention.qkv_proj").split(hidden, dim=-1))
+        q, k, v = (
+            t.unflatten(-1, (heads, dim)).transpose(1, 2)
+            for t in lin(x, f"{p}.attention.qkv_proj").split(hidden, dim=-1)
+        )
         q, k = q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
         ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = ln(x + lin(ctx.transpose(1, 2).flatten(2), f"{p}.attention.o_proj"), f"{p}.attn_ln")
@@ -374,7 +441,7 @@ def test_multilingual_strings() -> None:
     assert multilingual_strings(3) == strings[:3]
     text = "".join(strings)
 
-    def has(predicate) -> bool:  # noqa: ANN001 - a str -> bool callable
+    def has(predicate) -> bool:
         return any(predicate(s) for s in strings)
 
     for name in ("CJK UNIFIED", "ARABIC", "DEVANAGARI", "CYRILLIC", "GREEK", "THAI", "HANGUL", "HEBREW"):

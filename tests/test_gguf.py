@@ -19,8 +19,8 @@ from converters.gguf_source import POOLER_DROPPED
 from converters.sources import load_source
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
-from service.model_folder import read_model_folder
 from service.core.tokenization import PairEncoder
+from service.model_folder import read_model_folder
 from tests.fixtures.checkpoints import multilingual_strings
 from tests.jinabert_numpy import JinaBertNumpy
 from tests.llama_cpp import convert_to_gguf
@@ -36,7 +36,7 @@ TOLERANCE = {"f32": 1e-4, "f16": 2e-2, "q8_0": 0.3}
 def pairs() -> list[tuple[str, str]]:
     texts = multilingual_strings(200, seed=3)
     queries = [t for t in texts if 0 < len(t) < 40][:10]
-    return [(q, d) for q, d in zip(queries, texts[50:60])] + [("panda", "the giant panda eats bamboo")]
+    return [(q, d) for q, d in zip(queries, texts[50:60], strict=False)] + [("panda", "the giant panda eats bamboo")]
 
 
 def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
@@ -53,7 +53,7 @@ def ggufs(checkpoint, tmp_path_factory):
     jobs = [(k, t) for k in FULL for t in ("f32", "f16", "q8_0")] + [(k, "f32") for k in NO_POOLER]
     with ThreadPoolExecutor(4) as pool:
         paths = pool.map(lambda j: convert_to_gguf(checkpoint(j[0]), out / f"{j[0]}-{j[1]}.gguf", j[1]), jobs)
-        return dict(zip(jobs, paths))
+        return dict(zip(jobs, paths, strict=False))
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,13 @@ def hf_folders(checkpoint, tmp_path_factory):
 
 def convert_gguf(path: Path, out: Path, name: str) -> Path:
     """Through the real CLI, as a user would."""
-    result = subprocess.run([sys.executable, "-m", "converters.cli", str(path), "--name", name, "--out", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "converters.cli", str(path), "--name", name, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return out / name
 
@@ -105,9 +110,16 @@ def test_bert_gguf_without_pooler(ggufs, checkpoint, tmp_path):
 
     head = load_file(str(ckpt / "model.safetensors"))
     with torch.inference_mode():
-        expected = [float(backbone(**tok([q], [d], truncation="only_second", max_length=128, return_tensors="pt"))
-                          .last_hidden_state[0, 0] @ head["classifier.weight"][0] + head["classifier.bias"][0])
-                    for q, d in items]
+        expected = [
+            float(
+                backbone(
+                    **tok([q], [d], truncation="only_second", max_length=128, return_tensors="pt")
+                ).last_hidden_state[0, 0]
+                @ head["classifier.weight"][0]
+                + head["classifier.bias"][0]
+            )
+            for q, d in items
+        ]
     np.testing.assert_allclose(onnx_scores(folder, items), expected, atol=1e-4, rtol=0)
 
 
@@ -148,6 +160,11 @@ def test_not_a_reranker_is_refused(ggufs, tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    result = subprocess.run([sys.executable, "-m", "converters.cli", str(path), "--name", "x", "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "converters.cli", str(path), "--name", "x", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "not a supported reranker" in result.stderr

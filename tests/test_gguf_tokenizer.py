@@ -27,9 +27,17 @@ from tests.llama_cpp import convert_to_gguf
 
 KINDS = ("xlmr", "bert", "jina-v1", "jina-v2")
 STRINGS = multilingual_strings(2000)
-PAIRS = list(zip(STRINGS, STRINGS[1:] + STRINGS[:1]))
-SPECIALS_INLINE = ["<s>x</s>", "a <mask> b", "a<mask>b", "  <mask>  ", "<unk>", "<pad><pad>",
-                   "[CLS] hi [SEP]", "x [MASK] [UNK] [cls]"]
+PAIRS = list(zip(STRINGS, STRINGS[1:] + STRINGS[:1], strict=False))
+SPECIALS_INLINE = [
+    "<s>x</s>",
+    "a <mask> b",
+    "a<mask>b",
+    "  <mask>  ",
+    "<unk>",
+    "<pad><pad>",
+    "[CLS] hi [SEP]",
+    "x [MASK] [UNK] [cls]",
+]
 SEP_KEY = "tokenizer.ggml.seperator_token_id"
 
 
@@ -39,7 +47,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
     root = tmp_path_factory.mktemp("gguf_tokenizer")
     folders = {kind: make_checkpoint(kind, root / kind, seed=0) for kind in KINDS}
     with ThreadPoolExecutor(len(KINDS)) as pool:
-        files = dict(zip(KINDS, pool.map(lambda k: convert_to_gguf(folders[k], root / f"{k}.gguf"), KINDS)))
+        paths = pool.map(lambda k: convert_to_gguf(folders[k], root / f"{k}.gguf"), KINDS)
+        files = dict(zip(KINDS, paths, strict=True))
     return {kind: (folders[kind], files[kind]) for kind in KINDS}
 
 
@@ -60,7 +69,7 @@ def plain_whitespace(tokenizer: Tokenizer, text: str) -> bool:
 
 
 def assert_same(ours: list[list[int]], theirs: list[list[int]], texts: list[Any]) -> None:
-    bad = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    bad = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b]
     assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {texts[bad[0]]!r}: {ours[bad[0]]} != {theirs[bad[0]]}"
 
 
@@ -87,9 +96,12 @@ def test_matches_auto_tokenizer(kind: str, converted, metadata) -> None:
     ours = tokenizer_from_gguf(metadata[kind])
     auto = AutoTokenizer.from_pretrained(converted[kind][0], trust_remote_code=False)
     texts = STRINGS + SPECIALS_INLINE
-    assert_same([e.ids for e in ours.encode_batch(texts, add_special_tokens=False)],
-                auto(texts, add_special_tokens=False)["input_ids"], texts)
-    queries, documents = map(list, zip(*PAIRS))
+    assert_same(
+        [e.ids for e in ours.encode_batch(texts, add_special_tokens=False)],
+        auto(texts, add_special_tokens=False)["input_ids"],
+        texts,
+    )
+    queries, documents = map(list, zip(*PAIRS, strict=False))
     encoded = auto(queries, documents, return_token_type_ids=True)
     pairs = ours.encode_batch(PAIRS)
     assert_same([e.ids for e in pairs], encoded["input_ids"], PAIRS)
@@ -115,8 +127,11 @@ def test_bert_lowercase_inferred_without_key(metadata) -> None:
 
 def _value_type(value: Any) -> tuple[GGUFValueType, GGUFValueType | None]:
     if isinstance(value, (list, np.ndarray)):
-        sub = {np.dtype(np.float32): GGUFValueType.FLOAT32, np.dtype(np.int32): GGUFValueType.INT32,
-               np.dtype(np.uint8): GGUFValueType.UINT8}.get(getattr(value, "dtype", None), GGUFValueType.STRING)
+        sub = {
+            np.dtype(np.float32): GGUFValueType.FLOAT32,
+            np.dtype(np.int32): GGUFValueType.INT32,
+            np.dtype(np.uint8): GGUFValueType.UINT8,
+        }.get(getattr(value, "dtype", None), GGUFValueType.STRING)
         return GGUFValueType.ARRAY, sub
     types = {str: GGUFValueType.STRING, bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32}
     return types[type(value)], None
@@ -129,13 +144,15 @@ def write_quirky_gguf(path: Path, metadata: dict[str, Any]) -> Path:
     writer = GGUFWriter(path, metadata["general.architecture"])
     keys = {k: v for k, v in metadata.items() if k.startswith("tokenizer.") and k != "tokenizer.ggml.add_sep_token"}
     keys["tokenizer.ggml.precompiled_charsmap"] = base64.b64encode(
-        np.asarray(keys["tokenizer.ggml.precompiled_charsmap"], dtype=np.uint8).tobytes()).decode()
+        np.asarray(keys["tokenizer.ggml.precompiled_charsmap"], dtype=np.uint8).tobytes()
+    ).decode()
     keys["tokenizer.ggml.add_space_prefix"] = False
     stand_in = SEP_KEY[:-1] + "X"  # GGUFWriter refuses duplicates: write another name, patch it below
     keys[stand_in] = metadata["tokenizer.ggml.padding_token_id"]
     for key, value in keys.items():
-        writer.add_key_value(key, [v.item() for v in value] if isinstance(value, np.ndarray) else value,
-                             *_value_type(value))
+        writer.add_key_value(
+            key, [v.item() for v in value] if isinstance(value, np.ndarray) else value, *_value_type(value)
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
@@ -154,9 +171,12 @@ def test_published_file_quirks(tmp_path: Path, converted, metadata) -> None:
 
     ours = tokenizer_from_gguf(quirky.metadata)
     auto = AutoTokenizer.from_pretrained(converted["xlmr"][0], trust_remote_code=False)
-    assert_same([e.ids for e in ours.encode_batch(STRINGS, add_special_tokens=False)],
-                auto(STRINGS, add_special_tokens=False)["input_ids"], STRINGS)
-    queries, documents = map(list, zip(*PAIRS))
+    assert_same(
+        [e.ids for e in ours.encode_batch(STRINGS, add_special_tokens=False)],
+        auto(STRINGS, add_special_tokens=False)["input_ids"],
+        STRINGS,
+    )
+    queries, documents = map(list, zip(*PAIRS, strict=False))
     assert_same([e.ids for e in ours.encode_batch(PAIRS)], auto(queries, documents)["input_ids"], PAIRS)
 
 

@@ -26,7 +26,7 @@ def make_request(model: str, docs, **fields):
     return req
 
 
-@pytest.mark.parametrize("name,kind", [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])
+@pytest.mark.parametrize(("name", "kind"), [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])
 def test_grpc_scores_equal_transformers(stub, checkpoint, name, kind):
     reply = stub.Rerank(make_request(name, DOCS), metadata=AUTH, timeout=30)
     expected = transformers_scores(checkpoint(kind), QUERY, DOCS)
@@ -39,18 +39,22 @@ def test_grpc_scores_equal_transformers(stub, checkpoint, name, kind):
 
 def test_grpc_and_rest_agree(stub, rest):
     reply = stub.Rerank(make_request("xlmr-tiny", DOCS, top_n=3, return_documents=False), metadata=AUTH, timeout=30)
-    body = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "top_n": 3,
-                                         "return_documents": False}).json()
+    body = rest.post(
+        "/v1/rerank",
+        json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "top_n": 3, "return_documents": False},
+    ).json()
     assert [(r.index, r.relevance_score) for r in reply.results] == [
-        (r["index"], r["relevance_score"]) for r in body["results"]]
+        (r["index"], r["relevance_score"]) for r in body["results"]
+    ]
     assert all(not r.HasField("document") for r in reply.results)
     assert reply.usage.prompt_tokens == body["usage"]["prompt_tokens"]
 
 
 def test_reflection_lists_services(grpc_channel):
     stub = reflection_pb2_grpc.ServerReflectionStub(grpc_channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                        metadata=AUTH, timeout=10)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=AUTH, timeout=10
+    )
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"rerank.v1.RerankService", "grpc.health.v1.Health"} <= names
 
@@ -63,7 +67,9 @@ def test_single_model_needs_no_name_and_clean_shutdown(models_dir, tmp_path):
         from service.protocol import rerank_pb2_grpc
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(make_request("", ["a", "b"]), metadata=AUTH, timeout=30)
+            reply = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(
+                make_request("", ["a", "b"]), metadata=AUTH, timeout=30
+            )
             assert reply.model == "xlmr-tiny" and len(reply.results) == 2
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -77,7 +83,12 @@ def test_refuses_to_start_without_keys(models_dir):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
-    result = subprocess.run([sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-port", "0"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "RERANK_API_KEYS" in result.stderr

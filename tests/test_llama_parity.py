@@ -25,9 +25,16 @@ from tests.test_gguf import convert_gguf, onnx_scores
 pytestmark = pytest.mark.parity
 
 QUERY = "what do giant pandas eat"
-DOCS = ["the giant panda eats bamboo shoots and leaves", "a red car drove past", "熊猫吃竹子", "pandas",
-        "bamboo forests in Sichuan", "stock markets fell on Tuesday", "Большая панда питается бамбуком",
-        "the quick brown fox"]
+DOCS = [
+    "the giant panda eats bamboo shoots and leaves",
+    "a red car drove past",
+    "熊猫吃竹子",
+    "pandas",
+    "bamboo forests in Sichuan",
+    "stock markets fell on Tuesday",
+    "Большая панда питается бамбуком",
+    "the quick brown fox",
+]
 RESULTS = Path(__file__).resolve().parent.parent / "build" / "parity.json"
 
 
@@ -41,9 +48,33 @@ def server_binary() -> Path:
 
 def llama_scores(binary: Path, gguf: Path) -> np.ndarray:
     port = free_port()
-    proc = subprocess.Popen([str(binary), "-m", str(gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port),
-                             "-t", "2", "-c", "4096", "-b", "2048", "-ub", "2048", "-np", "1", "-fa", "off", "--no-webui"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            "-m",
+            str(gguf),
+            "--reranking",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-t",
+            "2",
+            "-c",
+            "4096",
+            "-b",
+            "2048",
+            "-ub",
+            "2048",
+            "-np",
+            "1",
+            "-fa",
+            "off",
+            "--no-webui",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -53,7 +84,9 @@ def llama_scores(binary: Path, gguf: Path) -> np.ndarray:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        body = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60).json()
+        body = httpx.post(
+            f"http://127.0.0.1:{port}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60
+        ).json()
         scores = np.zeros(len(DOCS))
         for r in body["results"]:
             scores[r["index"]] = r["relevance_score"]
@@ -95,11 +128,22 @@ def test_llama_server_feeds_type_zero_to_bert(server_binary, checkpoint, tmp_pat
     model = BertModel.from_pretrained(str(ckpt), add_pooling_layer=False).eval()
     head = load_file(str(ckpt / "model.safetensors"))
     with torch.inference_mode():
-        type0 = np.array([float(model(input_ids=tok([QUERY], [d], return_tensors="pt")["input_ids"]).last_hidden_state[0, 0]
-                                @ head["classifier.weight"][0] + head["classifier.bias"][0]) for d in DOCS])
+        type0 = np.array(
+            [
+                float(
+                    model(input_ids=tok([QUERY], [d], return_tensors="pt")["input_ids"]).last_hidden_state[0, 0]
+                    @ head["classifier.weight"][0]
+                    + head["classifier.bias"][0]
+                )
+                for d in DOCS
+            ]
+        )
     ours = onnx_scores(convert_gguf(gguf, tmp_path, "bert"), [(QUERY, d) for d in DOCS])
-    record("bert", llama_vs_type0_max_abs_diff=float(np.max(np.abs(theirs - type0))),
-           llama_vs_ours_max_abs_diff=float(np.max(np.abs(theirs - ours))))
+    record(
+        "bert",
+        llama_vs_type0_max_abs_diff=float(np.max(np.abs(theirs - type0))),
+        llama_vs_ours_max_abs_diff=float(np.max(np.abs(theirs - ours))),
+    )
     assert np.max(np.abs(theirs - type0)) <= 0.05
 
 
@@ -118,10 +162,20 @@ def test_k_quant_ggufs_score_like_hf(server_binary, checkpoint, tmp_path):
     (wide / "model.safetensors").unlink()
     config = json.loads((checkpoint("xlmr") / "config.json").read_text())
     torch.manual_seed(0)
-    model = XLMRobertaForSequenceClassification(XLMRobertaConfig(
-        vocab_size=config["vocab_size"], hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=512, max_position_embeddings=config["max_position_embeddings"], num_labels=1,
-        pad_token_id=1, type_vocab_size=1, initializer_range=0.05))
+    model = XLMRobertaForSequenceClassification(
+        XLMRobertaConfig(
+            vocab_size=config["vocab_size"],
+            hidden_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=512,
+            max_position_embeddings=config["max_position_embeddings"],
+            num_labels=1,
+            pad_token_id=1,
+            type_vocab_size=1,
+            initializer_range=0.05,
+        )
+    )
     model.save_pretrained(wide)
     bundle = load_source(str(wide), progress=lambda _: None)
     convert(bundle.loaded, name="hf", out_dir=tmp_path, source_folder=bundle.folder, progress=lambda _: None)

@@ -13,13 +13,14 @@ QUERY = "What is a panda?"
 DOCS = [
     "hi",
     "it is a bear",
-    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, is a bear species endemic to China.",
+    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
+    "is a bear species endemic to China.",
     "Пан­да — млекопитающее. 熊猫 是 中国 的 动物。",
     "",
 ]
 
 
-@pytest.mark.parametrize("name,kind", [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])
+@pytest.mark.parametrize(("name", "kind"), [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])
 def test_scores_equal_transformers(rest, checkpoint, name, kind):
     response = rest.post("/v1/rerank", json={"model": name, "query": QUERY, "documents": DOCS})
     assert response.status_code == 200, response.text
@@ -55,15 +56,19 @@ def test_usage_counts_fed_tokens(rest, checkpoint):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(checkpoint("xlmr")))
-    expected = sum(len(ids) for ids in tok([QUERY] * len(DOCS), DOCS, truncation="only_second", max_length=128)["input_ids"])
+    expected = sum(
+        len(ids) for ids in tok([QUERY] * len(DOCS), DOCS, truncation="only_second", max_length=128)["input_ids"]
+    )
     body = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS}).json()
     assert body["usage"]["prompt_tokens"] == expected
 
 
 def test_top_n_and_return_documents(rest):
     full = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS}).json()
-    top = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "top_n": 2,
-                                        "return_documents": False}).json()
+    top = rest.post(
+        "/v1/rerank",
+        json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "top_n": 2, "return_documents": False},
+    ).json()
     assert [r["index"] for r in top["results"]] == [r["index"] for r in full["results"]][:2]
     assert all("document" not in r for r in top["results"])
     over = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "top_n": 99}).json()
@@ -71,22 +76,27 @@ def test_top_n_and_return_documents(rest):
 
 
 def test_ties_sorted_by_index(rest):
-    body = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": ["same", "same", "same"]}).json()
+    body = rest.post(
+        "/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": ["same", "same", "same"]}
+    ).json()
     assert [r["index"] for r in body["results"]] == [0, 1, 2]
 
 
 def test_mixed_documents_and_model_default(rest, stack):
     docs = ["hi", {"text": "it is a bear"}, DOCS[2]]
     body = rest.post("/v1/rerank", json={"model": "bert-tiny", "query": QUERY, "documents": docs}).json()
-    plain = rest.post("/v1/rerank", json={"model": "bert-tiny", "query": QUERY,
-                                           "documents": ["hi", "it is a bear", DOCS[2]]}).json()
+    plain = rest.post(
+        "/v1/rerank", json={"model": "bert-tiny", "query": QUERY, "documents": ["hi", "it is a bear", DOCS[2]]}
+    ).json()
     assert body["results"] == plain["results"]
     assert {r["document"]["text"] for r in body["results"]} == {"hi", "it is a bear", DOCS[2]}
 
 
 def test_normalize_is_sigmoid_of_logit(rest):
     raw = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS}).json()
-    norm = rest.post("/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "normalize": True}).json()
+    norm = rest.post(
+        "/v1/rerank", json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "normalize": True}
+    ).json()
     raw_by = {r["index"]: r["relevance_score"] for r in raw["results"]}
     for r in norm["results"]:
         assert 0.0 < r["relevance_score"] < 1.0

@@ -99,7 +99,7 @@ def main() -> int:
         for e in entries:
             if e.sm != args.keep:
                 body = e.offset + e.header_size
-                data[body:body + e.padded_size] = bytes(e.padded_size)
+                data[body : body + e.padded_size] = bytes(e.padded_size)
                 zeroed += e.padded_size
     args.library.write_bytes(data)
     print(f"kept sm_{args.keep}; zeroed {zeroed / 1e6:.1f} MB")

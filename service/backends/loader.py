@@ -8,8 +8,9 @@ from service.backends.base import Backend
 from service.model_folder import ModelFolderConfig
 
 
-def load_backend(folder: Path, config: ModelFolderConfig, *, variant: str | None, device: str | None,
-                 threads: int | None) -> Backend:
+def load_backend(
+    folder: Path, config: ModelFolderConfig, *, variant: str | None, device: str | None, threads: int | None
+) -> Backend:
     """The backend that runs ``folder``'s graph on this machine."""
     from service.backends.onnx import OnnxBackend
 

@@ -63,8 +63,15 @@ def choose_variant(config: ModelFolderConfig, device: str, requested: str | None
 class OnnxBackend:
     """Runs one model folder's chosen graph (a :class:`~service.backends.base.Backend`)."""
 
-    def __init__(self, folder: Path, config: ModelFolderConfig, *, variant: str | None = None,
-                 device: str | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: ModelFolderConfig,
+        *,
+        variant: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> None:
         self.device = device or available_device()
         self.variant_key = choose_variant(config, self.device, variant)
         self.variant: Variant = config.variants[self.variant_key]
@@ -74,7 +81,7 @@ class OnnxBackend:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers: list = [CPU]
+        providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if self.device == "cuda":
             _preload_cuda_libraries()
             # TF32 matmuls would move fp32 scores by ~1e-3; fp32 is what a caller asks for when

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class _Ticket:
     pairs: list[Pair]
     order: list[int]
     """Pair indices sorted by length: the order in which they are taken."""
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     scores: np.ndarray
     descending: bool = False
     """Whether ``order`` runs longest first (see :meth:`DynamicBatcher.score`)."""
@@ -77,8 +78,16 @@ def pad(pairs: list[Pair], pad_id: int, with_types: bool) -> Batch:
 class DynamicBatcher:
     """Packs and runs one model's pairs. Create it inside the running event loop."""
 
-    def __init__(self, run: Callable[[Batch], np.ndarray], *, pad_id: int, with_types: bool,
-                 config: BatchingConfig, metrics: ModelMetrics, name: str = "model") -> None:
+    def __init__(
+        self,
+        run: Callable[[Batch], np.ndarray],
+        *,
+        pad_id: int,
+        with_types: bool,
+        config: BatchingConfig,
+        metrics: ModelMetrics,
+        name: str = "model",
+    ) -> None:
         self._run = run
         self._pad_id = pad_id
         self._with_types = with_types
@@ -88,7 +97,7 @@ class DynamicBatcher:
         self._queued_pairs = 0
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def queued_pairs(self) -> int:
@@ -101,10 +110,8 @@ class DynamicBatcher:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def score(self, pairs: list[Pair]) -> np.ndarray:
@@ -113,9 +120,12 @@ class DynamicBatcher:
             return np.zeros(0)
         if len(pairs) > self.config.max_queue_pairs:
             self.metrics.rejected_requests += 1
-            raise TooManyDocuments(f"this request needs {len(pairs)} sequences, more than the queue holds "
-                                   f"({self.config.max_queue_pairs}); send fewer documents per request",
-                                   field="documents", metadata={"limit": str(self.config.max_queue_pairs)})
+            raise TooManyDocuments(
+                f"this request needs {len(pairs)} sequences, more than the queue holds "
+                f"({self.config.max_queue_pairs}); send fewer documents per request",
+                field="documents",
+                metadata={"limit": str(self.config.max_queue_pairs)},
+            )
         if self._queued_pairs + len(pairs) > self.config.max_queue_pairs:
             self.metrics.rejected_requests += 1
             raise QueueFull(
@@ -130,8 +140,9 @@ class DynamicBatcher:
         previous = self._queue[-1] if self._queue else None
         descending = previous is not None and not previous.descending
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids), reverse=descending)
-        ticket = _Ticket(pairs, order, asyncio.get_running_loop().create_future(), np.zeros(len(pairs)),
-                         descending=descending)
+        ticket = _Ticket(
+            pairs, order, asyncio.get_running_loop().create_future(), np.zeros(len(pairs)), descending=descending
+        )
         self._queue.append(ticket)
         self._queued_pairs += len(pairs)
         self.metrics.queue_pairs = self._queued_pairs
@@ -158,8 +169,9 @@ class DynamicBatcher:
             index = ticket.order[ticket.taken]
             length = len(ticket.pairs[index].ids)
             grown = max(longest, length)
-            if taken and (grown * (len(taken) + 1) > self.config.max_batch_tokens
-                          or len(taken) >= self.config.max_batch_pairs):
+            if taken and (
+                grown * (len(taken) + 1) > self.config.max_batch_tokens or len(taken) >= self.config.max_batch_pairs
+            ):
                 break
             taken.append((ticket, index))
             ticket.taken += 1
@@ -194,10 +206,12 @@ class DynamicBatcher:
                         self._queued_pairs -= len(ticket.pairs) - ticket.taken
                 continue
             self.metrics.record_batch(
-                pairs=len(pairs), padded_tokens=int(batch.input_ids.size),
-                real_tokens=int(batch.attention_mask.sum()), seconds=time.perf_counter() - started,
+                pairs=len(pairs),
+                padded_tokens=int(batch.input_ids.size),
+                real_tokens=int(batch.attention_mask.sum()),
+                seconds=time.perf_counter() - started,
             )
-            for (ticket, index), logit in zip(taken, logits):
+            for (ticket, index), logit in zip(taken, logits, strict=True):
                 ticket.scores[index] = logit
                 ticket.done += 1
                 if ticket.done == len(ticket.pairs) and not ticket.future.done():

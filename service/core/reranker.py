@@ -43,8 +43,15 @@ class ServedModel:
     """One loaded model folder, ready to score: its pair encoder, its batcher, and the backend
     the batcher runs (any :class:`~service.backends.base.Backend`)."""
 
-    def __init__(self, folder: Path, config: ModelFolderConfig, backend: Backend, *, batching: BatchingConfig,
-                 tokenizer_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: ModelFolderConfig,
+        backend: Backend,
+        *,
+        batching: BatchingConfig,
+        tokenizer_pool: ThreadPoolExecutor,
+    ) -> None:
         self.folder = folder
         self.config = config
         self.name = config.name
@@ -52,8 +59,12 @@ class ServedModel:
         self.backend = backend
         self.metrics = ModelMetrics()
         self.batcher = DynamicBatcher(
-            self.backend.run, pad_id=self.config.template.pad_id, with_types=self.config.type_ids_input,
-            config=batching, metrics=self.metrics, name=self.name,
+            self.backend.run,
+            pad_id=self.config.template.pad_id,
+            with_types=self.config.type_ids_input,
+            config=batching,
+            metrics=self.metrics,
+            name=self.name,
         )
         self._tokenizer_pool = tokenizer_pool
 
@@ -61,10 +72,12 @@ class ServedModel:
         """Scores every document; raises QueryTooLong or QueueFull."""
         self.metrics.requests += 1
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(self._tokenizer_pool, self.encoder.encode, query, documents, long_documents)
+        encoded = await loop.run_in_executor(
+            self._tokenizer_pool, self.encoder.encode, query, documents, long_documents
+        )
         logits = await self.batcher.score(encoded.pairs)
         best = np.full(len(documents), -np.inf)
-        for pair, logit in zip(encoded.pairs, logits):
+        for pair, logit in zip(encoded.pairs, logits, strict=True):
             best[pair.document] = max(best[pair.document], logit)
         return Scored(best, encoded)
 
@@ -87,7 +100,11 @@ def rank(scored: Scored, top_n: int | None, normalize: bool) -> list[Ranked]:
         order = order[:top_n]
     enc = scored.encoded
     return [
-        Ranked(i, sigmoid(float(scored.scores[i])) if normalize else float(scored.scores[i]),
-               enc.truncated_tokens[i], enc.windows[i])
+        Ranked(
+            i,
+            sigmoid(float(scored.scores[i])) if normalize else float(scored.scores[i]),
+            enc.truncated_tokens[i],
+            enc.windows[i],
+        )
         for i in order
     ]

@@ -69,8 +69,9 @@ class PairEncoder:
         room = self.room_for_document(len(query_ids))
         if room < 1:
             raise QueryTooLong(
-                field="query", message=f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
-                f"pair including {self.template.special_count} special tokens, which leaves no room for a document"
+                field="query",
+                message=f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
+                f"pair including {self.template.special_count} special tokens, which leaves no room for a document",
             )
         doc_ids = [e.ids for e in self.tokenizer.encode_batch(documents, add_special_tokens=False)]
         t = self.template

@@ -10,19 +10,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any
 
 import grpc
 
 log = logging.getLogger(__name__)
 
-PUBLIC_METHODS = frozenset({
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.health.v1.Health/List",
-    "/rerank.v1.RerankService/Health",
-})
+PUBLIC_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+        "/rerank.v1.RerankService/Health",
+    }
+)
 
 
 def digest(key: str) -> bytes:
@@ -51,13 +54,12 @@ def load_key_digests(keys: tuple[str, ...], keys_file: Path | None) -> list[byte
     return digests
 
 
-def bearer_token(metadata: tuple | None) -> str | None:
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
     """The token of an ``authorization: Bearer <token>`` entry (scheme case-insensitive)."""
     for key, value in metadata or ():
         if key.lower() == "authorization":
-            if isinstance(value, bytes):
-                value = value.decode("latin-1")
-            scheme, _, token = value.strip().partition(" ")
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None
@@ -84,26 +86,25 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler_call_details.method in PUBLIC_METHODS:
             return await continuation(handler_call_details)
         token = bearer_token(handler_call_details.invocation_metadata)
         if self.is_valid(token):
             return await continuation(handler_call_details)
         message = (
-            "missing API key: send the header 'authorization: Bearer <key>'" if token is None
-            else "invalid API key"
+            "missing API key: send the header 'authorization: Bearer <key>'" if token is None else "invalid API key"
         )
         handler = await continuation(handler_call_details)
         return _deny(handler, message)
 
 
-def _deny(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:
+def _deny(handler: grpc.RpcMethodHandler[Any, Any] | None, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same streaming shape as ``handler`` that aborts UNAUTHENTICATED."""
 
-    async def abort(request_or_iterator, context: grpc.aio.ServicerContext):
+    async def abort(request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     if handler is None or not (handler.request_streaming or handler.response_streaming):

@@ -6,6 +6,8 @@ Validation is :mod:`service.router.validation`; errors raised here or below are 
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from service.core.reranker import ServedModel, rank
@@ -28,8 +30,9 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
         self.models = models
         self.limits = limits
 
-    async def Rerank(self, request: rerank_pb2.RerankRequest,
-                     context: grpc.aio.ServicerContext) -> rerank_pb2.RerankResponse:
+    async def Rerank(
+        self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rerank_pb2.RerankResponse:
         model = resolve_model(self.models, request.model)
         query = check_query(request.query)
         check_documents(len(request.documents), self.limits)
@@ -41,19 +44,25 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
         normalize = request.normalize if request.HasField("normalize") else False
         results = [
             rerank_pb2.RerankResult(
-                index=r.index, relevance_score=r.score, truncated_tokens=r.truncated_tokens, windows=r.windows,
+                index=r.index,
+                relevance_score=r.score,
+                truncated_tokens=r.truncated_tokens,
+                windows=r.windows,
                 document=rerank_pb2.ResultDocument(text=texts[r.index]) if return_documents else None,
             )
             for r in rank(scored, top_n, normalize)
         ]
         tokens = scored.encoded.total_tokens
         return rerank_pb2.RerankResponse(
-            model=model.name, object="list", results=results,
+            model=model.name,
+            object="list",
+            results=results,
             usage=rerank_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
 
-    async def ListModels(self, request: rerank_pb2.ListModelsRequest,
-                         context: grpc.aio.ServicerContext) -> rerank_pb2.ListModelsResponse:
+    async def ListModels(
+        self, request: rerank_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rerank_pb2.ListModelsResponse:
         return rerank_pb2.ListModelsResponse(object="list", data=[self.card(m) for m in self.models.values()])
 
     def card(self, model: ServedModel) -> rerank_pb2.ModelCard:
@@ -61,22 +70,37 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
         batching = model.batcher.config
         m = model.metrics
         return rerank_pb2.ModelCard(
-            id=model.name, object="model", created=int(config.source.get("created", 0)), owned_by="rerank",
-            max_length=config.max_length, architecture=config.architecture, precision=model.backend.precision,
-            provider=model.backend.provider, source=config.source_name, notes=list(config.notes),
+            id=model.name,
+            object="model",
+            created=int(config.source.get("created", 0)),
+            owned_by="rerank",
+            max_length=config.max_length,
+            architecture=config.architecture,
+            precision=model.backend.precision,
+            provider=model.backend.provider,
+            source=config.source_name,
+            notes=list(config.notes),
             variant=model.backend.variant_key,
             batching=rerank_pb2.BatchingInfo(
-                max_batch_tokens=batching.max_batch_tokens, max_batch_pairs=batching.max_batch_pairs,
-                max_queue_pairs=batching.max_queue_pairs, max_documents=self.limits.max_documents,
+                max_batch_tokens=batching.max_batch_tokens,
+                max_batch_pairs=batching.max_batch_pairs,
+                max_queue_pairs=batching.max_queue_pairs,
+                max_documents=self.limits.max_documents,
             ),
             stats=rerank_pb2.ModelStats(
-                requests=m.requests, rejected_requests=m.rejected_requests, cancelled_requests=m.cancelled_requests,
-                pairs=m.pairs, batches=m.batches, padding_fraction=m.padding_fraction, queued_pairs=m.queue_pairs,
+                requests=m.requests,
+                rejected_requests=m.rejected_requests,
+                cancelled_requests=m.cancelled_requests,
+                pairs=m.pairs,
+                batches=m.batches,
+                padding_fraction=m.padding_fraction,
+                queued_pairs=m.queue_pairs,
             ),
         )
 
-    async def Health(self, request: rerank_pb2.HealthRequest,
-                     context: grpc.aio.ServicerContext) -> rerank_pb2.HealthResponse:
+    async def Health(
+        self, request: rerank_pb2.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rerank_pb2.HealthResponse:
         return rerank_pb2.HealthResponse(status="ok", models=sorted(self.models))
 
 

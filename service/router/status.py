@@ -15,7 +15,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -68,7 +68,7 @@ def to_status(error: RerankError) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=packed))
 
 
-def request_id(context: grpc.aio.ServicerContext) -> str:
+def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Envoy's ``x-request-id`` when the call came through it, else a fresh one."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
@@ -76,7 +76,7 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def _fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     """Aborts the call for ``exc``; never returns."""
     if isinstance(exc, RerankError):
         await context.abort_with_status(to_status(exc))
@@ -90,17 +90,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.response_streaming:
             return handler
         method = handler_call_details.method
         if handler.request_streaming:
-            stream = handler.stream_unary
+            # grpc.aio calls these with its own context and, for streams, an async iterator.
+            stream = cast(Callable[..., Any], handler.stream_unary)
 
-            async def guarded_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            async def guarded_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
                     result = stream(requests, context)
                     return await result if inspect.isawaitable(result) else result
@@ -110,11 +111,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await _fail(context, exc, method)
 
             return grpc.stream_unary_rpc_method_handler(
-                guarded_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        unary = handler.unary_unary
+                guarded_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        unary = cast(Callable[..., Any], handler.unary_unary)
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 result = unary(request, context)
                 return await result if inspect.isawaitable(result) else result
@@ -124,5 +127,5 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await _fail(context, exc, method)
 
         return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+            guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

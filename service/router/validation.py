@@ -29,35 +29,49 @@ def resolve_model(models: Mapping[str, ServedModel], name: str) -> ServedModel:
     if not name:
         if len(models) == 1:
             return next(iter(models.values()))
-        raise InvalidRequest(f"several models are served; name one of: {', '.join(sorted(models))}",
-                             reason="MODEL_REQUIRED", field="model")
+        raise InvalidRequest(
+            f"several models are served; name one of: {', '.join(sorted(models))}",
+            reason="MODEL_REQUIRED",
+            field="model",
+        )
     model = models.get(name)
     if model is None:
-        raise ModelNotFound(f"model {quote(name)} is not served; served models: {', '.join(sorted(models))}",
-                            field="model")
+        raise ModelNotFound(
+            f"model {quote(name)} is not served; served models: {', '.join(sorted(models))}", field="model"
+        )
     return model
 
 
 def check_query(query: str, field: str = "query") -> str:
     if not query.strip().strip(_INVISIBLE).strip():
-        raise InvalidRequest(f"{field} must be a non-empty string (it has no visible characters)",
-                             reason="EMPTY_QUERY", field=field)
+        raise InvalidRequest(
+            f"{field} must be a non-empty string (it has no visible characters)", reason="EMPTY_QUERY", field=field
+        )
     return query
 
 
 def check_documents(count: int, limits: Limits, field: str = "documents") -> None:
     if count == 0:
-        raise InvalidRequest(f"{field} must be a non-empty list of strings or {{\"text\": string}} objects",
-                             reason="NO_DOCUMENTS", field=field)
+        raise InvalidRequest(
+            f'{field} must be a non-empty list of strings or {{"text": string}} objects',
+            reason="NO_DOCUMENTS",
+            field=field,
+        )
     if count > limits.max_documents:
-        raise TooManyDocuments(f"{count} documents in one request; the limit is {limits.max_documents}",
-                               field=field, metadata={"limit": str(limits.max_documents)})
+        raise TooManyDocuments(
+            f"{count} documents in one request; the limit is {limits.max_documents}",
+            field=field,
+            metadata={"limit": str(limits.max_documents)},
+        )
 
 
 def check_top_n(top_n: int | None, field: str = "top_n") -> int | None:
     if top_n is not None and top_n < 1:
-        raise InvalidRequest(f"{field} must be at least 1 (got {top_n}); leave it out to get all documents",
-                             reason="BAD_TOP_N", field=field)
+        raise InvalidRequest(
+            f"{field} must be at least 1 (got {top_n}); leave it out to get all documents",
+            reason="BAD_TOP_N",
+            field=field,
+        )
     return top_n
 
 
@@ -67,8 +81,11 @@ def long_documents_mode(value: str) -> LongDocuments:
     for mode in LONG_DOCUMENT_MODES:
         if value == mode:
             return mode
-    raise InvalidRequest(f"long_documents must be one of {', '.join(LONG_DOCUMENT_MODES)} (got {quote(value)})",
-                         reason="BAD_LONG_DOCUMENTS", field="long_documents")
+    raise InvalidRequest(
+        f"long_documents must be one of {', '.join(LONG_DOCUMENT_MODES)} (got {quote(value)})",
+        reason="BAD_LONG_DOCUMENTS",
+        field="long_documents",
+    )
 
 
 _KIND_NAMES = {"number_value": "a number", "bool_value": "a boolean", "null_value": "null", "list_value": "a list"}
@@ -87,9 +104,15 @@ def document_texts(values: Sequence[Any]) -> list[str]:
             if text is not None and text.WhichOneof("kind") == "string_value":
                 texts.append(text.string_value)
                 continue
-            raise InvalidRequest(f"documents[{i}] is an object without a string \"text\" field",
-                                 reason="BAD_DOCUMENT", field=f"documents[{i}]")
+            raise InvalidRequest(
+                f'documents[{i}] is an object without a string "text" field',
+                reason="BAD_DOCUMENT",
+                field=f"documents[{i}]",
+            )
         shown = _KIND_NAMES.get(kind or "", "empty")
-        raise InvalidRequest(f"documents[{i}] is {shown}; each document must be a string or an object "
-                             "{\"text\": string}", reason="BAD_DOCUMENT", field=f"documents[{i}]")
+        raise InvalidRequest(
+            f'documents[{i}] is {shown}; each document must be a string or an object {{"text": string}}',
+            reason="BAD_DOCUMENT",
+            field=f"documents[{i}]",
+        )
     return texts
