@@ -42,6 +42,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from gateway.envoy import start as start_envoy
+    from service.settings import Settings
 
     if args.models_dir:
         folders = find_model_folders(args.models_dir)
@@ -58,7 +59,7 @@ def main() -> int:
     grpc_peer.start()
     rest_port = free_port()
     envoy = start_envoy(
-        listen_port=rest_port, upstream_port=server.port, admin_port=free_port(), workdir=work, listen_host="127.0.0.1"
+        Settings(rest_port=rest_port, grpc_port=server.port, admin_port=free_port(), rest_host="127.0.0.1"), work
     )
     auth = {"authorization": f"Bearer {API_KEY}"}
     body = {

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,7 @@ import httpx
 from bench.http_client import LeanHttpClient
 from bench.models import REPO, BenchModel
 from bench.workloads import WORKLOADS
+from gateway.supervisor import Child
 
 API_KEY = "bench-key-0123456789"
 THREADS = 2
@@ -55,45 +54,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Process:
-    """A server subprocess in its own session (Ctrl-C reaches the bench only), logging to a file."""
-
-    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.popen = subprocess.Popen(
-                command,
-                cwd=REPO,
-                env={**os.environ, **(env or {})},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Polls ``ready`` until it is true; raises with the log's tail if the process dies or times out."""
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                state = f"exited with {self.popen.returncode}" if self.popen.returncode is not None else "timed out"
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{what} {state} during startup; log {self.log}:\n{tail}")
-            time.sleep(0.2)
-
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+def spawn_server(command: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+    """A server subprocess (supervised: it dies with the bench), logging to ``log``."""
+    return Child(log.stem, command, env=env, cwd=REPO, log_path=log).start()
 
 
 def _http_ok(url: str) -> bool:
@@ -110,7 +73,7 @@ class OurServer:
     def __init__(self, models_dir: Path, name: str, variant: str | None, workdir: Path) -> None:
         self.models_dir, self.name, self.variant, self.workdir = models_dir, name, variant, workdir
         self.port = 0
-        self.process: Process | None = None
+        self.process: Child | None = None
 
     def start(self) -> None:
         """Starts the server unless it runs already; returns once gRPC health says SERVING."""
@@ -120,7 +83,7 @@ class OurServer:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         self.port = free_port()
-        self.process = Process(
+        self.process = spawn_server(
             [
                 sys.executable,
                 "-m",
@@ -152,7 +115,7 @@ class OurServer:
                 return False
 
         try:
-            self.process.wait_until(serving, f"our server ({self.variant or 'auto'})")
+            self.process.wait_until(serving, STARTUP_TIMEOUT, f"our server ({self.variant or 'auto'})")
         finally:
             channel.close()
 
@@ -287,15 +250,13 @@ class OursRest(_HttpPeer):
 
     def start(self) -> None:
         from gateway.envoy import start as start_envoy
+        from service.settings import Settings
 
         self.server.start()
         port = free_port()
         self._envoy = start_envoy(
-            listen_port=port,
-            upstream_port=self.server.port,
-            admin_port=free_port(),
-            workdir=self.workdir,
-            listen_host="127.0.0.1",
+            Settings(rest_port=port, grpc_port=self.server.port, admin_port=free_port(), rest_host="127.0.0.1"),
+            self.workdir,
         )
         self.base_url = f"http://127.0.0.1:{port}"
         self._open({"authorization": f"Bearer {API_KEY}"})
@@ -315,7 +276,7 @@ class OursRest(_HttpPeer):
 
     def pids(self) -> list[int]:
         assert self.server.process is not None and self._envoy is not None
-        return [self.server.process.pid, self._envoy.proc.pid]
+        return [self.server.process.pid, self._envoy.child.pid]
 
 
 class LlamaServer(_HttpPeer):
@@ -330,19 +291,19 @@ class LlamaServer(_HttpPeer):
         self.model, self.workdir = model, workdir
         self.name, self.precision = f"llama-{outtype}", outtype
         self.gguf = model.gguf[outtype]
-        self._process: Process | None = None
+        self._process: Child | None = None
 
     def start(self) -> None:
         port = free_port()
-        self._process = Process(
+        self._process = spawn_server(
             [
                 str(LLAMA_SERVER),
                 "-m",
                 str(self.gguf),
                 "--reranking",
-                "--grpc-host",
+                "--host",
                 "127.0.0.1",
-                "--grpc-port",
+                "--port",
                 str(port),
                 "-t",
                 str(THREADS),
@@ -363,7 +324,7 @@ class LlamaServer(_HttpPeer):
             self.workdir / f"{self.name}.log",
         )
         self.base_url = f"http://127.0.0.1:{port}"
-        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), self.name)
+        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), STARTUP_TIMEOUT, self.name)
         self._open()
 
     def stop(self) -> None:

@@ -72,3 +72,14 @@ def descriptor_set() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the package was not built (pip install -e . or make install)")
     return path
+
+
+def inline_descriptor_set() -> bytes:
+    """The packaged descriptor set without its source info (the proto comments, which the
+    transcoder does not use): what a configuration that embeds it carries."""
+    from google.protobuf import descriptor_pb2  # a runtime dependency, unlike grpc_tools
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set().read_bytes())
+    for file in files.file:
+        file.ClearField("source_code_info")
+    return files.SerializeToString(deterministic=True)

@@ -1,31 +1,46 @@
-"""``rerank-stack`` (what ``make serve`` runs): the gRPC service and Envoy together, in the foreground.
+"""``rerank-stack`` (what ``make serve`` runs): service replicas and Envoy, in the foreground.
 
-Starts the service (``rerank-serve``) and Envoy (REST and gRPC on one port), forwards Ctrl-C /
-SIGTERM to both, and exits when either one exits. API keys come from ``RERANK_API_KEYS`` /
-``RERANK_API_KEYS_FILE``; when neither is set, a key is generated once, stored in the state
-directory (``RERANK_STATE_DIR``, default ``.rerank/``) as ``api-key`` (mode 0600) beside its
-SHA-256 digest, and printed that one time. The rendered Envoy configuration goes there too.
+* Starts ``--replicas N`` service processes on consecutive gRPC ports from ``--grpc-port``
+  (ONNX Runtime threads divided between them unless ``--threads`` says otherwise), then one
+  Envoy in front of them (configuration rendered from the same settings into the state
+  directory). The banner is printed once every replica is SERVING and Envoy sees them healthy.
+* A replica that exits unexpectedly is logged and restarted with backoff; the stack exits only
+  when asked, or when a replica keeps failing at start-up (with that replica's error).
+* SIGTERM or SIGINT drains: the replicas report NOT_SERVING, stop taking new calls and answer
+  every call in flight (new requests get a 503 from Envoy), then they exit, and Envoy, once no
+  request is left in it, stops last. A second signal hurries the replicas.
+* API keys come from ``RERANK_API_KEYS`` / ``RERANK_API_KEYS_FILE``; when neither is set, a
+  key is generated once, stored in the state directory as ``api-key`` (mode 0600) beside its
+  SHA-256 digest, and printed that one time.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import logging
 import os
 import secrets
 import signal
-import subprocess
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.envoy import EnvoyError
-from gateway.envoy import start as start_envoy
+from gateway.envoy import Envoy, EnvoyError, write_config
+from gateway.envoy_config import upstreams
+from gateway.supervisor import Child, StartupFailure, Supervisor, grpc_serving
 from service import __version__
+from service.errors import ConfigurationError
 from service.settings import Settings, parse
 
-DESCRIPTION = "Serve rerankers: the gRPC service and Envoy (REST + gRPC on one port), in the foreground."
+log = logging.getLogger("rerank.stack")
+
+DESCRIPTION = "Serve rerankers: service replicas behind Envoy (REST + gRPC on one port), in the foreground."
+STARTUP_TIMEOUT = 900.0
+"""Seconds the replicas may take to load their models."""
 
 
 def ensure_key_file(state_dir: Path) -> Path:
@@ -47,58 +62,145 @@ def ensure_key_file(state_dir: Path) -> Path:
     return digest_path
 
 
+def check_ports(settings: Settings) -> None:
+    """Raises :class:`ConfigurationError` naming the first port that is taken and its setting."""
+    wanted = [
+        (settings.rest_host, settings.rest_port, "the REST port (RERANK_REST_PORT / --rest-port)"),
+        ("127.0.0.1", settings.admin_port, "Envoy's admin port (RERANK_ENVOY_ADMIN_PORT / --admin-port)"),
+    ]
+    for i in range(settings.replicas):
+        which = "the gRPC port" if i == 0 else f"replica {i + 1}'s gRPC port (the gRPC port + {i})"
+        wanted.append((settings.grpc_host, settings.grpc_port + i, f"{which} (RERANK_GRPC_PORT / --grpc-port)"))
+    for host, port, what in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                raise ConfigurationError(f"port {port} is in use: it is {what}; choose another") from None
+
+
+def replica_env(settings: Settings, index: int) -> dict[str, str]:
+    """Replica ``index``'s settings: the stack's, on its own port, with its share of the cores."""
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas)
+    return {
+        **settings.to_env("serve"),
+        "RERANK_GRPC_PORT": str(settings.grpc_port + index),
+        "RERANK_THREADS": str(threads),
+    }
+
+
+def _replica_serving(port: int, _child: Child) -> bool:
+    return grpc_serving(port)
+
+
+class Stack:
+    """The replicas and Envoy of one ``rerank-stack``."""
+
+    def __init__(self, settings: Settings, *, echo: bool = True) -> None:
+        self.settings = settings
+        self.supervisor = Supervisor(report=lambda message: log.warning("%s", message))
+        self.replicas: list[Child] = []
+        self.envoy: Envoy | None = None
+        self._echo = echo
+        self._signals: list[int] = []
+
+    def start(self) -> None:
+        """Starts everything and returns once it answers; raises ConfigurationError,
+        StartupFailure or EnvoyError."""
+        s = self.settings
+        check_ports(s)
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        env: dict[str, str] = {}
+        if not s.api_keys and s.api_keys_file is None and not s.insecure_no_auth:
+            env["RERANK_API_KEYS_FILE"] = str(ensure_key_file(s.state_dir))
+        for i in range(s.replicas):
+            name = f"replica {i + 1}"
+            child = Child(
+                name,
+                [sys.executable, "-m", "service"],
+                env={**replica_env(s, i), **env},
+                echo=name if self._echo else None,
+                log_path=None if self._echo else s.state_dir / f"replica-{i + 1}.log",
+            )
+            self.replicas.append(self.supervisor.add(child, functools.partial(_replica_serving, s.grpc_port + i)))
+        config = write_config(s, s.state_dir / "envoy.yaml", endpoints=upstreams(s))
+        self.envoy = Envoy(config, admin_port=s.admin_port, log_path=None if self._echo else s.state_dir / "envoy.log")
+        if self._echo:
+            self.envoy.child.echo = "envoy"
+        self.envoy.start()
+        envoy = self.envoy
+        self.supervisor.add(envoy.child, lambda _c: envoy.ready())
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not (self.supervisor.all_ready() and envoy.healthy_upstreams() >= s.replicas):
+            self.supervisor.poll()
+            if self._signals:
+                return
+            if time.monotonic() > deadline:
+                raise StartupFailure(f"the replicas were not serving after {STARTUP_TIMEOUT:.0f} s")
+            time.sleep(0.1)
+
+    def banner(self) -> str:
+        s = self.settings
+        ports = f"{s.grpc_port}" if s.replicas == 1 else f"{s.grpc_port}-{s.grpc_port + s.replicas - 1}"
+        return (
+            f"Ready: REST on http://localhost:{s.rest_port}/v1/rerank, gRPC on localhost:{s.rest_port} "
+            f"(through Envoy) and {s.grpc_host}:{ports} (direct); {s.replicas} replica(s). Ctrl-C stops."
+        )
+
+    def run_until_signal(self) -> None:
+        while not self._signals:
+            self.supervisor.poll()
+            time.sleep(0.2)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+        if len(self._signals) > 1:  # a second signal: the replicas skip what is left of their drain
+            for child in self.replicas:
+                child.send(signal.SIGINT)
+
+    def stop(self) -> None:
+        """The drain described in the module docstring: Envoy takes no new connections; each
+        replica keeps serving for the drain delay (what was already on its way through Envoy
+        arrives), then finishes its calls in flight and exits; Envoy stops last, once idle."""
+        s = self.settings
+        self.supervisor.stopping = True
+        if self.envoy is not None:
+            self.envoy.close_listeners()
+        for child in self.replicas:
+            child.send(signal.SIGTERM)
+        deadline = time.monotonic() + s.drain_delay + s.grace_period + 10
+        for child in self.replicas:
+            child.wait_or_kill(max(0.0, deadline - time.monotonic()))
+        if self.envoy is not None:
+            self.envoy.wait_idle(timeout=5)
+            self.envoy.stop()
+
+
 def _add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings, _ = parse("stack", argv, prog="rerank-stack", description=DESCRIPTION, add_arguments=_add_version)
-    return run(settings)
-
-
-def run(settings: Settings) -> int:
-    env = {**os.environ, **settings.to_env("serve")}
-    if not settings.api_keys and settings.api_keys_file is None and not settings.insecure_no_auth:
-        env["RERANK_API_KEYS_FILE"] = str(ensure_key_file(settings.state_dir))
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    service = subprocess.Popen([sys.executable, "-m", "service"], env=env)
-    envoy = None
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stack = Stack(settings)
+    signal.signal(signal.SIGINT, stack.on_signal)
+    signal.signal(signal.SIGTERM, stack.on_signal)
     try:
-        envoy = start_envoy(
-            listen_port=settings.rest_port,
-            upstream_port=settings.grpc_port,
-            admin_port=settings.admin_port,
-            workdir=settings.state_dir,
-            log_path="-",
-            listen_host=settings.rest_host,
-        )
-        print(
-            f"REST on http://localhost:{settings.rest_port}/v1/rerank, gRPC on localhost:{settings.grpc_port} "
-            f"(and through Envoy on :{settings.rest_port}). Ctrl-C stops both.",
-            flush=True,
-        )
-        while not stopping and service.poll() is None and envoy.proc and envoy.proc.poll() is None:
-            time.sleep(0.2)
-    except EnvoyError as exc:
-        print(f"envoy failed to start: {exc}", file=sys.stderr)
+        stack.start()
+        if not stack._signals:
+            print(stack.banner(), flush=True)
+            stack.run_until_signal()
+        log.info("stopping: draining the replicas, then Envoy")
+        return 0
+    except (ConfigurationError, StartupFailure, EnvoyError) as exc:
+        print(f"rerank-stack: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-        if envoy is not None:
-            envoy.stop()
-        try:
-            service.wait(20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-    return 0 if stopping else 1
+        stack.stop()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ and an orderly shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from service.backends.loader import load_backend
 from service.core.batching import BatchingConfig
 from service.core.reranker import ServedModel
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, Unavailable
 from service.model_folder import find_model_folders, read_model_folder
 from service.protocol import SERVICE_NAME, rerank_pb2_grpc
 from service.router.auth import ApiKeyInterceptor, load_key_digests
+from service.router.guard import CallGuard
 from service.router.rerank_service import RerankService
-from service.router.status import ErrorInterceptor
 from service.router.validation import Limits
 from service.settings import Settings
 
@@ -42,6 +43,7 @@ class RerankServer:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
+        self.calls = CallGuard()
         self._tokenizer_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="tokenize")
 
     def load_models(self) -> None:
@@ -82,9 +84,9 @@ class RerankServer:
             )
         else:
             log.warning("serving WITHOUT authentication (--insecure-no-auth)")
-        # After auth: a call that reaches a handler gets typed errors mapped, and anything
-        # unexpected becomes an opaque INTERNAL.
-        interceptors.append(ErrorInterceptor())
+        # After auth: every call that reaches a handler is counted (for draining) and its
+        # errors mapped (anything unexpected becomes an opaque INTERNAL).
+        interceptors.append(self.calls)
         return interceptors
 
     async def start(self) -> int:
@@ -122,27 +124,65 @@ class RerankServer:
         log.info("serving %s on %s:%d", ", ".join(sorted(self.models)), s.grpc_host, self.port)
         return self.port
 
-    async def stop(self) -> None:
-        """Drains: health turns NOT_SERVING, in-flight calls get the grace period, then models close."""
+    async def stop(self, *, delay: float | None = None, hurry: asyncio.Event | None = None) -> None:
+        """Drains, then stops. Every call in flight gets an answer:
+
+        1. health turns NOT_SERVING, so Envoy's health checks move new traffic to other replicas;
+        2. for ``delay`` seconds (default: the drain-delay setting) it keeps serving whatever
+           still arrives, while Envoy notices;
+        3. it stops accepting calls (new ones are refused; Envoy retries them elsewhere) and lets
+           the calls in flight finish, for up to the grace period;
+        4. what is still queued then is answered UNAVAILABLE, and the models close.
+
+        Setting ``hurry`` (a second signal) cuts steps 2 and 3 short.
+        """
+        s = self.settings
+        hurry = hurry or asyncio.Event()
         await self.health.enter_graceful_shutdown()
+        delay = s.drain_delay if delay is None else delay
+        if delay > 0:
+            log.info("draining: NOT_SERVING, still serving for %.1f s", delay)
+            await _until(hurry, delay)
         if self.server is not None:
-            await self.server.stop(self.settings.grace_period)
+            # grpc stops accepting at once and cancels whatever outlives its grace; ours ends first.
+            stopping = asyncio.create_task(self.server.stop(s.grace_period + 5))
+            idle = asyncio.create_task(self.calls.wait_idle(s.grace_period))
+            await asyncio.wait([idle, asyncio.create_task(hurry.wait())], return_when=asyncio.FIRST_COMPLETED)
+            if self.calls.in_flight:
+                log.warning("grace period over: answering %d calls in flight UNAVAILABLE", self.calls.in_flight)
+            for model in self.models.values():
+                model.batcher.refuse(Unavailable("the server is shutting down; retry the request"))
+            await self.calls.wait_idle(5)
+            await stopping
         for model in self.models.values():
             await model.close()
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
 
+async def _until(event: asyncio.Event, timeout: float) -> None:
+    """Sleeps ``timeout`` seconds, or less if ``event`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+
+
 async def serve(settings: Settings) -> None:
-    """Runs until SIGINT or SIGTERM, then shuts down gracefully."""
+    """Runs until SIGTERM or SIGINT, then drains (:meth:`RerankServer.stop`): SIGTERM (an
+    orchestrator) with the drain delay, SIGINT (Ctrl-C) without; a second signal hurries it."""
     server = RerankServer(settings)
     await server.start()
-    stop = asyncio.Event()
+    received: list[int] = []
+    first, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        (hurry if first.is_set() else first).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+        loop.add_signal_handler(sig, on_signal, sig)
+    await first.wait()
+    log.info("stopping (%s)", signal.Signals(received[0]).name)
+    await server.stop(delay=0 if received[0] == signal.SIGINT else None, hurry=hurry)
 
 
 __all__ = ["RerankServer", "serve"]

@@ -115,6 +115,16 @@ class Settings:
     grace_period: float = setting(
         10.0, "Seconds a stopping process lets in-flight requests finish.", roles=ALL, minimum=0
     )
+    drain_delay: float = setting(
+        3.0,
+        "After SIGTERM, seconds a replica keeps serving while it reports NOT_SERVING, so Envoy's health checks "
+        "move traffic away first (keep it above 2 health-check intervals).",
+        roles=ALL,
+        minimum=0,
+    )
+    health_check_interval: float = setting(
+        1.0, "Seconds between Envoy's gRPC health checks of each replica.", roles=GATEWAY, minimum=0.1
+    )
     state_dir: Path = setting(
         Path(".rerank"), "Runtime state: the generated API key, the rendered Envoy configuration, logs.", roles=ALL
     )

@@ -3,11 +3,9 @@ gRPC server and the real Envoy, all on free loopback ports."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import grpc
 import httpx
 import pytest
 
+from gateway.supervisor import Child, grpc_serving
 from tests.fixtures.checkpoints import make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +70,7 @@ class Stack:
     grpc_port: int
     rest_port: int
     models_dir: Path
-    process: subprocess.Popen
+    process: Child
 
     @property
     def rest(self) -> str:
@@ -82,67 +81,34 @@ class Stack:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def wait_for_grpc(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"service exited with {proc.returncode}")
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError("service did not become healthy")
-
-
-def start_service(models_dir: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int, Path]:
+def start_service(models_dir: Path, *extra: str, env: dict | None = None) -> tuple[Child, int, Path]:
+    """``python -m service`` on a free port, ready (SERVING); its output goes to a log file."""
     port = free_port()
     log = models_dir.parent / f"service-{port}.log"
-    full_env = {**os.environ, "RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", **(env or {})}
+    full_env = {"RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", "RERANK_DRAIN_DELAY": "0", **(env or {})}
     command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
-    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [*command, "--grpc-port", str(port), *extra], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_grpc(port, proc)
-    except (RuntimeError, TimeoutError) as exc:
-        proc.kill()
-        raise RuntimeError(log.read_text()[-4000:]) from exc
-    return proc, port, log
+    child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
+    child.start().wait_until(lambda: grpc_serving(port), timeout=120)
+    return child, port, log
 
 
 @pytest.fixture(scope="session")
 def stack(models_dir, tmp_path_factory):
     """The real service plus the real Envoy in front of it."""
     from gateway.envoy import start as start_envoy
+    from service.settings import Settings
 
     proc, port, _ = start_service(models_dir)
     rest_port = free_port()
     envoy = start_envoy(
-        listen_port=rest_port,
-        upstream_port=port,
-        admin_port=free_port(),
-        workdir=tmp_path_factory.mktemp("envoy"),
-        listen_host="127.0.0.1",
+        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),
+        tmp_path_factory.mktemp("envoy"),
     )
     try:
         yield Stack(port, rest_port, models_dir, proc)
     finally:
         envoy.stop()
-        proc.send_signal(15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        proc.stop(grace=20)
 
 
 @pytest.fixture

@@ -150,8 +150,7 @@ def all_models_server(converted):
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield channel
     channel.close()
-    proc.terminate()
-    proc.wait(30)
+    proc.stop(grace=30)
 
 
 def test_one_server_serves_every_architecture(all_models_server, checkpoint):

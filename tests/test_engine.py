@@ -75,8 +75,7 @@ def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
                 "xlmr-tiny"
             ]
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.stop(grace=30)
     assert card.variant == variant
     expected = transformers_scores(checkpoint("xlmr"), QUERY, DOCS)
     got = {r.index: r.relevance_score for r in reply.results}
@@ -88,12 +87,13 @@ def test_queue_limit_is_429_through_envoy(models_dir, tmp_path):
     import httpx
 
     from gateway.envoy import start as start_envoy
+    from service.settings import Settings
     from tests.conftest import API_KEY, free_port
 
     proc, port, _ = start_service(models_dir, "--max-queue-pairs", "4")
     rest_port = free_port()
     envoy = start_envoy(
-        listen_port=rest_port, upstream_port=port, admin_port=free_port(), workdir=tmp_path, listen_host="127.0.0.1"
+        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"), tmp_path
     )
     try:
         response = httpx.post(
@@ -104,7 +104,6 @@ def test_queue_limit_is_429_through_envoy(models_dir, tmp_path):
         )
     finally:
         envoy.stop()
-        proc.terminate()
-        proc.wait(30)
+        proc.stop(grace=30)
     assert response.status_code == 429
     assert "queue" in response.json()["message"]

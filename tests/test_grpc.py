@@ -72,7 +72,7 @@ def test_single_model_needs_no_name_and_clean_shutdown(models_dir, tmp_path):
             )
             assert reply.model == "xlmr-tiny" and len(reply.results) == 2
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert API_KEY not in log.read_text()
 

@@ -28,7 +28,7 @@ import numpy as np
 from service.backends.base import Batch
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
-from service.errors import QueueFull, TooManyDocuments
+from service.errors import QueueFull, RerankError, TooManyDocuments
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class DynamicBatcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
+        self._refusal: RerankError | None = None
 
     @property
     def queued_pairs(self) -> int:
@@ -106,6 +107,19 @@ class DynamicBatcher:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    def refuse(self, error: RerankError) -> None:
+        """From now on :meth:`score` raises ``error``, and every request still waiting fails
+        with it (the end of a drain: it gets an answer instead of a dropped call). A batch
+        already on the model finishes; its requests' other pairs do not run."""
+        self._refusal = error
+        for ticket in self._queue:
+            if not ticket.future.done():
+                ticket.future.set_exception(error)
+            if not ticket.cancelled:
+                ticket.cancelled = True
+                self._queued_pairs -= len(ticket.pairs) - ticket.taken
+        self.metrics.queue_pairs = self._queued_pairs
 
     async def close(self) -> None:
         if self._task is not None:
@@ -116,6 +130,8 @@ class DynamicBatcher:
 
     async def score(self, pairs: list[Pair]) -> np.ndarray:
         """Logits for ``pairs``, in their order. Raises :class:`QueueFull` when over the limit."""
+        if self._refusal is not None:
+            raise self._refusal
         if not pairs:
             return np.zeros(0)
         if len(pairs) > self.config.max_queue_pairs:

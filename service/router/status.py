@@ -5,17 +5,15 @@ message, a ``google.rpc.ErrorInfo`` (reason, domain, metadata) and, for a bad fi
 ``google.rpc.BadRequest``. Through Envoy (``convert_grpc_status``) that is a JSON body with the
 matching HTTP status: ``{"code": 3, "message": "...", "details": [...]}``.
 
-Anything else raised under a handler is a bug: it is logged with its traceback and the request
-id, and the client gets ``INTERNAL`` with an opaque message naming only that request id.
+Anything else raised under a handler is a bug: :func:`fail` logs it with its traceback and the
+request id, and the client gets ``INTERNAL`` with an opaque message naming only that request id.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -76,56 +74,10 @@ def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
-async def _fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
+async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     """Aborts the call for ``exc``; never returns."""
     if isinstance(exc, RerankError):
         await context.abort_with_status(to_status(exc))
     rid = request_id(context)
     log.error("internal error in %s (request id %s)", method, rid, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {rid}")
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Applies :func:`_fail` to every unary-response handler (unary and client-streaming)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.response_streaming:
-            return handler
-        method = handler_call_details.method
-        if handler.request_streaming:
-            # grpc.aio calls these with its own context and, for streams, an async iterator.
-            stream = cast(Callable[..., Any], handler.stream_unary)
-
-            async def guarded_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    result = stream(requests, context)
-                    return await result if inspect.isawaitable(result) else result
-                except (grpc.aio.AbortError, grpc.RpcError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status
-                    await _fail(context, exc, method)
-
-            return grpc.stream_unary_rpc_method_handler(
-                guarded_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        unary = cast(Callable[..., Any], handler.unary_unary)
-
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                result = unary(request, context)
-                return await result if inspect.isawaitable(result) else result
-            except (grpc.aio.AbortError, grpc.RpcError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status
-                await _fail(context, exc, method)
-
-        return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )

@@ -1,0 +1,426 @@
+"""Envoy's configuration, rendered from the settings table.
+
+:func:`render` turns :class:`~service.settings.Settings` (ports, body limit, route timeout,
+upstream endpoints, health-check and drain timings) into Envoy's bootstrap configuration, one
+function per part. The repository's ``envoy.yaml`` is :func:`render` of the default settings
+(``make envoy.yaml``; a test keeps them equal), and ``deploy/kubernetes`` holds the
+Kubernetes profile's rendering.
+
+What the gateway does, and why each piece is there:
+
+* one listener for REST (JSON, gRPC-JSON transcoding) and native gRPC (``codec_type: AUTO``);
+* filters, in order: a buffer filter (a reliable 413 over the body limit), a Lua filter that
+  drops the gRPC headers the transcoder leaves on JSON responses (listed before the transcoder
+  so that it runs after it on the way back), the transcoder, the router;
+* errors Envoy makes itself become the same JSON shape as the service's errors
+  (``{"code": <gRPC code>, "message", "details"}``), native gRPC clients keep plain text;
+* upstream: HTTP/2, least-request balancing across replicas, active gRPC health checks,
+  retries on reset / connect failure / refused stream / UNAVAILABLE under a retry budget,
+  outlier detection.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from service.settings import Settings
+
+CLUSTER = "rerank_grpc"
+SERVICES = ("rerank.v1.RerankService",)
+HEALTH_SERVICE = "rerank.v1.RerankService"
+FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+
+Json = dict[str, Any]
+
+HTTP_TO_GRPC = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    405: 12,  # UNIMPLEMENTED
+    413: 8,  # RESOURCE_EXHAUSTED
+    429: 8,  # RESOURCE_EXHAUSTED
+    500: 13,  # INTERNAL
+    501: 12,  # UNIMPLEMENTED
+    502: 14,  # UNAVAILABLE
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+"""Envoy's own replies carry the gRPC code a client would have got from the service (the
+inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN)."""
+
+METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET"}
+"""REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
+
+LUA_STRIP_GRPC_HEADERS = """\
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local ct = headers:get("content-type")
+  if ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json" then
+    headers:remove("grpc-status")
+    headers:remove("grpc-message")
+    headers:remove("grpc-accept-encoding")
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One endpoint of the service: an address or a DNS name (re-resolved), and a port."""
+
+    host: str
+    port: int
+
+    @property
+    def is_address(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def upstreams(settings: Settings) -> list[Upstream]:
+    """``RERANK_UPSTREAMS`` when set, else the stack's replicas on consecutive loopback ports."""
+    if settings.upstreams:
+        found = []
+        for item in settings.upstreams.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"RERANK_UPSTREAMS: {item.strip()!r} is not host:port")
+            found.append(Upstream(host.strip("[]"), int(port)))
+        return found
+    return [Upstream("127.0.0.1", settings.grpc_port + i) for i in range(settings.replicas)]
+
+
+Descriptor = Path | bytes
+"""The transcoder's descriptor set: a file Envoy reads, or its bytes, inlined (for a
+configuration that must not depend on the image's file layout, e.g. a Kubernetes ConfigMap)."""
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None) -> Json:
+    """Envoy's bootstrap configuration for ``settings``."""
+    endpoints = endpoints if endpoints is not None else upstreams(settings)
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
+        # Caps concurrent downstream connections (and silences Envoy's warning about having none).
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 10000,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [listener(settings, descriptor)],
+            "clusters": [cluster(settings, endpoints)],
+        },
+    }
+
+
+def listener(settings: Settings, descriptor: Descriptor) -> Json:
+    return {
+        "name": "rerank_listener",
+        "address": {"socket_address": {"address": settings.rest_host, "port_value": settings.rest_port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": http_connection_manager(settings, descriptor),
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "rerank_ingress",
+        "codec_type": "AUTO",
+        "route_config": {"name": "rerank_routes", "virtual_hosts": [virtual_host(settings)]},
+        "http_filters": http_filters(settings, descriptor),
+        "local_reply_config": local_reply_config(),
+    }
+
+
+def virtual_host(settings: Settings) -> Json:
+    routes: list[Json] = [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
+    # Everything else: transcoded REST (incl. GET /health, which the service serves without a
+    # key) and native gRPC.
+    routes.append({"match": {"prefix": "/"}, "route": upstream_route(settings)})
+    return {
+        "name": "rerank",
+        "domains": ["*"],
+        "routes": routes,
+        # Retries resend the request, so Envoy must keep it: up to the body limit.
+        "request_body_buffer_limit": settings.max_request_bytes,
+    }
+
+
+def _method_not_allowed(path: str, method: str) -> Json:
+    """405 for any other method on ``path``; the transcoder must be off here or it answers first."""
+    return {
+        "match": {
+            "safe_regex": {"regex": f"{path}/?"},
+            "headers": [{"name": ":method", "string_match": {"exact": method}, "invert_match": True}],
+        },
+        "direct_response": {"status": 405, "body": {"inline_string": "Method Not Allowed"}},
+        "response_headers_to_add": [{"header": {"key": "allow", "value": method}}],
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _filter_disabled() -> Json:
+    return {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+
+
+def upstream_route(settings: Settings) -> Json:
+    return {
+        "cluster": CLUSTER,
+        "timeout": _seconds(settings.route_timeout),
+        # Rerank is idempotent: a request that never got an answer is retried on another replica.
+        # No per_try_timeout: an expired try is retried under "reset", which would run the same
+        # inference again.
+        "retry_policy": {
+            "retry_on": "reset,connect-failure,refused-stream,unavailable",
+            "num_retries": 2,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                        "PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+        },
+    }
+
+
+def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
+    return [
+        # Bodies over the limit get a 413 before anything is transcoded (the transcoder's own
+        # limit does not give a reliable 413: large bodies reached the service as 429).
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": settings.max_request_bytes,
+            },
+        },
+        # Before the transcoder, so that it runs after it on the response path. Never remove
+        # these headers at route level: that breaks REST errors and native gRPC alike.
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": LUA_STRIP_GRPC_HEADERS},
+            },
+        },
+        {"name": FILTER_TRANSCODER, "typed_config": transcoder(settings, descriptor)},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        },
+    ]
+
+
+def transcoder(settings: Settings, descriptor: Descriptor) -> Json:
+    source = (
+        {"proto_descriptor_bin": base64.b64encode(descriptor).decode()}
+        if isinstance(descriptor, bytes)
+        else {"proto_descriptor": str(descriptor)}
+    )
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        **source,
+        "services": list(SERVICES),
+        "print_options": {
+            "preserve_proto_field_names": True,  # relevance_score, not relevanceScore
+            "always_print_primitive_fields": True,  # "index": 0 is printed
+        },
+        "convert_grpc_status": True,  # gRPC errors -> JSON bodies
+        # Unknown query parameters would otherwise send raw JSON to the service (a stream reset,
+        # then 503 after retries).
+        "ignore_unknown_query_parameters": True,
+        # Unknown path or method -> 404 here, not an upstream reset.
+        "request_validation_options": {"reject_unknown_method": True},
+        "max_request_body_size": settings.max_request_bytes,
+        "max_response_body_size": 8 * settings.max_request_bytes,  # return_documents echoes the request
+    }
+
+
+def local_reply_config() -> Json:
+    """Envoy's own replies (413, 404, 405, 503, 504, ...) as ``{"code", "message", "details"}``."""
+    mappers: list[Json] = [
+        # Native gRPC: keep Envoy's text as grpc-message. The transcoder rewrites a REST request's
+        # content-type to application/grpc too, but also adds x-envoy-original-path.
+        {
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        {
+                            "header_filter": {
+                                "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                            }
+                        },
+                        {
+                            "header_filter": {
+                                "header": {"name": "x-envoy-original-path", "present_match": True, "invert_match": True}
+                            }
+                        },
+                    ]
+                }
+            },
+            "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}},
+        }
+    ]
+    for status, code in HTTP_TO_GRPC.items():
+        mappers.append(
+            {
+                "filter": {
+                    "status_code_filter": {
+                        "comparison": {
+                            "op": "EQ",
+                            "value": {"default_value": status, "runtime_key": f"local_reply.status_{status}"},
+                        }
+                    }
+                },
+                "body_format_override": {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}},
+            }
+        )
+    return {"mappers": mappers, "body_format": {"json_format": {"code": 2, "message": "%LOCAL_REPLY_BODY%"}}}
+
+
+def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
+    dns = any(not e.is_address for e in endpoints)
+    interval = _seconds(settings.health_check_interval)
+    result: Json = {
+        "name": CLUSTER,
+        # A DNS name (a Kubernetes headless Service) is re-resolved: one host per address.
+        "type": "STRICT_DNS" if dns else "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": e.host, "port_value": e.port}}}}
+                        for e in endpoints
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                # Mandatory: gRPC (and grpc_health_check) needs HTTP/2 upstream.
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                },
+            }
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    # Retries may add at most 20 % to the requests in flight (at least 16 at once): enough
+                    # to carry a dead replica's share, never a retry storm.
+                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 16},
+                    "max_connections": 1024,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                }
+            ]
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": interval,
+                # The default is 60 s while the cluster has had no traffic: a replica that comes up
+                # after Envoy would stay unhealthy for a minute.
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": HEALTH_SERVICE},
+            }
+        ],
+        # When fewer than half the hosts are healthy Envoy uses them all ("panic mode", its
+        # default, stated on purpose): a lone replica still gets requests while it drains or
+        # before its first passing check, instead of 503 "no healthy upstream".
+        "common_lb_config": {"healthy_panic_threshold": {"value": 50}},
+        "outlier_detection": {
+            # Eject a replica after 2 consecutive gateway failures (connect failure, reset,
+            # 502/503/504); application errors (INTERNAL -> 500) must not eject.
+            "consecutive_gateway_failure": 2,
+            "enforcing_consecutive_gateway_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "interval": "5s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 100,
+        },
+    }
+    if dns:
+        result["dns_refresh_rate"] = "5s"
+        result["dns_lookup_family"] = "V4_PREFERRED"
+    return result
+
+
+def to_yaml(config: Json, *, header: str = "") -> str:
+    """YAML text of a rendered configuration (keys in rendering order)."""
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style: Literal["|"] | None = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    return header + body
+
+
+DEFAULT_HEADER = """\
+# Envoy's configuration for rerank's default settings, with one replica.
+#
+# RENDERED, do not edit: `python -m gateway.envoy_config > envoy.yaml` (make envoy.yaml) writes it
+# from service/settings.py and gateway/envoy_config.py, and a test keeps it equal to them.
+# rerank-stack and rerank-gateway render their own copy from the settings they are given.
+# Run from the repository root after `make install`:  envoy -c envoy.yaml
+"""
+REPOSITORY_DESCRIPTOR = Path("gateway/assets/rerank.pb")
+"""The descriptor set's path from the repository root (where ``make install`` builds it)."""
+
+
+def render_default() -> str:
+    """The repository's ``envoy.yaml``."""
+    return to_yaml(render(Settings(), descriptor=REPOSITORY_DESCRIPTOR), header=DEFAULT_HEADER)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(render_default())

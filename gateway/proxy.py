@@ -1,0 +1,57 @@
+"""``rerank-gateway``: Envoy alone, configured from the settings table.
+
+The container image's gateway role, and how ``deploy/kubernetes``'s configuration is made:
+renders Envoy's configuration for the ``gateway`` settings (upstreams from ``RERANK_UPSTREAMS``,
+e.g. ``rerank-service:50051`` in a container network or a Kubernetes headless Service) and then
+replaces itself with Envoy (``exec``), so Envoy is the process that gets the orchestrator's
+signals. ``--print-config`` prints the configuration instead; ``--inline-descriptor`` puts the
+descriptor set into it, for a configuration that does not depend on the image's file layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.descriptor import descriptor_set, inline_descriptor_set
+from gateway.envoy import envoy_binary, write_config
+from gateway.envoy_config import render, to_yaml
+from service import __version__
+from service.settings import parse
+
+DESCRIPTION = "Run Envoy alone in front of rerank services, configured from the settings."
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--print-config", action="store_true", help="print the rendered configuration and exit")
+    parser.add_argument(
+        "--inline-descriptor",
+        action="store_true",
+        help="embed the descriptor set in the configuration instead of naming its file",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, args = parse("gateway", argv, prog="rerank-gateway", description=DESCRIPTION, add_arguments=_arguments)
+    descriptor = inline_descriptor_set() if args.inline_descriptor else descriptor_set()
+    try:
+        if args.print_config:
+            sys.stdout.write(to_yaml(render(settings, descriptor=descriptor)))
+            return 0
+        config = write_config(settings, settings.state_dir / "envoy.yaml", descriptor=descriptor)
+    except ValueError as exc:
+        print(f"rerank-gateway: {exc}", file=sys.stderr)
+        return 2
+    binary = str(envoy_binary())
+    os.execv(
+        binary,
+        [binary, "-c", str(config), "--log-level", "warn" if settings.log_level == "info" else settings.log_level],
+    )
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Envoy's configuration, rendered from the settings."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.envoy_config import Upstream, render, render_default, upstreams
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cluster(config):
+    return config["static_resources"]["clusters"][0]
+
+
+def _hcm(config):
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def _filter(config, name):
+    return next(f["typed_config"] for f in _hcm(config)["http_filters"] if f["name"] == name)
+
+
+def test_repository_envoy_yaml_is_the_default_rendering():
+    assert (REPO / "envoy.yaml").read_text() == render_default(), "regenerate it: make envoy.yaml"
+
+
+def test_replicas_are_consecutive_loopback_endpoints():
+    config = render(Settings(grpc_port=7000, replicas=3), descriptor=Path("d.pb"))
+    cluster = _cluster(config)
+    ports = [
+        e["endpoint"]["address"]["socket_address"]["port_value"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert ports == [7000, 7001, 7002]
+    assert cluster["type"] == "STATIC" and cluster["lb_policy"] == "LEAST_REQUEST"
+
+
+def test_a_dns_name_is_re_resolved():
+    config = render(Settings(upstreams="rerank-service.ns.svc:50051"), descriptor=Path("d.pb"))
+    assert _cluster(config)["type"] == "STRICT_DNS"
+    assert upstreams(Settings(upstreams="a:1, [::1]:2")) == [Upstream("a", 1), Upstream("::1", 2)]
+    with pytest.raises(ValueError, match="not host:port"):
+        upstreams(Settings(upstreams="nohost"))
+
+
+def test_limits_and_timings_come_from_the_settings():
+    s = Settings(max_request_bytes=123456, route_timeout=7.5, health_check_interval=0.5, rest_port=81, admin_port=82)
+    config = render(s, descriptor=Path("d.pb"))
+    assert _filter(config, "envoy.filters.http.buffer")["max_request_bytes"] == 123456
+    assert _filter(config, "envoy.filters.http.grpc_json_transcoder")["max_request_body_size"] == 123456
+    vhost = _hcm(config)["route_config"]["virtual_hosts"][0]
+    assert vhost["request_body_buffer_limit"] == 123456  # retries need the body
+    assert vhost["routes"][-1]["route"]["timeout"] == "7.5s"
+    assert _cluster(config)["health_checks"][0]["interval"] == "0.5s"
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 81
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 82}
+
+
+def test_descriptor_by_path_or_inline():
+    by_path = _filter(render(Settings(), descriptor=Path("/x/rerank.pb")), "envoy.filters.http.grpc_json_transcoder")
+    assert by_path["proto_descriptor"] == "/x/rerank.pb"
+    inline = _filter(render(Settings(), descriptor=b"\x00\x01bytes"), "envoy.filters.http.grpc_json_transcoder")
+    assert base64.b64decode(inline["proto_descriptor_bin"]) == b"\x00\x01bytes"
+
+
+def test_envoys_own_errors_carry_grpc_codes():
+    mappers = _hcm(render(Settings(), descriptor=Path("d.pb")))["local_reply_config"]["mappers"]
+    codes = {
+        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m["body_format_override"][
+            "json_format"
+        ]["code"]
+        for m in mappers[1:]
+    }
+    assert codes[413] == 8 and codes[503] == 14 and codes[404] == 5
+
+
+def test_the_rendering_is_valid_yaml_round_trip():
+    text = render_default()
+    assert yaml.safe_load(text)["static_resources"]["clusters"][0]["name"] == "rerank_grpc"
