@@ -14,12 +14,13 @@ import torch
 
 from converters.convert import convert
 from converters.sources import load_source
+from converters.testing.checkpoints import KINDS, gte_reference_model
+from converters.testing.corpus import multilingual_strings
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import read_model_folder
 from tests.conftest import AUTH, start_service
-from tests.fixtures.checkpoints import KINDS, gte_reference_model, multilingual_strings
 from tests.jinabert_numpy import JinaBertNumpy
 
 MAX_LENGTH = {"xlmr": 128, "bert": 128, "jina-v1": 8192, "jina-v2": 1024, "gte": 8192}

@@ -1,4 +1,4 @@
-"""Checks of the test fixtures themselves: checkpoint layouts, tokenizers, scores, text generators."""
+"""Checks of the fixture builders (:mod:`converters.testing`): checkpoint layouts, tokenizers, scores, text."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from transformers import (
     XLMRobertaForSequenceClassification,
 )
 
-from tests.fixtures.checkpoints import (
+from converters.testing.checkpoints import (
     GTE_EXTRA_VOCAB_ROWS,
     HIDDEN,
     INTERMEDIATE,
@@ -30,9 +30,8 @@ from tests.fixtures.checkpoints import (
     gte_reference_model,
     gte_rope_parameters,
     make_checkpoint,
-    multilingual_strings,
 )
-from tests.fixtures.corpus import LANGUAGES, training_corpus
+from converters.testing.corpus import LANGUAGES, multilingual_strings, training_corpus
 
 QUERY, DOC = "What is a panda?", "The giant panda is a bear species endemic to China."
 

@@ -17,13 +17,13 @@ import torch
 from converters.convert import convert
 from converters.gguf_source import POOLER_DROPPED
 from converters.sources import load_source
+from converters.testing.corpus import multilingual_strings
+from converters.testing.llama_cpp import convert_to_gguf
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import read_model_folder
-from tests.fixtures.checkpoints import multilingual_strings
 from tests.jinabert_numpy import JinaBertNumpy
-from tests.llama_cpp import convert_to_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 FULL = ("xlmr", "jina-v2")  # llama.cpp keeps every weight of these

@@ -22,8 +22,9 @@ from transformers import AutoTokenizer
 
 from converters.gguf_file import GgufFile
 from converters.gguf_tokenizer import tokenizer_from_gguf
-from tests.fixtures.checkpoints import make_checkpoint, multilingual_strings
-from tests.llama_cpp import convert_to_gguf
+from converters.testing.checkpoints import make_checkpoint
+from converters.testing.corpus import multilingual_strings
+from converters.testing.llama_cpp import convert_to_gguf
 
 KINDS = ("xlmr", "bert", "jina-v1", "jina-v2")
 STRINGS = multilingual_strings(2000)

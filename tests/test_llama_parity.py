@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from converters.testing.llama_cpp import convert_to_gguf, llama_server_binary
 from converters.variants import spearman
 from tests.conftest import free_port
-from tests.llama_cpp import convert_to_gguf, llama_server_binary
 from tests.test_gguf import convert_gguf, onnx_scores
 
 pytestmark = pytest.mark.parity
