@@ -191,7 +191,7 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
 
     total = matmul = 0
     with safe_open(str(checkpoint / "model.safetensors"), "np") as f:
-        for key in f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
             if key.endswith("position_ids"):
                 continue
             count = 1
