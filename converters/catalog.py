@@ -14,8 +14,6 @@ class CatalogEntry:
     params: str
     max_length: int
     licence: str
-    gguf_notes: str = ""
-    """What the GGUF build cannot express, if anything (see docs/models.md)."""
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -47,7 +45,6 @@ CATALOG: dict[str, CatalogEntry] = {
             "37.8M",
             8192,
             "apache-2.0",
-            "llama.cpp's converter drops the BERT pooler: the GGUF scores tanh(classifier(h0)), not the original head",
         ),
         CatalogEntry(
             "jina-reranker-v1-tiny-en",
@@ -57,7 +54,6 @@ CATALOG: dict[str, CatalogEntry] = {
             "33.0M",
             8192,
             "apache-2.0",
-            "llama.cpp's converter drops the BERT pooler: the GGUF scores tanh(classifier(h0)), not the original head",
         ),
         CatalogEntry(
             "jina-reranker-v2-base-multilingual",

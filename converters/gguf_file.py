@@ -78,9 +78,6 @@ class GgufFile:
         """``{architecture}.{suffix}``."""
         return self.metadata.get(f"{self.architecture}.{suffix}", default)
 
-    def tensor_names(self) -> list[str]:
-        return [t.name for t in self._reader.tensors]
-
     def tensor_types(self) -> dict[str, str]:
         return {t.name: GGMLQuantizationType(t.tensor_type).name for t in self._reader.tensors}
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.bundle import SourceBundle
 from converters.gguf_file import GgufFile
 from converters.hf_checkpoint import sha256_file
-from converters.sources import SourceBundle
 from converters.spec import EncoderSpec, LoadedModel, Weights
 
 POOLER_DROPPED = (

@@ -76,12 +76,13 @@ def _read_tensors(folder: Path) -> tuple[Weights, dict[str, str]]:
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
-def _strip_prefix(tensors: Weights) -> tuple[str, Weights]:
-    """Finds the backbone prefix (``roberta.``, ``bert.``, ``new.``, ...) by its word embeddings."""
+def _strip_prefix(tensors: Weights) -> Weights:
+    """The tensors without the backbone prefix (``roberta.``, ``bert.``, ``new.``, ...), which is
+    found by the word embeddings' name."""
     for key in tensors:
         if key.endswith("embeddings.word_embeddings.weight"):
             prefix = key[: -len("embeddings.word_embeddings.weight")]
-            return prefix, {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+            return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
     raise CheckpointError("no embeddings.word_embeddings.weight tensor: not a supported encoder")
 
 
@@ -111,7 +112,7 @@ def _take(t: Weights, key: str) -> np.ndarray:
         raise CheckpointError(f"missing tensor {key!r}") from None
 
 
-def _num_labels(config: dict, head_out: np.ndarray) -> None:
+def _check_one_logit(head_out: np.ndarray) -> None:
     if head_out.shape[0] != 1:
         raise CheckpointError(f"the classifier has {head_out.shape[0]} outputs; a reranker has exactly one")
 
@@ -124,7 +125,7 @@ def load_checkpoint(source: str) -> LoadedModel:
         raise CheckpointError(f"{folder}: no config.json")
     config = json.loads(config_path.read_text())
     raw, hashes = _read_tensors(folder)
-    _, t = _strip_prefix(raw)
+    t = _strip_prefix(raw)
     family = detect_family(config, set(raw))
     layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
@@ -221,7 +222,7 @@ def load_checkpoint(source: str) -> LoadedModel:
         w["head.dense.w"], w["head.dense.b"] = _take(t, "pooler.dense.weight"), _take(t, "pooler.dense.bias")
         w["head.out.w"], w["head.out.b"] = _take(raw, "classifier.weight"), _take(raw, "classifier.bias")
         head = "pooler"
-    _num_labels(config, w["head.out.w"])
+    _check_one_logit(w["head.out.w"])
 
     eps = float(config.get("layer_norm_eps", 1e-12))
     pad_id = int(config.get("pad_token_id", 1) if config.get("pad_token_id") is not None else 1)

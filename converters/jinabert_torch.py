@@ -26,10 +26,6 @@ class JinaBertReranker(nn.Module):
         self.w = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in loaded.weights.items()}
         self.slopes = torch.from_numpy(alibi_slopes(spec.heads))
 
-    @classmethod
-    def from_loaded(cls, loaded: LoadedModel) -> JinaBertReranker:
-        return cls(loaded)
-
     def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return nn.functional.layer_norm(
             x, (x.shape[-1],), self.w[name + ".w"], self.w[name + ".b"], self.spec.layer_norm_eps

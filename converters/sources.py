@@ -3,23 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
-from converters.spec import LoadedModel
-
-
-@dataclass
-class SourceBundle:
-    """What :func:`converters.convert.convert` needs from a source."""
-
-    loaded: LoadedModel
-    folder: Path | None
-    """The checkpoint folder (tokenizer files, reference model), when there is one."""
-    tokenizer: Tokenizer | None = None
-    """A tokenizer rebuilt from the source (GGUF); None means: use the folder's files."""
+from converters.bundle import SourceBundle
 
 
 def load_source(source: str, progress: Callable[[str], None] = print) -> SourceBundle:

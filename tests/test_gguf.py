@@ -127,7 +127,7 @@ def test_gte_gguf_in_llama_box_layout(checkpoint, ggufs, hf_folders, tmp_path):
     np.testing.assert_allclose(onnx_scores(folder, items), onnx_scores(hf_folders / "gte", items), atol=1e-4, rtol=0)
 
 
-def test_not_a_reranker_is_refused(ggufs, tmp_path):
+def test_not_a_reranker_is_refused(tmp_path):
     from gguf import GGUFWriter
 
     path = tmp_path / "llama.gguf"

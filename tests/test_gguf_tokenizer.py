@@ -109,7 +109,7 @@ def test_matches_auto_tokenizer(kind: str, converted, metadata) -> None:
     assert_same([e.type_ids for e in pairs], encoded["token_type_ids"], PAIRS)
 
 
-def test_mask_placeholder_is_replaced(converted, metadata) -> None:
+def test_mask_placeholder_is_replaced(metadata) -> None:
     """From sentencepiece.bpe.model llama.cpp writes ``[PAD<n>]`` where XLM-R has ``<mask>``."""
     tokens = metadata["xlmr"]["tokenizer.ggml.tokens"]
     assert re.fullmatch(r"\[PAD\d+\]", tokens[-1])

@@ -50,3 +50,27 @@ def test_converter_uses_only_the_declared_service_surface() -> None:
         if (module == "service" or module.startswith("service.")) and module not in SERVICE_SURFACE
     ]
     assert not offences, offences
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_converter_modules_import_no_cycle() -> None:
+    """Lazy imports included: a cycle is a cycle whether or not it happens to import today."""
+    graph = {
+        _module_name(path): {m for _, m in imported_modules(path) if m.startswith("converters.")}
+        for path in python_files("converters")
+    }
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph.get(module, ())):
+            if dep in path:
+                cycles.append(" -> ".join([*path[path.index(dep) :], dep]))
+            else:
+                visit(dep, [*path, dep])
+
+    for module in sorted(graph):
+        visit(module, [module])
+    assert not cycles, sorted(set(cycles))
