@@ -1,4 +1,9 @@
-"""``rerank-convert``: build a verified ONNX model folder from a checkpoint or a GGUF file."""
+"""``rerank-convert``: build a verified ONNX model folder from a checkpoint or a GGUF file.
+
+The only place where the converter's errors become an exit status: a
+:class:`~converters.errors.ConversionError` (or an existing model folder) is one line on stderr,
+``rerank-convert: error: ...``, and exit status 1; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ import sys
 from pathlib import Path
 
 from converters.catalog import CATALOG, resolve
+from converters.errors import ConversionError
 from converters.variants import DEFAULT as DEFAULT_VARIANTS
 from converters.variants import KNOWN as KNOWN_VARIANTS
+
+PROG = "rerank-convert"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="rerank-convert",
+        prog=PROG,
         description="Convert a cross-encoder reranker (Hugging Face checkpoint, Hub repo id, catalog name, "
         "or GGUF file) into a verified ONNX model folder.",
     )
@@ -32,12 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         help="keep variants that fail the accuracy gate (only for speed benchmarks of random-weight models)",
     )
     p.add_argument("--list", action="store_true", help="list the supported models and exit")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
 
-    from rich.console import Console
-
-    console = Console(stderr=True)
     if a.list:
+        from rich.console import Console
         from rich.table import Table
 
         table = Table(title="Supported rerankers")
@@ -65,9 +72,30 @@ def main(argv: list[str] | None = None) -> int:
             f"--variants: unknown {sorted(set(variants) - set(KNOWN_VARIANTS))}; known: {', '.join(KNOWN_VARIANTS)}"
         )
 
-    from converters.convert import VerificationError, convert
+    try:
+        return _convert(a, variants)
+    except (ConversionError, FileExistsError) as exc:
+        if a.debug:
+            raise
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (a library's message may span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _convert(a: argparse.Namespace, variants: tuple[str, ...]) -> int:
+    from rich.console import Console
+
+    from converters.convert import convert
     from converters.sources import load_source
 
+    console = Console(stderr=True)
     source, entry = resolve(a.source)
     name = a.name or (entry.name if entry else Path(source.rstrip("/")).stem.replace(".", "-"))
     with console.status(f"reading {source}") as status:
@@ -76,23 +104,19 @@ def main(argv: list[str] | None = None) -> int:
             console.log(message)
             status.update(message)
 
-        try:
-            bundle = load_source(source, progress=progress)
-            result = convert(
-                bundle.loaded,
-                name=name,
-                out_dir=a.out,
-                source_folder=bundle.folder,
-                tokenizer=bundle.tokenizer,
-                licence=entry.licence if entry else "",
-                progress=progress,
-                force=a.force,
-                variants=variants,
-                enforce_gate=not a.no_gate,
-            )
-        except (VerificationError, FileExistsError, ValueError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            return 1
+        bundle = load_source(source, progress=progress)
+        result = convert(
+            bundle.loaded,
+            name=name,
+            out_dir=a.out,
+            source_folder=bundle.folder,
+            tokenizer=bundle.tokenizer,
+            licence=entry.licence if entry else "",
+            progress=progress,
+            force=a.force,
+            variants=variants,
+            enforce_gate=not a.no_gate,
+        )
     console.print(f"[green]wrote[/] {result.folder} (max |Δ| {result.max_abs_diff:.2e} on {result.probes} probes)")
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from converters import onnx_graph
+from converters.errors import CheckpointError, VerificationError
 from converters.memory import release_memory
 from converters.probes import probe_pairs
 from converters.spec import LoadedModel
@@ -30,10 +31,6 @@ TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
 
 Progress = Callable[[str], None]
-
-
-class VerificationError(RuntimeError):
-    """The converted graph does not score like the reference; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +80,11 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
         from transformers import AutoTokenizer
 
         assert source_folder is not None
-        tokenizer = Tokenizer.from_str(
-            AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False).backend_tokenizer.to_str()
-        )
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False)
+        except (OSError, ValueError) as exc:  # what transformers raises for missing or unreadable files
+            raise CheckpointError(f"{source_folder}: transformers cannot build its tokenizer: {exc}") from exc
+        tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.save(str(out / "tokenizer.json"))

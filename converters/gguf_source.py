@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.bundle import SourceBundle
+from converters.errors import GgufError
 from converters.gguf_file import GgufFile
 from converters.hf_checkpoint import sha256_file
 from converters.spec import EncoderSpec, LoadedModel, Weights
@@ -37,10 +38,6 @@ TYPE_IDS_USED = (
     "document tokens get token type 1 from the file's token-type table, as the original BERT model does; "
     "llama.cpp feeds type 0 to every token"
 )
-
-
-class GgufError(ValueError):
-    """The GGUF is not a reranker this converter understands; the message says why."""
 
 
 def _tensor(t: Weights, name: str) -> np.ndarray:

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.errors import CheckpointError
 from converters.spec import EncoderSpec, LoadedModel, Weights
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is not one this converter understands; the message says why."""
 
 
 def fetch(source: str) -> Path:

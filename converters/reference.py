@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from converters.errors import ConversionError
 from converters.spec import LoadedModel
 
 
@@ -111,7 +112,9 @@ def _load(model, state: dict[str, np.ndarray]):
     )
     missing = [m for m in missing if "position_ids" not in m]
     if unexpected or missing:
-        raise RuntimeError(f"reference weights do not fit: missing={missing} unexpected={unexpected}")
+        raise ConversionError(
+            f"the reference model does not take these weights: missing={missing} unexpected={unexpected}"
+        )
     return model
 
 

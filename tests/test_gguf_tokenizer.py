@@ -20,6 +20,7 @@ from gguf import GGUFValueType, GGUFWriter
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
+from converters.errors import GgufError
 from converters.gguf_file import GgufFile
 from converters.gguf_tokenizer import tokenizer_from_gguf
 from converters.testing.checkpoints import make_checkpoint
@@ -182,5 +183,5 @@ def test_published_file_quirks(tmp_path: Path, converted, metadata) -> None:
 
 
 def test_unsupported_model(metadata) -> None:
-    with pytest.raises(ValueError, match="llama"):
+    with pytest.raises(GgufError, match="llama"):
         tokenizer_from_gguf({**metadata["bert"], "tokenizer.ggml.model": "llama"})
