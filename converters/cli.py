@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep variants that fail the accuracy gate (only for speed benchmarks of random-weight models)",
     )
+    p.add_argument(
+        "--skip-memory-check",
+        action="store_true",
+        help="convert even when the estimated peak memory exceeds what the machine has available",
+    )
     p.add_argument("--list", action="store_true", help="list the supported models and exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
@@ -104,7 +109,7 @@ def _convert(a: argparse.Namespace, variants: tuple[str, ...]) -> int:
             console.log(message)
             status.update(message)
 
-        bundle = load_source(source, progress=progress)
+        bundle = load_source(source, progress=progress, check_memory=not a.skip_memory_check)
         result = convert(
             bundle.loaded,
             name=name,

@@ -78,6 +78,10 @@ class GgufFile:
         """``{architecture}.{suffix}``."""
         return self.metadata.get(f"{self.architecture}.{suffix}", default)
 
+    def parameter_count(self) -> int:
+        """Elements in every tensor (read from the tensor index; nothing is dequantised)."""
+        return sum(int(t.n_elements) for t in self._reader.tensors)
+
     def tensor_types(self) -> dict[str, str]:
         return {t.name: GGMLQuantizationType(t.tensor_type).name for t in self._reader.tensors}
 

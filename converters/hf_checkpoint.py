@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,31 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def count_parameters(folder: Path) -> int:
+    """The checkpoint's parameter count, without loading it: from the safetensors headers, or a
+    ``pytorch_model.bin``'s size at 4 bytes per parameter (float32, how those were saved)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return sum(_safetensors_elements(file) for file in files)
+    bin_file = folder / "pytorch_model.bin"
+    if bin_file.exists():
+        return bin_file.stat().st_size // 4
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def _safetensors_elements(file: Path) -> int:
+    """Elements of every tensor in a safetensors file: its header is a u64 length and a JSON index."""
+    try:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > file.stat().st_size - 8:
+                raise ValueError(f"a header of {size} bytes")
+            header = json.loads(handle.read(size))
+        return sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
 
 
 def _load_safetensors(file: Path) -> Weights:

@@ -30,7 +30,7 @@ def test_a_checkpoint_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "empty").mkdir()
     assert cli.main([str(tmp_path / "empty"), "--out", str(tmp_path / "models")]) == 1
     lines = _stderr_lines(capsys)  # progress lines first, then the error
-    assert lines[-1] == f"rerank-convert: error: {tmp_path / 'empty'}: no config.json"
+    assert lines[-1] == f"rerank-convert: error: {tmp_path / 'empty'}: no model.safetensors or pytorch_model.bin"
     assert sum(line.startswith("rerank-convert: error:") for line in lines) == 1
     assert not (tmp_path / "models").exists()
 
