@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 
 MODEL ?= BAAI/bge-reranker-v2-m3
-NAME ?= $(notdir $(patsubst %/,%,$(MODEL)))
+NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 

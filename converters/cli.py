@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from converters.catalog import CATALOG, resolve
+from converters.catalog import CATALOG, CatalogEntry, resolve
 from converters.errors import ConversionError
 from converters.variants import DEFAULT as DEFAULT_VARIANTS
 from converters.variants import KNOWN as KNOWN_VARIANTS
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         "or GGUF file) into a verified ONNX model folder.",
     )
     p.add_argument("source", nargs="?", help="catalog name, Hub repo id, local checkpoint folder, or .gguf file")
-    p.add_argument("--name", help="served model name (default: the catalog name or the folder's name)")
+    p.add_argument("--name", help="served model name (default: the catalog name, or the folder's or file's name)")
     p.add_argument("--out", type=Path, default=Path("models"), help="models directory (default: models)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
     p.add_argument(
@@ -89,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def served_name(source: str, entry: CatalogEntry | None) -> str:
+    """The served name when ``--name`` is not given: the catalog name, else the last part of the
+    folder, repo id or file, without a ``.gguf`` suffix, dots made dashes."""
+    if entry is not None:
+        return entry.name
+    name = Path(source.rstrip("/")).name
+    if name.lower().endswith(".gguf"):
+        name = name[: -len(".gguf")]
+    return name.replace(".", "-")
+
+
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (a library's message may span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -102,7 +113,7 @@ def _convert(a: argparse.Namespace, variants: tuple[str, ...]) -> int:
 
     console = Console(stderr=True)
     source, entry = resolve(a.source)
-    name = a.name or (entry.name if entry else Path(source.rstrip("/")).stem.replace(".", "-"))
+    name = a.name or served_name(source, entry)
     with console.status(f"reading {source}") as status:
 
         def progress(message: str) -> None:

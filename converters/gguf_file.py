@@ -18,6 +18,8 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField
 from gguf.quants import dequantize
 
+from converters.errors import GgufError
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,12 @@ class GgufFile:
 
     @classmethod
     def open(cls, path: Path) -> GgufFile:
-        reader = _TolerantReader(str(path), "r")
+        if not path.is_file():
+            raise GgufError(f"{path}: no such GGUF file")
+        try:
+            reader = _TolerantReader(str(path), "r")
+        except (ValueError, OSError) as exc:  # what the gguf package raises for a file it cannot parse
+            raise GgufError(f"{path}: not a readable GGUF file ({exc})") from exc
         metadata = {name: _decode(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
         duplicates = list(getattr(reader, "duplicates", []))
         if duplicates:

@@ -37,7 +37,20 @@ def fetch(source: str) -> Path:
     try:
         return Path(snapshot_download(source, allow_patterns=patterns))
     except Exception as exc:
-        raise CheckpointError(f"could not download {source!r} from the Hugging Face Hub: {exc}") from exc
+        raise CheckpointError(download_failed(source, exc)) from exc
+
+
+def download_failed(source: str, exc: BaseException) -> str:
+    """What to do when ``source`` cannot be downloaded: most often the machine is offline."""
+    from converters.catalog import did_you_mean
+
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+    return (
+        f"could not download {source!r} from the Hugging Face Hub ({reason}){did_you_mean(source)}. "
+        "Offline, convert a checkpoint folder you have: rerank-convert /path/to/checkpoint, or "
+        "make serve MODEL=/path/to/checkpoint; rerank-convert --list shows the supported models"
+    )
 
 
 def sha256_file(path: Path) -> str:
