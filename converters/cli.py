@@ -8,6 +8,7 @@ The only place where the converter's errors become an exit status: a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,23 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.list:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="Supported rerankers")
-        for column in ("name", "Hub repo", "GGUF repo", "architecture", "params", "max length", "licence"):
-            table.add_column(column)
-        for entry in CATALOG.values():
-            table.add_row(
-                entry.name,
-                entry.hub_repo,
-                entry.gguf_repo,
-                entry.architecture,
-                entry.params,
-                str(entry.max_length),
-                entry.licence + (" (non-commercial)" if "nc" in entry.licence.lower() else ""),
-            )
-        Console().print(table)
+        try:
+            print(catalog_listing(), flush=True)
+        except BrokenPipeError:  # `rerank-convert --list | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     if not a.source:
         p.error("a source is required (or --list)")
@@ -87,6 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
+
+
+def catalog_listing() -> str:
+    """``--list``: one block per model, each name and repo id whole, on a line of its own.
+
+    Plain text, not a table: a table fitted to a narrow terminal (or to a pipe's assumed 80
+    columns) cuts or wraps the names, and the names are what users copy.
+    """
+    blocks = []
+    for e in CATALOG.values():
+        licence = e.licence + (" (non-commercial)" if "nc" in e.licence.lower() else "")
+        blocks.append(
+            f"{e.name}\n"
+            f"    {e.architecture}, {e.params} parameters, max length {e.max_length}, {licence}\n"
+            f"    hub:  {e.hub_repo}\n"
+            f"    gguf: {e.gguf_repo}"
+        )
+    header = f"Supported rerankers ({PROG} NAME, or a Hub repo id, checkpoint folder or .gguf file):"
+    return "\n\n".join([header, *blocks])
 
 
 def served_name(source: str, entry: CatalogEntry | None) -> str:
