@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from converters.catalog import CATALOG, CatalogEntry, resolve
@@ -114,18 +115,21 @@ def one_line(exc: BaseException) -> str:
 
 def _convert(a: argparse.Namespace, variants: tuple[str, ...]) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from converters.convert import convert
     from converters.sources import load_source
 
-    console = Console(stderr=True)
+    # Progress on stderr, one whole line per message (soft_wrap: not folded at a pipe's assumed
+    # 80 columns), with the spinner's status line on a terminal only.
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
     source, entry = resolve(a.source)
     name = a.name or served_name(source, entry)
     with console.status(f"reading {source}") as status:
 
         def progress(message: str) -> None:
-            console.log(message)
-            status.update(message)
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(message)}")
+            status.update(escape(message))
 
         bundle = load_source(source, progress=progress, check_memory=not a.skip_memory_check)
         result = convert(
@@ -140,7 +144,8 @@ def _convert(a: argparse.Namespace, variants: tuple[str, ...]) -> int:
             variants=variants,
             enforce_gate=not a.no_gate,
         )
-    console.print(f"[green]wrote[/] {result.folder} (max |Δ| {result.max_abs_diff:.2e} on {result.probes} probes)")
+    figures = f"max |Δ| {result.max_abs_diff:.2e} on {result.probes} probes"
+    console.print(f"[green]wrote[/] {escape(str(result.folder))} ({figures})")
     return 0
 
 

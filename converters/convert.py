@@ -22,6 +22,7 @@ from converters import onnx_graph
 from converters.errors import CheckpointError, VerificationError
 from converters.memory import release_memory
 from converters.probes import probe_pairs
+from converters.quiet import quiet_transformers
 from converters.spec import LoadedModel
 from converters.variants import build_fused, write_variants
 from service.model_folder import ModelFolderConfig, Variant, template_from_tokenizer, write_config
@@ -81,7 +82,8 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
 
         assert source_folder is not None
         try:
-            hf_tokenizer = AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False)
+            with quiet_transformers():
+                hf_tokenizer = AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False)
         except (OSError, ValueError) as exc:  # what transformers raises for missing or unreadable files
             raise CheckpointError(f"{source_folder}: transformers cannot build its tokenizer: {exc}") from exc
         tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
@@ -155,7 +157,8 @@ def convert(
         ours = score_pairs(work, config, pairs)
         progress("verify: scoring them with the reference implementation")
         release_memory()
-        theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
+        with quiet_transformers():  # its weight-loading bars and notices are not our user's business
+            theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
         release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")

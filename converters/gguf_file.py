@@ -8,7 +8,6 @@ tokenizer rebuild). Every quantisation that ``gguf.quants`` can dequantise is ac
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from gguf.gguf_reader import ReaderField
 from gguf.quants import dequantize
 
 from converters.errors import GgufError
-
-log = logging.getLogger(__name__)
 
 
 class _TolerantReader(GGUFReader):
@@ -72,10 +69,7 @@ class GgufFile:
         except (ValueError, OSError) as exc:  # what the gguf package raises for a file it cannot parse
             raise GgufError(f"{path}: not a readable GGUF file ({exc})") from exc
         metadata = {name: _decode(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-        duplicates = list(getattr(reader, "duplicates", []))
-        if duplicates:
-            log.warning("%s: duplicate metadata keys %s (first value kept)", path.name, sorted(set(duplicates)))
-        return cls(path, metadata, duplicates, reader)
+        return cls(path, metadata, list(getattr(reader, "duplicates", [])), reader)
 
     @property
     def architecture(self) -> str:

@@ -200,6 +200,8 @@ def load_gguf_bundle(f: GgufFile, progress: Callable[[str], None] = print) -> So
 
     loaded = load_gguf(f)
     progress(f"gguf: {f.architecture}, {loaded.spec.num_layers} layers, {f.dominant_type()}; rebuilding the tokenizer")
+    if f.duplicate_keys:
+        progress(f"gguf: note: duplicate metadata keys {sorted(set(f.duplicate_keys))}: the first value is used")
     for note in loaded.notes:
         progress(f"gguf: note: {note}")
     return SourceBundle(loaded=loaded, folder=None, tokenizer=tokenizer_from_gguf(f.metadata))
