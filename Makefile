@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 
 MODEL ?= BAAI/bge-reranker-v2-m3
-NAME ?= $(notdir $(patsubst %/,%,$(MODEL)))
+NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
@@ -73,7 +73,7 @@ bench: install
 
 # Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine.
 gpu-prep: install
-	rm -rf models-gpu && $(BIN)/python -c "from pathlib import Path; from tests.fixtures.checkpoints import make_checkpoint; make_checkpoint('xlmr', Path('build/gpu-ckpt'))"
+	rm -rf models-gpu && $(BIN)/python -m converters.testing.checkpoints xlmr build/gpu-ckpt
 	$(BIN)/rerank-convert build/gpu-ckpt --name xlmr-tiny --out models-gpu --variants fp32-fused,fp16
 
 gpu-check:

@@ -33,7 +33,7 @@ class Shape:
     """How one bench model is built: the fixture tokenizer it borrows and its transformer shape."""
 
     fixture: str
-    """``tests.fixtures.checkpoints`` kind whose tokenizer files are copied."""
+    """``converters.testing.checkpoints`` kind whose tokenizer files are copied."""
     layers: int
     hidden: int
     heads: int
@@ -119,7 +119,7 @@ def _write_checkpoint(name: str, shape: Shape, out: Path) -> None:
         XLMRobertaForSequenceClassification,
     )
 
-    from tests.fixtures.checkpoints import make_checkpoint
+    from converters.testing.checkpoints import make_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         fixture = make_checkpoint(shape.fixture, Path(tmp) / "fixture", seed=SEED)
@@ -191,7 +191,7 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
 
     total = matmul = 0
     with safe_open(str(checkpoint / "model.safetensors"), "np") as f:
-        for key in f.keys():  # noqa: SIM118 - safetensors' safe_open is not iterable
+        for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
             if key.endswith("position_ids"):
                 continue
             count = 1
@@ -204,7 +204,7 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
 
 def ensure(name: str, log: Callable[[str], None] = print) -> BenchModel:
     """Builds whatever form of model ``name`` is missing from the cache and returns all of them."""
-    from tests.llama_cpp import convert_to_gguf
+    from converters.testing.llama_cpp import convert_to_gguf
 
     shape = SHAPES[name]
     root = CACHE / name

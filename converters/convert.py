@@ -19,8 +19,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from converters import onnx_graph
+from converters.errors import CheckpointError, VerificationError
 from converters.memory import release_memory
 from converters.probes import probe_pairs
+from converters.quiet import quiet_transformers
 from converters.spec import LoadedModel
 from converters.variants import build_fused, write_variants
 from service.model_folder import ModelFolderConfig, Variant, template_from_tokenizer, write_config
@@ -30,10 +32,6 @@ TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
 
 Progress = Callable[[str], None]
-
-
-class VerificationError(RuntimeError):
-    """The converted graph does not score like the reference; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +81,12 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
         from transformers import AutoTokenizer
 
         assert source_folder is not None
-        tokenizer = Tokenizer.from_str(
-            AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False).backend_tokenizer.to_str()
-        )
+        try:
+            with quiet_transformers():
+                hf_tokenizer = AutoTokenizer.from_pretrained(str(source_folder), trust_remote_code=False)
+        except (OSError, ValueError) as exc:  # what transformers raises for missing or unreadable files
+            raise CheckpointError(f"{source_folder}: transformers cannot build its tokenizer: {exc}") from exc
+        tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.save(str(out / "tokenizer.json"))
@@ -156,7 +157,8 @@ def convert(
         ours = score_pairs(work, config, pairs)
         progress("verify: scoring them with the reference implementation")
         release_memory()
-        theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
+        with quiet_transformers():  # its weight-loading bars and notices are not our user's business
+            theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
         release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")

@@ -8,7 +8,6 @@ tokenizer rebuild). Every quantisation that ``gguf.quants`` can dequantise is ac
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField
 from gguf.quants import dequantize
 
-log = logging.getLogger(__name__)
+from converters.errors import GgufError
 
 
 class _TolerantReader(GGUFReader):
@@ -63,12 +62,14 @@ class GgufFile:
 
     @classmethod
     def open(cls, path: Path) -> GgufFile:
-        reader = _TolerantReader(str(path), "r")
+        if not path.is_file():
+            raise GgufError(f"{path}: no such GGUF file")
+        try:
+            reader = _TolerantReader(str(path), "r")
+        except (ValueError, OSError) as exc:  # what the gguf package raises for a file it cannot parse
+            raise GgufError(f"{path}: not a readable GGUF file ({exc})") from exc
         metadata = {name: _decode(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-        duplicates = list(getattr(reader, "duplicates", []))
-        if duplicates:
-            log.warning("%s: duplicate metadata keys %s (first value kept)", path.name, sorted(set(duplicates)))
-        return cls(path, metadata, duplicates, reader)
+        return cls(path, metadata, list(getattr(reader, "duplicates", [])), reader)
 
     @property
     def architecture(self) -> str:
@@ -78,8 +79,9 @@ class GgufFile:
         """``{architecture}.{suffix}``."""
         return self.metadata.get(f"{self.architecture}.{suffix}", default)
 
-    def tensor_names(self) -> list[str]:
-        return [t.name for t in self._reader.tensors]
+    def parameter_count(self) -> int:
+        """Elements in every tensor (read from the tensor index; nothing is dequantised)."""
+        return sum(int(t.n_elements) for t in self._reader.tensors)
 
     def tensor_types(self) -> dict[str, str]:
         return {t.name: GGMLQuantizationType(t.tensor_type).name for t in self._reader.tensors}

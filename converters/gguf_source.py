@@ -20,13 +20,13 @@ scores ``tanh(cls · h0 + b)`` and a BERT file (classifier in ``cls.output``) ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from converters.bundle import SourceBundle
+from converters.errors import GgufError
 from converters.gguf_file import GgufFile
 from converters.hf_checkpoint import sha256_file
-from converters.sources import SourceBundle
 from converters.spec import EncoderSpec, LoadedModel, Weights
 
 POOLER_DROPPED = (
@@ -39,10 +39,6 @@ TYPE_IDS_USED = (
 )
 
 
-class GgufError(ValueError):
-    """The GGUF is not a reranker this converter understands; the message says why."""
-
-
 def _tensor(t: Weights, name: str) -> np.ndarray:
     try:
         return t[name]
@@ -50,9 +46,9 @@ def _tensor(t: Weights, name: str) -> np.ndarray:
         raise GgufError(f"the GGUF has no tensor {name!r}") from None
 
 
-def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
-    """Reads ``path`` into a :class:`LoadedModel` (dequantised float32 weights)."""
-    f = GgufFile.open(path)
+def load_gguf(f: GgufFile) -> LoadedModel:
+    """Reads the opened GGUF ``f`` into a :class:`LoadedModel` (dequantised float32 weights)."""
+    path = f.path
     arch = f.architecture
     if arch not in ("bert", "jina-bert-v2", "new"):
         raise GgufError(f"{path.name}: architecture {arch!r} is not a supported reranker (bert, jina-bert-v2, new)")
@@ -177,7 +173,7 @@ def load_gguf(path: Path) -> tuple[LoadedModel, GgufFile]:
         source_dtype=f.dominant_type().lower(),
         layout="gguf",
     )
-    return loaded, f
+    return loaded
 
 
 def _new_rope(f: GgufFile, head_dim: int) -> tuple[float, float]:
@@ -197,12 +193,15 @@ def _new_rope(f: GgufFile, head_dim: int) -> tuple[float, float]:
     return theta * factor, factor ** (2.0 / head_dim)
 
 
-def load_gguf_bundle(path: Path, progress: Callable[[str], None] = print) -> SourceBundle:
-    """A :class:`SourceBundle` for a GGUF file: weights plus the tokenizer rebuilt from metadata."""
+def load_gguf_bundle(f: GgufFile, progress: Callable[[str], None] = print) -> SourceBundle:
+    """A :class:`SourceBundle` for an opened GGUF file: weights plus the tokenizer rebuilt from
+    its metadata."""
     from converters.gguf_tokenizer import tokenizer_from_gguf
 
-    loaded, f = load_gguf(path)
+    loaded = load_gguf(f)
     progress(f"gguf: {f.architecture}, {loaded.spec.num_layers} layers, {f.dominant_type()}; rebuilding the tokenizer")
+    if f.duplicate_keys:
+        progress(f"gguf: note: duplicate metadata keys {sorted(set(f.duplicate_keys))}: the first value is used")
     for note in loaded.notes:
         progress(f"gguf: note: {note}")
     return SourceBundle(loaded=loaded, folder=None, tokenizer=tokenizer_from_gguf(f.metadata))

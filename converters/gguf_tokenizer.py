@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from converters.errors import GgufError
+
 __all__ = ["tokenizer_from_gguf"]
 
 _UNKNOWN, _CONTROL, _BYTE = 2, 3, 6
@@ -39,6 +41,8 @@ def tokenizer_from_gguf(metadata: dict[str, Any]) -> Tokenizer:
     0/1 for BERT.
     """
     kind = str(metadata.get("tokenizer.ggml.model", ""))
+    if "tokenizer.ggml.tokens" not in metadata:
+        raise GgufError("the GGUF has no tokenizer (no tokenizer.ggml.tokens)")
     tokens = list(metadata["tokenizer.ggml.tokens"])
     types = np.asarray(metadata.get("tokenizer.ggml.token_type", np.ones(len(tokens))), dtype=np.int64)
     mask_id = metadata.get("tokenizer.ggml.mask_token_id")
@@ -53,7 +57,7 @@ def tokenizer_from_gguf(metadata: dict[str, Any]) -> Tokenizer:
     elif kind == "gpt2":
         tokenizer = _byte_level_bpe(metadata, tokens)
     else:
-        raise ValueError(f"unsupported tokenizer.ggml.model {kind!r} (expected t5, bert or gpt2)")
+        raise GgufError(f"unsupported tokenizer.ggml.model {kind!r} (expected t5, bert or gpt2)")
 
     # As in the original, the unknown token is special too. RoBERTa-style tokenizers strip the
     # space before <mask>; BERT's [MASK] keeps it.
@@ -73,7 +77,7 @@ def _id(metadata: dict[str, Any], *names: str) -> int:
         value = metadata.get(f"tokenizer.ggml.{name}_token_id")
         if value is not None:
             return int(value)
-    raise ValueError(f"GGUF metadata has none of the {names} token ids")
+    raise GgufError(f"GGUF metadata has none of the {names} token ids")
 
 
 def _charsmap(value: Any) -> bytes:

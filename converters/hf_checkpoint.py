@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
 
+from converters.errors import CheckpointError
 from converters.spec import EncoderSpec, LoadedModel, Weights
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is not one this converter understands; the message says why."""
 
 
 def fetch(source: str) -> Path:
@@ -38,7 +37,20 @@ def fetch(source: str) -> Path:
     try:
         return Path(snapshot_download(source, allow_patterns=patterns))
     except Exception as exc:
-        raise CheckpointError(f"could not download {source!r} from the Hugging Face Hub: {exc}") from exc
+        raise CheckpointError(download_failed(source, exc)) from exc
+
+
+def download_failed(source: str, exc: BaseException) -> str:
+    """What to do when ``source`` cannot be downloaded: most often the machine is offline."""
+    from converters.catalog import did_you_mean
+
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+    return (
+        f"could not download {source!r} from the Hugging Face Hub ({reason}){did_you_mean(source)}. "
+        "Offline, convert a checkpoint folder you have: rerank-convert /path/to/checkpoint, or "
+        "make serve MODEL=/path/to/checkpoint; rerank-convert --list shows the supported models"
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -47,6 +59,31 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def count_parameters(folder: Path) -> int:
+    """The checkpoint's parameter count, without loading it: from the safetensors headers, or a
+    ``pytorch_model.bin``'s size at 4 bytes per parameter (float32, how those were saved)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return sum(_safetensors_elements(file) for file in files)
+    bin_file = folder / "pytorch_model.bin"
+    if bin_file.exists():
+        return bin_file.stat().st_size // 4
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def _safetensors_elements(file: Path) -> int:
+    """Elements of every tensor in a safetensors file: its header is a u64 length and a JSON index."""
+    try:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > file.stat().st_size - 8:
+                raise ValueError(f"a header of {size} bytes")
+            header = json.loads(handle.read(size))
+        return sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
 
 
 def _load_safetensors(file: Path) -> Weights:
@@ -76,12 +113,13 @@ def _read_tensors(folder: Path) -> tuple[Weights, dict[str, str]]:
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
-def _strip_prefix(tensors: Weights) -> tuple[str, Weights]:
-    """Finds the backbone prefix (``roberta.``, ``bert.``, ``new.``, ...) by its word embeddings."""
+def _strip_prefix(tensors: Weights) -> Weights:
+    """The tensors without the backbone prefix (``roberta.``, ``bert.``, ``new.``, ...), which is
+    found by the word embeddings' name."""
     for key in tensors:
         if key.endswith("embeddings.word_embeddings.weight"):
             prefix = key[: -len("embeddings.word_embeddings.weight")]
-            return prefix, {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+            return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
     raise CheckpointError("no embeddings.word_embeddings.weight tensor: not a supported encoder")
 
 
@@ -111,7 +149,7 @@ def _take(t: Weights, key: str) -> np.ndarray:
         raise CheckpointError(f"missing tensor {key!r}") from None
 
 
-def _num_labels(config: dict, head_out: np.ndarray) -> None:
+def _check_one_logit(head_out: np.ndarray) -> None:
     if head_out.shape[0] != 1:
         raise CheckpointError(f"the classifier has {head_out.shape[0]} outputs; a reranker has exactly one")
 
@@ -124,7 +162,7 @@ def load_checkpoint(source: str) -> LoadedModel:
         raise CheckpointError(f"{folder}: no config.json")
     config = json.loads(config_path.read_text())
     raw, hashes = _read_tensors(folder)
-    _, t = _strip_prefix(raw)
+    t = _strip_prefix(raw)
     family = detect_family(config, set(raw))
     layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
@@ -221,7 +259,7 @@ def load_checkpoint(source: str) -> LoadedModel:
         w["head.dense.w"], w["head.dense.b"] = _take(t, "pooler.dense.weight"), _take(t, "pooler.dense.bias")
         w["head.out.w"], w["head.out.b"] = _take(raw, "classifier.weight"), _take(raw, "classifier.bias")
         head = "pooler"
-    _num_labels(config, w["head.out.w"])
+    _check_one_logit(w["head.out.w"])
 
     eps = float(config.get("layer_norm_eps", 1e-12))
     pad_id = int(config.get("pad_token_id", 1) if config.get("pad_token_id") is not None else 1)

@@ -23,12 +23,9 @@ class JinaBertReranker(nn.Module):
         super().__init__()
         spec = loaded.spec
         self.spec = spec
-        self.w = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in loaded.weights.items()}
+        # A copy: weights read from a GGUF are views of a read-only memory map, which torch warns about.
+        self.w = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in loaded.weights.items()}
         self.slopes = torch.from_numpy(alibi_slopes(spec.heads))
-
-    @classmethod
-    def from_loaded(cls, loaded: LoadedModel) -> JinaBertReranker:
-        return cls(loaded)
 
     def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return nn.functional.layer_norm(

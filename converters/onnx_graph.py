@@ -18,6 +18,8 @@ still fast.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -28,6 +30,8 @@ from converters.spec import EncoderSpec, Weights, alibi_slopes
 OPSET = 17
 MASK_VALUE = float(np.finfo(np.float32).min)
 """Additive bias for padded keys, as transformers uses: exp() of it underflows to exactly 0."""
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS, LOGITS = "input_ids", "attention_mask", "token_type_ids", "logits"
+"""The graph's interface (see the module docstring)."""
 
 
 class _Builder:
@@ -95,173 +99,30 @@ def build_graph(
     MultiHeadAttention kernel instead of standard operators (the "fused" variants). It never
     materialises the padded [batch, heads, seq, seq] score tensor chain op by op, and reads the
     padding mask directly.
+
+    The graph is assembled in reading order: positions, embeddings, what every layer's attention
+    shares (bias, RoPE tables), the post-LayerNorm encoder layers, the head. (Value names are
+    numbered in creation order, so that order is also what keeps a rebuilt graph byte-identical.)
     """
     b = _Builder()
-    H, N, D = spec.hidden, spec.heads, spec.head_dim
     w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-
-    input_ids, attention_mask = "input_ids", "attention_mask"
-    graph_inputs = [
-        helper.make_tensor_value_info(input_ids, TensorProto.INT64, ["batch", "sequence"]),
-        helper.make_tensor_value_info(attention_mask, TensorProto.INT64, ["batch", "sequence"]),
-    ]
-    if spec.type_ids_input:
-        graph_inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"]))
-
-    shape = b.op("Shape", input_ids)
-    seq_len = b.op("Gather", shape, b.const(np.array([1], dtype=np.int64)), axis=0, hint="seq_len")
-    seq_scalar = b.op("Squeeze", seq_len, b.const(np.array([0], dtype=np.int64)))
-    positions = b.op(
-        "Range",
-        b.const(np.array(0, dtype=np.int64)),
-        seq_scalar,
-        b.const(np.array(1, dtype=np.int64)),
-        hint="positions",
+    seq_len, positions = _sequence_positions(b)
+    x = _embeddings(b, spec, w, positions)
+    attention: _Attention = (
+        _FusedAttention.build(b, spec, positions, seq_len)
+        if fused_attention
+        else _StandardAttention.build(b, spec, positions, seq_len)
     )
-
-    # --- embeddings -------------------------------------------------------------------------
-    x = b.op("Gather", b.const(w["emb.word"], "word_embeddings"), input_ids, axis=0, hint="word")
-    if spec.positions == "learned":
-        if spec.positions_from_pad:
-            # XLM-R: real tokens count up from pad_id + 1, pad tokens sit at pad_id.
-            not_pad = b.op(
-                "Cast",
-                b.op("Not", b.op("Equal", input_ids, b.const(np.array(spec.pad_id, dtype=np.int64)))),
-                to=TensorProto.INT64,
-            )
-            counted = b.op("Mul", b.op("CumSum", not_pad, b.const(np.array(1, dtype=np.int64))), not_pad)
-            pos_ids = b.op("Add", counted, b.const(np.array(spec.pad_id, dtype=np.int64)), hint="position_ids")
-        else:
-            pos_ids = b.op("Add", positions, b.const(np.array(spec.position_offset, dtype=np.int64)))
-        pos = b.op("Gather", b.const(w["emb.pos"], "position_embeddings"), pos_ids, axis=0, hint="pos")
-        x = b.op("Add", x, pos)
-    if "emb.type" in w:
-        if spec.type_ids_input:
-            types = b.op("Gather", b.const(w["emb.type"], "type_embeddings"), "token_type_ids", axis=0)
-            x = b.op("Add", x, types)
-        else:
-            # Every token has type 0: add that row as a constant.
-            x = b.op("Add", x, b.const(w["emb.type"][0], "type0_embedding"))
-    x = b.layer_norm(x, w["emb.ln.w"], w["emb.ln.b"], spec.layer_norm_eps, "emb_ln")
-
-    # --- attention bias: padding mask, plus ALiBi where used --------------------------------
-    # (The fused kernel takes the padding mask as is and ALiBi as its attention_bias input.)
-    bias = alibi = ""
-    if not fused_attention:
-        mask_f = b.op("Cast", attention_mask, to=TensorProto.FLOAT)
-        inv = b.op("Sub", b.const(np.float32(1.0)), mask_f)
-        bias = b.op("Mul", inv, b.const(np.float32(MASK_VALUE)))
-        bias = b.op("Unsqueeze", bias, b.const(np.array([1, 2], dtype=np.int64)), hint="mask_bias")  # [B,1,1,S]
-    if spec.positions == "alibi":
-        pos_f = b.op("Cast", positions, to=TensorProto.FLOAT)
-        rows = b.op("Unsqueeze", pos_f, b.const(np.array([1], dtype=np.int64)))
-        cols = b.op("Unsqueeze", pos_f, b.const(np.array([0], dtype=np.int64)))
-        distance = b.op("Abs", b.op("Sub", rows, cols))  # [S,S]
-        slopes = -alibi_slopes(N).reshape(1, N, 1, 1)
-        alibi = b.op("Mul", b.const(slopes, "alibi_slopes"), distance, hint="alibi")  # [1,N,S,S]
-        if not fused_attention:
-            bias = b.op("Add", bias, alibi, hint="attention_bias")
-
-    cos = sin = None
-    if spec.positions == "rope":
-        cos_table, sin_table = rope_tables(spec)
-        start = b.const(np.array([0], dtype=np.int64))
-        axis0 = b.const(np.array([0], dtype=np.int64))
-        cos = b.op("Slice", b.const(cos_table, "rope_cos"), start, seq_len, axis0, hint="cos")
-        sin = b.op("Slice", b.const(sin_table, "rope_sin"), start, seq_len, axis0, hint="sin")
-
-    merge_shape = b.const(np.array([0, 0, H], dtype=np.int64))
-    if not fused_attention:
-        qkv_shape = b.const(np.array([0, 0, 3, N, D], dtype=np.int64))
-        scale = b.const(np.float32(1.0 / math.sqrt(D)))
-
-    def rotate(t: str) -> str:
-        first, second = b.ops("Split", [t], 2, "half", axis=-1)
-        rotated = b.op("Concat", b.op("Neg", second), first, axis=-1)
-        return b.op("Add", b.op("Mul", t, cos), b.op("Mul", rotated, sin), hint="rope")
-
-    if fused_attention:
-        # The padding mask as key lengths [B] (the service pads on the right). A [B,S] mask
-        # keeps ONNX Runtime's CUDA kernel off its fused attention paths: measured on an H200,
-        # bge-m3's shape in fp16 at 64x200 ran in 30.1 ms with it and 20.4 ms with lengths
-        # (bench/results/gpu-mha-mask-experiment-20261126.log); the CPU gives identical scores.
-        lengths = b.op("ReduceSum", attention_mask, b.const(np.array([1], dtype=np.int64)), keepdims=0)
-        key_padding_mask = b.op("Cast", lengths, to=TensorProto.INT32, hint="key_lengths")
-        split_shape = b.const(np.array([0, 0, N, D], dtype=np.int64))
-
-    def rotate_bsnd(t: str) -> str:
-        """RoPE on a [B,S,H] tensor viewed as [B,S,N,D] (cos/sin broadcast over heads)."""
-        t4 = b.op("Reshape", t, split_shape)
-        first, second = b.ops("Split", [t4], 2, "half", axis=-1)
-        rotated = b.op("Concat", b.op("Neg", second), first, axis=-1)
-        out = b.op("Add", b.op("Mul", t4, cos_s1d), b.op("Mul", rotated, sin_s1d))
-        return b.op("Reshape", out, merge_shape, hint="rope")
-
-    if fused_attention and cos is not None:
-        cos_s1d = b.op("Unsqueeze", cos, b.const(np.array([1], dtype=np.int64)))  # [S,1,D]
-        sin_s1d = b.op("Unsqueeze", sin, b.const(np.array([1], dtype=np.int64)))
-
-    # --- encoder layers (post-LayerNorm) ------------------------------------------------------
     for i in range(spec.num_layers):
-        p = f"L{i}."
-        if fused_attention:
-            qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
-            q, k, v = b.ops("Split", [qkv], 3, f"l{i}_qkv_split", axis=-1)
-            if cos is not None:
-                q, k = rotate_bsnd(q), rotate_bsnd(k)
-            mha = helper.make_node(
-                "MultiHeadAttention",
-                [q, k, v, "", key_padding_mask, alibi],
-                [b.name(f"l{i}_mha")],
-                name=b.name(f"l{i}_mha_node"),
-                domain="com.microsoft",
-                num_heads=N,
-                scale=1.0 / math.sqrt(D),
-            )
-            b.nodes.append(mha)
-            attn = b.linear(mha.output[0], w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
-            x = b.layer_norm(
-                b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln"
-            )
-            x = _feed_forward(b, spec, w, p, i, x)
-            continue
-        qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
-        qkv = b.op("Transpose", b.op("Reshape", qkv, qkv_shape), perm=[2, 0, 3, 1, 4])  # [3,B,N,S,D]
-        q, k, v = (
-            b.op("Squeeze", part, b.const(np.array([0], dtype=np.int64)))
-            for part in b.ops("Split", [qkv], 3, f"l{i}_split", axis=0)
-        )
-        if cos is not None:
-            q, k = rotate(q), rotate(k)
-        scores = b.op("MatMul", b.op("Mul", q, scale), b.op("Transpose", k, perm=[0, 1, 3, 2]), hint=f"l{i}_scores")
-        probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")
-        context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
-        context = b.op("Reshape", context, merge_shape, hint=f"l{i}_context")
-        attn = b.linear(context, w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
-        x = b.layer_norm(
-            b.op("Add", attn, x), w[p + "attn_ln.w"], w[p + "attn_ln.b"], spec.layer_norm_eps, f"l{i}_attn_ln"
-        )
-        x = _feed_forward(b, spec, w, p, i, x)
-
-    # --- classifier head on the first token -------------------------------------------------
-    first_token = b.op("Gather", x, b.const(np.array(0, dtype=np.int64)), axis=1, hint="cls")
-    if spec.head == "tanh":
-        score = b.op("Tanh", b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out"))
-    elif spec.head == "linear":
-        score = b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out")
-    else:
-        pooled = b.op("Tanh", b.linear(first_token, w["head.dense.w"], w["head.dense.b"], "head_dense"))
-        score = b.linear(pooled, w["head.out.w"], w["head.out.b"], "head_out")
-    logits = "logits"
-    b.nodes.append(
-        helper.make_node("Squeeze", [score, b.const(np.array([1], dtype=np.int64))], [logits], name="logits")
-    )
+        x = _residual_norm(b, spec, w, i, "attn_ln", attention(b, w, i, x), x)
+        x = _feed_forward(b, spec, w, i, x)
+    b.nodes.append(helper.make_node("Squeeze", [_head(b, spec, w, x), b.const(_ints([1]))], [LOGITS], name=LOGITS))
 
     graph = helper.make_graph(
         b.nodes,
         graph_name,
-        graph_inputs,
-        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch"])],
+        _graph_inputs(spec),
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch"])],
         initializer=b.initializers,
     )
     opsets = [helper.make_opsetid("", OPSET)]
@@ -272,8 +133,206 @@ def build_graph(
     return model
 
 
-def _feed_forward(b: _Builder, spec: EncoderSpec, w: Weights, p: str, i: int, x: str) -> str:
+def _ints(values: int | list[int]) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _graph_inputs(spec: EncoderSpec) -> list[onnx.ValueInfoProto]:
+    names = [INPUT_IDS, ATTENTION_MASK] + ([TOKEN_TYPE_IDS] if spec.type_ids_input else [])
+    return [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in names]
+
+
+def _sequence_positions(b: _Builder) -> tuple[str, str]:
+    """(sequence length as a [1] tensor, positions 0..S-1 as [S]), from ``input_ids``' shape."""
+    shape = b.op("Shape", INPUT_IDS)
+    seq_len = b.op("Gather", shape, b.const(_ints([1])), axis=0, hint="seq_len")
+    seq_scalar = b.op("Squeeze", seq_len, b.const(_ints([0])))
+    positions = b.op("Range", b.const(_ints(0)), seq_scalar, b.const(_ints(1)), hint="positions")
+    return seq_len, positions
+
+
+def _embeddings(b: _Builder, spec: EncoderSpec, w: Weights, positions: str) -> str:
+    """Word (+ learned position) (+ token type) embeddings, then their LayerNorm: [B, S, H]."""
+    x = b.op("Gather", b.const(w["emb.word"], "word_embeddings"), INPUT_IDS, axis=0, hint="word")
+    if spec.positions == "learned":
+        if spec.positions_from_pad:
+            # XLM-R: real tokens count up from pad_id + 1, pad tokens sit at pad_id.
+            not_pad = b.op(
+                "Cast", b.op("Not", b.op("Equal", INPUT_IDS, b.const(_ints(spec.pad_id)))), to=TensorProto.INT64
+            )
+            counted = b.op("Mul", b.op("CumSum", not_pad, b.const(_ints(1))), not_pad)
+            pos_ids = b.op("Add", counted, b.const(_ints(spec.pad_id)), hint="position_ids")
+        else:
+            pos_ids = b.op("Add", positions, b.const(_ints(spec.position_offset)))
+        pos = b.op("Gather", b.const(w["emb.pos"], "position_embeddings"), pos_ids, axis=0, hint="pos")
+        x = b.op("Add", x, pos)
+    if "emb.type" in w:
+        if spec.type_ids_input:
+            x = b.op("Add", x, b.op("Gather", b.const(w["emb.type"], "type_embeddings"), TOKEN_TYPE_IDS, axis=0))
+        else:
+            # Every token has type 0: add that row as a constant.
+            x = b.op("Add", x, b.const(w["emb.type"][0], "type0_embedding"))
+    return b.layer_norm(x, w["emb.ln.w"], w["emb.ln.b"], spec.layer_norm_eps, "emb_ln")
+
+
+def _padding_bias(b: _Builder) -> str:
+    """0 for real keys, :data:`MASK_VALUE` for padded ones: [B, 1, 1, S]."""
+    mask_f = b.op("Cast", ATTENTION_MASK, to=TensorProto.FLOAT)
+    inv = b.op("Sub", b.const(np.float32(1.0)), mask_f)
+    bias = b.op("Mul", inv, b.const(np.float32(MASK_VALUE)))
+    return b.op("Unsqueeze", bias, b.const(_ints([1, 2])), hint="mask_bias")
+
+
+def _alibi_bias(b: _Builder, spec: EncoderSpec, positions: str) -> str:
+    """JinaBERT's symmetric ALiBi, -slope_h * |i - j|: [1, N, S, S]."""
+    pos_f = b.op("Cast", positions, to=TensorProto.FLOAT)
+    rows = b.op("Unsqueeze", pos_f, b.const(_ints([1])))
+    cols = b.op("Unsqueeze", pos_f, b.const(_ints([0])))
+    distance = b.op("Abs", b.op("Sub", rows, cols))  # [S,S]
+    slopes = -alibi_slopes(spec.heads).reshape(1, spec.heads, 1, 1)
+    return b.op("Mul", b.const(slopes, "alibi_slopes"), distance, hint="alibi")
+
+
+@dataclass(frozen=True)
+class _Rope:
+    """cos and sin rows of :func:`rope_tables` for the current sequence: [S, D] (or [S, 1, D])."""
+
+    cos: str
+    sin: str
+
+
+def _rope(b: _Builder, spec: EncoderSpec, seq_len: str) -> _Rope | None:
+    """The RoPE tables cut to the sequence length, or None when the model has no RoPE."""
+    if spec.positions != "rope":
+        return None
+    cos_table, sin_table = rope_tables(spec)
+    start, axis0 = b.const(_ints([0])), b.const(_ints([0]))
+    cos = b.op("Slice", b.const(cos_table, "rope_cos"), start, seq_len, axis0, hint="cos")
+    sin = b.op("Slice", b.const(sin_table, "rope_sin"), start, seq_len, axis0, hint="sin")
+    return _Rope(cos, sin)
+
+
+def _rotate_half(b: _Builder, t: str, rope: _Rope, hint: str | None = None) -> str:
+    """NeoX-style RoPE on the last axis: t * cos + [-t2, t1] * sin."""
+    first, second = b.ops("Split", [t], 2, "half", axis=-1)
+    rotated = b.op("Concat", b.op("Neg", second), first, axis=-1)
+    return b.op("Add", b.op("Mul", t, rope.cos), b.op("Mul", rotated, rope.sin), hint=hint)
+
+
+class _Attention(Protocol):
+    def __call__(self, b: _Builder, w: Weights, i: int, x: str) -> str:
+        """Layer ``i``'s self-attention on ``x`` [B, S, H], output projection included."""
+        ...
+
+
+@dataclass(frozen=True)
+class _StandardAttention:
+    """Attention in standard operators, heads as [B, N, S, D]; padding (and ALiBi) as one
+    additive bias on the scores."""
+
+    bias: str
+    """[B, 1, 1, S] padding bias, plus ALiBi's [1, N, S, S] where used."""
+    rope: _Rope | None
+    merge_shape: str
+    qkv_shape: str
+    scale: str
+
+    @classmethod
+    def build(cls, b: _Builder, spec: EncoderSpec, positions: str, seq_len: str) -> _StandardAttention:
+        """The values every layer shares."""
+        bias = _padding_bias(b)
+        if spec.positions == "alibi":
+            bias = b.op("Add", bias, _alibi_bias(b, spec, positions), hint="attention_bias")
+        rope = _rope(b, spec, seq_len)
+        merge_shape = b.const(_ints([0, 0, spec.hidden]))
+        qkv_shape = b.const(_ints([0, 0, 3, spec.heads, spec.head_dim]))
+        scale = b.const(np.float32(1.0 / math.sqrt(spec.head_dim)))
+        return cls(bias, rope, merge_shape, qkv_shape, scale)
+
+    def __call__(self, b: _Builder, w: Weights, i: int, x: str) -> str:
+        p = f"L{i}."
+        qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
+        qkv = b.op("Transpose", b.op("Reshape", qkv, self.qkv_shape), perm=[2, 0, 3, 1, 4])  # [3,B,N,S,D]
+        q, k, v = (
+            b.op("Squeeze", part, b.const(_ints([0]))) for part in b.ops("Split", [qkv], 3, f"l{i}_split", axis=0)
+        )
+        if self.rope is not None:
+            q, k = _rotate_half(b, q, self.rope, "rope"), _rotate_half(b, k, self.rope, "rope")
+        scores = b.op(
+            "MatMul", b.op("Mul", q, self.scale), b.op("Transpose", k, perm=[0, 1, 3, 2]), hint=f"l{i}_scores"
+        )
+        probs = b.op("Softmax", b.op("Add", scores, self.bias), axis=-1, hint=f"l{i}_probs")
+        context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
+        context = b.op("Reshape", context, self.merge_shape, hint=f"l{i}_context")
+        return b.linear(context, w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
+
+
+@dataclass(frozen=True)
+class _FusedAttention:
+    """ONNX Runtime's ``com.microsoft`` MultiHeadAttention on [B, S, H] tensors: padding as key
+    lengths, ALiBi as its attention_bias input, RoPE applied to q and k before it."""
+
+    spec: EncoderSpec
+    key_lengths: str
+    alibi: str
+    """[1, N, S, S], or "" (no bias input) without ALiBi."""
+    rope: _Rope | None
+    """cos and sin as [S, 1, D], broadcast over the heads of a [B, S, N, D] view."""
+    merge_shape: str
+    split_shape: str
+
+    @classmethod
+    def build(cls, b: _Builder, spec: EncoderSpec, positions: str, seq_len: str) -> _FusedAttention:
+        """The values every layer shares."""
+        alibi = _alibi_bias(b, spec, positions) if spec.positions == "alibi" else ""
+        rope = _rope(b, spec, seq_len)
+        merge_shape = b.const(_ints([0, 0, spec.hidden]))
+        # The padding mask as key lengths [B] (the service pads on the right). A [B,S] mask
+        # keeps ONNX Runtime's CUDA kernel off its fused attention paths: measured on an H200,
+        # bge-m3's shape in fp16 at 64x200 ran in 30.1 ms with it and 20.4 ms with lengths
+        # (bench/results/gpu-mha-mask-experiment-20261126.log); the CPU gives identical scores.
+        lengths = b.op("ReduceSum", ATTENTION_MASK, b.const(_ints([1])), keepdims=0)
+        key_lengths = b.op("Cast", lengths, to=TensorProto.INT32, hint="key_lengths")
+        split_shape = b.const(_ints([0, 0, spec.heads, spec.head_dim]))
+        if rope is not None:
+            rope = _Rope(
+                b.op("Unsqueeze", rope.cos, b.const(_ints([1]))), b.op("Unsqueeze", rope.sin, b.const(_ints([1])))
+            )
+        return cls(spec, key_lengths, alibi, rope, merge_shape, split_shape)
+
+    def _rotate(self, b: _Builder, t: str, rope: _Rope) -> str:
+        """RoPE on a [B,S,H] tensor viewed as [B,S,N,D]."""
+        rotated = _rotate_half(b, b.op("Reshape", t, self.split_shape), rope)
+        return b.op("Reshape", rotated, self.merge_shape, hint="rope")
+
+    def __call__(self, b: _Builder, w: Weights, i: int, x: str) -> str:
+        p = f"L{i}."
+        qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
+        q, k, v = b.ops("Split", [qkv], 3, f"l{i}_qkv_split", axis=-1)
+        if self.rope is not None:
+            q, k = self._rotate(b, q, self.rope), self._rotate(b, k, self.rope)
+        mha = helper.make_node(
+            "MultiHeadAttention",
+            [q, k, v, "", self.key_lengths, self.alibi],
+            [b.name(f"l{i}_mha")],
+            name=b.name(f"l{i}_mha_node"),
+            domain="com.microsoft",
+            num_heads=self.spec.heads,
+            scale=1.0 / math.sqrt(self.spec.head_dim),
+        )
+        b.nodes.append(mha)
+        return b.linear(mha.output[0], w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
+
+
+def _residual_norm(b: _Builder, spec: EncoderSpec, w: Weights, i: int, norm: str, y: str, x: str) -> str:
+    """Post-LayerNorm residual: LayerNorm(y + x) with layer ``i``'s ``norm`` weights."""
+    p = f"L{i}."
+    return b.layer_norm(b.op("Add", y, x), w[f"{p}{norm}.w"], w[f"{p}{norm}.b"], spec.layer_norm_eps, f"l{i}_{norm}")
+
+
+def _feed_forward(b: _Builder, spec: EncoderSpec, w: Weights, i: int, x: str) -> str:
     """The feed-forward block and its residual LayerNorm."""
+    p = f"L{i}."
     up = b.linear(x, w[p + "up.w"], w.get(p + "up.b"), f"l{i}_up")
     if spec.feed_forward == "gelu":
         hidden = b.gelu(up)
@@ -284,7 +343,18 @@ def _feed_forward(b: _Builder, spec: EncoderSpec, w: Weights, p: str, i: int, x:
         else:  # gelu-gated-second (GTE): [up | gate] -> up * gelu(gate)
             hidden = b.op("Mul", first, b.gelu(second))
     down = b.linear(hidden, w[p + "down.w"], w[p + "down.b"], f"l{i}_down")
-    return b.layer_norm(b.op("Add", down, x), w[p + "ffn_ln.w"], w[p + "ffn_ln.b"], spec.layer_norm_eps, f"l{i}_ffn_ln")
+    return _residual_norm(b, spec, w, i, "ffn_ln", down, x)
+
+
+def _head(b: _Builder, spec: EncoderSpec, w: Weights, x: str) -> str:
+    """The classifier on the first token: [B, 1]."""
+    first_token = b.op("Gather", x, b.const(_ints(0)), axis=1, hint="cls")
+    if spec.head == "tanh":
+        return b.op("Tanh", b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out"))
+    if spec.head == "linear":
+        return b.linear(first_token, w["head.out.w"], w["head.out.b"], "head_out")
+    pooled = b.op("Tanh", b.linear(first_token, w["head.dense.w"], w["head.dense.b"], "head_dense"))
+    return b.linear(pooled, w["head.out.w"], w["head.out.b"], "head_out")
 
 
 def rope_tables(spec: EncoderSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from converters.errors import ConversionError
 from converters.spec import LoadedModel
 
 
@@ -111,7 +112,9 @@ def _load(model, state: dict[str, np.ndarray]):
     )
     missing = [m for m in missing if "position_ids" not in m]
     if unexpected or missing:
-        raise RuntimeError(f"reference weights do not fit: missing={missing} unexpected={unexpected}")
+        raise ConversionError(
+            f"the reference model does not take these weights: missing={missing} unexpected={unexpected}"
+        )
     return model
 
 
@@ -140,12 +143,11 @@ def gte_rope_parameters(spec) -> dict:
     return {"rope_type": "linear", "rope_theta": spec.rope_base, "factor": spec.rope_position_scale}
 
 
-def model_from_weights(loaded: LoadedModel):
-    """A transformers (or JinaBERT) reference module built from canonical weights."""
-    spec, w = loaded.spec, loaded.weights
-    vocab = w["emb.word"].shape[0]
-    sizes = {
-        "vocab_size": vocab,
+def _sizes(loaded: LoadedModel) -> dict:
+    """transformers config arguments every family shares, from the spec."""
+    spec = loaded.spec
+    return {
+        "vocab_size": loaded.weights["emb.word"].shape[0],
         "hidden_size": spec.hidden,
         "num_hidden_layers": spec.num_layers,
         "num_attention_heads": spec.heads,
@@ -155,14 +157,28 @@ def model_from_weights(loaded: LoadedModel):
         "pad_token_id": spec.pad_id,
         "num_labels": 1,
     }
+
+
+def _gte_config(loaded: LoadedModel):
+    from transformers import GteConfig
+
+    spec = loaded.spec
+    return GteConfig(
+        max_position_embeddings=spec.max_length, rope_parameters=gte_rope_parameters(spec), **_sizes(loaded)
+    )
+
+
+def model_from_weights(loaded: LoadedModel):
+    """A transformers (or JinaBERT) reference module built from canonical weights."""
+    spec, w = loaded.spec, loaded.weights
     if spec.family == "jina-bert":
         from converters.jinabert_torch import JinaBertReranker
 
         return JinaBertReranker(loaded)
     if spec.family == "gte":
-        from transformers import GteConfig, GteForSequenceClassification
+        from transformers import GteForSequenceClassification
 
-        config = GteConfig(max_position_embeddings=spec.max_length, rope_parameters=gte_rope_parameters(spec), **sizes)
+        config = _gte_config(loaded)
         state = _gte_state(loaded)
         state.update(
             {
@@ -176,7 +192,7 @@ def model_from_weights(loaded: LoadedModel):
     import transformers
 
     config_cls, model_cls, backbone_cls, prefix, head_names = _BERT_LIKE[spec.family]
-    config = getattr(transformers, config_cls)(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
+    config = getattr(transformers, config_cls)(max_position_embeddings=w["emb.pos"].shape[0], **_sizes(loaded))
     if spec.head in ("tanh", "linear"):
         backbone = getattr(transformers, backbone_cls)(config, add_pooling_layer=False)
         return _PoolerlessHead(_load(backbone, _bert_like_state(loaded, "")), loaded)
@@ -217,7 +233,6 @@ _BERT_LIKE = {
 def reference_model(folder: Path | None, loaded: LoadedModel):
     """The reference module: transformers ``from_pretrained`` where the checkpoint is in a layout
     transformers reads itself, else one built from our canonical weights."""
-    spec = loaded.spec
     layout = loaded.layout
     if folder is not None and layout in ("xlm-roberta", "bert"):
         from transformers import AutoModelForSequenceClassification
@@ -226,22 +241,9 @@ def reference_model(folder: Path | None, loaded: LoadedModel):
     if folder is not None and layout == "gte":
         # transformers reads the "new" checkpoint's weights itself (its gte conversion mapping);
         # only the config, which it cannot read (model_type "new"), is translated.
-        from transformers import GteConfig, GteForSequenceClassification
+        from transformers import GteForSequenceClassification
 
-        config = GteConfig(
-            vocab_size=loaded.weights["emb.word"].shape[0],
-            hidden_size=spec.hidden,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.heads,
-            intermediate_size=spec.intermediate,
-            layer_norm_eps=spec.layer_norm_eps,
-            max_position_embeddings=spec.max_length,
-            type_vocab_size=max(1, spec.type_vocab),
-            pad_token_id=spec.pad_id,
-            num_labels=1,
-            rope_parameters=gte_rope_parameters(spec),
-        )
-        return GteForSequenceClassification.from_pretrained(str(folder), config=config)
+        return GteForSequenceClassification.from_pretrained(str(folder), config=_gte_config(loaded))
     return model_from_weights(loaded)
 
 

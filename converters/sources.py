@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
-from converters.spec import LoadedModel
-
-
-@dataclass
-class SourceBundle:
-    """What :func:`converters.convert.convert` needs from a source."""
-
-    loaded: LoadedModel
-    folder: Path | None
-    """The checkpoint folder (tokenizer files, reference model), when there is one."""
-    tokenizer: Tokenizer | None = None
-    """A tokenizer rebuilt from the source (GGUF); None means: use the folder's files."""
+from converters.bundle import SourceBundle
+from converters.memory import check_fits
 
 
-def load_source(source: str, progress: Callable[[str], None] = print) -> SourceBundle:
+def load_source(source: str, progress: Callable[[str], None] = print, *, check_memory: bool = True) -> SourceBundle:
+    """Reads ``source`` (a Hub repo is downloaded first).
+
+    ``check_memory``: before any weights are read, refuse a conversion whose estimated peak
+    memory exceeds what is available (:func:`converters.memory.check_fits`).
+    """
     if source.lower().endswith(".gguf"):
+        from converters.gguf_file import GgufFile
         from converters.gguf_source import load_gguf_bundle
 
         progress(f"gguf: reading {source}")
-        return load_gguf_bundle(Path(source), progress=progress)
-    from converters.hf_checkpoint import fetch, load_checkpoint
+        gguf = GgufFile.open(Path(source))
+        if check_memory:
+            check_fits(gguf.parameter_count(), progress)
+        return load_gguf_bundle(gguf, progress=progress)
+    from converters.hf_checkpoint import count_parameters, fetch, load_checkpoint
 
     folder = fetch(source)
+    if check_memory:
+        check_fits(count_parameters(folder), progress)
     progress(f"checkpoint: reading weights from {folder}")
     loaded = load_checkpoint(str(folder))
     if str(folder) != source:

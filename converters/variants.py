@@ -21,6 +21,7 @@ import onnx
 
 from converters import onnx_graph
 from converters.memory import release_memory
+from converters.quiet import quiet_onnxruntime_tools
 from converters.spec import LoadedModel
 from service.model_folder import Variant
 
@@ -79,22 +80,26 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the Python-side pattern fusions; ONNX Runtime applies its own at load.
-    optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    # Quiet: it warns that our producer name is not "pytorch", which is what it checks for "bert".
+    with quiet_onnxruntime_tools():
+        optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     return optimized.model
 
 
 def _quantize_int8(fused_path: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(fused_path),
-        str(out),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        # Only weight matrices: activations x activations stay float.
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    # Quiet: it advises shape-inference pre-processing, which only static quantisation needs.
+    with quiet_onnxruntime_tools():
+        quantize_dynamic(
+            str(fused_path),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            # Only weight matrices: activations x activations stay float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -102,7 +107,8 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     half = OnnxModel(model)
     # keep_io_types: the service feeds int64 ids and reads float32 logits whatever the variant.
-    half.convert_float_to_float16(keep_io_types=True)
+    with quiet_onnxruntime_tools():
+        half.convert_float_to_float16(keep_io_types=True)
     return half.model
 
 

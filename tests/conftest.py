@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from gateway.supervisor import Child, grpc_serving
-from tests.fixtures.checkpoints import make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -35,6 +34,8 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(checkpoint_dir):
     """``checkpoint(kind)``: the fixture checkpoint folder of one architecture, built once."""
+    from converters.testing.checkpoints import make_checkpoint  # torch: only for the tests that ask
+
     cache: dict[str, Path] = {}
 
     def get(kind: str) -> Path:

@@ -1,6 +1,7 @@
-"""Every architecture, converted from its published checkpoint layout, scores like an
-independent reference: transformers (XLM-R, BERT, GTE, jina-v2 renamed to XLM-R) or a numpy
-JinaBERT written from the published description."""
+"""Every architecture, converted from its published checkpoint layout, scores like the
+independent reference of its family (:mod:`tests.reference`): transformers (XLM-R, BERT, jina-v2
+renamed to XLM-R), a numpy JinaBERT written from the published description, and GTE's remote
+code restated in plain torch."""
 
 from __future__ import annotations
 
@@ -14,15 +15,14 @@ import torch
 
 from converters.convert import convert
 from converters.sources import load_source
+from converters.testing.checkpoints import KINDS
+from converters.testing.corpus import multilingual_strings
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import read_model_folder
 from tests.conftest import AUTH, start_service
-from tests.fixtures.checkpoints import KINDS, gte_reference_model, multilingual_strings
-from tests.jinabert_numpy import JinaBertNumpy
-
-MAX_LENGTH = {"xlmr": 128, "bert": 128, "jina-v1": 8192, "jina-v2": 1024, "gte": 8192}
+from tests.reference import reference_scores
 
 
 @pytest.fixture(scope="module")
@@ -38,76 +38,6 @@ def _hf_tokenizer(folder):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-
-
-def _xlmr_from_flash(folder):
-    """jina-reranker-v2's flash names renamed to transformers' XLM-R, loaded there."""
-    from safetensors.torch import load_file
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
-    raw = json.loads((folder / "config.json").read_text())
-    cfg = XLMRobertaConfig(
-        **{
-            k: raw[k]
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "intermediate_size",
-                "max_position_embeddings",
-                "layer_norm_eps",
-                "type_vocab_size",
-                "pad_token_id",
-            )
-        },
-        num_labels=1,
-    )
-    flash = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
-    H = cfg.hidden_size
-    state = {}
-    for key, value in flash.items():
-        k = key.replace("roberta.emb_ln", "roberta.embeddings.LayerNorm").replace("encoder.layers.", "encoder.layer.")
-        k = (
-            k.replace("mixer.out_proj", "attention.output.dense")
-            .replace("norm1", "attention.output.LayerNorm")
-            .replace("mlp.fc1", "intermediate.dense")
-            .replace("mlp.fc2", "output.dense")
-            .replace("norm2", "output.LayerNorm")
-        )
-        if "mixer.Wqkv" in k:
-            for j, name in enumerate(("query", "key", "value")):
-                state[k.replace("mixer.Wqkv", f"attention.self.{name}")] = value[j * H : (j + 1) * H]
-        else:
-            state[k] = value
-    model = XLMRobertaForSequenceClassification(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all("position_ids" in m for m in missing), (missing, unexpected)
-    return model.eval()
-
-
-def reference_scores(kind: str, folder, pairs: list[tuple[str, str]]) -> np.ndarray:
-    tok = _hf_tokenizer(folder)
-    limit = MAX_LENGTH[kind]
-    if kind == "jina-v1":
-        model = JinaBertNumpy(folder)
-        return np.array(
-            [model.score(tok([q], [d], truncation="only_second", max_length=limit)["input_ids"][0]) for q, d in pairs]
-        )
-    if kind == "gte":
-        model = gte_reference_model(folder)
-    elif kind == "jina-v2":
-        model = _xlmr_from_flash(folder)
-    else:
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1).eval()
-    out = []
-    with torch.inference_mode():
-        for q, d in pairs:
-            enc = tok([q], [d], truncation="only_second", max_length=limit, return_tensors="pt")
-            out.append(float(model(**enc).logits.reshape(-1)[0]))
-    return np.array(out)
 
 
 def sample_pairs(n: int, seed: int) -> list[tuple[str, str]]:

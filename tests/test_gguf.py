@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from converters.convert import convert
 from converters.gguf_source import POOLER_DROPPED
 from converters.sources import load_source
+from converters.testing.corpus import multilingual_strings
+from converters.testing.llama_cpp import convert_to_gguf
 from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import read_model_folder
-from tests.fixtures.checkpoints import multilingual_strings
-from tests.jinabert_numpy import JinaBertNumpy
-from tests.llama_cpp import convert_to_gguf
+from tests.reference import reference_scores
 
 REPO = Path(__file__).resolve().parent.parent
 FULL = ("xlmr", "jina-v2")  # llama.cpp keeps every weight of these
@@ -97,43 +96,21 @@ def test_bert_gguf_without_pooler(ggufs, checkpoint, tmp_path):
     """The file has no pooler and llama.cpp puts the classifier in ``cls.output``: what it can
     express is classifier(h0) on the full backbone, with the token-type table it still holds.
     Reference: transformers' BertModel + that head."""
-    from transformers import AutoTokenizer, BertModel
-
     folder = convert_gguf(ggufs[("bert", "f32")], tmp_path, "bert-gguf")
     config = json.loads((folder / "rerank.json").read_text())
     assert config["notes"][0] == POOLER_DROPPED.format(form="classifier(h0)") and config["spec"]["head"] == "linear"
     items = pairs()
-    ckpt = checkpoint("bert")
-    tok = AutoTokenizer.from_pretrained(str(ckpt))
-    backbone = BertModel.from_pretrained(str(ckpt), add_pooling_layer=False).eval()
-    from safetensors.torch import load_file
-
-    head = load_file(str(ckpt / "model.safetensors"))
-    with torch.inference_mode():
-        expected = [
-            float(
-                backbone(
-                    **tok([q], [d], truncation="only_second", max_length=128, return_tensors="pt")
-                ).last_hidden_state[0, 0]
-                @ head["classifier.weight"][0]
-                + head["classifier.bias"][0]
-            )
-            for q, d in items
-        ]
+    expected = reference_scores("bert", checkpoint("bert"), items, pooler=False)
     np.testing.assert_allclose(onnx_scores(folder, items), expected, atol=1e-4, rtol=0)
 
 
 def test_jina_v1_gguf_without_pooler(ggufs, checkpoint, tmp_path):
-    from transformers import AutoTokenizer
-
     folder = convert_gguf(ggufs[("jina-v1", "f32")], tmp_path, "jina-v1-gguf")
     config = json.loads((folder / "rerank.json").read_text())
     assert config["notes"] == [POOLER_DROPPED.format(form="tanh(classifier(h0))")]
     assert config["spec"]["positions"] == "alibi" and config["spec"]["head"] == "tanh"
     items = pairs()
-    tok = AutoTokenizer.from_pretrained(str(checkpoint("jina-v1")))
-    model = JinaBertNumpy(checkpoint("jina-v1"))
-    expected = [model.score(tok([q], [d])["input_ids"][0], head="tanh") for q, d in items]
+    expected = reference_scores("jina-v1", checkpoint("jina-v1"), items, pooler=False)
     np.testing.assert_allclose(onnx_scores(folder, items), expected, atol=1e-4, rtol=0)
 
 
@@ -150,7 +127,7 @@ def test_gte_gguf_in_llama_box_layout(checkpoint, ggufs, hf_folders, tmp_path):
     np.testing.assert_allclose(onnx_scores(folder, items), onnx_scores(hf_folders / "gte", items), atol=1e-4, rtol=0)
 
 
-def test_not_a_reranker_is_refused(ggufs, tmp_path):
+def test_not_a_reranker_is_refused(tmp_path):
     from gguf import GGUFWriter
 
     path = tmp_path / "llama.gguf"

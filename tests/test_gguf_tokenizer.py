@@ -20,10 +20,12 @@ from gguf import GGUFValueType, GGUFWriter
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
+from converters.errors import GgufError
 from converters.gguf_file import GgufFile
 from converters.gguf_tokenizer import tokenizer_from_gguf
-from tests.fixtures.checkpoints import make_checkpoint, multilingual_strings
-from tests.llama_cpp import convert_to_gguf
+from converters.testing.checkpoints import make_checkpoint
+from converters.testing.corpus import multilingual_strings
+from converters.testing.llama_cpp import convert_to_gguf
 
 KINDS = ("xlmr", "bert", "jina-v1", "jina-v2")
 STRINGS = multilingual_strings(2000)
@@ -108,7 +110,7 @@ def test_matches_auto_tokenizer(kind: str, converted, metadata) -> None:
     assert_same([e.type_ids for e in pairs], encoded["token_type_ids"], PAIRS)
 
 
-def test_mask_placeholder_is_replaced(converted, metadata) -> None:
+def test_mask_placeholder_is_replaced(metadata) -> None:
     """From sentencepiece.bpe.model llama.cpp writes ``[PAD<n>]`` where XLM-R has ``<mask>``."""
     tokens = metadata["xlmr"]["tokenizer.ggml.tokens"]
     assert re.fullmatch(r"\[PAD\d+\]", tokens[-1])
@@ -181,5 +183,5 @@ def test_published_file_quirks(tmp_path: Path, converted, metadata) -> None:
 
 
 def test_unsupported_model(metadata) -> None:
-    with pytest.raises(ValueError, match="llama"):
+    with pytest.raises(GgufError, match="llama"):
         tokenizer_from_gguf({**metadata["bert"], "tokenizer.ggml.model": "llama"})

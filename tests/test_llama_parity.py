@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from converters.testing.llama_cpp import convert_to_gguf, llama_server_binary
 from converters.variants import spearman
 from tests.conftest import free_port
-from tests.llama_cpp import convert_to_gguf, llama_server_binary
+from tests.reference import reference_scores
 from tests.test_gguf import convert_gguf, onnx_scores
 
 pytestmark = pytest.mark.parity
@@ -118,26 +119,10 @@ def test_llama_server_agrees_with_our_gguf_conversion(kind, server_binary, check
 def test_llama_server_feeds_type_zero_to_bert(server_binary, checkpoint, tmp_path):
     """llama.cpp scores a BERT GGUF with token type 0 everywhere and no pooler: check that claim
     against transformers' BertModel fed exactly that."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, BertModel
-
     ckpt = checkpoint("bert")
     gguf = convert_to_gguf(ckpt, tmp_path / "bert.gguf", "f32")
     theirs = llama_scores(server_binary, gguf)
-    tok = AutoTokenizer.from_pretrained(str(ckpt))
-    model = BertModel.from_pretrained(str(ckpt), add_pooling_layer=False).eval()
-    head = load_file(str(ckpt / "model.safetensors"))
-    with torch.inference_mode():
-        type0 = np.array(
-            [
-                float(
-                    model(input_ids=tok([QUERY], [d], return_tensors="pt")["input_ids"]).last_hidden_state[0, 0]
-                    @ head["classifier.weight"][0]
-                    + head["classifier.bias"][0]
-                )
-                for d in DOCS
-            ]
-        )
+    type0 = reference_scores("bert", ckpt, [(QUERY, d) for d in DOCS], pooler=False, type_ids=False)
     ours = onnx_scores(convert_gguf(gguf, tmp_path, "bert"), [(QUERY, d) for d in DOCS])
     record(
         "bert",

