@@ -9,6 +9,8 @@ Every instance carries a human message naming the problem, a machine-readable ``
 
 from __future__ import annotations
 
+from typing import Any
+
 QUOTE_LIMIT = 80
 """Longest piece of user input quoted back in an error message."""
 
@@ -59,9 +61,13 @@ class ModelNotFound(RerankError):
 
 
 class Overloaded(RerankError):
-    """Over a limit that will clear: retry later."""
+    """Over a limit that will clear: retry later (after ``retry_after`` seconds, when known)."""
 
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class QueueFull(Overloaded):

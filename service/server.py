@@ -7,19 +7,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.backends.base import Backend, Batch
 from service.backends.loader import load_backend
-from service.core.batching import BatchingConfig
+from service.core.batching import BatchingConfig, Throughput
 from service.core.reranker import ServedModel
+from service.core.tokenization import TokenizerPool
 from service.errors import ConfigurationError, Unavailable
-from service.model_folder import find_model_folders, read_model_folder
+from service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
 from service.protocol import SERVICE_NAME, rerank_pb2_grpc
-from service.router.auth import ApiKeyInterceptor, load_key_digests
+from service.router.auth import ApiKeyInterceptor, Keyring
 from service.router.guard import CallGuard
 from service.router.rerank_service import RerankService
 from service.router.validation import Limits
@@ -31,7 +34,31 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def batching_config(settings: Settings) -> BatchingConfig:
-    return BatchingConfig(settings.max_batch_tokens, settings.max_batch_pairs, settings.max_queue_pairs)
+    return BatchingConfig(
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_pairs=settings.max_batch_pairs,
+        max_queue_pairs=settings.max_queue_pairs,
+        max_queue_seconds=settings.max_queue_seconds,
+        batch_seconds=settings.batch_seconds,
+    )
+
+
+def calibrate(backend: Backend, config: ModelFolderConfig) -> Throughput:
+    """The model's speed on this machine, measured on a batch of the size micro-batches have
+    (the second of two runs: the first pays for lazy initialisation)."""
+    length = min(128, config.max_length)
+    token = config.template.prefix[0][0] if config.template.prefix else config.template.pad_id
+    ids = np.full((16, length), token, dtype=np.int64)
+    batch = Batch(ids, np.ones_like(ids), np.zeros_like(ids))
+    seconds = 0.0
+    for _ in range(2):
+        started = time.monotonic()
+        backend.run(batch)
+        seconds = time.monotonic() - started
+    throughput = Throughput()
+    throughput.record(ids.size, seconds, full=ids.size)
+    log.info("%s: %.0f padded tokens/s on this machine", config.name, throughput.tokens_per_second)
+    return throughput
 
 
 class RerankServer:
@@ -44,7 +71,11 @@ class RerankServer:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.calls = CallGuard()
-        self._tokenizer_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="tokenize")
+        try:
+            self.keyring = Keyring.load(settings.api_keys, settings.api_keys_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"API keys: {exc}") from None
+        self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
 
     def load_models(self) -> None:
         """Loads every model folder and warms it up; raises :class:`ConfigurationError`."""
@@ -65,18 +96,19 @@ class RerankServer:
                 raise ConfigurationError(f"two model folders are both named {config.name!r}")
             backend.warm_up()
             self.models[config.name] = ServedModel(
-                folder, config, backend, batching=batching_config(s), tokenizer_pool=self._tokenizer_pool
+                folder,
+                config,
+                backend,
+                batching=batching_config(s),
+                tokenizers=self._tokenizers,
+                throughput=calibrate(backend, config),
             )
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings
-        try:
-            digests = load_key_digests(s.api_keys, s.api_keys_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"API keys: {exc}") from None
         interceptors: list[grpc.aio.ServerInterceptor] = []
-        if digests:
-            interceptors.append(ApiKeyInterceptor(digests))
+        if self.keyring:
+            interceptors.append(ApiKeyInterceptor(self.keyring))
         elif not s.insecure_no_auth:
             raise ConfigurationError(
                 "no API keys: set RERANK_API_KEYS or RERANK_API_KEYS_FILE "
@@ -100,7 +132,8 @@ class RerankServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
-        service = RerankService(self.models, Limits(max_documents=s.max_documents))
+        limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
+        service = RerankService(self.models, limits, self.keyring)
         rerank_pb2_grpc.add_RerankServiceServicer_to_server(service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -156,7 +189,7 @@ class RerankServer:
             await stopping
         for model in self.models.values():
             await model.close()
-        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        self._tokenizers.shutdown()
 
 
 async def _until(event: asyncio.Event, timeout: float) -> None:

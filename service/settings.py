@@ -91,6 +91,25 @@ class Settings:
     max_batch_tokens: int = setting(8192, "Padded tokens per micro-batch (longest sequence x pairs).", minimum=1)
     max_batch_pairs: int = setting(64, "Pairs per micro-batch.", minimum=1)
     max_queue_pairs: int = setting(8192, "Queued pairs before new requests are refused (429).", minimum=1)
+    max_queue_seconds: float = setting(
+        5.0,
+        "Longest estimated wait a request is admitted with; above it, 429 at once with Retry-After. Keep it "
+        "well under Envoy's route timeout.",
+        minimum=0.01,
+    )
+    batch_seconds: float = setting(
+        0.25,
+        "Target duration of one micro-batch (by the measured speed of the model): how long a new request may wait "
+        "for the batch in flight.",
+        minimum=0.01,
+    )
+    max_query_chars: int = setting(
+        16384, "Longest query in characters; longer is refused at once (400), before tokenizing.", minimum=1
+    )
+    max_document_chars: int = setting(
+        200_000, "Longest document in characters; longer is refused at once (400), before tokenizing.", minimum=1
+    )
+    tokenizer_queue: int = setting(16, "Requests tokenizing or waiting to; more are refused at once (429).", minimum=1)
     # --- network ----------------------------------------------------------------------------
     grpc_host: str = setting(
         "127.0.0.1", "Address the gRPC service binds. Behind Envoy it stays on loopback; 0.0.0.0 exposes it directly."

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.backends.base import Batch
-from service.core.batching import BatchingConfig, DynamicBatcher
+from service.core.batching import BatchingConfig, DynamicBatcher, Throughput
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
 from service.errors import QueueFull, TooManyDocuments
@@ -39,6 +39,8 @@ class RecordingModel:
 
 
 def make(model: RecordingModel, **config) -> DynamicBatcher:
+    # Budgets by token count only: the gated stand-in model's speed means nothing.
+    config = {"batch_seconds": 1e9, "max_queue_seconds": 1e9, **config}
     return DynamicBatcher(model, pad_id=0, with_types=False, config=BatchingConfig(**config), metrics=ModelMetrics())
 
 
@@ -66,7 +68,7 @@ async def test_micro_batches_respect_token_budget_and_sort_by_length():
     await batcher.close()
 
 
-async def test_queued_requests_alternate_sort_direction():
+async def test_requests_queued_together_take_turns():
     gate = threading.Event()
     model = RecordingModel(gate=gate)
     batcher = make(model, max_batch_tokens=10_000, max_batch_pairs=3)
@@ -79,10 +81,10 @@ async def test_queued_requests_alternate_sort_direction():
     gate.set()
     await asyncio.gather(blocker, first, second)
     seen = [[int(m.sum()) for m in b.attention_mask] for b in model.batches[1:]]
-    # First request shortest first, the second longest first: the batch spanning them holds
-    # [8, 8, 6] (24 padded tokens) instead of [8, 2, 4] (24, of which 10 padding).
-    assert seen == [[2, 4, 6], [8, 8, 6], [4, 2]]
-    assert batcher.metrics.padded_tokens == 1 + 18 + 24 + 8
+    # Each batch is shared (two slots to one, one to the other, in turn), each request shortest
+    # first: 46 padded tokens, where first-come-first-served would pack [2,4,6],[8,2,4],[6,8] = 60.
+    assert seen == [[2, 4, 2], [4, 6, 6], [8, 8]]
+    assert batcher.metrics.padded_tokens == 1 + 12 + 18 + 16
     await batcher.close()
 
 
@@ -150,18 +152,110 @@ async def test_event_loop_is_free_while_the_model_runs():
     await batcher.close()
 
 
-async def test_a_failing_batch_fails_its_requests_not_the_loop():
-    calls = {"n": 0}
+async def test_a_failing_pair_fails_alone():
+    """A micro-batch that fails runs again pair by pair: the request with the bad pair fails,
+    the request sharing its batch succeeds, and the loop goes on."""
+    gate = threading.Event()
 
-    def flaky(batch: Batch) -> np.ndarray:
-        calls["n"] += 1
-        if calls["n"] == 1:
+    def model(batch: Batch) -> np.ndarray:
+        gate.wait(10)
+        if (batch.input_ids == 99).any():
             raise RuntimeError("boom")
-        return np.ones(len(batch.input_ids))
+        return batch.input_ids.sum(axis=1).astype(float)
 
-    batcher = DynamicBatcher(flaky, pad_id=0, with_types=False, config=BatchingConfig(), metrics=ModelMetrics())
+    batcher = DynamicBatcher(
+        model, pad_id=0, with_types=False, config=BatchingConfig(batch_seconds=1e9), metrics=ModelMetrics()
+    )
+    blocker = asyncio.create_task(batcher.score([pair(0, 1)]))
+    await asyncio.sleep(0.05)
+    good = asyncio.create_task(batcher.score([pair(0, 2, token=3), pair(1, 2, token=4)]))
+    bad = asyncio.create_task(batcher.score([pair(0, 2, token=5), pair(1, 2, token=99)]))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert list(await good) == [6.0, 8.0]
     with pytest.raises(RuntimeError, match="boom"):
-        await batcher.score([pair(0, 2)])
-    assert list(await batcher.score([pair(0, 2)])) == [1.0]
+        await bad
+    await blocker
+    assert list(await batcher.score([pair(0, 2)])) == [14.0]
     assert batcher.queued_pairs == 0
+    await batcher.close()
+
+
+class FixedThroughput(Throughput):
+    """A model speed the test sets, which the batcher's measurements do not move."""
+
+    def record(self, tokens: int, seconds: float, full: int) -> None:
+        pass
+
+
+def fair(model, **config) -> DynamicBatcher:
+    config = {"batch_seconds": 1e9, "max_queue_seconds": 1e9, **config}
+    return DynamicBatcher(
+        model,
+        pad_id=0,
+        with_types=False,
+        config=BatchingConfig(**config),
+        metrics=ModelMetrics(),
+        throughput=FixedThroughput(1000.0),
+    )
+
+
+async def test_a_small_request_is_not_stuck_behind_large_ones():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+    batcher = fair(model, max_batch_pairs=8)
+    blocker = asyncio.create_task(batcher.score([pair(0, 4)]))
+    await asyncio.sleep(0.05)
+    large = [asyncio.create_task(batcher.score([pair(i, 4, token=2)] * 100, client=f"big-{i}")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    small = asyncio.create_task(batcher.score([pair(0, 4, token=9)], client="small"))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, small, *large)
+    first_with_small = next(i for i, b in enumerate(model.batches) if (b.input_ids == 9).any())
+    assert first_with_small == 1  # the batch right after the one in flight, not after 300 pairs
+    await batcher.close()
+
+
+async def test_clients_get_equal_shares_of_a_batch():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+    batcher = fair(model, max_batch_pairs=8)
+    blocker = asyncio.create_task(batcher.score([pair(0, 4)]))
+    await asyncio.sleep(0.05)
+    # One client with three big requests, another with one: 50/50 per batch, not 3:1.
+    many = [asyncio.create_task(batcher.score([pair(0, 4, token=2)] * 40, client="a")) for _ in range(3)]
+    one = asyncio.create_task(batcher.score([pair(0, 4, token=3)] * 40, client="b"))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, one, *many)
+    shares = [int((b.input_ids[:, 0] == 3).sum()) for b in model.batches[1:6]]
+    assert shares == [4, 4, 4, 4, 4]
+    await batcher.close()
+
+
+async def test_admission_refuses_a_request_that_would_wait_too_long():
+    gate = threading.Event()
+    batcher = fair(RecordingModel(gate=gate), max_queue_seconds=1.0, max_batch_pairs=1)
+    blocker = asyncio.create_task(batcher.score([pair(0, 10)]))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.score([pair(i, 100) for i in range(40)]))  # 4400 tokens of cost
+    await asyncio.sleep(0.05)
+    # Another big one would wait behind all of it: about 4.4 s at 1000 tokens/s.
+    with pytest.raises(QueueFull, match=r"would wait about 4\.\d s") as refused:
+        await batcher.score([pair(i, 100) for i in range(40)])
+    assert refused.value.retry_after == 4  # ceil(4.4 - 1)
+    # A small one waits only its share: admitted.
+    small = asyncio.create_task(batcher.score([pair(0, 10)]))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(blocker, queued, small)
+    assert batcher.metrics.rejected_requests == 1
+    await batcher.close()
+
+
+async def test_an_idle_server_admits_any_size():
+    batcher = fair(RecordingModel(), max_queue_seconds=0.001)
+    scores = await batcher.score([pair(i, 100) for i in range(40)])
+    assert len(scores) == 40
     await batcher.close()

@@ -1,16 +1,26 @@
-"""Dynamic batching: pairs from concurrent requests packed into padded micro-batches.
+"""Dynamic batching with fair scheduling and time-budgeted admission.
 
-Each model has one :class:`DynamicBatcher`. Requests enqueue their pairs sorted by length, so
-neighbouring pairs pad little (shortest first and longest first in turn across queued requests);
-a single loop takes pairs in arrival order until the next one would push the micro-batch past its
-token budget (``longest * pairs``, padding included) or its pair cap, runs it on the backend in a
-worker thread, and hands each request its scores.
+Each model has one :class:`DynamicBatcher`. A request's pairs wait in the queue sorted by
+length, shortest first. One loop builds micro-batches and runs them, one at a time, on the
+model's worker thread:
 
-* Bounded: a request that would take the queue past ``max_queue_pairs`` is refused at once
-  (:class:`QueueFull`, RESOURCE_EXHAUSTED / HTTP 429) instead of growing memory.
-* Cancellation: when a client goes away its handler is cancelled; its pairs still queued are
-  dropped before they reach the model.
-* The event loop never runs inference or padding: both happen on the model's worker thread.
+* **Fair**: a micro-batch is filled round-robin across API keys, and within a key across its
+  requests, each getting an equal share of the batch; what a share leaves unused goes to whoever
+  still has pairs. So a one-document request joins the next micro-batch even behind requests of
+  thousands of pairs, and one key cannot take every slot.
+* **Short batches**: a micro-batch is cut at ``batch_seconds`` of work, by the model's measured
+  throughput (padded tokens per second), as well as at ``max_batch_tokens`` and
+  ``max_batch_pairs``. That bounds how long a new request waits for the batch in flight.
+* **Time-budgeted admission**: before a request is queued (before it is even tokenized, from an
+  estimate of its size) the batcher estimates how long it would wait under the fair schedule:
+  every other request delays it by at most the smaller of its own remaining work and this
+  request's work. Above ``max_queue_seconds`` the request is refused at once
+  (:class:`~service.errors.QueueFull`, HTTP 429) with a retry delay derived from the estimate.
+  ``max_queue_pairs`` caps the queue's memory as well.
+* **Cancellation**: a request whose client went away has its waiting pairs dropped.
+* **Failure isolation**: a micro-batch that fails is run again pair by pair, so one bad pair
+  fails its own request only.
+* The event loop never runs inference or padding: both happen on the worker thread.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +42,13 @@ from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
 from service.errors import QueueFull, RerankError, TooManyDocuments
 
+log = logging.getLogger(__name__)
+
+MIN_BATCH_TOKENS = 512
+"""The smallest token budget a micro-batch gets, however slow the model."""
+PADDING_ALLOWANCE = 1.1
+"""A request's cost is its tokens, plus this share for the padding it will meet in batches."""
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
@@ -41,23 +60,69 @@ class BatchingConfig:
     max_batch_pairs: int = 64
     max_queue_pairs: int = 8192
     """Pairs waiting across all requests before new requests are refused."""
+    max_queue_seconds: float = 5.0
+    """Longest estimated wait a new request is admitted with."""
+    batch_seconds: float = 0.25
+    """Target duration of one micro-batch."""
+
+
+class Throughput:
+    """The model's measured speed in padded tokens per second: an exponentially weighted
+    average over micro-batches, so it follows the machine's load."""
+
+    def __init__(self, tokens_per_second: float = 2000.0, weight: float = 0.2) -> None:
+        self.tokens_per_second = tokens_per_second
+        self.weight = weight
+        self.measured = False
+
+    def record(self, tokens: int, seconds: float, full: int) -> None:
+        """One micro-batch of ``tokens`` padded tokens took ``seconds``; ``full`` is the size of
+        a full batch. A small batch weighs less: its speed is mostly per-call overhead, and
+        letting it drag the average down would shrink the next batches in turn."""
+        if seconds <= 0 or tokens <= 0:
+            return
+        rate = tokens / seconds
+        if not self.measured:
+            self.tokens_per_second, self.measured = rate, True
+        else:
+            weight = self.weight * min(1.0, tokens / max(1, full))
+            self.tokens_per_second += weight * (rate - self.tokens_per_second)
+
+    def seconds(self, tokens: float) -> float:
+        return tokens / self.tokens_per_second
 
 
 @dataclass(eq=False)
-class _Ticket:
+class _Request:
     """One request's pairs in the queue, and where its scores go."""
 
     pairs: list[Pair]
     order: list[int]
     """Pair indices sorted by length: the order in which they are taken."""
     future: asyncio.Future[np.ndarray]
-    scores: np.ndarray
-    descending: bool = False
-    """Whether ``order`` runs longest first (see :meth:`DynamicBatcher.score`)."""
+    client: str
+    request_id: str
+    cost: float
+    """Padded tokens it will cost (see :data:`PADDING_ALLOWANCE`)."""
     taken: int = 0
     done: int = 0
     cancelled: bool = False
-    enqueued_at: float = field(default_factory=time.perf_counter)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    scores: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scores = np.zeros(len(self.pairs))
+
+    @property
+    def waiting(self) -> int:
+        return len(self.pairs) - self.taken
+
+    @property
+    def remaining_cost(self) -> float:
+        return self.cost * self.waiting / len(self.pairs)
+
+    def next_length(self) -> int:
+        return len(self.pairs[self.order[self.taken]].ids)
 
 
 def pad(pairs: list[Pair], pad_id: int, with_types: bool) -> Batch:
@@ -75,8 +140,22 @@ def pad(pairs: list[Pair], pad_id: int, with_types: bool) -> Batch:
     return Batch(ids, mask, types)
 
 
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` slots shared by ``parts`` as evenly as integers allow, the first ones getting
+    the remainder (the rotation moves who is first)."""
+    if parts == 0:
+        return []
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def cost_of(pairs: list[Pair]) -> float:
+    """What ``pairs`` will cost the model, in padded tokens."""
+    return PADDING_ALLOWANCE * sum(len(p.ids) for p in pairs)
+
+
 class DynamicBatcher:
-    """Packs and runs one model's pairs. Create it inside the running event loop."""
+    """Schedules and runs one model's pairs. Create it inside the running event loop."""
 
     def __init__(
         self,
@@ -87,14 +166,21 @@ class DynamicBatcher:
         config: BatchingConfig,
         metrics: ModelMetrics,
         name: str = "model",
+        throughput: Throughput | None = None,
     ) -> None:
         self._run = run
         self._pad_id = pad_id
         self._with_types = with_types
         self.config = config
         self.metrics = metrics
-        self._queue: collections.deque[_Ticket] = collections.deque()
+        self.throughput = throughput or Throughput()
+        self._clients: collections.OrderedDict[str, collections.deque[_Request]] = collections.OrderedDict()
+        """Requests with pairs still waiting, by client; the first client is served first next."""
         self._queued_pairs = 0
+        self._reserved: dict[int, float] = {}
+        """Costs admitted but not yet queued (the requests being tokenized)."""
+        self._running_until = 0.0
+        """When the micro-batch in flight should finish (monotonic), by its estimated cost."""
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
@@ -108,17 +194,73 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
+    # ------------------------------------------------------------------------- admission
+
+    def estimated_wait(self, cost: float) -> float:
+        """Seconds a request of ``cost`` would wait if admitted now: the batch in flight, plus
+        at most the smaller of its own cost and this one's for every request ahead of it."""
+        shared = sum(min(r.remaining_cost, cost) for queue in self._clients.values() for r in queue)
+        shared += sum(min(c, cost) for c in self._reserved.values())
+        in_flight = max(0.0, self._running_until - time.monotonic())
+        return in_flight + self.throughput.seconds(shared)
+
+    def admit(self, cost: float, pairs: int) -> int:
+        """Checks that a request of ``cost`` padded tokens and ``pairs`` pairs may wait in the
+        queue, and reserves its place until :meth:`score` (or :meth:`release`). Returns the
+        reservation. Raises :class:`QueueFull` (with a retry delay) or :class:`TooManyDocuments`."""
+        if self._refusal is not None:
+            raise self._refusal
+        limit = self.config.max_queue_pairs
+        if pairs > limit:
+            self.metrics.rejected_requests += 1
+            raise TooManyDocuments(
+                f"this request needs {pairs} sequences, more than the queue holds ({limit}); "
+                "send fewer documents per request",
+                field="documents",
+                metadata={"limit": str(limit)},
+            )
+        if self._queued_pairs + pairs > limit:
+            self.metrics.rejected_requests += 1
+            raise QueueFull(
+                f"the queue holds {self._queued_pairs} pairs and this request adds {pairs}; "
+                f"the limit is {limit}: retry later",
+                retry_after=self._retry_after(self.throughput.seconds(self._queued_cost())),
+            )
+        wait = self.estimated_wait(cost)
+        if wait > self.config.max_queue_seconds:
+            self.metrics.rejected_requests += 1
+            raise QueueFull(
+                f"the server is busy: this request would wait about {wait:.1f} s, more than the "
+                f"{self.config.max_queue_seconds:g} s it queues requests for; retry later",
+                retry_after=self._retry_after(wait - self.config.max_queue_seconds),
+            )
+        reservation = id(object())
+        self._reserved[reservation] = cost
+        return reservation
+
+    def release(self, reservation: int) -> None:
+        self._reserved.pop(reservation, None)
+
+    @staticmethod
+    def _retry_after(seconds: float) -> int:
+        return max(1, math.ceil(seconds))
+
+    def _queued_cost(self) -> float:
+        return sum(r.remaining_cost for queue in self._clients.values() for r in queue)
+
+    # ------------------------------------------------------------------------- queueing
+
     def refuse(self, error: RerankError) -> None:
-        """From now on :meth:`score` raises ``error``, and every request still waiting fails
-        with it (the end of a drain: it gets an answer instead of a dropped call). A batch
+        """From now on new requests are refused with ``error``, and every request still waiting
+        fails with it (the end of a drain: it gets an answer instead of a dropped call). A batch
         already on the model finishes; its requests' other pairs do not run."""
         self._refusal = error
-        for ticket in self._queue:
-            if not ticket.future.done():
-                ticket.future.set_exception(error)
-            if not ticket.cancelled:
-                ticket.cancelled = True
-                self._queued_pairs -= len(ticket.pairs) - ticket.taken
+        for queue in self._clients.values():
+            for request in queue:
+                if not request.future.done():
+                    request.future.set_exception(error)
+                self._drop(request)
+        self._clients.clear()
         self.metrics.queue_pairs = self._queued_pairs
 
     async def close(self) -> None:
@@ -128,71 +270,102 @@ class DynamicBatcher:
                 await self._task
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def score(self, pairs: list[Pair]) -> np.ndarray:
-        """Logits for ``pairs``, in their order. Raises :class:`QueueFull` when over the limit."""
+    async def score(
+        self, pairs: list[Pair], *, client: str = "", request_id: str = "", reservation: int | None = None
+    ) -> np.ndarray:
+        """Logits for ``pairs``, in their order. Admits the request first unless ``reservation``
+        (from :meth:`admit`) says it was; raises :class:`QueueFull` or :class:`TooManyDocuments`."""
+        if not pairs:
+            if reservation is not None:
+                self.release(reservation)
+            return np.zeros(0)
+        cost = cost_of(pairs)
+        if reservation is None:
+            reservation = self.admit(cost, len(pairs))
+        self.release(reservation)
         if self._refusal is not None:
             raise self._refusal
-        if not pairs:
-            return np.zeros(0)
-        if len(pairs) > self.config.max_queue_pairs:
-            self.metrics.rejected_requests += 1
-            raise TooManyDocuments(
-                f"this request needs {len(pairs)} sequences, more than the queue holds "
-                f"({self.config.max_queue_pairs}); send fewer documents per request",
-                field="documents",
-                metadata={"limit": str(self.config.max_queue_pairs)},
-            )
-        if self._queued_pairs + len(pairs) > self.config.max_queue_pairs:
-            self.metrics.rejected_requests += 1
-            raise QueueFull(
-                f"the queue holds {self._queued_pairs} pairs and this request adds {len(pairs)}; "
-                f"the limit is {self.config.max_queue_pairs}: retry later"
-            )
         self.start()
-        # Serpentine order across requests: a request queued behind one that is taken shortest
-        # first is taken longest first, and so on, so that the micro-batch spanning the two
-        # starts where the previous request ends instead of mixing its longest pairs with the
-        # next one's shortest (measured on bert-small W2: 6.8 % padding against W1's 4.3 %).
-        previous = self._queue[-1] if self._queue else None
-        descending = previous is not None and not previous.descending
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids), reverse=descending)
-        ticket = _Ticket(
-            pairs, order, asyncio.get_running_loop().create_future(), np.zeros(len(pairs)), descending=descending
-        )
-        self._queue.append(ticket)
+        # Shortest first: requests served round-robin then advance through similar lengths
+        # together, so a micro-batch mixing them pads little.
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
+        request = _Request(pairs, order, asyncio.get_running_loop().create_future(), client, request_id, cost)
+        self._clients.setdefault(client, collections.deque()).append(request)
         self._queued_pairs += len(pairs)
         self.metrics.queue_pairs = self._queued_pairs
         self._wake.set()
         try:
-            return await ticket.future
+            return await request.future
         except asyncio.CancelledError:
             # The client went away: drop whatever of this request has not reached the model.
-            if not ticket.cancelled:
-                ticket.cancelled = True
-                self._queued_pairs -= len(pairs) - ticket.taken
+            if not request.cancelled:
+                self._drop(request)
                 self.metrics.cancelled_requests += 1
             raise
 
-    def _next_batch(self) -> list[tuple[_Ticket, int]]:
-        """Takes pairs in arrival order while the micro-batch stays within its budget."""
-        taken: list[tuple[_Ticket, int]] = []
+    def _drop(self, request: _Request) -> None:
+        if not request.cancelled:
+            request.cancelled = True
+            self._queued_pairs -= request.waiting
+            self.metrics.queue_pairs = self._queued_pairs
+
+    # ------------------------------------------------------------------------- scheduling
+
+    def _budget(self) -> int:
+        """Padded tokens the next micro-batch may hold: ``batch_seconds`` of work, but never
+        fewer than :data:`MIN_BATCH_TOKENS` (below that, per-call overhead dominates)."""
+        timed = int(self.throughput.tokens_per_second * self.config.batch_seconds)
+        return min(self.config.max_batch_tokens, max(MIN_BATCH_TOKENS, timed))
+
+    def _prune(self) -> None:
+        for client in list(self._clients):
+            queue = self._clients[client]
+            while queue and (queue[0].cancelled or queue[0].waiting == 0):
+                queue.popleft()
+            if not queue:
+                del self._clients[client]
+            else:
+                for request in [r for r in queue if r.cancelled or r.waiting == 0]:
+                    queue.remove(request)
+
+    def _next_batch(self) -> list[tuple[_Request, int]]:
+        """The next micro-batch: shares round-robin across clients and their requests, then
+        whatever room is left to whoever still waits."""
+        self._prune()
+        budget = self._budget()
+        taken: list[tuple[_Request, int]] = []
         longest = 0
-        while self._queue:
-            ticket = self._queue[0]
-            if ticket.cancelled or ticket.taken == len(ticket.pairs):
-                self._queue.popleft()
-                continue
-            index = ticket.order[ticket.taken]
-            length = len(ticket.pairs[index].ids)
-            grown = max(longest, length)
-            if taken and (
-                grown * (len(taken) + 1) > self.config.max_batch_tokens or len(taken) >= self.config.max_batch_pairs
-            ):
-                break
-            taken.append((ticket, index))
-            ticket.taken += 1
-            self._queued_pairs -= 1
-            longest = grown
+
+        def fits(length: int) -> bool:
+            if not taken:
+                return True  # a pair longer than the budget still runs, alone
+            return max(longest, length) * (len(taken) + 1) <= budget and len(taken) < self.config.max_batch_pairs
+
+        def take(request: _Request, pairs: float, tokens: float) -> None:
+            nonlocal longest
+            spent_pairs = spent_tokens = 0
+            while request.waiting and spent_pairs < pairs and spent_tokens < tokens and fits(request.next_length()):
+                length = request.next_length()
+                taken.append((request, request.order[request.taken]))
+                request.taken += 1
+                self._queued_pairs -= 1
+                longest = max(longest, length)
+                spent_pairs += 1
+                spent_tokens += length
+
+        clients = list(self._clients.items())
+        slots = self.config.max_batch_pairs
+        for (_, queue), client_slots in zip(clients, _split(slots, len(clients)), strict=True):
+            for request, request_slots in zip(list(queue), _split(client_slots, len(queue)), strict=True):
+                if request_slots:
+                    take(request, request_slots, budget * request_slots / slots)
+        for _, queue in clients:  # work-conserving: fill what the shares left
+            for request in queue:
+                take(request, math.inf, math.inf)
+        if clients:  # the next batch starts with the next client
+            self._clients.move_to_end(clients[0][0])
+            for _, queue in clients:
+                queue.rotate(-1)
         self.metrics.queue_pairs = self._queued_pairs
         return taken
 
@@ -200,35 +373,61 @@ class DynamicBatcher:
         batch = pad(pairs, self._pad_id, self._with_types)
         return self._run(batch), batch
 
+    def _infer_one_by_one(self, pairs: list[Pair]) -> list[float | Exception]:
+        """After a failed micro-batch: each pair alone, so one bad pair fails alone."""
+        return [self._infer_alone(pair) for pair in pairs]
+
+    def _infer_alone(self, pair: Pair) -> float | Exception:
+        try:
+            return float(self._infer([pair])[0][0])
+        except Exception as exc:  # noqa: BLE001 - the pair's request gets this error
+            return exc
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            self._prune()
+            if not self._clients:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
             taken = self._next_batch()
             if not taken:
                 continue
-            pairs = [t.pairs[i] for t, i in taken]
-            started = time.perf_counter()
+            pairs = [r.pairs[i] for r, i in taken]
+            started = time.monotonic()
+            self._running_until = started + self.throughput.seconds(cost_of(pairs))
             try:
                 logits, batch = await loop.run_in_executor(self._executor, self._infer, pairs)
-            except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the loop
-                for ticket in {t for t, _ in taken}:
-                    if not ticket.future.done():
-                        ticket.future.set_exception(exc)
-                    if not ticket.cancelled:
-                        ticket.cancelled = True
-                        self._queued_pairs -= len(ticket.pairs) - ticket.taken
+            except Exception:
+                log.exception("a micro-batch of %d pairs failed; running its pairs one by one", len(pairs))
+                results = await loop.run_in_executor(self._executor, self._infer_one_by_one, pairs)
+                self._running_until = 0.0
+                for (request, index), result in zip(taken, results, strict=True):
+                    if isinstance(result, BaseException):
+                        log.error("pair %d of request %s failed", index, request.request_id or "-", exc_info=result)
+                        if not request.future.done():
+                            request.future.set_exception(result)
+                        self._drop(request)
+                    else:
+                        self._deliver(request, index, result)
                 continue
+            seconds = time.monotonic() - started
+            self._running_until = 0.0
+            self.throughput.record(int(batch.input_ids.size), seconds, full=self._budget())
             self.metrics.record_batch(
                 pairs=len(pairs),
                 padded_tokens=int(batch.input_ids.size),
                 real_tokens=int(batch.attention_mask.sum()),
-                seconds=time.perf_counter() - started,
+                seconds=seconds,
             )
-            for (ticket, index), logit in zip(taken, logits, strict=True):
-                ticket.scores[index] = logit
-                ticket.done += 1
-                if ticket.done == len(ticket.pairs) and not ticket.future.done():
-                    ticket.future.set_result(ticket.scores)
+            for (request, index), logit in zip(taken, logits, strict=True):
+                self._deliver(request, index, float(logit))
+
+    def _deliver(self, request: _Request, index: int, logit: float) -> None:
+        if request.future.done():
+            return
+        request.scores[index] = logit
+        request.done += 1
+        if request.done == len(request.pairs):
+            request.future.set_result(request.scores)

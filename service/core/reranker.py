@@ -7,18 +7,16 @@ answers "score these documents for this query". :func:`rank` turns scores into t
 
 from __future__ import annotations
 
-import asyncio
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from service.backends.base import Backend
-from service.core.batching import BatchingConfig, DynamicBatcher
+from service.core.batching import PADDING_ALLOWANCE, BatchingConfig, DynamicBatcher, Throughput
 from service.core.metrics import ModelMetrics
-from service.core.tokenization import EncodedRequest, LongDocuments, PairEncoder
+from service.core.tokenization import WINDOW_OVERLAP, EncodedRequest, LongDocuments, PairEncoder, TokenizerPool
 from service.model_folder import ModelFolderConfig
 
 
@@ -50,7 +48,8 @@ class ServedModel:
         backend: Backend,
         *,
         batching: BatchingConfig,
-        tokenizer_pool: ThreadPoolExecutor,
+        tokenizers: TokenizerPool,
+        throughput: Throughput | None = None,
     ) -> None:
         self.folder = folder
         self.config = config
@@ -65,17 +64,52 @@ class ServedModel:
             config=batching,
             metrics=self.metrics,
             name=self.name,
+            throughput=throughput,
         )
-        self._tokenizer_pool = tokenizer_pool
+        self._tokenizers = tokenizers
+        self.characters_per_token = 4.0
+        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
 
-    async def score(self, query: str, documents: list[str], long_documents: LongDocuments = "truncate") -> Scored:
-        """Scores every document; raises QueryTooLong or QueueFull."""
+    def estimate(self, query: str, documents: list[str], long_documents: LongDocuments) -> tuple[float, int]:
+        """A request's cost in padded tokens and its number of pairs, from its characters alone."""
+        per_token = self.characters_per_token
+        head = len(query) / per_token + self.encoder.template.special_count
+        room = max(1.0, self.config.max_length - head)
+        step = max(1.0, room * (1 - WINDOW_OVERLAP))
+        tokens = 0.0
+        pairs = 0
+        for document in documents:
+            size = len(document) / per_token
+            if long_documents == "window" and size > room:
+                windows = 1 + math.ceil((size - room) / step)
+                tokens += windows * self.config.max_length
+                pairs += windows
+            else:
+                tokens += head + min(size, room)
+                pairs += 1
+        return PADDING_ALLOWANCE * tokens, pairs
+
+    async def score(
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments = "truncate",
+        *,
+        client: str = "",
+        request_id: str = "",
+    ) -> Scored:
+        """Scores every document: admitted by its estimated cost before it is tokenized, queued
+        by its exact cost after. Raises QueryTooLong, QueueFull or TooManyDocuments."""
         self.metrics.requests += 1
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(
-            self._tokenizer_pool, self.encoder.encode, query, documents, long_documents
-        )
-        logits = await self.batcher.score(encoded.pairs)
+        reservation = self.batcher.admit(*self.estimate(query, documents, long_documents))
+        try:
+            encoded = await self._tokenizers.run(self.encoder.encode, query, documents, long_documents)
+        finally:
+            self.batcher.release(reservation)
+        if encoded.document_tokens:
+            ratio = encoded.characters / encoded.document_tokens
+            self.characters_per_token += 0.1 * (min(10.0, max(1.0, ratio)) - self.characters_per_token)
+        logits = await self.batcher.score(encoded.pairs, client=client, request_id=request_id)
         best = np.full(len(documents), -np.inf)
         for pair, logit in zip(encoded.pairs, logits, strict=True):
             best[pair.document] = max(best[pair.document], logit)

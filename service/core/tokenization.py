@@ -8,17 +8,23 @@ encoding serve every document, and lets a long document be split into windows.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.errors import QueryTooLong
+from service.errors import QueryTooLong, QueueFull
 from service.model_folder import PairTemplate
 
 LongDocuments = Literal["truncate", "window"]
+T = TypeVar("T")
+CHUNK = 256
+"""Documents tokenized at once."""
 WINDOW_OVERLAP = 0.25
 """Fraction of a window repeated at the start of the next one, so no sentence is only ever seen cut."""
 
@@ -44,6 +50,10 @@ class EncodedRequest:
     """Per document: tokens that no scored sequence contains."""
     windows: list[int]
     """Per document: how many sequences were scored."""
+    characters: int = 0
+    """Characters in the documents (for the size estimates of :class:`TokenizerPool` callers)."""
+    document_tokens: int = 0
+    """Tokens in the documents before any cut."""
 
     @property
     def total_tokens(self) -> int:
@@ -73,7 +83,7 @@ class PairEncoder:
                 message=f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
                 f"pair including {self.template.special_count} special tokens, which leaves no room for a document",
             )
-        doc_ids = [e.ids for e in self.tokenizer.encode_batch(documents, add_special_tokens=False)]
+        doc_ids, doc_tokens = self._encode_documents(documents, keep=None if long_documents == "window" else room)
         t = self.template
         head = [i for i, _ in t.prefix] + query_ids + [i for i, _ in t.middle]
         head_types = [ty for _, ty in t.prefix] + [t.query_type] * len(query_ids) + [ty for _, ty in t.middle]
@@ -83,7 +93,7 @@ class PairEncoder:
         pairs: list[Pair] = []
         truncated: list[int] = []
         windows: list[int] = []
-        for index, ids in enumerate(doc_ids):
+        for index, (ids, total) in enumerate(zip(doc_ids, doc_tokens, strict=True)):
             if long_documents == "window" and len(ids) > room:
                 step = max(1, room - int(room * WINDOW_OVERLAP))
                 starts = list(range(0, len(ids) - room + step, step))
@@ -91,11 +101,49 @@ class PairEncoder:
                 cut = 0
             else:
                 chunks = [ids[:room]]
-                cut = max(0, len(ids) - room)
+                cut = max(0, total - room)
             for chunk in chunks:
                 seq = head + chunk + tail
                 types = head_types + [t.document_type] * len(chunk) + tail_types
                 pairs.append(Pair(index, np.asarray(seq, dtype=np.int64), np.asarray(types, dtype=np.int64)))
             truncated.append(cut)
             windows.append(len(chunks))
-        return EncodedRequest(pairs, truncated, windows)
+        return EncodedRequest(
+            pairs, truncated, windows, characters=sum(map(len, documents)), document_tokens=sum(doc_tokens)
+        )
+
+    def _encode_documents(self, documents: list[str], keep: int | None) -> tuple[list[list[int]], list[int]]:
+        """Each document's token ids (only the first ``keep`` when it is given) and full token
+        count. Tokenized :data:`CHUNK` documents at a time, so that a request of thousands of long
+        documents never holds every token's encoding at once."""
+        ids: list[list[int]] = []
+        counts: list[int] = []
+        for start in range(0, len(documents), CHUNK):
+            for encoding in self.tokenizer.encode_batch(documents[start : start + CHUNK], add_special_tokens=False):
+                counts.append(len(encoding.ids))
+                ids.append(encoding.ids if keep is None else encoding.ids[:keep])
+        return ids, counts
+
+
+class TokenizerPool:
+    """The threads that tokenize requests, with a bounded queue in front of them.
+
+    At most ``max_waiting`` requests are tokenizing or waiting to; the next one is refused at
+    once (:class:`~service.errors.QueueFull`) instead of piling up behind big bodies."""
+
+    def __init__(self, threads: int, max_waiting: int) -> None:
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tokenize")
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self.waiting >= self.max_waiting:
+            raise QueueFull(f"the tokenizer queue is full ({self.max_waiting} requests); retry later", retry_after=1)
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        finally:
+            self.waiting -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

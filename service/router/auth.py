@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +33,91 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted key: its digest, the name logs and metrics show, and its limits."""
+
+    digest: bytes
+    name: str
+    requests_per_second: float | None = None
+    tokens_per_minute: int | None = None
+
+
+def _default_name(value: bytes) -> str:
+    return f"key-{value.hex()[:8]}"
+
+
+def parse_keys_file(text: str, source: str = "keys file") -> list[ApiKey]:
+    """A keys file: one key per line, ``<sha256 hex> [name=NAME] [rps=N] [tpm=N]``.
+
+    Plain digest lines (and ``sha256sum`` output: only the first field is a digest when the
+    rest is not ``key=value``) keep working; blank lines and ``#`` comments are skipped.
+    Raises ``ValueError`` naming the line."""
+    keys: list[ApiKey] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        try:
+            value = bytes.fromhex(fields[0])
+        except ValueError:
+            value = b""
+        if len(value) != 32:
+            raise ValueError(f"{source}:{number}: not a SHA-256 hex digest")
+        options = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+        unknown = set(options) - {"name", "rps", "tpm"}
+        if unknown:
+            raise ValueError(f"{source}:{number}: unknown field {sorted(unknown)[0]!r} (name, rps, tpm)")
+        try:
+            rps = float(options["rps"]) if "rps" in options else None
+            tpm = int(options["tpm"]) if "tpm" in options else None
+        except ValueError:
+            raise ValueError(f"{source}:{number}: rps and tpm must be numbers") from None
+        if (rps is not None and rps <= 0) or (tpm is not None and tpm <= 0):
+            raise ValueError(f"{source}:{number}: rps and tpm must be positive")
+        keys.append(ApiKey(value, options.get("name") or _default_name(value), rps, tpm))
+    return keys
+
+
+class Keyring:
+    """The accepted keys. Looks a presented key up in constant time, whichever key it is."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self.keys = list(keys)
+
+    @classmethod
+    def load(cls, keys: tuple[str, ...], keys_file: Path | None) -> Keyring:
+        """Plain keys (from the environment) and a keys file of digests."""
+        found = [ApiKey(d, _default_name(d)) for d in (digest(k) for k in keys)]
+        if keys_file is not None:
+            found += parse_keys_file(keys_file.read_text(), str(keys_file))
+        return cls(found)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def find(self, token: str | None) -> ApiKey | None:
+        if token is None:
+            return None
+        presented = digest(token)
+        # Compare with every key, without stopping early: timing says nothing about which matched.
+        match = None
+        for key in self.keys:
+            if hmac.compare_digest(presented, key.digest):
+                match = key
+        return match
+
+    def caller(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> ApiKey | None:
+        """The key a call presented (None without a valid one)."""
+        return self.find(bearer_token(metadata))
+
+
 def load_key_digests(keys: tuple[str, ...], keys_file: Path | None) -> list[bytes]:
-    """Digests of the accepted keys: plain keys from the environment, hex digests from a file.
-
-    The file holds one SHA-256 hex digest per line (``sha256sum``-style lines work: only the
-    first field is read); blank lines and ``#`` comments are skipped.
-    """
-    digests = [digest(k) for k in keys]
-    if keys_file is not None:
-        for number, line in enumerate(keys_file.read_text().splitlines(), 1):
-            field = line.split("#", 1)[0].strip().split()
-            if not field:
-                continue
-            try:
-                value = bytes.fromhex(field[0])
-            except ValueError:
-                value = b""
-            if len(value) != 32:
-                raise ValueError(f"{keys_file}:{number}: not a SHA-256 hex digest")
-            digests.append(value)
-    return digests
+    """Digests of the accepted keys (see :meth:`Keyring.load`)."""
+    return [k.digest for k in Keyring.load(keys, keys_file).keys]
 
 
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The token of an ``authorization: Bearer <token>`` entry (scheme case-insensitive)."""
     for key, value in metadata or ():
         if key.lower() == "authorization":
@@ -69,20 +132,13 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without a valid key with UNAUTHENTICATED before they reach a handler."""
 
-    def __init__(self, digests: list[bytes]) -> None:
-        if not digests:
+    def __init__(self, keyring: Keyring) -> None:
+        if not keyring:
             raise ValueError("no API keys configured")
-        self._digests = list(digests)
+        self.keyring = keyring
 
     def is_valid(self, token: str | None) -> bool:
-        if token is None:
-            return False
-        presented = digest(token)
-        # Compare against every key, without stopping early, so timing says nothing about which matched.
-        matched = False
-        for known in self._digests:
-            matched |= hmac.compare_digest(presented, known)
-        return matched
+        return self.keyring.find(token) is not None
 
     async def intercept_service(
         self,

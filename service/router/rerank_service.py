@@ -12,8 +12,11 @@ import grpc
 
 from service.core.reranker import ServedModel, rank
 from service.protocol import rerank_pb2, rerank_pb2_grpc
+from service.router.auth import Keyring
+from service.router.status import request_id
 from service.router.validation import (
     Limits,
+    check_document_sizes,
     check_documents,
     check_query,
     check_top_n,
@@ -26,20 +29,24 @@ from service.router.validation import (
 class RerankService(rerank_pb2_grpc.RerankServiceServicer):
     """Answers Rerank, ListModels and Health for a fixed set of loaded models."""
 
-    def __init__(self, models: dict[str, ServedModel], limits: Limits) -> None:
+    def __init__(self, models: dict[str, ServedModel], limits: Limits, keyring: Keyring | None = None) -> None:
         self.models = models
         self.limits = limits
+        self.keyring = keyring or Keyring([])
 
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.RerankResponse:
         model = resolve_model(self.models, request.model)
-        query = check_query(request.query)
+        query = check_query(request.query, self.limits)
         check_documents(len(request.documents), self.limits)
         top_n = check_top_n(request.top_n if request.HasField("top_n") else None)
         mode = long_documents_mode(request.long_documents)
-        texts = document_texts(request.documents)
-        scored = await model.score(query, texts, mode)
+        texts = check_document_sizes(document_texts(request.documents), self.limits)
+        caller = self.keyring.caller(context.invocation_metadata())
+        scored = await model.score(
+            query, texts, mode, client=caller.name if caller else "", request_id=request_id(context)
+        )
         return_documents = request.return_documents if request.HasField("return_documents") else True
         normalize = request.normalize if request.HasField("normalize") else False
         results = [

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -57,6 +57,9 @@ def to_status(error: RerankError) -> grpc.Status:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
     details.append(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after)))
     packed = []
     for detail in details:
         holder = any_pb2.Any()
@@ -64,6 +67,15 @@ def to_status(error: RerankError) -> grpc.Status:
         packed.append(holder)
     code = status_code(error)
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=packed))
+
+
+def _with_metadata(status: grpc.Status, extra: tuple[tuple[str, str], ...]) -> grpc.Status:
+    class _Status(grpc.Status):  # grpc.Status is an interface; abort_with_status reads these three
+        code = status.code
+        details = status.details
+        trailing_metadata = (*status.trailing_metadata, *extra)
+
+    return _Status()
 
 
 def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -77,7 +89,12 @@ def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     """Aborts the call for ``exc``; never returns."""
     if isinstance(exc, RerankError):
-        await context.abort_with_status(to_status(exc))
+        status = to_status(exc)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            # HTTP's Retry-After, as a trailer; through Envoy it is a response header.
+            status = _with_metadata(status, (("retry-after", str(retry_after)),))
+        await context.abort_with_status(status)
     rid = request_id(context)
     log.error("internal error in %s (request id %s)", method, rid, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {rid}")

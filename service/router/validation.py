@@ -19,9 +19,11 @@ _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits the servicers enforce."""
+    """Per-request limits the servicers enforce, on sizes alone, before any tokenizing."""
 
     max_documents: int = 1000
+    max_query_chars: int = 16384
+    max_document_chars: int = 200_000
 
 
 def resolve_model(models: Mapping[str, ServedModel], name: str) -> ServedModel:
@@ -42,12 +44,31 @@ def resolve_model(models: Mapping[str, ServedModel], name: str) -> ServedModel:
     return model
 
 
-def check_query(query: str, field: str = "query") -> str:
+def check_query(query: str, limits: Limits, field: str = "query") -> str:
+    if len(query) > limits.max_query_chars:
+        raise InvalidRequest(
+            f"{field} is {len(query)} characters long; the limit is {limits.max_query_chars}",
+            reason="QUERY_TOO_LONG",
+            field=field,
+            metadata={"limit": str(limits.max_query_chars)},
+        )
     if not query.strip().strip(_INVISIBLE).strip():
         raise InvalidRequest(
             f"{field} must be a non-empty string (it has no visible characters)", reason="EMPTY_QUERY", field=field
         )
     return query
+
+
+def check_document_sizes(texts: Sequence[str], limits: Limits, field: str = "documents") -> list[str]:
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_document_chars:
+            raise InvalidRequest(
+                f"{field}[{i}] is {len(text)} characters long; the limit is {limits.max_document_chars}",
+                reason="DOCUMENT_TOO_LONG",
+                field=f"{field}[{i}]",
+                metadata={"limit": str(limits.max_document_chars)},
+            )
+    return list(texts)
 
 
 def check_documents(count: int, limits: Limits, field: str = "documents") -> None:

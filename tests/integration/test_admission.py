@@ -1,0 +1,162 @@
+"""Admission through the real service and Envoy: a request that would wait too long is refused
+at once with Retry-After (REST and gRPC alike), a small request is still served, sizes are
+refused before any tokenizing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import grpc
+import httpx
+import pytest
+
+from gateway.envoy import start as start_envoy
+from service.settings import Settings
+from tests.conftest import start_service
+from tests.support import API_KEY, AUTH, free_port
+
+HEAVY = {
+    "query": "what do pandas eat?",
+    # Window mode over long documents: thousands of sequences, seconds of work for the tiny model.
+    "documents": [("the giant panda eats bamboo in the mountains of central china " * 400) + str(i) for i in range(64)],
+    "long_documents": "window",
+    "return_documents": False,
+}
+
+
+@pytest.fixture(scope="module")
+def busy_stack(models_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("admission-models")
+    shutil.copytree(models_dir / "bert-tiny", folder / "bert-tiny")
+    proc, port, _ = start_service(folder, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000")
+    rest_port = free_port()
+    envoy = start_envoy(
+        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),
+        tmp_path_factory.mktemp("admission-envoy"),
+    )
+    try:
+        yield f"http://127.0.0.1:{rest_port}", port
+    finally:
+        envoy.stop()
+        proc.stop(grace=30)
+
+
+def _queued(port: int) -> int:
+    from service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        cards = rerank_pb2_grpc.RerankServiceStub(channel).ListModels(
+            rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10
+        )
+    return int(cards.data[0].stats.queued_pairs)
+
+
+def _while_busy(base_url: str, port: int, check) -> None:
+    """Runs ``check`` while a heavy request is queued, then lets it finish."""
+    outcome: dict[str, httpx.Response] = {}
+
+    def heavy() -> None:
+        outcome["heavy"] = httpx.post(
+            f"{base_url}/v1/rerank", json=HEAVY, timeout=120, headers={"authorization": f"Bearer {API_KEY}"}
+        )
+
+    thread = threading.Thread(target=heavy)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while _queued(port) == 0:
+        assert time.monotonic() < deadline, "the heavy request never queued"
+        time.sleep(0.01)
+    try:
+        check()
+    finally:
+        thread.join(120)
+    assert outcome["heavy"].status_code == 200, outcome["heavy"].text[:300]
+
+
+def test_a_request_that_would_wait_too_long_is_refused_at_once_with_retry_after(busy_stack):
+    base_url, port = busy_stack
+
+    def check() -> None:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": f"Bearer {API_KEY}"}, timeout=30
+        )
+        elapsed = time.monotonic() - started
+        assert response.status_code == 429, response.text[:300]
+        assert elapsed < 0.5, f"the refusal took {elapsed:.2f} s"
+        assert int(response.headers["retry-after"]) >= 1
+        body = response.json()
+        assert body["code"] == 8 and "busy" in body["message"]
+        kinds = {d["@type"].rsplit(".", 1)[-1] for d in body["details"]}
+        assert {"ErrorInfo", "RetryInfo"} <= kinds
+
+    _while_busy(base_url, port, check)
+
+
+def test_grpc_clients_get_resource_exhausted_with_retry_after(busy_stack):
+    from service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    base_url, port = busy_stack
+    request = rerank_pb2.RerankRequest(query=HEAVY["query"], long_documents="window")
+    for text in HEAVY["documents"]:
+        request.documents.add().string_value = text
+
+    def check() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as refused:
+            rerank_pb2_grpc.RerankServiceStub(channel).Rerank(request, metadata=AUTH, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(refused.value.trailing_metadata())["retry-after"]) >= 1
+
+    _while_busy(base_url, port, check)
+
+
+def test_a_small_request_is_served_while_a_heavy_one_runs(busy_stack):
+    base_url, port = busy_stack
+
+    def check() -> None:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{base_url}/v1/rerank",
+            json={"query": "panda", "documents": ["bamboo"]},
+            headers={"authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text[:300]
+        assert time.monotonic() - started < 1.0
+        assert _queued(port) > 0, "the heavy request was already done: this showed nothing"
+
+    _while_busy(base_url, port, check)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": "q" * 16385, "documents": ["a"]}, "query"),
+        ({"query": "q", "documents": ["a", "d" * 200_001]}, "documents[1]"),
+    ],
+)
+def test_sizes_are_refused_before_tokenizing(busy_stack, body, field):
+    base_url, _ = busy_stack
+    started = time.monotonic()
+    response = httpx.post(
+        f"{base_url}/v1/rerank", json=body, headers={"authorization": f"Bearer {API_KEY}"}, timeout=30
+    )
+    assert response.status_code == 400
+    assert response.json()["details"][0]["field_violations"][0]["field"] == field
+    assert "characters long" in response.json()["message"]
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_two_megabyte_query_is_refused_fast(busy_stack):
+    base_url, _ = busy_stack
+    started = time.monotonic()
+    response = httpx.post(
+        f"{base_url}/v1/rerank",
+        json={"query": "panda " * 350_000, "documents": ["a"]},
+        headers={"authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and time.monotonic() - started < 1.0
+    assert len(response.text) < 2000  # the message quotes no user input
