@@ -25,7 +25,7 @@ from converters.probes import probe_pairs
 from converters.quiet import quiet_transformers
 from converters.spec import LoadedModel
 from converters.variants import build_fused, write_variants
-from service.model_folder import ModelFolderConfig, Variant, template_from_tokenizer, write_config
+from service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
 from service.scoring import score_pairs
 
 TOLERANCE = 1e-4
@@ -60,6 +60,48 @@ def _reference_scores(
         "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
     )
     return scores, f"{name} ({type(model).__name__})"
+
+
+CHECK_PAIRS = 6
+"""Probe pairs whose scores every variant records, for the server's start-up check."""
+
+
+def graph_facts(loaded: LoadedModel) -> dict[str, int]:
+    """What the server checks ``rerank.json`` against: the vocabulary's and the position
+    table's sizes (RoPE tables are built for ``max_length``; ALiBi has none)."""
+    spec, weights = loaded.spec, loaded.weights
+    facts = {"vocab_rows": int(weights["emb.word"].shape[0])}
+    if "emb.pos" in weights:
+        facts["position_rows"] = int(weights["emb.pos"].shape[0])
+        facts["position_offset"] = int(spec.position_offset)
+    elif spec.positions == "rope":
+        facts["position_rows"], facts["position_offset"] = spec.max_length, 0
+    return facts
+
+
+def seal(
+    work: Path,
+    config: ModelFolderConfig,
+    graph: dict[str, int],
+    pairs: list[tuple[str, str]],
+    fp32_scores: np.ndarray,
+    progress: Progress,
+) -> ModelFolderConfig:
+    """Records what the server verifies before serving (:mod:`service.model_check`): the graph's
+    facts, each variant's files' SHA-256, and each variant's scores on a few short probe pairs."""
+    short = [i for i, (_, document) in enumerate(pairs) if len(document) < 300][:CHECK_PAIRS]
+    check_pairs = [pairs[i] for i in short]
+    variants = {}
+    for key, variant in config.variants.items():
+        files = [variant.file] + ([f"{variant.file}.data"] if (work / f"{variant.file}.data").exists() else [])
+        sha256 = {name: file_sha256(work / name) for name in files}
+        if key == "fp32":
+            scores = [float(fp32_scores[i]) for i in short]
+        else:
+            scores = [float(s) for s in score_pairs(work, config, check_pairs, file=variant.file)]
+        variants[key] = dataclasses.replace(variant, sha256=sha256, probe_scores=scores)
+    progress(f"seal: checksums and check scores of {len(variants)} graphs recorded")
+    return dataclasses.replace(config, variants=variants, graph=graph, check_pairs=check_pairs)
 
 
 def source_name(ref: str) -> str:
@@ -170,6 +212,7 @@ def convert(
             )
         if variants:
             build_fused(work, loaded, progress)
+        graph = graph_facts(loaded)
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()
@@ -193,6 +236,7 @@ def convert(
                 "variant_gate_enforced": enforce_gate,
             },
         )
+        config = seal(work, config, graph, pairs, ours, progress)
         write_config(work, config)
         if final.exists():
             shutil.rmtree(final)

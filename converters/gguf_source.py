@@ -26,8 +26,8 @@ import numpy as np
 from converters.bundle import SourceBundle
 from converters.errors import GgufError
 from converters.gguf_file import GgufFile
-from converters.hf_checkpoint import sha256_file
 from converters.spec import EncoderSpec, LoadedModel, Weights
+from service.model_folder import file_sha256
 
 POOLER_DROPPED = (
     "the GGUF has no BERT pooler (llama.cpp's converter drops it): scores are {form} as llama.cpp computes them, "
@@ -169,7 +169,7 @@ def load_gguf(f: GgufFile) -> LoadedModel:
         source=str(path),
         source_format="gguf",
         notes=notes,
-        files_sha256={path.name: sha256_file(path)},
+        files_sha256={path.name: file_sha256(path)},
         source_dtype=f.dominant_type().lower(),
         layout="gguf",
     )

@@ -12,7 +12,6 @@ Supports every published layout of the six models, without executing any downloa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -22,6 +21,7 @@ import numpy as np
 
 from converters.errors import CheckpointError
 from converters.spec import EncoderSpec, LoadedModel, Weights
+from service.model_folder import file_sha256
 
 
 def fetch(source: str) -> Path:
@@ -51,14 +51,6 @@ def download_failed(source: str, exc: BaseException) -> str:
         "Offline, convert a checkpoint folder you have: rerank-convert /path/to/checkpoint, or "
         "make serve MODEL=/path/to/checkpoint; rerank-convert --list shows the supported models"
     )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def count_parameters(folder: Path) -> int:
@@ -103,13 +95,13 @@ def _read_tensors(folder: Path) -> tuple[Weights, dict[str, str]]:
         tensors: Weights = {}
         for file in files:
             tensors.update(_load_safetensors(file))
-        return tensors, {f.name: sha256_file(f) for f in files}
+        return tensors, {f.name: file_sha256(f) for f in files}
     bin_file = folder / "pytorch_model.bin"
     if bin_file.exists():
         import torch
 
         state = torch.load(str(bin_file), map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in state.items()}, {bin_file.name: sha256_file(bin_file)}
+        return {k: v.float().numpy() for k, v in state.items()}, {bin_file.name: file_sha256(bin_file)}
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 

@@ -31,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(settings))
     except ConfigurationError as exc:
+        if settings.log_level == "debug":
+            logging.getLogger("rerank").exception("start-up failed")
         print(f"rerank-serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

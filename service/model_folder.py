@@ -13,6 +13,7 @@ The service reads only this folder: no network, no torch, no transformers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import Any
 from tokenizers import Tokenizer
 
 CONFIG_NAME = "rerank.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+"""Format 1 folders (converted before checksums and probe scores were recorded) still load."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class Variant:
     fused: bool = False
     gate: dict[str, Any] = field(default_factory=dict)
     """Accuracy figures against fp32 on the probe set, recorded when the variant was written."""
+    sha256: dict[str, str] = field(default_factory=dict)
+    """SHA-256 of each file the variant reads (its graph, and external weights if any)."""
+    probe_scores: list[float] = field(default_factory=list)
+    """This variant's scores for :attr:`ModelFolderConfig.check_pairs`, at conversion."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,11 @@ class ModelFolderConfig:
     notes: tuple[str, ...] = ()
     licence: str = ""
     opset: int = 17
+    graph: dict[str, int] = field(default_factory=dict)
+    """Facts of the graph the checks compare the rest with: ``vocab_rows`` (word embeddings),
+    ``position_rows`` and ``position_offset`` (learned position tables, where the model has one)."""
+    check_pairs: list[tuple[str, str]] = field(default_factory=list)
+    """A few (query, document) pairs whose scores each variant recorded (``probe_scores``)."""
     format: int = FORMAT_VERSION
 
     @property
@@ -113,8 +125,10 @@ class ModelFolderConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelFolderConfig:
-        if int(data.get("format", 0)) != FORMAT_VERSION:
-            raise ValueError(f"model folder format {data.get('format')!r} is not {FORMAT_VERSION}; reconvert the model")
+        if int(data.get("format", 0)) not in READABLE_FORMATS:
+            raise ValueError(
+                f"model folder format {data.get('format')!r} is not one of {READABLE_FORMATS}; reconvert the model"
+            )
         variants = {k: Variant(**v) for k, v in data["variants"].items()}
         return cls(
             name=data["name"],
@@ -129,6 +143,9 @@ class ModelFolderConfig:
             notes=tuple(data.get("notes", ())),
             licence=data.get("licence", ""),
             opset=int(data.get("opset", 17)),
+            graph={k: int(v) for k, v in data.get("graph", {}).items()},
+            check_pairs=[(str(q), str(d)) for q, d in data.get("check_pairs", [])],
+            format=int(data["format"]),
         )
 
 
@@ -145,6 +162,15 @@ def read_model_folder(folder: Path) -> ModelFolderConfig:
         if not (folder / variant.file).exists():
             raise ValueError(f"{folder}: variant {key!r} lists {variant.file}, which is missing")
     return config
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read in 4 MiB chunks (model files reach GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_config(folder: Path, config: ModelFolderConfig) -> Path:

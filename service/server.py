@@ -15,11 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.backends.base import Backend, Batch
-from service.backends.loader import load_backend
+from service.backends.loader import load_backend, select_variant
 from service.core.batching import BatchingConfig, Throughput
 from service.core.reranker import ServedModel
 from service.core.tokenization import TokenizerPool
 from service.errors import ConfigurationError, Unavailable
+from service.model_check import check_files, check_scores
 from service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
 from service.protocol import SERVICE_NAME, rerank_pb2_grpc
 from service.router.auth import ApiKeyInterceptor, Keyring
@@ -89,11 +90,17 @@ class RerankServer:
         for folder in folders:
             try:
                 config = read_model_folder(folder)
-                backend = load_backend(folder, config, variant=s.variant, device=s.device, threads=s.threads)
+                key = select_variant(config, variant=s.variant, device=s.device)
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
             if config.name in self.models:
                 raise ConfigurationError(f"two model folders are both named {config.name!r}")
+            check_files(folder, config, key, verify_checksums=s.verify_checksums)
+            try:
+                backend = load_backend(folder, config, variant=key, device=s.device, threads=s.threads)
+            except Exception as exc:
+                raise ConfigurationError(f"{folder / config.variants[key].file}: cannot be loaded: {exc}") from exc
+            check_scores(folder, config, backend)
             backend.warm_up()
             self.models[config.name] = ServedModel(
                 folder,

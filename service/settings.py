@@ -83,6 +83,10 @@ class Settings:
         minimum=1,
     )
     tokenizer_threads: int = setting(2, "Threads that tokenize requests.", minimum=1)
+    verify_checksums: bool = setting(
+        True,
+        "At start-up, check the SHA-256 of the model files against the converter's record (seconds for GB).",
+    )
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)
     max_request_bytes: int = setting(

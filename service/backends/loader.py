@@ -8,6 +8,13 @@ from service.backends.base import Backend
 from service.model_folder import ModelFolderConfig
 
 
+def select_variant(config: ModelFolderConfig, *, variant: str | None, device: str | None) -> str:
+    """The variant :func:`load_backend` will run for these settings."""
+    from service.backends.onnx import available_device, choose_variant
+
+    return choose_variant(config, device or available_device(), variant)
+
+
 def load_backend(
     folder: Path, config: ModelFolderConfig, *, variant: str | None, device: str | None, threads: int | None
 ) -> Backend:

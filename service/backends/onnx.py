@@ -91,6 +91,9 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(folder / self.variant.file), options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.input_names = {i.name for i in self.session.get_inputs()}
+        missing = {"input_ids", "attention_mask"} - self.input_names
+        if missing:
+            raise ValueError(f"{folder / self.variant.file}: the graph has no input {sorted(missing)[0]!r}")
         self.precision = self.variant.precision
         template = config.template
         self._warm_up_ids = [i for i, _ in template.prefix + template.middle + template.suffix] or [template.pad_id]
