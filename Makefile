@@ -11,7 +11,8 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean
+.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean \
+	kubernetes
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -81,3 +82,10 @@ gpu-check:
 
 clean:
 	rm -rf build .pytest_cache
+
+# ---- Deploying (deploy/README.md) --------------------------------------------------------
+
+# deploy/kubernetes' ConfigMap: Envoy's configuration rendered for the Kubernetes profile.
+kubernetes: install-serve
+	$(BIN)/python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml.tmp
+	mv deploy/kubernetes/envoy-config.yaml.tmp deploy/kubernetes/envoy-config.yaml
