@@ -86,6 +86,9 @@ clean:
 # ---- Deploying (deploy/README.md) --------------------------------------------------------
 IMAGE ?= rerank:dev
 CONVERT_IMAGE ?= rerank-convert:dev
+BASE_IMAGE ?=
+ONNXRUNTIME ?=
+IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' ONNXRUNTIME='$(ONNXRUNTIME)' PYTHON=$(BIN)/python
 
 # deploy/kubernetes' ConfigMap: Envoy's configuration rendered for the Kubernetes profile.
 kubernetes: install-serve
@@ -94,15 +97,16 @@ kubernetes: install-serve
 
 # The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index
 # or registry is needed in the build. Installs and starts Docker when missing (root).
-# BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian).
+# BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian);
+# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (deploy/README.md).
 image: install-serve
 	deploy/docker/docker-up.sh
-	IMAGE=$(IMAGE) PYTHON=$(BIN)/python deploy/docker/build-image.sh serve
+	IMAGE=$(IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh serve
 
 # rerank-convert's image (torch, transformers): Kubernetes' model-converting init container.
 image-convert: install-serve
 	deploy/docker/docker-up.sh
-	IMAGE=$(CONVERT_IMAGE) PYTHON=$(BIN)/python deploy/docker/build-image.sh convert
+	IMAGE=$(CONVERT_IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh convert
 
 # The image's tests (tests/integration/test_container.py): real containers on a real daemon.
 test-container: install image

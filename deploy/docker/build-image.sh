@@ -13,7 +13,9 @@
 # 3. `docker build` of deploy/docker/Dockerfile with build/image/ as the context.
 #
 # Environment: IMAGE (default rerank:dev; rerank-convert:dev for the convert target),
-# BASE_IMAGE, PYTHON (default .venv/bin/python), DOCKER (the client that builds).
+# BASE_IMAGE, ONNXRUNTIME (another ONNX Runtime distribution in place of the locked
+# `onnxruntime`, e.g. 'onnxruntime-gpu[cuda,cudnn]==1.31.1' for the CUDA variant: see
+# deploy/README.md), PYTHON (default .venv/bin/python), DOCKER (the client that builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,7 +27,9 @@ case $target in
 esac
 python=${PYTHON:-.venv/bin/python}
 lock=requirements/dev.lock
-context=build/image
+onnxruntime=${ONNXRUNTIME:-}
+# A variant's wheels live apart, so switching does not re-make the default's.
+context=build/image${onnxruntime:+-variant}
 default_base=python:3.11-slim-bookworm
 local_base=rerank-local/python:3.11-bookworm
 # BuildKit (it builds only the stages the target needs) comes with Debian's docker.io client.
@@ -51,13 +55,17 @@ wheel=$(ls "$context"/rerank/rerank-*.whl)
 # Only wheels pip needs: the service's dependencies (and Envoy's wheel), or the converter's.
 wheelhouse() {  # wheelhouse DIR EXTRA
   local dir=$1 extra=$2 key
-  key=$(cat pyproject.toml "$lock" | sha256sum | cut -d' ' -f1)-$extra
+  key=$(cat pyproject.toml "$lock" | sha256sum | cut -d' ' -f1)-$extra-$onnxruntime
   if [[ -f $dir/.key && $(cat "$dir/.key") == "$key" ]]; then
     return
   fi
   rm -rf "$dir" && mkdir -p "$dir"
   quiet "$python" -m pip wheel -c "$lock" -w "$dir" "$wheel[$extra]"
   rm -f "$dir"/rerank-*.whl  # rerank itself has its own layer
+  if [[ -n $onnxruntime && $extra != convert ]]; then
+    rm -f "$dir"/onnxruntime-[0-9]*.whl
+    quiet "$python" -m pip wheel -c "$lock" -w "$dir" "$onnxruntime"
+  fi
   echo "$key" >"$dir/.key"
 }
 wheelhouse "$context/wheels" gateway
