@@ -93,6 +93,7 @@ echo "base image: $base ($(seconds "$started") s)"
 
 # ------------------------------------------------------------------------- 3. the image
 started=$(date +%s)
+previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
 DOCKER_BUILDKIT=1 "$docker_build" build --progress=plain \
   -f deploy/docker/Dockerfile --target "$target" --build-arg "BASE_IMAGE=$base" -t "$image" "$context" \
   >"$context/build.log" 2>&1 || {
@@ -100,5 +101,10 @@ DOCKER_BUILDKIT=1 "$docker_build" build --progress=plain \
   echo "docker build failed; the whole log is in $context/build.log" >&2
   exit 1
 }
+# The image this build replaced, now untagged, would keep its ~350 MB layer: remove it (Docker
+# refuses while a container uses it or another tag names it, which is fine).
+if [[ -n $previous && $previous != $(docker image inspect -f '{{.Id}}' "$image") ]]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')
 echo "built $image from $base: $size, in $(seconds "$started") s"
