@@ -90,6 +90,10 @@ BASE_IMAGE ?=
 ONNXRUNTIME ?=
 IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' ONNXRUNTIME='$(ONNXRUNTIME)' PYTHON=$(BIN)/python
 
+# The repository's envoy.yaml: Envoy's configuration for the default settings (a test checks it).
+envoy.yaml: install-serve
+	$(BIN)/python -m gateway.envoy_config > envoy.yaml.tmp && mv envoy.yaml.tmp envoy.yaml
+
 # deploy/kubernetes' ConfigMap: Envoy's configuration rendered for the Kubernetes profile.
 kubernetes: install-serve
 	$(BIN)/python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml.tmp

@@ -7,6 +7,7 @@ has (``onnxruntime-gpu`` with a visible GPU selects CUDA and the fp16 graph).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
@@ -29,9 +30,22 @@ CUDA_PREFERENCE = ("fp16", "fp32-fused", "fp32")
 
 
 def available_device() -> str:
-    """``cuda`` when this ONNX Runtime build has the CUDA provider, else ``cpu``. (Whether a GPU
-    is really there shows when the session is made: ``OnnxBackend.provider`` says where it runs.)"""
-    return "cuda" if CUDA in ort.get_available_providers() else "cpu"
+    """``cuda`` when this ONNX Runtime build has the CUDA provider *and* the NVIDIA driver sees a
+    GPU, else ``cpu``. (An ``onnxruntime-gpu`` install on a machine without a GPU lists the CUDA
+    provider; choosing it there would serve the fp16 graph on the CPU.)"""
+    return "cuda" if CUDA in ort.get_available_providers() and cuda_devices() > 0 else "cpu"
+
+
+def cuda_devices() -> int:
+    """GPUs the NVIDIA driver reports (0 without a driver)."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 @functools.cache  # once per process, however many models are loaded
