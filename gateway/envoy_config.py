@@ -35,11 +35,13 @@ CLUSTER = "rerank_grpc"
 SERVICES = ("rerank.v1.RerankService",)
 HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+FILTER_BUFFER = "envoy.filters.http.buffer"
 
 Json = dict[str, Any]
 
 HTTP_TO_GRPC = {
     400: 3,  # INVALID_ARGUMENT
+    431: 3,  # INVALID_ARGUMENT: request headers too large
     401: 16,  # UNAUTHENTICATED
     403: 7,  # PERMISSION_DENIED
     404: 5,  # NOT_FOUND
@@ -135,20 +137,45 @@ def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstre
 
 
 def listener(settings: Settings, descriptor: Descriptor) -> Json:
+    chain: Json = {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": http_connection_manager(settings, descriptor),
+            }
+        ]
+    }
+    if settings.tls_cert is not None:
+        chain["transport_socket"] = downstream_tls(settings)
     return {
         "name": "rerank_listener",
         "address": {"socket_address": {"address": settings.rest_host, "port_value": settings.rest_port}},
-        "filter_chains": [
+        "filter_chains": [chain],
+    }
+
+
+def downstream_tls(settings: Settings) -> Json:
+    """TLS 1.2+ on the listener, ALPN offering HTTP/2 (so gRPC works) and HTTP/1.1; with a client
+    CA, clients must present a certificate it signed (mutual TLS). Plain HTTP is not accepted."""
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    common: Json = {
+        "alpn_protocols": ["h2", "http/1.1"],
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "tls_certificates": [
             {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": http_connection_manager(settings, descriptor),
-                    }
-                ]
+                "certificate_chain": {"filename": str(settings.tls_cert.resolve())},
+                "private_key": {"filename": str(settings.tls_key.resolve())},
             }
         ],
     }
+    context: Json = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if settings.tls_client_ca is not None:
+        common["validation_context"] = {"trusted_ca": {"filename": str(settings.tls_client_ca.resolve())}}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
@@ -157,6 +184,19 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
         "HttpConnectionManager",
         "stat_prefix": "rerank_ingress",
         "codec_type": "AUTO",
+        # Slow clients: headers, then the whole request, within a bound; a request may then wait
+        # for its answer up to the route timeout, so a stream is idle-timed out only after that.
+        "request_headers_timeout": _seconds(settings.headers_timeout),
+        "request_timeout": _seconds(settings.request_timeout),
+        "stream_idle_timeout": _seconds(settings.route_timeout + 10),
+        "common_http_protocol_options": {
+            "idle_timeout": _seconds(settings.idle_timeout),
+            # What the service's gRPC server accepts as metadata is above this: an oversized
+            # header is Envoy's 431, never the service's RESOURCE_EXHAUSTED.
+            "max_headers_count": 100,
+        },
+        "max_request_headers_kb": settings.max_header_kb,
+        "http2_protocol_options": {"max_concurrent_streams": settings.max_streams_per_connection},
         "route_config": {"name": "rerank_routes", "virtual_hosts": [virtual_host(settings)]},
         "http_filters": http_filters(settings, descriptor),
         "local_reply_config": local_reply_config(),
@@ -165,8 +205,26 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
 
 def virtual_host(settings: Settings) -> Json:
     routes: list[Json] = [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
-    # Everything else: transcoded REST (incl. GET /health, which the service serves without a
-    # key) and native gRPC.
+    # Native gRPC: no buffer filter (a message over the limit is then the service's own
+    # RESOURCE_EXHAUSTED, not a 413 that gRPC clients read as UNKNOWN). The transcoder turns a
+    # REST request's content type into application/grpc too, but only after the buffer filter
+    # has run on it.
+    routes.append(
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}],
+            },
+            "route": upstream_route(settings),
+            "typed_per_filter_config": {
+                FILTER_BUFFER: {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                    "disabled": True,
+                }
+            },
+        }
+    )
+    # Everything else: transcoded REST (incl. GET /health, which the service serves without a key).
     routes.append({"match": {"prefix": "/"}, "route": upstream_route(settings)})
     return {
         "name": "rerank",
@@ -223,7 +281,7 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
         # Bodies over the limit get a 413 before anything is transcoded (the transcoder's own
         # limit does not give a reliable 413: large bodies reached the service as 429).
         {
-            "name": "envoy.filters.http.buffer",
+            "name": FILTER_BUFFER,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
                 "max_request_bytes": settings.max_request_bytes,
@@ -382,6 +440,18 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
             "max_ejection_percent": 100,
         },
     }
+    if settings.upstream_tls_ca is not None:
+        # The services serve TLS (RERANK_GRPC_TLS_CERT): verify their chain against this CA.
+        result["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "validation_context": {"trusted_ca": {"filename": str(settings.upstream_tls_ca.resolve())}},
+                },
+            },
+        }
     if dns:
         result["dns_refresh_rate"] = "5s"
         result["dns_lookup_family"] = "V4_PREFERRED"

@@ -21,6 +21,7 @@ import argparse
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.envoy import admin_live
 from gateway.supervisor import grpc_serving
@@ -38,11 +39,12 @@ def listening(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:
         return False
 
 
-def probe(grpc_port: int, admin_port: int) -> tuple[bool, str]:
-    """(healthy, why) for the parts listening on loopback at these ports."""
+def probe(grpc_port: int, admin_port: int, tls_ca: Path | None = None) -> tuple[bool, str]:
+    """(healthy, why) for the parts listening on loopback at these ports (the gRPC service over
+    TLS, verified against ``tls_ca``, when given)."""
     checked: list[str] = []
     if listening(grpc_port):
-        if not grpc_serving(grpc_port):
+        if not grpc_serving(grpc_port, tls_ca=tls_ca):
             return False, f"the gRPC service on port {grpc_port} is not SERVING"
         checked.append(f"gRPC service on {grpc_port} SERVING")
     if listening(admin_port):
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     healthy, why = probe(
         args.grpc_port if args.grpc_port is not None else settings.grpc_port,
         args.admin_port if args.admin_port is not None else settings.admin_port,
+        # A service serving TLS: its own CA (RERANK_UPSTREAM_TLS_CA), or its self-signed certificate.
+        tls_ca=settings.upstream_tls_ca or settings.grpc_tls_cert,
     )
     print(f"{'healthy' if healthy else 'unhealthy'}: {why}")
     return 0 if healthy else 1

@@ -92,8 +92,23 @@ def replica_env(settings: Settings, index: int) -> dict[str, str]:
     }
 
 
-def _replica_serving(port: int, _child: Child) -> bool:
-    return grpc_serving(port)
+def _replica_serving(port: int, tls_ca: Path | None, _child: Child) -> bool:
+    return grpc_serving(port, tls_ca=tls_ca)
+
+
+def check_tls(settings: Settings) -> None:
+    """The replicas' TLS must be something the stack's own Envoy can talk to."""
+    if settings.grpc_tls_cert is not None and settings.upstream_tls_ca is None:
+        raise ConfigurationError(
+            "RERANK_GRPC_TLS_CERT: Envoy must verify the replicas' certificates; set "
+            "RERANK_UPSTREAM_TLS_CA to the CA that signed it"
+        )
+    if settings.grpc_tls_client_ca is not None:
+        raise ConfigurationError(
+            "RERANK_GRPC_TLS_CLIENT_CA is for a service reached directly (rerank-serve); "
+            "behind rerank-stack's Envoy, require client certificates at Envoy "
+            "(RERANK_TLS_CLIENT_CA)"
+        )
 
 
 class Stack:
@@ -112,6 +127,8 @@ class Stack:
         StartupFailure or EnvoyError."""
         s = self.settings
         check_ports(s)
+        check_tls(s)
+        tls_ca = s.upstream_tls_ca if s.grpc_tls_cert is not None else None
         s.state_dir.mkdir(parents=True, exist_ok=True)
         env: dict[str, str] = {}
         if not s.api_keys and s.api_keys_file is None and not s.insecure_no_auth:
@@ -125,7 +142,9 @@ class Stack:
                 echo=name if self._echo else None,
                 log_path=None if self._echo else s.state_dir / f"replica-{i + 1}.log",
             )
-            self.replicas.append(self.supervisor.add(child, functools.partial(_replica_serving, s.grpc_port + i)))
+            self.replicas.append(
+                self.supervisor.add(child, functools.partial(_replica_serving, s.grpc_port + i, tls_ca))
+            )
         config = write_config(s, s.state_dir / "envoy.yaml", endpoints=upstreams(s))
         self.envoy = Envoy(config, admin_port=s.admin_port, log_path=None if self._echo else s.state_dir / "envoy.log")
         if self._echo:

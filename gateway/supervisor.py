@@ -168,13 +168,20 @@ class Child:
             time.sleep(0.05)
 
 
-def grpc_serving(port: int, host: str = "127.0.0.1") -> bool:
-    """Readiness of a gRPC server: its standard health check answers SERVING."""
+def grpc_serving(port: int, host: str = "127.0.0.1", *, tls_ca: Path | None = None) -> bool:
+    """Readiness of a gRPC server: its standard health check answers SERVING (over TLS,
+    verified against ``tls_ca``, when given)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    target = f"{host}:{port}"
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes()))
+        if tls_ca is not None
+        else grpc.insecure_channel(target)
+    )
     try:
-        with grpc.insecure_channel(f"{host}:{port}") as channel:
+        with channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # its methods are made at run time
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
     except grpc.RpcError:

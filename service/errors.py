@@ -76,6 +76,12 @@ class QueueFull(Overloaded):
     default_reason = "QUEUE_FULL"
 
 
+class RateLimited(Overloaded):
+    """The caller's key is over one of its limits (requests per second, tokens per minute)."""
+
+    default_reason = "RATE_LIMITED"
+
+
 class TooManyDocuments(Overloaded):
     """More documents in one request than the server accepts."""
 

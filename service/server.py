@@ -32,6 +32,7 @@ from service.settings import Settings
 log = logging.getLogger("rerank")
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_METADATA_BYTES = 64 * 1024
 
 
 def batching_config(settings: Settings) -> BatchingConfig:
@@ -42,6 +43,17 @@ def batching_config(settings: Settings) -> BatchingConfig:
         max_queue_seconds=settings.max_queue_seconds,
         batch_seconds=settings.batch_seconds,
     )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS for the service's own port; with a client CA, client certificates are required."""
+    assert settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None
+    try:
+        pair = (settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())
+        client_ca = settings.grpc_tls_client_ca.read_bytes() if settings.grpc_tls_client_ca else None
+    except OSError as exc:
+        raise ConfigurationError(f"TLS: {exc}") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def calibrate(backend: Backend, config: ModelFolderConfig) -> Throughput:
@@ -137,6 +149,10 @@ class RerankServer:
             ("grpc.max_receive_message_length", s.max_request_bytes),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Above Envoy's header cap (RERANK_MAX_HEADER_KB): an oversized header is Envoy's 431,
+            # never a RESOURCE_EXHAUSTED carrying gRPC's own wording.
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
@@ -149,7 +165,10 @@ class RerankServer:
         )
         address = f"{s.grpc_host}:{s.grpc_port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if s.grpc_tls_cert is not None and s.grpc_tls_key is not None:
+                self.port = self.server.add_secure_port(address, server_credentials(s))
+            else:
+                self.port = self.server.add_insecure_port(address)
         except RuntimeError:
             self.port = 0
         if not self.port:

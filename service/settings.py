@@ -133,6 +133,43 @@ class Settings:
         roles=frozenset({"gateway"}),
     )
     route_timeout: float = setting(60.0, "Envoy's timeout for one request, in seconds.", roles=GATEWAY, minimum=1)
+    headers_timeout: float = setting(
+        10.0, "Seconds a client has to send a request's headers; a slower one is cut off.", roles=GATEWAY, minimum=0.1
+    )
+    request_timeout: float = setting(
+        30.0, "Seconds a client has to send a whole request, body included.", roles=GATEWAY, minimum=0.1
+    )
+    idle_timeout: float = setting(120.0, "Seconds an idle client connection stays open.", roles=GATEWAY, minimum=1)
+    max_streams_per_connection: int = setting(
+        100, "Concurrent HTTP/2 streams (requests) one client connection may have.", roles=GATEWAY, minimum=1
+    )
+    max_header_kb: int = setting(
+        16, "Largest request headers Envoy accepts, in KiB; more is 431.", roles=GATEWAY, minimum=1
+    )
+    # --- TLS ---------------------------------------------------------------------------------
+    tls_cert: Path | None = setting(
+        None,
+        "PEM certificate chain for Envoy's listener: REST and gRPC over TLS 1.2+ (with RERANK_TLS_KEY).",
+        roles=GATEWAY,
+    )
+    tls_key: Path | None = setting(None, "PEM private key of RERANK_TLS_CERT.", roles=GATEWAY)
+    tls_client_ca: Path | None = setting(
+        None, "PEM CA bundle: Envoy then requires client certificates signed by it (mutual TLS).", roles=GATEWAY
+    )
+    grpc_tls_cert: Path | None = setting(
+        None,
+        "PEM certificate chain for the service's own gRPC port, for direct clients (with RERANK_GRPC_TLS_KEY).",
+    )
+    grpc_tls_key: Path | None = setting(None, "PEM private key of RERANK_GRPC_TLS_CERT.")
+    grpc_tls_client_ca: Path | None = setting(
+        None, "PEM CA bundle: the service's port then requires client certificates signed by it."
+    )
+    upstream_tls_ca: Path | None = setting(
+        None,
+        "PEM CA bundle Envoy verifies the services' certificates with; set it when they serve TLS "
+        "(RERANK_GRPC_TLS_CERT): Envoy then speaks TLS to them.",
+        roles=GATEWAY,
+    )
     # --- processes --------------------------------------------------------------------------
     replicas: int = setting(1, "Service processes behind Envoy.", roles=STACK, minimum=1)
     grace_period: float = setting(
@@ -157,6 +194,16 @@ class Settings:
     insecure_no_auth: bool = setting(False, "Serve without API keys (never in production).")
     # --- logs -------------------------------------------------------------------------------
     log_level: str = setting("info", "Log level.", roles=ALL, choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        for cert, key, client_ca, env in (
+            (self.tls_cert, self.tls_key, self.tls_client_ca, "RERANK_TLS"),
+            (self.grpc_tls_cert, self.grpc_tls_key, self.grpc_tls_client_ca, "RERANK_GRPC_TLS"),
+        ):
+            if (cert is None) != (key is None):
+                raise SettingsError(f"{env}_CERT and {env}_KEY go together: set both or neither")
+            if client_ca is not None and cert is None:
+                raise SettingsError(f"{env}_CLIENT_CA needs {env}_CERT and {env}_KEY: client certificates need TLS")
 
     def to_env(self, role: Role = "serve") -> dict[str, str]:
         """The settings of ``role`` as environment variables: how the stack configures its

@@ -82,14 +82,17 @@ class Stack:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def start_service(models_dir: Path, *extra: str, env: dict | None = None) -> tuple[Child, int, Path]:
-    """``python -m service`` on a free port, ready (SERVING); its output goes to a log file."""
+def start_service(
+    models_dir: Path, *extra: str, env: dict | None = None, tls_ca: Path | None = None
+) -> tuple[Child, int, Path]:
+    """``python -m service`` on a free port, ready (SERVING; checked over TLS against ``tls_ca``
+    when it serves TLS); its output goes to a log file."""
     port = free_port()
     log = models_dir.parent / f"service-{port}.log"
     full_env = {"RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", "RERANK_DRAIN_DELAY": "0", **(env or {})}
     command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
     child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
-    child.start().wait_until(lambda: grpc_serving(port), timeout=120)
+    child.start().wait_until(lambda: grpc_serving(port, tls_ca=tls_ca), timeout=120)
     return child, port, log
 
 

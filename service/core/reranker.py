@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -35,6 +36,35 @@ class Ranked:
     score: float
     truncated_tokens: int
     windows: int
+
+
+class Caller(Protocol):
+    """Who a request is for: the name fairness (and logs) group it under, and the allowance it
+    is charged to (:class:`service.router.limits.KeyCaller`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def admit(self) -> None:
+        """Raises :class:`~service.errors.RateLimited` when the caller is over a limit."""
+
+    def charge(self, tokens: int) -> None:
+        """Charges a tokenized request's tokens."""
+
+
+class Anonymous:
+    """A caller without a key or limits (``--insecure-no-auth``, tests)."""
+
+    name = ""
+
+    def admit(self) -> None:
+        pass
+
+    def charge(self, tokens: int) -> None:
+        pass
+
+
+ANONYMOUS = Anonymous()
 
 
 class ServedModel:
@@ -95,12 +125,13 @@ class ServedModel:
         documents: list[str],
         long_documents: LongDocuments = "truncate",
         *,
-        client: str = "",
+        caller: Caller = ANONYMOUS,
         request_id: str = "",
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, queued
         by its exact cost after. Raises QueryTooLong, QueueFull or TooManyDocuments."""
         self.metrics.requests += 1
+        caller.admit()
         reservation = self.batcher.admit(*self.estimate(query, documents, long_documents))
         try:
             encoded = await self._tokenizers.run(self.encoder.encode, query, documents, long_documents)
@@ -109,7 +140,8 @@ class ServedModel:
         if encoded.document_tokens:
             ratio = encoded.characters / encoded.document_tokens
             self.characters_per_token += 0.1 * (min(10.0, max(1.0, ratio)) - self.characters_per_token)
-        logits = await self.batcher.score(encoded.pairs, client=client, request_id=request_id)
+        caller.charge(encoded.total_tokens)
+        logits = await self.batcher.score(encoded.pairs, client=caller.name, request_id=request_id)
         best = np.full(len(documents), -np.inf)
         for pair, logit in zip(encoded.pairs, logits, strict=True):
             best[pair.document] = max(best[pair.document], logit)

@@ -13,6 +13,7 @@ import grpc
 from service.core.reranker import ServedModel, rank
 from service.protocol import rerank_pb2, rerank_pb2_grpc
 from service.router.auth import Keyring
+from service.router.limits import KeyLimiter
 from service.router.status import request_id
 from service.router.validation import (
     Limits,
@@ -33,6 +34,7 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
         self.models = models
         self.limits = limits
         self.keyring = keyring or Keyring([])
+        self.key_limits = KeyLimiter(self.keyring.keys)
 
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -43,10 +45,8 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
         top_n = check_top_n(request.top_n if request.HasField("top_n") else None)
         mode = long_documents_mode(request.long_documents)
         texts = check_document_sizes(document_texts(request.documents), self.limits)
-        caller = self.keyring.caller(context.invocation_metadata())
-        scored = await model.score(
-            query, texts, mode, client=caller.name if caller else "", request_id=request_id(context)
-        )
+        caller = self.key_limits.caller(self.keyring.caller(context.invocation_metadata()))
+        scored = await model.score(query, texts, mode, caller=caller, request_id=request_id(context))
         return_documents = request.return_documents if request.HasField("return_documents") else True
         normalize = request.normalize if request.HasField("normalize") else False
         results = [

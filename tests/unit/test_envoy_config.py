@@ -83,3 +83,46 @@ def test_envoys_own_errors_carry_grpc_codes():
 def test_the_rendering_is_valid_yaml_round_trip():
     text = render_default()
     assert yaml.safe_load(text)["static_resources"]["clusters"][0]["name"] == "rerank_grpc"
+
+
+def test_tls_on_the_listener_and_to_the_services(tmp_path):
+    from pathlib import Path as P
+
+    s = Settings(tls_cert=P("/c.pem"), tls_key=P("/k.pem"), tls_client_ca=P("/ca.pem"), upstream_tls_ca=P("/up.pem"))
+    config = render(s, descriptor=P("d.pb"))
+    chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+    context = chain["transport_socket"]["typed_config"]
+    common = context["common_tls_context"]
+    assert common["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
+    assert common["alpn_protocols"] == ["h2", "http/1.1"]  # gRPC needs h2 over TLS
+    assert context["require_client_certificate"] is True
+    assert common["validation_context"]["trusted_ca"]["filename"] == "/ca.pem"
+    upstream = _cluster(config)["transport_socket"]["typed_config"]["common_tls_context"]
+    assert upstream["validation_context"]["trusted_ca"]["filename"] == "/up.pem"
+    plain = render(Settings(), descriptor=P("d.pb"))
+    assert "transport_socket" not in plain["static_resources"]["listeners"][0]["filter_chains"][0]
+    assert "transport_socket" not in _cluster(plain)
+
+
+def test_slow_and_oversized_clients_are_bounded():
+    s = Settings(headers_timeout=2, request_timeout=20, idle_timeout=60, max_streams_per_connection=50, max_header_kb=8)
+    hcm = _hcm(render(s, descriptor=Path("d.pb")))
+    assert (hcm["request_headers_timeout"], hcm["request_timeout"]) == ("2s", "20s")
+    assert hcm["common_http_protocol_options"]["idle_timeout"] == "60s"
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 50
+    assert hcm["max_request_headers_kb"] == 8
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"tls_cert": Path("/c.pem")}, "RERANK_TLS_CERT and RERANK_TLS_KEY go together"),
+        ({"grpc_tls_key": Path("/k.pem")}, "RERANK_GRPC_TLS_CERT and RERANK_GRPC_TLS_KEY go together"),
+        ({"tls_client_ca": Path("/ca.pem")}, "RERANK_TLS_CLIENT_CA needs RERANK_TLS_CERT"),
+    ],
+)
+def test_incomplete_tls_settings_are_refused(settings, message):
+    from service.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message):
+        Settings(**settings)
