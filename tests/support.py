@@ -1,22 +1,46 @@
-"""Helpers the tests share: ports, keys, processes, load. Imported by tests and by conftest,
-never the other way round."""
+"""Helpers the tests share: ports, keys, requests, servers, conversions, load.
+
+Imported by the test modules and by the conftest files, never the other way round, and no test
+module imports another (``tests/unit/test_import_rules.py`` enforces both). Torch-free, like
+every import below: the unit tests use it too.
+"""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
+
+from gateway.supervisor import Child, grpc_serving
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "second-key-abcdef"
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 """gRPC metadata carrying :data:`API_KEY`."""
+
+QUERY = "What is a panda?"
+DOCS = [
+    "hi",
+    "it is a bear",
+    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
+    "is a bear species endemic to China.",
+    "Пан­да — млекопитающее. 熊猫 是 中国 的 动物。",
+    "",
+]
+"""The panda example, a Cyrillic and CJK mix with a soft hyphen, and an empty document."""
+
+
+# --------------------------------------------------------------------------------- ports, processes
 
 
 def free_port() -> int:
@@ -55,6 +79,87 @@ def children_of(pid: int) -> list[int]:
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+# --------------------------------------------------------------------------------- requests
+
+
+def rerank_request(model: str, documents: Iterable[str | dict[str, Any]], query: str = QUERY, **fields: Any) -> Any:
+    """A ``rerank.v1.RerankRequest``; a dict document becomes a ``{"text": ...}`` struct."""
+    from service.protocol import rerank_pb2
+
+    request = rerank_pb2.RerankRequest(model=model, query=query, **fields)
+    for document in documents:
+        if isinstance(document, dict):
+            request.documents.add().struct_value.update(document)
+        else:
+            request.documents.add().string_value = document
+    return request
+
+
+# --------------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Stack:
+    """The session's service (a subprocess) with Envoy in front of it."""
+
+    grpc_port: int
+    rest_port: int
+    models_dir: Path
+    process: Child
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def start_service(models_dir: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[Child, int, Path]:
+    """``python -m service`` on a free port, ready (SERVING); its output goes to a log file.
+    For what only a process shows: its command line, signals, exit status, log output."""
+    port = free_port()
+    log = models_dir.parent / f"service-{port}.log"
+    full_env = {"RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", "RERANK_DRAIN_DELAY": "0", **(env or {})}
+    command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
+    child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
+    child.start().wait_until(lambda: grpc_serving(port), timeout=120)
+    return child, port, log
+
+
+# --------------------------------------------------------------------------------- conversions
+
+
+def convert_with_cli(source: Path, out: Path, name: str) -> Path:
+    """``rerank-convert SOURCE --name NAME --out OUT`` through the real CLI, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "converters.cli", str(source), "--name", name, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / name
+
+
+def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
+    """Logits of a converted model folder for (query, document) pairs, one padded batch, on the CPU."""
+    from service.backends.onnx import OnnxBackend
+    from service.core.batching import pad
+    from service.core.tokenization import PairEncoder
+    from service.model_folder import read_model_folder
+
+    config = read_model_folder(folder)
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    encoded = [encoder.encode(q, [d]).pairs[0] for q, d in items]
+    return OnnxBackend(folder, config, device="cpu").run(pad(encoded, config.template.pad_id, config.type_ids_input))
+
+
+# --------------------------------------------------------------------------------- load
 
 
 @dataclass

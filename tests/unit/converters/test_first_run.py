@@ -12,8 +12,7 @@ from converters import catalog, cli
 from converters.catalog import CATALOG, resolve
 from converters.errors import CheckpointError, SourceError
 from converters.hf_checkpoint import fetch
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support import REPO
 
 
 def test_catalog_names_and_repo_ids_resolve() -> None:

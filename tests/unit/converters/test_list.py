@@ -9,14 +9,12 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 
 from converters import cli
 from converters.catalog import CATALOG
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support import REPO
 
 
 def assert_whole_names(output: str) -> None:

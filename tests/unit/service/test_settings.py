@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings, SettingsError, build_parser, markdown_table, parse, resolve
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_defaults_come_from_the_declarations():

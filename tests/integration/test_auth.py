@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.router.auth import bearer_token, load_key_digests
-from tests.conftest import API_KEY, OTHER_KEY
+from tests.support import API_KEY, OTHER_KEY
 
 BODY = {"model": "xlmr-tiny", "query": "q", "documents": ["a"]}
 

@@ -21,8 +21,8 @@ from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import read_model_folder
-from tests.conftest import AUTH, start_service
 from tests.reference import reference_scores
+from tests.support import AUTH, start_service
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import yaml
 
 from gateway.envoy_config import Upstream, render, render_default, upstreams
 from service.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def _cluster(config):

@@ -8,7 +8,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tests.conftest import AUTH
+from tests.support import AUTH
 
 GOOD = {"model": "xlmr-tiny", "query": "q", "documents": ["a", "b"]}
 
