@@ -12,6 +12,9 @@ import termios
 
 import pytest
 
+# The converter's unit tests need its [convert] extra (not torch); without it they skip.
+pytest.importorskip("onnx", reason="needs the [convert] extra")
+
 from converters import cli
 from converters.catalog import CATALOG
 from tests.support import REPO
