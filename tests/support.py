@@ -1,4 +1,4 @@
-"""Helpers the tests share: ports, keys, requests, servers, conversions, load.
+"""Helpers the tests share: ports, keys, requests, servers, a tokenizer, conversions, load.
 
 Imported by the test modules and by the conftest files, never the other way round, and no test
 module imports another (``tests/unit/test_import_rules.py`` enforces both). Torch-free, like
@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from gateway.supervisor import Child, grpc_serving
+from service.model_folder import PairTemplate
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -128,6 +129,29 @@ def start_service(models_dir: Path, *extra: str, env: dict[str, str] | None = No
     child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
     child.start().wait_until(lambda: grpc_serving(port), timeout=120)
     return child, port, log
+
+
+# --------------------------------------------------------------------------------- a tokenizer built in code
+
+PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
+FIRST_WORD_ID = 4
+"""Ids below this are the specials of :func:`word_tokenizer`."""
+BERT_LIKE = PairTemplate(prefix=((2, 0),), middle=((3, 0),), suffix=((3, 1),), query_type=0, document_type=1, pad_id=0)
+"""``[CLS] query [SEP] document [SEP]``, the document and its ``[SEP]`` of type 1, for
+:func:`word_tokenizer`'s ids (``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3)."""
+
+
+def word_tokenizer(words: Iterable[str]) -> Any:
+    """A ``tokenizers`` WordLevel tokenizer built in code: one token per whitespace-separated
+    word (punctuation split off), the four BERT specials first, unknown words ``[UNK]``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {PAD: 0, UNK: 1, CLS: 2, SEP: 3}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
 
 
 # --------------------------------------------------------------------------------- conversions
