@@ -1,4 +1,4 @@
-"""Helpers the tests share: ports, keys, requests, servers, a tokenizer, conversions, load.
+"""Helpers the tests share: ports, keys, requests, servers, a stand-in model, conversions, load.
 
 Imported by the test modules and by the conftest files, never the other way round, and no test
 module imports another (``tests/unit/test_import_rules.py`` enforces both). Torch-free, like
@@ -7,6 +7,7 @@ every import below: the unit tests use it too.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import httpx
 import numpy as np
 
 from gateway.supervisor import Child, grpc_serving
-from service.model_folder import PairTemplate
+from service.backends.base import Batch
+from service.model_folder import ModelFolderConfig, PairTemplate, Variant, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -131,7 +133,7 @@ def start_service(models_dir: Path, *extra: str, env: dict[str, str] | None = No
     return child, port, log
 
 
-# --------------------------------------------------------------------------------- a tokenizer built in code
+# --------------------------------------------------------------------------------- a stand-in model
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 FIRST_WORD_ID = 4
@@ -139,6 +141,11 @@ FIRST_WORD_ID = 4
 BERT_LIKE = PairTemplate(prefix=((2, 0),), middle=((3, 0),), suffix=((3, 1),), query_type=0, document_type=1, pad_id=0)
 """``[CLS] query [SEP] document [SEP]``, the document and its ``[SEP]`` of type 1, for
 :func:`word_tokenizer`'s ids (``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3)."""
+STAND_IN_WORDS = (
+    *("what", "is", "a", "the", "panda", "bear", "bamboo", "eats", "china", "giant", "red", "car"),
+    *("fox", "quick", "brown", "lazy", "dog", "sleeps", "forest", "mountain", "river", "boom"),
+)
+"""The stand-in model's vocabulary; any other word is ``[UNK]``. ``boom`` makes it fail."""
 
 
 def word_tokenizer(words: Iterable[str]) -> Any:
@@ -152,6 +159,73 @@ def word_tokenizer(words: Iterable[str]) -> Any:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     return tokenizer
+
+
+def write_stand_in_model(models_dir: Path, name: str, *, max_length: int = 16) -> Path:
+    """A model folder for :class:`StandInBackend`: a real ``tokenizer.json`` (:data:`STAND_IN_WORDS`)
+    and ``rerank.json``, and an empty ``model.onnx`` that only the ONNX backend would read."""
+    folder = models_dir / name
+    folder.mkdir(parents=True)
+    word_tokenizer(STAND_IN_WORDS).save(str(folder / "tokenizer.json"))
+    (folder / "model.onnx").write_bytes(b"")
+    config = ModelFolderConfig(
+        name=name,
+        architecture="stand-in",
+        max_length=max_length,
+        template=BERT_LIKE,
+        type_ids_input=True,
+        variants={"fp32": Variant(file="model.onnx", precision="fp32")},
+        source={"name": "stand-in-source"},
+        notes=("a stand-in for the tests",),
+    )
+    write_config(folder, config)
+    return folder
+
+
+class StandInBackend:
+    """A :class:`~service.backends.base.Backend` without a model: a pair's logit is how many of
+    its document's tokens (type 1, ``[SEP]`` aside) also occur in its query (type 0). A word
+    overlap, so a test can say which document wins without running anything. A batch holding
+    the word ``boom`` fails, with a message no client may see."""
+
+    provider = "StandInExecutionProvider"
+    precision = "fp32"
+    variant_key = "fp32"
+    SECRET = "stand-in failure: secret detail 0xC0FFEE"
+
+    def __init__(self, boom_id: int | None = None) -> None:
+        self.boom_id = boom_id
+        self.batches: list[Batch] = []
+
+    @classmethod
+    def for_folder(cls, folder: Path, config: ModelFolderConfig) -> StandInBackend:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("boom"))
+
+    def run(self, batch: Batch) -> np.ndarray:
+        assert batch.token_type_ids is not None
+        if self.boom_id is not None and (batch.input_ids == self.boom_id).any():
+            raise RuntimeError(self.SECRET)
+        self.batches.append(batch)
+        logits = []
+        for ids, types, mask in zip(batch.input_ids, batch.token_type_ids, batch.attention_mask, strict=True):
+            real = [(int(i), int(t)) for i, t, m in zip(ids, types, mask, strict=True) if m and i >= FIRST_WORD_ID]
+            query = {i for i, t in real if t == 0}
+            logits.append(sum(1.0 for i, t in real if t == 1 and i in query))
+        return np.asarray(logits, dtype=np.float64)
+
+    def warm_up(self) -> None:
+        ids = np.asarray([[2, 3, 3]], dtype=np.int64)  # [CLS] [SEP] [SEP]
+        self.run(Batch(ids, np.ones_like(ids), np.zeros_like(ids)))
+
+
+def word_overlap(query: str, document: str) -> float:
+    """What :class:`StandInBackend` scores for a pair that fits whole, computed on the words
+    rather than on token ids: the reference a test compares the server with."""
+    known = set(STAND_IN_WORDS)
+    query_words = {w for w in re.findall(r"\w+", query) if w in known}
+    return float(sum(1 for w in re.findall(r"\w+", document) if w in query_words))
 
 
 # --------------------------------------------------------------------------------- conversions
