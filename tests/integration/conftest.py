@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.support import API_KEY, Stack, convert_with_cli, free_port, start_service
+from tests.support import API_KEY, InProcessServer, Stack, convert_with_cli, free_port, server_settings, start_service
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +65,23 @@ def stack(models_dir, tmp_path_factory):
     finally:
         envoy.stop()
         proc.stop(grace=20)
+
+
+@pytest.fixture
+def in_process_server():
+    """``in_process_server(models_dir, **settings)``: ``service.server.RerankServer`` with the real
+    ONNX backend, started in this process (:class:`tests.support.InProcessServer`) and stopped after
+    the test. For a server of its own where a subprocess adds nothing: no signals, exit status or
+    command line under test."""
+    servers: list[InProcessServer] = []
+
+    def start(models_dir: Path, **settings) -> InProcessServer:
+        servers.append(InProcessServer(server_settings(models_dir, **settings)).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
