@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,31 +73,34 @@ def test_each_result_carries_its_documents_counts() -> None:
 # --- a served model: tokenization -> batching -> the backend -> one score per document ----------------
 
 
-@pytest.fixture
-async def served(tmp_path: Path):
-    folder = write_stand_in_model(tmp_path, "stand-in", max_length=16)  # room 12 beside a one-word query
+@contextlib.asynccontextmanager
+async def served_stand_in(models_dir: Path) -> AsyncIterator[ServedModel]:
+    """A ServedModel on the stand-in backend, made and closed on the test's own event loop."""
+    folder = write_stand_in_model(models_dir, "stand-in", max_length=16)  # room 12 beside a one-word query
     config = read_model_folder(folder)
-    pool = ThreadPoolExecutor(1)
-    model = ServedModel(
-        folder,
-        config,
-        StandInBackend.for_folder(folder, config),
-        batching=BatchingConfig(max_batch_tokens=64),
-        tokenizer_pool=pool,
-    )
-    yield model
-    await model.close()
-    pool.shutdown()
+    with ThreadPoolExecutor(1) as pool:
+        model = ServedModel(
+            folder,
+            config,
+            StandInBackend.for_folder(folder, config),
+            batching=BatchingConfig(max_batch_tokens=64),
+            tokenizer_pool=pool,
+        )
+        try:
+            yield model
+        finally:
+            await model.close()
 
 
-async def test_a_long_document_scores_its_best_window(served: ServedModel) -> None:
+async def test_a_long_document_scores_its_best_window(tmp_path: Path) -> None:
     far = " ".join(["dog"] * 30 + ["panda", "panda"])  # the query's word only near the end
     near = " ".join(["panda"] + ["dog"] * 31)
     documents = [far, near, "red car", "panda bamboo panda"]
-    truncated = await served.score("panda", documents, "truncate")
+    async with served_stand_in(tmp_path) as served:
+        truncated = await served.score("panda", documents, "truncate")
+        windowed = await served.score("panda", documents, "window")
     assert truncated.scores.tolist() == [0.0, 1.0, 0.0, 2.0]
     assert truncated.encoded.truncated_tokens == [20, 20, 0, 0]
-    windowed = await served.score("panda", documents, "window")
     assert windowed.scores.tolist() == [2.0, 1.0, 0.0, 2.0]  # the best of each document's windows
     # 32 tokens in windows of 12 overlapping by 3: [0, 12), [9, 21), [18, 30), [27, 32).
     assert windowed.encoded.windows == [4, 4, 1, 1] and windowed.encoded.truncated_tokens == [0, 0, 0, 0]
