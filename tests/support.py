@@ -1,23 +1,53 @@
-"""Helpers the tests share: ports, keys, processes, load, containers. Imported by tests and
-by conftest, never the other way round."""
+"""Helpers the tests share: ports, keys, requests, servers (a subprocess, or in this process),
+a stand-in model, conversions, load, containers, certificates.
+
+Imported by the test modules and by the conftest files, never the other way round, and no test
+module imports another (``tests/unit/test_import_rules.py`` enforces both). Torch-free, like
+every import below: the unit tests use it too.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import httpx
+import numpy as np
+
+from gateway.supervisor import Child, grpc_serving
+from service.backends.base import Batch
+from service.model_folder import ModelFolderConfig, PairTemplate, Variant, write_config
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "second-key-abcdef"
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 """gRPC metadata carrying :data:`API_KEY`."""
+
+QUERY = "What is a panda?"
+DOCS = [
+    "hi",
+    "it is a bear",
+    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
+    "is a bear species endemic to China.",
+    "Пан­да — млекопитающее. 熊猫 是 中国 的 动物。",
+    "",
+]
+"""The panda example, a Cyrillic and CJK mix with a soft hyphen, and an empty document."""
+
+
+# --------------------------------------------------------------------------------- ports, processes
 
 
 def free_port() -> int:
@@ -56,6 +86,271 @@ def children_of(pid: int) -> list[int]:
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+# --------------------------------------------------------------------------------- requests
+
+
+def rerank_request(model: str, documents: Iterable[str | dict[str, Any]], query: str = QUERY, **fields: Any) -> Any:
+    """A ``rerank.v1.RerankRequest``; a dict document becomes a ``{"text": ...}`` struct."""
+    from service.protocol import rerank_pb2
+
+    request = rerank_pb2.RerankRequest(model=model, query=query, **fields)
+    for document in documents:
+        if isinstance(document, dict):
+            request.documents.add().struct_value.update(document)
+        else:
+            request.documents.add().string_value = document
+    return request
+
+
+# --------------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Stack:
+    """The session's service (a subprocess) with Envoy in front of it."""
+
+    grpc_port: int
+    rest_port: int
+    models_dir: Path
+    process: Child
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def start_service(
+    models_dir: Path, *extra: str, env: dict[str, str] | None = None, tls_ca: Path | None = None
+) -> tuple[Child, int, Path]:
+    """``python -m service`` on a free port, ready (SERVING; checked over TLS against ``tls_ca``
+    when it serves TLS); its output goes to a log file. For what only a process shows: its
+    command line, signals, exit status, log output."""
+    port = free_port()
+    log = models_dir.parent / f"service-{port}.log"
+    full_env = {"RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", "RERANK_DRAIN_DELAY": "0", **(env or {})}
+    command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
+    child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
+    child.start().wait_until(lambda: grpc_serving(port, tls_ca=tls_ca), timeout=120)
+    return child, port, log
+
+
+def server_settings(models_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: loopback, an ephemeral port, the test keys, no drain delay."""
+    defaults: dict[str, Any] = {
+        "models_dir": models_dir,
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "api_keys": (API_KEY, OTHER_KEY),
+        "drain_delay": 0.0,
+        "grace_period": 5.0,
+        "tokenizer_threads": 1,
+    }
+    return Settings(**{**defaults, **overrides})
+
+
+class InProcessServer:
+    """:class:`service.server.RerankServer` in this process, on an ephemeral loopback port.
+
+    It runs on its own event loop in a background thread, so that synchronous tests (grpc's
+    blocking stubs) and asynchronous ones (any pytest-asyncio loop) can call it alike. Where a
+    subprocess adds nothing (no signals, exit status or command line under test), this saves a
+    Python start and the import of the whole stack per server. ``backend``, if given, replaces
+    the ONNX backend: ``backend(folder, config)`` returns any :class:`~service.backends.base.Backend`.
+    """
+
+    def __init__(self, settings: Settings, backend: Callable[[Path, ModelFolderConfig], Any] | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.port = 0
+        self.server: Any = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._delay: float | None = 0.0
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="rerank-server", daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _main(self) -> None:
+        from service.server import RerankServer  # after the thread's loop exists: grpc.aio binds to it
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self.server = RerankServer(self.settings)
+        try:
+            if self.backend is None:
+                self.port = await self.server.start()
+            else:
+                make = self.backend
+                with mock.patch("service.server.load_backend", lambda folder, config, **_: make(folder, config)):
+                    self.port = await self.server.start()
+        except Exception as exc:  # noqa: BLE001 - re-raised by start(), in the test's thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.stop(delay=self._delay)
+
+    def start(self, timeout: float = 120) -> InProcessServer:
+        """Starts the server; raises what its start raised (e.g. ``ConfigurationError``)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"the in-process server did not start in {timeout} s")
+        if self._error is not None:
+            self._thread.join(10)
+            raise self._error
+        return self
+
+    def stop(self, delay: float | None = 0.0) -> None:
+        """Drains and stops, answering whatever is still in flight (:meth:`RerankServer.stop`);
+        ``delay``: how long it keeps serving while NOT_SERVING (None: the drain-delay setting)."""
+        self._delay = delay
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the in-process server did not stop"
+
+    def __enter__(self) -> InProcessServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------- a stand-in model
+
+PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
+FIRST_WORD_ID = 4
+"""Ids below this are the specials of :func:`word_tokenizer`."""
+BERT_LIKE = PairTemplate(prefix=((2, 0),), middle=((3, 0),), suffix=((3, 1),), query_type=0, document_type=1, pad_id=0)
+"""``[CLS] query [SEP] document [SEP]``, the document and its ``[SEP]`` of type 1, for
+:func:`word_tokenizer`'s ids (``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3)."""
+STAND_IN_WORDS = (
+    *("what", "is", "a", "the", "panda", "bear", "bamboo", "eats", "china", "giant", "red", "car"),
+    *("fox", "quick", "brown", "lazy", "dog", "sleeps", "forest", "mountain", "river", "boom"),
+)
+"""The stand-in model's vocabulary; any other word is ``[UNK]``. ``boom`` makes it fail."""
+
+
+def word_tokenizer(words: Iterable[str]) -> Any:
+    """A ``tokenizers`` WordLevel tokenizer built in code: one token per whitespace-separated
+    word (punctuation split off), the four BERT specials first, unknown words ``[UNK]``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {PAD: 0, UNK: 1, CLS: 2, SEP: 3}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+def write_stand_in_model(models_dir: Path, name: str, *, max_length: int = 16) -> Path:
+    """A model folder for :class:`StandInBackend`: a real ``tokenizer.json`` (:data:`STAND_IN_WORDS`)
+    and ``rerank.json``, and an empty ``model.onnx`` that only the ONNX backend would read."""
+    folder = models_dir / name
+    folder.mkdir(parents=True)
+    word_tokenizer(STAND_IN_WORDS).save(str(folder / "tokenizer.json"))
+    (folder / "model.onnx").write_bytes(b"")
+    config = ModelFolderConfig(
+        name=name,
+        architecture="stand-in",
+        max_length=max_length,
+        template=BERT_LIKE,
+        type_ids_input=True,
+        variants={"fp32": Variant(file="model.onnx", precision="fp32")},
+        source={"name": "stand-in-source"},
+        notes=("a stand-in for the tests",),
+    )
+    write_config(folder, config)
+    return folder
+
+
+class StandInBackend:
+    """A :class:`~service.backends.base.Backend` without a model: a pair's logit is how many of
+    its document's tokens (type 1, ``[SEP]`` aside) also occur in its query (type 0). A word
+    overlap, so a test can say which document wins without running anything. A batch holding
+    the word ``boom`` fails, with a message no client may see."""
+
+    provider = "StandInExecutionProvider"
+    precision = "fp32"
+    variant_key = "fp32"
+    SECRET = "stand-in failure: secret detail 0xC0FFEE"
+
+    def __init__(self, boom_id: int | None = None) -> None:
+        self.boom_id = boom_id
+        self.batches: list[Batch] = []
+
+    @classmethod
+    def for_folder(cls, folder: Path, config: ModelFolderConfig) -> StandInBackend:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("boom"))
+
+    def run(self, batch: Batch) -> np.ndarray:
+        assert batch.token_type_ids is not None
+        if self.boom_id is not None and (batch.input_ids == self.boom_id).any():
+            raise RuntimeError(self.SECRET)
+        self.batches.append(batch)
+        logits = []
+        for ids, types, mask in zip(batch.input_ids, batch.token_type_ids, batch.attention_mask, strict=True):
+            real = [(int(i), int(t)) for i, t, m in zip(ids, types, mask, strict=True) if m and i >= FIRST_WORD_ID]
+            query = {i for i, t in real if t == 0}
+            logits.append(sum(1.0 for i, t in real if t == 1 and i in query))
+        return np.asarray(logits, dtype=np.float64)
+
+    def warm_up(self) -> None:
+        ids = np.asarray([[2, 3, 3]], dtype=np.int64)  # [CLS] [SEP] [SEP]
+        self.run(Batch(ids, np.ones_like(ids), np.zeros_like(ids)))
+
+
+def word_overlap(query: str, document: str) -> float:
+    """What :class:`StandInBackend` scores for a pair that fits whole, computed on the words
+    rather than on token ids: the reference a test compares the server with."""
+    known = set(STAND_IN_WORDS)
+    query_words = {w for w in re.findall(r"\w+", query) if w in known}
+    return float(sum(1 for w in re.findall(r"\w+", document) if w in query_words))
+
+
+# --------------------------------------------------------------------------------- conversions
+
+
+def convert_with_cli(source: Path, out: Path, name: str) -> Path:
+    """``rerank-convert SOURCE --name NAME --out OUT`` through the real CLI, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "converters.cli", str(source), "--name", name, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / name
+
+
+def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
+    """Logits of a converted model folder for (query, document) pairs, one padded batch, on the CPU."""
+    from service.backends.onnx import OnnxBackend
+    from service.core.batching import pad
+    from service.core.tokenization import PairEncoder
+    from service.model_folder import read_model_folder
+
+    config = read_model_folder(folder)
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    encoded = [encoder.encode(q, [d]).pairs[0] for q, d in items]
+    return OnnxBackend(folder, config, device="cpu").run(pad(encoded, config.template.pad_id, config.type_ids_input))
+
+
+# --------------------------------------------------------------------------------- load
 
 
 @dataclass

@@ -14,8 +14,7 @@ import pytest
 
 from gateway.envoy import start as start_envoy
 from service.settings import Settings
-from tests.conftest import start_service
-from tests.support import API_KEY, AUTH, free_port
+from tests.support import API_KEY, AUTH, free_port, start_service
 
 HEAVY = {
     "query": "what do pandas eat?",

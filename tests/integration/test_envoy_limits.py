@@ -15,8 +15,7 @@ import pytest
 
 from gateway.envoy import start as start_envoy
 from service.settings import Settings
-from tests.conftest import start_service
-from tests.support import AUTH, free_port
+from tests.support import AUTH, free_port, start_service
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import pytest
 
 from gateway.envoy import start as start_envoy
 from service.settings import Settings
-from tests.conftest import start_service
-from tests.support import free_port
+from tests.support import free_port, start_service
 
 LIMITED, FREE = "limited-key-0001", "free-key-0002"
 BODY = {"query": "what do pandas eat?", "documents": ["bamboo", "fish"]}

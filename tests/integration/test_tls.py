@@ -14,8 +14,7 @@ import pytest
 from gateway.envoy import start as start_envoy
 from gateway.supervisor import Child
 from service.settings import Settings
-from tests.conftest import start_service
-from tests.support import API_KEY, AUTH, Certificates, free_port, free_ports, make_certificates
+from tests.support import API_KEY, AUTH, Certificates, free_port, free_ports, make_certificates, start_service
 
 BODY = {"query": "what do pandas eat?", "documents": ["bamboo", "fish"]}
 

@@ -1,17 +1,28 @@
-"""The package's layering, checked on the source (no imports run): nothing outside ``tests/``
-imports ``tests``, and the converter uses only the service's declared surface for build-time
-tools (see the ``service`` package docstring)."""
+"""The layering, checked on the source: nothing outside ``tests/`` imports ``tests``; the
+converter uses only the service's declared surface for build-time tools (see the ``service``
+package docstring); and the test suite's own rules: every test is a unit or an integration test,
+tests share helpers through :mod:`tests.support` only, and the unit tests need no torch."""
 
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 SERVICE_SURFACE = {"service.model_folder", "service.scoring"}
+TESTS = REPO / "tests"
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
 
 
 def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
@@ -21,6 +32,23 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
             yield from ((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.lineno, node.module
+
+
+def imported_names(path: Path) -> Iterator[tuple[int, str]]:
+    """Like :func:`imported_modules`, with relative imports resolved against ``path``'s package,
+    and ``from package import name`` also yielding ``package.name`` (which may be a module)."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            yield node.lineno, base
+            yield from ((node.lineno, f"{base}.{alias.name}") for alias in node.names)
 
 
 def python_files(*folders: str) -> list[Path]:
@@ -52,10 +80,6 @@ def test_converter_uses_only_the_declared_service_surface() -> None:
     assert not offences, offences
 
 
-def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-
-
 def test_converter_modules_import_no_cycle() -> None:
     """Lazy imports included: a cycle is a cycle whether or not it happens to import today."""
     graph = {
@@ -74,3 +98,99 @@ def test_converter_modules_import_no_cycle() -> None:
     for module in sorted(graph):
         visit(module, [module])
     assert not cycles, sorted(set(cycles))
+
+
+# --- the test suite's own rules ---------------------------------------------------------------------
+
+
+def test_every_test_module_is_a_unit_or_an_integration_test() -> None:
+    strays = [
+        str(path.relative_to(REPO))
+        for path in TESTS.rglob("test_*.py")
+        if path.relative_to(TESTS).parts[0] not in ("unit", "integration")
+    ]
+    assert not strays, (
+        f"move them under tests/unit/ (no torch, Envoy or subprocess server) or tests/integration/: {strays}"
+    )
+
+
+def _is_test_module(module: str) -> bool:
+    parts = module.split(".")
+    return parts[0] == "tests" and any(p == "conftest" or p.startswith("test_") for p in parts)
+
+
+def test_tests_import_no_conftest_and_no_other_test() -> None:
+    """Helpers live in tests/support.py; a conftest holds fixtures, a test module holds tests."""
+    offences = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in sorted(TESTS.rglob("*.py"))
+        for line, module in imported_names(path)
+        if _is_test_module(module) or module == "conftest" or module.startswith("conftest.")
+    ]
+    assert not offences, offences
+
+
+CONVERT_ONLY = {
+    "torch",
+    "transformers",
+    "sentencepiece",
+    "converters.testing",
+    "tests.reference",
+    "tests.jinabert_numpy",
+}
+"""What the unit tests must never import: torch, or what imports it."""
+
+
+def test_unit_tests_import_no_torch() -> None:
+    offences = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in [*sorted((TESTS / "unit").rglob("*.py")), TESTS / "support.py", TESTS / "conftest.py"]
+        if path.exists()
+        for line, module in imported_names(path)
+        if any(module == m or module.startswith(m + ".") for m in CONVERT_ONLY)
+    ]
+    assert not offences, offences
+
+
+def convert_extra() -> list[str]:
+    """Import names of the ``[convert]`` extra's packages, as installed (``huggingface-hub`` ->
+    ``huggingface_hub``)."""
+    requirements = metadata.requires("rerank") or []
+    names = {re.match(r"[A-Za-z0-9._-]+", r).group() for r in requirements if re.search(r"extra\s*==\s*.convert.", r)}
+    return sorted(name.lower().replace("-", "_") for name in names)
+
+
+LEAN_COLLECTION = """
+import importlib.abc, sys
+blocked, tried = set(sys.argv[1].split(",")), set()
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            tried.add(name.partition(".")[0])
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+import pytest
+status = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests/unit"])
+print("tried:", ",".join(sorted(tried)))
+sys.exit(status)
+"""
+
+
+def test_unit_tests_collect_without_the_convert_extra() -> None:
+    """As in ``pip install -e '.[gateway,test]'``: the [convert] extra's packages cannot be
+    imported, and collecting the unit tests must still succeed (a module that needs one skips
+    itself with ``pytest.importorskip``) without even trying torch or transformers."""
+    blocked = convert_extra()
+    assert {"torch", "transformers", "onnx", "gguf"} <= set(blocked)
+    result = subprocess.run(
+        [sys.executable, "-c", LEAN_COLLECTION, ",".join(blocked)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tried = result.stdout.rpartition("tried:")[2].split()[0].split(",") if "tried: " in result.stdout else []
+    assert not {"torch", "transformers"} & set(tried), tried

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The converter's unit tests need its [convert] extra (not torch); without it they skip.
+pytest.importorskip("onnx", reason="needs the [convert] extra")
+
 from converters import cli, sources
 from converters.errors import (
     CheckpointError,

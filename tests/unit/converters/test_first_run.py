@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+# The converter's unit tests need its [convert] extra (not torch); without it they skip.
+pytest.importorskip("onnx", reason="needs the [convert] extra")
+
 from converters import catalog, cli
 from converters.catalog import CATALOG, resolve
 from converters.errors import CheckpointError, SourceError
 from converters.hf_checkpoint import fetch
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support import REPO
 
 
 def test_catalog_names_and_repo_ids_resolve() -> None:

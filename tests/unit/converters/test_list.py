@@ -9,14 +9,15 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 
+# The converter's unit tests need its [convert] extra (not torch); without it they skip.
+pytest.importorskip("onnx", reason="needs the [convert] extra")
+
 from converters import cli
 from converters.catalog import CATALOG
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support import REPO
 
 
 def assert_whole_names(output: str) -> None:

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The converter's unit tests need its [convert] extra (not torch); without it they skip.
+pytest.importorskip("gguf", reason="needs the [convert] extra")
+pytest.importorskip("safetensors", reason="needs the [convert] extra")
+pytest.importorskip("onnx", reason="needs the [convert] extra")
+
 from gguf import GGUFWriter
 from safetensors.numpy import save_file
 

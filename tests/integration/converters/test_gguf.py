@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +17,9 @@ from converters.gguf_source import POOLER_DROPPED
 from converters.sources import load_source
 from converters.testing.corpus import multilingual_strings
 from converters.testing.llama_cpp import convert_to_gguf
-from service.backends.onnx import OnnxBackend
-from service.core.batching import pad
-from service.core.tokenization import PairEncoder
-from service.model_folder import read_model_folder
 from tests.reference import reference_scores
+from tests.support import REPO, convert_with_cli, onnx_scores
 
-REPO = Path(__file__).resolve().parent.parent
 FULL = ("xlmr", "jina-v2")  # llama.cpp keeps every weight of these
 NO_POOLER = ("bert", "jina-v1")  # llama.cpp's converter drops BERT's pooler
 # Measured here on the fixtures (random weights of std 0.3, far rougher than trained ones; logits
@@ -36,13 +31,6 @@ def pairs() -> list[tuple[str, str]]:
     texts = multilingual_strings(200, seed=3)
     queries = [t for t in texts if 0 < len(t) < 40][:10]
     return [(q, d) for q, d in zip(queries, texts[50:60], strict=False)] + [("panda", "the giant panda eats bamboo")]
-
-
-def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
-    config = read_model_folder(folder)
-    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-    encoded = [encoder.encode(q, [d]).pairs[0] for q, d in items]
-    return OnnxBackend(folder, config, device="cpu").run(pad(encoded, config.template.pad_id, config.type_ids_input))
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +52,10 @@ def hf_folders(checkpoint, tmp_path_factory):
     return out
 
 
-def convert_gguf(path: Path, out: Path, name: str) -> Path:
-    """Through the real CLI, as a user would."""
-    result = subprocess.run(
-        [sys.executable, "-m", "converters.cli", str(path), "--name", name, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out / name
-
-
 @pytest.mark.parametrize("kind", FULL)
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
 def test_full_weight_gguf_scores_like_hf(kind, outtype, ggufs, hf_folders, tmp_path):
-    folder = convert_gguf(ggufs[(kind, outtype)], tmp_path, f"{kind}-{outtype}")
+    folder = convert_with_cli(ggufs[(kind, outtype)], tmp_path, f"{kind}-{outtype}")
     config = json.loads((folder / "rerank.json").read_text())
     assert config["source"]["format"] == "gguf" and config["notes"] == []
     assert config["source"]["dtype"] == {"f32": "f32", "f16": "f16", "q8_0": "q8_0"}[outtype]
@@ -96,7 +71,7 @@ def test_bert_gguf_without_pooler(ggufs, checkpoint, tmp_path):
     """The file has no pooler and llama.cpp puts the classifier in ``cls.output``: what it can
     express is classifier(h0) on the full backbone, with the token-type table it still holds.
     Reference: transformers' BertModel + that head."""
-    folder = convert_gguf(ggufs[("bert", "f32")], tmp_path, "bert-gguf")
+    folder = convert_with_cli(ggufs[("bert", "f32")], tmp_path, "bert-gguf")
     config = json.loads((folder / "rerank.json").read_text())
     assert config["notes"][0] == POOLER_DROPPED.format(form="classifier(h0)") and config["spec"]["head"] == "linear"
     items = pairs()
@@ -105,7 +80,7 @@ def test_bert_gguf_without_pooler(ggufs, checkpoint, tmp_path):
 
 
 def test_jina_v1_gguf_without_pooler(ggufs, checkpoint, tmp_path):
-    folder = convert_gguf(ggufs[("jina-v1", "f32")], tmp_path, "jina-v1-gguf")
+    folder = convert_with_cli(ggufs[("jina-v1", "f32")], tmp_path, "jina-v1-gguf")
     config = json.loads((folder / "rerank.json").read_text())
     assert config["notes"] == [POOLER_DROPPED.format(form="tanh(classifier(h0))")]
     assert config["spec"]["positions"] == "alibi" and config["spec"]["head"] == "tanh"
@@ -122,7 +97,7 @@ def test_gte_gguf_in_llama_box_layout(checkpoint, ggufs, hf_folders, tmp_path):
 
     # The gte fixture shares the xlmr fixture's tokenizer (same SentencePiece training).
     path = write_llama_box_gte(checkpoint("gte"), tmp_path / "gte.gguf", ggufs[("xlmr", "f32")])
-    folder = convert_gguf(path, tmp_path, "gte-gguf")
+    folder = convert_with_cli(path, tmp_path, "gte-gguf")
     items = pairs()
     np.testing.assert_allclose(onnx_scores(folder, items), onnx_scores(hf_folders / "gte", items), atol=1e-4, rtol=0)
 

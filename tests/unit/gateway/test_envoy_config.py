@@ -10,8 +10,7 @@ import yaml
 
 from gateway.envoy_config import Upstream, render, render_default, upstreams
 from service.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def _cluster(config):
@@ -27,7 +26,9 @@ def _filter(config, name):
 
 
 def test_repository_envoy_yaml_is_the_default_rendering():
-    assert (REPO / "envoy.yaml").read_text() == render_default(), "regenerate it: make envoy.yaml"
+    assert (REPO / "envoy.yaml").read_text() == render_default(), (
+        "regenerate it: python -m gateway.envoy_config > envoy.yaml"
+    )
 
 
 def test_replicas_are_consecutive_loopback_endpoints():

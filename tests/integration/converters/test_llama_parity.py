@@ -19,9 +19,8 @@ import torch
 
 from converters.testing.llama_cpp import convert_to_gguf, llama_server_binary
 from converters.variants import spearman
-from tests.conftest import free_port
 from tests.reference import reference_scores
-from tests.test_gguf import convert_gguf, onnx_scores
+from tests.support import REPO, convert_with_cli, free_port, onnx_scores
 
 pytestmark = pytest.mark.parity
 
@@ -36,7 +35,7 @@ DOCS = [
     "Большая панда питается бамбуком",
     "the quick brown fox",
 ]
-RESULTS = Path(__file__).resolve().parent.parent / "build" / "parity.json"
+RESULTS = REPO / "build" / "parity.json"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +106,7 @@ def record(name: str, **figures: float) -> None:
 @pytest.mark.parametrize("kind", ["xlmr", "jina-v2", "jina-v1"])
 def test_llama_server_agrees_with_our_gguf_conversion(kind, server_binary, checkpoint, tmp_path):
     gguf = convert_to_gguf(checkpoint(kind), tmp_path / f"{kind}.gguf", "f32")
-    ours = onnx_scores(convert_gguf(gguf, tmp_path, kind), [(QUERY, d) for d in DOCS])
+    ours = onnx_scores(convert_with_cli(gguf, tmp_path, kind), [(QUERY, d) for d in DOCS])
     theirs = llama_scores(server_binary, gguf)
     diff, rho = float(np.max(np.abs(ours - theirs))), spearman(ours, theirs)
     record(kind, max_abs_diff=diff, spearman=rho)
@@ -123,7 +122,7 @@ def test_llama_server_feeds_type_zero_to_bert(server_binary, checkpoint, tmp_pat
     gguf = convert_to_gguf(ckpt, tmp_path / "bert.gguf", "f32")
     theirs = llama_scores(server_binary, gguf)
     type0 = reference_scores("bert", ckpt, [(QUERY, d) for d in DOCS], pooler=False, type_ids=False)
-    ours = onnx_scores(convert_gguf(gguf, tmp_path, "bert"), [(QUERY, d) for d in DOCS])
+    ours = onnx_scores(convert_with_cli(gguf, tmp_path, "bert"), [(QUERY, d) for d in DOCS])
     record(
         "bert",
         llama_vs_type0_max_abs_diff=float(np.max(np.abs(theirs - type0))),
@@ -171,7 +170,7 @@ def test_k_quant_ggufs_score_like_hf(server_binary, checkpoint, tmp_path):
     for kind in ("Q4_K_M", "Q5_K_M", "Q6_K"):
         path = tmp_path / f"wide-{kind}.gguf"
         subprocess.run([str(quantize), str(f32), str(path), kind], check=True, capture_output=True)
-        ours = onnx_scores(convert_gguf(path, tmp_path, kind.lower()), items)
+        ours = onnx_scores(convert_with_cli(path, tmp_path, kind.lower()), items)
         diff, rho = float(np.max(np.abs(ours - hf))), spearman(ours, hf)
         record(f"xlmr-256 {kind}", max_abs_diff=diff, spearman=rho)
         print(f"{kind}: max |Δ| vs HF {diff:.3e}, Spearman {rho:.4f}")

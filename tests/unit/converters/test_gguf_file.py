@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+# The converter's unit tests need its [convert] extra (not torch); without it they skip.
+pytest.importorskip("gguf", reason="needs the [convert] extra")
+
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 

@@ -7,29 +7,18 @@ import asyncio
 import grpc
 import pytest
 
-from tests.conftest import AUTH, start_service
-from tests.test_rest import DOCS, QUERY
-
-
-def request(model: str, docs: list[str]):
-    from service.protocol import rerank_pb2
-
-    req = rerank_pb2.RerankRequest(model=model, query=QUERY, return_documents=False)
-    for d in docs:
-        req.documents.add().string_value = d
-    return req
+from tests.support import API_KEY, AUTH, DOCS, QUERY, free_port, rerank_request
 
 
 async def test_concurrent_requests_score_like_single_ones(stack):
     from service.protocol import rerank_pb2, rerank_pb2_grpc
 
     docs = [f"{d} {i}" for i in range(12) for d in DOCS[:3]]
+    request = rerank_request("xlmr-tiny", docs, return_documents=False)
     async with grpc.aio.insecure_channel(stack.grpc_target) as channel:
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
-        single = await stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60)
-        replies = await asyncio.gather(
-            *(stub.Rerank(request("xlmr-tiny", docs), metadata=AUTH, timeout=60) for _ in range(8))
-        )
+        single = await stub.Rerank(request, metadata=AUTH, timeout=60)
+        replies = await asyncio.gather(*(stub.Rerank(request, metadata=AUTH, timeout=60) for _ in range(8)))
         expected = {r.index: r.relevance_score for r in single.results}
         for reply in replies:
             got = {r.index: r.relevance_score for r in reply.results}
@@ -62,20 +51,16 @@ def test_variant_gates_recorded(models_dir):
 
 
 @pytest.mark.parametrize("variant", ["fp32", "fp16"])
-def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
+def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, in_process_server, variant):
     from service.protocol import rerank_pb2, rerank_pb2_grpc
     from tests.reference import transformers_scores
 
-    proc, port, _ = start_service(models_dir, "--variant", variant)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = rerank_pb2_grpc.RerankServiceStub(channel)
-            reply = stub.Rerank(request("xlmr-tiny", DOCS), metadata=AUTH, timeout=60)
-            card = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}[
-                "xlmr-tiny"
-            ]
-    finally:
-        proc.stop(grace=30)
+    server = in_process_server(models_dir, variant=variant)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        reply = stub.Rerank(rerank_request("xlmr-tiny", DOCS, return_documents=False), metadata=AUTH, timeout=60)
+        cards = stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data
+    card = {c.id: c for c in cards}["xlmr-tiny"]
     assert card.variant == variant
     expected = transformers_scores(checkpoint("xlmr"), QUERY, DOCS)
     got = {r.index: r.relevance_score for r in reply.results}
@@ -83,17 +68,16 @@ def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
     assert max(abs(got[i] - expected[i]) for i in range(len(DOCS))) <= tolerance
 
 
-def test_queue_limit_is_429_through_envoy(models_dir, tmp_path):
+def test_queue_limit_is_429_through_envoy(models_dir, in_process_server, tmp_path):
     import httpx
 
     from gateway.envoy import start as start_envoy
     from service.settings import Settings
-    from tests.conftest import API_KEY, free_port
 
-    proc, port, _ = start_service(models_dir, "--max-queue-pairs", "4")
+    server = in_process_server(models_dir, max_queue_pairs=4)
     rest_port = free_port()
     envoy = start_envoy(
-        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"), tmp_path
+        Settings(rest_port=rest_port, grpc_port=server.port, admin_port=free_port(), rest_host="127.0.0.1"), tmp_path
     )
     try:
         response = httpx.post(
@@ -104,6 +88,5 @@ def test_queue_limit_is_429_through_envoy(models_dir, tmp_path):
         )
     finally:
         envoy.stop()
-        proc.stop(grace=30)
     assert response.status_code == 429
     assert "queue" in response.json()["message"]

@@ -1,16 +1,15 @@
-"""API keys on both paths; health is public."""
+"""API keys on both paths, through Envoy and directly; health is public.
+
+(Header and key-file parsing, and the interceptor on every method: tests/unit/service/router/test_auth.py.)"""
 
 from __future__ import annotations
-
-import hashlib
 
 import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.router.auth import bearer_token, load_key_digests
-from tests.conftest import API_KEY, OTHER_KEY
+from tests.support import API_KEY, OTHER_KEY
 
 BODY = {"model": "xlmr-tiny", "query": "q", "documents": ["a"]}
 
@@ -71,19 +70,3 @@ def test_health_is_public_on_both_paths(stack):
                     health_pb2.HealthCheckRequest(service=service), timeout=10
                 )
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def test_key_file_of_digests(tmp_path):
-    path = tmp_path / "keys"
-    path.write_text(f"# comment\n{hashlib.sha256(b'k1').hexdigest()}  ops team\n\n")
-    assert load_key_digests(("k2",), path) == [hashlib.sha256(b"k2").digest(), hashlib.sha256(b"k1").digest()]
-    path.write_text("not-a-digest\n")
-    with pytest.raises(ValueError, match="keys:1"):
-        load_key_digests((), path)
-
-
-def test_bearer_parsing():
-    assert bearer_token((("authorization", "Bearer abc"),)) == "abc"
-    assert bearer_token((("Authorization", "BEARER  abc "),)) == "abc"
-    assert bearer_token((("authorization", "Token abc"),)) is None
-    assert bearer_token(()) is None

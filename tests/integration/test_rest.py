@@ -8,16 +8,7 @@ import numpy as np
 import pytest
 
 from tests.reference import transformers_scores
-
-QUERY = "What is a panda?"
-DOCS = [
-    "hi",
-    "it is a bear",
-    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
-    "is a bear species endemic to China.",
-    "Пан­да — млекопитающее. 熊猫 是 中国 的 动物。",
-    "",
-]
+from tests.support import DOCS, QUERY
 
 
 @pytest.mark.parametrize(("name", "kind"), [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])

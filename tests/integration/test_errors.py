@@ -1,14 +1,10 @@
-"""Every bad input gets the stated status and a JSON body naming the problem."""
+"""Every bad input gets the stated HTTP status and a JSON body naming the problem, through Envoy.
+
+(The same requests over gRPC, with their ErrorInfo reasons: tests/unit/service/router/test_rerank_service.py.)"""
 
 from __future__ import annotations
 
-import grpc
 import pytest
-from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
-from tests.conftest import AUTH
 
 GOOD = {"model": "xlmr-tiny", "query": "q", "documents": ["a", "b"]}
 
@@ -50,47 +46,6 @@ def test_rest_errors(rest, body, http, code, text, field):
     assert violations and violations[0]["field"] == field
 
 
-def _value(item):
-    v = struct_pb2.Value()
-    if item is None:
-        v.null_value = 0
-    elif isinstance(item, str):
-        v.string_value = item
-    elif isinstance(item, dict):
-        v.struct_value.update(item)
-    elif isinstance(item, list):
-        v.list_value.extend(item)
-    else:
-        v.number_value = item
-    return v
-
-
-@pytest.mark.parametrize(("body", "http", "code", "text", "field"), CASES)
-def test_grpc_errors(stub, body, http, code, text, field):
-    from service.protocol import rerank_pb2
-
-    req = rerank_pb2.RerankRequest(
-        model=body.get("model", ""),
-        query=body.get("query", ""),
-        documents=[_value(d) for d in body.get("documents", [])],
-        long_documents=body.get("long_documents", ""),
-    )
-    if "top_n" in body:
-        req.top_n = body["top_n"]
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Rerank(req, metadata=AUTH, timeout=30)
-    assert info.value.code().value[0] == code
-    assert text in info.value.details()
-    status = rpc_status.from_call(info.value)
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            fields += [v.field for v in bad_request.field_violations]
-    assert fields == [field]
-
-
 def test_query_too_long_for_window(rest):
     response = rest.post("/v1/rerank", json=bad(query="panda " * 400))
     assert response.status_code == 400
@@ -127,15 +82,6 @@ def test_oversized_body_is_413(rest):
     response = rest.post("/v1/rerank", json={**GOOD, "documents": ["x" * 1_000_000] * 5})
     assert response.status_code == 413
     assert response.json()["message"]
-
-
-def test_oversized_grpc_message_is_resource_exhausted(stub):
-    from service.protocol import rerank_pb2
-
-    req = rerank_pb2.RerankRequest(model="xlmr-tiny", query="q", documents=[_value("x" * 1_000_000)] * 5)
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Rerank(req, metadata=AUTH, timeout=30)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_server_survives_bad_inputs(rest):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -16,8 +15,8 @@ import yaml
 from gateway import kubernetes
 from gateway.envoy_config import CLUSTER, to_yaml
 from gateway.proxy import main as gateway_main
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FOLDER = REPO / "deploy" / "kubernetes"
 RELEASES = ("1.30.0", kubernetes_validate.latest_version())
 """The oldest release the manifests claim (native preStop sleep is on by default from 1.30) and

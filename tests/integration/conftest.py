@@ -1,29 +1,18 @@
-"""Session fixtures: tiny real checkpoints, converted by the real converter, served by the real
-gRPC server and the real Envoy, all on free loopback ports."""
+"""Integration fixtures: tiny real checkpoints, converted by the real converter, served by the
+real gRPC server and the real Envoy, all on free loopback ports.
+
+Fixtures only: the helpers they use, and that tests use, are in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 
-from gateway.supervisor import Child, grpc_serving
-
-REPO = Path(__file__).resolve().parent.parent
-API_KEY = "test-key-0123456789"
-OTHER_KEY = "second-key-abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import API_KEY, InProcessServer, Stack, convert_with_cli, free_port, server_settings, start_service
 
 
 @pytest.fixture(scope="session")
@@ -55,45 +44,8 @@ def models_dir(tmp_path_factory, checkpoint) -> Path:
     """A models directory written by ``rerank-convert`` (the real CLI, in a subprocess)."""
     out = tmp_path_factory.mktemp("models")
     for name, kind in SERVED.items():
-        result = subprocess.run(
-            [sys.executable, "-m", "converters.cli", str(checkpoint(kind)), "--name", name, "--out", str(out)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        convert_with_cli(checkpoint(kind), out, name)
     return out
-
-
-@dataclass
-class Stack:
-    grpc_port: int
-    rest_port: int
-    models_dir: Path
-    process: Child
-
-    @property
-    def rest(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-
-def start_service(
-    models_dir: Path, *extra: str, env: dict | None = None, tls_ca: Path | None = None
-) -> tuple[Child, int, Path]:
-    """``python -m service`` on a free port, ready (SERVING; checked over TLS against ``tls_ca``
-    when it serves TLS); its output goes to a log file."""
-    port = free_port()
-    log = models_dir.parent / f"service-{port}.log"
-    full_env = {"RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", "RERANK_DRAIN_DELAY": "0", **(env or {})}
-    command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
-    child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
-    child.start().wait_until(lambda: grpc_serving(port, tls_ca=tls_ca), timeout=120)
-    return child, port, log
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +65,23 @@ def stack(models_dir, tmp_path_factory):
     finally:
         envoy.stop()
         proc.stop(grace=20)
+
+
+@pytest.fixture
+def in_process_server():
+    """``in_process_server(models_dir, **settings)``: ``service.server.RerankServer`` with the real
+    ONNX backend, started in this process (:class:`tests.support.InProcessServer`) and stopped after
+    the test. For a server of its own where a subprocess adds nothing: no signals, exit status or
+    command line under test."""
+    servers: list[InProcessServer] = []
+
+    def start(models_dir: Path, **settings) -> InProcessServer:
+        servers.append(InProcessServer(server_settings(models_dir, **settings)).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
@@ -138,6 +107,3 @@ def stub(grpc_channel):
     from service.protocol import rerank_pb2_grpc
 
     return rerank_pb2_grpc.RerankServiceStub(grpc_channel)
-
-
-AUTH = (("authorization", f"Bearer {API_KEY}"),)

@@ -9,26 +9,13 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.conftest import API_KEY, AUTH, start_service
 from tests.reference import transformers_scores
-from tests.test_rest import DOCS, QUERY
-
-
-def make_request(model: str, docs, **fields):
-    from service.protocol import rerank_pb2
-
-    req = rerank_pb2.RerankRequest(model=model, query=QUERY, **fields)
-    for doc in docs:
-        if isinstance(doc, dict):
-            req.documents.add().struct_value.update(doc)
-        else:
-            req.documents.add().string_value = doc
-    return req
+from tests.support import API_KEY, AUTH, DOCS, QUERY, rerank_request, start_service
 
 
 @pytest.mark.parametrize(("name", "kind"), [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])
 def test_grpc_scores_equal_transformers(stub, checkpoint, name, kind):
-    reply = stub.Rerank(make_request(name, DOCS), metadata=AUTH, timeout=30)
+    reply = stub.Rerank(rerank_request(name, DOCS), metadata=AUTH, timeout=30)
     expected = transformers_scores(checkpoint(kind), QUERY, DOCS)
     assert reply.model == name and reply.object == "list"
     assert len(reply.results) == len(DOCS)
@@ -38,7 +25,7 @@ def test_grpc_scores_equal_transformers(stub, checkpoint, name, kind):
 
 
 def test_grpc_and_rest_agree(stub, rest):
-    reply = stub.Rerank(make_request("xlmr-tiny", DOCS, top_n=3, return_documents=False), metadata=AUTH, timeout=30)
+    reply = stub.Rerank(rerank_request("xlmr-tiny", DOCS, top_n=3, return_documents=False), metadata=AUTH, timeout=30)
     body = rest.post(
         "/v1/rerank",
         json={"model": "xlmr-tiny", "query": QUERY, "documents": DOCS, "top_n": 3, "return_documents": False},
@@ -68,7 +55,7 @@ def test_single_model_needs_no_name_and_clean_shutdown(models_dir, tmp_path):
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(
-                make_request("", ["a", "b"]), metadata=AUTH, timeout=30
+                rerank_request("", ["a", "b"]), metadata=AUTH, timeout=30
             )
             assert reply.model == "xlmr-tiny" and len(reply.results) == 2
     finally:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from converters.testing.llama_cpp import convert_to_gguf
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 OUR_LINE = re.compile(
     r"\d\d:\d\d:\d\d (memory|checkpoint|gguf|tokenizer|graph|verify|variants|seal|done): \S.*"
     r"|wrote \S+ \(max \|Δ\| \S+ on \d+ probes\)"

@@ -21,8 +21,8 @@ from service.backends.onnx import OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import read_model_folder
-from tests.conftest import AUTH, start_service
 from tests.reference import reference_scores
+from tests.support import AUTH, InProcessServer, server_settings
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +76,8 @@ def test_model_folder_records_provenance(converted):
 
 @pytest.fixture(scope="module")
 def all_models_server(converted):
-    proc, port, _ = start_service(converted)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield channel
-    channel.close()
-    proc.stop(grace=30)
+    with InProcessServer(server_settings(converted)) as server, grpc.insecure_channel(server.target) as channel:
+        yield channel
 
 
 def test_one_server_serves_every_architecture(all_models_server, checkpoint):

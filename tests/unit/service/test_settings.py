@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings, SettingsError, build_parser, markdown_table, parse, resolve
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_defaults_come_from_the_declarations():
@@ -86,3 +85,59 @@ def test_readme_table_is_the_declarations():
     readme = (REPO / "README.md").read_text()
     section = readme.split("<!-- settings-table:start -->\n", 1)[1].split("<!-- settings-table:end -->", 1)[0]
     assert section.strip() == markdown_table().strip(), "regenerate it: python -m service.settings"
+
+
+def test_each_type_is_parsed_from_text():
+    env = {
+        "RERANK_MODELS_DIR": "/srv/models",
+        "RERANK_ROUTE_TIMEOUT": "2.5",
+        "RERANK_THREADS": "3",
+        "RERANK_API_KEYS_FILE": "/etc/keys",
+        "RERANK_LOG_LEVEL": "debug",
+    }
+    settings = resolve("stack", {}, environ=env)
+    assert settings.models_dir == Path("/srv/models") and isinstance(settings.models_dir, Path)
+    assert settings.route_timeout == 2.5 and isinstance(settings.route_timeout, float)
+    assert settings.threads == 3 and settings.api_keys_file == Path("/etc/keys") and settings.log_level == "debug"
+    assert resolve("serve", {}, environ={}).threads is None  # an optional setting left unset
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RERANK_ROUTE_TIMEOUT": "0.5"}, "--route-timeout must be at least 1"),
+        ({"RERANK_HEALTH_CHECK_INTERVAL": "0.05"}, "--health-check-interval must be at least 0.1"),
+        ({"RERANK_THREADS": "0"}, "--threads must be at least 1"),
+        ({"RERANK_LOG_LEVEL": "verbose"}, "--log-level must be one of debug, info, warning, error"),
+        ({"RERANK_GRPC_PORT": "-1"}, "--grpc-port must be at least 0"),
+    ],
+)
+def test_limits_of_each_kind(env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        resolve("stack", {}, environ=env)
+
+
+def test_a_flag_switches_a_boolean_on_and_the_command_keeps_its_own_arguments():
+    def extra(parser):
+        parser.add_argument("--version-check", action="store_true")
+
+    settings, namespace = parse(
+        "serve",
+        ["--insecure-no-auth", "--grpc-port", "6001", "--version-check"],
+        prog="p",
+        description="",
+        add_arguments=extra,
+    )
+    assert settings.insecure_no_auth is True and settings.grpc_port == 6001 and namespace.version_check is True
+
+
+def test_typed_overrides_are_checked_too():
+    assert resolve("serve", {}, environ={}, max_batch_pairs=3).max_batch_pairs == 3
+    with pytest.raises(SettingsError, match="--max-batch-pairs must be at least 1"):
+        resolve("serve", {}, environ={}, max_batch_pairs=0)
+
+
+def test_a_settings_flag_of_another_command_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse("serve", ["--replicas", "2"], prog="rerank-serve", description="")
+    assert "--replicas" in capsys.readouterr().err

@@ -142,13 +142,21 @@ async def test_queue_is_bounded():
 
 
 async def test_event_loop_is_free_while_the_model_runs():
-    batcher = make(RecordingModel(delay=0.5), max_batch_tokens=10_000)
+    """The model waits inside ``run`` until the event loop releases it. Only a loop that is free
+    while inference runs (the model on its worker thread) can do that; a model run on the loop
+    blocks it, waits out its timeout unreleased, and the request gets -1."""
+    inside, released = threading.Event(), threading.Event()
+
+    def model(batch: Batch) -> np.ndarray:
+        inside.set()
+        return np.full(len(batch.input_ids), 1.0 if released.wait(timeout=2) else -1.0)
+
+    batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=BatchingConfig(), metrics=ModelMetrics())
     task = asyncio.create_task(batcher.score([pair(0, 4)]))
-    await asyncio.sleep(0.05)
-    started = time.perf_counter()
-    await asyncio.sleep(0.01)
-    assert time.perf_counter() - started < 0.1  # the loop ticks while inference sleeps in its thread
-    await task
+    while not inside.is_set():  # yields to the loop: the batcher takes the pair to the model
+        await asyncio.sleep(0.001)
+    released.set()  # this line runs on the loop, while the model is still inside run()
+    assert list(await task) == [1.0], "the model ran on the event loop: the loop could not release it"
     await batcher.close()
 
 

@@ -1,0 +1,107 @@
+"""Ranking (order, ties, ``top_n``, ``normalize``) and a served model keeping each document's best window."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.core.batching import BatchingConfig
+from service.core.reranker import Ranked, Scored, ServedModel, rank
+from service.core.tokenization import EncodedRequest, TokenizerPool
+from service.model_folder import read_model_folder
+from tests.support import StandInBackend, write_stand_in_model
+
+
+def scored(scores: list[float], truncated: list[int] | None = None, windows: list[int] | None = None) -> Scored:
+    n = len(scores)
+    encoded = EncodedRequest([], truncated or [0] * n, windows or [1] * n)
+    return Scored(np.asarray(scores, dtype=np.float64), encoded)
+
+
+def indexes(ranked: list[Ranked]) -> list[int]:
+    return [r.index for r in ranked]
+
+
+def test_best_first() -> None:
+    ranked = rank(scored([0.1, 3.0, -2.0, 1.5]), top_n=None, normalize=False)
+    assert indexes(ranked) == [1, 3, 0, 2]
+    assert [r.score for r in ranked] == [3.0, 1.5, 0.1, -2.0]  # the logits themselves
+
+
+def test_ties_keep_the_documents_order() -> None:
+    assert indexes(rank(scored([1.0, 2.0, 1.0, 2.0, 1.0]), None, False)) == [1, 3, 0, 2, 4]
+    assert indexes(rank(scored([0.0] * 6), None, False)) == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("top_n", "expected"),
+    [(None, [1, 3, 0, 2]), (1, [1]), (2, [1, 3]), (4, [1, 3, 0, 2]), (5, [1, 3, 0, 2]), (1000, [1, 3, 0, 2])],
+)
+def test_top_n_keeps_the_best(top_n: int | None, expected: list[int]) -> None:
+    assert indexes(rank(scored([0.1, 3.0, -2.0, 1.5]), top_n, False)) == expected
+
+
+def test_normalize_is_the_sigmoid_of_the_logit() -> None:
+    logits = [-7.5, -1.0, 0.0, 0.25, 3.0, 30.0]
+    ranked = rank(scored(logits), None, normalize=True)
+    for r in ranked:
+        assert r.score == pytest.approx(1.0 / (1.0 + math.exp(-logits[r.index])), rel=1e-12, abs=0)
+    assert indexes(ranked) == indexes(rank(scored(logits), None, normalize=False))
+
+
+def test_normalize_stays_finite_for_huge_logits() -> None:
+    """``1 / (1 + exp(-x))`` overflows for x = -1000; the served sigmoid must not."""
+    ranked = rank(scored([-1000.0, 1000.0, -745.0, 710.0]), None, normalize=True)
+    by_index = {r.index: r.score for r in ranked}
+    assert all(math.isfinite(s) for s in by_index.values())
+    assert by_index[1] == 1.0 and by_index[3] == 1.0
+    assert by_index[0] == 0.0 and 0.0 < by_index[2] < 1e-300
+    assert indexes(ranked)[:2] == [1, 3] and indexes(ranked)[-1] == 0
+
+
+def test_each_result_carries_its_documents_counts() -> None:
+    ranked = rank(scored([0.0, 5.0, 2.0], truncated=[7, 0, 3], windows=[1, 4, 2]), top_n=2, normalize=False)
+    assert [(r.index, r.truncated_tokens, r.windows) for r in ranked] == [(1, 0, 4), (2, 3, 2)]
+
+
+# --- a served model: tokenization -> batching -> the backend -> one score per document ----------------
+
+
+@contextlib.asynccontextmanager
+async def served_stand_in(models_dir: Path) -> AsyncIterator[ServedModel]:
+    """A ServedModel on the stand-in backend, made and closed on the test's own event loop."""
+    folder = write_stand_in_model(models_dir, "stand-in", max_length=16)  # room 12 beside a one-word query
+    config = read_model_folder(folder)
+    pool = TokenizerPool(threads=1, max_waiting=4)
+    model = ServedModel(
+        folder,
+        config,
+        StandInBackend.for_folder(folder, config),
+        batching=BatchingConfig(max_batch_tokens=64),
+        tokenizers=pool,
+    )
+    try:
+        yield model
+    finally:
+        await model.close()
+        pool.shutdown()
+
+
+async def test_a_long_document_scores_its_best_window(tmp_path: Path) -> None:
+    far = " ".join(["dog"] * 30 + ["panda", "panda"])  # the query's word only near the end
+    near = " ".join(["panda"] + ["dog"] * 31)
+    documents = [far, near, "red car", "panda bamboo panda"]
+    async with served_stand_in(tmp_path) as served:
+        truncated = await served.score("panda", documents, "truncate")
+        windowed = await served.score("panda", documents, "window")
+    assert truncated.scores.tolist() == [0.0, 1.0, 0.0, 2.0]
+    assert truncated.encoded.truncated_tokens == [20, 20, 0, 0]
+    assert windowed.scores.tolist() == [2.0, 1.0, 0.0, 2.0]  # the best of each document's windows
+    # 32 tokens in windows of 12 overlapping by 3: [0, 12), [9, 21), [18, 30), [27, 32).
+    assert windowed.encoded.windows == [4, 4, 1, 1] and windowed.encoded.truncated_tokens == [0, 0, 0, 0]
+    assert served.metrics.requests == 2 and served.metrics.pairs == 4 + 10
