@@ -8,6 +8,7 @@ answers "score these documents for this query". :func:`rank` turns scores into t
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from service.backends.base import Backend
 from service.core.batching import BatchingConfig, DynamicBatcher
 from service.core.metrics import ModelMetrics
-from service.core.tokenization import EncodedRequest, LongDocuments, PairEncoder
+from service.core.tokenization import EncodedRequest, LongDocuments, PairEncoder, TruncationSide
 from service.model_folder import ModelFolderConfig
 
 
@@ -68,13 +69,24 @@ class ServedModel:
         )
         self._tokenizer_pool = tokenizer_pool
 
-    async def score(self, query: str, documents: list[str], long_documents: LongDocuments = "truncate") -> Scored:
-        """Scores every document; raises QueryTooLong or QueueFull."""
+    async def score(
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments = "truncate",
+        *,
+        max_document_tokens: int | None = None,
+        side: TruncationSide = "right",
+    ) -> Scored:
+        """Scores every document; raises QueryTooLong, DocumentTooLong or QueueFull.
+
+        ``max_document_tokens`` and ``side`` are :meth:`PairEncoder.encode`'s."""
         self.metrics.requests += 1
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(
-            self._tokenizer_pool, self.encoder.encode, query, documents, long_documents
+        encode = functools.partial(
+            self.encoder.encode, query, documents, long_documents, max_document_tokens=max_document_tokens, side=side
         )
+        encoded = await loop.run_in_executor(self._tokenizer_pool, encode)
         logits = await self.batcher.score(encoded.pairs)
         best = np.full(len(documents), -np.inf)
         for pair, logit in zip(encoded.pairs, logits, strict=True):

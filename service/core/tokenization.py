@@ -15,10 +15,14 @@ from typing import Literal
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.errors import QueryTooLong
+from service.errors import DocumentTooLong, QueryTooLong
 from service.model_folder import PairTemplate
 
-LongDocuments = Literal["truncate", "window"]
+LongDocuments = Literal["truncate", "window", "reject"]
+"""What happens to a document longer than the room the query leaves: cut to fit, scored in
+overlapping windows (the best one counts), or refused (:class:`DocumentTooLong`)."""
+TruncationSide = Literal["right", "left"]
+"""Which end of a document truncation cuts: the tail (``right``) or the head (``left``)."""
 WINDOW_OVERLAP = 0.25
 """Fraction of a window repeated at the start of the next one, so no sentence is only ever seen cut."""
 
@@ -63,8 +67,21 @@ class PairEncoder:
     def room_for_document(self, query_len: int) -> int:
         return self.max_length - self.template.special_count - query_len
 
-    def encode(self, query: str, documents: list[str], long_documents: LongDocuments = "truncate") -> EncodedRequest:
-        """Encodes every pair; raises :class:`QueryTooLong` when the query leaves no room."""
+    def encode(
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments = "truncate",
+        *,
+        max_document_tokens: int | None = None,
+        side: TruncationSide = "right",
+    ) -> EncodedRequest:
+        """Encodes every pair; raises :class:`QueryTooLong` when the query leaves no room.
+
+        ``max_document_tokens`` cuts each document to that many tokens first (Cohere's
+        ``max_tokens_per_doc``), before the model's own window applies; the tokens it cuts count
+        as truncated. ``side`` is the end that truncation (and that cap) removes.
+        """
         query_ids = self.tokenizer.encode(query, add_special_tokens=False).ids
         room = self.room_for_document(len(query_ids))
         if room < 1:
@@ -84,18 +101,34 @@ class PairEncoder:
         truncated: list[int] = []
         windows: list[int] = []
         for index, ids in enumerate(doc_ids):
+            capped = 0
+            if max_document_tokens is not None and len(ids) > max_document_tokens:
+                capped = len(ids) - max_document_tokens
+                ids = _keep(ids, max_document_tokens, side)
+            if long_documents == "reject" and len(ids) > room:
+                raise DocumentTooLong(
+                    f"document {index} is {len(ids)} tokens; with this query the model reads at most {room} document "
+                    f"tokens ({self.max_length} per pair, query and {t.special_count} special tokens included)",
+                    index=index,
+                    metadata={"tokens": str(len(ids)), "limit": str(room)},
+                )
             if long_documents == "window" and len(ids) > room:
                 step = max(1, room - int(room * WINDOW_OVERLAP))
                 starts = list(range(0, len(ids) - room + step, step))
                 chunks = [ids[s : s + room] for s in starts]
                 cut = 0
             else:
-                chunks = [ids[:room]]
+                chunks = [_keep(ids, room, side)]
                 cut = max(0, len(ids) - room)
             for chunk in chunks:
                 seq = head + chunk + tail
                 types = head_types + [t.document_type] * len(chunk) + tail_types
                 pairs.append(Pair(index, np.asarray(seq, dtype=np.int64), np.asarray(types, dtype=np.int64)))
-            truncated.append(cut)
+            truncated.append(cut + capped)
             windows.append(len(chunks))
         return EncodedRequest(pairs, truncated, windows)
+
+
+def _keep(ids: list[int], count: int, side: TruncationSide) -> list[int]:
+    """``count`` tokens of ``ids``: the head when cutting on the right, the tail on the left."""
+    return ids[:count] if side == "right" else ids[max(0, len(ids) - count) :]
