@@ -10,17 +10,10 @@ from typing import Any
 
 import grpc
 
-from service.core.reranker import ServedModel, rank
+from service.core.reranker import ServedModel
 from service.protocol import rerank_pb2, rerank_pb2_grpc
-from service.router.validation import (
-    Limits,
-    check_documents,
-    check_query,
-    check_top_n,
-    document_texts,
-    long_documents_mode,
-    resolve_model,
-)
+from service.router.ranking import RankRequest, rank_request
+from service.router.validation import Limits, document_texts, long_documents_mode
 
 
 class RerankService(rerank_pb2_grpc.RerankServiceServicer):
@@ -33,15 +26,22 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.RerankResponse:
-        model = resolve_model(self.models, request.model)
-        query = check_query(request.query)
-        check_documents(len(request.documents), self.limits)
-        top_n = check_top_n(request.top_n if request.HasField("top_n") else None)
         mode = long_documents_mode(request.long_documents)
-        texts = document_texts(request.documents)
-        scored = await model.score(query, texts, mode)
+        ranking = await rank_request(
+            self.models,
+            self.limits,
+            RankRequest(
+                model=request.model,
+                query=request.query,
+                documents=request.documents,
+                texts=document_texts,
+                top_n=request.top_n if request.HasField("top_n") else None,
+                normalize=request.normalize if request.HasField("normalize") else False,
+                long_documents=mode,
+            ),
+        )
         return_documents = request.return_documents if request.HasField("return_documents") else True
-        normalize = request.normalize if request.HasField("normalize") else False
+        texts = ranking.texts
         results = [
             rerank_pb2.RerankResult(
                 index=r.index,
@@ -50,11 +50,11 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
                 windows=r.windows,
                 document=rerank_pb2.ResultDocument(text=texts[r.index]) if return_documents else None,
             )
-            for r in rank(scored, top_n, normalize)
+            for r in ranking.results
         ]
-        tokens = scored.encoded.total_tokens
+        tokens = ranking.tokens
         return rerank_pb2.RerankResponse(
-            model=model.name,
+            model=ranking.model.name,
             object="list",
             results=results,
             usage=rerank_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
