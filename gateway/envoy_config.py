@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +33,11 @@ import yaml
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
-SERVICES = ("rerank.v1.RerankService",)
+SERVICES = ("rerank.v1.RerankService", "rerank.v1.CohereService", "rerank.v1.TeiService")
+"""The services the transcoder publishes as REST (their ``google.api.http`` routes)."""
 HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+FILTER_LUA = "envoy.filters.http.lua"
 
 Json = dict[str, Any]
 
@@ -55,20 +58,117 @@ HTTP_TO_GRPC = {
 """Envoy's own replies carry the gRPC code a client would have got from the service (the
 inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN)."""
 
-METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET"}
+METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST", "/rerank": "POST", "/info": "GET"}
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
 
 LUA_STRIP_GRPC_HEADERS = """\
-function envoy_on_response(handle)
-  local headers = handle:headers()
+function is_json(headers)
   local ct = headers:get("content-type")
-  if ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json" then
+  return ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json"
+end
+
+function strip_grpc_headers(headers)
+  if is_json(headers) then
     headers:remove("grpc-status")
     headers:remove("grpc-message")
     headers:remove("grpc-accept-encoding")
   end
 end
+
+function envoy_on_response(handle)
+  strip_grpc_headers(handle:headers())
+end
 """
+
+LUA_TEI_ERRORS = (
+    LUA_STRIP_GRPC_HEADERS.replace("function envoy_on_response", "function default_on_response")
+    + """
+-- The raw (still JSON-escaped) string value of the first "key":"..." in text, or nil.
+function json_string(text, key)
+  local pattern = '"' .. key .. '":"'
+  local start = string.find(text, pattern, 1, true)
+  if start == nil then return nil end
+  local i = start + #pattern
+  local j = i
+  while j <= #text do
+    local c = string.sub(text, j, j)
+    if c == "\\\\" then
+      j = j + 2
+    elseif c == '"' then
+      return string.sub(text, i, j - 1)
+    else
+      j = j + 1
+    end
+  end
+  return nil
+end
+
+-- TEI's error shape and statuses: {"error", "error_type"}; validation is a 422, no texts at all
+-- a 400 "empty", overloaded 429, unhealthy 503. The status must be set before the body is read
+-- (Envoy ignores a :status changed after handle:body()), so whether the request had no texts is
+-- noted on the way in.
+TEI_ERRORS = {
+  ["400"] = {"422", "validation"}, ["401"] = {"401", "unauthorized"}, ["404"] = {"422", "validation"},
+  ["413"] = {"413", "validation"}, ["429"] = {"429", "overloaded"}, ["503"] = {"503", "unhealthy"},
+}
+
+function envoy_on_request(handle)
+  if UNWRAP == nil then return end
+  local body = handle:body()
+  local text = body ~= nil and body:getBytes(0, body:length()) or ""
+  local absent = string.find(text, '"texts"', 1, true) == nil and string.find(text, '"query"', 1, true) ~= nil
+  local empty = absent or string.find(text, '"texts"%s*:%s*%[%s*%]') ~= nil
+  handle:streamInfo():dynamicMetadata():set("rerank.tei", "empty", empty and "1" or "0")
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  strip_grpc_headers(headers)
+  if not is_json(headers) then return end
+  local status = headers:get(":status")
+  if status == "200" and UNWRAP == nil then return end
+  local mapped = TEI_ERRORS[status] or {status, "backend"}
+  local noted = handle:streamInfo():dynamicMetadata():get("rerank.tei")
+  if status == "400" and noted ~= nil and noted["empty"] == "1" then
+    mapped = {"400", "empty"}
+  end
+  if status ~= "200" then headers:replace(":status", mapped[1]) end
+  local body = handle:body()
+  if body == nil then return end
+  local text = body:getBytes(0, body:length())
+  if status == "200" then
+    -- {"<field>": X} -> X: the transcoder prints the whole message.
+    local inner = string.match(text, '^%s*{%s*"' .. UNWRAP .. '"%s*:%s*(.*)}%s*$')
+    if inner ~= nil then body:setBytes(inner) end
+    return
+  end
+  local message = json_string(text, "message") or ""
+  body:setBytes('{"error":"' .. message .. '","error_type":"' .. mapped[2] .. '"}')
+end
+"""
+)
+"""TEI's routes: its error bodies and statuses (the transcoder's ``{"code", "message"}`` errors
+rewritten on the way out; this filter runs after the transcoder on responses)."""
+
+RESPONSE_BODY = {"rerank.v1.TeiService.Rerank": "ranks"}
+"""Methods whose JSON response is one field of the printed message (what ``response_body`` would
+say, which Envoy 1.40's transcoder supports only for google.api.HttpBody); the OpenAPI document
+describes the same."""
+
+
+def _tei_script(unwrap: str | None) -> str:
+    return ("UNWRAP = nil\n" if unwrap is None else f'UNWRAP = "{unwrap}"\n') + LUA_TEI_ERRORS
+
+
+LUA_ROUTE_SCRIPTS = {"tei_rerank": _tei_script(RESPONSE_BODY["rerank.v1.TeiService.Rerank"]), "tei": _tei_script(None)}
+FACE_ROUTES = {
+    "/rerank": ("rerank.v1.TeiService.Rerank", "tei_rerank"),
+    "/info": ("rerank.v1.TeiService.Info", "tei"),
+}
+"""REST path -> (its gRPC method, the Lua script that reshapes its responses: the face's own
+format). The route must match both paths: the transcoder rewrites the path to the method's and
+clears the route cache, so a transcoded response is routed by the gRPC path, while its own
+errors (malformed JSON) are answered on the REST path."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +265,7 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
 
 def virtual_host(settings: Settings) -> Json:
     routes: list[Json] = [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
+    routes += [_face_route(settings, path, method, script) for path, (method, script) in FACE_ROUTES.items()]
     # Everything else: transcoded REST (incl. GET /health, which the service serves without a
     # key) and native gRPC.
     routes.append({"match": {"prefix": "/"}, "route": upstream_route(settings)})
@@ -187,6 +288,22 @@ def _method_not_allowed(path: str, method: str) -> Json:
         "direct_response": {"status": 405, "body": {"inline_string": "Method Not Allowed"}},
         "response_headers_to_add": [{"header": {"key": "allow", "value": method}}],
         "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _face_route(settings: Settings, path: str, method: str, script: str) -> Json:
+    """``path`` (and ``method``'s gRPC path) upstream, responses reshaped by the Lua ``script``."""
+    service, _, name = method.rpartition(".")
+    grpc_path = re.escape(f"/{service}/{name}")
+    return {
+        "match": {"safe_regex": {"regex": f"{path}/?|{grpc_path}"}},
+        "route": upstream_route(settings),
+        "typed_per_filter_config": {
+            FILTER_LUA: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                "name": script,
+            }
+        },
     }
 
 
@@ -232,10 +349,11 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
         # Before the transcoder, so that it runs after it on the response path. Never remove
         # these headers at route level: that breaks REST errors and native gRPC alike.
         {
-            "name": "envoy.filters.http.lua",
+            "name": FILTER_LUA,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {"inline_string": LUA_STRIP_GRPC_HEADERS},
+                "source_codes": {name: {"inline_string": code} for name, code in LUA_ROUTE_SCRIPTS.items()},
             },
         },
         {"name": FILTER_TRANSCODER, "typed_config": transcoder(settings, descriptor)},

@@ -18,16 +18,39 @@ from service.core.batching import BatchingConfig
 from service.core.reranker import ServedModel
 from service.errors import ConfigurationError, Unavailable
 from service.model_folder import find_model_folders, read_model_folder
-from service.protocol import SERVICE_NAME, rerank_pb2_grpc
+from service.protocol import (
+    SERVICE_NAME,
+    cohere_pb2,
+    cohere_pb2_grpc,
+    rerank_pb2_grpc,
+    tei_pb2,
+    tei_pb2_grpc,
+    tei_rest_pb2,
+    tei_rest_pb2_grpc,
+)
 from service.router.auth import ApiKeyInterceptor, load_key_digests
+from service.router.cohere_service import CohereService
 from service.router.guard import CallGuard
 from service.router.rerank_service import RerankService
+from service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
 from service.router.validation import Limits
 from service.settings import Settings
 
 log = logging.getLogger("rerank")
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+def served_services() -> tuple[str, ...]:
+    """Full names of the services this server registers (what reflection lists)."""
+    return (
+        SERVICE_NAME,
+        cohere_pb2.DESCRIPTOR.services_by_name["CohereService"].full_name,
+        tei_rest_pb2.DESCRIPTOR.services_by_name["TeiService"].full_name,
+        tei_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name,
+        tei_pb2.DESCRIPTOR.services_by_name["Info"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    )
 
 
 def batching_config(settings: Settings) -> BatchingConfig:
@@ -67,6 +90,11 @@ class RerankServer:
             self.models[config.name] = ServedModel(
                 folder, config, backend, batching=batching_config(s), tokenizer_pool=self._tokenizer_pool
             )
+        if s.default_model and s.default_model not in self.models:
+            raise ConfigurationError(
+                f"RERANK_DEFAULT_MODEL={s.default_model!r} is not served; "
+                f"served models: {', '.join(sorted(self.models))}"
+            )
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings
@@ -100,13 +128,16 @@ class RerankServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
-        service = RerankService(self.models, Limits(max_documents=s.max_documents))
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(service, self.server)
+        limits = Limits(max_documents=s.max_documents)
+        # Every face: the same models (batchers) and limits, only the shapes differ.
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(self.models, limits), self.server)
+        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(self.models, limits), self.server)
+        tei = TeiFace(self.models, limits, s.default_model, s.tokenizer_threads)
+        tei_rest_pb2_grpc.add_TeiServiceServicer_to_server(TeiRest(tei), self.server)
+        tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(tei), self.server)
+        tei_pb2_grpc.add_InfoServicer_to_server(TeiInfo(tei), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        reflection.enable_server_reflection((*served_services(), reflection.SERVICE_NAME), self.server)
         address = f"{s.grpc_host}:{s.grpc_port}"
         try:
             self.port = self.server.add_insecure_port(address)

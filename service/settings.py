@@ -83,6 +83,10 @@ class Settings:
         minimum=1,
     )
     tokenizer_threads: int = setting(2, "Threads that tokenize requests.", minimum=1)
+    default_model: str = setting(
+        "",
+        "Model served to APIs that name none (TEI's /rerank and tei.v1); default: the only model, when one is served.",
+    )
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)
     max_request_bytes: int = setting(

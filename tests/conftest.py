@@ -99,7 +99,8 @@ def stack(models_dir, tmp_path_factory):
     from gateway.envoy import start as start_envoy
     from service.settings import Settings
 
-    proc, port, _ = start_service(models_dir)
+    # RERANK_DEFAULT_MODEL: the model the TEI faces serve (their API names none).
+    proc, port, _ = start_service(models_dir, env={"RERANK_DEFAULT_MODEL": "xlmr-tiny"})
     rest_port = free_port()
     envoy = start_envoy(
         Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),

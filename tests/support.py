@@ -3,6 +3,7 @@ never the other way round."""
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -107,3 +108,20 @@ class Load:
     def failures(self, started_before: float | None = None) -> list[Outcome]:
         """Requests that did not get a 200 (only those started before ``started_before``)."""
         return [o for o in self.outcomes if o.status != 200 and (started_before is None or o.started < started_before)]
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function, written here (not imported from the service) for parity checks."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def jina_logits(rest: httpx.Client, model: str, query: str, documents: list[str]) -> dict[int, float]:
+    """index -> raw logit from ``POST /v1/rerank``: the face every other face is compared with."""
+    response = rest.post("/v1/rerank", json={"model": model, "query": query, "documents": documents})
+    assert response.status_code == 200, response.text
+    return {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+
+
+def best_first(scores: dict[int, float]) -> list[int]:
+    """Indexes by score, descending, ties by index (the service's documented order)."""
+    return sorted(scores, key=lambda i: (-scores[i], i))
