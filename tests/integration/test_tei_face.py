@@ -6,6 +6,10 @@ error shapes, and the same API keys."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
 import grpc
 import httpx
 import pytest
@@ -24,6 +28,7 @@ TEXTS = [
     "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China.",
     "Пан­да — млекопитающее. 熊猫 是 中国 的 动物。",
 ]
+T = TypeVar("T")
 LONG = "bamboo " * 100 + "The giant panda is a bear species endemic to China. " * 20
 
 
@@ -38,10 +43,20 @@ def _keyed_credentials() -> grpc.ChannelCredentials:
     return grpc.composite_channel_credentials(grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP), key)
 
 
-@pytest.fixture
-def tei_grpc(stack):
-    """TEI's gRPC client, through Envoy's listener (native gRPC on the REST port)."""
-    return GrpcClient(f"127.0.0.1:{stack.rest_port}", credentials=_keyed_credentials())
+def with_tei_grpc(target: str, use: Callable[[GrpcClient], T]) -> T:
+    """``use(client)`` with TEI's gRPC client for ``target``. The client also opens a grpc.aio
+    channel on the current event loop, and closes it in ``__del__``: give it a loop of its own,
+    and drop it while that loop is still current."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        client = GrpcClient(target, credentials=_keyed_credentials())
+        result = use(client)
+        del client
+        return result
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def test_http_client_ranks_like_v1_with_sigmoid_scores(tei_http, rest):
@@ -108,10 +123,14 @@ def test_http_needs_the_api_key(stack):
     assert response.status_code == 401 and response.json()["error_type"] == "unauthorized"
 
 
-def test_grpc_client_ranks_like_v1(tei_grpc, rest):
+def test_grpc_client_ranks_like_v1(stack, rest):
     logits = jina_logits(rest, MODEL, QUERY, TEXTS)
-    assert tei_grpc.model_type == ModelType.Reranker  # tei.v1.Info
-    result = tei_grpc.rerank(QUERY, TEXTS, return_text=True, truncate=True)
+    # Through Envoy's listener (native gRPC on the REST port); model_type asks tei.v1.Info.
+    model_type, result = with_tei_grpc(
+        f"127.0.0.1:{stack.rest_port}",
+        lambda client: (client.model_type, client.rerank(QUERY, TEXTS, return_text=True, truncate=True)),
+    )
+    assert model_type == ModelType.Reranker
     assert [r.index for r in result.ranks] == best_first(logits)
     for r in result.ranks:
         assert abs(r.score - sigmoid(logits[r.index])) <= 1e-6  # float32 on TEI's wire
