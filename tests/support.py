@@ -9,6 +9,7 @@ every import below: the unit tests use it too.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import socket
 import subprocess
@@ -552,3 +553,20 @@ def make_certificates(folder: Path) -> Certificates:
         client_cert=write_cert(client, folder / "client.pem"),
         client_key=write_key(client_key, folder / "client.key"),
     )
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function, written here (not imported from the service) for parity checks."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def jina_logits(rest: httpx.Client, model: str, query: str, documents: list[str]) -> dict[int, float]:
+    """index -> raw logit from ``POST /v1/rerank``: the face every other face is compared with."""
+    response = rest.post("/v1/rerank", json={"model": model, "query": query, "documents": documents})
+    assert response.status_code == 200, response.text
+    return {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+
+
+def best_first(scores: dict[int, float]) -> list[int]:
+    """Indexes by score, descending, ties by index (the service's documented order)."""
+    return sorted(scores, key=lambda i: (-scores[i], i))

@@ -17,7 +17,14 @@ import numpy as np
 from service.backends.base import Backend
 from service.core.batching import PADDING_ALLOWANCE, BatchingConfig, DynamicBatcher, Throughput
 from service.core.metrics import ModelMetrics
-from service.core.tokenization import WINDOW_OVERLAP, EncodedRequest, LongDocuments, PairEncoder, TokenizerPool
+from service.core.tokenization import (
+    WINDOW_OVERLAP,
+    EncodedRequest,
+    LongDocuments,
+    PairEncoder,
+    TokenizerPool,
+    TruncationSide,
+)
 from service.model_folder import ModelFolderConfig
 
 
@@ -100,7 +107,9 @@ class ServedModel:
         self.characters_per_token = 4.0
         """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
 
-    def estimate(self, query: str, documents: list[str], long_documents: LongDocuments) -> tuple[float, int]:
+    def estimate(
+        self, query: str, documents: list[str], long_documents: LongDocuments, max_document_tokens: int | None = None
+    ) -> tuple[float, int]:
         """A request's cost in padded tokens and its number of pairs, from its characters alone."""
         per_token = self.characters_per_token
         head = len(query) / per_token + self.encoder.template.special_count
@@ -110,6 +119,8 @@ class ServedModel:
         pairs = 0
         for document in documents:
             size = len(document) / per_token
+            if max_document_tokens is not None:
+                size = min(size, max_document_tokens)
             if long_documents == "window" and size > room:
                 windows = 1 + math.ceil((size - room) / step)
                 tokens += windows * self.config.max_length
@@ -127,14 +138,24 @@ class ServedModel:
         *,
         caller: Caller = ANONYMOUS,
         request_id: str = "",
+        max_document_tokens: int | None = None,
+        side: TruncationSide = "right",
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, queued
-        by its exact cost after. Raises QueryTooLong, QueueFull or TooManyDocuments."""
+        by its exact cost after. Raises QueryTooLong, DocumentTooLong, QueueFull, RateLimited or
+        TooManyDocuments. ``max_document_tokens`` and ``side`` are :meth:`PairEncoder.encode`'s."""
         self.metrics.requests += 1
         caller.admit()
-        reservation = self.batcher.admit(*self.estimate(query, documents, long_documents))
+        reservation = self.batcher.admit(*self.estimate(query, documents, long_documents, max_document_tokens))
         try:
-            encoded = await self._tokenizers.run(self.encoder.encode, query, documents, long_documents)
+            encoded = await self._tokenizers.run(
+                self.encoder.encode,
+                query,
+                documents,
+                long_documents,
+                max_document_tokens=max_document_tokens,
+                side=side,
+            )
         finally:
             self.batcher.release(reservation)
         if encoded.document_tokens:

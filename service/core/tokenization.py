@@ -9,6 +9,7 @@ encoding serve every document, and lets a long document be split into windows.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,13 +19,18 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.errors import QueryTooLong, QueueFull
+from service.errors import DocumentTooLong, QueryTooLong, QueueFull
 from service.model_folder import PairTemplate
 
-LongDocuments = Literal["truncate", "window"]
 T = TypeVar("T")
 CHUNK = 256
 """Documents tokenized at once."""
+
+LongDocuments = Literal["truncate", "window", "reject"]
+"""What happens to a document longer than the room the query leaves: cut to fit, scored in
+overlapping windows (the best one counts), or refused (:class:`DocumentTooLong`)."""
+TruncationSide = Literal["right", "left"]
+"""Which end of a document truncation cuts: the tail (``right``) or the head (``left``)."""
 WINDOW_OVERLAP = 0.25
 """Fraction of a window repeated at the start of the next one, so no sentence is only ever seen cut."""
 
@@ -51,7 +57,7 @@ class EncodedRequest:
     windows: list[int]
     """Per document: how many sequences were scored."""
     characters: int = 0
-    """Characters in the documents (for the size estimates of :class:`TokenizerPool` callers)."""
+    """Characters in the documents (what admission estimates sizes from, before tokenizing)."""
     document_tokens: int = 0
     """Tokens in the documents before any cut."""
 
@@ -73,8 +79,21 @@ class PairEncoder:
     def room_for_document(self, query_len: int) -> int:
         return self.max_length - self.template.special_count - query_len
 
-    def encode(self, query: str, documents: list[str], long_documents: LongDocuments = "truncate") -> EncodedRequest:
-        """Encodes every pair; raises :class:`QueryTooLong` when the query leaves no room."""
+    def encode(
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments = "truncate",
+        *,
+        max_document_tokens: int | None = None,
+        side: TruncationSide = "right",
+    ) -> EncodedRequest:
+        """Encodes every pair; raises :class:`QueryTooLong` when the query leaves no room.
+
+        ``max_document_tokens`` cuts each document to that many tokens first (Cohere's
+        ``max_tokens_per_doc``), before the model's own window applies; the tokens it cuts count
+        as truncated. ``side`` is the end that truncation (and that cap) removes.
+        """
         query_ids = self.tokenizer.encode(query, add_special_tokens=False).ids
         room = self.room_for_document(len(query_ids))
         if room < 1:
@@ -83,7 +102,10 @@ class PairEncoder:
                 message=f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
                 f"pair including {self.template.special_count} special tokens, which leaves no room for a document",
             )
-        doc_ids, doc_tokens = self._encode_documents(documents, keep=None if long_documents == "window" else room)
+        # Truncation keeps min(room, cap) tokens from ``side``: only those are kept from each document's
+        # encoding (a window needs them all; a refused document needs only its count).
+        keep = None if long_documents == "window" else min(room, max_document_tokens or room)
+        doc_ids, doc_tokens = self._encode_documents(documents, keep, side)
         t = self.template
         head = [i for i, _ in t.prefix] + query_ids + [i for i, _ in t.middle]
         head_types = [ty for _, ty in t.prefix] + [t.query_type] * len(query_ids) + [ty for _, ty in t.middle]
@@ -94,35 +116,54 @@ class PairEncoder:
         truncated: list[int] = []
         windows: list[int] = []
         for index, (ids, total) in enumerate(zip(doc_ids, doc_tokens, strict=True)):
+            capped = 0
+            if max_document_tokens is not None and total > max_document_tokens:
+                capped = total - max_document_tokens
+                ids = _keep(ids, max_document_tokens, side)
+                total = max_document_tokens
+            if long_documents == "reject" and total > room:
+                raise DocumentTooLong(
+                    f"document {index} is {total} tokens; with this query the model reads at most {room} document "
+                    f"tokens ({self.max_length} per pair, query and {t.special_count} special tokens included)",
+                    index=index,
+                    metadata={"tokens": str(total), "limit": str(room)},
+                )
             if long_documents == "window" and len(ids) > room:
                 step = max(1, room - int(room * WINDOW_OVERLAP))
                 starts = list(range(0, len(ids) - room + step, step))
                 chunks = [ids[s : s + room] for s in starts]
                 cut = 0
             else:
-                chunks = [ids[:room]]
+                chunks = [_keep(ids, room, side)]
                 cut = max(0, total - room)
             for chunk in chunks:
                 seq = head + chunk + tail
                 types = head_types + [t.document_type] * len(chunk) + tail_types
                 pairs.append(Pair(index, np.asarray(seq, dtype=np.int64), np.asarray(types, dtype=np.int64)))
-            truncated.append(cut)
+            truncated.append(cut + capped)
             windows.append(len(chunks))
         return EncodedRequest(
             pairs, truncated, windows, characters=sum(map(len, documents)), document_tokens=sum(doc_tokens)
         )
 
-    def _encode_documents(self, documents: list[str], keep: int | None) -> tuple[list[list[int]], list[int]]:
-        """Each document's token ids (only the first ``keep`` when it is given) and full token
-        count. Tokenized :data:`CHUNK` documents at a time, so that a request of thousands of long
-        documents never holds every token's encoding at once."""
+    def _encode_documents(
+        self, documents: list[str], keep: int | None, side: TruncationSide
+    ) -> tuple[list[list[int]], list[int]]:
+        """Each document's token ids (only ``keep`` of them, from ``side``, when it is given) and
+        full token count. Tokenized :data:`CHUNK` documents at a time, so that a request of
+        thousands of long documents never holds every token's encoding at once."""
         ids: list[list[int]] = []
         counts: list[int] = []
         for start in range(0, len(documents), CHUNK):
             for encoding in self.tokenizer.encode_batch(documents[start : start + CHUNK], add_special_tokens=False):
                 counts.append(len(encoding.ids))
-                ids.append(encoding.ids if keep is None else encoding.ids[:keep])
+                ids.append(encoding.ids if keep is None else _keep(encoding.ids, keep, side))
         return ids, counts
+
+
+def _keep(ids: list[int], count: int, side: TruncationSide) -> list[int]:
+    """``count`` tokens of ``ids``: the head when cutting on the right, the tail on the left."""
+    return ids[:count] if side == "right" else ids[max(0, len(ids) - count) :]
 
 
 class TokenizerPool:
@@ -136,12 +177,13 @@ class TokenizerPool:
         self.max_waiting = max_waiting
         self.waiting = 0
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.waiting >= self.max_waiting:
             raise QueueFull(f"the tokenizer queue is full ({self.max_waiting} requests); retry later", retry_after=1)
         self.waiting += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            call = functools.partial(function, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         finally:
             self.waiting -= 1
 

@@ -16,9 +16,12 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
 
 from service.errors import RateLimited
-from service.router.auth import ApiKey
+from service.router.auth import ApiKey, Keyring
 
 
 @dataclass
@@ -110,3 +113,15 @@ class KeyLimiter:
     def caller(self, key: ApiKey | None) -> KeyCaller:
         digest = key.digest if key else b""
         return KeyCaller(key, self._requests.get(digest), self._tokens.get(digest), self._lock)
+
+
+class Callers:
+    """Who a call is from: the key it presented (by name) and that key's limits. One per server,
+    shared by every API face."""
+
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        self.keyring = keyring or Keyring([])
+        self.limiter = KeyLimiter(self.keyring.keys)
+
+    def of(self, context: grpc.aio.ServicerContext[Any, Any]) -> KeyCaller:
+        return self.limiter.caller(self.keyring.caller(context.invocation_metadata()))

@@ -10,45 +10,43 @@ from typing import Any
 
 import grpc
 
-from service.core.reranker import ServedModel, rank
+from service.core.reranker import ServedModel
 from service.protocol import rerank_pb2, rerank_pb2_grpc
-from service.router.auth import Keyring
-from service.router.limits import KeyLimiter
+from service.router.limits import Callers
+from service.router.ranking import RankRequest, rank_request
 from service.router.status import request_id
-from service.router.validation import (
-    Limits,
-    check_document_sizes,
-    check_documents,
-    check_query,
-    check_top_n,
-    document_texts,
-    long_documents_mode,
-    resolve_model,
-)
+from service.router.validation import Limits, document_texts, long_documents_mode
 
 
 class RerankService(rerank_pb2_grpc.RerankServiceServicer):
     """Answers Rerank, ListModels and Health for a fixed set of loaded models."""
 
-    def __init__(self, models: dict[str, ServedModel], limits: Limits, keyring: Keyring | None = None) -> None:
+    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
         self.models = models
         self.limits = limits
-        self.keyring = keyring or Keyring([])
-        self.key_limits = KeyLimiter(self.keyring.keys)
+        self.callers = callers or Callers()
 
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.RerankResponse:
-        model = resolve_model(self.models, request.model)
-        query = check_query(request.query, self.limits)
-        check_documents(len(request.documents), self.limits)
-        top_n = check_top_n(request.top_n if request.HasField("top_n") else None)
         mode = long_documents_mode(request.long_documents)
-        texts = check_document_sizes(document_texts(request.documents), self.limits)
-        caller = self.key_limits.caller(self.keyring.caller(context.invocation_metadata()))
-        scored = await model.score(query, texts, mode, caller=caller, request_id=request_id(context))
+        ranking = await rank_request(
+            self.models,
+            self.limits,
+            RankRequest(
+                model=request.model,
+                query=request.query,
+                documents=request.documents,
+                texts=document_texts,
+                top_n=request.top_n if request.HasField("top_n") else None,
+                normalize=request.normalize if request.HasField("normalize") else False,
+                long_documents=mode,
+                caller=self.callers.of(context),
+                request_id=request_id(context),
+            ),
+        )
         return_documents = request.return_documents if request.HasField("return_documents") else True
-        normalize = request.normalize if request.HasField("normalize") else False
+        texts = ranking.texts
         results = [
             rerank_pb2.RerankResult(
                 index=r.index,
@@ -57,11 +55,11 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
                 windows=r.windows,
                 document=rerank_pb2.ResultDocument(text=texts[r.index]) if return_documents else None,
             )
-            for r in rank(scored, top_n, normalize)
+            for r in ranking.results
         ]
-        tokens = scored.encoded.total_tokens
+        tokens = ranking.tokens
         return rerank_pb2.RerankResponse(
-            model=model.name,
+            model=ranking.model.name,
             object="list",
             results=results,
             usage=rerank_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),

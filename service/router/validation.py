@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.reranker import ServedModel
-from service.core.tokenization import LongDocuments
+from service.core.tokenization import LongDocuments, TruncationSide
 from service.errors import InvalidRequest, ModelNotFound, TooManyDocuments, quote
 
 LONG_DOCUMENT_MODES: tuple[LongDocuments, ...] = ("truncate", "window")
@@ -26,8 +26,10 @@ class Limits:
     max_document_chars: int = 200_000
 
 
-def resolve_model(models: Mapping[str, ServedModel], name: str) -> ServedModel:
-    """The named model; the only one when ``name`` is empty and one is served."""
+def resolve_model(models: Mapping[str, ServedModel], name: str, default: str = "") -> ServedModel:
+    """The named model; when ``name`` is empty, ``default`` (for faces whose API names no model),
+    else the only one served."""
+    name = name or default
     if not name:
         if len(models) == 1:
             return next(iter(models.values()))
@@ -94,6 +96,31 @@ def check_top_n(top_n: int | None, field: str = "top_n") -> int | None:
             field=field,
         )
     return top_n
+
+
+def check_max_tokens_per_doc(value: int | None, field: str = "max_tokens_per_doc") -> int | None:
+    if value is not None and value < 1:
+        raise InvalidRequest(
+            f"{field} must be at least 1 (got {value}); leave it out for the default",
+            reason="BAD_TOKEN_CAP",
+            field=field,
+        )
+    return value
+
+
+TRUNCATION_SIDES: dict[str, TruncationSide] = {"right": "right", "left": "left"}
+
+
+def truncation_side(value: str, field: str = "truncation_direction") -> TruncationSide:
+    """TEI's ``truncation_direction``: ``right`` (default) or ``left``, any capitalisation."""
+    if value == "":
+        return "right"
+    side = TRUNCATION_SIDES.get(value.lower())
+    if side is None:
+        raise InvalidRequest(
+            f"{field} must be right or left (got {quote(value)})", reason="BAD_TRUNCATION_DIRECTION", field=field
+        )
+    return side
 
 
 def long_documents_mode(value: str) -> LongDocuments:

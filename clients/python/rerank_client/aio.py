@@ -1,0 +1,81 @@
+"""The asyncio client (``grpc.aio``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from rerank_client.client import metadata, rerank_request
+from rerank_client.results import Model, RerankResult, models, rerank_result
+from rerank_client.retry import DEFAULT_RETRY, Retry
+from service.protocol import rerank_pb2, rerank_pb2_grpc
+
+
+class AsyncRerankClient:
+    """Asyncio client of ``rerank.v1.RerankService``; the same calls as
+    :class:`~rerank_client.RerankClient`, awaited."""
+
+    def __init__(
+        self, target: str, *, api_key: str | None = None, timeout: float = 30.0, retry: Retry = DEFAULT_RETRY
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
+        self._metadata = metadata(api_key)
+        self.timeout = timeout
+        self.retry = retry
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str = "",
+        top_n: int | None = None,
+        return_documents: bool = False,
+        normalize: bool = False,
+        timeout: float | None = None,
+    ) -> RerankResult:
+        """Ranks ``documents`` for ``query``, best first; raises ``grpc.aio.AioRpcError``."""
+        request = rerank_request(
+            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
+        )
+        return rerank_result(await self._call(self._stub.Rerank, request, timeout))
+
+    async def list_models(self, *, timeout: float | None = None) -> list[Model]:
+        return models(await self._call(self._stub.ListModels, rerank_pb2.ListModelsRequest(), timeout))
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        attempt = 1
+        while True:
+            reply, error = await self._attempt(method, request, deadline)
+            if error is None:
+                return reply
+            pause = self.retry.backoff(attempt)
+            if not self.retry.should_retry(error, attempt) or time.monotonic() + pause >= deadline:
+                raise error
+            await asyncio.sleep(pause)
+            attempt += 1
+
+    async def _attempt(self, method: Any, request: Any, deadline: float) -> tuple[Any, grpc.RpcError | None]:
+        try:
+            timeout = max(0.001, deadline - time.monotonic())
+            return await method(request, metadata=self._metadata, timeout=timeout), None
+        except grpc.RpcError as error:
+            return None, error
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRerankClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,42 @@
+"""What Envoy publishes, declared once for the renderer (:mod:`gateway.envoy_config`) and the
+OpenAPI generator (:mod:`gateway.openapi`). Standard library only: the build step imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SERVICES = ("rerank.v1.RerankService", "rerank.v1.CohereService", "rerank.v1.TeiService")
+"""The services the transcoder publishes as REST (their ``google.api.http`` routes)."""
+
+RESPONSE_BODY = {"rerank.v1.TeiService.Rerank": "ranks"}
+"""Methods whose JSON response is one field of the printed message (what ``response_body``
+would say; Envoy 1.40's transcoder supports that only for google.api.HttpBody, so a Lua script
+unwraps it)."""
+
+PUBLIC_METHODS = frozenset({"rerank.v1.RerankService.Health"})
+"""Transcoded methods that need no API key."""
+
+
+@dataclass(frozen=True)
+class StaticRoute:
+    """A route Envoy answers itself (``direct_response`` from a packaged file), without a key."""
+
+    path: str
+    asset: str
+    """File under ``gateway/assets/``."""
+    content_type: str
+    summary: str
+
+
+STATIC_ROUTES = (
+    StaticRoute("/openapi.json", "openapi.json", "application/json", "This OpenAPI 3 description of every REST route."),
+    StaticRoute("/docs", "docs/index.html", "text/html; charset=utf-8", "Interactive API page (Swagger UI)."),
+    StaticRoute("/docs/swagger-ui-bundle.js", "docs/swagger-ui-bundle.js", "text/javascript", "Swagger UI's script."),
+    StaticRoute("/docs/swagger-ui.css", "docs/swagger-ui.css", "text/css", "Swagger UI's style sheet."),
+)
+
+METRICS_PATH = "/metrics"
+"""Prometheus exposition. PLACEHOLDER: the metrics route is being built separately; until it
+lands Envoy answers it with a 501 (``metrics_placeholder`` in the renderer) and the OpenAPI
+document already describes the contract (text/plain, no key)."""

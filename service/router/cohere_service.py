@@ -1,0 +1,63 @@
+"""The ``rerank.v1.CohereService`` servicer: Cohere's Rerank v2 (``POST /v2/rerank``).
+
+Same core as every face (:func:`service.router.ranking.rank_request`); Cohere's contract is a
+relevance score in [0, 1], so scores are ``sigmoid(logit)``. ``max_tokens_per_doc`` (default
+4096) cuts each document before the model's own window applies; ``priority`` is accepted and
+ignored (requests are served in arrival order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from service.core.reranker import ServedModel
+from service.protocol import cohere_pb2, cohere_pb2_grpc
+from service.router.limits import Callers
+from service.router.ranking import RankRequest, rank_request
+from service.router.status import request_id
+from service.router.validation import Limits, check_max_tokens_per_doc
+
+DEFAULT_MAX_TOKENS_PER_DOC = 4096
+"""Cohere's default for ``max_tokens_per_doc``."""
+
+
+class CohereService(cohere_pb2_grpc.CohereServiceServicer):
+    """Answers Cohere v2 rerank requests for a fixed set of loaded models."""
+
+    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
+        self.models = models
+        self.limits = limits
+        self.callers = callers or Callers()
+
+    async def Rerank(
+        self, request: cohere_pb2.CohereRerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cohere_pb2.CohereRerankResponse:
+        cap = check_max_tokens_per_doc(request.max_tokens_per_doc if request.HasField("max_tokens_per_doc") else None)
+        ranking = await rank_request(
+            self.models,
+            self.limits,
+            RankRequest(
+                model=request.model,
+                query=request.query,
+                documents=list(request.documents),
+                top_n=request.top_n if request.HasField("top_n") else None,
+                normalize=True,
+                max_document_tokens=cap if cap is not None else DEFAULT_MAX_TOKENS_PER_DOC,
+                caller=self.callers.of(context),
+                request_id=request_id(context),
+            ),
+        )
+        return cohere_pb2.CohereRerankResponse(
+            id=request_id(context),
+            results=[cohere_pb2.CohereResult(index=r.index, relevance_score=r.score) for r in ranking.results],
+            meta=cohere_pb2.CohereMeta(
+                api_version=cohere_pb2.CohereApiVersion(version="2"),
+                billed_units=cohere_pb2.CohereBilledUnits(search_units=1),
+                tokens=cohere_pb2.CohereTokens(input_tokens=ranking.tokens),
+            ),
+        )
+
+
+__all__ = ["DEFAULT_MAX_TOKENS_PER_DOC", "CohereService"]

@@ -1,0 +1,92 @@
+"""The one "score a request" step that every face shares.
+
+Each servicer (Jina's ``rerank.v1.RerankService``, Cohere's, TEI's REST and gRPC faces) turns
+its request into a :class:`RankRequest` and calls :func:`rank_request`: the model is resolved
+and the request validated by :mod:`service.router.validation`, the documents scored by
+:meth:`ServedModel.score <service.core.reranker.ServedModel.score>` (the same batcher and model
+for every face) and ordered by :func:`~service.core.reranker.rank`. Only the shapes differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel, rank
+from service.core.tokenization import LongDocuments, TruncationSide
+from service.errors import DocumentTooLong
+from service.router.validation import (
+    Limits,
+    check_document_sizes,
+    check_documents,
+    check_query,
+    check_top_n,
+    resolve_model,
+)
+
+
+def _as_texts(documents: Sequence[Any]) -> list[str]:
+    return [str(d) for d in documents]
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """What every face asks for, in the core's terms."""
+
+    model: str
+    query: str
+    documents: Sequence[Any]
+    """As the face received them; counted before :attr:`texts` turns them into strings."""
+    texts: Callable[[Sequence[Any]], list[str]] = _as_texts
+    """Validates and extracts each document's text (raising InvalidRequest for a bad one)."""
+    top_n: int | None = None
+    normalize: bool = False
+    """Scores are sigmoid(logit) instead of the logit."""
+    long_documents: LongDocuments = "truncate"
+    max_document_tokens: int | None = None
+    side: TruncationSide = "right"
+    documents_field: str = "documents"
+    """The face's name for the documents, used in error fields (TEI: ``texts``)."""
+    default_model: str = ""
+    """The model to use when the request names none (faces whose API has no model field)."""
+    caller: Caller = ANONYMOUS
+    """Who asks: the key's name (for fair scheduling) and its limits."""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A scored, ordered request: what each face formats."""
+
+    model: ServedModel
+    texts: list[str]
+    results: list[Ranked]
+    """Best first, cut to ``top_n``."""
+    tokens: int
+    """Tokens fed to the model, special tokens included, over all pairs."""
+
+
+async def rank_request(models: Mapping[str, ServedModel], limits: Limits, request: RankRequest) -> Ranking:
+    """Validates ``request``, scores it and ranks the results; raises typed errors
+    (:mod:`service.errors`)."""
+    field = request.documents_field
+    model = resolve_model(models, request.model, request.default_model)
+    query = check_query(request.query, limits)
+    check_documents(len(request.documents), limits, field)
+    top_n = check_top_n(request.top_n)
+    texts = check_document_sizes(request.texts(request.documents), limits, field)
+    try:
+        scored = await model.score(
+            query,
+            texts,
+            request.long_documents,
+            caller=request.caller,
+            request_id=request.request_id,
+            max_document_tokens=request.max_document_tokens,
+            side=request.side,
+        )
+    except DocumentTooLong as exc:
+        exc.field = f"{field}[{exc.index}]"
+        raise
+    return Ranking(model, texts, rank(scored, top_n, request.normalize), scored.encoded.total_tokens)
