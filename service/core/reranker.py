@@ -50,13 +50,14 @@ class ServedModel:
         batching: BatchingConfig,
         tokenizers: TokenizerPool,
         throughput: Throughput | None = None,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         self.folder = folder
         self.config = config
         self.name = config.name
         self.encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
         self.backend = backend
-        self.metrics = ModelMetrics()
+        self.metrics = metrics or ModelMetrics(config.name)
         self.batcher = DynamicBatcher(
             self.backend.run,
             pad_id=self.config.template.pad_id,
@@ -103,7 +104,9 @@ class ServedModel:
         self.metrics.requests += 1
         reservation = self.batcher.admit(*self.estimate(query, documents, long_documents))
         try:
-            encoded = await self._tokenizers.run(self.encoder.encode, query, documents, long_documents)
+            encoded = await self._tokenizers.run(
+                self.encoder.encode, query, documents, long_documents, metrics=self.metrics
+            )
         finally:
             self.batcher.release(reservation)
         if encoded.document_tokens:
