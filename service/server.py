@@ -1,5 +1,5 @@
 """Assembles and runs the grpc.aio server: models, servicers, auth, errors, health, reflection,
-metrics (``GET /metrics`` on the metrics port), and an orderly shutdown."""
+metrics (``GET /metrics`` on the metrics port), tracing, and an orderly shutdown."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from service.router.guard import CallGuard
 from service.router.rerank_service import RerankService
 from service.router.validation import Limits
 from service.settings import Settings
+from service.telemetry import tracing
 from service.telemetry.metrics_endpoint import (
     MetricsEndpoint,
     exposition_registry,
@@ -150,6 +151,8 @@ class RerankServer:
         """Loads the models, binds the port and reports SERVING; returns the bound port."""
         s = self.settings
         interceptors = self._interceptors()
+        if s.otlp_endpoint:
+            tracing.configure(s.otlp_endpoint)
         self.load_models()
         options = [
             ("grpc.max_receive_message_length", s.max_request_bytes),
@@ -225,6 +228,7 @@ class RerankServer:
         self._metrics_endpoint.stop()
         if s.metrics_dir is not None:
             forget_process(s.metrics_dir, os.getpid())
+        tracing.shutdown()
 
 
 async def _until(event: asyncio.Event, timeout: float) -> None:

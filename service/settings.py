@@ -181,6 +181,11 @@ class Settings:
         roles=ALL,
         choices=("text", "json"),
     )
+    otlp_endpoint: str | None = setting(
+        None,
+        "OpenTelemetry traces: the OTLP/gRPC collector to export spans to (e.g. http://otel-collector:4317); "
+        "needs the tracing extra (pip install 'rerank[tracing]'). Unset: no tracing.",
+    )
 
     def to_env(self, role: Role = "serve") -> dict[str, str]:
         """The settings of ``role`` as environment variables: how the stack configures its

@@ -22,7 +22,9 @@ model's worker thread:
   fails its own request only.
 * The event loop never runs inference or padding: both happen on the worker thread.
 * **Reporting**: the scheduler records what it does (:class:`~service.core.metrics.ModelMetrics`:
-  batch sizes and tokens, inference and queue times, the queue's gauges, rejections by reason).
+  batch sizes and tokens, inference and queue times, the queue's gauges, rejections by reason)
+  and each request's ``rerank.queue`` and ``rerank.inference`` spans
+  (:mod:`service.telemetry.tracing`) under the span it was queued from.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from service.backends.base import Batch
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
 from service.errors import QueueFull, RerankError, TooManyDocuments
+from service.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +113,12 @@ class _Request:
     done: int = 0
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_ns: int = field(default_factory=time.time_ns)
+    """When it was queued, on the wall clock (spans)."""
     first_batch_at: float | None = None
     """When its first pair went to the model (None: still waiting)."""
+    trace: tracing.Parent = None
+    """The span it was queued from, for its queue and inference spans."""
     scores: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -305,6 +312,7 @@ class DynamicBatcher:
         # together, so a micro-batch mixing them pads little.
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
         request = _Request(pairs, order, asyncio.get_running_loop().create_future(), client, request_id, cost)
+        request.trace = tracing.capture()
         self._clients.setdefault(client, collections.deque()).append(request)
         self._queued_pairs += len(pairs)
         self._queue_changed()
@@ -409,10 +417,10 @@ class DynamicBatcher:
             if not taken:
                 continue
             pairs = [r.pairs[i] for r, i in taken]
-            started = time.monotonic()
+            started, started_ns = time.monotonic(), time.time_ns()
             self._running_until = started + self.throughput.seconds(cost_of(pairs))
             self._queue_changed()
-            self._record_first_batch(taken, started)
+            self._record_first_batch(taken, started, started_ns)
             try:
                 logits, batch = await loop.run_in_executor(self._executor, self._infer, pairs)
             except Exception:
@@ -445,16 +453,31 @@ class DynamicBatcher:
                 seconds=seconds,
             )
             self._queue_changed()
+            self._trace_batch(taken, started_ns, time.time_ns(), int(batch.input_ids.size))
             for (request, index), logit in zip(taken, logits, strict=True):
                 self._deliver(request, index, float(logit))
 
-    def _record_first_batch(self, taken: list[tuple[_Request, int]], started: float) -> None:
+    def _record_first_batch(self, taken: list[tuple[_Request, int]], started: float, started_ns: int) -> None:
         """Each request whose first pairs go to the model now has finished waiting: its queue
-        time."""
+        time and its ``rerank.queue`` span."""
         for request in dict.fromkeys(r for r, _ in taken):
             if request.first_batch_at is None:
                 request.first_batch_at = started
                 self.metrics.record_queue_wait(started - request.enqueued_at)
+                tracing.record("rerank.queue", request.trace, request.enqueued_ns, started_ns)
+
+    def _trace_batch(self, taken: list[tuple[_Request, int]], start_ns: int, end_ns: int, padded_tokens: int) -> None:
+        """A ``rerank.inference`` span for each request in the micro-batch, with its share."""
+        if not tracing.enabled():
+            return
+        shares = collections.Counter(r for r, _ in taken)
+        for request, share in shares.items():
+            attributes: tracing.Attributes = {
+                "rerank.request_pairs": share,
+                "rerank.batch_pairs": len(taken),
+                "rerank.batch_tokens": padded_tokens,
+            }
+            tracing.record("rerank.inference", request.trace, start_ns, end_ns, attributes)
 
     def _deliver(self, request: _Request, index: int, logit: float) -> None:
         if request.future.done():

@@ -18,6 +18,7 @@ from service.core.batching import PADDING_ALLOWANCE, BatchingConfig, DynamicBatc
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import WINDOW_OVERLAP, EncodedRequest, LongDocuments, PairEncoder, TokenizerPool
 from service.model_folder import ModelFolderConfig
+from service.telemetry import tracing
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,10 @@ class ServedModel:
         self.metrics.requests += 1
         reservation = self.batcher.admit(*self.estimate(query, documents, long_documents))
         try:
-            encoded = await self._tokenizers.run(
-                self.encoder.encode, query, documents, long_documents, metrics=self.metrics
-            )
+            with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):
+                encoded = await self._tokenizers.run(
+                    self.encoder.encode, query, documents, long_documents, metrics=self.metrics
+                )
         finally:
             self.batcher.release(reservation)
         if encoded.document_tokens:

@@ -12,6 +12,8 @@ are counted too. For each call it:
 
 * opens the call's :class:`~service.telemetry.context.Call` (request id, key name; the model
   once validation resolves it), which every log line under the handler carries;
+* runs the handler inside the call's server span (:mod:`service.telemetry.tracing`), the child
+  of the client's ``traceparent``;
 * sends the key's *name* back (``x-rerank-key``) for Envoy's access log, with the response or
   the error status, never earlier (Envoy cannot retry a call whose response headers started);
 * records ``rerank_requests_total`` and ``rerank_request_duration_seconds`` and logs one debug
@@ -34,6 +36,7 @@ from service.errors import RerankError
 from service.router.auth import Keyring
 from service.router.status import fail, request_id, status_code
 from service.telemetry import context as calls
+from service.telemetry import tracing
 from service.telemetry.context import KEY_NAME_HEADER, Call
 
 log = logging.getLogger(__name__)
@@ -83,23 +86,27 @@ class CallGuard(grpc.aio.ServerInterceptor):
             cast(Metrics, self.metrics).in_flight.inc()
         code = grpc.StatusCode.OK
         try:
-            result = behaviour(request, context)
-            result = await result if inspect.isawaitable(result) else result
-            if call.key:
-                await context.send_initial_metadata(((KEY_NAME_HEADER, call.key),))
-            return result
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.RpcError:
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
-            code = status_code(exc) if isinstance(exc, RerankError) else grpc.StatusCode.INTERNAL
-            await fail(context, exc, method)
+            with tracing.server_span(method, metadata) as span:
+                try:
+                    result = behaviour(request, context)
+                    result = await result if inspect.isawaitable(result) else result
+                    if call.key:
+                        await context.send_initial_metadata(((KEY_NAME_HEADER, call.key),))
+                    return result
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.RpcError:
+                    code = grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                    code = status_code(exc) if isinstance(exc, RerankError) else grpc.StatusCode.INTERNAL
+                    await fail(context, exc, method)
+                finally:
+                    span.finish(_span_attributes(call, code), error=code != grpc.StatusCode.OK)
         finally:
             if metered:
                 self._report(call, code, time.monotonic() - started)
@@ -144,3 +151,12 @@ class CallGuard(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
+
+
+def _span_attributes(call: Call, code: grpc.StatusCode) -> tracing.Attributes:
+    return {
+        "rerank.request_id": call.request_id,
+        "rerank.model": call.model or NONE,
+        "rerank.key": call.key or NONE,
+        "rpc.grpc.status_code": code.value[0],
+    }

@@ -24,6 +24,7 @@ from service.router.validation import (
     long_documents_mode,
     resolve_model,
 )
+from service.telemetry import tracing
 
 
 class RerankService(rerank_pb2_grpc.RerankServiceServicer):
@@ -37,12 +38,13 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.RerankResponse:
-        model = resolve_model(self.models, request.model)
-        query = check_query(request.query, self.limits)
-        check_documents(len(request.documents), self.limits)
-        top_n = check_top_n(request.top_n if request.HasField("top_n") else None)
-        mode = long_documents_mode(request.long_documents)
-        texts = check_document_sizes(document_texts(request.documents), self.limits)
+        with tracing.span("rerank.validate"):
+            model = resolve_model(self.models, request.model)
+            query = check_query(request.query, self.limits)
+            check_documents(len(request.documents), self.limits)
+            top_n = check_top_n(request.top_n if request.HasField("top_n") else None)
+            mode = long_documents_mode(request.long_documents)
+            texts = check_document_sizes(document_texts(request.documents), self.limits)
         caller = self.keyring.caller(context.invocation_metadata())
         scored = await model.score(
             query, texts, mode, client=caller.name if caller else "", request_id=request_id(context)
