@@ -10,8 +10,15 @@ What the gateway does, and why each piece is there:
 
 * one listener for REST (JSON, gRPC-JSON transcoding) and native gRPC (``codec_type: AUTO``);
 * filters, in order: a buffer filter (a reliable 413 over the body limit), a Lua filter that
-  drops the gRPC headers the transcoder leaves on JSON responses (listed before the transcoder
+  drops the gRPC headers the transcoder leaves on JSON responses and moves the service's
+  ``x-rerank-key`` (the caller's key *name*) into the access log (listed before the transcoder
   so that it runs after it on the way back), the transcoder, the router;
+* one JSON access-log line per request on stdout (:data:`ACCESS_LOG_FORMAT`): request id,
+  method, path (without its query), status, gRPC status, duration, bytes, upstream host, key
+  name; never a header's value, so never a key;
+* ``GET /metrics``: routed, not transcoded, to the replicas' metrics ports (any replica shows the
+  whole stack: :mod:`service.telemetry.metrics_endpoint`), when Envoy fronts the stack's own
+  replicas; with ``RERANK_UPSTREAMS`` each service is scraped on its own instead;
 * errors Envoy makes itself become the same JSON shape as the service's errors
   (``{"code": <gRPC code>, "message", "details"}``), native gRPC clients keep plain text;
 * upstream: HTTP/2, least-request balancing across replicas, active gRPC health checks,
@@ -32,6 +39,8 @@ import yaml
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
+METRICS_CLUSTER = "rerank_metrics"
+METRICS_PATH = "/metrics"
 SERVICES = ("rerank.v1.RerankService",)
 HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
@@ -58,17 +67,77 @@ inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN).""
 METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET"}
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
 
-LUA_STRIP_GRPC_HEADERS = """\
+
+def lua_response() -> str:
+    """The Lua filter's response hook (it runs after the transcoder on the way back):
+
+    * the service's ``x-rerank-key`` (the caller's key *name*) goes into the request's dynamic
+      metadata, for the access log, and out of the response;
+    * the call's gRPC status goes there too: from ``grpc-status`` when the response has it in its
+      headers, from the trailers of a native gRPC response, and, for a JSON error (whose status
+      the transcoder turned into the HTTP status and the body's ``code``), from the HTTP status
+      by the inverse of the transcoder's table (exact for every code the service sends);
+    * JSON responses lose the gRPC headers the transcoder leaves on them.
+    """
+    table = ", ".join(f'["{status}"] = "{code}"' for status, code in HTTP_TO_GRPC.items())
+    return f"""\
+local HTTP_TO_GRPC = {{{table}}}
+
+-- Objects got from handle are valid until the script yields (bodyChunks): fetched anew after.
+local function remember(handle, name, value)
+  handle:streamInfo():dynamicMetadata():set("rerank", name, value)
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
-  local ct = headers:get("content-type")
-  if ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json" then
+  local key = headers:get("x-rerank-key")
+  if key ~= nil then
+    remember(handle, "key", key)
+    headers:remove("x-rerank-key")
+  end
+  local status = headers:get("grpc-status")
+  local ct = string.lower(headers:get("content-type") or "")
+  if string.sub(ct, 1, 16) == "application/json" then
     headers:remove("grpc-status")
     headers:remove("grpc-message")
     headers:remove("grpc-accept-encoding")
+    if status == nil then
+      local http = headers:get(":status")
+      status = http == "200" and "0" or HTTP_TO_GRPC[http] or "2"
+    end
+    remember(handle, "grpc_status", status)
+  elseif string.sub(ct, 1, 16) == "application/grpc" then
+    if status == nil then
+      for _ in handle:bodyChunks() do end  -- passed on as they come; the status is in the trailers
+      local trailers = handle:trailers()
+      status = trailers and trailers:get("grpc-status")
+    end
+    if status ~= nil then
+      remember(handle, "grpc_status", status)
+    end
   end
 end
 """
+
+
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%DYNAMIC_METADATA(rerank:grpc_status)%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "key": "%DYNAMIC_METADATA(rerank:key)%",
+    "flags": "%RESPONSE_FLAGS%",
+}
+"""Envoy's access-log line, one JSON object per request. ``path`` and ``method`` are the
+client's (a REST call's, before transcoding); ``key`` is the API key's name (never the key),
+``grpc_status`` the call's gRPC code (REST calls too), both put there by :func:`lua_response`."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +178,23 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def metrics_upstreams(settings: Settings) -> list[Upstream]:
+    """Where ``GET /metrics`` goes: the stack's replicas' metrics ports (consecutive from
+    ``RERANK_METRICS_PORT``), each of which serves the whole stack's metrics. None (no route)
+    with ``RERANK_UPSTREAMS`` (separate services are scraped one by one, where they run) or
+    without a metrics port."""
+    if settings.upstreams or not settings.metrics_port:
+        return []
+    return [Upstream("127.0.0.1", settings.metrics_port + i) for i in range(settings.replicas)]
+
+
 def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None) -> Json:
     """Envoy's bootstrap configuration for ``settings``."""
     endpoints = endpoints if endpoints is not None else upstreams(settings)
+    metrics = metrics_upstreams(settings)
+    clusters = [cluster(settings, endpoints)]
+    if metrics:
+        clusters.append(metrics_cluster(metrics))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         # Caps concurrent downstream connections (and silences Envoy's warning about having none).
@@ -129,7 +212,7 @@ def render(settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstre
         },
         "static_resources": {
             "listeners": [listener(settings, descriptor)],
-            "clusters": [cluster(settings, endpoints)],
+            "clusters": clusters,
         },
     }
 
@@ -160,11 +243,37 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor) -> Json:
         "route_config": {"name": "rerank_routes", "virtual_hosts": [virtual_host(settings)]},
         "http_filters": http_filters(settings, descriptor),
         "local_reply_config": local_reply_config(),
+        "access_log": [access_log()],
+    }
+
+
+def access_log() -> Json:
+    """One JSON line per request on Envoy's stdout (:data:`ACCESS_LOG_FORMAT`)."""
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {
+                "json_format": ACCESS_LOG_FORMAT,
+                # The path without its query string: a client could put anything there.
+                "formatters": [
+                    {
+                        "name": "envoy.formatter.req_without_query",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3."
+                            "ReqWithoutQuery"
+                        },
+                    }
+                ],
+            },
+        },
     }
 
 
 def virtual_host(settings: Settings) -> Json:
     routes: list[Json] = [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
+    if metrics_upstreams(settings):
+        routes += [_method_not_allowed(METRICS_PATH, "GET"), metrics_route()]
     # Everything else: transcoded REST (incl. GET /health, which the service serves without a
     # key) and native gRPC.
     routes.append({"match": {"prefix": "/"}, "route": upstream_route(settings)})
@@ -186,6 +295,33 @@ def _method_not_allowed(path: str, method: str) -> Json:
         },
         "direct_response": {"status": 405, "body": {"inline_string": "Method Not Allowed"}},
         "response_headers_to_add": [{"header": {"key": "allow", "value": method}}],
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+    }
+
+
+def metrics_route() -> Json:
+    """``GET /metrics`` to a replica's metrics port, as it is (not transcoded). The key check,
+    when there is one, is the service's; a replica that does not answer is retried on another."""
+    return {
+        "match": {"path": METRICS_PATH},
+        "route": {
+            "cluster": METRICS_CLUSTER,
+            "timeout": "10s",
+            "retry_policy": {
+                "retry_on": "reset,connect-failure,refused-stream,5xx",
+                "num_retries": 2,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                            "PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
         "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
     }
 
@@ -235,7 +371,7 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
             "name": "envoy.filters.http.lua",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": LUA_STRIP_GRPC_HEADERS},
+                "default_source_code": {"inline_string": lua_response()},
             },
         },
         {"name": FILTER_TRANSCODER, "typed_config": transcoder(settings, descriptor)},
@@ -386,6 +522,27 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
         result["dns_refresh_rate"] = "5s"
         result["dns_lookup_family"] = "V4_PREFERRED"
     return result
+
+
+def metrics_cluster(endpoints: list[Upstream]) -> Json:
+    """The replicas' metrics ports: plain HTTP/1.1, round robin (any replica has it all)."""
+    return {
+        "name": METRICS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": METRICS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": e.host, "port_value": e.port}}}}
+                        for e in endpoints
+                    ]
+                }
+            ],
+        },
+    }
 
 
 def to_yaml(config: Json, *, header: str = "") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from gateway.supervisor import Child
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -208,3 +211,97 @@ def key_name(key: str) -> str:
     from service.router.auth import Keyring
 
     return Keyring.load((key,), None).keys[0].name
+
+
+@dataclass
+class OtlpCollector:
+    """An OTLP/gRPC trace collector in this process: it keeps every span it is sent."""
+
+    spans: list = field(default_factory=list)
+    port: int = 0
+    _server: object = None
+
+    def start(self) -> OtlpCollector:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        collector = self
+
+        class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        collector.spans.extend(scope_spans.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float = 30) -> list:
+        """The spans, once ``predicate(spans)`` holds; raises after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(list(self.spans)):
+            if time.monotonic() > deadline:
+                names = sorted({s.name for s in self.spans})
+                raise AssertionError(f"the spans did not arrive; {len(self.spans)} did: {names}")
+            time.sleep(0.05)
+        return list(self.spans)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0)
+
+
+@dataclass
+class StackProcess:
+    """``rerank-stack`` (``python -m gateway``) on free loopback ports, its whole output (the
+    stack's, each replica's and Envoy's, access log included) in ``log``."""
+
+    child: Child
+    log: Path
+    rest_port: int
+    grpc_port: int
+    metrics_port: int
+    admin_port: int
+
+    @classmethod
+    def start(
+        cls, models: Path, state: Path, *extra: str, replicas: int = 1, env: dict[str, str] | None = None
+    ) -> StackProcess:
+        grpc_port, metrics_port = free_ports(replicas), free_ports(replicas)
+        rest_port, admin_port = free_port(), free_port()
+        state.mkdir(parents=True, exist_ok=True)
+        log = state / "stack.log"
+        argv = [sys.executable, "-m", "gateway", "--models-dir", str(models), "--replicas", str(replicas)]
+        argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--rest-port", str(rest_port)]
+        argv += ["--rest-host", "127.0.0.1", "--admin-port", str(admin_port), "--state-dir", str(state)]
+        argv += ["--drain-delay", "0", *extra]
+        child = Child("stack", argv, env={"RERANK_API_KEYS": API_KEY, **(env or {})}, cwd=REPO, log_path=log)
+        child.start().wait_until(lambda: "Ready:" in log.read_text(errors="replace"), timeout=180)
+        return cls(child, log, rest_port, grpc_port, metrics_port, admin_port)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def lines(self, prefix: str) -> list[str]:
+        """The output lines of one child, without the prefix the stack gives them (``envoy``,
+        ``replica 1``, ...)."""
+        marker = f"{prefix} | "
+        return [line.split(marker, 1)[1] for line in self.output().splitlines() if marker in line]
+
+    def stop(self) -> None:
+        self.child.stop(grace=30)
