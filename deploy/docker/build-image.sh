@@ -68,7 +68,7 @@ wheelhouse() {  # wheelhouse DIR EXTRA
   fi
   echo "$key" >"$dir/.key"
 }
-wheelhouse "$context/wheels" gateway
+wheelhouse "$context/wheels" gateway,tracing  # tracing: RERANK_OTLP_ENDPOINT works in the image
 mkdir -p "$context/convert"
 if [[ $target == convert ]]; then
   wheelhouse "$context/convert" convert
