@@ -28,7 +28,7 @@ $(VENV)/bin/python:
 
 # Everything CI and development need.
 $(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway,cli,test,lint]'
+	$(PIP_INSTALL) -e '.[convert,gateway,cli,tracing,test,lint]'
 	touch $@ $(SERVE_STAMP)
 
 # What `make serve` needs: serving and converting, not the test tools.
@@ -41,7 +41,7 @@ install-serve: $(SERVE_STAMP)
 
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools
-	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,cli,test,lint --no-emit-index-url \
+	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,cli,tracing,test,lint --no-emit-index-url \
 		--no-emit-find-links --output-file $(LOCK) pyproject.toml
 
 lint: install
@@ -116,7 +116,7 @@ gpu-check:
 clean:
 	rm -rf build .pytest_cache $(LEAN)
 
-# ---- Deploying (deploy/README.md) --------------------------------------------------------
+# ---- Deploying (README.md, Deploying) --------------------------------------------------------
 IMAGE ?= rerank:dev
 CONVERT_IMAGE ?= rerank-convert:dev
 BASE_IMAGE ?=
@@ -135,7 +135,7 @@ kubernetes: install-serve
 # The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index
 # or registry is needed in the build. Installs and starts Docker when missing (root).
 # BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian);
-# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (deploy/README.md).
+# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (README.md, Deploying).
 image: install-serve
 	deploy/docker/docker-up.sh
 	IMAGE=$(IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh serve

@@ -76,6 +76,13 @@ def admin_live(admin_port: int) -> bool:
     return (admin_request(admin_port, "/ready") or "").strip() == "LIVE"
 
 
+def envoy_log_level(level: str) -> str:
+    """Envoy's log level for ours (``RERANK_LOG_LEVEL``): one step quieter, since Envoy's ``info``
+    is its start-up chatter, and never ``debug``: Envoy's debug lines print every request's
+    headers, API keys included. (Its access log is separate and always on.)"""
+    return {"debug": "info", "info": "warn", "warning": "warn"}.get(level, level)
+
+
 class Envoy:
     """A running (or startable) Envoy for one configuration file."""
 

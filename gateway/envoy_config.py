@@ -10,8 +10,15 @@ What the gateway does, and why each piece is there:
 
 * one listener for REST (JSON, gRPC-JSON transcoding) and native gRPC (``codec_type: AUTO``);
 * filters, in order: a buffer filter (a reliable 413 over the body limit), a Lua filter that
-  drops the gRPC headers the transcoder leaves on JSON responses (listed before the transcoder
+  drops the gRPC headers the transcoder leaves on JSON responses and moves the service's
+  ``x-rerank-key`` (the caller's key *name*) into the access log (listed before the transcoder
   so that it runs after it on the way back), the transcoder, the router;
+* one JSON access-log line per request on stdout (:data:`ACCESS_LOG_FORMAT`): request id,
+  method, path (without its query), status, gRPC status, duration, bytes, upstream host, key
+  name; never a header's value, so never a key;
+* ``GET /metrics``: routed, not transcoded, to the replicas' metrics ports (any replica shows the
+  whole stack: :mod:`service.telemetry.metrics_endpoint`), when Envoy fronts the stack's own
+  replicas; with ``RERANK_UPSTREAMS`` each service is scraped on its own instead;
 * errors Envoy makes itself become the same JSON shape as the service's errors
   (``{"code": <gRPC code>, "message", "details"}``), native gRPC clients keep plain text;
 * upstream: HTTP/2, least-request balancing across replicas, active gRPC health checks,
@@ -34,6 +41,7 @@ from gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
+METRICS_CLUSTER = "rerank_metrics"
 HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 FILTER_LUA = "envoy.filters.http.lua"
@@ -62,24 +70,75 @@ inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN).""
 METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST", "/rerank": "POST", "/info": "GET"}
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
 
-LUA_STRIP_GRPC_HEADERS = """\
+
+def lua_response() -> str:
+    """Lua shared by every route's response hook: ``record_and_strip(handle)`` (the filter runs
+    after the transcoder on the way back):
+
+    * the service's ``x-rerank-key`` (the caller's key *name*) goes into the request's dynamic
+      metadata, for the access log, and out of the response;
+    * the call's gRPC status goes there too: from ``grpc-status`` when the response has it in its
+      headers, from the trailers of a native gRPC response, and, for a JSON error (whose status
+      the transcoder turned into the HTTP status and the body's ``code``), from the HTTP status
+      by the inverse of the transcoder's table (exact for every code the service sends);
+    * JSON responses lose the gRPC headers the transcoder leaves on them.
+    """
+    table = ", ".join(f'["{status}"] = "{code}"' for status, code in HTTP_TO_GRPC.items())
+    return f"""\
+local HTTP_TO_GRPC = {{{table}}}
+
 function is_json(headers)
   local ct = headers:get("content-type")
   return ct ~= nil and string.sub(string.lower(ct), 1, 16) == "application/json"
 end
 
-function strip_grpc_headers(headers)
-  if is_json(headers) then
+local function remember(handle, name, value)
+  handle:streamInfo():dynamicMetadata():set("rerank", name, value)
+end
+
+-- Objects got from handle are valid until the script yields (bodyChunks): callers fetch the
+-- headers anew after this.
+function record_and_strip(handle)
+  local headers = handle:headers()
+  local key = headers:get("x-rerank-key")
+  if key ~= nil then
+    remember(handle, "key", key)
+    headers:remove("x-rerank-key")
+  end
+  local status = headers:get("grpc-status")
+  local ct = string.lower(headers:get("content-type") or "")
+  if string.sub(ct, 1, 16) == "application/json" then
     headers:remove("grpc-status")
     headers:remove("grpc-message")
     headers:remove("grpc-accept-encoding")
+    if status == nil then
+      local http = headers:get(":status")
+      status = http == "200" and "0" or HTTP_TO_GRPC[http] or "2"
+    end
+    remember(handle, "grpc_status", status)
+  elseif string.sub(ct, 1, 16) == "application/grpc" then
+    if status == nil then
+      for _ in handle:bodyChunks() do end  -- passed on as they come; the status is in the trailers
+      local trailers = handle:trailers()
+      status = trailers and trailers:get("grpc-status")
+    end
+    if status ~= nil then
+      remember(handle, "grpc_status", status)
+    end
   end
 end
+"""
 
+
+LUA_RESPONSE = lua_response()
+LUA_DEFAULT_RESPONSE = (
+    LUA_RESPONSE
+    + """
 function envoy_on_response(handle)
-  strip_grpc_headers(handle:headers())
+  record_and_strip(handle)
 end
 """
+)
 
 LIST_FIELDS = {"/v1/rerank": "documents", "/v2/rerank": "documents"}
 """REST paths whose body's named field must be a JSON list. The transcoder would read a lone
@@ -141,7 +200,7 @@ end
 of one null). The reply goes through the local-reply mappers: ``{"code": 3, ...}``."""
 
 LUA_TEI_ERRORS = (
-    LUA_STRIP_GRPC_HEADERS.replace("function envoy_on_response", "function default_on_response")
+    LUA_RESPONSE
     + """
 -- The raw (still JSON-escaped) string value of the first "key":"..." in text, or nil.
 function json_string(text, key)
@@ -182,8 +241,8 @@ function envoy_on_request(handle)
 end
 
 function envoy_on_response(handle)
+  record_and_strip(handle)
   local headers = handle:headers()
-  strip_grpc_headers(headers)
   if not is_json(headers) then return end
   local status = headers:get(":status")
   if status == "200" and UNWRAP == nil then return end
@@ -209,6 +268,26 @@ end
 )
 """TEI's routes: its error bodies and statuses (the transcoder's ``{"code", "message"}`` errors
 rewritten on the way out; this filter runs after the transcoder on responses)."""
+
+
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%DYNAMIC_METADATA(rerank:grpc_status)%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "key": "%DYNAMIC_METADATA(rerank:key)%",
+    "flags": "%RESPONSE_FLAGS%",
+}
+"""Envoy's access-log line, one JSON object per request. ``path`` and ``method`` are the
+client's (a REST call's, before transcoding); ``key`` is the API key's name (never the key),
+``grpc_status`` the call's gRPC code (REST calls too), both put there by :func:`lua_response`'s Lua."""
 
 
 def _tei_script(unwrap: str | None) -> str:
@@ -264,6 +343,16 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def metrics_upstreams(settings: Settings) -> list[Upstream]:
+    """Where ``GET /metrics`` goes: the stack's replicas' metrics ports (consecutive from
+    ``RERANK_METRICS_PORT``), each of which serves the whole stack's metrics. None (no route)
+    with ``RERANK_UPSTREAMS`` (separate services are scraped one by one, where they run) or
+    without a metrics port."""
+    if settings.upstreams or not settings.metrics_port:
+        return []
+    return [Upstream("127.0.0.1", settings.metrics_port + i) for i in range(settings.replicas)]
+
+
 def render(
     settings: Settings, *, descriptor: Descriptor, endpoints: list[Upstream] | None = None, assets: Path | None = None
 ) -> Json:
@@ -273,6 +362,10 @@ def render(
     endpoints = endpoints if endpoints is not None else upstreams(settings)
     if assets is None:
         assets = descriptor.parent if isinstance(descriptor, Path) else packaged_assets()
+    metrics = metrics_upstreams(settings)
+    clusters = [cluster(settings, endpoints)]
+    if metrics:
+        clusters.append(metrics_cluster(metrics))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         # Caps concurrent downstream connections (and silences Envoy's warning about having none).
@@ -290,7 +383,7 @@ def render(
         },
         "static_resources": {
             "listeners": [listener(settings, descriptor, assets)],
-            "clusters": [cluster(settings, endpoints)],
+            "clusters": clusters,
         },
     }
 
@@ -368,6 +461,30 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor, assets: 
         },
         "http_filters": http_filters(settings, descriptor),
         "local_reply_config": local_reply_config(),
+        "access_log": [access_log()],
+    }
+
+
+def access_log() -> Json:
+    """One JSON line per request on Envoy's stdout (:data:`ACCESS_LOG_FORMAT`)."""
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {
+                "json_format": ACCESS_LOG_FORMAT,
+                # The path without its query string: a client could put anything there.
+                "formatters": [
+                    {
+                        "name": "envoy.formatter.req_without_query",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3."
+                            "ReqWithoutQuery"
+                        },
+                    }
+                ],
+            },
+        },
     }
 
 
@@ -377,7 +494,8 @@ MAX_STATIC_BYTES = 4 * 1024 * 1024
 def virtual_host(settings: Settings, assets: Path) -> Json:
     # Answered by Envoy itself, without a key: the OpenAPI document, the API page and its files.
     routes: list[Json] = [_static_route(r.path, assets / r.asset, r.content_type) for r in STATIC_ROUTES]
-    routes.append(_metrics_placeholder())
+    if metrics_upstreams(settings):
+        routes += [_method_not_allowed(METRICS_PATH, "GET"), metrics_route()]
     routes += [_method_not_allowed(path, method) for path, method in METHOD_ROUTES.items()]
     routes += [_face_route(settings, path, method, script) for path, (method, script) in FACE_ROUTES.items()]
     # Native gRPC: no buffer filter (a message over the limit is then the service's own
@@ -434,13 +552,29 @@ def _static_route(path: str, file: Path, content_type: str) -> Json:
     }
 
 
-def _metrics_placeholder() -> Json:
-    """PLACEHOLDER (``gateway.routes.METRICS_PATH``): the metrics route is being built
-    separately; replace this route with it. The OpenAPI document already describes it."""
+def metrics_route() -> Json:
+    """``GET /metrics`` to a replica's metrics port, as it is (not transcoded). The key check,
+    when there is one, is the service's; a replica that does not answer is retried on another."""
     return {
-        "name": "metrics_placeholder",
         "match": {"path": METRICS_PATH},
-        "direct_response": {"status": 501, "body": {"inline_string": "metrics are not served yet"}},
+        "route": {
+            "cluster": METRICS_CLUSTER,
+            "timeout": "10s",
+            "retry_policy": {
+                "retry_on": "reset,connect-failure,refused-stream,5xx",
+                "num_retries": 2,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                            "PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
         "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
     }
 
@@ -506,7 +640,7 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
             "name": FILTER_LUA,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": LUA_STRIP_GRPC_HEADERS + LUA_LIST_FIELDS},
+                "default_source_code": {"inline_string": LUA_DEFAULT_RESPONSE + LUA_LIST_FIELDS},
                 "source_codes": {name: {"inline_string": code} for name, code in LUA_ROUTE_SCRIPTS.items()},
             },
         },
@@ -685,6 +819,27 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
         result["dns_refresh_rate"] = "5s"
         result["dns_lookup_family"] = "V4_PREFERRED"
     return result
+
+
+def metrics_cluster(endpoints: list[Upstream]) -> Json:
+    """The replicas' metrics ports: plain HTTP/1.1, round robin (any replica has it all)."""
+    return {
+        "name": METRICS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": METRICS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": e.host, "port_value": e.port}}}}
+                        for e in endpoints
+                    ]
+                }
+            ],
+        },
+    }
 
 
 def to_yaml(config: Json, *, header: str = "") -> str:

@@ -14,6 +14,7 @@ writes the ConfigMap; a test keeps the file equal to :func:`configmap`.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from gateway.descriptor import inline_descriptor_set
 from gateway.envoy_config import Json, render, to_yaml
@@ -41,9 +42,16 @@ def settings() -> Settings:
     return Settings(upstreams=f"{HEADLESS_SERVICE}:{defaults.grpc_port}")
 
 
+IMAGE_ASSETS = Path("/opt/rerank/assets")
+"""The files Envoy serves itself (the OpenAPI document, the API page) in the image: a link the
+Dockerfile makes to the installed package's ``gateway/assets`` (too large for a ConfigMap, whose
+limit is 1 MiB: the API page's script alone is 1.7 MB)."""
+
+
 def envoy_config() -> Json:
-    """Envoy's configuration in Kubernetes, with the descriptor set inlined."""
-    return render(settings(), descriptor=inline_descriptor_set())
+    """Envoy's configuration in Kubernetes, with the descriptor set inlined and the static files
+    read from the image (:data:`IMAGE_ASSETS`)."""
+    return render(settings(), descriptor=inline_descriptor_set(), assets=IMAGE_ASSETS)
 
 
 def configmap() -> str:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.descriptor import descriptor_set, inline_descriptor_set
-from gateway.envoy import envoy_binary, write_config
+from gateway.envoy import envoy_binary, envoy_log_level, write_config
 from gateway.envoy_config import render, to_yaml
 from service import __version__
 from service.settings import parse
@@ -48,10 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rerank-gateway: {exc}", file=sys.stderr)
         return 2
     binary = str(envoy_binary())
-    os.execv(
-        binary,
-        [binary, "-c", str(config), "--log-level", "warn" if settings.log_level == "info" else settings.log_level],
-    )
+    os.execv(binary, [binary, "-c", str(config), "--log-level", envoy_log_level(settings.log_level)])
     return 0  # not reached
 
 

@@ -37,6 +37,5 @@ STATIC_ROUTES = (
 )
 
 METRICS_PATH = "/metrics"
-"""Prometheus exposition. PLACEHOLDER: the metrics route is being built separately; until it
-lands Envoy answers it with a 501 (``metrics_placeholder`` in the renderer) and the OpenAPI
-document already describes the contract (text/plain, no key)."""
+"""Prometheus exposition, routed by Envoy to the replicas' metrics ports (``metrics_route`` in
+the renderer); no key unless ``RERANK_METRICS_REQUIRE_KEY``."""

@@ -12,16 +12,22 @@
 * API keys come from ``RERANK_API_KEYS`` / ``RERANK_API_KEYS_FILE``; when neither is set, a
   key is generated once, stored in the state directory as ``api-key`` (mode 0600) beside its
   SHA-256 digest, and printed that one time.
+* Metrics: each replica serves ``GET /metrics`` on its own port (consecutive from
+  ``--metrics-port``; free ones when it is 0), and all of them write into one folder,
+  ``<state dir>/metrics`` (emptied at start), so that any replica's ``/metrics`` is the whole
+  stack's. Envoy routes ``GET /metrics`` on the REST port to them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -29,18 +35,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.envoy import Envoy, EnvoyError, write_config
+from gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
 from gateway.envoy_config import upstreams
 from gateway.supervisor import Child, StartupFailure, Supervisor, grpc_serving
 from service import __version__
 from service.errors import ConfigurationError
 from service.settings import Settings, parse
+from service.telemetry import logs
 
 log = logging.getLogger("rerank.stack")
 
 DESCRIPTION = "Serve rerankers: service replicas behind Envoy (REST + gRPC on one port), in the foreground."
 STARTUP_TIMEOUT = 900.0
 """Seconds the replicas may take to load their models."""
+METRICS_FOLDER = "metrics"
+"""In the state directory: where the replicas pool their metrics (multiprocess mode)."""
 
 
 def ensure_key_file(state_dir: Path) -> Path:
@@ -71,6 +80,11 @@ def check_ports(settings: Settings) -> None:
     for i in range(settings.replicas):
         which = "the gRPC port" if i == 0 else f"replica {i + 1}'s gRPC port (the gRPC port + {i})"
         wanted.append((settings.grpc_host, settings.grpc_port + i, f"{which} (RERANK_GRPC_PORT / --grpc-port)"))
+    for i in range(settings.replicas if settings.metrics_port else 0):
+        which = "the metrics port" if i == 0 else f"replica {i + 1}'s metrics port (the metrics port + {i})"
+        wanted.append(
+            (settings.grpc_host, settings.metrics_port + i, f"{which} (RERANK_METRICS_PORT / --metrics-port)")
+        )
     for host, port, what in wanted:
         if port == 0:
             continue
@@ -83,13 +97,39 @@ def check_ports(settings: Settings) -> None:
 
 
 def replica_env(settings: Settings, index: int) -> dict[str, str]:
-    """Replica ``index``'s settings: the stack's, on its own port, with its share of the cores."""
-    threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas)
-    return {
-        **settings.to_env("serve"),
-        "RERANK_GRPC_PORT": str(settings.grpc_port + index),
-        "RERANK_THREADS": str(threads),
-    }
+    """Replica ``index``'s settings: the stack's, on its own ports, with its share of the cores,
+    writing its metrics into the stack's shared folder."""
+    replica = dataclasses.replace(
+        settings,
+        grpc_port=settings.grpc_port + index,
+        metrics_port=settings.metrics_port + index,
+        threads=settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas),
+        metrics_dir=settings.state_dir / METRICS_FOLDER,
+    )
+    return replica.to_env("serve")
+
+
+def free_ports(count: int, host: str) -> int:
+    """The first of ``count`` consecutive ports that are free on ``host`` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        with socket.socket(family) as probe:
+            probe.bind((host, 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65536:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sockets.append(socket.socket(family))
+                sockets[-1].bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return first
+    raise ConfigurationError(f"no {count} consecutive free ports on {host} for the metrics")
 
 
 def _replica_serving(port: int, tls_ca: Path | None, _child: Child) -> bool:
@@ -125,11 +165,18 @@ class Stack:
     def start(self) -> None:
         """Starts everything and returns once it answers; raises ConfigurationError,
         StartupFailure or EnvoyError."""
+        if self.settings.metrics_port == 0:
+            self.settings = dataclasses.replace(
+                self.settings, metrics_port=free_ports(self.settings.replicas, self.settings.grpc_host)
+            )
         s = self.settings
         check_ports(s)
         check_tls(s)
         tls_ca = s.upstream_tls_ca if s.grpc_tls_cert is not None else None
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh folder: the replicas' totals start at zero with the stack, as Prometheus expects.
+        shutil.rmtree(s.state_dir / METRICS_FOLDER, ignore_errors=True)
+        (s.state_dir / METRICS_FOLDER).mkdir()
         env: dict[str, str] = {}
         if not s.api_keys and s.api_keys_file is None and not s.insecure_no_auth:
             env["RERANK_API_KEYS_FILE"] = str(ensure_key_file(s.state_dir))
@@ -146,7 +193,12 @@ class Stack:
                 self.supervisor.add(child, functools.partial(_replica_serving, s.grpc_port + i, tls_ca))
             )
         config = write_config(s, s.state_dir / "envoy.yaml", endpoints=upstreams(s))
-        self.envoy = Envoy(config, admin_port=s.admin_port, log_path=None if self._echo else s.state_dir / "envoy.log")
+        self.envoy = Envoy(
+            config,
+            admin_port=s.admin_port,
+            log_path=None if self._echo else s.state_dir / "envoy.log",
+            log_level=envoy_log_level(s.log_level),
+        )
         if self._echo:
             self.envoy.child.echo = "envoy"
         self.envoy.start()
@@ -166,7 +218,8 @@ class Stack:
         ports = f"{s.grpc_port}" if s.replicas == 1 else f"{s.grpc_port}-{s.grpc_port + s.replicas - 1}"
         return (
             f"Ready: REST on http://localhost:{s.rest_port}/v1/rerank, gRPC on localhost:{s.rest_port} "
-            f"(through Envoy) and {s.grpc_host}:{ports} (direct); {s.replicas} replica(s). Ctrl-C stops."
+            f"(through Envoy) and {s.grpc_host}:{ports} (direct), metrics on http://localhost:{s.rest_port}/metrics; "
+            f"{s.replicas} replica(s). Ctrl-C stops."
         )
 
     def run_until_signal(self) -> None:
@@ -204,7 +257,7 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings, _ = parse("stack", argv, prog="rerank-stack", description=DESCRIPTION, add_arguments=_add_version)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     stack = Stack(settings)
     signal.signal(signal.SIGINT, stack.on_signal)
     signal.signal(signal.SIGTERM, stack.on_signal)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from service import __version__
 from service.errors import ConfigurationError
 from service.settings import parse
+from service.telemetry import logs
 
 DESCRIPTION = "Serve cross-encoder rerankers over gRPC (rerank.v1.RerankService)."
 
@@ -19,13 +21,14 @@ def add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     settings, _ = parse("serve", argv, prog="rerank-serve", description=DESCRIPTION, add_arguments=add_version)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.metrics_dir is not None:
+        # prometheus_client picks its multiprocess mode from this variable when it is imported
+        # (by service.server, below); --metrics-dir must reach it the same way.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+        settings.metrics_dir.mkdir(parents=True, exist_ok=True)
     from service.server import serve  # after argument parsing: --help and --version stay fast
 
     try:

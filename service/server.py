@@ -1,11 +1,12 @@
 """Assembles and runs the grpc.aio server: models, servicers, auth, errors, health, reflection,
-and an orderly shutdown."""
+metrics (``GET /metrics`` on the metrics port), tracing, and an orderly shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -40,6 +41,13 @@ from service.router.rerank_service import RerankService
 from service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
 from service.router.validation import Limits
 from service.settings import Settings
+from service.telemetry import tracing
+from service.telemetry.metrics_endpoint import (
+    MetricsEndpoint,
+    exposition_registry,
+    forget_process,
+    server_metrics,
+)
 
 log = logging.getLogger("rerank")
 
@@ -107,11 +115,18 @@ class RerankServer:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
-        self.calls = CallGuard()
+        self.metrics_port: int | None = None
         try:
             self.keyring = Keyring.load(settings.api_keys, settings.api_keys_file)
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"API keys: {exc}") from None
+        self.metrics = server_metrics(settings.metrics_dir)
+        self.calls = CallGuard(self.keyring, self.metrics)
+        self._metrics_endpoint = MetricsEndpoint(
+            exposition_registry(self.metrics, settings.metrics_dir),
+            keyring=self.keyring,
+            require_key=settings.metrics_require_key,
+        )
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
 
     def load_models(self) -> None:
@@ -145,6 +160,7 @@ class RerankServer:
                 batching=batching_config(s),
                 tokenizers=self._tokenizers,
                 throughput=calibrate(backend, config),
+                metrics=self.metrics.model(config.name),
             )
         if s.default_model and s.default_model not in self.models:
             raise ConfigurationError(
@@ -154,7 +170,9 @@ class RerankServer:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings
-        interceptors: list[grpc.aio.ServerInterceptor] = []
+        # First: every call is counted (for draining and in the metrics, refused ones included),
+        # its errors mapped (anything unexpected becomes an opaque INTERNAL) and its context kept.
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.calls]
         if self.keyring:
             interceptors.append(ApiKeyInterceptor(self.keyring))
         elif not s.insecure_no_auth:
@@ -164,15 +182,18 @@ class RerankServer:
             )
         else:
             log.warning("serving WITHOUT authentication (--insecure-no-auth)")
-        # After auth: every call that reaches a handler is counted (for draining) and its
-        # errors mapped (anything unexpected becomes an opaque INTERNAL).
-        interceptors.append(self.calls)
+        if s.metrics_require_key and not self.keyring:
+            raise ConfigurationError(
+                "RERANK_METRICS_REQUIRE_KEY needs API keys (RERANK_API_KEYS or RERANK_API_KEYS_FILE)"
+            )
         return interceptors
 
     async def start(self) -> int:
         """Loads the models, binds the port and reports SERVING; returns the bound port."""
         s = self.settings
         interceptors = self._interceptors()
+        if s.otlp_endpoint:
+            tracing.configure(s.otlp_endpoint)
         self.load_models()
         options = [
             ("grpc.max_receive_message_length", s.max_request_bytes),
@@ -207,12 +228,19 @@ class RerankServer:
             raise ConfigurationError(
                 f"cannot listen on {address} (is the port in use?); choose another with RERANK_GRPC_PORT / --grpc-port"
             )
+        self.metrics_port = self._metrics_endpoint.start(s.grpc_host, s.metrics_port)
         await self.server.start()
         for model in self.models.values():
             model.batcher.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d", ", ".join(sorted(self.models)), s.grpc_host, self.port)
+        log.info(
+            "metrics on http://%s:%d/metrics%s",
+            s.grpc_host,
+            self.metrics_port,
+            f" (the sum of every process sharing {s.metrics_dir})" if s.metrics_dir else "",
+        )
         return self.port
 
     async def stop(self, *, delay: float | None = None, hurry: asyncio.Event | None = None) -> None:
@@ -248,6 +276,10 @@ class RerankServer:
         for model in self.models.values():
             await model.close()
         self._tokenizers.shutdown()
+        self._metrics_endpoint.stop()
+        if s.metrics_dir is not None:
+            forget_process(s.metrics_dir, os.getpid())
+        tracing.shutdown()
 
 
 async def _until(event: asyncio.Event, timeout: float) -> None:

@@ -196,8 +196,37 @@ class Settings:
     api_keys: tuple[str, ...] = setting((), "Accepted API keys, comma-separated (environment only).", secret=True)
     api_keys_file: Path | None = setting(None, "File of SHA-256 hex digests of accepted keys, one per line.")
     insecure_no_auth: bool = setting(False, "Serve without API keys (never in production).")
-    # --- logs -------------------------------------------------------------------------------
+    # --- metrics, logs, traces --------------------------------------------------------------
+    metrics_port: int = setting(
+        0,
+        "Prometheus metrics (HTTP GET /metrics) of the service, on the gRPC host; with --replicas N, the first of N "
+        "consecutive ports. 0: a free port chosen at start (rerank-stack routes GET /metrics through Envoy to it); "
+        "set it to scrape the service directly.",
+        roles=ALL,
+        minimum=0,
+    )
+    metrics_require_key: bool = setting(
+        False, "GET /metrics needs an API key (Authorization: Bearer), through Envoy and on the metrics port alike."
+    )
+    metrics_dir: Path | None = setting(
+        None,
+        "Folder where the processes of one host pool their metrics (prometheus_client's multiprocess mode), so that "
+        "any of them serves the sum; rerank-stack sets it to <state dir>/metrics. Unset: a process reports itself.",
+        roles=frozenset({"serve"}),
+        env="PROMETHEUS_MULTIPROC_DIR",
+    )
     log_level: str = setting("info", "Log level.", roles=ALL, choices=("debug", "info", "warning", "error"))
+    log_format: str = setting(
+        "text",
+        "Log lines as text, or as one JSON object each (with the request id of the call they belong to).",
+        roles=ALL,
+        choices=("text", "json"),
+    )
+    otlp_endpoint: str | None = setting(
+        None,
+        "OpenTelemetry traces: the OTLP/gRPC collector to export spans to (e.g. http://otel-collector:4317); "
+        "needs the tracing extra (pip install 'rerank[tracing]'). Unset: no tracing.",
+    )
 
     def __post_init__(self) -> None:
         for cert, key, client_ca, env in (

@@ -570,3 +570,133 @@ def jina_logits(rest: httpx.Client, model: str, query: str, documents: list[str]
 def best_first(scores: dict[int, float]) -> list[int]:
     """Indexes by score, descending, ties by index (the service's documented order)."""
     return sorted(scores, key=lambda i: (-scores[i], i))
+
+
+# --------------------------------------------------------------------------------- observability
+
+
+class Samples(dict[tuple[str, frozenset[tuple[str, str]]], float]):
+    """Every sample of a Prometheus text exposition, parsed by prometheus_client's own parser:
+    ``samples.get_value(name, **labels)`` (0 for a series that does not exist)."""
+
+    @classmethod
+    def parse(cls, text: str) -> Samples:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = cls()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return samples
+
+    def get_value(self, name: str, **labels: str) -> float:
+        return self.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over every series of ``name`` whose labels include ``labels``."""
+        wanted = set(labels.items())
+        return sum(v for (n, series), v in self.items() if n == name and wanted <= series)
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self}
+
+
+def key_name(key: str) -> str:
+    """The name logs and metrics show for ``key`` when it comes from RERANK_API_KEYS."""
+    from service.router.auth import Keyring
+
+    return Keyring.load((key,), None).keys[0].name
+
+
+@dataclass
+class OtlpCollector:
+    """An OTLP/gRPC trace collector in this process: it keeps every span it is sent."""
+
+    spans: list = field(default_factory=list)
+    port: int = 0
+    _server: object = None
+
+    def start(self) -> OtlpCollector:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        collector = self
+
+        class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        collector.spans.extend(scope_spans.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float = 30) -> list:
+        """The spans, once ``predicate(spans)`` holds; raises after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(list(self.spans)):
+            if time.monotonic() > deadline:
+                names = sorted({s.name for s in self.spans})
+                raise AssertionError(f"the spans did not arrive; {len(self.spans)} did: {names}")
+            time.sleep(0.05)
+        return list(self.spans)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0)
+
+
+@dataclass
+class StackProcess:
+    """``rerank-stack`` (``python -m gateway``) on free loopback ports, its whole output (the
+    stack's, each replica's and Envoy's, access log included) in ``log``."""
+
+    child: Child
+    log: Path
+    rest_port: int
+    grpc_port: int
+    metrics_port: int
+    admin_port: int
+
+    @classmethod
+    def start(
+        cls, models: Path, state: Path, *extra: str, replicas: int = 1, env: dict[str, str] | None = None
+    ) -> StackProcess:
+        grpc_port, metrics_port = free_ports(replicas), free_ports(replicas)
+        rest_port, admin_port = free_port(), free_port()
+        state.mkdir(parents=True, exist_ok=True)
+        log = state / "stack.log"
+        argv = [sys.executable, "-m", "gateway", "--models-dir", str(models), "--replicas", str(replicas)]
+        argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--rest-port", str(rest_port)]
+        argv += ["--rest-host", "127.0.0.1", "--admin-port", str(admin_port), "--state-dir", str(state)]
+        argv += ["--drain-delay", "0", *extra]
+        child = Child("stack", argv, env={"RERANK_API_KEYS": API_KEY, **(env or {})}, cwd=REPO, log_path=log)
+        child.start().wait_until(lambda: "Ready:" in log.read_text(errors="replace"), timeout=180)
+        return cls(child, log, rest_port, grpc_port, metrics_port, admin_port)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def lines(self, prefix: str) -> list[str]:
+        """The output lines of one child, without the prefix the stack gives them (``envoy``,
+        ``replica 1``, ...)."""
+        marker = f"{prefix} | "
+        return [line.split(marker, 1)[1] for line in self.output().splitlines() if marker in line]
+
+    def stop(self) -> None:
+        self.child.stop(grace=30)

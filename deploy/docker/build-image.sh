@@ -15,7 +15,7 @@
 # Environment: IMAGE (default rerank:dev; rerank-convert:dev for the convert target),
 # BASE_IMAGE, ONNXRUNTIME (another ONNX Runtime distribution in place of the locked
 # `onnxruntime`, e.g. 'onnxruntime-gpu[cuda,cudnn]==1.31.1' for the CUDA variant: see
-# deploy/README.md), PYTHON (default .venv/bin/python), DOCKER (the client that builds).
+# README.md, Deploying), PYTHON (default .venv/bin/python), DOCKER (the client that builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -68,7 +68,7 @@ wheelhouse() {  # wheelhouse DIR EXTRA
   fi
   echo "$key" >"$dir/.key"
 }
-wheelhouse "$context/wheels" gateway
+wheelhouse "$context/wheels" gateway,tracing  # tracing: RERANK_OTLP_ENDPOINT works in the image
 mkdir -p "$context/convert"
 if [[ $target == convert ]]; then
   wheelhouse "$context/convert" convert

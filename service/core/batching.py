@@ -21,6 +21,10 @@ model's worker thread:
 * **Failure isolation**: a micro-batch that fails is run again pair by pair, so one bad pair
   fails its own request only.
 * The event loop never runs inference or padding: both happen on the worker thread.
+* **Reporting**: the scheduler records what it does (:class:`~service.core.metrics.ModelMetrics`:
+  batch sizes and tokens, inference and queue times, the queue's gauges, rejections by reason)
+  and each request's ``rerank.queue`` and ``rerank.inference`` spans
+  (:mod:`service.telemetry.tracing`) under the span it was queued from.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from service.backends.base import Batch
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
 from service.errors import QueueFull, RerankError, TooManyDocuments
+from service.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,12 @@ class _Request:
     done: int = 0
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_ns: int = field(default_factory=time.time_ns)
+    """When it was queued, on the wall clock (spans)."""
+    first_batch_at: float | None = None
+    """When its first pair went to the model (None: still waiting)."""
+    trace: tracing.Parent = None
+    """The span it was queued from, for its queue and inference spans."""
     scores: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -209,10 +220,11 @@ class DynamicBatcher:
         queue, and reserves its place until :meth:`score` (or :meth:`release`). Returns the
         reservation. Raises :class:`QueueFull` (with a retry delay) or :class:`TooManyDocuments`."""
         if self._refusal is not None:
+            self.metrics.reject("draining")
             raise self._refusal
         limit = self.config.max_queue_pairs
         if pairs > limit:
-            self.metrics.rejected_requests += 1
+            self.metrics.reject("request_too_large")
             raise TooManyDocuments(
                 f"this request needs {pairs} sequences, more than the queue holds ({limit}); "
                 "send fewer documents per request",
@@ -220,7 +232,7 @@ class DynamicBatcher:
                 metadata={"limit": str(limit)},
             )
         if self._queued_pairs + pairs > limit:
-            self.metrics.rejected_requests += 1
+            self.metrics.reject("queue_full")
             raise QueueFull(
                 f"the queue holds {self._queued_pairs} pairs and this request adds {pairs}; "
                 f"the limit is {limit}: retry later",
@@ -228,7 +240,7 @@ class DynamicBatcher:
             )
         wait = self.estimated_wait(cost)
         if wait > self.config.max_queue_seconds:
-            self.metrics.rejected_requests += 1
+            self.metrics.reject("queue_time")
             raise QueueFull(
                 f"the server is busy: this request would wait about {wait:.1f} s, more than the "
                 f"{self.config.max_queue_seconds:g} s it queues requests for; retry later",
@@ -236,10 +248,12 @@ class DynamicBatcher:
             )
         reservation = id(object())
         self._reserved[reservation] = cost
+        self._queue_changed()
         return reservation
 
     def release(self, reservation: int) -> None:
-        self._reserved.pop(reservation, None)
+        if self._reserved.pop(reservation, None) is not None:
+            self._queue_changed()
 
     @staticmethod
     def _retry_after(seconds: float) -> int:
@@ -247,6 +261,13 @@ class DynamicBatcher:
 
     def _queued_cost(self) -> float:
         return sum(r.remaining_cost for queue in self._clients.values() for r in queue)
+
+    def _queue_changed(self) -> None:
+        """Updates the queue's gauges: pairs waiting, and the estimated seconds to work through
+        them (and the admitted requests still tokenizing, and the batch in flight)."""
+        in_flight = max(0.0, self._running_until - time.monotonic())
+        waiting = self._queued_cost() + sum(self._reserved.values())
+        self.metrics.set_queue(self._queued_pairs, in_flight + self.throughput.seconds(waiting))
 
     # ------------------------------------------------------------------------- queueing
 
@@ -261,7 +282,7 @@ class DynamicBatcher:
                     request.future.set_exception(error)
                 self._drop(request)
         self._clients.clear()
-        self.metrics.queue_pairs = self._queued_pairs
+        self._queue_changed()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -284,15 +305,17 @@ class DynamicBatcher:
             reservation = self.admit(cost, len(pairs))
         self.release(reservation)
         if self._refusal is not None:
+            self.metrics.reject("draining")
             raise self._refusal
         self.start()
         # Shortest first: requests served round-robin then advance through similar lengths
         # together, so a micro-batch mixing them pads little.
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
         request = _Request(pairs, order, asyncio.get_running_loop().create_future(), client, request_id, cost)
+        request.trace = tracing.capture()
         self._clients.setdefault(client, collections.deque()).append(request)
         self._queued_pairs += len(pairs)
-        self.metrics.queue_pairs = self._queued_pairs
+        self._queue_changed()
         self._wake.set()
         try:
             return await request.future
@@ -307,7 +330,7 @@ class DynamicBatcher:
         if not request.cancelled:
             request.cancelled = True
             self._queued_pairs -= request.waiting
-            self.metrics.queue_pairs = self._queued_pairs
+            self._queue_changed()
 
     # ------------------------------------------------------------------------- scheduling
 
@@ -366,7 +389,6 @@ class DynamicBatcher:
             self._clients.move_to_end(clients[0][0])
             for _, queue in clients:
                 queue.rotate(-1)
-        self.metrics.queue_pairs = self._queued_pairs
         return taken
 
     def _infer(self, pairs: list[Pair]) -> tuple[np.ndarray, Batch]:
@@ -395,17 +417,26 @@ class DynamicBatcher:
             if not taken:
                 continue
             pairs = [r.pairs[i] for r, i in taken]
-            started = time.monotonic()
+            started, started_ns = time.monotonic(), time.time_ns()
             self._running_until = started + self.throughput.seconds(cost_of(pairs))
+            self._queue_changed()
+            self._record_first_batch(taken, started, started_ns)
             try:
                 logits, batch = await loop.run_in_executor(self._executor, self._infer, pairs)
             except Exception:
                 log.exception("a micro-batch of %d pairs failed; running its pairs one by one", len(pairs))
                 results = await loop.run_in_executor(self._executor, self._infer_one_by_one, pairs)
                 self._running_until = 0.0
+                self._queue_changed()
                 for (request, index), result in zip(taken, results, strict=True):
                     if isinstance(result, BaseException):
-                        log.error("pair %d of request %s failed", index, request.request_id or "-", exc_info=result)
+                        log.error(
+                            "pair %d of request %s failed",
+                            index,
+                            request.request_id or "-",
+                            exc_info=result,
+                            extra={"request_id": request.request_id},
+                        )
                         if not request.future.done():
                             request.future.set_exception(result)
                         self._drop(request)
@@ -421,8 +452,32 @@ class DynamicBatcher:
                 real_tokens=int(batch.attention_mask.sum()),
                 seconds=seconds,
             )
+            self._queue_changed()
+            self._trace_batch(taken, started_ns, time.time_ns(), int(batch.input_ids.size))
             for (request, index), logit in zip(taken, logits, strict=True):
                 self._deliver(request, index, float(logit))
+
+    def _record_first_batch(self, taken: list[tuple[_Request, int]], started: float, started_ns: int) -> None:
+        """Each request whose first pairs go to the model now has finished waiting: its queue
+        time and its ``rerank.queue`` span."""
+        for request in dict.fromkeys(r for r, _ in taken):
+            if request.first_batch_at is None:
+                request.first_batch_at = started
+                self.metrics.record_queue_wait(started - request.enqueued_at)
+                tracing.record("rerank.queue", request.trace, request.enqueued_ns, started_ns)
+
+    def _trace_batch(self, taken: list[tuple[_Request, int]], start_ns: int, end_ns: int, padded_tokens: int) -> None:
+        """A ``rerank.inference`` span for each request in the micro-batch, with its share."""
+        if not tracing.enabled():
+            return
+        shares = collections.Counter(r for r, _ in taken)
+        for request, share in shares.items():
+            attributes: tracing.Attributes = {
+                "rerank.request_pairs": share,
+                "rerank.batch_pairs": len(taken),
+                "rerank.batch_tokens": padded_tokens,
+            }
+            tracing.record("rerank.inference", request.trace, start_ns, end_ns, attributes)
 
     def _deliver(self, request: _Request, index: int, logit: float) -> None:
         if request.future.done():

@@ -25,7 +25,9 @@ from service.core.tokenization import (
     TokenizerPool,
     TruncationSide,
 )
+from service.errors import RateLimited
 from service.model_folder import ModelFolderConfig
+from service.telemetry import tracing
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,14 @@ class ServedModel:
         batching: BatchingConfig,
         tokenizers: TokenizerPool,
         throughput: Throughput | None = None,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         self.folder = folder
         self.config = config
         self.name = config.name
         self.encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
         self.backend = backend
-        self.metrics = ModelMetrics()
+        self.metrics = metrics or ModelMetrics(config.name)
         self.batcher = DynamicBatcher(
             self.backend.run,
             pad_id=self.config.template.pad_id,
@@ -145,17 +148,23 @@ class ServedModel:
         by its exact cost after. Raises QueryTooLong, DocumentTooLong, QueueFull, RateLimited or
         TooManyDocuments. ``max_document_tokens`` and ``side`` are :meth:`PairEncoder.encode`'s."""
         self.metrics.requests += 1
-        caller.admit()
+        try:
+            caller.admit()
+        except RateLimited:
+            self.metrics.reject("rate_limited")
+            raise
         reservation = self.batcher.admit(*self.estimate(query, documents, long_documents, max_document_tokens))
         try:
-            encoded = await self._tokenizers.run(
-                self.encoder.encode,
-                query,
-                documents,
-                long_documents,
-                max_document_tokens=max_document_tokens,
-                side=side,
-            )
+            with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):
+                encoded = await self._tokenizers.run(
+                    self.encoder.encode,
+                    query,
+                    documents,
+                    long_documents,
+                    metrics=self.metrics,
+                    max_document_tokens=max_document_tokens,
+                    side=side,
+                )
         finally:
             self.batcher.release(reservation)
         if encoded.document_tokens:

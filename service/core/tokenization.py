@@ -9,7 +9,7 @@ encoding serve every document, and lets a long document be split into windows.
 from __future__ import annotations
 
 import asyncio
-import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
+from service.core.metrics import ModelMetrics
 from service.errors import DocumentTooLong, QueryTooLong, QueueFull
 from service.model_folder import PairTemplate
 
@@ -170,22 +171,38 @@ class TokenizerPool:
     """The threads that tokenize requests, with a bounded queue in front of them.
 
     At most ``max_waiting`` requests are tokenizing or waiting to; the next one is refused at
-    once (:class:`~service.errors.QueueFull`) instead of piling up behind big bodies."""
+    once (:class:`~service.errors.QueueFull`) instead of piling up behind big bodies. With
+    ``metrics`` (the model's), the refusal and the time ``function`` took on its thread (not the
+    wait for one) are recorded."""
 
     def __init__(self, threads: int, max_waiting: int) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tokenize")
         self.max_waiting = max_waiting
         self.waiting = 0
 
-    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(
+        self, function: Callable[..., T], *args: Any, metrics: ModelMetrics | None = None, **kwargs: Any
+    ) -> T:
         if self.waiting >= self.max_waiting:
+            if metrics is not None:
+                metrics.reject("tokenizer_queue")
             raise QueueFull(f"the tokenizer queue is full ({self.max_waiting} requests); retry later", retry_after=1)
         self.waiting += 1
+        took = [0.0]
+
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                took[0] = time.perf_counter() - started
+
         try:
-            call = functools.partial(function, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
         finally:
             self.waiting -= 1
+            if metrics is not None and took[0]:
+                metrics.record_tokenization(took[0])  # here, on the event loop: ModelMetrics is not thread-safe
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

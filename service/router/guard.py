@@ -1,31 +1,59 @@
-"""The guard around every handler call: counted while in flight, errors turned into statuses.
+"""The guard around every handler call: counted while in flight, errors turned into statuses,
+and reported (metrics, the call's log context, its trace span).
 
 :class:`CallGuard` wraps each unary-response handler (unary and client-streaming) of every
 service on the server. While a call runs it is counted, so a stopping server can wait for the
 calls in flight (:meth:`CallGuard.wait_idle`); whatever it raises goes through
 :func:`service.router.status.fail` (typed errors -> rich statuses, anything else -> an opaque
 INTERNAL with a request id).
+
+It is the first interceptor, ahead of API-key checks, so that refused calls (UNAUTHENTICATED)
+are counted too. For each call it:
+
+* opens the call's :class:`~service.telemetry.context.Call` (request id, key name; the model
+  once validation resolves it), which every log line under the handler carries;
+* runs the handler inside the call's server span (:mod:`service.telemetry.tracing`), the child
+  of the client's ``traceparent``;
+* sends the key's *name* back (``x-rerank-key``) for Envoy's access log, with the response or
+  the error status, never earlier (Envoy cannot retry a call whose response headers started);
+* records ``rerank_requests_total`` and ``rerank_request_duration_seconds`` and logs one debug
+  line with the status code. Health checks (Envoy's, Kubernetes') are not metered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
 
-from service.router.status import fail
+from service.core.metrics import NONE, Metrics
+from service.errors import RerankError
+from service.router.auth import Keyring
+from service.router.status import fail, request_id, status_code
+from service.telemetry import context as calls
+from service.telemetry import tracing
+from service.telemetry.context import KEY_NAME_HEADER, Call
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+UNMETERED = "/grpc.health.v1.Health/"
+"""Calls under this prefix (probes, every second) are guarded but neither counted nor logged."""
+
 
 class CallGuard(grpc.aio.ServerInterceptor):
-    """Counts calls in flight and maps their errors."""
+    """Counts calls in flight, maps their errors and reports them."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyring: Keyring | None = None, metrics: Metrics | None = None) -> None:
         self.in_flight = 0
+        self.keyring = keyring or Keyring([])
+        self.metrics = metrics
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -48,15 +76,51 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     async def _call(self, behaviour: Callable[..., Any], request: Any, context: Context, method: str) -> Any:
         self._enter()
+        started = time.monotonic()
+        metadata = context.invocation_metadata()
+        caller = self.keyring.caller(metadata) if self.keyring else None
+        call = Call(method, request_id(context), key=caller.name if caller else "")
+        token = calls.enter(call)
+        metered = self.metrics is not None and not method.startswith(UNMETERED)
+        if metered:
+            cast(Metrics, self.metrics).in_flight.inc()
+        code = grpc.StatusCode.OK
         try:
-            result = behaviour(request, context)
-            return await result if inspect.isawaitable(result) else result
-        except (grpc.aio.AbortError, grpc.RpcError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
-            await fail(context, exc, method)
+            with tracing.server_span(method, metadata) as span:
+                try:
+                    result = behaviour(request, context)
+                    result = await result if inspect.isawaitable(result) else result
+                    if call.key:
+                        await context.send_initial_metadata(((KEY_NAME_HEADER, call.key),))
+                    return result
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.RpcError:
+                    code = grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                    code = status_code(exc) if isinstance(exc, RerankError) else grpc.StatusCode.INTERNAL
+                    await fail(context, exc, method)
+                finally:
+                    span.finish(_span_attributes(call, code), error=code != grpc.StatusCode.OK)
         finally:
+            if metered:
+                self._report(call, code, time.monotonic() - started)
+            calls.leave(token)
             self._leave()
+
+    def _report(self, call: Call, code: grpc.StatusCode, seconds: float) -> None:
+        metrics = cast(Metrics, self.metrics)
+        model = call.model or NONE
+        metrics.in_flight.dec()
+        metrics.requests.labels(call.method, model, call.key or NONE, code.name).inc()
+        metrics.request_duration.labels(call.method, model).observe(seconds)
+        # Still inside the call's context: the line carries its request id, key name and model.
+        log.debug("%s %s in %.1f ms", call.method, code.name, seconds * 1000)
 
     async def intercept_service(
         self,
@@ -87,3 +151,12 @@ class CallGuard(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
+
+
+def _span_attributes(call: Call, code: grpc.StatusCode) -> tracing.Attributes:
+    return {
+        "rerank.request_id": call.request_id,
+        "rerank.model": call.model or NONE,
+        "rerank.key": call.key or NONE,
+        "rpc.grpc.status_code": code.value[0],
+    }

@@ -24,6 +24,7 @@ from service.router.validation import (
     check_top_n,
     resolve_model,
 )
+from service.telemetry import tracing
 
 
 def _as_texts(documents: Sequence[Any]) -> list[str]:
@@ -71,11 +72,12 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
     """Validates ``request``, scores it and ranks the results; raises typed errors
     (:mod:`service.errors`)."""
     field = request.documents_field
-    model = resolve_model(models, request.model, request.default_model)
-    query = check_query(request.query, limits)
-    check_documents(len(request.documents), limits, field)
-    top_n = check_top_n(request.top_n)
-    texts = check_document_sizes(request.texts(request.documents), limits, field)
+    with tracing.span("rerank.validate"):
+        model = resolve_model(models, request.model, request.default_model)
+        query = check_query(request.query, limits)
+        check_documents(len(request.documents), limits, field)
+        top_n = check_top_n(request.top_n)
+        texts = check_document_sizes(request.texts(request.documents), limits, field)
     try:
         scored = await model.score(
             query,

@@ -28,6 +28,8 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
+from service.telemetry import context as calls
+from service.telemetry.context import KEY_NAME_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +89,19 @@ def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
-    """Aborts the call for ``exc``; never returns."""
+    """Aborts the call for ``exc``; never returns. The status carries the caller's key name
+    (``x-rerank-key``) for Envoy's access log, as successful responses do."""
+    call = calls.current()
+    extra: tuple[tuple[str, str], ...] = ((KEY_NAME_HEADER, call.key),) if call is not None and call.key else ()
     if isinstance(exc, RerankError):
         status = to_status(exc)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             # HTTP's Retry-After, as a trailer; through Envoy it is a response header.
-            status = _with_metadata(status, (("retry-after", str(retry_after)),))
+            extra = (*extra, ("retry-after", str(retry_after)))
+        if extra:
+            status = _with_metadata(status, extra)
         await context.abort_with_status(status)
-    rid = request_id(context)
+    rid = call.request_id if call is not None else request_id(context)
     log.error("internal error in %s (request id %s)", method, rid, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {rid}")
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {rid}", trailing_metadata=extra)

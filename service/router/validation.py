@@ -10,6 +10,7 @@ from typing import Any
 from service.core.reranker import ServedModel
 from service.core.tokenization import LongDocuments, TruncationSide
 from service.errors import InvalidRequest, ModelNotFound, TooManyDocuments, quote
+from service.telemetry import context as calls
 
 LONG_DOCUMENT_MODES: tuple[LongDocuments, ...] = ("truncate", "window")
 
@@ -32,7 +33,9 @@ def resolve_model(models: Mapping[str, ServedModel], name: str, default: str = "
     name = name or default
     if not name:
         if len(models) == 1:
-            return next(iter(models.values()))
+            only = next(iter(models.values()))
+            calls.set_model(only.name)
+            return only
         raise InvalidRequest(
             f"several models are served; name one of: {', '.join(sorted(models))}",
             reason="MODEL_REQUIRED",
@@ -43,6 +46,7 @@ def resolve_model(models: Mapping[str, ServedModel], name: str, default: str = "
         raise ModelNotFound(
             f"model {quote(name)} is not served; served models: {', '.join(sorted(models))}", field="model"
         )
+    calls.set_model(model.name)  # the call's metrics, logs and spans name it from here on
     return model
 
 

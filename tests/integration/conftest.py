@@ -68,10 +68,19 @@ def stack(models_dir, tmp_path_factory):
     from service.settings import Settings
 
     # RERANK_DEFAULT_MODEL: the model the TEI faces serve (their API names none).
-    proc, port, _ = start_service(models_dir, env={"RERANK_DEFAULT_MODEL": "xlmr-tiny"})
+    # RERANK_METRICS_PORT: GET /metrics through Envoy, as rerank-stack routes it.
+    metrics_port = free_port()
+    env = {"RERANK_DEFAULT_MODEL": "xlmr-tiny", "RERANK_METRICS_PORT": str(metrics_port)}
+    proc, port, _ = start_service(models_dir, env=env)
     rest_port = free_port()
     envoy = start_envoy(
-        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),
+        Settings(
+            rest_port=rest_port,
+            grpc_port=port,
+            admin_port=free_port(),
+            rest_host="127.0.0.1",
+            metrics_port=metrics_port,
+        ),
         tmp_path_factory.mktemp("envoy"),
     )
     try:

@@ -227,6 +227,9 @@ def test_killing_a_service_container_under_load_loses_no_request(image, containe
     for name in [*services, gateway, k8s_envoy]:
         containers.wait_healthy(name)
     envoys = [gateway, k8s_envoy]
+    for envoy in envoys:  # the files Envoy serves itself are where its configuration says
+        page = httpx.get(f"http://127.0.0.1:{containers.published(envoy, 8080)}/openapi.json", timeout=10)
+        assert page.status_code == 200 and "/v1/rerank" in page.json()["paths"]
     deadline = time.monotonic() + 30
     healthy = "cluster.rerank_grpc.membership_healthy: 2"
     while not all(healthy in envoy_admin(containers, e, "/stats?filter=membership_healthy") for e in envoys):

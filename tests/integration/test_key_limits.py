@@ -13,7 +13,7 @@ import pytest
 
 from gateway.envoy import start as start_envoy
 from service.settings import Settings
-from tests.support import free_port, start_service
+from tests.support import Samples, free_port, start_service
 
 LIMITED, FREE = "limited-key-0001", "free-key-0002"
 BODY = {"query": "what do pandas eat?", "documents": ["bamboo", "fish"]}
@@ -28,14 +28,16 @@ def limited_stack(models_dir, tmp_path_factory):
         f"{hashlib.sha256(LIMITED.encode()).hexdigest()} name=search-team rps=0.2\n"
         f"{hashlib.sha256(FREE.encode()).hexdigest()} name=batch-team\n"
     )
-    proc, port, _ = start_service(folder, env={"RERANK_API_KEYS": "", "RERANK_API_KEYS_FILE": str(keys)})
+    metrics_port = free_port()
+    env = {"RERANK_API_KEYS": "", "RERANK_API_KEYS_FILE": str(keys), "RERANK_METRICS_PORT": str(metrics_port)}
+    proc, port, _ = start_service(folder, env=env)
     rest_port = free_port()
     envoy = start_envoy(
         Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),
         tmp_path_factory.mktemp("limits-envoy"),
     )
     try:
-        yield f"http://127.0.0.1:{rest_port}", port
+        yield f"http://127.0.0.1:{rest_port}", port, metrics_port
     finally:
         envoy.stop()
         proc.stop(grace=30)
@@ -46,7 +48,7 @@ def _post(base_url: str, key: str) -> httpx.Response:
 
 
 def test_a_key_over_its_rate_gets_429_naming_the_limit_and_others_do_not(limited_stack):
-    base_url, _ = limited_stack
+    base_url, _, _ = limited_stack
     assert _post(base_url, LIMITED).status_code == 200
     over = _post(base_url, LIMITED)  # 0.2 per second: the next one is 5 s away
     assert over.status_code == 429
@@ -63,7 +65,7 @@ def test_a_key_over_its_rate_gets_429_naming_the_limit_and_others_do_not(limited
 def test_grpc_clients_get_resource_exhausted(limited_stack):
     from service.protocol import rerank_pb2, rerank_pb2_grpc
 
-    _, port = limited_stack
+    _, port, _ = limited_stack
     request = rerank_pb2.RerankRequest(query=BODY["query"])
     request.documents.add().string_value = "bamboo"
     metadata = (("authorization", f"Bearer {LIMITED}"),)
@@ -75,3 +77,23 @@ def test_grpc_clients_get_resource_exhausted(limited_stack):
             stub.Rerank(request, metadata=metadata, timeout=30)
     assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert int(dict(over.value.trailing_metadata())["retry-after"]) >= 1
+
+
+def test_refusals_are_counted_under_the_keys_name_and_reason(limited_stack):
+    base_url, _, metrics_port = limited_stack
+
+    def scrape() -> Samples:
+        return Samples.parse(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text)
+
+    _post(base_url, LIMITED)  # uses the allowance, or finds it used
+    before = scrape()
+    assert _post(base_url, LIMITED).status_code == 429
+    after = scrape()
+    labels = {"model": "bert-tiny", "reason": "rate_limited"}
+    assert (
+        after.get_value("rerank_rejected_requests_total", **labels)
+        - before.get_value("rerank_rejected_requests_total", **labels)
+        == 1
+    )
+    refused = {"key": "search-team", "code": "RESOURCE_EXHAUSTED"}
+    assert after.total("rerank_requests_total", **refused) - before.total("rerank_requests_total", **refused) == 1

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway import kubernetes
+from gateway import envoy_config, kubernetes
 from gateway.envoy_config import CLUSTER, to_yaml
 from gateway.proxy import main as gateway_main
 from tests.support import REPO
@@ -87,6 +87,8 @@ def test_rerank_gateway_renders_the_same_configuration(capsys, monkeypatch):
     for name in [n for n in os.environ if n.startswith("RERANK_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("RERANK_UPSTREAMS", f"{kubernetes.HEADLESS_SERVICE}:50051")
+    # In the image, the installed package's assets are where IMAGE_ASSETS links to.
+    monkeypatch.setattr(envoy_config, "packaged_assets", lambda: kubernetes.IMAGE_ASSETS)
     assert gateway_main(["--print-config", "--inline-descriptor"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == kubernetes.envoy_config()
 

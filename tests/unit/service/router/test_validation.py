@@ -19,9 +19,17 @@ from service.router.validation import (
     resolve_model,
 )
 
-# resolve_model only looks names up: any object can stand for a served model.
-ONE: dict[str, Any] = {"solo": object()}
-TWO: dict[str, Any] = {"beta": object(), "alpha": object()}
+
+class Named:
+    """resolve_model looks names up and reads the model's name (for the call's metrics): this
+    stands for a served model."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+ONE: dict[str, Any] = {"solo": Named("solo")}
+TWO: dict[str, Any] = {"beta": Named("beta"), "alpha": Named("alpha")}
 
 
 def refused(kind: type[RerankError], call: Any, *args: Any) -> RerankError:

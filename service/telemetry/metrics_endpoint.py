@@ -1,0 +1,172 @@
+"""``GET /metrics``: the service's Prometheus metrics over plain HTTP, on the metrics port.
+
+Prometheus scrapes this port directly (Kubernetes: each pod's), and Envoy routes ``GET /metrics``
+on the REST port here (not transcoded). The key check, when ``RERANK_METRICS_REQUIRE_KEY`` is on,
+is done here, by the same :class:`~service.router.auth.Keyring` as gRPC calls, so Envoy needs no
+auth filter and knows no keys: it forwards ``Authorization`` like any header. A valid key's name
+goes back in the ``x-rerank-key`` response header, which Envoy moves into its access log and
+strips (as for every call).
+
+One process, or all of a host's (multiprocess mode): with ``--metrics-dir``
+(``PROMETHEUS_MULTIPROC_DIR``), which rerank-stack sets for its replicas, every process writes its
+values into files in that folder and any process's ``/metrics`` reads them all back, summed. So
+Envoy may route ``/metrics`` to any replica and still show the whole stack.
+
+The server is the standard library's WSGI server on a daemon thread: scrapes are rare, and the
+event loop never renders them.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from service.core.metrics import Metrics
+from service.errors import ConfigurationError
+from service.router.auth import Keyring
+from service.telemetry.context import KEY_NAME_HEADER
+
+log = logging.getLogger(__name__)
+
+PATH = "/metrics"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+
+def server_metrics(directory: Path | None) -> Metrics:
+    """The metric families of a server: in their own registry, or, with ``directory``, written
+    to the multiprocess folder (which must be this process's ``PROMETHEUS_MULTIPROC_DIR`` from
+    before prometheus_client was imported: ``rerank-serve`` sees to it)."""
+    if directory is None:
+        return Metrics(CollectorRegistry(auto_describe=True))
+    if not getattr(values.ValueClass, "_multiprocess", False) or os.environ.get(MULTIPROCESS_ENV) != str(directory):
+        raise ConfigurationError(
+            f"the metrics folder {directory} must be in {MULTIPROCESS_ENV} before the process starts"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    forget_dead_processes(directory)
+    return Metrics(None)
+
+
+def exposition_registry(metrics: Metrics, directory: Path | None) -> CollectorRegistry:
+    """What ``/metrics`` renders: the server's own registry, or every process's files."""
+    if directory is None:
+        assert metrics.registry is not None
+        return metrics.registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry
+
+
+_LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
+
+
+def forget_dead_processes(directory: Path) -> None:
+    """Drops the gauges of processes that are gone (a replica that was killed): a queue gauge
+    must not add a dead process's last value. Their counters stay, so totals never go down."""
+    for path in glob.glob(str(directory / "gauge_live*_*.db")):
+        match = _LIVE_FILE.search(path)
+        if match and not _alive(int(match.group(1))):
+            mark_process_dead(int(match.group(1)), str(directory))
+
+
+def forget_process(directory: Path, pid: int) -> None:
+    """At a clean exit: this process's gauges leave the sums."""
+    mark_process_dead(pid, str(directory))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing: Envoy's access log (or the scraper) records requests."""
+
+
+class MetricsEndpoint:
+    """An HTTP server answering ``GET /metrics`` from ``registry``; with ``require_key``, only
+    to a caller with a key of ``keyring``."""
+
+    def __init__(self, registry: CollectorRegistry, *, keyring: Keyring, require_key: bool) -> None:
+        self.keyring = keyring
+        self.require_key = require_key
+        self._render = make_wsgi_app(registry)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI application."""
+        if environ.get("PATH_INFO") != PATH:
+            return _reply(start_response, "404 Not Found", f"not found; the metrics are at {PATH}\n")
+        token = environ.get("HTTP_AUTHORIZATION")
+        caller = self.keyring.caller([("authorization", token)]) if token and self.keyring else None
+        if self.require_key and caller is None:
+            message = (
+                "missing API key: send the header 'authorization: Bearer <key>'" if not token else "invalid API key"
+            )
+            return _reply(start_response, "401 Unauthorized", message + "\n", [("WWW-Authenticate", "Bearer")])
+        if caller is None:
+            return list(self._render(environ, start_response))
+
+        def with_name(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            return start_response(status, [*headers, (KEY_NAME_HEADER, caller.name)], *rest)
+
+        return list(self._render(environ, with_name))
+
+    def start(self, host: str, port: int) -> int:
+        """Listens on ``host:port`` (0: a free port); returns the port. Raises
+        :class:`ConfigurationError` if it cannot."""
+        server_class = _IPv6Server if ":" in host else _Server
+        try:
+            self._server = make_server(host, port, self.app, server_class=server_class, handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}); choose another port with "
+                "RERANK_METRICS_PORT / --metrics-port"
+            ) from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _reply(
+    start_response: StartResponse, status: str, text: str, headers: list[tuple[str, str]] | None = None
+) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])])
+    return [text.encode()]
