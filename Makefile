@@ -12,7 +12,7 @@ MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
 .PHONY: install install-serve lock proto lint model serve browser test test-unit test-integration test-unit-lean \
-	test-parity bench gpu-prep gpu-check clean kubernetes image image-convert test-container
+	test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -104,6 +104,13 @@ bench: install
 	$(PIP_INSTALL) -e '.[bench]'
 	bash tools/build_llama_cpp.sh
 	$(BIN)/python -m bench.run
+
+# Issue 10's overload check: rerank-stack under 24 clients x 600 documents for 30 s plus a
+# 1-document probe (bench/overload.py; OVERLOAD_ARGS=... passes flags, e.g. --seconds 10).
+OVERLOAD_ARGS ?=
+bench-overload: install
+	$(PIP_INSTALL) -e '.[bench]'
+	$(BIN)/python -m bench.overload $(OVERLOAD_ARGS)
 
 # Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine.
 gpu-prep: install

@@ -183,11 +183,25 @@ class Peak:
         return self.cores * self.ghz * self.flops_per_cycle
 
 
+def lscpu() -> dict[str, str]:
+    """``lscpu``'s fields by name (``Model name``, ``Flags``, ...)."""
+    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"^([^:\n]+):\s*(.*)$", text, re.M))
+
+
+def cpu_summary() -> str:
+    """The CPU's model name, its count, and which of AVX-512 and AMX it has (from ``lscpu``)."""
+    info = lscpu()
+    flags = info.get("Flags", "").split()
+    wide = sorted(f for f in flags if f.startswith(("avx512", "amx")))
+    isa = " ".join(wide) if wide else ("no AVX-512, no AMX" + ("; AVX2" if "avx2" in flags else ""))
+    return f"{info.get('Model name', '?')}, {info.get('CPU(s)', '?')} CPUs; {isa}"
+
+
 def machine_peak() -> Peak:
     """cores x GHz x fp32 FLOPs/cycle/core from ``lscpu``: 64 with AVX-512 FMA, 32 with AVX2 FMA,
     16 with AVX, 8 otherwise, assuming two FMA pipes per core (one AVX-512 pipe halves it)."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    info = dict(re.findall(r"^([^:\n]+):\s*(.*)$", text, re.M))
+    info = lscpu()
     flags = set(info.get("Flags", "").split())
     per_cycle, isa = next(
         (n, isa)

@@ -202,10 +202,10 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
     return total, matmul
 
 
-def ensure(name: str, log: Callable[[str], None] = print) -> BenchModel:
-    """Builds whatever form of model ``name`` is missing from the cache and returns all of them."""
-    from converters.testing.llama_cpp import convert_to_gguf
-
+def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) -> BenchModel:
+    """Builds whatever form of model ``name`` is missing from the cache and returns all of them
+    (``gguf=False``: not the GGUF files, which need llama.cpp's source; ``BenchModel.gguf`` then
+    holds only those already built)."""
     shape = SHAPES[name]
     root = CACHE / name
     checkpoint = root / "checkpoint"
@@ -219,14 +219,18 @@ def ensure(name: str, log: Callable[[str], None] = print) -> BenchModel:
         log(f"{name}: converting to our model folder ({', '.join(OUR_VARIANTS)})")
         shutil.rmtree(models_dir, ignore_errors=True)
         _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp))
-    gguf: dict[str, Path] = {}
+    ggufs: dict[str, Path] = {}
     for outtype in GGUF_TYPES:
         path = root / f"{name}-{outtype}.gguf"
         if not path.exists():
+            if not gguf:
+                continue
+            from converters.testing.llama_cpp import convert_to_gguf
+
             log(f"{name}: converting to GGUF {outtype}")
             partial = path.with_suffix(".gguf.part")
             convert_to_gguf(checkpoint, partial, outtype)
             partial.rename(path)
-        gguf[outtype] = path
+        ggufs[outtype] = path
     params, matmul_params = _count_params(checkpoint)
-    return BenchModel(name, checkpoint, models_dir, gguf, params, matmul_params)
+    return BenchModel(name, checkpoint, models_dir, ggufs, params, matmul_params)

@@ -54,6 +54,15 @@ def _text(rng: random.Random, words: int) -> str:
     return " ".join(sentences)
 
 
+def texts(seed: str, count: int, words: int) -> tuple[str, tuple[str, ...]]:
+    """A query of 9 words and ``count`` documents of ``words`` words ± 10 %, from the generator
+    seeded with ``seed`` (the same text for the same arguments; ``bench.overload``'s requests)."""
+    rng = random.Random(f"{SEED}/{seed}")
+    query = _text(rng, 9).rstrip(".") + "?"
+    spread = max(1, words // 10)
+    return query, tuple(_text(rng, rng.randint(words - spread, words + spread)) for _ in range(count))
+
+
 def make(name: str) -> Workload:
     """The workload ``name`` (W1, W2 or W3); the same text on every call."""
     if name not in WORKLOADS:
