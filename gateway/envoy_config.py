@@ -560,20 +560,7 @@ def metrics_route() -> Json:
         "route": {
             "cluster": METRICS_CLUSTER,
             "timeout": "10s",
-            "retry_policy": {
-                "retry_on": "reset,connect-failure,refused-stream,5xx",
-                "num_retries": 2,
-                "retry_host_predicate": [
-                    {
-                        "name": "envoy.retry_host_predicates.previous_hosts",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
-                            "PreviousHostsPredicate"
-                        },
-                    }
-                ],
-                "host_selection_retry_max_attempts": 3,
-            },
+            "retry_policy": retry_on_another_host("reset,connect-failure,refused-stream,5xx"),
         },
         "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
     }
@@ -606,20 +593,24 @@ def upstream_route(settings: Settings) -> Json:
         # Rerank is idempotent: a request that never got an answer is retried on another replica.
         # No per_try_timeout: an expired try is retried under "reset", which would run the same
         # inference again.
-        "retry_policy": {
-            "retry_on": "reset,connect-failure,refused-stream,unavailable",
-            "num_retries": 2,
-            "retry_host_predicate": [
-                {
-                    "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
-                        "PreviousHostsPredicate"
-                    },
-                }
-            ],
-            "host_selection_retry_max_attempts": 3,
-        },
+        "retry_policy": retry_on_another_host("reset,connect-failure,refused-stream,unavailable"),
+    }
+
+
+def retry_on_another_host(retry_on: str) -> Json:
+    """Up to two retries under ``retry_on``, each on a replica not tried yet."""
+    return {
+        "retry_on": retry_on,
+        "num_retries": 2,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
     }
 
 

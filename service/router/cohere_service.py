@@ -12,32 +12,24 @@ from typing import Any
 
 import grpc
 
-from service.core.reranker import ServedModel
 from service.protocol import cohere_pb2, cohere_pb2_grpc
-from service.router.limits import Callers
-from service.router.ranking import RankRequest, rank_request
+from service.router.ranking import Ranker, RankRequest
 from service.router.status import request_id
-from service.router.validation import Limits, check_max_tokens_per_doc
+from service.router.validation import check_max_tokens_per_doc
 
 DEFAULT_MAX_TOKENS_PER_DOC = 4096
 """Cohere's default for ``max_tokens_per_doc``."""
 
 
-class CohereService(cohere_pb2_grpc.CohereServiceServicer):
+class CohereService(Ranker, cohere_pb2_grpc.CohereServiceServicer):
     """Answers Cohere v2 rerank requests for a fixed set of loaded models."""
-
-    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
-        self.models = models
-        self.limits = limits
-        self.callers = callers or Callers()
 
     async def Rerank(
         self, request: cohere_pb2.CohereRerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cohere_pb2.CohereRerankResponse:
         cap = check_max_tokens_per_doc(request.max_tokens_per_doc if request.HasField("max_tokens_per_doc") else None)
-        ranking = await rank_request(
-            self.models,
-            self.limits,
+        ranking = await self.rank(
+            context,
             RankRequest(
                 model=request.model,
                 query=request.query,
@@ -45,8 +37,6 @@ class CohereService(cohere_pb2_grpc.CohereServiceServicer):
                 top_n=request.top_n if request.HasField("top_n") else None,
                 normalize=True,
                 max_document_tokens=cap if cap is not None else DEFAULT_MAX_TOKENS_PER_DOC,
-                caller=self.callers.of(context),
-                request_id=request_id(context),
             ),
         )
         return cohere_pb2.CohereRerankResponse(

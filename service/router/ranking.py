@@ -10,12 +10,16 @@ for every face) and ordered by :func:`~service.core.reranker.rank`. Only the sha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import grpc
 
 from service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel, rank
 from service.core.tokenization import LongDocuments, TruncationSide
 from service.errors import DocumentTooLong
+from service.router.limits import Callers
+from service.router.status import request_id
 from service.router.validation import (
     Limits,
     check_document_sizes,
@@ -92,3 +96,30 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
         exc.field = f"{field}[{exc.index}]"
         raise
     return Ranking(model, texts, rank(scored, top_n, request.normalize), scored.encoded.total_tokens)
+
+
+class Ranker:
+    """What every face's servicer ranks with: the served models, the request limits and the
+    callers (API keys' names and limits)."""
+
+    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
+        self.models = models
+        self.limits = limits
+        self.callers = callers or Callers()
+
+    async def rank(self, context: grpc.aio.ServicerContext[Any, Any], request: RankRequest) -> Ranking:
+        """:func:`rank_request` on behalf of the call ``context``: its caller and request id."""
+        return await rank_call(self.models, self.limits, self.callers, context, request)
+
+
+async def rank_call(
+    models: Mapping[str, ServedModel],
+    limits: Limits,
+    callers: Callers,
+    context: grpc.aio.ServicerContext[Any, Any],
+    request: RankRequest,
+) -> Ranking:
+    """:func:`rank_request` for the call ``context``, as its caller, under its request id."""
+    return await rank_request(
+        models, limits, replace(request, caller=callers.of(context), request_id=request_id(context))
+    )

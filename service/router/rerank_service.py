@@ -12,27 +12,19 @@ import grpc
 
 from service.core.reranker import ServedModel
 from service.protocol import rerank_pb2, rerank_pb2_grpc
-from service.router.limits import Callers
-from service.router.ranking import RankRequest, rank_request
-from service.router.status import request_id
-from service.router.validation import Limits, document_texts, long_documents_mode
+from service.router.ranking import Ranker, RankRequest
+from service.router.validation import document_texts, long_documents_mode
 
 
-class RerankService(rerank_pb2_grpc.RerankServiceServicer):
+class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
     """Answers Rerank, ListModels and Health for a fixed set of loaded models."""
-
-    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
-        self.models = models
-        self.limits = limits
-        self.callers = callers or Callers()
 
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.RerankResponse:
         mode = long_documents_mode(request.long_documents)
-        ranking = await rank_request(
-            self.models,
-            self.limits,
+        ranking = await self.rank(
+            context,
             RankRequest(
                 model=request.model,
                 query=request.query,
@@ -41,8 +33,6 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
                 top_n=request.top_n if request.HasField("top_n") else None,
                 normalize=request.normalize if request.HasField("normalize") else False,
                 long_documents=mode,
-                caller=self.callers.of(context),
-                request_id=request_id(context),
             ),
         )
         return_documents = request.return_documents if request.HasField("return_documents") else True

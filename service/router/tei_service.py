@@ -23,8 +23,7 @@ from service.core.reranker import ServedModel
 from service.core.tokenization import TruncationSide
 from service.protocol import tei_pb2, tei_pb2_grpc, tei_rest_pb2, tei_rest_pb2_grpc
 from service.router.limits import Callers
-from service.router.ranking import Ranking, RankRequest, rank_request
-from service.router.status import request_id
+from service.router.ranking import Ranking, RankRequest, rank_call
 from service.router.validation import Limits, resolve_model, truncation_side
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,9 +55,11 @@ class TeiFace:
         raw_scores: bool,
         model: str = "",
     ) -> Ranking:
-        return await rank_request(
+        return await rank_call(
             self.models,
             self.limits,
+            self.callers,
+            context,
             RankRequest(
                 model=model,
                 query=query,
@@ -68,8 +69,6 @@ class TeiFace:
                 side=side,
                 documents_field="texts",
                 default_model=self.default_model,
-                caller=self.callers.of(context),
-                request_id=request_id(context),
             ),
         )
 
