@@ -12,7 +12,8 @@ Starts ``rerank-stack`` (one service replica and Envoy, a real API key) on a ben
   client). **Retry-After is ignored**: after a 429 a client waits a fixed ``--pause`` (0.1 s)
   and sends the same request again; after a 200 it sends at once. Honouring Retry-After (at
   least 1 s) would back the load off and hide the overload; the point is that refusals stay fast
-  while clients keep pushing.
+  while clients keep pushing. ``--honour-retry-after``: a client waits the 429's Retry-After
+  (or ``--pause`` where it is longer or absent) instead: how well-behaved clients fare.
 * one probe client sending 1 query x 1 short document every ``--probe-interval`` s on a fixed
   schedule (open loop: a slow answer does not delay the next probe).
 
@@ -80,6 +81,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0, help="how long clients send (default 30)")
     p.add_argument("--probe-interval", type=float, default=0.5, help="seconds between probes (default 0.5)")
     p.add_argument("--pause", type=float, default=0.1, help="a heavy client's fixed wait after a 429 (default 0.1)")
+    p.add_argument(
+        "--honour-retry-after", action="store_true", help="after a 429 wait its Retry-After (at least --pause)"
+    )
     p.add_argument("--processes", type=int, default=2, help="worker processes for the heavy clients (default 2)")
     p.add_argument("--timeout", type=float, default=90.0, help="client timeout per request (default 90 s)")
     p.add_argument("--before", type=float, default=3.0, help="seconds of RSS before the load (default 3)")
@@ -105,21 +109,24 @@ def _label(status: int) -> str:
     return "5xx" if status >= 500 else f"{status // 100}xx"
 
 
-async def _post(client: httpx.AsyncClient, body: bytes, documents: int) -> tuple[float, str, float]:
-    """Sends one request; returns (start, outcome, seconds): outcome is "200", "429", "5xx",
-    "4xx" (any other), "timeout", "connection" (refused, reset, closed) or "bad" (a 200 with the
-    wrong number of results)."""
+async def _post(client: httpx.AsyncClient, body: bytes, documents: int) -> tuple[float, str, float, float]:
+    """Sends one request; returns (start, outcome, seconds, Retry-After seconds or 0): outcome is
+    "200", "429", "5xx", "4xx" (any other), "timeout", "connection" (refused, reset, closed) or
+    "bad" (a 200 with the wrong number of results)."""
     start = time.monotonic()
+    retry_after = 0.0
     try:
         reply = await client.post("/v1/rerank", content=body)
         outcome = _label(reply.status_code)
+        with contextlib.suppress(ValueError):
+            retry_after = float(reply.headers.get("retry-after", "0"))
         if outcome == "200" and len(reply.json()["results"]) != documents:
             outcome = "bad"
     except httpx.TimeoutException:
         outcome = "timeout"
     except httpx.TransportError:
         outcome = "connection"
-    return start, outcome, time.monotonic() - start
+    return start, outcome, time.monotonic() - start, retry_after
 
 
 def _http_client(base_url: str, connections: int, timeout: float) -> httpx.AsyncClient:
@@ -178,10 +185,10 @@ def _heavy_worker(conn: Connection, spec: dict[str, Any]) -> None:
 
     async def heavy(client: httpx.AsyncClient, index: int, deadline: float) -> None:
         while time.monotonic() < deadline:
-            start, outcome, seconds = await _post(client, bodies[index], spec["documents"])
+            start, outcome, seconds, retry_after = await _post(client, bodies[index], spec["documents"])
             records.append(("heavy", index, start - origin, outcome, seconds))
             if outcome != "200":
-                await asyncio.sleep(spec["pause"])
+                await asyncio.sleep(max(spec["pause"], retry_after if spec["honour_retry_after"] else 0.0))
 
     async def run() -> list[float]:
         await asyncio.sleep(max(0.0, origin - time.monotonic()))
@@ -204,7 +211,7 @@ async def _probe(base_url: str, model: str, origin: float, seconds: float, inter
 
     async def one(client: httpx.AsyncClient, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
-        start, outcome, took = await _post(client, body, 1)
+        start, outcome, took, _ = await _post(client, body, 1)
         records.append(("probe", -1, start - origin, outcome, took))
 
     async with _http_client(base_url, 8, timeout) as client:
@@ -365,8 +372,12 @@ def table(summary: dict[str, Any], context: dict[str, Any]) -> str:
         f"CPU during the load (cores busy): {context['cpu_use']}",
         f"model {context['model']} ({context['variant']}), {context['clients']} clients x "
         f"{context['documents']} documents of ~{context['words']} words for {context['seconds']:g} s, "
-        f"probe every {context['probe_interval']:g} s; after a 429 a client waits {context['pause']:g} s "
-        "(Retry-After ignored)",
+        f"probe every {context['probe_interval']:g} s; after a 429 a client waits "
+        + (
+            f"its Retry-After (at least {context['pause']:g} s)"
+            if context.get("honour_retry_after")
+            else f"{context['pause']:g} s (Retry-After ignored)"
+        ),
         "",
         f"{'requests':12s} " + " ".join(f"{o:>10s}" for o in c["heavy"]),
     ]
@@ -462,6 +473,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "base_url": stack.base_url,
                 "seconds": args.seconds,
                 "pause": args.pause,
+                "honour_retry_after": args.honour_retry_after,
                 "timeout": args.timeout,
             }
             worker = context.Process(target=_heavy_worker, args=(theirs, spec), daemon=True)
@@ -530,6 +542,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "seconds": args.seconds,
             "probe_interval": args.probe_interval,
             "pause": args.pause,
+            "honour_retry_after": args.honour_retry_after,
             "processes": args.processes,
             "client_lag_ms": {
                 "p99": float(np.percentile(lags, 99)) * 1e3 if lags else 0.0,

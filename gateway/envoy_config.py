@@ -9,7 +9,10 @@ Kubernetes profile's rendering.
 What the gateway does, and why each piece is there:
 
 * one listener for REST (JSON, gRPC-JSON transcoding) and native gRPC (``codec_type: AUTO``);
-* filters, in order: a buffer filter (a reliable 413 over the body limit), a Lua filter that
+* filters, in order: with the stack's own replicas (``metrics_upstreams``), an early admission
+  check (a Lua filter, :func:`lua_admission`: a large REST rerank body is refused with 429
+  before it is read when the service says it would be), then a buffer filter (a reliable 413
+  over the body limit), a Lua filter that
   drops the gRPC headers the transcoder leaves on JSON responses and moves the service's
   ``x-rerank-key`` (the caller's key *name*) into the access log (listed before the transcoder
   so that it runs after it on the way back), the transcoder, the router;
@@ -46,6 +49,13 @@ HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 FILTER_LUA = "envoy.filters.http.lua"
 FILTER_BUFFER = "envoy.filters.http.buffer"
+FILTER_ADMISSION = "rerank.admission"
+"""The early admission check's Lua filter (a second Lua filter needs its own name)."""
+ADMISSION_MIN_BYTES = 64 * 1024
+"""Bodies from this size up are checked before they are read; smaller ones pay nothing."""
+ADMISSION_TIMEOUT_MS = 50
+"""How long the check may take; on timeout or any error the request goes on (fail open)."""
+ADMISSION_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 
 Json = dict[str, Any]
 
@@ -69,6 +79,54 @@ inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN).""
 
 METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST", "/rerank": "POST", "/info": "GET"}
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
+
+
+def lua_admission() -> str:
+    """The early admission check, on the request path before the buffer filter: a ``POST`` on a
+    REST rerank path whose ``content-length`` is at least :data:`ADMISSION_MIN_BYTES` is first
+    put to a replica's ``GET /admission?bytes=N`` (:mod:`service.telemetry.metrics_endpoint`;
+    no model: Envoy has not read the body, so the service answers for all its models). On 429
+    Envoy replies with that status, ``Retry-After`` and the service's JSON error at once, without
+    reading the body; on anything else (200, an error, :data:`ADMISSION_TIMEOUT_MS` passing) the
+    request goes on and the service's exact check after parsing decides, as without this filter.
+    Chunked bodies (no ``content-length``) are not checked."""
+    paths = ", ".join(f'["{p}"] = true, ["{p}/"] = true' for p in ADMISSION_PATHS)
+    return f"""\
+local PATHS = {{{paths}}}
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if headers:get(":method") ~= "POST" then
+    return
+  end
+  local path = string.match(headers:get(":path") or "", "^[^?]*")
+  if not PATHS[path] then
+    return
+  end
+  local size = tonumber(headers:get("content-length") or "")
+  if size == nil or size < {ADMISSION_MIN_BYTES} then
+    return
+  end
+  local ok, reply, body = pcall(function()
+    return handle:httpCall("{METRICS_CLUSTER}", {{
+      [":method"] = "GET",
+      [":path"] = "/admission?bytes=" .. string.format("%d", size),
+      [":authority"] = "{METRICS_CLUSTER}",
+    }}, "", {ADMISSION_TIMEOUT_MS})
+  end)
+  if not ok or reply == nil or reply[":status"] ~= "429" or body == nil then
+    return
+  end
+  -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on this).
+  handle:streamInfo():dynamicMetadata():set("rerank", "early_refusal", "1")
+  handle:respond({{
+    [":status"] = "429",
+    ["content-type"] = "application/json",
+    ["retry-after"] = reply["retry-after"] or "1",
+    ["x-rerank-admission"] = "early",
+  }}, body)
+end
+"""
 
 
 def lua_response() -> str:
@@ -460,7 +518,7 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor, assets: 
             "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
         },
         "http_filters": http_filters(settings, descriptor),
-        "local_reply_config": local_reply_config(),
+        "local_reply_config": local_reply_config(early_admission=bool(metrics_upstreams(settings))),
         "access_log": [access_log()],
     }
 
@@ -615,7 +673,22 @@ def retry_on_another_host(retry_on: str) -> Json:
 
 
 def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
+    early: list[Json] = []
+    if metrics_upstreams(settings):
+        # Before the buffer filter, which would read the whole body first. Only where Envoy
+        # fronts the stack's own replicas (their metrics ports); with RERANK_UPSTREAMS there is
+        # no metrics cluster, and the service's own check (after the body) is the only one.
+        early.append(
+            {
+                "name": FILTER_ADMISSION,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": lua_admission()},
+                },
+            }
+        )
     return [
+        *early,
         # Bodies over the limit get a 413 before anything is transcoded (the transcoder's own
         # limit does not give a reliable 413: large bodies reached the service as 429).
         {
@@ -668,8 +741,9 @@ def transcoder(settings: Settings, descriptor: Descriptor) -> Json:
     }
 
 
-def local_reply_config() -> Json:
-    """Envoy's own replies (413, 404, 405, 503, 504, ...) as ``{"code", "message", "details"}``."""
+def local_reply_config(*, early_admission: bool = False) -> Json:
+    """Envoy's own replies (413, 404, 405, 503, 504, ...) as ``{"code", "message", "details"}``;
+    with ``early_admission``, the early check's 429 (already that JSON) as it is."""
     mappers: list[Json] = [
         # Native gRPC: keep Envoy's text as grpc-message. The transcoder rewrites a REST request's
         # content-type to application/grpc too, but also adds x-envoy-original-path.
@@ -693,6 +767,26 @@ def local_reply_config() -> Json:
             "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}},
         }
     ]
+    if early_admission:
+        # The early admission check's 429 already carries the service's JSON error: as it is.
+        mappers.append(
+            {
+                "filter": {
+                    "metadata_filter": {
+                        "matcher": {
+                            "filter": "rerank",
+                            "path": [{"key": "early_refusal"}],
+                            "value": {"string_match": {"exact": "1"}},
+                        },
+                        "match_if_key_not_found": False,
+                    }
+                },
+                "body_format_override": {
+                    "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                    "content_type": "application/json",
+                },
+            }
+        )
     for status, code in HTTP_TO_GRPC.items():
         mappers.append(
             {

@@ -20,7 +20,7 @@ from service.backends.loader import load_backend, select_variant
 from service.core.batching import BatchingConfig, Throughput
 from service.core.reranker import ServedModel
 from service.core.tokenization import TokenizerPool
-from service.errors import ConfigurationError, Unavailable
+from service.errors import ConfigurationError, QueueFull, Unavailable
 from service.model_check import check_files, check_scores
 from service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
 from service.protocol import (
@@ -126,6 +126,7 @@ class RerankServer:
             exposition_registry(self.metrics, settings.metrics_dir),
             keyring=self.keyring,
             require_key=settings.metrics_require_key,
+            admission=self.early_refusal,
         )
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
 
@@ -167,6 +168,21 @@ class RerankServer:
                 f"RERANK_DEFAULT_MODEL={s.default_model!r} is not served; "
                 f"served models: {', '.join(sorted(self.models))}"
             )
+
+    def early_refusal(self, size: int, model: str | None = None) -> QueueFull | None:
+        """The refusal a rerank request body of ``size`` bytes for ``model`` gets before it is
+        read (the metrics port's ``GET /admission``), or None. Without ``model`` (Envoy cannot
+        know it before reading the body) it is refused only if every served model would refuse
+        it, with the shortest retry delay; an unknown model is admitted (the call then fails on
+        its own). Runs on the metrics server's thread: it only reads published state."""
+        if model is None:
+            models = list(self.models.values())
+        else:
+            models = [self.models[model]] if model in self.models else []
+        refusals = [m.early_refusal(size) for m in models]
+        if not refusals or any(r is None for r in refusals):
+            return None
+        return min((r for r in refusals if r is not None), key=lambda r: r.retry_after or 0)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings

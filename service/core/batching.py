@@ -16,7 +16,10 @@ model's worker thread:
   every other request delays it by at most the smaller of its own remaining work and this
   request's work. Above ``max_queue_seconds`` the request is refused at once
   (:class:`~service.errors.QueueFull`, HTTP 429) with a retry delay derived from the estimate.
-  ``max_queue_pairs`` caps the queue's memory as well.
+  ``max_queue_pairs`` caps the queue's memory as well. The decision is one pure function
+  (:func:`queue_time_refusal`) of a :class:`QueueState`; the batcher publishes a fresh one at
+  every queue change (:attr:`DynamicBatcher.published`), which another thread may read (the
+  early admission check of :mod:`service.telemetry.metrics_endpoint`).
 * **Cancellation**: a request whose client went away has its waiting pairs dropped.
 * **Failure isolation**: a micro-batch that fails is run again pair by pair, so one bad pair
   fails its own request only.
@@ -136,6 +139,45 @@ class _Request:
         return len(self.pairs[self.order[self.taken]].ids)
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """What time-budgeted admission reads: immutable, so any thread may read a published one."""
+
+    costs: tuple[float, ...] = ()
+    """Padded tokens still to run of each queued request and each admitted one still tokenizing."""
+    running_until: float = 0.0
+    """When the micro-batch in flight should finish (monotonic; 0: none)."""
+    tokens_per_second: float = 2000.0
+    max_queue_seconds: float = 5.0
+
+    def estimated_wait(self, cost: float, now: float | None = None) -> float:
+        """Seconds a request of ``cost`` would wait if admitted now: the batch in flight, plus
+        at most the smaller of its own cost and this one's for every request ahead of it."""
+        now = time.monotonic() if now is None else now
+        shared = sum(min(c, cost) for c in self.costs)
+        return max(0.0, self.running_until - now) + shared / self.tokens_per_second
+
+
+def queue_time_refusal(state: QueueState, cost: float, now: float | None = None) -> QueueFull | None:
+    """The refusal a request of ``cost`` padded tokens gets now (its message and retry delay),
+    or None if it may wait. The one rule for the batcher's :meth:`~DynamicBatcher.admit` and for
+    the early check before a body is read."""
+    wait = state.estimated_wait(cost, now)
+    limit = state.max_queue_seconds
+    if wait <= limit:
+        return None
+    return QueueFull(
+        f"the server is busy: this request would wait about {wait:.1f} s, more than the "
+        f"{limit:g} s it queues requests for; retry later",
+        retry_after=retry_after(wait - limit),
+    )
+
+
+def retry_after(seconds: float) -> int:
+    """A retry delay in whole seconds, at least 1."""
+    return max(1, math.ceil(seconds))
+
+
 def pad(pairs: list[Pair], pad_id: int, with_types: bool) -> Batch:
     """Right-pads ``pairs`` to the longest one."""
     longest = max(len(p.ids) for p in pairs)
@@ -196,6 +238,9 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
         self._refusal: RerankError | None = None
+        self.published = self.state()
+        """The queue's state at its last change, for readers on other threads (replaced, never
+        mutated; a draining batcher publishes no state: the early check then admits)."""
 
     @property
     def queued_pairs(self) -> int:
@@ -207,13 +252,17 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------- admission
 
+    def state(self) -> QueueState:
+        """The queue as admission sees it now (on the event loop's thread)."""
+        costs = [r.remaining_cost for queue in self._clients.values() for r in queue]
+        costs += self._reserved.values()
+        return QueueState(
+            tuple(costs), self._running_until, self.throughput.tokens_per_second, self.config.max_queue_seconds
+        )
+
     def estimated_wait(self, cost: float) -> float:
-        """Seconds a request of ``cost`` would wait if admitted now: the batch in flight, plus
-        at most the smaller of its own cost and this one's for every request ahead of it."""
-        shared = sum(min(r.remaining_cost, cost) for queue in self._clients.values() for r in queue)
-        shared += sum(min(c, cost) for c in self._reserved.values())
-        in_flight = max(0.0, self._running_until - time.monotonic())
-        return in_flight + self.throughput.seconds(shared)
+        """Seconds a request of ``cost`` would wait if admitted now (:meth:`QueueState.estimated_wait`)."""
+        return self.state().estimated_wait(cost)
 
     def admit(self, cost: float, pairs: int) -> int:
         """Checks that a request of ``cost`` padded tokens and ``pairs`` pairs may wait in the
@@ -236,16 +285,12 @@ class DynamicBatcher:
             raise QueueFull(
                 f"the queue holds {self._queued_pairs} pairs and this request adds {pairs}; "
                 f"the limit is {limit}: retry later",
-                retry_after=self._retry_after(self.throughput.seconds(self._queued_cost())),
+                retry_after=retry_after(self.throughput.seconds(self._queued_cost())),
             )
-        wait = self.estimated_wait(cost)
-        if wait > self.config.max_queue_seconds:
+        refusal = queue_time_refusal(self.state(), cost)
+        if refusal is not None:
             self.metrics.reject("queue_time")
-            raise QueueFull(
-                f"the server is busy: this request would wait about {wait:.1f} s, more than the "
-                f"{self.config.max_queue_seconds:g} s it queues requests for; retry later",
-                retry_after=self._retry_after(wait - self.config.max_queue_seconds),
-            )
+            raise refusal
         reservation = id(object())
         self._reserved[reservation] = cost
         self._queue_changed()
@@ -254,10 +299,6 @@ class DynamicBatcher:
     def release(self, reservation: int) -> None:
         if self._reserved.pop(reservation, None) is not None:
             self._queue_changed()
-
-    @staticmethod
-    def _retry_after(seconds: float) -> int:
-        return max(1, math.ceil(seconds))
 
     def _queued_cost(self) -> float:
         return sum(r.remaining_cost for queue in self._clients.values() for r in queue)
@@ -268,6 +309,7 @@ class DynamicBatcher:
         in_flight = max(0.0, self._running_until - time.monotonic())
         waiting = self._queued_cost() + sum(self._reserved.values())
         self.metrics.set_queue(self._queued_pairs, in_flight + self.throughput.seconds(waiting))
+        self.published = self.state() if self._refusal is None else QueueState()
 
     # ------------------------------------------------------------------------- queueing
 

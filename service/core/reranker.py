@@ -15,7 +15,13 @@ from typing import Protocol
 import numpy as np
 
 from service.backends.base import Backend
-from service.core.batching import PADDING_ALLOWANCE, BatchingConfig, DynamicBatcher, Throughput
+from service.core.batching import (
+    PADDING_ALLOWANCE,
+    BatchingConfig,
+    DynamicBatcher,
+    Throughput,
+    queue_time_refusal,
+)
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import (
     WINDOW_OVERLAP,
@@ -25,7 +31,7 @@ from service.core.tokenization import (
     TokenizerPool,
     TruncationSide,
 )
-from service.errors import RateLimited
+from service.errors import QueueFull, RateLimited
 from service.model_folder import ModelFolderConfig
 from service.telemetry import tracing
 
@@ -59,6 +65,12 @@ class Caller(Protocol):
 
     def charge(self, tokens: int) -> None:
         """Charges a tokenized request's tokens."""
+
+
+EARLY_TEXT_SHARE = 0.5
+"""The share of a request body's bytes the early check counts as text to score: the rest is
+allowance for JSON syntax, multi-byte characters and text the model will not read, so that the
+check errs toward admitting (the exact check after parsing still refuses what it lets through)."""
 
 
 class Anonymous:
@@ -132,6 +144,17 @@ class ServedModel:
                 tokens += head + min(size, room)
                 pairs += 1
         return PADDING_ALLOWANCE * tokens, pairs
+
+    def cost_of_body(self, size: int) -> float:
+        """A lower-leaning estimate of the cost in padded tokens of a request whose body is ``size``
+        bytes, before it is read: :data:`EARLY_TEXT_SHARE` of it as text, at the learned
+        characters per token."""
+        return PADDING_ALLOWANCE * EARLY_TEXT_SHARE * size / self.characters_per_token
+
+    def early_refusal(self, size: int) -> QueueFull | None:
+        """The refusal a request body of ``size`` bytes gets before it is read, or None. Safe on
+        any thread: it reads the batcher's published state and one float."""
+        return queue_time_refusal(self.batcher.published, self.cost_of_body(size))
 
     async def score(
         self,

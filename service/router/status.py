@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -54,6 +54,19 @@ def status_code(error: RerankError) -> grpc.StatusCode:
 
 def to_status(error: RerankError) -> grpc.Status:
     """The rich gRPC status for ``error``."""
+    return rpc_status.to_status(status_message(error))
+
+
+def status_json(error: RerankError) -> dict[str, Any]:
+    """``error`` as the JSON body Envoy's transcoder makes of its status: ``{"code", "message",
+    "details"}`` (for replies made without the transcoder, e.g. the early admission check)."""
+    return json_format.MessageToDict(
+        status_message(error), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def status_message(error: RerankError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` message for ``error``: code, message and packed details."""
     details: list[Any] = []
     if error.field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
@@ -68,7 +81,7 @@ def to_status(error: RerankError) -> grpc.Status:
         holder.Pack(detail)
         packed.append(holder)
     code = status_code(error)
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=packed))
+    return status_pb2.Status(code=code.value[0], message=error.message, details=packed)
 
 
 def _with_metadata(status: grpc.Status, extra: tuple[tuple[str, str], ...]) -> grpc.Status:

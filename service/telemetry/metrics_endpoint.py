@@ -14,11 +14,20 @@ Envoy may route ``/metrics`` to any replica and still show the whole stack.
 
 The server is the standard library's WSGI server on a daemon thread: scrapes are rare, and the
 event loop never renders them.
+
+``GET /admission?bytes=N[&model=NAME]``: the early admission check. Envoy asks it (a Lua filter,
+:func:`gateway.envoy_config.lua_admission`) before it reads a large rerank body: 200 if a request
+of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's own QueueFull error
+as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
+answer comes from :meth:`service.server.RerankServer.early_refusal` (state the batchers publish;
+nothing on the event loop). It needs no key: it says only whether the server is busy, and Envoy
+routes no client request to it.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -28,23 +37,30 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from service.core.metrics import Metrics
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, QueueFull
 from service.router.auth import Keyring
+from service.router.status import status_json
 from service.telemetry.context import KEY_NAME_HEADER
 
 log = logging.getLogger(__name__)
 
 PATH = "/metrics"
+ADMISSION_PATH = "/admission"
+EARLY_HEADER = "x-rerank-admission"
+"""On a 429 of the early check: ``early`` (the request body was never read)."""
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
+Admission = Callable[[int, str | None], QueueFull | None]
+"""``(body bytes, model or None) -> the refusal, or None to admit``."""
 
 
 def server_metrics(directory: Path | None) -> Metrics:
@@ -117,15 +133,25 @@ class MetricsEndpoint:
     """An HTTP server answering ``GET /metrics`` from ``registry``; with ``require_key``, only
     to a caller with a key of ``keyring``."""
 
-    def __init__(self, registry: CollectorRegistry, *, keyring: Keyring, require_key: bool) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        keyring: Keyring,
+        require_key: bool,
+        admission: Admission | None = None,
+    ) -> None:
         self.keyring = keyring
         self.require_key = require_key
+        self.admission = admission
         self._render = make_wsgi_app(registry)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI application."""
+        if environ.get("PATH_INFO") == ADMISSION_PATH and self.admission is not None:
+            return self._admission(environ, start_response)
         if environ.get("PATH_INFO") != PATH:
             return _reply(start_response, "404 Not Found", f"not found; the metrics are at {PATH}\n")
         token = environ.get("HTTP_AUTHORIZATION")
@@ -142,6 +168,24 @@ class MetricsEndpoint:
             return start_response(status, [*headers, (KEY_NAME_HEADER, caller.name)], *rest)
 
         return list(self._render(environ, with_name))
+
+    def _admission(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        assert self.admission is not None
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        size = (query.get("bytes") or [""])[0]
+        if not size.isdigit():
+            return _reply(start_response, "400 Bad Request", "bytes=<the request body's size> is required\n")
+        refusal = self.admission(int(size), (query.get("model") or [None])[0])
+        if refusal is None:
+            return _reply(start_response, "200 OK", "admit\n")
+        body = json.dumps(status_json(refusal), separators=(",", ":")).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Retry-After", str(refusal.retry_after or 1)),
+            (EARLY_HEADER, "early"),
+        ]
+        start_response("429 Too Many Requests", headers)
+        return [body]
 
     def start(self, host: str, port: int) -> int:
         """Listens on ``host:port`` (0: a free port); returns the port. Raises

@@ -1,6 +1,7 @@
 """Admission through the real service and Envoy: a request that would wait too long is refused
 at once with Retry-After (REST and gRPC alike), a small request is still served, sizes are
-refused before any tokenizing."""
+refused before any tokenizing. With the service's metrics port behind Envoy (as rerank-stack
+runs it) a large body is refused before Envoy reads it (the early check), in the same shape."""
 
 from __future__ import annotations
 
@@ -26,20 +27,48 @@ HEAVY = {
 
 
 @pytest.fixture(scope="module")
-def busy_stack(models_dir, tmp_path_factory):
+def busy_service(models_dir, tmp_path_factory):
+    """One service, with a metrics port: (gRPC port, metrics port)."""
     folder = tmp_path_factory.mktemp("admission-models")
     shutil.copytree(models_dir / "bert-tiny", folder / "bert-tiny")
-    proc, port, _ = start_service(folder, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000")
-    rest_port = free_port()
-    envoy = start_envoy(
-        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),
-        tmp_path_factory.mktemp("admission-envoy"),
+    metrics_port = free_port()
+    proc, port, _ = start_service(
+        folder, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000", "--metrics-port", str(metrics_port)
     )
     try:
-        yield f"http://127.0.0.1:{rest_port}", port
+        yield port, metrics_port
+    finally:
+        proc.stop(grace=30)
+
+
+def _envoy(tmp_path_factory, port: int, metrics_port: int = 0):
+    rest_port = free_port()
+    settings = Settings(
+        rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1", metrics_port=metrics_port
+    )
+    return f"http://127.0.0.1:{rest_port}", start_envoy(settings, tmp_path_factory.mktemp("admission-envoy"))
+
+
+@pytest.fixture(scope="module")
+def busy_stack(busy_service, tmp_path_factory):
+    """Envoy without the service's metrics port (RERANK_UPSTREAMS-like): only the service's check."""
+    port, _ = busy_service
+    base_url, envoy = _envoy(tmp_path_factory, port)
+    try:
+        yield base_url, port
     finally:
         envoy.stop()
-        proc.stop(grace=30)
+
+
+@pytest.fixture(scope="module")
+def early_stack(busy_service, tmp_path_factory):
+    """Envoy as rerank-stack renders it: the early admission check before the body is read."""
+    port, metrics_port = busy_service
+    base_url, envoy = _envoy(tmp_path_factory, port, metrics_port)
+    try:
+        yield base_url, port
+    finally:
+        envoy.stop()
 
 
 def _queued(port: int) -> int:
@@ -92,6 +121,62 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once_with_retry_after(
         assert {"ErrorInfo", "RetryInfo"} <= kinds
 
     _while_busy(base_url, port, check)
+
+
+def _served_calls(base_url: str) -> float:
+    """The calls the service has answered, from its metrics through Envoy."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("rerank_requests_total{"))
+
+
+def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
+    base_url, port = early_stack
+
+    def check() -> None:
+        calls = _served_calls(base_url)
+        started = time.monotonic()
+        response = httpx.post(
+            f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": f"Bearer {API_KEY}"}, timeout=30
+        )
+        elapsed = time.monotonic() - started
+        assert response.status_code == 429, response.text[:300]
+        assert response.headers.get("x-rerank-admission") == "early", "refused by the service, not early"
+        assert elapsed < 0.5, f"the refusal took {elapsed:.2f} s"
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert body["code"] == 8 and body["message"].startswith("the server is busy: this request would wait")
+        kinds = {d["@type"].rsplit(".", 1)[-1] for d in body["details"]}
+        assert {"ErrorInfo", "RetryInfo"} <= kinds
+        assert body["details"][0]["reason"] == "QUEUE_FULL"
+        assert _served_calls(base_url) == calls, "the service received the refused request"
+        # Small bodies are not checked early: served while the heavy one runs (the service's own
+        # check may refuse one while a micro-batch is in flight, over the 0.05 s limit: retried).
+        for _ in range(20):
+            small = httpx.post(
+                f"{base_url}/v1/rerank",
+                json={"query": "panda", "documents": ["bamboo"]},
+                headers={"authorization": f"Bearer {API_KEY}"},
+                timeout=30,
+            )
+            assert "x-rerank-admission" not in small.headers, "a small body was checked early"
+            if small.status_code != 429:
+                break
+            time.sleep(0.05)
+        assert small.status_code == 200, small.text[:300]
+        assert _queued(port) > 0, "the heavy request was already done: this showed nothing"
+
+    _while_busy(base_url, port, check)
+
+
+def test_a_large_body_is_admitted_by_an_idle_server(early_stack):
+    base_url, _ = early_stack
+    body = {"query": "panda", "documents": [f"bamboo {i} " * 1000 for i in range(10)]}  # ~100 KB, truncated
+    response = httpx.post(
+        f"{base_url}/v1/rerank", json=body, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["results"]) == 10
 
 
 def test_grpc_clients_get_resource_exhausted_with_retry_after(busy_stack):

@@ -127,3 +127,20 @@ def test_incomplete_tls_settings_are_refused(settings, message):
 
     with pytest.raises(SettingsError, match=message):
         Settings(**settings)
+
+
+def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the_stacks_replicas():
+    from gateway.envoy_config import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER, METRICS_CLUSTER
+
+    stack = _hcm(render(Settings(metrics_port=9100), descriptor=Path("d.pb")))
+    names = [f["name"] for f in stack["http_filters"]]
+    assert names.index(FILTER_ADMISSION) == 0 and names[1] == FILTER_BUFFER
+    code = stack["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+    assert f'httpCall("{METRICS_CLUSTER}"' in code and f"size < {ADMISSION_MIN_BYTES}" in code
+    assert '["/v1/rerank"] = true' in code and '["/v2/rerank"] = true' in code and '["/rerank"] = true' in code
+    early = stack["local_reply_config"]["mappers"][1]["filter"]["metadata_filter"]
+    assert early["match_if_key_not_found"] is False
+    for settings in (Settings(), Settings(metrics_port=9100, upstreams="svc:50051")):
+        hcm = _hcm(render(settings, descriptor=Path("d.pb")))
+        assert FILTER_ADMISSION not in [f["name"] for f in hcm["http_filters"]]
+        assert all("metadata_filter" not in m["filter"] for m in hcm["local_reply_config"]["mappers"])
