@@ -112,13 +112,18 @@ function envoy_on_request(handle)
       [":method"] = "GET",
       [":path"] = "/admission?bytes=" .. string.format("%d", size),
       [":authority"] = "{METRICS_CLUSTER}",
+      -- Only a caller with a valid key is refused early; the service answers the others (401).
+      ["authorization"] = headers:get("authorization"),
     }}, "", {ADMISSION_TIMEOUT_MS})
   end)
   if not ok or reply == nil or reply[":status"] ~= "429" or body == nil then
     return
   end
   -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on this).
-  handle:streamInfo():dynamicMetadata():set("rerank", "early_refusal", "1")
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set("rerank", "early_refusal", "1")
+  metadata:set("rerank", "grpc_status", "8")
+  if reply["x-rerank-key"] ~= nil then metadata:set("rerank", "key", reply["x-rerank-key"]) end
   handle:respond({{
     [":status"] = "429",
     ["content-type"] = "application/json",

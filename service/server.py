@@ -129,6 +129,7 @@ class RerankServer:
             admission=self.early_refusal,
         )
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def load_models(self) -> None:
         """Loads every model folder and warms it up; raises :class:`ConfigurationError`."""
@@ -179,10 +180,20 @@ class RerankServer:
             models = list(self.models.values())
         else:
             models = [self.models[model]] if model in self.models else []
-        refusals = [m.early_refusal(size) for m in models]
-        if not refusals or any(r is None for r in refusals):
+        refusals: list[tuple[QueueFull, ServedModel]] = []
+        for served in models:
+            refusal = served.early_refusal(size)
+            if refusal is None:
+                return None
+            refusals.append((refusal, served))
+        if not refusals:
             return None
-        return min((r for r in refusals if r is not None), key=lambda r: r.retry_after or 0)
+        first, refused = min(refusals, key=lambda pair: pair[0].retry_after or 0)
+        # Counted like the service's own queue_time refusals, on the event loop (the metrics'
+        # owner; this runs on the metrics server's thread).
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(refused.metrics.reject, "queue_time")
+        return first
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings
@@ -207,6 +218,7 @@ class RerankServer:
     async def start(self) -> int:
         """Loads the models, binds the port and reports SERVING; returns the bound port."""
         s = self.settings
+        self._loop = asyncio.get_running_loop()
         interceptors = self._interceptors()
         if s.otlp_endpoint:
             tracing.configure(s.otlp_endpoint)

@@ -175,6 +175,11 @@ class MetricsEndpoint:
         size = (query.get("bytes") or [""])[0]
         if not size.isdigit():
             return _reply(start_response, "400 Bad Request", "bytes=<the request body's size> is required\n")
+        token = environ.get("HTTP_AUTHORIZATION")
+        caller = self.keyring.caller([("authorization", token)]) if token and self.keyring else None
+        if self.keyring and caller is None:
+            # No valid key: the service answers it (401), whatever its load.
+            return _reply(start_response, "200 OK", "admit: no valid key; the service answers\n")
         refusal = self.admission(int(size), (query.get("model") or [None])[0])
         if refusal is None:
             return _reply(start_response, "200 OK", "admit\n")
@@ -184,6 +189,8 @@ class MetricsEndpoint:
             ("Retry-After", str(refusal.retry_after or 1)),
             (EARLY_HEADER, "early"),
         ]
+        if caller is not None:
+            headers.append((KEY_NAME_HEADER, caller.name))  # for Envoy's access log
         start_response("429 Too Many Requests", headers)
         return [body]
 

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.envoy import start as start_envoy
 from service.settings import Settings
-from tests.support import API_KEY, AUTH, free_port, start_service
+from tests.support import API_KEY, AUTH, Samples, free_port, start_service
 
 HEAVY = {
     "query": "what do pandas eat?",
@@ -129,11 +129,17 @@ def _served_calls(base_url: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("rerank_requests_total{"))
 
 
+def _rejected(base_url: str) -> float:
+    """Requests refused for their queue time, from the service's metrics through Envoy."""
+    samples = Samples.parse(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return samples.total("rerank_rejected_requests_total", reason="queue_time")
+
+
 def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
     base_url, port = early_stack
 
     def check() -> None:
-        calls = _served_calls(base_url)
+        calls, rejected = _served_calls(base_url), _rejected(base_url)
         started = time.monotonic()
         response = httpx.post(
             f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": f"Bearer {API_KEY}"}, timeout=30
@@ -150,6 +156,16 @@ def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
         assert {"ErrorInfo", "RetryInfo"} <= kinds
         assert body["details"][0]["reason"] == "QUEUE_FULL"
         assert _served_calls(base_url) == calls, "the service received the refused request"
+        # Counted on the service's event loop, a moment after the reply: poll briefly.
+        deadline = time.monotonic() + 2
+        while _rejected(base_url) < rejected + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _rejected(base_url) == rejected + 1, "the early refusal was not counted as queue_time"
+        # A caller without a valid key is not refused early: the service answers it (401).
+        anonymous = httpx.post(
+            f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": "Bearer nope"}, timeout=30
+        )
+        assert anonymous.status_code == 401, anonymous.text[:300]
         # Small bodies are not checked early: served while the heavy one runs (the service's own
         # check may refuse one while a micro-batch is in flight, over the 0.05 s limit: retried).
         for _ in range(20):

@@ -36,13 +36,16 @@ def test_the_batch_in_flight_counts_and_retry_after_is_at_least_one() -> None:
     assert refusal is not None and refusal.retry_after == 1
 
 
-def _call(endpoint: MetricsEndpoint, query: str) -> tuple[str, dict[str, str], bytes]:
+def _call(endpoint: MetricsEndpoint, query: str, key: str | None = None) -> tuple[str, dict[str, str], bytes]:
     seen: dict[str, Any] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
         seen["status"], seen["headers"] = status, dict(headers)
 
-    body = b"".join(endpoint.app({"PATH_INFO": ADMISSION_PATH, "QUERY_STRING": query}, start_response))
+    environ = {"PATH_INFO": ADMISSION_PATH, "QUERY_STRING": query}
+    if key is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    body = b"".join(endpoint.app(environ, start_response))
     return seen["status"], seen["headers"], body
 
 
@@ -80,3 +83,16 @@ def test_the_endpoint_answers_200_or_the_services_queue_full_error() -> None:
 def test_without_an_admission_check_there_is_no_admission_path() -> None:
     endpoint = MetricsEndpoint(CollectorRegistry(), keyring=Keyring.load((), None), require_key=False)
     assert _call(endpoint, "bytes=1")[0].startswith("404")
+
+
+def test_only_a_caller_with_a_valid_key_is_refused_early() -> None:
+    """The others are the service's to answer (401), however busy it is."""
+    keyring = Keyring.load(("team-key-0001",), None)
+    endpoint = MetricsEndpoint(
+        CollectorRegistry(), keyring=keyring, require_key=False, admission=lambda size, model: QueueFull("busy")
+    )
+    assert _call(endpoint, "bytes=40000")[0].startswith("200")
+    assert _call(endpoint, "bytes=40000", key="not-a-key")[0].startswith("200")
+    status, headers, _ = _call(endpoint, "bytes=40000", key="team-key-0001")
+    assert status.startswith("429")
+    assert headers["x-rerank-key"] == keyring.keys[0].name  # the key's name, for Envoy's access log
