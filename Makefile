@@ -28,7 +28,7 @@ $(VENV)/bin/python:
 
 # Everything CI and development need.
 $(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway,test,lint]'
+	$(PIP_INSTALL) -e '.[convert,gateway,openvino,quantize,test,lint]'
 	touch $@ $(SERVE_STAMP)
 
 # What `make serve` needs: serving and converting, not the test tools.
@@ -41,7 +41,7 @@ install-serve: $(SERVE_STAMP)
 
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools
-	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,test,lint --no-emit-index-url \
+	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,openvino,quantize,test,lint --no-emit-index-url \
 		--no-emit-find-links --output-file $(LOCK) pyproject.toml
 
 lint: install
