@@ -14,7 +14,7 @@ from converters.testing.llama_cpp import convert_to_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 OUR_LINE = re.compile(
-    r"\d\d:\d\d:\d\d (memory|checkpoint|gguf|tokenizer|graph|verify|variants|done): \S.*"
+    r"\d\d:\d\d:\d\d (memory|checkpoint|gguf|tokenizer|graph|verify|variants|seal|done): \S.*"
     r"|wrote \S+ \(max \|Δ\| \S+ on \d+ probes\)"
 )
 
