@@ -40,12 +40,22 @@ async def test_concurrent_requests_score_like_single_ones(stack):
     assert stats.queued_pairs == 0
 
 
-def test_default_variant_on_cpu_is_fused_fp32(stub):
+def test_default_variant_on_cpu_is_exact_or_gated_and_chosen_at_start_up(stub, models_dir):
+    import json
+
     from service.protocol import rerank_pb2
 
     cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
-    assert cards["xlmr-tiny"].variant == "fp32-fused" and cards["xlmr-tiny"].precision == "fp32"
-    assert cards["xlmr-tiny"].provider == "CPUExecutionProvider"
+    card = cards["xlmr-tiny"]
+    served = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())["variants"][card.variant]
+    assert served["device"] in ("any", "cpu") and card.runtime == served["runtime"]
+    assert card.precision == served["precision"]
+    assert card.precision == "fp32" or (served["gate"]["passed"] and card.gate.passed)
+    assert card.provider == {"onnxruntime": "CPUExecutionProvider", "openvino": "OpenVINO CPU"}[card.runtime]
+    assert card.selection and card.cpu.model
+    if card.candidates:  # several were timed: the served one is among them, and the fastest
+        times = {c.variant: c.milliseconds for c in card.candidates}
+        assert times[card.variant] == min(times.values())
 
 
 def test_variant_gates_recorded(models_dir):

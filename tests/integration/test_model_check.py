@@ -60,7 +60,7 @@ def refusal(output: str) -> str:
 
 def test_the_converter_records_what_the_checks_need(folder):
     data = json.loads((folder / "rerank.json").read_text())
-    assert data["format"] == 2
+    assert data["format"] == 3  # 3: variants name their runtime
     assert data["graph"]["vocab_rows"] > 0 and data["graph"]["position_rows"] > data["max_length"] - 1
     assert len(data["check_pairs"]) == 6
     for variant in data["variants"].values():
