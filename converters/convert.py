@@ -14,11 +14,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from converters import onnx_graph
+from converters import gate_probes, onnx_graph
 from converters.errors import CheckpointError, VerificationError
 from converters.memory import release_memory
 from converters.probes import probe_pairs
@@ -98,7 +99,7 @@ def seal(
         if key == "fp32":
             scores = [float(fp32_scores[i]) for i in short]
         else:
-            scores = [float(s) for s in score_pairs(work, config, check_pairs, file=variant.file)]
+            scores = [float(s) for s in score_pairs(work, config, check_pairs, variant=variant)]
         variants[key] = dataclasses.replace(variant, sha256=sha256, probe_scores=scores)
     progress(f"seal: checksums and check scores of {len(variants)} graphs recorded")
     return dataclasses.replace(config, variants=variants, graph=graph, check_pairs=check_pairs)
@@ -216,14 +217,24 @@ def convert(
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()
-        kept, figures = write_variants(
-            work,
-            variants,
-            lambda file: score_pairs(work, config, pairs, file=file),
-            ours,
-            enforce_gate=enforce_gate,
-            progress=progress,
-        )
+        kept: dict[str, Variant] = {}
+        figures: dict[str, dict[str, Any]] = {}
+        gate: dict[str, Any] = {}
+        if variants:
+            gate_pairs, groups = gate_probes.gate_pairs()
+            progress(f"variants: scoring {len(gate_pairs)} gate pairs ({len(set(groups))} queries) with the fp32 graph")
+            reference = score_pairs(work, config, gate_pairs)
+            gate = {"pairs": len(gate_pairs), "queries": len(set(groups)), "reference": "onnxruntime fp32 model.onnx"}
+            kept, figures = write_variants(
+                work,
+                config,
+                variants,
+                lambda variant: score_pairs(work, config, gate_pairs, variant=variant),
+                reference,
+                groups,
+                enforce_gate=enforce_gate,
+                progress=progress,
+            )
         config = dataclasses.replace(
             config,
             variants={**config.variants, **kept},
@@ -232,6 +243,7 @@ def convert(
                 "probes": len(pairs),
                 "max_abs_diff": diff,
                 "tolerance": TOLERANCE,
+                "gate": gate,
                 "variant_gates": figures,
                 "variant_gate_enforced": enforce_gate,
             },

@@ -61,17 +61,22 @@ def test_default_variant_on_cpu_is_exact_or_gated_and_chosen_at_start_up(stub, m
 def test_variant_gates_recorded(models_dir):
     import json
 
+    from converters.variants import DEFAULT
+
     data = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())
     gates = data["verification"]["variant_gates"]
-    assert set(gates) == {"fp32-fused", "int8", "fp16"}
+    assert set(gates) == set(DEFAULT)
     for name, figures in gates.items():
         assert figures["passed"] == (name in data["variants"])
-        assert figures["passed"] == (figures["spearman"] >= 0.99 and figures["same_top3"])
+        if "skipped" not in figures:
+            rule = figures["min_spearman"] >= 0.99 and figures["all_top3_kept"] and figures["max_abs_diff"] <= 0.05
+            assert figures["passed"] == rule and figures["pairs"] >= 300 and figures["queries"] >= 10
     assert gates["fp32-fused"]["max_abs_diff"] <= 1e-4
-    assert data["variants"]["fp16"]["device"] == "cuda"
+    # fp16 is for CUDA; on these random weights it may miss the 0.05-logit bound (xlmr-tiny: 0.059).
+    assert all(v["device"] == "cuda" for k, v in data["variants"].items() if k == "fp16")
 
 
-@pytest.mark.parametrize("variant", ["fp32", "fp16"])
+@pytest.mark.parametrize("variant", ["fp32", "ov-fp32"])
 def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
     from service.protocol import rerank_pb2, rerank_pb2_grpc
     from tests.reference import transformers_scores
@@ -89,7 +94,7 @@ def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, variant):
     assert card.variant == variant
     expected = transformers_scores(checkpoint("xlmr"), QUERY, DOCS)
     got = {r.index: r.relevance_score for r in reply.results}
-    tolerance = 1e-4 if variant == "fp32" else 5e-2
+    tolerance = 1e-4  # both are fp32: the exact path on either runtime
     assert max(abs(got[i] - expected[i]) for i in range(len(DOCS))) <= tolerance
 
 
