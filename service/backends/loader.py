@@ -22,9 +22,13 @@ from service.backends.base import Backend, Batch, VariantChoice
 from service.backends.cpu_features import CpuFeatures, detect
 from service.model_folder import OPENVINO, ModelFolderConfig, Variant
 
-TIMING_ROUNDS = 3
+TIMING_ROUNDS = 5
 """Micro-batches timed per candidate (after one untimed run); the fastest round counts, since
 on a shared machine the slow rounds measure the neighbours."""
+TIMING_BUDGET_SECONDS = 20.0
+"""After two rounds, timing stops once it has taken this long (a large model's micro-batch
+takes seconds on a few cores; start-up should not take minutes)."""
+MIN_ROUNDS = 2
 TIMING_PAIRS = 16
 TIMING_LENGTH = 128
 """The timed micro-batch: 16 pairs x min(128, max_length) tokens, like the batcher's calibration."""
@@ -138,7 +142,10 @@ def time_candidates(backends: dict[str, Backend], config: ModelFolderConfig, *, 
     for backend in backends.values():
         backend.run(batch)  # first run: lazy initialisation, kernel creation
     best = {key: float("inf") for key in keys}
+    began = time.perf_counter()
     for round_ in range(TIMING_ROUNDS):
+        if round_ >= MIN_ROUNDS and time.perf_counter() - began > TIMING_BUDGET_SECONDS:
+            break
         for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]:
             started = time.perf_counter()
             backends[key].run(batch)

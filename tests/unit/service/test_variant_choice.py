@@ -146,3 +146,11 @@ def test_one_candidate_is_not_timed() -> None:
     only = Sleeper("fp32", 0.0)
     choice = loader.time_candidates({"fp32": only}, FOLDER, pinned=True)  # type: ignore[dict-item]
     assert (choice.key, choice.reason, choice.milliseconds, only.shapes) == ("fp32", "pinned by RERANK_VARIANT", {}, [])
+
+
+def test_timing_stops_after_two_rounds_once_over_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "TIMING_BUDGET_SECONDS", 0.0)
+    backends = {"a": Sleeper("a", 0.001), "b": Sleeper("b", 0.0)}
+    choice = loader.time_candidates(backends, FOLDER)  # type: ignore[arg-type]
+    assert choice.key == "b"
+    assert [len(b.shapes) for b in backends.values()] == [1 + loader.MIN_ROUNDS] * 2
