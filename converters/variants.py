@@ -89,14 +89,17 @@ def gate_figures(reference: np.ndarray, scores: np.ndarray, groups: list[str]) -
 
 
 def missing_runtime(name: str) -> str | None:
-    """Why variant ``name`` cannot be built and gated here (a package is missing), or None."""
+    """Why variant ``name`` cannot be built and gated here (a package or the CPU's bf16 / int8
+    units are missing), or None."""
     from converters import quantize
-    from service.scoring import runtime_available
+    from service.scoring import runs_natively, runtime_available
 
     if SHAPES[name][2] == OPENVINO and not runtime_available(OPENVINO):
         return "OpenVINO is not installed (pip install 'rerank[openvino]')"
     if name == "ov-int8" and not quantize.available():
         return "NNCF is not installed (pip install 'rerank[quantize]')"
+    if not runs_natively(candidate(name)):
+        return f"this CPU has no {SHAPES[name][0]} units, so its gate cannot be measured here; convert on one that has"
     return None
 
 

@@ -65,3 +65,13 @@ def padded_batches(
 def runtime_available(runtime: str) -> bool:
     """Whether ``runtime`` (``onnxruntime``, ``openvino``) is installed, so its variants can be scored."""
     return _runtime_available(runtime)
+
+
+def runs_natively(variant: Variant) -> bool:
+    """Whether this machine's CPU has the units ``variant``'s precision needs (bf16: AMX-BF16 or
+    AVX-512 BF16; OpenVINO int8: VNNI or AMX-INT8). Without them a runtime computes something
+    else (OpenVINO runs a bf16 hint in f32), so a gate measured here would not be the variant's."""
+    from service.backends.cpu_features import detect
+    from service.backends.loader import runs_natively as native
+
+    return native(variant, detect())

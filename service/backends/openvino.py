@@ -81,6 +81,10 @@ class OpenVinoBackend:
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.execution_precision = str(hint.to_string() if hasattr(hint, "to_string") else hint)
         """What OpenVINO says it computes in: ``f32`` or ``bf16``."""
+        if self.precision == "bf16" and self.execution_precision != "bf16":
+            # OpenVINO quietly runs a bf16 hint in f32 on a CPU without bf16 units: serving that
+            # as "bf16" would claim a speed-up and a gate that are not this machine's.
+            raise ValueError(f"variant {variant!r}: this CPU cannot run bf16 (OpenVINO runs it in f32)")
         self._request = self.compiled.create_infer_request()
         template = config.template
         # A token every vocabulary has: the pair template's first special token.
