@@ -67,10 +67,13 @@ test-parity: install
 	bash tools/build_llama_cpp.sh
 	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity $(PYTEST_ARGS)
 
+# Every model (minilm-ce, bert-small, bge-shape), every peer, W1-W3. BENCH_ARGS narrows it, e.g.
+# BENCH_ARGS='--models minilm-ce'. Infinity installs itself once into .cache/bench/infinity-venv.
+BENCH_ARGS ?=
 bench: install
 	$(PIP_INSTALL) -e '.[bench]'
 	bash tools/build_llama_cpp.sh
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine.
 gpu-prep: install
