@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from converters import gate_probes, onnx_graph
+from converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
 from converters.memory import release_memory
 from converters.quiet import quiet_onnxruntime_tools
 from converters.spec import LoadedModel
