@@ -27,7 +27,7 @@ from converters.quiet import quiet_transformers
 from converters.spec import LoadedModel
 from converters.variants import build_fused, write_variants
 from service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
-from service.scoring import score_pairs
+from service.scoring import runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
@@ -103,6 +103,23 @@ def seal(
         variants[key] = dataclasses.replace(variant, sha256=sha256, probe_scores=scores)
     progress(f"seal: checksums and check scores of {len(variants)} graphs recorded")
     return dataclasses.replace(config, variants=variants, graph=graph, check_pairs=check_pairs)
+
+
+def speed_table(work: Path, config: ModelFolderConfig, progress: Progress) -> dict[str, Any]:
+    """Times the CPU variants this machine can run, as the server times its candidates; a
+    server on the same CPU then chooses from this table instead of timing at start-up, so every
+    replica and restart serves the same variant. Empty with fewer than two such variants."""
+    keys = [
+        key
+        for key, v in config.variants.items()
+        if v.device in ("any", "cpu") and runtime_available(v.runtime) and runs_natively(v)
+    ]
+    if len(keys) < 2:
+        return {}
+    table = time_variants(work, config, keys)
+    timed = ", ".join(f"{key} {ms:.1f} ms" for key, ms in table["milliseconds"].items())
+    progress(f"variants: timed on this CPU ({table['batch'][0]} x {table['batch'][1]}): {timed}")
+    return table
 
 
 def source_name(ref: str) -> str:
@@ -248,6 +265,7 @@ def convert(
                 "variant_gate_enforced": enforce_gate,
             },
         )
+        config = dataclasses.replace(config, speed=speed_table(work, config, progress))
         config = seal(work, config, graph, pairs, ours, progress)
         write_config(work, config)
         if final.exists():

@@ -121,6 +121,10 @@ class ModelFolderConfig:
     ``position_rows`` and ``position_offset`` (learned position tables, where the model has one)."""
     check_pairs: list[tuple[str, str]] = field(default_factory=list)
     """A few (query, document) pairs whose scores each variant recorded (``probe_scores``)."""
+    speed: dict[str, Any] = field(default_factory=dict)
+    """The converter's timing of the CPU variants on its own CPU: ``cpu`` (model and feature
+    flags), ``batch`` ([pairs, length]), ``threads`` and ``milliseconds`` per variant. A server
+    on the same CPU chooses from it (the same choice on every replica and restart)."""
     format: int = FORMAT_VERSION
 
     @property
@@ -169,6 +173,7 @@ class ModelFolderConfig:
             opset=int(data.get("opset", 17)),
             graph={k: int(v) for k, v in data.get("graph", {}).items()},
             check_pairs=[(str(q), str(d)) for q, d in data.get("check_pairs", [])],
+            speed=dict(data.get("speed", {})),
             format=int(data["format"]),
         )
 

@@ -9,8 +9,10 @@ difference.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,3 +77,20 @@ def runs_natively(variant: Variant) -> bool:
     from service.backends.loader import runs_natively as native
 
     return native(variant, detect())
+
+
+def time_variants(folder: Path, config: ModelFolderConfig, keys: Sequence[str]) -> dict[str, Any]:
+    """The timing table a server on this CPU chooses from (:attr:`ModelFolderConfig.speed`):
+    each of ``keys`` timed as the server times its candidates, on every core."""
+    from service.backends.cpu_features import detect
+    from service.backends.loader import cpu_signature, measure, timing_batch
+
+    backends = {key: load_backend(folder, config, variant=key, device="cpu", threads=None) for key in keys}
+    best = measure(backends, config)
+    shape = timing_batch(config).input_ids.shape
+    return {
+        "cpu": cpu_signature(detect()),
+        "batch": [int(shape[0]), int(shape[1])],
+        "threads": os.cpu_count() or 1,
+        "milliseconds": {key: round(seconds * 1e3, 3) for key, seconds in best.items()},
+    }

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.backends.base import Backend, Batch, VariantChoice
 from service.backends.cpu_features import detect as detect_cpu
-from service.backends.loader import candidate_variants, load_backend, time_candidates
+from service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
 from service.core.batching import BatchingConfig, Throughput
 from service.core.reranker import ServedModel
 from service.core.tokenization import TokenizerPool
@@ -99,7 +99,7 @@ class RerankServer:
                 raise ConfigurationError(str(exc)) from None
             if config.name in self.models:
                 raise ConfigurationError(f"two model folders are both named {config.name!r}")
-            backend, choice = self._load_fastest(folder, config, keys)
+            backend, choice = self._load_fastest(folder, config, keys, table_choice(config, keys, cpu))
             log.info(
                 "%s: serving variant %s (%s, %s): %s%s",
                 config.name,
@@ -121,10 +121,15 @@ class RerankServer:
                 cpu=cpu,
             )
 
-    def _load_fastest(self, folder: Path, config: ModelFolderConfig, keys: list[str]) -> tuple[Backend, VariantChoice]:
+    def _load_fastest(
+        self, folder: Path, config: ModelFolderConfig, keys: list[str], chosen: VariantChoice | None
+    ) -> tuple[Backend, VariantChoice]:
         """Checks and loads every candidate variant (each must pass the start-up checks), times
-        them when there are several, and keeps the fastest."""
+        them when there are several, and keeps the fastest; or only ``chosen`` (from the
+        converter's timing table)."""
         s = self.settings
+        if chosen is not None:
+            keys = [chosen.key]
         backends: dict[str, Backend] = {}
         for key in keys:
             check_files(folder, config, key, verify_checksums=s.verify_checksums)
@@ -133,7 +138,7 @@ class RerankServer:
             except Exception as exc:
                 raise ConfigurationError(f"{folder / config.variants[key].file}: cannot be loaded: {exc}") from exc
             check_scores(folder, config, backends[key])
-        choice = time_candidates(backends, config, pinned=bool(s.variant))
+        choice = chosen or time_candidates(backends, config, pinned=bool(s.variant))
         backend = backends.pop(choice.key)
         backends.clear()  # the others' sessions and compiled models go now, not at exit
         return backend, choice

@@ -6,15 +6,17 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 * **CPU**: the candidates are every CPU variant that is exact (fp32, on either runtime) or that
   passed the current gate against fp32 (``Variant.passed_gate``), whose runtime is installed
   (OpenVINO is the optional extra ``openvino``) and whose arithmetic this CPU runs natively
-  (:func:`runs_natively`: emulated bf16 is slower than fp32). :func:`time_candidates` then
-  times a few micro-batches of each, interleaved, and the fastest is served. With one
-  candidate nothing is timed.
+  (:func:`runs_natively`: emulated bf16 is slower than fp32). The fastest is served: by the
+  converter's timing table when it was measured on this CPU (:func:`table_choice`), else by
+  timing a few micro-batches of each at start-up, interleaved (:func:`time_candidates`). With
+  one candidate nothing is timed.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,14 +135,34 @@ def timing_batch(config: ModelFolderConfig) -> Batch:
     return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
 
 
-def time_candidates(backends: dict[str, Backend], config: ModelFolderConfig, *, pinned: bool = False) -> VariantChoice:
-    """Times every backend on :func:`timing_batch`, in rotated order each round so that a busy
-    moment of the machine does not fall on one candidate only; the fastest wins (the first
-    listed on a tie). One backend is chosen without timing."""
+def cpu_signature(cpu: CpuFeatures) -> dict[str, Any]:
+    """What a timing table's CPU must match: its model name and feature flags."""
+    return {"model": cpu.model, "flags": cpu.flags()}
+
+
+def table_choice(config: ModelFolderConfig, keys: list[str], cpu: CpuFeatures) -> VariantChoice | None:
+    """The fastest of ``keys`` by the converter's timing table (:attr:`ModelFolderConfig.speed`)
+    when it was measured on this CPU and times every one of them; else None (time at start-up).
+    A table makes the choice the same on every replica and every restart: start-up timing on a
+    busy machine can flip between candidates a few percent apart, and then two replicas of one
+    model answer the same request with (slightly) different scores."""
+    table = config.speed
+    times = table.get("milliseconds", {})
+    if len(keys) < 2 or table.get("cpu") != cpu_signature(cpu) or not set(keys) <= set(times):
+        return None
+    winner = min(keys, key=lambda k: (times[k], keys.index(k)))
+    return VariantChoice(
+        winner,
+        f"fastest of {len(keys)} candidates in the converter's timing table (this CPU, "
+        f"{table['batch'][0]} x {table['batch'][1]} micro-batch)",
+        {key: float(times[key]) for key in keys},
+    )
+
+
+def measure(backends: dict[str, Backend], config: ModelFolderConfig) -> dict[str, float]:
+    """Best seconds of each backend on :func:`timing_batch`, in rotated order each round so that
+    a busy moment of the machine does not fall on one candidate only."""
     keys = list(backends)
-    if len(keys) == 1:
-        reason = "pinned by RERANK_VARIANT" if pinned else "the only candidate"
-        return VariantChoice(keys[0], reason, {})
     batch = timing_batch(config)
     for backend in backends.values():
         backend.run(batch)  # first run: lazy initialisation, kernel creation
@@ -153,10 +175,21 @@ def time_candidates(backends: dict[str, Backend], config: ModelFolderConfig, *, 
             started = time.perf_counter()
             backends[key].run(batch)
             best[key] = min(best[key], time.perf_counter() - started)
+    return best
+
+
+def time_candidates(backends: dict[str, Backend], config: ModelFolderConfig, *, pinned: bool = False) -> VariantChoice:
+    """Times every backend (:func:`measure`); the fastest wins (the first listed on a tie). One
+    backend is chosen without timing."""
+    keys = list(backends)
+    if len(keys) == 1:
+        reason = "pinned by RERANK_VARIANT" if pinned else "the only candidate"
+        return VariantChoice(keys[0], reason, {})
+    best = measure(backends, config)
     winner = min(keys, key=lambda k: (best[k], keys.index(k)))
-    shape = f"{batch.input_ids.shape[0]} x {batch.input_ids.shape[1]}"
+    batch = timing_batch(config).input_ids.shape
     return VariantChoice(
         winner,
-        f"fastest of {len(keys)} candidates on a {shape} micro-batch at start-up",
+        f"fastest of {len(keys)} candidates on a {batch[0]} x {batch[1]} micro-batch at start-up",
         {key: seconds * 1e3 for key, seconds in best.items()},
     )

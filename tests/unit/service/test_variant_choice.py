@@ -154,3 +154,24 @@ def test_timing_stops_after_two_rounds_once_over_its_budget(monkeypatch: pytest.
     choice = loader.time_candidates(backends, FOLDER)  # type: ignore[arg-type]
     assert choice.key == "b"
     assert [len(b.shapes) for b in backends.values()] == [1 + loader.MIN_ROUNDS] * 2
+
+
+def with_table(milliseconds: dict[str, float], cpu: CpuFeatures = ZEN5) -> ModelFolderConfig:
+    import dataclasses
+
+    table = {"cpu": loader.cpu_signature(cpu), "batch": [32, 64], "threads": 2, "milliseconds": milliseconds}
+    return dataclasses.replace(FOLDER, speed=table)
+
+
+def test_the_converters_timing_table_decides_on_the_cpu_it_was_measured_on() -> None:
+    folder = with_table({"fp32-fused": 9.0, "fp32": 8.0, "ov-fp32": 6.0, "ov-bf16": 3.0})
+    choice = loader.table_choice(folder, ["fp32-fused", "fp32", "ov-fp32"], ZEN5)
+    assert choice is not None and choice.key == "ov-fp32" and "timing table" in choice.reason
+    assert choice.milliseconds == {"fp32-fused": 9.0, "fp32": 8.0, "ov-fp32": 6.0}  # candidates only
+    # Another CPU, or a candidate the table did not time: measure at start-up instead.
+    assert loader.table_choice(folder, ["fp32-fused", "ov-fp32"], AMX) is None
+    assert loader.table_choice(folder, ["fp32", "ov-int8"], ZEN5) is None
+    assert loader.table_choice(folder, ["fp32"], ZEN5) is None  # nothing to choose
+    assert loader.table_choice(FOLDER, ["fp32-fused", "fp32"], ZEN5) is None  # no table (older folders)
+    tie = with_table({"fp32-fused": 5.0, "fp32": 5.0})
+    assert loader.table_choice(tie, ["fp32-fused", "fp32"], ZEN5).key == "fp32-fused"  # type: ignore[union-attr]
