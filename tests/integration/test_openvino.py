@@ -118,6 +118,12 @@ def test_the_converter_writes_gates_and_seals_openvino_variants(ov_models: Path)
     assert not (folder / "model.fused.onnx").exists()  # a stepping stone for ONNX Runtime's variants only
     # ov-fp32 is the reference graph on another runtime: the same scores; bf16 and int8 are not.
     assert variants["ov-fp32"]["gate"]["max_abs_diff"] < 1e-4 and variants["ov-fp32"]["gate"]["passed"]
+    # The timing table a server on this CPU chooses from: every variant this CPU runs natively.
+    cpu = detect()
+    native = {"fp32", "ov-fp32", *(["ov-bf16"] if cpu.native_bf16 else []), *(["ov-int8"] if cpu.native_int8 else [])}
+    assert set(data["speed"]["milliseconds"]) == native
+    assert data["speed"]["cpu"] == {"model": cpu.model, "flags": cpu.flags()}
+    assert all(ms > 0 for ms in data["speed"]["milliseconds"].values())
     fp32_checks = np.asarray(variants["fp32"]["probe_scores"])
     assert np.max(np.abs(np.asarray(variants["ov-fp32"]["probe_scores"]) - fp32_checks)) < 1e-4
     assert np.max(np.abs(np.asarray(variants["ov-int8"]["probe_scores"]) - fp32_checks)) > 1e-4
