@@ -14,7 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.backends.base import Backend
+from service.backends.base import Backend, VariantChoice
+from service.backends.cpu_features import CpuFeatures
 from service.core.batching import PADDING_ALLOWANCE, BatchingConfig, DynamicBatcher, Throughput
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import (
@@ -87,12 +88,18 @@ class ServedModel:
         batching: BatchingConfig,
         tokenizers: TokenizerPool,
         throughput: Throughput | None = None,
+        choice: VariantChoice | None = None,
+        cpu: CpuFeatures | None = None,
     ) -> None:
         self.folder = folder
         self.config = config
         self.name = config.name
         self.encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
         self.backend = backend
+        self.choice = choice or VariantChoice(backend.variant_key, "", {})
+        """Which variant runs and why (``/v1/models``)."""
+        self.cpu = cpu
+        """The CPU the server found at start-up (``/v1/models``); None where nobody looked."""
         self.metrics = ModelMetrics()
         self.batcher = DynamicBatcher(
             self.backend.run,
