@@ -24,9 +24,10 @@ import onnxruntime as ort
 
 from bench.peers import OurServer, OursGrpc
 from converters import onnx_graph
+from converters.gate_probes import spearman
 from converters.probes import probe_pairs
 from converters.spec import EncoderSpec
-from converters.variants import FILES, _fuse, _to_fp16, gate
+from converters.variants import FILES, _fuse, _to_fp16
 from service.backends.onnx import CUDA, Batch, OnnxBackend
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
@@ -84,6 +85,30 @@ def bge_shape_weights(rng: np.random.Generator, spec: EncoderSpec, vocab: int) -
     return w
 
 
+@dataclasses.dataclass(frozen=True)
+class RankAgreement:
+    """One device's scores against another's on one probe set: Spearman >= 0.99 and the same
+    top 3. (The converter's gate is per query on ~300 pairs, ``converters.gate_probes``; here
+    the check is that CUDA ranks the converter's 13 probes as the CPU does.)"""
+
+    spearman: float
+    same_top3: bool
+    max_abs_diff: float
+
+    @property
+    def passed(self) -> bool:
+        return self.spearman >= 0.99 and self.same_top3
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+
+def gate(candidate: np.ndarray, reference: np.ndarray) -> RankAgreement:
+    top = lambda x: list(np.argsort(-x, kind="stable")[:3])  # noqa: E731
+    diff = float(np.max(np.abs(candidate - reference)))
+    return RankAgreement(spearman(candidate, reference), top(candidate) == top(reference), diff)
+
+
 def fixture_checks(folder: Path, device: str) -> tuple[list[tuple[str, str]], np.ndarray]:
     """The converted fixture: the server's own variant choice on this device, and its scores
     against fp32 on the CPU (the converter's gate). Returns the probes that share the first
@@ -122,7 +147,7 @@ def service_check(models: Path, pairs: list[tuple[str, str]], reference: np.ndar
     ListModels reports the device's variant and provider, and a Rerank over gRPC ranks
     ``pairs`` (one query) like ``reference``, the fp32-on-CPU scores."""
     server = OurServer(models, read_model_folder(find_model_folders(models)[0]).name, None, Path(tempfile.mkdtemp()))
-    client = OursGrpc(server)
+    client = OursGrpc(server, "grpc-auto")
     try:
         client.start()
         card = client.card()

@@ -145,9 +145,10 @@ def padding_fraction(lengths: list[int], requests: int) -> float:
     settings the server reads from the environment, replayed on the pairs' token lengths."""
     import asyncio
 
-    from service.core.batching import DynamicBatcher
+    from service.core.batching import DynamicBatcher, Throughput
     from service.core.metrics import ModelMetrics
     from service.core.tokenization import Pair
+    from service.server import batching_config
     from service.settings import parse
 
     async def replay() -> float:
@@ -156,9 +157,12 @@ def padding_fraction(lengths: list[int], requests: int) -> float:
             lambda batch: np.zeros(len(batch.input_ids)),
             pad_id=0,
             with_types=False,
-            config=parse([]).batching,
+            config=batching_config(parse("serve", [], prog="bench", description="")[0]),
             metrics=metrics,
             name="replay",
+            # As fast as the bench's machine could ever be: admission control must not refuse
+            # a replay that only counts padding.
+            throughput=Throughput(1e12),
         )
         pairs = [Pair(i, np.zeros(n, np.int64), np.zeros(n, np.int64)) for i, n in enumerate(lengths)]
         await asyncio.gather(*(batcher.score(pairs) for _ in range(requests)))

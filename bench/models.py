@@ -1,13 +1,21 @@
-"""The bench models: random-weight checkpoints with published shapes, and their converted forms.
+"""The bench models and their converted forms.
 
-Each model exists in three forms, all cached under ``.cache/bench/<model>/`` (git-ignored):
+* **minilm-ce**: all-MiniLM-L6-v2's real encoder with a seeded head
+  (:mod:`converters.testing.minilm_ce`), converted with the default variants and the accuracy
+  gate on: the model quality claims are made on, and the one the server's own choice
+  (``grpc-auto``) is measured on.
+* **bert-small**, **bge-shape**: random weights (seeded) in published shapes with fixture
+  tokenizers, converted with ``--no-gate`` (accuracy means nothing on random weights): speed only.
 
-* ``checkpoint/``: a Hugging Face checkpoint folder (random weights, seeded; a fixture tokenizer);
-* ``models/<model>/``: our model folder, written by ``converters.cli`` with the fp32-fused and
-  int8 variants (``--no-gate``: random weights make the accuracy gate meaningless);
-* ``<model>-f16.gguf`` and ``<model>-q8_0.gguf``: llama.cpp's ``convert_hf_to_gguf.py`` output.
+Each model exists in up to three forms, all cached under ``.cache/bench/<model>/`` (git-ignored):
 
-A form is rebuilt only when it is missing; delete the folder to start over.
+* ``checkpoint/``: a Hugging Face checkpoint folder;
+* ``models/<model>/``: our model folder, written by ``converters.cli``;
+* ``<model>-f16.gguf`` and ``<model>-q8_0.gguf``: llama.cpp's ``convert_hf_to_gguf.py`` output
+  (only when a llama peer is measured).
+
+A form is rebuilt only when it is missing (or lacks a variant its model asks for); delete the
+folder to start over.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from converters.variants import DEFAULT as DEFAULT_VARIANTS
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
 SEED = 0
-OUR_VARIANTS = ("fp32-fused", "int8")
 GGUF_TYPES = ("f16", "q8_0")
+REAL = "minilm-ce"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class Shape:
     model_max_length: int
     vocab_size: int | None
     """Embedding rows; None: the tokenizer's own size."""
+    variants: tuple[str, ...] = ("fp32-fused", "int8")
+    """Our variants, converted with ``--no-gate``."""
 
 
 SHAPES: dict[str, Shape] = {
@@ -55,6 +67,7 @@ SHAPES: dict[str, Shape] = {
         max_positions=8194,
         model_max_length=8192,
         vocab_size=250002,
+        # No OpenVINO variants: gating them scores ~300 pairs each, tens of minutes at this size.
     ),
     # cross-encoder/ms-marco-MiniLM-L-6-v2's shape with a 384-wide intermediate x4 (MiniLM-L6 family).
     "bert-small": Shape(
@@ -66,8 +79,10 @@ SHAPES: dict[str, Shape] = {
         max_positions=512,
         model_max_length=512,
         vocab_size=None,
+        variants=("fp32-fused", "int8", "ov-fp32", "ov-bf16"),
     ),
 }
+NAMES = (REAL, *SHAPES)
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -165,24 +180,13 @@ def _run(command: list[str], what: str) -> None:
         )
 
 
-def _convert_ours(name: str, checkpoint: Path, models_dir: Path) -> None:
-    """``converters.cli`` with our CPU variants; the accuracy gate is skipped (random weights)."""
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "converters.cli",
-            str(checkpoint),
-            "--name",
-            name,
-            "--out",
-            str(models_dir),
-            "--variants",
-            ",".join(OUR_VARIANTS),
-            "--no-gate",
-        ],
-        f"converting {name}",
-    )
+def _convert_ours(name: str, checkpoint: Path, models_dir: Path, variants: tuple[str, ...] | None) -> None:
+    """``converters.cli`` with ``variants`` and the gate off (random weights), or with the
+    default variants and the gate on (``variants`` None: real weights)."""
+    command = [sys.executable, "-m", "converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir)]
+    if variants is not None:
+        command += ["--variants", ",".join(variants), "--no-gate"]
+    _run(command, f"converting {name}")
 
 
 def _count_params(checkpoint: Path) -> tuple[int, int]:
@@ -204,23 +208,32 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
 
 def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) -> BenchModel:
     """Builds whatever form of model ``name`` is missing from the cache and returns all of them
-    (``gguf=False``: not the GGUF files, which need llama.cpp's source; ``BenchModel.gguf`` then
-    holds only those already built)."""
-    shape = SHAPES[name]
+    (the GGUF files only with ``gguf``)."""
     root = CACHE / name
     checkpoint = root / "checkpoint"
     if not (checkpoint / "model.safetensors").exists():
-        log(f"{name}: writing the random-weight checkpoint")
-        _atomic_dir(checkpoint, lambda tmp: _write_checkpoint(name, shape, tmp))
+        if name == REAL:
+            from converters.testing.minilm_ce import write_checkpoint
+
+            log(f"{name}: writing the checkpoint (all-MiniLM-L6-v2's encoder, seeded head)")
+            _atomic_dir(checkpoint, write_checkpoint)
+        else:
+            log(f"{name}: writing the random-weight checkpoint")
+            _atomic_dir(checkpoint, lambda tmp: _write_checkpoint(name, SHAPES[name], tmp))
     models_dir = root / "models"
     rerank_json = models_dir / name / "rerank.json"
-    variants = json.loads(rerank_json.read_text())["variants"] if rerank_json.exists() else {}
-    if not set(OUR_VARIANTS) <= set(variants):
-        log(f"{name}: converting to our model folder ({', '.join(OUR_VARIANTS)})")
+    variants = SHAPES[name].variants if name in SHAPES else None
+    present = json.loads(rerank_json.read_text()) if rerank_json.exists() else {}
+    gated = present.get("verification", {}).get("variant_gates", {})
+    wanted = set(variants) if variants is not None else set(DEFAULT_VARIANTS)
+    if not present or not wanted <= set(gated) | set(present.get("variants", {})):
+        log(f"{name}: converting to our model folder ({', '.join(sorted(wanted))}, gate {'off' if variants else 'on'})")
         shutil.rmtree(models_dir, ignore_errors=True)
-        _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp))
-    ggufs: dict[str, Path] = {}
-    for outtype in GGUF_TYPES:
+        _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp, variants))
+    paths: dict[str, Path] = {}
+    for outtype in GGUF_TYPES if gguf else ():
+        from converters.testing.llama_cpp import convert_to_gguf
+
         path = root / f"{name}-{outtype}.gguf"
         if not path.exists():
             if not gguf:
@@ -229,8 +242,12 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
 
             log(f"{name}: converting to GGUF {outtype}")
             partial = path.with_suffix(".gguf.part")
-            convert_to_gguf(checkpoint, partial, outtype)
+            try:
+                convert_to_gguf(checkpoint, partial, outtype)
+            except Exception as exc:  # noqa: BLE001 - the llama peers then say so; the others run
+                log(f"{name}: GGUF {outtype} conversion failed: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+                continue
             partial.rename(path)
-        ggufs[outtype] = path
+        paths[outtype] = path
     params, matmul_params = _count_params(checkpoint)
-    return BenchModel(name, checkpoint, models_dir, ggufs, params, matmul_params)
+    return BenchModel(name, checkpoint, models_dir, paths, params, matmul_params)

@@ -6,13 +6,21 @@ Servers listen on free loopback ports and log to ``<workdir>/<name>.log``.
 ===============  =====================================================================
 peer             what runs
 ===============  =====================================================================
-grpc-fp32        our server, ``RERANK_VARIANT=fp32-fused``, called over gRPC
-rest-fp32        the same server behind Envoy, ``POST /v1/rerank`` (W3 only, see below)
-grpc-int8        our server, ``RERANK_VARIANT=int8``, over gRPC
+grpc-auto        our server with no variant pinned: its own choice (the fastest variant that is
+                 exact or passed its gate, timed at start-up), called over gRPC
+grpc-fp32        our server, ``RERANK_VARIANT=fp32-fused`` (exact fp32, ONNX Runtime)
+grpc-ov-fp32     our server, ``RERANK_VARIANT=ov-fp32`` (exact fp32, OpenVINO)
+grpc-ov-bf16     our server, ``RERANK_VARIANT=ov-bf16`` (where the model folder has it)
+rest-fp32        the fp32-fused server behind Envoy, ``POST /v1/rerank`` (W3 only, see below)
+grpc-int8        our server, ``RERANK_VARIANT=int8`` (where the model folder has it)
 st-fp32          sentence-transformers ``CrossEncoder.predict`` in this process (torch, 2 threads)
+infinity-fp32    Infinity (``infinity_emb v2 --engine torch``, its own venv: bench/infinity.py)
 llama-f16        ``llama-server --reranking`` on the GGUF f16 conversion
 llama-q8_0       the same on the GGUF q8_0 conversion
 ===============  =====================================================================
+
+A peer whose variant the model folder does not have (the gate refused it) does not start, and
+the report says so.
 
 REST runs W3 only: it is there to measure what Envoy and JSON add to one request, a constant
 that W3 shows best, and Envoy's 60 s route timeout (envoy.yaml) is shorter than a bge-shape W1.
@@ -44,7 +52,21 @@ LLAMA_UBATCH = 8192
 LLAMA_SLOTS = 1
 STARTUP_TIMEOUT = 900.0
 REQUEST_TIMEOUT = 3600.0
-PEERS = ("grpc-fp32", "rest-fp32", "grpc-int8", "st-fp32", "llama-f16", "llama-q8_0")
+QUEUE_SECONDS = 600.0
+PEERS = (
+    "grpc-auto",
+    "grpc-fp32",
+    "grpc-ov-fp32",
+    "grpc-ov-bf16",
+    "rest-fp32",
+    "grpc-int8",
+    "st-fp32",
+    "infinity-fp32",
+    "llama-f16",
+    "llama-q8_0",
+)
+OUR_VARIANTS = {"grpc-fp32": "fp32-fused", "grpc-ov-fp32": "ov-fp32", "grpc-ov-bf16": "ov-bf16", "grpc-int8": "int8"}
+"""Our pinned peers' ``RERANK_VARIANT``."""
 
 
 def free_port() -> int:
@@ -99,6 +121,10 @@ class OurServer:
             env={
                 "RERANK_API_KEYS": API_KEY,
                 "RERANK_THREADS": str(THREADS),
+                # W2 queues 8 W1 requests at once (~7 s of work on 2 cores): the bench measures
+                # throughput under that load, as the peers (which queue without limit) get it,
+                # not the admission control's 429s.
+                "RERANK_MAX_QUEUE_SECONDS": str(QUEUE_SECONDS),
                 **({"RERANK_VARIANT": self.variant} if self.variant else {}),
             },
         )
@@ -154,10 +180,10 @@ class Peer(ABC):
 class OursGrpc(Peer):
     """Our server over gRPC (one channel, shared by the client threads)."""
 
-    def __init__(self, server: OurServer) -> None:
+    def __init__(self, server: OurServer, name: str) -> None:
         self.server = server
-        self.precision = "int8" if server.variant == "int8" else "fp32"
-        self.name = f"grpc-{self.precision}"
+        self.name = name
+        self.precision = (server.variant or "auto").removeprefix("ov-").replace("fp32-fused", "fp32")
         self._channel: Any = None
         self._stub: Any = None
 
@@ -171,9 +197,16 @@ class OursGrpc(Peer):
             f"127.0.0.1:{self.server.port}", options=[("grpc.max_receive_message_length", 64 << 20)]
         )
         self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
-        served = self.card().variant
-        if self.server.variant and served != self.server.variant:
-            raise RuntimeError(f"{self.name}: the server runs variant {served!r}, not {self.server.variant!r}")
+        card = self.card()
+        if self.server.variant and card.variant != self.server.variant:
+            raise RuntimeError(f"{self.name}: the server runs variant {card.variant!r}, not {self.server.variant!r}")
+        if not self.server.variant:
+            self.precision = card.precision
+        timed = ", ".join(f"{c.variant} {c.milliseconds:.0f} ms" for c in card.candidates)
+        self.served = f"{card.variant} ({card.runtime}, {card.precision}): {card.selection}" + (
+            f" ({timed})" if timed else ""
+        )
+        """What the server chose and why, for the report."""
 
     def card(self) -> Any:
         """The served model's ``ModelCard`` from ListModels (variant, cumulative ``stats``)."""
@@ -290,16 +323,19 @@ class LlamaServer(_HttpPeer):
     def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
         self.model, self.workdir = model, workdir
         self.name, self.precision = f"llama-{outtype}", outtype
-        self.gguf = model.gguf[outtype]
+        self.outtype = outtype
         self._process: Child | None = None
 
     def start(self) -> None:
+        gguf = self.model.gguf.get(self.outtype)
+        if gguf is None:
+            raise RuntimeError(f"no {self.outtype} GGUF file for {self.model.name} (its conversion failed)")
         port = free_port()
         self._process = spawn_server(
             [
                 str(LLAMA_SERVER),
                 "-m",
-                str(self.gguf),
+                str(gguf),
                 "--reranking",
                 "--host",
                 "127.0.0.1",
@@ -338,6 +374,47 @@ class LlamaServer(_HttpPeer):
             {"model": self.model.name, "query": query, "documents": list(documents), "top_n": len(documents)},
             len(documents),
         )
+
+    def pids(self) -> list[int]:
+        assert self._process is not None
+        return [self._process.pid]
+
+
+class Infinity(_HttpPeer):
+    """Infinity's server (``infinity_emb v2 --engine torch``) on the bench model's checkpoint,
+    from its own virtual environment (:mod:`bench.infinity`); ``POST /rerank``."""
+
+    def __init__(self, model: BenchModel, workdir: Path) -> None:
+        self.model, self.workdir = model, workdir
+        self.name, self.precision = "infinity-fp32", "fp32"
+        self._process: Child | None = None
+
+    def start(self) -> None:
+        from bench import infinity
+
+        executable = infinity.ensure_venv()
+        port = free_port()
+        self._process = spawn_server(
+            infinity.command(executable, self.model.checkpoint, self.model.name, port),
+            self.workdir / f"{self.name}.log",
+            env=infinity.environment(THREADS),
+        )
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), STARTUP_TIMEOUT, self.name)
+        self._open()
+
+    def stop(self) -> None:
+        self._close()
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        assert self._client is not None
+        body = {"model": self.model.name, "query": query, "documents": list(documents), "return_documents": False}
+        reply = self._client.post_json("/rerank", body)
+        if len(reply.json()["results"]) != len(documents):
+            raise RuntimeError(f"{self.name}: wrong number of results: {reply.body[:300]!r}")
 
     def pids(self) -> list[int]:
         assert self._process is not None
@@ -388,12 +465,14 @@ def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
     unknown = set(names) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peers {sorted(unknown)}; expected some of {PEERS}")
-    servers = {variant: OurServer(model.models_dir, model.name, variant, workdir) for variant in ("fp32-fused", "int8")}
+    servers = {variant: OurServer(model.models_dir, model.name, variant, workdir) for variant in OUR_VARIANTS.values()}
+    auto = OurServer(model.models_dir, model.name, None, workdir)
     make: dict[str, Callable[[], Peer]] = {
-        "grpc-fp32": lambda: OursGrpc(servers["fp32-fused"]),
+        "grpc-auto": lambda: OursGrpc(auto, "grpc-auto"),
+        **{peer: (lambda peer=peer: OursGrpc(servers[OUR_VARIANTS[peer]], peer)) for peer in OUR_VARIANTS},
         "rest-fp32": lambda: OursRest(servers["fp32-fused"], workdir),
-        "grpc-int8": lambda: OursGrpc(servers["int8"]),
         "st-fp32": lambda: SentenceTransformers(model),
+        "infinity-fp32": lambda: Infinity(model, workdir),
         "llama-f16": lambda: LlamaServer(model, "f16", workdir),
         "llama-q8_0": lambda: LlamaServer(model, "q8_0", workdir),
     }

@@ -6,16 +6,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.measure import Measurement
 
-OURS = ("grpc-fp32", "rest-fp32", "grpc-int8")
+OURS = ("grpc-auto", "grpc-fp32", "grpc-ov-fp32", "grpc-ov-bf16", "rest-fp32", "grpc-int8")
 THROUGHPUT_TARGETS = (
-    ("grpc-fp32", "st-fp32", 1.5),
+    # Issue 11: the default CPU path (the server's own, gated choice) >= 3x both PyTorch peers,
+    # the exact fp32 path (either runtime) >= 1.3x sentence-transformers.
+    ("grpc-auto", "st-fp32", 3.0),
+    ("grpc-auto", "infinity-fp32", 3.0),
+    ("grpc-fp32", "st-fp32", 1.3),
+    ("grpc-ov-fp32", "st-fp32", 1.3),
+    ("grpc-ov-bf16", "st-fp32", 3.0),
     ("grpc-int8", "st-fp32", 3.0),
     ("grpc-fp32", "llama-f16", 1.5),
     ("grpc-int8", "llama-q8_0", 1.5),
 )
-"""(ours, peer, least W1 throughput ratio): the peers compared at matching precision."""
+"""(ours, peer, least W1 throughput ratio)."""
+W2_THROUGHPUT_TARGET = ("grpc-auto", "infinity-fp32", 3.0)
+"""W2: the default path's throughput under 8 concurrent clients against Infinity's."""
+W2_TAIL = 1.5
+"""W2: p99 / p50 of our default path at most this."""
+W3_LATENCY_TARGET = ("grpc-auto", "infinity-fp32", 0.5)
+"""W3: our default path's p50 at most this share of Infinity's."""
 COLUMNS = (
     "model",
     "workload",
@@ -83,13 +97,22 @@ def targets(measurements: list[Measurement]) -> list[Target]:
                     model, "W3 p50 REST via Envoy - gRPC", rest.latency_ms(50) - grpc.latency_ms(50), 1.0, False, " ms"
                 )
             )
-        for ours in ("grpc-fp32", "grpc-int8"):
+        ours, peer, limit = W2_THROUGHPUT_TARGET
+        a, b = get(ours, "W2"), get(peer, "W2")
+        if a and b:
+            out.append(Target(model, f"W2 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit, True, "x"))
+        ours, peer, limit = W3_LATENCY_TARGET
+        a, b = get(ours, "W3"), get(peer, "W3")
+        if a and b:
+            out.append(Target(model, f"W3 p50 {ours} / {peer}", a.latency_ms(50) / b.latency_ms(50), limit, False, "x"))
+        for ours in ("grpc-auto", "grpc-fp32", "grpc-int8"):
             w1, w2 = get(ours, "W1"), get(ours, "W2")
             if w1 and w2:
                 out.append(Target(model, f"W2 / W1 throughput {ours}", w2.pairs_per_s / w1.pairs_per_s, 1.0, True, "x"))
             if w2:
+                tail = W2_TAIL if ours == "grpc-auto" else 3.0
                 out.append(
-                    Target(model, f"W2 p99 / p50 {ours}", w2.latency_ms(99) / w2.latency_ms(50), 3.0, False, "x")
+                    Target(model, f"W2 p99 / p50 {ours}", w2.latency_ms(99) / w2.latency_ms(50), tail, False, "x")
                 )
     return out
 
@@ -104,6 +127,22 @@ def ratios(measurements: list[Measurement]) -> list[tuple[str, str, str, str, fl
         for ours, compared, _ in THROUGHPUT_TARGETS
         if compared == peer and (model, ours, workload) in at
     )
+
+
+def spreads(measurements: list[Measurement]) -> dict[tuple[str, str, str, str], tuple[float, float, float, int]]:
+    """For each ratio of :func:`ratios` on a one-client workload (W1, W3): the per-request ratios
+    ``their latency / ours`` of the requests sent in the same position of the same repetition
+    (peers take turns within a repetition), as (median, min, max, count). On a shared machine
+    the spread says how far one run's ratio can be trusted."""
+    at = _index(measurements)
+    out = {}
+    for model, workload, ours, peer, _ in ratios(measurements):
+        a, b = at[(model, ours, workload)], at[(model, peer, workload)]
+        if workload == "W2" or not a.latencies or len(a.latencies) != len(b.latencies):
+            continue
+        per = np.asarray(b.latencies) / np.asarray(a.latencies)
+        out[(model, workload, ours, peer)] = (float(np.median(per)), float(per.min()), float(per.max()), len(per))
+    return out
 
 
 def rows(measurements: list[Measurement], models: dict[str, dict[str, Any]], peak_gflops: float) -> list[list[str]]:
@@ -137,6 +176,7 @@ def markdown(
     checks: list[Target],
     notes: list[str],
     command: str,
+    spread: dict[tuple[str, str, str, str], tuple[float, float, float, int]] | None = None,
 ) -> str:
     """The whole report as Markdown."""
     lines = [f"# Rerank benchmark\n\n`{command}`\n", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -145,10 +185,18 @@ def markdown(
         "",
         "## Throughput ratios (ours / peer, same workload)",
         "",
-        "| model | workload | ours | peer | ratio |",
-        "|---|---|---|---|---|",
+        "| model | workload | ours | peer | ratio | per request: median [min–max] (n) |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {m} | {w} | {o} | {p} | {r:.2f}x |" for m, w, o, p, r in ratio_rows]
+    spread = spread or {}
+
+    def cell(key: tuple[str, str, str, str]) -> str:
+        if key not in spread:
+            return ""
+        median, low, high, n = spread[key]
+        return f"{median:.2f}x [{low:.2f}–{high:.2f}] ({n})"
+
+    lines += [f"| {m} | {w} | {o} | {p} | {r:.2f}x | {cell((m, w, o, p))} |" for m, w, o, p, r in ratio_rows]
     lines += ["", "## Targets", ""] + [f"- {t.line()}" for t in checks]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

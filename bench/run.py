@@ -48,6 +48,9 @@ class Plan:
 
 
 PLANS = {
+    # Real encoder weights (all-MiniLM-L6-v2, 6 x 384): the gated variants, the server's own choice and
+    # Infinity. A few seconds per W1 request (~15 minutes with every peer).
+    "minilm-ce": Plan(reps={"W1": 5, "W2": 2, "W3": 5}, requests={"W1": 1, "W2": 1, "W3": 20}, warmup_documents=64),
     # A few seconds per W1 request: repetitions for stable percentiles (~10 minutes).
     "bert-small": Plan(reps={"W1": 5, "W2": 2, "W3": 5}, requests={"W1": 1, "W2": 1, "W3": 20}, warmup_documents=64),
     # Minutes per W1 request on 2 cores: one repetition, short warm-ups (~13 minutes). W2 (8 W1
@@ -104,7 +107,7 @@ def bench_model(
 ) -> tuple[list[Measurement], dict[str, Any]]:
     """Measures every chosen peer and workload on model ``name``; returns the measurements and the
     model's facts (parameters, tokens, padding, plan)."""
-    model = bench_models.ensure(name, log)
+    model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in args.peers))
     plan = plan_for(name, args)
     loads = [workloads.make(w) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}
@@ -128,6 +131,9 @@ def bench_model(
                 log(notes[-1])
                 continue
             live.append(peer)
+            if isinstance(peer, bench_peers.OursGrpc) and not peer.server.variant:
+                notes.append(f"{name}: {peer.name} serves {peer.served}")
+                log(notes[-1])
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
@@ -168,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Peak {peak.gflops:.0f} GFLOP/s fp32 = {peak.how}; CPU {peak.cpu}. GFLOP/s = 2 x non-embedding "
         "parameters x real tokens / wall time (attention's own FLOPs and padding not counted); int8 and "
         "f16/q8_0 rows are fp32-equivalent GFLOP/s against the same fp32 peak.",
-        "Weights are random (seeded): our variants were converted with --no-gate, since the accuracy gate "
-        "compares scores that mean nothing on random weights.",
+        "minilm-ce has real encoder weights (all-MiniLM-L6-v2, seeded head): converted with the default variants "
+        "and the accuracy gate on, so only variants that passed it exist and grpc-auto may serve only those. "
+        "bert-small and bge-shape have random (seeded) weights: converted with --no-gate, since the gate compares "
+        "scores that mean nothing on random weights; speed only.",
         "padding: our server's DynamicBatcher replayed client-side on the request's token lengths "
         "(W2: the 8 requests queued together), since the server's own figure (ListModels stats) is cumulative; "
         "that cumulative figure, warm-ups included, is noted per model below as a cross-check.",
@@ -178,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         "flagged, since 2 cores shared with anything else make every peer slower, llama.cpp most.",
         "peak RSS: psutil, sampled every 20 ms while measuring; servers: their process (rest-fp32: our "
         "server + Envoy); st-fp32: this process's growth since before loading the model.",
+        f"our servers: RERANK_THREADS={bench_peers.THREADS}, RERANK_MAX_QUEUE_SECONDS={bench_peers.QUEUE_SECONDS:g} "
+        "(W2's 8 queued W1 requests exceed the default 5 s admission bound on 2 cores); grpc-auto: no variant "
+        "pinned, the server's own choice (noted per model below).",
+        "infinity-fp32: infinity_emb 0.0.78 v2 --engine torch --device cpu --batch-size 32, OMP/MKL 2 threads, "
+        "in its own venv (.cache/bench/infinity-venv: its numpy<2 / sentence-transformers<4 pins conflict with "
+        "ours), on the same checkpoint folder; torch the same version as ours.",
         "llama-server: -t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192 -np 1 for every workload: -np 8 (one "
         "slot per W2 client, -c 65536) measured 3.5x slower on bert-small W1 and W2. st-fp32: "
         "CrossEncoder.predict, default batch size 32, torch 2 threads, calls serialised. rest-fp32 runs W3 only.",
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{name}: padding the servers report over the whole run: {padding or 'n/a'}.")
     table = report.rows(measurements, facts, peak.gflops)
     ratio_rows, checks = report.ratios(measurements), report.targets(measurements)
+    spread = report.spreads(measurements)
     report.print_console(table, ratio_rows, checks)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
             for m in measurements
         ],
         "ratios": [dict(zip(("model", "workload", "ours", "peer", "ratio"), r, strict=False)) for r in ratio_rows],
+        "ratio_spreads": [
+            dict(zip(("model", "workload", "ours", "peer", "median", "min", "max", "n"), (*k, *v), strict=True))
+            for k, v in spread.items()
+        ],
         "targets": [{**dataclasses.asdict(t), "passed": t.passed} for t in checks],
     }
     (args.out / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "latest.md").write_text(report.markdown(table, ratio_rows, checks, notes, command))
+    (args.out / "latest.md").write_text(report.markdown(table, ratio_rows, checks, notes, command, spread))
     report.chart(measurements, args.out / "latest.png")
     log(f"wrote {args.out / (stamp + '.json')}, latest.md, latest.png")
     return 0

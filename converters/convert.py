@@ -14,11 +14,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from converters import onnx_graph
+from converters import gate_probes, onnx_graph
 from converters.errors import CheckpointError, VerificationError
 from converters.memory import release_memory
 from converters.probes import probe_pairs
@@ -26,7 +27,7 @@ from converters.quiet import quiet_transformers
 from converters.spec import LoadedModel
 from converters.variants import build_fused, write_variants
 from service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
-from service.scoring import score_pairs
+from service.scoring import runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
@@ -98,10 +99,27 @@ def seal(
         if key == "fp32":
             scores = [float(fp32_scores[i]) for i in short]
         else:
-            scores = [float(s) for s in score_pairs(work, config, check_pairs, file=variant.file)]
+            scores = [float(s) for s in score_pairs(work, config, check_pairs, variant=variant)]
         variants[key] = dataclasses.replace(variant, sha256=sha256, probe_scores=scores)
     progress(f"seal: checksums and check scores of {len(variants)} graphs recorded")
     return dataclasses.replace(config, variants=variants, graph=graph, check_pairs=check_pairs)
+
+
+def speed_table(work: Path, config: ModelFolderConfig, progress: Progress) -> dict[str, Any]:
+    """Times the CPU variants this machine can run, as the server times its candidates; a
+    server on the same CPU then chooses from this table instead of timing at start-up, so every
+    replica and restart serves the same variant. Empty with fewer than two such variants."""
+    keys = [
+        key
+        for key, v in config.variants.items()
+        if v.device in ("any", "cpu") and runtime_available(v.runtime) and runs_natively(v)
+    ]
+    if len(keys) < 2:
+        return {}
+    table = time_variants(work, config, keys)
+    timed = ", ".join(f"{key} {ms:.1f} ms" for key, ms in table["milliseconds"].items())
+    progress(f"variants: timed on this CPU ({table['batch'][0]} x {table['batch'][1]}): {timed}")
+    return table
 
 
 def source_name(ref: str) -> str:
@@ -216,14 +234,24 @@ def convert(
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()
-        kept, figures = write_variants(
-            work,
-            variants,
-            lambda file: score_pairs(work, config, pairs, file=file),
-            ours,
-            enforce_gate=enforce_gate,
-            progress=progress,
-        )
+        kept: dict[str, Variant] = {}
+        figures: dict[str, dict[str, Any]] = {}
+        gate: dict[str, Any] = {}
+        if variants:
+            gate_pairs, groups = gate_probes.gate_pairs()
+            progress(f"variants: scoring {len(gate_pairs)} gate pairs ({len(set(groups))} queries) with the fp32 graph")
+            reference = score_pairs(work, config, gate_pairs)
+            gate = {"pairs": len(gate_pairs), "queries": len(set(groups)), "reference": "onnxruntime fp32 model.onnx"}
+            kept, figures = write_variants(
+                work,
+                config,
+                variants,
+                lambda variant: score_pairs(work, config, gate_pairs, variant=variant),
+                reference,
+                groups,
+                enforce_gate=enforce_gate,
+                progress=progress,
+            )
         config = dataclasses.replace(
             config,
             variants={**config.variants, **kept},
@@ -232,10 +260,12 @@ def convert(
                 "probes": len(pairs),
                 "max_abs_diff": diff,
                 "tolerance": TOLERANCE,
+                "gate": gate,
                 "variant_gates": figures,
                 "variant_gate_enforced": enforce_gate,
             },
         )
+        config = dataclasses.replace(config, speed=speed_table(work, config, progress))
         config = seal(work, config, graph, pairs, ours, progress)
         write_config(work, config)
         if final.exists():

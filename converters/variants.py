@@ -1,4 +1,6 @@
-"""Optimised graph variants, each written only if it passes an accuracy gate against fp32.
+"""Optimised graph variants, each written only if it passes the accuracy gate against fp32.
+
+ONNX Runtime (``Variant.runtime = "onnxruntime"``):
 
 * ``fp32-fused``: attention as ONNX Runtime's MultiHeadAttention kernel (built in by
   :func:`converters.onnx_graph.build_graph`), then ONNX Runtime's transformer fusions
@@ -6,74 +8,100 @@
 * ``int8``: dynamic int8 quantisation of the fused graph's weight matrices, for the CPU.
 * ``fp16``: the fused graph in float16 (inputs and outputs stay as they are), for CUDA.
 
-The gate scores the probe pairs with the variant and with the fp32 graph: Spearman rank
-correlation ≥ 0.99 and the same top 3. The figures go into ``rerank.json`` either way.
+OpenVINO (``runtime = "openvino"``, CPU; :mod:`service.backends.openvino`; needs the extra
+``openvino``, else these are skipped with a message):
+
+* ``ov-fp32``: the plain ``model.onnx`` at precision f32 (no new file);
+* ``ov-bf16``: the same file at precision bf16 (AMX / AVX-512 BF16);
+* ``ov-int8``: a static int8 graph from NNCF (:mod:`converters.quantize`, extra ``quantize``);
+  not in :data:`DEFAULT`: calibration costs minutes on a large model, and on the one trained
+  encoder measured (all-MiniLM-L6-v2) no int8 recipe came near the gate.
+
+The gate (:mod:`converters.gate_probes`): each variant scores the ~300 gate pairs through the
+serving path, and passes only if every query keeps Spearman >= 0.99 and its top 3 against the
+fp32 graph (ONNX Runtime, ``model.onnx``), and max |Δ logit| <= 0.05. The figures go into
+``rerank.json`` whether the variant passed or not (``verification.variant_gates``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from converters import onnx_graph
+from converters import gate_probes, onnx_graph
+from converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
 from converters.memory import release_memory
 from converters.quiet import quiet_onnxruntime_tools
 from converters.spec import LoadedModel
-from service.model_folder import Variant
+from service.model_folder import GATE_VERSION, ONNXRUNTIME, OPENVINO, ModelFolderConfig, Variant
 
-KNOWN = ("fp32-fused", "int8", "fp16")
-DEFAULT = ("fp32-fused", "int8", "fp16")
-MIN_SPEARMAN = 0.99
-TOP_K = 3
+KNOWN = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-int8")
+DEFAULT = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16")
+FILES = {
+    "fp32-fused": "model.fused.onnx",
+    "int8": "model.int8.onnx",
+    "fp16": "model.fp16.onnx",
+    "ov-fp32": "model.onnx",
+    "ov-bf16": "model.onnx",
+    "ov-int8": "model.ov-int8.onnx",
+}
+SHAPES = {
+    # name: (precision, device, runtime, fused)
+    "fp32-fused": ("fp32", "any", ONNXRUNTIME, True),
+    "int8": ("int8", "cpu", ONNXRUNTIME, True),
+    "fp16": ("fp16", "cuda", ONNXRUNTIME, True),
+    "ov-fp32": ("fp32", "cpu", OPENVINO, False),
+    "ov-bf16": ("bf16", "cpu", OPENVINO, False),
+    "ov-int8": ("int8", "cpu", OPENVINO, False),
+}
 
 
-@dataclass(frozen=True)
-class GateResult:
-    spearman: float
-    same_top: bool
-    max_abs_diff: float
+def candidate(name: str, gate: dict[str, Any] | None = None) -> Variant:
+    """The model-folder entry of variant ``name``."""
+    precision, device, runtime, fused = SHAPES[name]
+    return Variant(file=FILES[name], precision=precision, device=device, fused=fused, gate=gate or {}, runtime=runtime)
 
-    @property
-    def passed(self) -> bool:
-        return self.spearman >= MIN_SPEARMAN and self.same_top
 
-    def to_json(self) -> dict:
-        return {
-            "spearman": round(self.spearman, 6),
-            f"same_top{TOP_K}": self.same_top,
-            "max_abs_diff": float(self.max_abs_diff),
-            "min_spearman": MIN_SPEARMAN,
-            "passed": self.passed,
+def gate_figures(reference: np.ndarray, scores: np.ndarray, groups: list[str]) -> dict[str, Any]:
+    """The gate's report as stored in ``rerank.json``: the worst-case figures, the verdict, and
+    per query the figures the rules read (rounded: they are read by people)."""
+    report = gate_probes.gate_report(reference, scores, groups)
+    per_query = {
+        name: {
+            "spearman": round(q["spearman"], 6),
+            "top3_kept": q["top3_kept"],
+            "top10_agreement": q["top10_agreement"],
+            "max_abs_diff": float(f"{q['max_abs_diff']:.4g}"),
+            "max_rel_diff": float(f"{q['max_rel_diff']:.4g}"),
         }
+        for name, q in report["per_query"].items()
+    }
+    return {
+        "version": GATE_VERSION,
+        "passed": gate_probes.passes(report),
+        **{k: v for k, v in report.items() if k != "per_query"},
+        "min_spearman": round(report["min_spearman"], 6),
+        "per_query": per_query,
+    }
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
+def missing_runtime(name: str) -> str | None:
+    """Why variant ``name`` cannot be built and gated here (a package or the CPU's bf16 / int8
+    units are missing), or None."""
+    from converters import quantize
+    from service.scoring import runs_natively, runtime_available
 
-    def ranks(x: np.ndarray) -> np.ndarray:
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=float)
-        for value in np.unique(x):  # average tied ranks
-            tied = x == value
-            r[tied] = r[tied].mean()
-        return r
-
-    ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
-        return 1.0 if np.array_equal(ra, rb) else 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def gate(candidate: np.ndarray, reference: np.ndarray) -> GateResult:
-    top = lambda x: list(np.argsort(-x, kind="stable")[:TOP_K])  # noqa: E731
-    return GateResult(
-        spearman(candidate, reference), top(candidate) == top(reference), float(np.max(np.abs(candidate - reference)))
-    )
+    if SHAPES[name][2] == OPENVINO and not runtime_available(OPENVINO):
+        return "OpenVINO is not installed (pip install 'rerank[openvino]')"
+    if name == "ov-int8" and not quantize.available():
+        return "NNCF is not installed (pip install 'rerank[quantize]')"
+    if not runs_natively(candidate(name)):
+        return f"this CPU has no {SHAPES[name][0]} units, so its gate cannot be measured here; convert on one that has"
+    return None
 
 
 def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -112,9 +140,6 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return half.model
 
 
-FILES = {"fp32-fused": "model.fused.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-
-
 def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], None] = print) -> Path:
     """Writes the fused fp32 graph, the base of every variant. Needs the weights, so the
     converter calls it before it lets them go (a bge-m3 copy is 2.3 GB)."""
@@ -126,29 +151,37 @@ def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], Non
 
 def write_variants(
     folder: Path,
+    config: ModelFolderConfig,
     names: tuple[str, ...],
-    score: Callable[[str], np.ndarray],
+    score: Callable[[Variant], np.ndarray],
     reference: np.ndarray,
+    groups: list[str],
     *,
     enforce_gate: bool = True,
     progress: Callable[[str], None] = print,
-) -> tuple[dict[str, Variant], dict[str, dict]]:
-    """Derives ``names`` from the fused graph (:func:`build_fused`) in ``folder``; returns the
-    variants kept and every variant's gate figures.
+) -> tuple[dict[str, Variant], dict[str, dict[str, Any]]]:
+    """Derives ``names`` in ``folder`` (the ONNX Runtime ones from the fused graph,
+    :func:`build_fused`; the OpenVINO ones from ``model.onnx``); returns the variants kept and
+    every variant's gate figures.
 
-    ``score(file)`` scores the probe pairs with one graph file; ``reference`` is the fp32
-    graph's scores for them. With ``enforce_gate=False`` (speed benchmarks on random weights,
-    where accuracy means nothing) variants are kept whatever their figures. Each step reads
-    its input from disk, so only one model copy is in memory at a time.
+    ``score(variant)`` scores the gate pairs with one variant; ``reference`` is the fp32 graph's
+    scores for them and ``groups`` their queries. With ``enforce_gate=False`` (speed benchmarks
+    on random weights, where accuracy means nothing) variants are kept whatever their figures.
+    Each step reads its input from disk, so only one model copy is in memory at a time.
     """
     unknown = set(names) - set(KNOWN)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {', '.join(KNOWN)}")
     kept: dict[str, Variant] = {}
-    figures: dict[str, dict] = {}
+    figures: dict[str, dict[str, Any]] = {}
     fused_path = folder / FILES["fp32-fused"]
-    for name in ("fp32-fused", "int8", "fp16"):
+    for name in KNOWN:
         if name not in names:
+            continue
+        why = missing_runtime(name)
+        if why:
+            progress(f"variants: {name}: skipped, {why}")
+            figures[name] = {"passed": False, "skipped": why}
             continue
         path = folder / FILES[name]
         if name == "int8":
@@ -157,25 +190,23 @@ def write_variants(
         elif name == "fp16":
             progress("variants: float16 conversion")
             onnx_graph.save(_to_fp16(onnx.load(str(fused_path))), path)
+        elif name == "ov-int8":
+            from converters.quantize import quantize_int8
+
+            progress("variants: ov-int8 static quantisation (NNCF, SmoothQuant), calibrating")
+            quantize_int8(folder, config, path.name)
         release_memory()
-        result = gate(score(path.name), reference)
-        figures[name] = result.to_json()
-        verdict = (
-            "passed" if result.passed else ("FAILED (kept: gate off)" if not enforce_gate else "FAILED, not written")
-        )
+        figures[name] = gate_figures(reference, score(candidate(name)), groups)
+        passed = figures[name]["passed"]
+        verdict = "passed" if passed else ("FAILED (kept: gate off)" if not enforce_gate else "FAILED, not written")
+        f = figures[name]
         progress(
-            f"variants: {name}: Spearman {result.spearman:.4f}, top-{TOP_K} "
-            f"{'same' if result.same_top else 'differs'}, max |Δ| {result.max_abs_diff:.2e} -> {verdict}"
+            f"variants: {name}: min Spearman {f['min_spearman']:.4f}, top-3 "
+            f"{'kept' if f['all_top3_kept'] else 'changed'}, max |Δ| {f['max_abs_diff']:.2e} -> {verdict}"
         )
-        if result.passed or not enforce_gate:
-            kept[name] = Variant(
-                file=path.name,
-                precision="fp16" if name == "fp16" else ("int8" if name == "int8" else "fp32"),
-                device={"int8": "cpu", "fp16": "cuda"}.get(name, "any"),
-                fused=True,
-                gate=result.to_json(),
-            )
-        elif name != "fp32-fused":
+        if passed or not enforce_gate:
+            kept[name] = candidate(name, figures[name])
+        elif path.name != "model.onnx":  # the OpenVINO fp32/bf16 variants read the reference graph
             path.unlink(missing_ok=True)
     if "fp32-fused" not in kept:
         # The fused graph was only a stepping stone (or failed its gate): don't ship it.

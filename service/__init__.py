@@ -6,7 +6,10 @@ Where things are:
   API keys (``auth.py``) and the error -> status table (``status.py``);
 * ``core/``: tokenization (``tokenization.py``) -> the queue and dynamic batching
   (``batching.py``) -> inference, and ranking (``reranker.py``);
-* ``backends/``: what runs the model (``onnx.py``), behind the protocol in ``base.py``;
+* ``backends/``: what runs the model (``onnx.py``: ONNX Runtime, CPU or CUDA; ``openvino.py``:
+  OpenVINO on the CPU), behind the protocol in ``base.py``; ``loader.py`` picks the variant
+  (timing the candidates at start-up) and is the only module that names a concrete backend;
+  ``cpu_features.py`` reads the CPU's AMX / AVX-512 BF16 / VNNI flags;
 * ``server.py`` assembles them; ``settings.py`` declares every setting; ``main.py`` is
   ``rerank-serve``.
 

@@ -22,9 +22,18 @@ from typing import Any
 from tokenizers import Tokenizer
 
 CONFIG_NAME = "rerank.json"
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
-"""Format 1 folders (converted before checksums and probe scores were recorded) still load."""
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
+"""Format 1 folders (converted before checksums and probe scores were recorded) still load;
+format 2 folders (before variants named their runtime) load as ONNX Runtime variants."""
+
+ONNXRUNTIME = "onnxruntime"
+OPENVINO = "openvino"
+RUNTIMES = (ONNXRUNTIME, OPENVINO)
+GATE_VERSION = 2
+"""``Variant.gate["version"]`` of the per-query gate on ``converters.gate_probes``' ~300 pairs
+(version 1, unversioned: Spearman over the 13 conversion probes). Only a variant that passed a
+gate of this version is chosen without being asked for."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class Variant:
 
     file: str
     precision: str
-    """``fp32``, ``fp16`` or ``int8``."""
+    """``fp32``, ``bf16``, ``fp16`` or ``int8``."""
     device: str = "any"
     """Where it is meant to run: ``any``, ``cpu`` or ``cuda``."""
     fused: bool = False
@@ -77,6 +86,18 @@ class Variant:
     """SHA-256 of each file the variant reads (its graph, and external weights if any)."""
     probe_scores: list[float] = field(default_factory=list)
     """This variant's scores for :attr:`ModelFolderConfig.check_pairs`, at conversion."""
+    runtime: str = ONNXRUNTIME
+    """What runs it: ``onnxruntime`` (CPU or CUDA) or ``openvino`` (CPU)."""
+
+    @property
+    def exact(self) -> bool:
+        """fp32: the model's own scores (within float rounding), whatever the runtime."""
+        return self.precision == "fp32"
+
+    @property
+    def passed_gate(self) -> bool:
+        """Passed the current gate (:data:`GATE_VERSION`) against fp32 when it was written."""
+        return bool(self.gate.get("version") == GATE_VERSION and self.gate.get("passed"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,10 @@ class ModelFolderConfig:
     ``position_rows`` and ``position_offset`` (learned position tables, where the model has one)."""
     check_pairs: list[tuple[str, str]] = field(default_factory=list)
     """A few (query, document) pairs whose scores each variant recorded (``probe_scores``)."""
+    speed: dict[str, Any] = field(default_factory=dict)
+    """The converter's timing of the CPU variants on its own CPU: ``cpu`` (model and feature
+    flags), ``batch`` ([pairs, length]), ``threads`` and ``milliseconds`` per variant. A server
+    on the same CPU chooses from it (the same choice on every replica and restart)."""
     format: int = FORMAT_VERSION
 
     @property
@@ -130,6 +155,9 @@ class ModelFolderConfig:
                 f"model folder format {data.get('format')!r} is not one of {READABLE_FORMATS}; reconvert the model"
             )
         variants = {k: Variant(**v) for k, v in data["variants"].items()}
+        for key, variant in variants.items():
+            if variant.runtime not in RUNTIMES:
+                raise ValueError(f"variant {key!r}: unknown runtime {variant.runtime!r}; known: {', '.join(RUNTIMES)}")
         return cls(
             name=data["name"],
             architecture=data["architecture"],
@@ -145,6 +173,7 @@ class ModelFolderConfig:
             opset=int(data.get("opset", 17)),
             graph={k: int(v) for k, v in data.get("graph", {}).items()},
             check_pairs=[(str(q), str(d)) for q, d in data.get("check_pairs", [])],
+            speed=dict(data.get("speed", {})),
             format=int(data["format"]),
         )
 

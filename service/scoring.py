@@ -9,12 +9,15 @@ difference.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from service.backends.loader import load_backend
+from service.backends.loader import runtime_available as _runtime_available
 from service.core.batching import pad
 from service.core.tokenization import PairEncoder
 from service.model_folder import ModelFolderConfig, Variant
@@ -27,10 +30,12 @@ def score_pairs(
     *,
     file: str = "model.onnx",
     device: str = "cpu",
+    variant: Variant | None = None,
 ) -> np.ndarray:
-    """float64 logits of the graph ``folder/file`` for each (query, document) pair."""
+    """float64 logits for each (query, document) pair: of ``variant`` (its file, on its runtime
+    and precision) when given, else of the graph ``folder/file`` on ONNX Runtime."""
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
-    probe = dataclasses.replace(config, variants={"probe": Variant(file=file, precision="?")})
+    probe = dataclasses.replace(config, variants={"probe": variant or Variant(file=file, precision="?")})
     backend = load_backend(folder, probe, variant="probe", device=device, threads=None)
     scores = []
     for query, document in pairs:
@@ -38,3 +43,54 @@ def score_pairs(
         batch = pad(encoded.pairs, config.template.pad_id, config.type_ids_input)
         scores.append(float(backend.run(batch)[0]))
     return np.asarray(scores, dtype=np.float64)
+
+
+def padded_batches(
+    folder: Path, config: ModelFolderConfig, pairs: Sequence[tuple[str, str]], *, batch_pairs: int = 8
+) -> list[dict[str, np.ndarray]]:
+    """``pairs`` as the server feeds them: encoded, sorted by length, right-padded, in batches of
+    ``batch_pairs``; each a graph feed (``input_ids``, ``attention_mask``, ``token_type_ids``
+    when the graph reads them). Calibration data for static quantisation."""
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    encoded = [pair for query, document in pairs for pair in encoder.encode(query, [document]).pairs]
+    encoded.sort(key=lambda pair: len(pair.ids))
+    feeds = []
+    for start in range(0, len(encoded), batch_pairs):
+        batch = pad(encoded[start : start + batch_pairs], config.template.pad_id, config.type_ids_input)
+        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if config.type_ids_input and batch.token_type_ids is not None:
+            feed["token_type_ids"] = batch.token_type_ids
+        feeds.append(feed)
+    return feeds
+
+
+def runtime_available(runtime: str) -> bool:
+    """Whether ``runtime`` (``onnxruntime``, ``openvino``) is installed, so its variants can be scored."""
+    return _runtime_available(runtime)
+
+
+def runs_natively(variant: Variant) -> bool:
+    """Whether this machine's CPU has the units ``variant``'s precision needs (bf16: AMX-BF16 or
+    AVX-512 BF16; OpenVINO int8: VNNI or AMX-INT8). Without them a runtime computes something
+    else (OpenVINO runs a bf16 hint in f32), so a gate measured here would not be the variant's."""
+    from service.backends.cpu_features import detect
+    from service.backends.loader import runs_natively as native
+
+    return native(variant, detect())
+
+
+def time_variants(folder: Path, config: ModelFolderConfig, keys: Sequence[str]) -> dict[str, Any]:
+    """The timing table a server on this CPU chooses from (:attr:`ModelFolderConfig.speed`):
+    each of ``keys`` timed as the server times its candidates, on every core."""
+    from service.backends.cpu_features import detect
+    from service.backends.loader import cpu_signature, measure, timing_batch
+
+    backends = {key: load_backend(folder, config, variant=key, device="cpu", threads=None) for key in keys}
+    best = measure(backends, config)
+    shape = timing_batch(config).input_ids.shape
+    return {
+        "cpu": cpu_signature(detect()),
+        "batch": [int(shape[0]), int(shape[1])],
+        "threads": os.cpu_count() or 1,
+        "milliseconds": {key: round(seconds * 1e3, 3) for key, seconds in best.items()},
+    }

@@ -9,14 +9,16 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.backends.base import Backend, Batch
-from service.backends.loader import load_backend, select_variant
+from service.backends.base import Backend, Batch, VariantChoice
+from service.backends.cpu_features import detect as detect_cpu
+from service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
 from service.core.batching import BatchingConfig, Throughput
 from service.core.reranker import ServedModel
 from service.core.tokenization import TokenizerPool
@@ -132,7 +134,7 @@ class RerankServer:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def load_models(self) -> None:
-        """Loads every model folder and warms it up; raises :class:`ConfigurationError`."""
+        """Loads every model folder, chooses its variant and warms it up; raises :class:`ConfigurationError`."""
         s = self.settings
         folders = find_model_folders(s.models_dir)
         if not folders:
@@ -140,20 +142,26 @@ class RerankServer:
                 f"no model folders under {s.models_dir}; convert one with rerank-convert "
                 "or point RERANK_MODELS_DIR / --models-dir at a folder of them"
             )
+        cpu = detect_cpu()
+        log.info("CPU %s (%s)", cpu.summary(), cpu.source)
         for folder in folders:
             try:
                 config = read_model_folder(folder)
-                key = select_variant(config, variant=s.variant, device=s.device)
+                keys = candidate_variants(config, variant=s.variant, device=s.device, cpu=cpu)
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
             if config.name in self.models:
                 raise ConfigurationError(f"two model folders are both named {config.name!r}")
-            check_files(folder, config, key, verify_checksums=s.verify_checksums)
-            try:
-                backend = load_backend(folder, config, variant=key, device=s.device, threads=s.threads)
-            except Exception as exc:
-                raise ConfigurationError(f"{folder / config.variants[key].file}: cannot be loaded: {exc}") from exc
-            check_scores(folder, config, backend)
+            backend, choice = self._load_fastest(folder, config, keys, table_choice(config, keys, cpu))
+            log.info(
+                "%s: serving variant %s (%s, %s): %s%s",
+                config.name,
+                choice.key,
+                config.variants[choice.key].runtime,
+                backend.precision,
+                choice.reason,
+                "".join(f"; {k} {ms:.1f} ms" for k, ms in choice.milliseconds.items()),
+            )
             backend.warm_up()
             self.models[config.name] = ServedModel(
                 folder,
@@ -163,6 +171,8 @@ class RerankServer:
                 tokenizers=self._tokenizers,
                 throughput=calibrate(backend, config),
                 metrics=self.metrics.model(config.name),
+                choice=choice,
+                cpu=cpu,
             )
         if s.default_model and s.default_model not in self.models:
             raise ConfigurationError(
@@ -194,6 +204,28 @@ class RerankServer:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(refused.metrics.reject, "queue_time")
         return first
+
+    def _load_fastest(
+        self, folder: Path, config: ModelFolderConfig, keys: list[str], chosen: VariantChoice | None
+    ) -> tuple[Backend, VariantChoice]:
+        """Checks and loads every candidate variant (each must pass the start-up checks), times
+        them when there are several, and keeps the fastest; or only ``chosen`` (from the
+        converter's timing table)."""
+        s = self.settings
+        if chosen is not None:
+            keys = [chosen.key]
+        backends: dict[str, Backend] = {}
+        for key in keys:
+            check_files(folder, config, key, verify_checksums=s.verify_checksums)
+            try:
+                backends[key] = load_backend(folder, config, variant=key, device=s.device, threads=s.threads)
+            except Exception as exc:
+                raise ConfigurationError(f"{folder / config.variants[key].file}: cannot be loaded: {exc}") from exc
+            check_scores(folder, config, backends[key])
+        choice = chosen or time_candidates(backends, config, pinned=bool(s.variant))
+        backend = backends.pop(choice.key)
+        backends.clear()  # the others' sessions and compiled models go now, not at exit
+        return backend, choice
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         s = self.settings

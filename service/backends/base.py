@@ -42,3 +42,14 @@ class Backend(Protocol):
 
     def warm_up(self) -> None:
         """Runs a small batch once, so the first request does not pay for lazy initialisation."""
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """Which variant a model is served with, and why (shown in ``/v1/models``)."""
+
+    key: str
+    reason: str
+    """``pinned by RERANK_VARIANT``, ``the only candidate`` or how the fastest was found."""
+    milliseconds: dict[str, float]
+    """Each timed candidate's best time on the start-up micro-batch (empty: nothing was timed)."""

@@ -14,7 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.backends.base import Backend
+from service.backends.base import Backend, VariantChoice
+from service.backends.cpu_features import CpuFeatures
 from service.core.batching import (
     PADDING_ALLOWANCE,
     BatchingConfig,
@@ -102,12 +103,18 @@ class ServedModel:
         tokenizers: TokenizerPool,
         throughput: Throughput | None = None,
         metrics: ModelMetrics | None = None,
+        choice: VariantChoice | None = None,
+        cpu: CpuFeatures | None = None,
     ) -> None:
         self.folder = folder
         self.config = config
         self.name = config.name
         self.encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
         self.backend = backend
+        self.choice = choice or VariantChoice(backend.variant_key, "", {})
+        """Which variant runs and why (``/v1/models``)."""
+        self.cpu = cpu
+        """The CPU the server found at start-up (``/v1/models``); None where nobody looked."""
         self.metrics = metrics or ModelMetrics(config.name)
         self.batcher = DynamicBatcher(
             self.backend.run,

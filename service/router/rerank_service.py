@@ -10,7 +10,9 @@ from typing import Any
 
 import grpc
 
+from service.backends.cpu_features import CpuFeatures
 from service.core.reranker import ServedModel
+from service.model_folder import GATE_VERSION
 from service.protocol import rerank_pb2, rerank_pb2_grpc
 from service.router.ranking import Ranker, RankRequest
 from service.router.validation import document_texts, long_documents_mode
@@ -76,6 +78,19 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
             source=config.source_name,
             notes=list(config.notes),
             variant=model.backend.variant_key,
+            runtime=config.variants[model.backend.variant_key].runtime,
+            cpu=cpu_info(model.cpu),
+            gate=variant_gate(config.variants[model.backend.variant_key].gate),
+            selection=model.choice.reason,
+            candidates=[
+                rerank_pb2.VariantTiming(
+                    variant=key,
+                    runtime=config.variants[key].runtime,
+                    precision=config.variants[key].precision,
+                    milliseconds=ms,
+                )
+                for key, ms in model.choice.milliseconds.items()
+            ],
             batching=rerank_pb2.BatchingInfo(
                 max_batch_tokens=batching.max_batch_tokens,
                 max_batch_pairs=batching.max_batch_pairs,
@@ -100,3 +115,32 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
 
 
 __all__ = ["RerankService"]
+
+
+def cpu_info(cpu: CpuFeatures | None) -> rerank_pb2.CpuInfo | None:
+    """The card's ``cpu``; None where the server did not look (a CUDA-only card keeps it too)."""
+    if cpu is None:
+        return None
+    return rerank_pb2.CpuInfo(
+        model=cpu.model, features=cpu.flags(), amx=cpu.amx, native_bf16=cpu.native_bf16, native_int8=cpu.native_int8
+    )
+
+
+def variant_gate(figures: dict[str, Any]) -> rerank_pb2.VariantGate | None:
+    """The card's ``gate`` from ``Variant.gate``: only a gate of the current version (older
+    folders recorded a 13-probe Spearman that these fields do not describe)."""
+    if figures.get("version") != GATE_VERSION:
+        return None
+    thresholds = figures.get("thresholds", {})
+    return rerank_pb2.VariantGate(
+        passed=bool(figures["passed"]),
+        pairs=int(figures["pairs"]),
+        queries=int(figures["queries"]),
+        min_spearman=float(figures["min_spearman"]),
+        top3_kept=bool(figures["all_top3_kept"]),
+        min_top10_agreement=float(figures["min_top10_agreement"]),
+        max_abs_diff=float(figures["max_abs_diff"]),
+        max_rel_diff=float(figures["max_rel_diff"]),
+        min_spearman_required=float(thresholds.get("min_spearman", 0.0)),
+        max_abs_diff_allowed=float(thresholds.get("max_abs_diff", 0.0)),
+    )

@@ -29,28 +29,43 @@ async def test_concurrent_requests_score_like_single_ones(stack):
     assert stats.queued_pairs == 0
 
 
-def test_default_variant_on_cpu_is_fused_fp32(stub):
+def test_default_variant_on_cpu_is_exact_or_gated_and_chosen_at_start_up(stub, models_dir):
+    import json
+
     from service.protocol import rerank_pb2
 
     cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
-    assert cards["xlmr-tiny"].variant == "fp32-fused" and cards["xlmr-tiny"].precision == "fp32"
-    assert cards["xlmr-tiny"].provider == "CPUExecutionProvider"
+    card = cards["xlmr-tiny"]
+    served = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())["variants"][card.variant]
+    assert served["device"] in ("any", "cpu") and card.runtime == served["runtime"]
+    assert card.precision == served["precision"]
+    assert card.precision == "fp32" or (served["gate"]["passed"] and card.gate.passed)
+    assert card.provider == {"onnxruntime": "CPUExecutionProvider", "openvino": "OpenVINO CPU"}[card.runtime]
+    assert card.selection and card.cpu.model
+    if card.candidates:  # several were timed: the served one is among them, and the fastest
+        times = {c.variant: c.milliseconds for c in card.candidates}
+        assert times[card.variant] == min(times.values())
 
 
 def test_variant_gates_recorded(models_dir):
     import json
 
+    from converters.variants import DEFAULT
+
     data = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())
     gates = data["verification"]["variant_gates"]
-    assert set(gates) == {"fp32-fused", "int8", "fp16"}
+    assert set(gates) == set(DEFAULT)
     for name, figures in gates.items():
         assert figures["passed"] == (name in data["variants"])
-        assert figures["passed"] == (figures["spearman"] >= 0.99 and figures["same_top3"])
+        if "skipped" not in figures:
+            rule = figures["min_spearman"] >= 0.99 and figures["all_top3_kept"] and figures["max_abs_diff"] <= 0.05
+            assert figures["passed"] == rule and figures["pairs"] >= 300 and figures["queries"] >= 10
     assert gates["fp32-fused"]["max_abs_diff"] <= 1e-4
-    assert data["variants"]["fp16"]["device"] == "cuda"
+    # fp16 is for CUDA; on these random weights it may miss the 0.05-logit bound (xlmr-tiny: 0.059).
+    assert all(v["device"] == "cuda" for k, v in data["variants"].items() if k == "fp16")
 
 
-@pytest.mark.parametrize("variant", ["fp32", "fp16"])
+@pytest.mark.parametrize("variant", ["fp32", "ov-fp32"])
 def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, in_process_server, variant):
     from service.protocol import rerank_pb2, rerank_pb2_grpc
     from tests.reference import transformers_scores
@@ -64,7 +79,7 @@ def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, in_process_
     assert card.variant == variant
     expected = transformers_scores(checkpoint("xlmr"), QUERY, DOCS)
     got = {r.index: r.relevance_score for r in reply.results}
-    tolerance = 1e-4 if variant == "fp32" else 5e-2
+    tolerance = 1e-4  # both are fp32: the exact path on either runtime
     assert max(abs(got[i] - expected[i]) for i in range(len(DOCS))) <= tolerance
 
 
