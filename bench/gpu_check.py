@@ -159,7 +159,7 @@ def service_check(models: Path, pairs: list[tuple[str, str]], reference: np.ndar
         }
         print(f"      ListModels: {REPORT['service_model_card']}")
         response = client.rerank(pairs[0][0], [d for _, d in pairs])
-        got = {r.index: r.relevance_score for r in response.results}
+        got = {r.index: r.score for r in response.results}
         result = gate(np.array([got.get(i, np.nan) for i in range(len(pairs))]), reference)
         check(
             "service over gRPC: ranks like fp32 on the CPU",

@@ -178,25 +178,28 @@ class Peer(ABC):
 
 
 class OursGrpc(Peer):
-    """Our server over gRPC (one channel, shared by the client threads)."""
+    """Our server over gRPC, called with the package's client (:mod:`rerank_client`, what a user
+    would call it with; one channel, shared by the client threads)."""
 
     def __init__(self, server: OurServer, name: str) -> None:
         self.server = server
         self.name = name
         self.precision = (server.variant or "auto").removeprefix("ov-").replace("fp32-fused", "fp32")
-        self._channel: Any = None
+        self._client: Any = None
         self._stub: Any = None
 
     def start(self) -> None:
         import grpc
 
+        from rerank_client import RerankClient
         from service.protocol import rerank_pb2_grpc
 
         self.server.start()
-        self._channel = grpc.insecure_channel(
-            f"127.0.0.1:{self.server.port}", options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
-        self._stub = rerank_pb2_grpc.RerankServiceStub(self._channel)
+        target = f"127.0.0.1:{self.server.port}"
+        channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._client = RerankClient(target, api_key=API_KEY, timeout=REQUEST_TIMEOUT, channel=channel)
+        # ListModels' full card (variant choice, timings, stats): more than the client's Model.
+        self._stub = rerank_pb2_grpc.RerankServiceStub(channel)
         card = self.card()
         if self.server.variant and card.variant != self.server.variant:
             raise RuntimeError(f"{self.name}: the server runs variant {card.variant!r}, not {self.server.variant!r}")
@@ -218,24 +221,14 @@ class OursGrpc(Peer):
         return next(card for card in response.data if card.id == self.server.name)
 
     def stop(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         self.server.stop()
 
     def rerank(self, query: str, documents: tuple[str, ...] | list[str]) -> Any:
-        """The server's ``RerankResponse`` for ``documents`` (results ordered by score)."""
-        from google.protobuf import struct_pb2
-
-        from service.protocol import rerank_pb2
-
-        request = rerank_pb2.RerankRequest(
-            model=self.server.name,
-            query=query,
-            return_documents=False,
-            documents=[struct_pb2.Value(string_value=d) for d in documents],
-        )
-        return self._stub.Rerank(request, metadata=(("authorization", f"Bearer {API_KEY}"),), timeout=REQUEST_TIMEOUT)
+        """The client's :class:`rerank_client.RerankResult` for ``documents`` (best first)."""
+        return self._client.rerank(query, list(documents), model=self.server.name)
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
         response = self.rerank(query, documents)
