@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.supervisor import Child
+from gateway.supervisor import Child, grpc_serving
 from tests.support import API_KEY, free_port
 
 
@@ -34,18 +35,14 @@ def serve(folder: Path, *extra: str) -> tuple[int | None, str]:
     """Starts rerank-serve on ``folder``'s models directory; returns its exit status (None if it
     started serving) and its output."""
     log = folder.parent.parent / "serve.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "service",
-        "--models-dir",
-        str(folder.parent),
-        "--grpc-port",
-        str(free_port()),
-        *extra,
-    ]
+    port = free_port()
+    argv = [sys.executable, "-m", "service", "--models-dir", str(folder.parent), "--grpc-port", str(port), *extra]
     child = Child("serve", argv, env={"RERANK_API_KEYS": API_KEY}, log_path=log).start()
-    status = child.wait(120)
+    # Until it refuses (exits) or serves (reports SERVING): a check runs before the port opens.
+    deadline = time.monotonic() + 120
+    while child.poll() is None and not grpc_serving(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = child.poll()
     if status is None:
         child.stop(grace=10)
     return status, log.read_text()
