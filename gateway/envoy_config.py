@@ -79,6 +79,25 @@ end
 function envoy_on_response(handle)
   strip_grpc_headers(handle:headers())
 end
+
+-- Request headers become the service's gRPC metadata, whose keys are 0-9 a-z _ . - (Envoy has
+-- lowercased them) and whose values, but for "-bin" keys, are printable ASCII. HTTP allows more
+-- (a key "a|b", a Latin-1 value); the service's gRPC library fails the whole call for such a key
+-- (a 500, "Illegal header key") and logs a traceback for such a value. They are dropped here,
+-- and so are a REST request's grpc-* headers, which describe a gRPC message it does not send
+-- ("grpc-encoding: snappy" failed the call with a 500; "grpc-timeout" would set its deadline).
+function drop_non_grpc_headers(headers)
+  local rest = string.sub(headers:get("content-type") or "", 1, 16) ~= "application/grpc"
+  local dropped = {}
+  for key, value in pairs(headers) do
+    if string.sub(key, 1, 1) ~= ":" and (string.find(key, "[^0-9a-z_%.%-]") ~= nil
+        or (rest and string.sub(key, 1, 5) == "grpc-")
+        or (string.sub(key, -4) ~= "-bin" and string.find(value, "[^ -~]") ~= nil)) then
+      dropped[#dropped + 1] = key
+    end
+  end
+  for _, key in ipairs(dropped) do headers:remove(key) end
+end
 """
 
 LIST_FIELDS = {"/v1/rerank": "documents", "/v2/rerank": "documents"}
@@ -121,6 +140,7 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  drop_non_grpc_headers(headers)
   if headers:get(":method") ~= "POST" then return end
   local path = string.gsub(string.match(headers:get(":path") or "", "^[^?]*"), "/$", "")
   local field = LIST_FIELDS[path]
@@ -173,6 +193,7 @@ TEI_ERRORS = {
 }
 
 function envoy_on_request(handle)
+  drop_non_grpc_headers(handle:headers())
   if UNWRAP == nil then return end
   local body = handle:body()
   local text = body ~= nil and body:getBytes(0, body:length()) or ""

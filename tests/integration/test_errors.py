@@ -86,3 +86,21 @@ def test_oversized_body_is_413(rest):
 
 def test_server_survives_bad_inputs(rest):
     assert rest.post("/v1/rerank", json=GOOD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("a|b", b"x"),  # a key gRPC metadata cannot hold: was a 500, "Illegal header key"
+        ("*t", b"x"),
+        ("x-latin", "café".encode("latin-1")),  # a value gRPC metadata cannot hold: a traceback in the log
+        ("grpc-encoding", b"snappy"),  # a REST request's grpc-* header: was a 500
+        ("grpc-timeout", b"1n"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/rerank", "/rerank"])
+def test_headers_grpc_cannot_carry_are_dropped(rest, path, header):
+    """Found by fuzzing (tests/integration/test_fuzzing.py): Envoy drops them before the service."""
+    body = GOOD if path == "/v1/rerank" else {"query": "q", "texts": ["a", "b"]}
+    response = rest.post(path, json=body, headers={header[0]: header[1]})
+    assert response.status_code == 200, response.text
