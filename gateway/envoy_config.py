@@ -85,13 +85,16 @@ end
 -- (a key "a|b", a Latin-1 value); the service's gRPC library fails the whole call for such a key
 -- (a 500, "Illegal header key") and logs a traceback for such a value. They are dropped here,
 -- and so are a REST request's grpc-* headers, which describe a gRPC message it does not send
--- ("grpc-encoding: snappy" failed the call with a 500; "grpc-timeout" would set its deadline).
+-- ("grpc-encoding: snappy" failed the call with a 500; "grpc-timeout" would set its deadline;
+-- gRPC-Web is transcoded as REST here), and any client's x-envoy-* headers, which would steer
+-- Envoy itself (x-envoy-upstream-rq-timeout-ms: 1 was a 504).
 function drop_non_grpc_headers(headers)
-  local rest = string.sub(headers:get("content-type") or "", 1, 16) ~= "application/grpc"
+  local ct = headers:get("content-type") or ""
+  local rest = not (ct == "application/grpc" or string.find(ct, "^application/grpc[+;]") ~= nil)
   local dropped = {}
   for key, value in pairs(headers) do
     if string.sub(key, 1, 1) ~= ":" and (string.find(key, "[^0-9a-z_%.%-]") ~= nil
-        or (rest and string.sub(key, 1, 5) == "grpc-")
+        or (rest and string.sub(key, 1, 5) == "grpc-") or string.sub(key, 1, 8) == "x-envoy-"
         or (string.sub(key, -4) ~= "-bin" and string.find(value, "[^ -~]") ~= nil)) then
       dropped[#dropped + 1] = key
     end
