@@ -319,14 +319,30 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     },
 }
 REST_FACES = tuple(FACE_FIELDS)
+NEAR_VALID: dict[str, dict[str, Any]] = {
+    "/v1/rerank": {"model": "xlmr-tiny", "query": "What is a panda?", "documents": ["a panda", {"text": "a bear"}]},
+    "/v2/rerank": {"model": "bert-tiny", "query": "What is a panda?", "documents": ["a panda", "a bear"]},
+    "/rerank": {"query": "What is a panda?", "texts": ["a panda", "a bear"]},
+}
 
 
 @st.composite
 def face_bodies(draw: st.DrawFn, path: str) -> dict[str, Any]:
     """A request object for a face: its fields each well-typed, of a wrong type, or absent,
     and sometimes unknown fields beside them."""
-    body: dict[str, Any] = {}
-    for name, plausible in FACE_FIELDS[path].items():
+    fields = FACE_FIELDS[path]
+    if draw(st.booleans()):
+        # A valid request with one or two fields changed: reaches the checks behind the first.
+        body = dict(NEAR_VALID[path])
+        for name in draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=2, unique=True)):
+            value = draw(_field(fields[name]))
+            if value is ABSENT:
+                body.pop(name, None)
+            else:
+                body[name] = value
+        return body
+    body = {}
+    for name, plausible in fields.items():
         value = draw(_field(plausible))
         if value is not ABSENT:
             body[name] = value
@@ -777,3 +793,29 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+def odd_unicode_cases() -> list[tuple[str, bytes]]:
+    """(face, body): each odd piece of text in a valid request's query, then in a document,
+    JSON-escaped and raw; and lone surrogates, escaped. Deterministic, so that even the seeded
+    run reaches the model with every one of them (a small random run rarely draws them)."""
+    cases: list[tuple[str, bytes]] = []
+    pieces = [*ODD_PIECES, "\ud800", "\udfff", "a\udc00b", "\ud83d\udc3c"]
+    for path, base in NEAR_VALID.items():
+        docs = "texts" if path == "/rerank" else "documents"
+        for piece in pieces:
+            for body in ({**base, "query": f"panda {piece} bear"}, {**base, docs: [f"a {piece}", piece]}):
+                cases.extend((path, _encode(body, ascii_only)) for ascii_only in (True, False))
+    return cases
+
+
+def odd_unicode_messages() -> list[Any]:
+    """The same pieces in ``rerank.v1.RerankRequest`` messages (no lone surrogates: a protobuf
+    string is UTF-8)."""
+    from tests.support import rerank_request
+
+    out = []
+    for piece in ODD_PIECES:
+        out.append(rerank_request("xlmr-tiny", ["a panda", "bear"], query=f"panda {piece} bear"))
+        out.append(rerank_request("bert-tiny", [f"a {piece}", piece, {"text": piece}]))
+    return out

@@ -190,6 +190,13 @@ def test_rest_sizes(fuzzed):
         send(fuzzed, "sizes", "POST", path, body, AUTH_HEADER)
 
 
+def test_rest_odd_unicode(fuzzed):
+    """Every odd piece of text (NUL, RTL, combining marks, emoji, lone surrogates escaped and raw)
+    in an otherwise valid request's query and documents, on every face."""
+    for path, body in fuzzing.odd_unicode_cases():
+        send(fuzzed, "unicode", "POST", path, body, AUTH_HEADER)
+
+
 VALID = {
     "/v1/rerank": b'{"model": "xlmr-tiny", "query": "q", "documents": ["a", {"text": "b"}]}',
     "/v2/rerank": b'{"model": "bert-tiny", "query": "q", "documents": ["a", "b"]}',
@@ -228,6 +235,18 @@ def test_grpc_messages(fuzzed, route):
         fuzzed.watch.check()
 
     run(exchange, examples(2800, 80))
+
+
+@pytest.mark.parametrize("route", ["direct", "envoy"])
+def test_grpc_odd_unicode(fuzzed, route):
+    """The same odd text in valid ``Rerank`` messages."""
+    from service.protocol import rerank_pb2_grpc
+
+    stub = rerank_pb2_grpc.RerankServiceStub(fuzzed.direct if route == "direct" else fuzzed.envoy)
+    for message in fuzzing.odd_unicode_messages():
+        code = check_grpc(lambda message=message: stub.Rerank(message, metadata=AUTH, timeout=30))
+        fuzzed.tally.grpc(f"unicode-{route}", code)
+        fuzzed.watch.check()
 
 
 @pytest.mark.parametrize("route", ["direct", "envoy"])
