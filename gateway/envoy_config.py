@@ -578,7 +578,12 @@ def local_reply_config() -> Json:
                     "filters": [
                         {
                             "header_filter": {
-                                "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                                # Native gRPC only: gRPC-Web is transcoded as REST here, and
+                                # its errors are JSON like any REST request's (found by fuzzing).
+                                "header": {
+                                    "name": "content-type",
+                                    "string_match": {"safe_regex": {"regex": "application/grpc([+;].*)?"}},
+                                }
                             }
                         },
                         {

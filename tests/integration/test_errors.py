@@ -108,3 +108,12 @@ def test_headers_grpc_cannot_carry_are_dropped(rest, path, header, content_type)
     body = GOOD if path == "/v1/rerank" else {"query": "q", "texts": ["a", "b"]}
     response = rest.post(path, content=json.dumps(body), headers={header[0]: header[1], "content-type": content_type})
     assert response.status_code == 200, response.text
+
+
+def test_grpc_web_errors_envoy_makes_are_json(rest):
+    """Found by fuzzing: Envoy's own 400 for a non-list documents was plain text for gRPC-Web
+    content types (which this gateway transcodes as REST)."""
+    body = json.dumps({**GOOD, "documents": None})
+    response = rest.post("/v1/rerank", content=body, headers={"content-type": "application/grpc-web+proto"})
+    assert response.status_code == 400
+    assert response.json()["code"] == 3 and "documents" in response.json()["message"]
