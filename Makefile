@@ -12,7 +12,7 @@ MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
 .PHONY: install install-serve lock proto lint model serve browser test test-unit test-integration test-unit-lean \
-	test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
+	fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -90,6 +90,12 @@ $(LEAN)/.installed: pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.prot
 
 test-unit-lean: $(LEAN)/.installed
 	$(LEAN)/bin/python -m pytest -q -rs tests/unit $(PYTEST_ARGS)
+
+# Fuzzing at full size: >= 10,000 generated REST requests through Envoy and >= 10,000 gRPC calls
+# against the real stack, random seeds (RERANK_FUZZ_SEED=N replays one); the seeded subset of the
+# same tests runs in `make test`. Prints the totals, the time and the service's peak memory.
+fuzz: install
+	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py $(PYTEST_ARGS)
 
 # Headless Chromium (Debian's package) for the API page's test (tests/integration/test_openapi.py).
 browser:

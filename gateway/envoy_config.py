@@ -193,7 +193,33 @@ end
 """
 
 
-LUA_RESPONSE = lua_response()
+LUA_DROP_HEADERS = """\
+-- Request headers become the service's gRPC metadata, whose keys are 0-9 a-z _ . - (Envoy has
+-- lowercased them) and whose values, but for "-bin" keys, are printable ASCII. HTTP allows more
+-- (a key "a|b", a Latin-1 value); the service's gRPC library fails the whole call for such a key
+-- (a 500, "Illegal header key") and logs a traceback for such a value. They are dropped here,
+-- and so are a REST request's grpc-* headers, which describe a gRPC message it does not send
+-- ("grpc-encoding: snappy" failed the call with a 500; "grpc-timeout" would set its deadline;
+-- gRPC-Web is transcoded as REST here), and any client's x-envoy-* headers, which would steer
+-- Envoy itself (x-envoy-upstream-rq-timeout-ms: 1 was a 504).
+function drop_non_grpc_headers(headers)
+  local ct = headers:get("content-type") or ""
+  local rest = not (ct == "application/grpc" or string.find(ct, "^application/grpc[+;]") ~= nil)
+  local dropped = {}
+  for key, value in pairs(headers) do
+    if string.sub(key, 1, 1) ~= ":" and (string.find(key, "[^0-9a-z_%.%-]") ~= nil
+        or (rest and string.sub(key, 1, 5) == "grpc-") or string.sub(key, 1, 8) == "x-envoy-"
+        or (string.sub(key, -4) ~= "-bin" and string.find(value, "[^ -~]") ~= nil)) then
+      dropped[#dropped + 1] = key
+    end
+  end
+  for _, key in ipairs(dropped) do headers:remove(key) end
+end
+"""
+"""Lua every route's request hook calls: ``drop_non_grpc_headers(headers)``."""
+
+LUA_RESPONSE = lua_response() + LUA_DROP_HEADERS
+"""What every route's Lua script starts with (the default one and the TEI routes')."""
 LUA_DEFAULT_RESPONSE = (
     LUA_RESPONSE
     + """
@@ -243,6 +269,7 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  drop_non_grpc_headers(headers)
   if headers:get(":method") ~= "POST" then return end
   local path = string.gsub(string.match(headers:get(":path") or "", "^[^?]*"), "/$", "")
   local field = LIST_FIELDS[path]
@@ -295,6 +322,7 @@ TEI_ERRORS = {
 }
 
 function envoy_on_request(handle)
+  drop_non_grpc_headers(handle:headers())
   if UNWRAP == nil then return end
   local body = handle:body()
   local text = body ~= nil and body:getBytes(0, body:length()) or ""
@@ -758,7 +786,12 @@ def local_reply_config(*, early_admission: bool = False) -> Json:
                     "filters": [
                         {
                             "header_filter": {
-                                "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                                # Native gRPC only: gRPC-Web is transcoded as REST here, and
+                                # its errors are JSON like any REST request's (found by fuzzing).
+                                "header": {
+                                    "name": "content-type",
+                                    "string_match": {"safe_regex": {"regex": "application/grpc([+;].*)?"}},
+                                }
                             }
                         },
                         {

@@ -5,7 +5,9 @@ and reported (metrics, the call's log context, its trace span).
 service on the server. While a call runs it is counted, so a stopping server can wait for the
 calls in flight (:meth:`CallGuard.wait_idle`); whatever it raises goes through
 :func:`service.router.status.fail` (typed errors -> rich statuses, anything else -> an opaque
-INTERNAL with a request id).
+INTERNAL with a request id). A request that does not decode (a cut or corrupted message, a string
+field that is not UTF-8) is the client's error, INVALID_ARGUMENT, like any other bad request:
+gRPC's own answer would be UNKNOWN with the decoder's exception in its message.
 
 It is the first interceptor, ahead of API-key checks, so that refused calls (UNAUTHENTICATED)
 are counted too. For each call it:
@@ -32,7 +34,7 @@ from typing import Any, cast
 import grpc
 
 from service.core.metrics import NONE, Metrics
-from service.errors import RerankError
+from service.errors import InvalidRequest, RerankError
 from service.router.auth import Keyring
 from service.router.status import fail, request_id, status_code
 from service.telemetry import context as calls
@@ -45,6 +47,42 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 UNMETERED = "/grpc.health.v1.Health/"
 """Calls under this prefix (probes, every second) are guarded but neither counted nor logged."""
+
+
+class Undecodable:
+    """What a guarded handler receives, instead of a message, for bytes that do not decode."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def error(self) -> InvalidRequest:
+        return InvalidRequest(
+            f"the request is not a valid message for {self.method}: its bytes do not decode (a cut or "
+            "corrupted message, a field of the wrong wire type, or a string that is not UTF-8)",
+            reason="UNDECODABLE_MESSAGE",
+        )
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning :class:`Undecodable` where it would raise."""
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception:  # noqa: BLE001 - DecodeError, and whatever else a decoder raises on bad bytes
+            return Undecodable(method)
+
+    return deserialize
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.error()
+        yield request
 
 
 class CallGuard(grpc.aio.ServerInterceptor):
@@ -88,6 +126,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
         try:
             with tracing.server_span(method, metadata) as span:
                 try:
+                    if isinstance(request, Undecodable):
+                        raise request.error()
                     result = behaviour(request, context)
                     result = await result if inspect.isawaitable(result) else result
                     if call.key:
@@ -136,11 +176,11 @@ class CallGuard(grpc.aio.ServerInterceptor):
             stream = cast(Callable[..., Any], handler.stream_unary)
 
             async def guarded_stream(requests: AsyncIterator[Any], context: Context) -> Any:
-                return await self._call(stream, requests, context, method)
+                return await self._call(stream, _decoded(requests), context, method)
 
             return grpc.stream_unary_rpc_method_handler(
                 guarded_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         unary = cast(Callable[..., Any], handler.unary_unary)
@@ -149,7 +189,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
             return await self._call(unary, request, context, method)
 
         return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            guarded,
+            request_deserializer=tolerant(handler.request_deserializer, method),
+            response_serializer=handler.response_serializer,
         )
 
 

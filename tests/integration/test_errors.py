@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 GOOD = {"model": "xlmr-tiny", "query": "q", "documents": ["a", "b"]}
@@ -86,3 +88,32 @@ def test_oversized_body_is_413(rest):
 
 def test_server_survives_bad_inputs(rest):
     assert rest.post("/v1/rerank", json=GOOD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("a|b", b"x"),  # a key gRPC metadata cannot hold: was a 500, "Illegal header key"
+        ("*t", b"x"),
+        ("x-latin", "café".encode("latin-1")),  # a value gRPC metadata cannot hold: a traceback in the log
+        ("grpc-encoding", b"snappy"),  # a REST request's grpc-* header: was a 500
+        ("grpc-timeout", b"1n"),
+        ("x-envoy-upstream-rq-timeout-ms", b"1"),  # was a 504
+    ],
+)
+@pytest.mark.parametrize("content_type", ["application/json", "application/grpc-web+proto"])
+@pytest.mark.parametrize("path", ["/v1/rerank", "/rerank"])
+def test_headers_grpc_cannot_carry_are_dropped(rest, path, header, content_type):
+    """Found by fuzzing (tests/integration/test_fuzzing.py): Envoy drops them before the service."""
+    body = GOOD if path == "/v1/rerank" else {"query": "q", "texts": ["a", "b"]}
+    response = rest.post(path, content=json.dumps(body), headers={header[0]: header[1], "content-type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def test_grpc_web_errors_envoy_makes_are_json(rest):
+    """Found by fuzzing: Envoy's own 400 for a non-list documents was plain text for gRPC-Web
+    content types (which this gateway transcodes as REST)."""
+    body = json.dumps({**GOOD, "documents": None})
+    response = rest.post("/v1/rerank", content=body, headers={"content-type": "application/grpc-web+proto"})
+    assert response.status_code == 400
+    assert response.json()["code"] == 3 and "documents" in response.json()["message"]

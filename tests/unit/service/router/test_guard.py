@@ -49,3 +49,28 @@ def test_the_server_keeps_serving_after_a_bug(stand_in_stub: Any) -> None:
     internal_error(stand_in_stub, AUTH)
     reply = stand_in_stub.Rerank(rerank_request("alpha", ["panda", "red car"], query="panda"), metadata=AUTH)
     assert [(r.index, r.relevance_score) for r in reply.results] == [(0, 1.0), (1, 0.0)]
+
+
+@pytest.mark.parametrize(
+    ("method", "raw"),
+    [
+        ("/rerank.v1.RerankService/Rerank", b"\xff\xff\xff"),  # corrupt wire format
+        ("/rerank.v1.RerankService/Rerank", b"\x12\x02\xff\xfe"),  # query: not UTF-8
+        ("/tei.v1.Rerank/Rerank", b"\x0a\x02\xff\xfe"),
+        ("/rerank.v1.CohereService/Rerank", b"\x1a\x05ab"),  # cut
+    ],
+)
+def test_an_undecodable_message_is_invalid_argument(stand_in_channel: grpc.Channel, method: str, raw: bytes) -> None:
+    """Found by fuzzing: gRPC's own answer was UNKNOWN, "Unexpected <class 'DecodeError'>: ..."."""
+    with pytest.raises(grpc.RpcError) as info:
+        stand_in_channel.unary_unary(method)(raw, metadata=AUTH, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert f"not a valid message for {method}" in (info.value.details() or "")
+    assert "class" not in (info.value.details() or "")
+
+
+def test_an_undecodable_message_in_a_stream_is_invalid_argument(stand_in_channel: grpc.Channel) -> None:
+    stream = stand_in_channel.stream_unary("/tei.v1.Rerank/RerankStream")
+    with pytest.raises(grpc.RpcError) as info:
+        stream(iter([b"\x0a\x01q\x12\x01a", b"\x12\x02\xff\xfe"]), metadata=AUTH, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
