@@ -68,10 +68,10 @@ class Caller(Protocol):
         """Charges a tokenized request's tokens."""
 
 
-EARLY_TEXT_SHARE = 0.5
-"""The share of a request body's bytes the early check counts as text to score: the rest is
-allowance for JSON syntax, multi-byte characters and text the model will not read, so that the
-check errs toward admitting (the exact check after parsing still refuses what it lets through)."""
+EARLY_BODY_SHARE = 0.9
+"""The share of a request body's bytes the early check prices at the learned cost per byte: the
+rest is allowance for field names, whitespace and the like, so that the check errs toward
+admitting (the exact check after parsing still refuses what it lets through)."""
 
 
 class Anonymous:
@@ -127,6 +127,10 @@ class ServedModel:
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
+        self.cost_per_byte = PADDING_ALLOWANCE / self.characters_per_token
+        """The exact estimate's cost per UTF-8 byte of query and documents, learned from every
+        request (it carries the query repeated per pair, truncation, windows and the script's
+        bytes per character): what the early check prices a body's bytes at."""
         """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
 
     def estimate(
@@ -154,9 +158,15 @@ class ServedModel:
 
     def cost_of_body(self, size: int) -> float:
         """A lower-leaning estimate of the cost in padded tokens of a request whose body is ``size``
-        bytes, before it is read: :data:`EARLY_TEXT_SHARE` of it as text, at the learned
-        characters per token."""
-        return PADDING_ALLOWANCE * EARLY_TEXT_SHARE * size / self.characters_per_token
+        bytes, before it is read: :data:`EARLY_BODY_SHARE` of it at the learned cost per byte."""
+        return EARLY_BODY_SHARE * size * self.cost_per_byte
+
+    def learn_cost_per_byte(self, query: str, documents: list[str], cost: float) -> None:
+        # Bytes as a JSON body carries them: each document a string with its quotes, comma and
+        # space (documents sent as {"text": ...} objects take more: then the price leans low).
+        text = len(query.encode()) + sum(len(d.encode()) + 4 for d in documents)
+        if text:
+            self.cost_per_byte += 0.1 * (cost / text - self.cost_per_byte)
 
     def early_refusal(self, size: int) -> QueueFull | None:
         """The refusal a request body of ``size`` bytes gets before it is read, or None. Safe on
@@ -183,7 +193,9 @@ class ServedModel:
         except RateLimited:
             self.metrics.reject("rate_limited")
             raise
-        reservation = self.batcher.admit(*self.estimate(query, documents, long_documents, max_document_tokens))
+        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens)
+        self.learn_cost_per_byte(query, documents, cost)
+        reservation = self.batcher.admit(cost, pairs)
         try:
             with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):
                 encoded = await self._tokenizers.run(

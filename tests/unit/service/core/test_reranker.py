@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,3 +106,18 @@ async def test_a_long_document_scores_its_best_window(tmp_path: Path) -> None:
     # 32 tokens in windows of 12 overlapping by 3: [0, 12), [9, 21), [18, 30), [27, 32).
     assert windowed.encoded.windows == [4, 4, 1, 1] and windowed.encoded.truncated_tokens == [0, 0, 0, 0]
     assert served.metrics.requests == 2 and served.metrics.pairs == 4 + 10
+
+
+async def test_the_early_price_of_a_body_follows_the_exact_estimate_per_byte(tmp_path: Path) -> None:
+    """Many short documents under one long query: the query is paid once per pair, which only
+    the exact estimate sees. After requests of that shape, a body of their size is priced (before
+    it is read) at close to the exact cost, leaning low by the JSON allowance."""
+    query = "panda " * 4
+    documents = ["a bear"] * 50
+    async with served_stand_in(tmp_path) as served:
+        for _ in range(40):
+            await served.score(query, documents, "truncate")
+        cost, _ = served.estimate(query, documents, "truncate")
+        body = len(json.dumps({"query": query, "documents": documents}).encode())
+        early = served.cost_of_body(body)
+    assert 0.8 * cost <= early <= cost
