@@ -264,6 +264,29 @@ class _HttpPeer(Peer):
             raise RuntimeError(f"{self.name}: wrong number of results: {reply.body[:300]!r}")
 
 
+class _ServerPeer(_HttpPeer):
+    """A peer's own server process, answering HTTP once its ``/health`` does."""
+
+    workdir: Path
+    _process: Child | None = None
+
+    def _serve(self, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self._process = spawn_server(command, self.workdir / f"{self.name}.log", env=env)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), STARTUP_TIMEOUT, self.name)
+        self._open()
+
+    def stop(self) -> None:
+        self._close()
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def pids(self) -> list[int]:
+        assert self._process is not None
+        return [self._process.pid]
+
+
 class OursRest(_HttpPeer):
     """Envoy (``gateway.envoy``) transcoding REST to the fp32 server's gRPC."""
 
@@ -305,7 +328,7 @@ class OursRest(_HttpPeer):
         return [self.server.process.pid, self._envoy.child.pid]
 
 
-class LlamaServer(_HttpPeer):
+class LlamaServer(_ServerPeer):
     """``llama-server --reranking -t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192 -np 1``.
 
     One slot for every workload, W2 included: W2's concurrent requests then wait in
@@ -324,7 +347,7 @@ class LlamaServer(_HttpPeer):
         if gguf is None:
             raise RuntimeError(f"no {self.outtype} GGUF file for {self.model.name} (its conversion failed)")
         port = free_port()
-        self._process = spawn_server(
+        self._serve(
             [
                 str(LLAMA_SERVER),
                 "-m",
@@ -350,17 +373,8 @@ class LlamaServer(_HttpPeer):
                 str(LLAMA_SLOTS),
                 "--no-webui",
             ],
-            self.workdir / f"{self.name}.log",
+            port,
         )
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), STARTUP_TIMEOUT, self.name)
-        self._open()
-
-    def stop(self) -> None:
-        self._close()
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
         self._post(
@@ -368,12 +382,8 @@ class LlamaServer(_HttpPeer):
             len(documents),
         )
 
-    def pids(self) -> list[int]:
-        assert self._process is not None
-        return [self._process.pid]
 
-
-class Infinity(_HttpPeer):
+class Infinity(_ServerPeer):
     """Infinity's server (``infinity_emb v2 --engine torch``) on the bench model's checkpoint,
     from its own virtual environment (:mod:`bench.infinity`); ``POST /rerank``."""
 
@@ -387,20 +397,11 @@ class Infinity(_HttpPeer):
 
         executable = infinity.ensure_venv()
         port = free_port()
-        self._process = spawn_server(
+        self._serve(
             infinity.command(executable, self.model.checkpoint, self.model.name, port),
-            self.workdir / f"{self.name}.log",
+            port,
             env=infinity.environment(THREADS),
         )
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._process.wait_until(lambda: _http_ok(f"{self.base_url}/health"), STARTUP_TIMEOUT, self.name)
-        self._open()
-
-    def stop(self) -> None:
-        self._close()
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
 
     def score(self, query: str, documents: tuple[str, ...]) -> None:
         assert self._client is not None
@@ -408,10 +409,6 @@ class Infinity(_HttpPeer):
         reply = self._client.post_json("/rerank", body)
         if len(reply.json()["results"]) != len(documents):
             raise RuntimeError(f"{self.name}: wrong number of results: {reply.body[:300]!r}")
-
-    def pids(self) -> list[int]:
-        assert self._process is not None
-        return [self._process.pid]
 
 
 class SentenceTransformers(Peer):
