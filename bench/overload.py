@@ -109,15 +109,18 @@ def _label(status: int) -> str:
     return "5xx" if status >= 500 else f"{status // 100}xx"
 
 
-async def _post(client: httpx.AsyncClient, body: bytes, documents: int) -> tuple[float, str, float, float]:
-    """Sends one request; returns (start, outcome, seconds, Retry-After seconds or 0): outcome is
-    "200", "429", "5xx", "4xx" (any other), "timeout", "connection" (refused, reset, closed) or
-    "bad" (a 200 with the wrong number of results)."""
+async def _post(client: httpx.AsyncClient, body: bytes, documents: int) -> tuple[float, str, float, float, bool]:
+    """Sends one request; returns (start, outcome, seconds, Retry-After seconds or 0, refused
+    early): outcome is "200", "429", "5xx", "4xx" (any other), "timeout", "connection" (refused,
+    reset, closed) or "bad" (a 200 with the wrong number of results); refused early: a 429 that
+    Envoy's early admission check gave before reading the body (``x-rerank-admission``)."""
     start = time.monotonic()
     retry_after = 0.0
+    early = False
     try:
         reply = await client.post("/v1/rerank", content=body)
         outcome = _label(reply.status_code)
+        early = reply.headers.get("x-rerank-admission") == "early"
         with contextlib.suppress(ValueError):
             retry_after = float(reply.headers.get("retry-after", "0"))
         if outcome == "200" and len(reply.json()["results"]) != documents:
@@ -126,7 +129,7 @@ async def _post(client: httpx.AsyncClient, body: bytes, documents: int) -> tuple
         outcome = "timeout"
     except httpx.TransportError:
         outcome = "connection"
-    return start, outcome, time.monotonic() - start, retry_after
+    return start, outcome, time.monotonic() - start, retry_after, early
 
 
 def _http_client(base_url: str, connections: int, timeout: float) -> httpx.AsyncClient:
@@ -182,11 +185,14 @@ def _heavy_worker(conn: Connection, spec: dict[str, Any]) -> None:
     conn.send("ready")
     origin: float = conn.recv()
     records: list[tuple[str, int, float, str, float]] = []
+    early: list[float] = []
 
     async def heavy(client: httpx.AsyncClient, index: int, deadline: float) -> None:
         while time.monotonic() < deadline:
-            start, outcome, seconds, retry_after = await _post(client, bodies[index], spec["documents"])
+            start, outcome, seconds, retry_after, refused_early = await _post(client, bodies[index], spec["documents"])
             records.append(("heavy", index, start - origin, outcome, seconds))
+            if refused_early:
+                early.append(seconds)
             if outcome != "200":
                 await asyncio.sleep(max(spec["pause"], retry_after if spec["honour_retry_after"] else 0.0))
 
@@ -199,7 +205,7 @@ def _heavy_worker(conn: Connection, spec: dict[str, Any]) -> None:
 
     cpu = _cpu_seconds()
     lags = asyncio.run(run())
-    conn.send({"records": records, "cpu_seconds": _cpu_seconds() - cpu, "lags": lags})
+    conn.send({"records": records, "early": early, "cpu_seconds": _cpu_seconds() - cpu, "lags": lags})
     conn.close()
 
 
@@ -211,7 +217,7 @@ async def _probe(base_url: str, model: str, origin: float, seconds: float, inter
 
     async def one(client: httpx.AsyncClient, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
-        start, outcome, took, _ = await _post(client, body, 1)
+        start, outcome, took, _, _ = await _post(client, body, 1)
         records.append(("probe", -1, start - origin, outcome, took))
 
     async with _http_client(base_url, 8, timeout) as client:
@@ -390,6 +396,10 @@ def table(summary: dict[str, Any], context: dict[str, Any]) -> str:
         "429 latency ms        p50 {p50}  p95 {p95}  p99 {p99}".format(
             **{k: _ms(v) for k, v in s["latency_429_ms"].items()}
         ),
+        "  of which early      {count} (Envoy's check, body unread): p50 {p50}  p95 {p95}  p99 {p99}".format(
+            **{k: v if k == "count" else _ms(v) for k, v in s.get("early_429", {"count": 0}).items()},
+            **{k: "-" for k in ("p50", "p95", "p99") if k not in s.get("early_429", {})},
+        ),
         "probe latency ms      p50 {p50}  p95 {p95}  max {max}".format(**{k: _ms(v) for k, v in s["probe_ms"].items()}),
         "service RSS MB        start {start:.0f}  peak {peak:.0f}  end {end:.0f}".format(**s["rss_mb"]),
         f"throughput            {s['pairs_per_s']:.1f} pairs/s (200s' pairs over {s['load_seconds']:.1f} s, "
@@ -503,9 +513,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
         worker_cpu = 0.0
         lags = list(probe_lags)
+        early: list[float] = []
         for pipe in pipes:
             result = pipe.recv()
             records += result["records"]
+            early += result["early"]
             worker_cpu += result["cpu_seconds"]
             lags += result["lags"]
         load_end = max(start + seconds for _, _, start, _, seconds in records)
@@ -527,6 +539,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 worker.kill()
         stack.child.stop(grace=30)
     summary = summarise(records, sampler.samples, load_end, args.documents)
+    summary["early_429"] = {"count": len(early), **_percentiles(early, (50, 95, 99))}
     return {
         "summary": summary,
         "context": {
