@@ -26,7 +26,7 @@ import numpy as np
 from converters.bundle import SourceBundle
 from converters.errors import GgufError
 from converters.gguf_file import GgufFile
-from converters.spec import EncoderSpec, LoadedModel, Weights
+from converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
 from service.model_folder import file_sha256
 
 POOLER_DROPPED = (
@@ -113,16 +113,9 @@ def load_gguf(f: GgufFile) -> LoadedModel:
     if w["head.out.w"].shape[0] != 1:
         raise GgufError(f"{path.name}: the classifier has {w['head.out.w'].shape[0]} outputs; a reranker has one")
 
-    common = {
-        "num_layers": layers,
-        "hidden": hidden,
-        "heads": heads,
-        "intermediate": inter,
-        "layer_norm_eps": eps,
-        "pad_id": pad_id,
-        "head": head,
-        "type_vocab": int(w["emb.type"].shape[0]) if "emb.type" in w else 0,
-    }
+    common = shared_fields(
+        w, layers=layers, hidden=hidden, heads=heads, intermediate=inter, eps=eps, pad_id=pad_id, head=head
+    )
     if arch == "bert" and tokenizer_model == "t5":
         table = _tensor(t, "position_embd.weight")
         w["emb.pos"] = np.concatenate([np.zeros((pad_id + 1, hidden), np.float32), table], 0)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import CheckpointError
-from converters.spec import EncoderSpec, LoadedModel, Weights
+from converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
 from service.model_folder import file_sha256
 
 
@@ -256,16 +256,9 @@ def load_checkpoint(source: str) -> LoadedModel:
     eps = float(config.get("layer_norm_eps", 1e-12))
     pad_id = int(config.get("pad_token_id", 1) if config.get("pad_token_id") is not None else 1)
     max_pos = int(config.get("max_position_embeddings", 512))
-    common = {
-        "num_layers": layers,
-        "hidden": hidden,
-        "heads": heads,
-        "intermediate": inter,
-        "layer_norm_eps": eps,
-        "pad_id": pad_id,
-        "head": head,
-        "type_vocab": int(w["emb.type"].shape[0]) if "emb.type" in w else 0,
-    }
+    common = shared_fields(
+        w, layers=layers, hidden=hidden, heads=heads, intermediate=inter, eps=eps, pad_id=pad_id, head=head
+    )
     if family in ("xlm-roberta", "jina-v2"):
         w["emb.pos"] = _take(t, "embeddings.position_embeddings.weight")
         spec = EncoderSpec(

@@ -32,7 +32,7 @@ Canonical names::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -93,6 +93,23 @@ class EncoderSpec:
     def from_json(cls, data: dict) -> EncoderSpec:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def shared_fields(
+    weights: Weights, *, layers: int, hidden: int, heads: int, intermediate: int, eps: float, pad_id: int, head: str
+) -> dict[str, Any]:
+    """The :class:`EncoderSpec` fields every source reader fills the same way; the token-type
+    table's size is read from ``weights`` (0 without one)."""
+    return {
+        "num_layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "intermediate": intermediate,
+        "layer_norm_eps": eps,
+        "pad_id": pad_id,
+        "head": head,
+        "type_vocab": int(weights["emb.type"].shape[0]) if "emb.type" in weights else 0,
+    }
 
 
 @dataclass
