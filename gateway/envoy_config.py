@@ -81,7 +81,7 @@ METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST"
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
 
 
-def lua_admission() -> str:
+def lua_admission(max_request_bytes: int) -> str:
     """The early admission check, on the request path before the buffer filter: a ``POST`` on a
     REST rerank path whose ``content-length`` is at least :data:`ADMISSION_MIN_BYTES` is first
     put to a replica's ``GET /admission?bytes=N`` (:mod:`service.telemetry.metrics_endpoint`;
@@ -89,7 +89,9 @@ def lua_admission() -> str:
     Envoy replies with that status, ``Retry-After`` and the service's JSON error at once, without
     reading the body; on anything else (200, an error, :data:`ADMISSION_TIMEOUT_MS` passing) the
     request goes on and the service's exact check after parsing decides, as without this filter.
-    Chunked bodies (no ``content-length``) are not checked."""
+    Chunked bodies (no ``content-length``) are not checked, nor bodies over ``max_request_bytes``:
+    the buffer filter refuses those (413), and a body that overflows Envoy's buffers while this
+    filter waits for the check's answer stalled until the request timeout (a 408 after 30 s)."""
     paths = ", ".join(f'["{p}"] = true, ["{p}/"] = true' for p in ADMISSION_PATHS)
     return f"""\
 local PATHS = {{{paths}}}
@@ -104,7 +106,7 @@ function envoy_on_request(handle)
     return
   end
   local size = tonumber(headers:get("content-length") or "")
-  if size == nil or size < {ADMISSION_MIN_BYTES} then
+  if size == nil or size < {ADMISSION_MIN_BYTES} or size > {max_request_bytes} then
     return
   end
   local ok, reply, body = pcall(function()
@@ -716,7 +718,7 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 "name": FILTER_ADMISSION,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": lua_admission()},
+                    "default_source_code": {"inline_string": lua_admission(settings.max_request_bytes)},
                 },
             }
         )
