@@ -41,6 +41,7 @@ from typing import Any, Literal
 import yaml
 
 from gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
+from service.router.status import HOLD_HEADER
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
@@ -98,6 +99,8 @@ local PATHS = {{{paths}}}
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- The hold token is ours to set: never one a client sent.
+  headers:remove("{HOLD_HEADER}")
   if headers:get(":method") ~= "POST" then
     return
   end
@@ -118,7 +121,14 @@ function envoy_on_request(handle)
       ["authorization"] = headers:get("authorization"),
     }}, "", {ADMISSION_TIMEOUT_MS})
   end)
-  if not ok or reply == nil or reply[":status"] ~= "429" or body == nil then
+  if not ok or reply == nil then
+    return
+  end
+  if reply[":status"] ~= "429" or body == nil then
+    -- Admitted: the place the service holds for this body is taken by the call it becomes.
+    if reply[":status"] == "200" and reply["{HOLD_HEADER}"] ~= nil then
+      handle:headers():replace("{HOLD_HEADER}", reply["{HOLD_HEADER}"])
+    end
     return
   end
   -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on this).

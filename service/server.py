@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from service.backends.base import Backend, Batch, VariantChoice
 from service.backends.cpu_features import detect as detect_cpu
 from service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
-from service.core.batching import BatchingConfig, Throughput
+from service.core.batching import BatchingConfig, Holds, Throughput
 from service.core.reranker import ServedModel
 from service.core.tokenization import TokenizerPool
 from service.errors import ConfigurationError, QueueFull, Unavailable
@@ -128,8 +128,10 @@ class RerankServer:
             exposition_registry(self.metrics, settings.metrics_dir),
             keyring=self.keyring,
             require_key=settings.metrics_require_key,
-            admission=self.early_refusal,
+            admission=self.early_admission,
         )
+        self.holds = Holds()
+        """The early check's places for bodies on their way, shared by every model's batcher."""
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -173,6 +175,7 @@ class RerankServer:
                 metrics=self.metrics.model(config.name),
                 choice=choice,
                 cpu=cpu,
+                holds=self.holds,
             )
         if s.default_model and s.default_model not in self.models:
             raise ConfigurationError(
@@ -180,24 +183,30 @@ class RerankServer:
                 f"served models: {', '.join(sorted(self.models))}"
             )
 
-    def early_refusal(self, size: int, model: str | None = None) -> QueueFull | None:
-        """The refusal a rerank request body of ``size`` bytes for ``model`` gets before it is
-        read (the metrics port's ``GET /admission``), or None. Without ``model`` (Envoy cannot
-        know it before reading the body) it is refused only if every served model would refuse
-        it, with the shortest retry delay; an unknown model is admitted (the call then fails on
-        its own). Runs on the metrics server's thread: it only reads published state."""
+    def early_admission(self, size: int, model: str | None = None) -> QueueFull | str:
+        """The early check of a rerank request body of ``size`` bytes for ``model``, before it is
+        read (the metrics port's ``GET /admission``): the refusal, or the token of the place it
+        holds (:class:`~service.core.batching.Holds`; '' where it holds none). Without ``model``
+        (Envoy cannot know it before reading the body) it holds a place on every served model
+        with room, and is refused only if none has room, with the shortest retry delay; an
+        unknown model is admitted without a hold (the call then fails on its own). Runs on the
+        metrics server's thread: it reads published state and holds."""
         if model is None:
             models = list(self.models.values())
         else:
             models = [self.models[model]] if model in self.models else []
+        room: dict[str, float] = {}
         refusals: list[tuple[QueueFull, ServedModel]] = []
         for served in models:
-            refusal = served.early_refusal(size)
+            refusal, cost = served.early_refusal(size)
             if refusal is None:
-                return None
-            refusals.append((refusal, served))
+                room[served.name] = cost
+            else:
+                refusals.append((refusal, served))
+        if room:
+            return self.holds.place(room)
         if not refusals:
-            return None
+            return ""
         first, refused = min(refusals, key=lambda pair: pair[0].retry_after or 0)
         # Counted like the service's own queue_time refusals, on the event loop (the metrics'
         # owner; this runs on the metrics server's thread).

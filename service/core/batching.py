@@ -20,6 +20,12 @@ model's worker thread:
   (:func:`queue_time_refusal`) of a :class:`QueueState`; the batcher publishes a fresh one at
   every queue change (:attr:`DynamicBatcher.published`), which another thread may read (the
   early admission check of :mod:`service.telemetry.metrics_endpoint`).
+* **Holds**: a request the early check admits before its body is read holds its place
+  (:class:`Holds`) until it reaches :meth:`DynamicBatcher.admit` with the hold's token, which
+  then admits it without a second look, or until :data:`HOLD_SECONDS` pass. Every admission
+  counts the holds of others as queued work, so a burst of large bodies checked together is
+  admitted as far as there is room and refused before its bodies are read beyond it, not
+  admitted early in full and refused again after parsing.
 * **Cancellation**: a request whose client went away has its waiting pairs dropped.
 * **Failure isolation**: a micro-batch that fails is run again pair by pair, so one bad pair
   fails its own request only.
@@ -37,6 +43,8 @@ import collections
 import contextlib
 import logging
 import math
+import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +64,10 @@ MIN_BATCH_TOKENS = 512
 """The smallest token budget a micro-batch gets, however slow the model."""
 PADDING_ALLOWANCE = 1.1
 """A request's cost is its tokens, plus this share for the padding it will meet in batches."""
+HOLD_SECONDS = 1.0
+"""How long the early check's place for a request whose body is still on its way is kept (the
+body's upload, Envoy's transcoding and the call to the service take milliseconds on a local
+network; a hold that is never used, say for a body that turns out invalid, blocks no longer)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,52 @@ class QueueState:
         return max(0.0, self.running_until - now) + shared / self.tokens_per_second
 
 
+class Holds:
+    """Places the early check keeps for requests it admitted before their body was read, by
+    token, with the cost each has on each model (the check cannot know which model a body
+    names, so it holds a place on every model that has room). Shared by a server's batchers:
+    the first model a token reaches takes it, which frees it on the others. Thread-safe: the
+    early check runs on the metrics port's thread, the batchers on the event loop."""
+
+    def __init__(self, seconds: float = HOLD_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[float, dict[str, float]]] = {}
+        """Token -> (when it lapses, cost by model)."""
+
+    def costs(self, model: str) -> list[float]:
+        """The costs held on ``model`` now."""
+        with self._lock:
+            self._expire()
+            return [costs[model] for _, costs in self._held.values() if model in costs]
+
+    def place(self, costs: dict[str, float]) -> str:
+        """Holds ``costs`` (by model) for :attr:`seconds`; returns the token that takes them."""
+        token = secrets.token_hex(12)
+        with self._lock:
+            self._expire()
+            self._held[token] = (self._clock() + self.seconds, costs)
+        return token
+
+    def peek(self, token: str) -> dict[str, float] | None:
+        """The costs ``token`` holds, or None if it holds none (never placed, taken, lapsed)."""
+        with self._lock:
+            self._expire()
+            held = self._held.get(token)
+        return held[1] if held is not None else None
+
+    def take(self, token: str) -> None:
+        """Removes the hold ``token`` on every model."""
+        with self._lock:
+            self._held.pop(token, None)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for token in [t for t, (until, _) in self._held.items() if until <= now]:
+            del self._held[token]
+
+
 def queue_time_refusal(state: QueueState, cost: float, now: float | None = None) -> QueueFull | None:
     """The refusal a request of ``cost`` padded tokens gets now (its message and retry delay),
     or None if it may wait. The one rule for the batcher's :meth:`~DynamicBatcher.admit` and for
@@ -220,8 +278,12 @@ class DynamicBatcher:
         metrics: ModelMetrics,
         name: str = "model",
         throughput: Throughput | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self._run = run
+        self.name = name
+        self.holds = holds or Holds()
+        """The early check's places, this batcher's and its sibling models' (:class:`Holds`)."""
         self._pad_id = pad_id
         self._with_types = with_types
         self.config = config
@@ -252,10 +314,13 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------- admission
 
-    def state(self) -> QueueState:
-        """The queue as admission sees it now (on the event loop's thread)."""
+    def state(self, *, with_holds: bool = False) -> QueueState:
+        """The queue as admission sees it now (on the event loop's thread); ``with_holds``: the
+        early check's places counted as queued requests too."""
         costs = [r.remaining_cost for queue in self._clients.values() for r in queue]
         costs += self._reserved.values()
+        if with_holds:
+            costs += self.holds.costs(self.name)
         return QueueState(
             tuple(costs), self._running_until, self.throughput.tokens_per_second, self.config.max_queue_seconds
         )
@@ -264,37 +329,48 @@ class DynamicBatcher:
         """Seconds a request of ``cost`` would wait if admitted now (:meth:`QueueState.estimated_wait`)."""
         return self.state().estimated_wait(cost)
 
-    def admit(self, cost: float, pairs: int) -> int:
+    def admit(self, cost: float, pairs: int, hold: str = "") -> int:
         """Checks that a request of ``cost`` padded tokens and ``pairs`` pairs may wait in the
         queue, and reserves its place until :meth:`score` (or :meth:`release`). Returns the
-        reservation. Raises :class:`QueueFull` (with a retry delay) or :class:`TooManyDocuments`."""
-        if self._refusal is not None:
-            self.metrics.reject("draining")
-            raise self._refusal
-        limit = self.config.max_queue_pairs
-        if pairs > limit:
-            self.metrics.reject("request_too_large")
-            raise TooManyDocuments(
-                f"this request needs {pairs} sequences, more than the queue holds ({limit}); "
-                "send fewer documents per request",
-                field="documents",
-                metadata={"limit": str(limit)},
-            )
-        if self._queued_pairs + pairs > limit:
-            self.metrics.reject("queue_full")
-            raise QueueFull(
-                f"the queue holds {self._queued_pairs} pairs and this request adds {pairs}; "
-                f"the limit is {limit}: retry later",
-                retry_after=retry_after(self.throughput.seconds(self._queued_cost())),
-            )
-        refusal = queue_time_refusal(self.state(), cost)
-        if refusal is not None:
-            self.metrics.reject("queue_time")
-            raise refusal
-        reservation = id(object())
-        self._reserved[reservation] = cost
-        self._queue_changed()
-        return reservation
+        reservation. Raises :class:`QueueFull` (with a retry delay) or :class:`TooManyDocuments`.
+        ``hold``: the early check's token for this request (:class:`Holds`); while it is held the
+        request was admitted by that check and is not timed again (the queue's size cap and a
+        drain still apply)."""
+        held = self.holds.peek(hold) if hold else None
+        try:
+            if self._refusal is not None:
+                self.metrics.reject("draining")
+                raise self._refusal
+            limit = self.config.max_queue_pairs
+            if pairs > limit:
+                self.metrics.reject("request_too_large")
+                raise TooManyDocuments(
+                    f"this request needs {pairs} sequences, more than the queue holds ({limit}); "
+                    "send fewer documents per request",
+                    field="documents",
+                    metadata={"limit": str(limit)},
+                )
+            if self._queued_pairs + pairs > limit:
+                self.metrics.reject("queue_full")
+                raise QueueFull(
+                    f"the queue holds {self._queued_pairs} pairs and this request adds {pairs}; "
+                    f"the limit is {limit}: retry later",
+                    retry_after=retry_after(self.throughput.seconds(self._queued_cost())),
+                )
+            if held is None or self.name not in held:
+                refusal = queue_time_refusal(self.state(with_holds=True), cost)
+                if refusal is not None:
+                    self.metrics.reject("queue_time")
+                    raise refusal
+            reservation = id(object())
+            self._reserved[reservation] = cost
+            self._queue_changed()
+            return reservation
+        finally:
+            # The request came: its hold goes, and only now, after a reservation is published,
+            # so that the early check (on another thread) always sees its place in one form.
+            if hold:
+                self.holds.take(hold)
 
     def release(self, reservation: int) -> None:
         if self._reserved.pop(reservation, None) is not None:

@@ -8,7 +8,7 @@ answers "score these documents for this query". :func:`rank` turns scores into t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from service.core.batching import (
     PADDING_ALLOWANCE,
     BatchingConfig,
     DynamicBatcher,
+    Holds,
     Throughput,
     queue_time_refusal,
 )
@@ -105,6 +106,7 @@ class ServedModel:
         metrics: ModelMetrics | None = None,
         choice: VariantChoice | None = None,
         cpu: CpuFeatures | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.folder = folder
         self.config = config
@@ -124,6 +126,7 @@ class ServedModel:
             metrics=self.metrics,
             name=self.name,
             throughput=throughput,
+            holds=holds,
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
@@ -168,10 +171,14 @@ class ServedModel:
         if text:
             self.cost_per_byte += 0.1 * (cost / text - self.cost_per_byte)
 
-    def early_refusal(self, size: int) -> QueueFull | None:
-        """The refusal a request body of ``size`` bytes gets before it is read, or None. Safe on
-        any thread: it reads the batcher's published state and one float."""
-        return queue_time_refusal(self.batcher.published, self.cost_of_body(size))
+    def early_refusal(self, size: int) -> tuple[QueueFull | None, float]:
+        """The refusal a request body of ``size`` bytes gets before it is read (None: admitted),
+        and the cost it is priced at, counting the early check's other holds. Safe on any thread:
+        it reads the batcher's published state, its holds and one float."""
+        cost = self.cost_of_body(size)
+        state = self.batcher.published
+        state = replace(state, costs=state.costs + tuple(self.batcher.holds.costs(self.name)))
+        return queue_time_refusal(state, cost), cost
 
     async def score(
         self,
@@ -183,10 +190,12 @@ class ServedModel:
         request_id: str = "",
         max_document_tokens: int | None = None,
         side: TruncationSide = "right",
+        hold: str = "",
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, queued
         by its exact cost after. Raises QueryTooLong, DocumentTooLong, QueueFull, RateLimited or
-        TooManyDocuments. ``max_document_tokens`` and ``side`` are :meth:`PairEncoder.encode`'s."""
+        TooManyDocuments. ``max_document_tokens`` and ``side`` are :meth:`PairEncoder.encode`'s;
+        ``hold`` the early check's token for this request (:class:`~service.core.batching.Holds`)."""
         self.metrics.requests += 1
         try:
             caller.admit()
@@ -195,7 +204,7 @@ class ServedModel:
             raise
         cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens)
         self.learn_cost_per_byte(query, documents, cost)
-        reservation = self.batcher.admit(cost, pairs)
+        reservation = self.batcher.admit(cost, pairs, hold)
         try:
             with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):
                 encoded = await self._tokenizers.run(

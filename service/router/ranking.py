@@ -19,7 +19,7 @@ from service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel, rank
 from service.core.tokenization import LongDocuments, TruncationSide
 from service.errors import DocumentTooLong
 from service.router.limits import Callers
-from service.router.status import request_id
+from service.router.status import hold_token, request_id
 from service.router.validation import (
     Limits,
     check_document_sizes,
@@ -58,6 +58,8 @@ class RankRequest:
     caller: Caller = ANONYMOUS
     """Who asks: the key's name (for fair scheduling) and its limits."""
     request_id: str = ""
+    hold: str = ""
+    """The early check's token for this request (``x-rerank-hold``, set by Envoy)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
             request_id=request.request_id,
             max_document_tokens=request.max_document_tokens,
             side=request.side,
+            hold=request.hold,
         )
     except DocumentTooLong as exc:
         exc.field = f"{field}[{exc.index}]"
@@ -121,5 +124,7 @@ async def rank_call(
 ) -> Ranking:
     """:func:`rank_request` for the call ``context``, as its caller, under its request id."""
     return await rank_request(
-        models, limits, replace(request, caller=callers.of(context), request_id=request_id(context))
+        models,
+        limits,
+        replace(request, caller=callers.of(context), request_id=request_id(context), hold=hold_token(context)),
     )

@@ -93,12 +93,26 @@ def _with_metadata(status: grpc.Status, extra: tuple[tuple[str, str], ...]) -> g
     return _Status()
 
 
+HOLD_HEADER = "x-rerank-hold"
+"""The early admission check's token for a request it admitted before its body was read: Envoy
+sets it (and drops any a client sends) and :class:`~service.core.batching.Holds` takes it."""
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Envoy's ``x-request-id`` when the call came through it, else a fresh one."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id":
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return uuid.uuid4().hex
+    return _metadata(context, "x-request-id") or uuid.uuid4().hex
+
+
+def hold_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The early check's hold for this call (:data:`HOLD_HEADER`), or ''."""
+    return _metadata(context, HOLD_HEADER) or ""
 
 
 async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:

@@ -12,15 +12,18 @@ One process, or all of a host's (multiprocess mode): with ``--metrics-dir``
 values into files in that folder and any process's ``/metrics`` reads them all back, summed. So
 Envoy may route ``/metrics`` to any replica and still show the whole stack.
 
-The server is the standard library's WSGI server on a daemon thread: scrapes are rare, and the
-event loop never renders them.
+The server is :class:`~service.telemetry.http1.Http1Server` on its own thread: the service's event
+loop never renders a scrape, and Envoy's admission checks are answered on keep-alive connections
+without waiting behind one.
 
 ``GET /admission?bytes=N[&model=NAME]``: the early admission check. Envoy asks it (a Lua filter,
 :func:`gateway.envoy_config.lua_admission`) before it reads a large rerank body: 200 if a request
 of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's own QueueFull error
 as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
-answer comes from :meth:`service.server.RerankServer.early_refusal` (state the batchers publish;
-nothing on the event loop). It needs no key: it says only whether the server is busy, and Envoy
+answer comes from :meth:`service.server.RerankServer.early_admission` (state the batchers publish;
+nothing on the event loop). A 200 may carry ``x-rerank-hold``: the token of the place held for the
+body (:class:`~service.core.batching.Holds`), which Envoy puts on the request so that the service
+admits it without a second look. It needs no key: it says only whether the server is busy, and Envoy
 routes no client request to it.
 """
 
@@ -31,14 +34,10 @@ import json
 import logging
 import os
 import re
-import socket
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -46,8 +45,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from service.core.metrics import Metrics
 from service.errors import ConfigurationError, QueueFull
 from service.router.auth import Keyring
-from service.router.status import status_json
+from service.router.status import HOLD_HEADER, status_json
 from service.telemetry.context import KEY_NAME_HEADER
+from service.telemetry.http1 import Http1Server
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
-Admission = Callable[[int, str | None], QueueFull | None]
-"""``(body bytes, model or None) -> the refusal, or None to admit``."""
+Admission = Callable[[int, str | None], QueueFull | str]
+"""``(body bytes, model or None) -> the refusal, or the token of the place held for the body
+(:class:`~service.core.batching.Holds`; '' where none is)``."""
 
 
 def server_metrics(directory: Path | None) -> Metrics:
@@ -115,20 +116,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Nothing: Envoy's access log (or the scraper) records requests."""
-
-
 class MetricsEndpoint:
     """An HTTP server answering ``GET /metrics`` from ``registry``; with ``require_key``, only
     to a caller with a key of ``keyring``."""
@@ -145,8 +132,7 @@ class MetricsEndpoint:
         self.require_key = require_key
         self.admission = admission
         self._render = make_wsgi_app(registry)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: Http1Server | None = None
 
     def app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI application."""
@@ -181,8 +167,8 @@ class MetricsEndpoint:
             # No valid key: the service answers it (401), whatever its load.
             return _reply(start_response, "200 OK", "admit: no valid key; the service answers\n")
         refusal = self.admission(int(size), (query.get("model") or [None])[0])
-        if refusal is None:
-            return _reply(start_response, "200 OK", "admit\n")
+        if isinstance(refusal, str):
+            return _reply(start_response, "200 OK", "admit\n", [(HOLD_HEADER, refusal)] if refusal else [])
         body = json.dumps(status_json(refusal), separators=(",", ":")).encode()
         headers = [
             ("Content-Type", "application/json"),
@@ -197,22 +183,20 @@ class MetricsEndpoint:
     def start(self, host: str, port: int) -> int:
         """Listens on ``host:port`` (0: a free port); returns the port. Raises
         :class:`ConfigurationError` if it cannot."""
-        server_class = _IPv6Server if ":" in host else _Server
+        server = Http1Server(self.app, fast=lambda path: path == ADMISSION_PATH, name="metrics")
         try:
-            self._server = make_server(host, port, self.app, server_class=server_class, handler_class=_QuietHandler)
+            bound = server.start(host, port)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {host}:{port} ({exc.strerror}); choose another port with "
                 "RERANK_METRICS_PORT / --metrics-port"
             ) from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
-        self._thread.start()
-        return int(self._server.server_address[1])
+        self._server = server
+        return bound
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
 

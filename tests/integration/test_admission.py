@@ -185,6 +185,32 @@ def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
     _while_busy(base_url, port, check)
 
 
+def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused_early_beyond(early_stack):
+    """Six heavy bodies at once to an idle service: the early check holds a place for the first
+    it admits, so the others are refused before their bodies are read, not admitted early (the
+    queue was empty when each was checked) and refused by the service after parsing."""
+    base_url, _ = early_stack
+    barrier = threading.Barrier(6)
+    responses: list[httpx.Response] = []
+
+    def send() -> None:
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            responses.append(
+                client.post(f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": f"Bearer {API_KEY}"})
+            )
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    statuses = sorted(r.status_code for r in responses)
+    assert len(statuses) == 6 and statuses[0] == 200 and set(statuses) <= {200, 429}, statuses
+    late = [r.json()["message"] for r in responses if r.status_code == 429 and "x-rerank-admission" not in r.headers]
+    assert not late, f"refused by the service after their bodies were read: {late}"
+
+
 def test_a_large_body_is_admitted_by_an_idle_server(early_stack):
     base_url, _ = early_stack
     body = {"query": "panda", "documents": [f"bamboo {i} " * 1000 for i in range(10)]}  # ~100 KB, truncated

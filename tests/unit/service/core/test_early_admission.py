@@ -1,14 +1,19 @@
 """The one admission rule (:func:`queue_time_refusal`), shared by the batcher's exact check and
-the early check before a body is read (``GET /admission`` on the metrics port)."""
+the early check before a body is read (``GET /admission`` on the metrics port), and the places
+that check holds for the bodies it admits (:class:`Holds`)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
-from service.core.batching import QueueState, queue_time_refusal
+from service.core.batching import BatchingConfig, DynamicBatcher, Holds, QueueState, Throughput, queue_time_refusal
+from service.core.metrics import ModelMetrics
 from service.errors import QueueFull
 from service.router.auth import Keyring
 from service.telemetry.metrics_endpoint import ADMISSION_PATH, MetricsEndpoint
@@ -52,15 +57,16 @@ def _call(endpoint: MetricsEndpoint, query: str, key: str | None = None) -> tupl
 def test_the_endpoint_answers_200_or_the_services_queue_full_error() -> None:
     asked: list[tuple[int, str | None]] = []
 
-    def admission(size: int, model: str | None) -> QueueFull | None:
+    def admission(size: int, model: str | None) -> QueueFull | str:
         asked.append((size, model))
-        return queue_time_refusal(STATE, size / 4) if model != "idle" else None
+        return (queue_time_refusal(STATE, size / 4) or "a-token") if model != "idle" else ""
 
     endpoint = MetricsEndpoint(
         CollectorRegistry(), keyring=Keyring.load((), None), require_key=True, admission=admission
     )
-    status, _, body = _call(endpoint, "bytes=4000")
+    status, headers, body = _call(endpoint, "bytes=4000")
     assert status.startswith("200") and body == b"admit\n"
+    assert headers["x-rerank-hold"] == "a-token"  # the place held for the body, for Envoy to pass on
     status, headers, body = _call(endpoint, "bytes=40000")
     assert status.startswith("429")
     assert headers["Retry-After"] == "6" and headers["x-rerank-admission"] == "early"
@@ -75,7 +81,8 @@ def test_the_endpoint_answers_200_or_the_services_queue_full_error() -> None:
         "metadata": {},
     }
     assert error["details"][1]["retry_delay"] == "6s"
-    assert _call(endpoint, "bytes=40000&model=idle")[0].startswith("200")
+    status, headers, _ = _call(endpoint, "bytes=40000&model=idle")
+    assert status.startswith("200") and "x-rerank-hold" not in headers
     assert asked[-1] == (40000, "idle")
     assert _call(endpoint, "bytes=lots")[0].startswith("400")
 
@@ -96,3 +103,62 @@ def test_only_a_caller_with_a_valid_key_is_refused_early() -> None:
     status, headers, _ = _call(endpoint, "bytes=40000", key="team-key-0001")
     assert status.startswith("429")
     assert headers["x-rerank-key"] == keyring.keys[0].name  # the key's name, for Envoy's access log
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_hold_is_taken_once_on_every_model_and_lapses() -> None:
+    clock = Clock()
+    holds = Holds(seconds=1.0, clock=clock)
+    first = holds.place({"a": 300.0, "b": 200.0})
+    second = holds.place({"a": 50.0})
+    assert first != second
+    assert sorted(holds.costs("a")) == [50.0, 300.0] and holds.costs("b") == [200.0]
+    assert holds.peek(first) == {"a": 300.0, "b": 200.0}
+    holds.take(first)  # taken by the model the body named: gone from the others too
+    assert holds.peek(first) is None and holds.costs("a") == [50.0] and holds.costs("b") == []
+    clock.now += 1.0
+    assert holds.costs("a") == [] and holds.peek(second) is None  # never used: it lapsed
+
+
+async def test_a_held_place_admits_its_request_and_counts_against_the_others() -> None:
+    """Three large bodies checked at once by an idle server: the first is held a place; the
+    others see it and are refused early, not admitted early and refused after parsing."""
+    holds = Holds()
+    throughput = Throughput(1000.0)
+    throughput.measured = True
+    batcher = DynamicBatcher(
+        lambda batch: np.zeros(len(batch.input_ids)),
+        pad_id=0,
+        with_types=False,
+        config=BatchingConfig(max_queue_seconds=1.0),
+        metrics=ModelMetrics(),
+        name="m",
+        throughput=throughput,
+        holds=holds,
+    )
+    state = batcher.published
+    assert queue_time_refusal(state, 4000.0) is None
+    token = holds.place({"m": 4000.0})
+    with_hold = replace(state, costs=state.costs + tuple(holds.costs("m")))
+    refusal = queue_time_refusal(with_hold, 4000.0)  # 4 s behind the held body
+    assert refusal is not None and refusal.retry_after == 3
+    # A request that was not checked early (a small body, a direct gRPC call) counts it too.
+    with pytest.raises(QueueFull):
+        batcher.admit(4000.0, 10)
+    # The held body arrives, costing more than its early price: admitted without a second look.
+    reservation = batcher.admit(4500.0, 10, hold=token)
+    assert holds.peek(token) is None and batcher.published.costs == (4500.0,)
+    batcher.release(reservation)
+    # A token that holds nothing (lapsed, forged, taken) is timed like any request.
+    reservation = batcher.admit(4000.0, 10, hold="not-a-token")
+    with pytest.raises(QueueFull):
+        batcher.admit(4000.0, 10, hold="not-a-token")
+    batcher.release(reservation)
+    await batcher.close()
