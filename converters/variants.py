@@ -13,6 +13,9 @@ OpenVINO (``runtime = "openvino"``, CPU; :mod:`service.backends.openvino`; needs
 
 * ``ov-fp32``: the plain ``model.onnx`` at precision f32 (no new file);
 * ``ov-bf16``: the same file at precision bf16 (AMX / AVX-512 BF16);
+* ``ov-bf16-mixed``: most layers' weight products in bf16, the rest fp32
+  (:mod:`converters.mixed_precision`): its recipes are gated fastest first and the first that
+  passes is kept; not built where ``ov-bf16`` passed (all in bf16 is faster);
 * ``ov-int8``: a static int8 graph from NNCF (:mod:`converters.quantize`, extra ``quantize``);
   not in :data:`DEFAULT`: calibration costs minutes on a large model, and on the one trained
   encoder measured (all-MiniLM-L6-v2) no int8 recipe came near the gate.
@@ -32,21 +35,22 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import gate_probes, onnx_graph
+from converters import gate_probes, mixed_precision, onnx_graph
 from converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
 from converters.memory import release_memory
 from converters.quiet import quiet_onnxruntime_tools
 from converters.spec import LoadedModel
 from service.model_folder import GATE_VERSION, ONNXRUNTIME, OPENVINO, ModelFolderConfig, Variant
 
-KNOWN = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-int8")
-DEFAULT = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16")
+KNOWN = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-mixed", "ov-int8")
+DEFAULT = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-mixed")
 FILES = {
     "fp32-fused": "model.fused.onnx",
     "int8": "model.int8.onnx",
     "fp16": "model.fp16.onnx",
     "ov-fp32": "model.onnx",
     "ov-bf16": "model.onnx",
+    "ov-bf16-mixed": "model.bf16-mixed.onnx",
     "ov-int8": "model.ov-int8.onnx",
 }
 SHAPES = {
@@ -56,6 +60,7 @@ SHAPES = {
     "fp16": ("fp16", "cuda", ONNXRUNTIME, True),
     "ov-fp32": ("fp32", "cpu", OPENVINO, False),
     "ov-bf16": ("bf16", "cpu", OPENVINO, False),
+    "ov-bf16-mixed": ("bf16-mixed", "cpu", OPENVINO, False),
     "ov-int8": ("int8", "cpu", OPENVINO, False),
 }
 
@@ -100,7 +105,8 @@ def missing_runtime(name: str) -> str | None:
     if name == "ov-int8" and not quantize.available():
         return "NNCF is not installed (pip install 'rerank[quantize]')"
     if not runs_natively(candidate(name)):
-        return f"this CPU has no {SHAPES[name][0]} units, so its gate cannot be measured here; convert on one that has"
+        units = SHAPES[name][0].removesuffix("-mixed")
+        return f"this CPU has no {units} units, so its gate cannot be measured here; convert on one that has"
     return None
 
 
@@ -149,6 +155,34 @@ def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], Non
     return path
 
 
+def _mixed_bf16(
+    path: Path,
+    score: Callable[[Variant], np.ndarray],
+    reference: np.ndarray,
+    groups: list[str],
+    enforce_gate: bool,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Writes and gates :data:`~converters.mixed_precision.RECIPES` fastest first, into ``path``
+    (from ``model.onnx`` beside it); stops at the first that passes (gate off: the first). The
+    figures are that recipe's, with its name and every tried recipe's outcome."""
+    tried: dict[str, str] = {}
+    figures: dict[str, Any] = {}
+    for recipe in mixed_precision.RECIPES:
+        model = onnx.load(str(path.parent / "model.onnx"))
+        products = mixed_precision.to_mixed_bf16(model, recipe)
+        onnx_graph.save(model, path)
+        del model
+        release_memory()
+        figures = gate_figures(reference, score(candidate("ov-bf16-mixed")), groups)
+        tried[recipe.name] = gate_probes.summary(figures)
+        progress(f"variants: ov-bf16-mixed, {recipe.name} ({products} products in bf16): {tried[recipe.name]}")
+        figures.update(recipe=recipe.name, recipes_tried=dict(tried))
+        if figures["passed"] or not enforce_gate:
+            break
+    return figures
+
+
 def write_variants(
     folder: Path,
     config: ModelFolderConfig,
@@ -184,6 +218,11 @@ def write_variants(
             figures[name] = {"passed": False, "skipped": why}
             continue
         path = folder / FILES[name]
+        if name == "ov-bf16-mixed" and figures.get("ov-bf16", {}).get("passed"):
+            why = "ov-bf16 passed its gate, and all of it in bf16 is faster"
+            progress(f"variants: {name}: skipped, {why}")
+            figures[name] = {"passed": False, "skipped": why}
+            continue
         if name == "int8":
             progress("variants: int8 dynamic quantisation")
             _quantize_int8(fused_path, path)
@@ -196,7 +235,10 @@ def write_variants(
             progress("variants: ov-int8 static quantisation (NNCF, SmoothQuant), calibrating")
             quantize_int8(folder, config, path.name)
         release_memory()
-        figures[name] = gate_figures(reference, score(candidate(name)), groups)
+        if name == "ov-bf16-mixed":
+            figures[name] = _mixed_bf16(path, score, reference, groups, enforce_gate, progress)
+        else:
+            figures[name] = gate_figures(reference, score(candidate(name)), groups)
         passed = figures[name]["passed"]
         verdict = "passed" if passed else ("FAILED (kept: gate off)" if not enforce_gate else "FAILED, not written")
         f = figures[name]

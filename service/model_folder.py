@@ -76,7 +76,7 @@ class Variant:
 
     file: str
     precision: str
-    """``fp32``, ``bf16``, ``fp16`` or ``int8``."""
+    """``fp32``, ``bf16``, ``bf16-mixed`` (some matrix products in bf16), ``fp16`` or ``int8``."""
     device: str = "any"
     """Where it is meant to run: ``any``, ``cpu`` or ``cuda``."""
     fused: bool = False

@@ -31,7 +31,7 @@ class Backend(Protocol):
 
     @property
     def precision(self) -> str:
-        """``fp32``, ``bf16``, ``int8`` or ``fp16``."""
+        """``fp32``, ``bf16``, ``bf16-mixed``, ``int8`` or ``fp16``."""
 
     @property
     def variant_key(self) -> str:

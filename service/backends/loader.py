@@ -58,7 +58,7 @@ def runs_natively(variant: Variant, cpu: CpuFeatures) -> bool:
     """Whether this CPU has the instructions that make ``variant`` pay: bf16 needs AMX-BF16 or
     AVX-512 BF16; OpenVINO's int8 needs VNNI or AMX-INT8. ONNX Runtime's dynamic int8 runs on
     AVX2's ``vpmaddubsw`` pairs too (~1.9x its fp32 GEMMs, bench/README.md's profile)."""
-    if variant.precision == "bf16":
+    if variant.precision in ("bf16", "bf16-mixed"):
         return cpu.native_bf16
     if variant.precision == "int8" and variant.runtime == OPENVINO:
         return cpu.native_int8

@@ -6,6 +6,8 @@ compiles the same ONNX file with oneDNN and runs it at the variant's precision:
 * ``fp32``: ``INFERENCE_PRECISION_HINT=f32``; scores equal ONNX Runtime fp32 within ~1e-5;
 * ``bf16``: matrix products in bf16 on AMX tiles or AVX-512 BF16 dot products, accumulation,
   softmax and LayerNorm statistics in fp32;
+* ``bf16-mixed``: a graph whose chosen matrix products take bf16 inputs
+  (:mod:`converters.mixed_precision`), at precision f32: those products in bf16, the rest f32;
 * ``int8``: a graph with QuantizeLinear/DequantizeLinear pairs (``converters.quantize``) runs
   its MatMuls in int8 (AMX-INT8 / VNNI); what is left unquantised runs in f32.
 
@@ -37,8 +39,9 @@ from service.model_folder import ModelFolderConfig, Variant
 log = logging.getLogger(__name__)
 
 PROVIDER = "OpenVINO CPU"
-HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-"""``INFERENCE_PRECISION_HINT`` per variant precision (int8: the unquantised rest stays f32)."""
+HINTS = {"fp32": "f32", "bf16": "bf16", "bf16-mixed": "f32", "int8": "f32"}
+"""``INFERENCE_PRECISION_HINT`` per variant precision (int8: the unquantised rest stays f32;
+bf16-mixed: the graph's own casts say which products run in bf16, the rest stays f32)."""
 WARM_UP_SHAPES = ((1, 16), (8, 32), (32, 224))
 """(pairs, length) shapes run once by :meth:`OpenVinoBackend.warm_up`: short, W3-like, W1-like."""
 
@@ -61,7 +64,9 @@ class OpenVinoBackend:
         self.variant_key = variant
         self.variant: Variant = config.variants[variant]
         if self.variant.precision not in HINTS:
-            raise ValueError(f"variant {variant!r}: OpenVINO runs fp32, bf16 or int8, not {self.variant.precision!r}")
+            raise ValueError(
+                f"variant {variant!r}: OpenVINO runs fp32, bf16, bf16-mixed or int8, not {self.variant.precision!r}"
+            )
         self.precision = self.variant.precision
         self.threads = threads or os.cpu_count() or 1
         properties: dict[str, Any] = {
