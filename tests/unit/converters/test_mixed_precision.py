@@ -4,8 +4,11 @@ graph around them is unchanged (same outputs, valid ONNX)."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
+
+pytest.importorskip("onnx", reason="needs the [convert] extra")
+
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.mixed_precision import RECIPES, Recipe, to_mixed_bf16
