@@ -41,7 +41,7 @@ from typing import Any, Literal
 import yaml
 
 from gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
-from service.router.status import HOLD_HEADER
+from service.router.status import HOLD_HEADER, REPLICA_HEADER
 from service.settings import Settings
 
 CLUSTER = "rerank_grpc"
@@ -50,6 +50,9 @@ HEALTH_SERVICE = "rerank.v1.RerankService"
 FILTER_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 FILTER_LUA = "envoy.filters.http.lua"
 FILTER_BUFFER = "envoy.filters.http.buffer"
+FILTER_SESSION = "envoy.filters.http.stateful_session"
+SESSION_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession"
+SESSION_STATE_TYPE = "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState"
 FILTER_ADMISSION = "rerank.admission"
 """The early admission check's Lua filter (a second Lua filter needs its own name)."""
 ADMISSION_MIN_BYTES = 64 * 1024
@@ -82,7 +85,20 @@ METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST"
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
 
 
-def lua_admission(max_request_bytes: int) -> str:
+def replica_sessions(settings: Settings) -> dict[int, str]:
+    """With several replicas: each replica's metrics port -> its gRPC address in the form of
+    Envoy's header-based session state (base64 of ``host:port``), by which a request admitted by
+    the early check goes to the replica that holds its place. Empty with one replica."""
+    metrics = metrics_upstreams(settings)
+    if len(metrics) < 2:
+        return {}
+    return {
+        m.port: base64.b64encode(f"{g.host}:{g.port}".encode()).decode()
+        for m, g in zip(metrics, upstreams(settings), strict=True)
+    }
+
+
+def lua_admission(max_request_bytes: int, replicas: dict[int, str] | None = None) -> str:
     """The early admission check, on the request path before the buffer filter: a ``POST`` on a
     REST rerank path whose ``content-length`` is at least :data:`ADMISSION_MIN_BYTES` is first
     put to a replica's ``GET /admission?bytes=N`` (:mod:`service.telemetry.metrics_endpoint`;
@@ -92,15 +108,27 @@ def lua_admission(max_request_bytes: int) -> str:
     request goes on and the service's exact check after parsing decides, as without this filter.
     Chunked bodies (no ``content-length``) are not checked, nor bodies over ``max_request_bytes``:
     the buffer filter refuses those (413), and a body that overflows Envoy's buffers while this
-    filter waits for the check's answer stalled until the request timeout (a 408 after 30 s)."""
+    filter waits for the check's answer stalled until the request timeout (a 408 after 30 s).
+
+    An admitted body's 200 carries the token of the place held for it, which goes on the request
+    (``x-rerank-hold``); with ``replicas`` (:func:`replica_sessions`), also which replica holds it,
+    which becomes the stateful-session header that sends the request there (``x-rerank-replica``).
+    A client's own values of either are dropped, and so is the session header on responses."""
     paths = ", ".join(f'["{p}"] = true, ["{p}/"] = true' for p in ADMISSION_PATHS)
+    sessions = ", ".join(f'["{port}"] = "{session}"' for port, session in (replicas or {}).items())
     return f"""\
 local PATHS = {{{paths}}}
+local REPLICAS = {{{sessions}}}
+
+function envoy_on_response(handle)
+  handle:headers():remove("{REPLICA_HEADER}")
+end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  -- The hold token is ours to set: never one a client sent.
+  -- The hold token and the replica are ours to set: never what a client sent.
   headers:remove("{HOLD_HEADER}")
+  headers:remove("{REPLICA_HEADER}")
   if headers:get(":method") ~= "POST" then
     return
   end
@@ -127,7 +155,13 @@ function envoy_on_request(handle)
   if reply[":status"] ~= "429" or body == nil then
     -- Admitted: the place the service holds for this body is taken by the call it becomes.
     if reply[":status"] == "200" and reply["{HOLD_HEADER}"] ~= nil then
-      handle:headers():replace("{HOLD_HEADER}", reply["{HOLD_HEADER}"])
+      -- headers from before the call are no longer valid: fetched anew.
+      local request = handle:headers()
+      request:replace("{HOLD_HEADER}", reply["{HOLD_HEADER}"])
+      local replica = REPLICAS[reply["{REPLICA_HEADER}"] or ""]
+      if replica ~= nil then
+        request:replace("{REPLICA_HEADER}", replica)
+      end
     end
     return
   end
@@ -728,10 +762,30 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 "name": FILTER_ADMISSION,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": lua_admission(settings.max_request_bytes)},
+                    "default_source_code": {
+                        "inline_string": lua_admission(settings.max_request_bytes, replica_sessions(settings))
+                    },
                 },
             }
         )
+        if replica_sessions(settings):
+            # Where the admission check left a replica's session header, the request goes to
+            # that replica (it holds the request's place); elsewhere load balancing as usual.
+            early.append(
+                {
+                    "name": FILTER_SESSION,
+                    "typed_config": {
+                        "@type": SESSION_FILTER_TYPE,
+                        "session_state": {
+                            "name": "envoy.http.stateful_session.header",
+                            "typed_config": {
+                                "@type": SESSION_STATE_TYPE,
+                                "name": REPLICA_HEADER,
+                            },
+                        },
+                    },
+                }
+            )
     return [
         *early,
         # Bodies over the limit get a 413 before anything is transcoded (the transcoder's own

@@ -23,7 +23,8 @@ as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client
 answer comes from :meth:`service.server.RerankServer.early_admission` (state the batchers publish;
 nothing on the event loop). A 200 may carry ``x-rerank-hold``: the token of the place held for the
 body (:class:`~service.core.batching.Holds`), which Envoy puts on the request so that the service
-admits it without a second look. It needs no key: it says only whether the server is busy, and Envoy
+admits it without a second look, and ``x-rerank-replica``: this port, by which Envoy sends the
+request to this replica (the one holding its place). It needs no key: it says only whether the server is busy, and Envoy
 routes no client request to it.
 """
 
@@ -45,7 +46,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from service.core.metrics import Metrics
 from service.errors import ConfigurationError, QueueFull
 from service.router.auth import Keyring
-from service.router.status import HOLD_HEADER, status_json
+from service.router.status import HOLD_HEADER, REPLICA_HEADER, status_json
 from service.telemetry.context import KEY_NAME_HEADER
 from service.telemetry.http1 import Http1Server
 
@@ -133,6 +134,8 @@ class MetricsEndpoint:
         self.admission = admission
         self._render = make_wsgi_app(registry)
         self._server: Http1Server | None = None
+        self.port = 0
+        """The port it listens on, once started (which replica a hold is on, for Envoy)."""
 
     def app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI application."""
@@ -168,7 +171,8 @@ class MetricsEndpoint:
             return _reply(start_response, "200 OK", "admit: no valid key; the service answers\n")
         refusal = self.admission(int(size), (query.get("model") or [None])[0])
         if isinstance(refusal, str):
-            return _reply(start_response, "200 OK", "admit\n", [(HOLD_HEADER, refusal)] if refusal else [])
+            held = [(HOLD_HEADER, refusal), (REPLICA_HEADER, str(self.port))] if refusal else []
+            return _reply(start_response, "200 OK", "admit\n", held)
         body = json.dumps(status_json(refusal), separators=(",", ":")).encode()
         headers = [
             ("Content-Type", "application/json"),
@@ -192,6 +196,7 @@ class MetricsEndpoint:
                 "RERANK_METRICS_PORT / --metrics-port"
             ) from None
         self._server = server
+        self.port = bound
         return bound
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.envoy import start as start_envoy
 from service.settings import Settings
-from tests.support import API_KEY, AUTH, Samples, free_port, start_service
+from tests.support import API_KEY, AUTH, Samples, StackProcess, free_port, start_service
 
 HEAVY = {
     "query": "what do pandas eat?",
@@ -185,12 +185,9 @@ def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
     _while_busy(base_url, port, check)
 
 
-def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused_early_beyond(early_stack):
-    """Six heavy bodies at once to an idle service: the early check holds a place for the first
-    it admits, so the others are refused before their bodies are read, not admitted early (the
-    queue was empty when each was checked) and refused by the service after parsing."""
-    base_url, _ = early_stack
-    barrier = threading.Barrier(6)
+def burst(base_url: str, count: int = 6) -> list[httpx.Response]:
+    """``count`` heavy bodies sent at the same moment, each on its own connection."""
+    barrier = threading.Barrier(count)
     responses: list[httpx.Response] = []
 
     def send() -> None:
@@ -200,15 +197,56 @@ def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused
                 client.post(f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": f"Bearer {API_KEY}"})
             )
 
-    threads = [threading.Thread(target=send) for _ in range(6)]
+    threads = [threading.Thread(target=send) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(180)
     statuses = sorted(r.status_code for r in responses)
-    assert len(statuses) == 6 and statuses[0] == 200 and set(statuses) <= {200, 429}, statuses
+    assert len(statuses) == count and statuses[0] == 200 and set(statuses) <= {200, 429}, statuses
     late = [r.json()["message"] for r in responses if r.status_code == 429 and "x-rerank-admission" not in r.headers]
     assert not late, f"refused by the service after their bodies were read: {late}"
+    return responses
+
+
+def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused_early_beyond(early_stack):
+    """Six heavy bodies at once to an idle service: the early check holds a place for the first
+    it admits, so the others are refused before their bodies are read, not admitted early (the
+    queue was empty when each was checked) and refused by the service after parsing."""
+    burst(early_stack[0])
+
+
+def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_place(models_dir, tmp_path_factory):
+    """rerank-stack with two replicas: the check asks one of them (round robin) and the body then
+    goes to that one, whose hold admits it; sent to the other, it would meet that replica's own
+    hold for another body and be refused after its body was read."""
+    folder = tmp_path_factory.mktemp("replica-models")
+    shutil.copytree(models_dir / "bert-tiny", folder / "bert-tiny")
+    state = tmp_path_factory.mktemp("replica-stack") / "state"
+    stack = StackProcess.start(folder, state, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000", replicas=2)
+    try:
+        for _ in range(2):
+            responses = burst(stack.base_url)
+            assert len([r for r in responses if r.status_code == 200]) == 2, "each replica admits one body"
+            # The replica's address is Envoy's to know: never in a response.
+            small = httpx.post(
+                f"{stack.base_url}/v1/rerank",
+                json={"query": "panda", "documents": ["bamboo"]},
+                headers={"authorization": f"Bearer {API_KEY}"},
+                timeout=60,
+            )
+            assert not [r for r in [*responses, small] if "x-rerank-replica" in r.headers]
+
+        def served_by() -> set[str]:
+            lines = [line for line in stack.lines("envoy") if '"status":200' in line and '"upstream_host":"' in line]
+            return {line.split('"upstream_host":"')[1].split('"')[0] for line in lines}
+
+        deadline = time.monotonic() + 10  # Envoy flushes its access log now and then
+        while len(served_by()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(served_by()) == 2, f"the bodies served went to {served_by()}"
+    finally:
+        stack.stop()
 
 
 def test_a_large_body_is_admitted_by_an_idle_server(early_stack):

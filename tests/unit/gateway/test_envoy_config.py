@@ -144,3 +144,24 @@ def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the
         hcm = _hcm(render(settings, descriptor=Path("d.pb")))
         assert FILTER_ADMISSION not in [f["name"] for f in hcm["http_filters"]]
         assert all("metadata_filter" not in m["filter"] for m in hcm["local_reply_config"]["mappers"])
+
+
+def test_with_replicas_an_admitted_body_goes_to_the_replica_that_holds_its_place():
+    import base64
+
+    from gateway.envoy_config import FILTER_ADMISSION, FILTER_BUFFER, FILTER_SESSION
+
+    hcm = _hcm(render(Settings(metrics_port=9100, grpc_port=50051, replicas=2), descriptor=Path("d.pb")))
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names[:3] == [FILTER_ADMISSION, FILTER_SESSION, FILTER_BUFFER]
+    session = hcm["http_filters"][1]["typed_config"]["session_state"]["typed_config"]
+    assert session["name"] == "x-rerank-replica"
+    code = hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+    for metrics, grpc in ((9100, 50051), (9101, 50052)):  # replica i: metrics port i -> gRPC port i
+        assert f'["{metrics}"] = "{base64.b64encode(f"127.0.0.1:{grpc}".encode()).decode()}"' in code
+    # Never a client's: removed before anything else, and from every response.
+    assert code.index('headers:remove("x-rerank-replica")') < code.index('headers:get(":method")')
+    assert 'handle:headers():remove("x-rerank-replica")' in code.split("function envoy_on_request")[0]
+    one = _hcm(render(Settings(metrics_port=9100, replicas=1), descriptor=Path("d.pb")))
+    assert FILTER_SESSION not in [f["name"] for f in one["http_filters"]]
+    assert "local REPLICAS = {}" in one["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
