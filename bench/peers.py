@@ -42,12 +42,12 @@ import httpx
 from bench.http_client import LeanHttpClient
 from bench.models import REPO, BenchModel
 from bench.workloads import WORKLOADS
+from converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
 from gateway.supervisor import Child
 
 API_KEY = "bench-key-0123456789"
 THREADS = 2
 """Threads every peer computes with (the bench machine's cores)."""
-LLAMA_SERVER = REPO / ".cache" / "llama.cpp" / "build" / "bin" / "llama-server"
 LLAMA_UBATCH = 8192
 LLAMA_SLOTS = 1
 STARTUP_TIMEOUT = 900.0
@@ -348,31 +348,16 @@ class LlamaServer(_ServerPeer):
             raise RuntimeError(f"no {self.outtype} GGUF file for {self.model.name} (its conversion failed)")
         port = free_port()
         self._serve(
-            [
-                str(LLAMA_SERVER),
-                "-m",
-                str(gguf),
-                "--reranking",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "-t",
-                str(THREADS),
-                "-tb",
-                str(THREADS),
-                "-fa",
-                "off",
-                "-ub",
-                str(LLAMA_UBATCH),
-                "-b",
-                str(LLAMA_UBATCH),
-                "-c",
-                str(LLAMA_UBATCH * LLAMA_SLOTS),
-                "-np",
-                str(LLAMA_SLOTS),
-                "--no-webui",
-            ],
+            llama_server_command(
+                LLAMA_SERVER,
+                gguf,
+                port,
+                threads=THREADS,
+                batch_threads=THREADS,
+                batch=LLAMA_UBATCH,
+                context=LLAMA_UBATCH * LLAMA_SLOTS,
+                slots=LLAMA_SLOTS,
+            ),
             port,
         )
 

@@ -136,7 +136,30 @@ def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f32") -> Path:
     return Path(out)
 
 
+LLAMA_SERVER = CACHE / "build" / "bin" / "llama-server"
+"""Where ``tools/build_llama_cpp.sh`` builds llama-server."""
+
+
 def llama_server_binary() -> Path | None:
-    """``.cache/llama.cpp/build/bin/llama-server`` if it has been built, else None."""
-    binary = CACHE / "build" / "bin" / "llama-server"
-    return binary if os.access(binary, os.X_OK) else None
+    """:data:`LLAMA_SERVER` if it has been built, else None."""
+    return LLAMA_SERVER if os.access(LLAMA_SERVER, os.X_OK) else None
+
+
+def llama_server_command(
+    binary: Path,
+    gguf: Path,
+    port: int,
+    *,
+    threads: int,
+    batch: int,
+    context: int,
+    slots: int = 1,
+    batch_threads: int | None = None,
+) -> list[str]:
+    """``llama-server --reranking`` on ``gguf`` at ``127.0.0.1:port``: ``threads`` (and
+    ``batch_threads`` for prompt processing), ``batch`` tokens per logical and physical batch,
+    ``context`` tokens shared by ``slots`` parallel sequences, flash attention off, no web UI."""
+    command = [str(binary), "-m", str(gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["-t", str(threads), *(["-tb", str(batch_threads)] if batch_threads else [])]
+    command += ["-c", str(context), "-b", str(batch), "-ub", str(batch), "-np", str(slots)]
+    return [*command, "-fa", "off", "--no-webui"]

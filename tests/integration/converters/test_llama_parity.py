@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.testing.llama_cpp import convert_to_gguf, llama_server_binary
+from converters.testing.llama_cpp import convert_to_gguf, llama_server_binary, llama_server_command
 from converters.variants import spearman
 from tests.reference import reference_scores
 from tests.support import REPO, convert_with_cli, free_port, onnx_scores
@@ -49,29 +49,7 @@ def server_binary() -> Path:
 def llama_scores(binary: Path, gguf: Path) -> np.ndarray:
     port = free_port()
     proc = subprocess.Popen(
-        [
-            str(binary),
-            "-m",
-            str(gguf),
-            "--reranking",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-t",
-            "2",
-            "-c",
-            "4096",
-            "-b",
-            "2048",
-            "-ub",
-            "2048",
-            "-np",
-            "1",
-            "-fa",
-            "off",
-            "--no-webui",
-        ],
+        llama_server_command(binary, gguf, port, threads=2, batch=2048, context=4096),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
