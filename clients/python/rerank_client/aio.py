@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -12,7 +11,7 @@ import grpc
 
 from rerank_client.client import metadata, rerank_request
 from rerank_client.results import Model, RerankResult, models, rerank_result
-from rerank_client.retry import DEFAULT_RETRY, Retry
+from rerank_client.retry import DEFAULT_RETRY, Retry, deadline, remaining
 from service.protocol import rerank_pb2, rerank_pb2_grpc
 
 
@@ -50,24 +49,17 @@ class AsyncRerankClient:
         return models(await self._call(self._stub.ListModels, rerank_pb2.ListModelsRequest(), timeout))
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        until = deadline(timeout if timeout is not None else self.timeout)
         attempt = 1
         while True:
-            reply, error = await self._attempt(method, request, deadline)
-            if error is None:
-                return reply
-            pause = self.retry.backoff(attempt)
-            if not self.retry.should_retry(error, attempt) or time.monotonic() + pause >= deadline:
-                raise error
+            try:
+                return await method(request, metadata=self._metadata, timeout=remaining(until))
+            except grpc.RpcError as error:
+                pause = self.retry.pause(error, attempt, until)
+                if pause is None:
+                    raise
             await asyncio.sleep(pause)
             attempt += 1
-
-    async def _attempt(self, method: Any, request: Any, deadline: float) -> tuple[Any, grpc.RpcError | None]:
-        try:
-            timeout = max(0.001, deadline - time.monotonic())
-            return await method(request, metadata=self._metadata, timeout=timeout), None
-        except grpc.RpcError as error:
-            return None, error
 
     async def close(self) -> None:
         await self._channel.close()

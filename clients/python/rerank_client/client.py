@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from rerank_client.results import Model, RerankResult, models, rerank_result
-from rerank_client.retry import DEFAULT_RETRY, Retry
+from rerank_client.retry import DEFAULT_RETRY, Retry, deadline, remaining
 from service.protocol import rerank_pb2, rerank_pb2_grpc
 
 API_KEY_ENV = "RERANK_API_KEY"
@@ -82,23 +82,17 @@ class RerankClient:
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         # One deadline for the whole call, retries included.
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        until = deadline(timeout if timeout is not None else self.timeout)
         attempt = 1
         while True:
-            reply, error = self._attempt(method, request, deadline)
-            if error is None:
-                return reply
-            pause = self.retry.backoff(attempt)
-            if not self.retry.should_retry(error, attempt) or time.monotonic() + pause >= deadline:
-                raise error
+            try:
+                return method(request, metadata=self._metadata, timeout=remaining(until))
+            except grpc.RpcError as error:
+                pause = self.retry.pause(error, attempt, until)
+                if pause is None:
+                    raise
             time.sleep(pause)
             attempt += 1
-
-    def _attempt(self, method: Any, request: Any, deadline: float) -> tuple[Any, grpc.RpcError | None]:
-        try:
-            return method(request, metadata=self._metadata, timeout=max(0.001, deadline - time.monotonic())), None
-        except grpc.RpcError as error:
-            return None, error
 
     def close(self) -> None:
         self._channel.close()

@@ -7,6 +7,7 @@ sending it again is safe; every other status is the answer and is raised at once
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +32,24 @@ class Retry:
     def should_retry(self, error: grpc.RpcError, attempt: int) -> bool:
         """Whether the failed ``attempt`` (1, 2, ...) is retried."""
         return status_code(error) == grpc.StatusCode.UNAVAILABLE and attempt < self.attempts
+
+    def pause(self, error: grpc.RpcError, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before retrying the failed ``attempt``, or None to give up: not
+        retryable, out of attempts, or the pause would reach the call's ``deadline`` (monotonic)."""
+        pause = self.backoff(attempt)
+        if not self.should_retry(error, attempt) or time.monotonic() + pause >= deadline:
+            return None
+        return pause
+
+
+def deadline(timeout: float) -> float:
+    """The monotonic deadline of a call of ``timeout`` seconds, retries included."""
+    return time.monotonic() + timeout
+
+
+def remaining(deadline: float) -> float:
+    """What is left of ``deadline`` for the next attempt (never 0: gRPC reads that as none)."""
+    return max(0.001, deadline - time.monotonic())
 
 
 def status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
