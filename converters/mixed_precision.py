@@ -70,14 +70,10 @@ def to_mixed_bf16(model: onnx.ModelProto, recipe: Recipe) -> int:
     if not products:
         raise ValueError("the graph has no layer weight products (l<i>_... MatMuls) to put in bf16")
     layers = 1 + max(layer for _, layer, _ in products)
-    chosen = [node for node, layer, kind in products if recipe.chooses(layer, kind, layers)]
-    nodes = list(model.graph.node)
+    chosen = {node.name for node, layer, kind in products if recipe.chooses(layer, kind, layers)}
     rewritten: list[onnx.NodeProto] = []
-    for node in nodes:
-        if node not in chosen:
-            rewritten.append(node)
-            continue
-        rewritten += _in_bf16(node)
+    for node in model.graph.node:
+        rewritten += _in_bf16(node) if node.name in chosen else [node]
     del model.graph.node[:]
     model.graph.node.extend(rewritten)
     return len(chosen)

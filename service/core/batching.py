@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -314,16 +314,18 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------- admission
 
-    def state(self, *, with_holds: bool = False) -> QueueState:
-        """The queue as admission sees it now (on the event loop's thread); ``with_holds``: the
-        early check's places counted as queued requests too."""
+    def state(self) -> QueueState:
+        """The queue as admission sees it now (on the event loop's thread)."""
         costs = [r.remaining_cost for queue in self._clients.values() for r in queue]
         costs += self._reserved.values()
-        if with_holds:
-            costs += self.holds.costs(self.name)
         return QueueState(
             tuple(costs), self._running_until, self.throughput.tokens_per_second, self.config.max_queue_seconds
         )
+
+    def with_holds(self, state: QueueState) -> QueueState:
+        """``state`` with the early check's held places counted as queued requests: what every
+        admission decides on (this one's, or the early check's on :attr:`published`)."""
+        return replace(state, costs=state.costs + tuple(self.holds.costs(self.name)))
 
     def estimated_wait(self, cost: float) -> float:
         """Seconds a request of ``cost`` would wait if admitted now (:meth:`QueueState.estimated_wait`)."""
@@ -358,7 +360,7 @@ class DynamicBatcher:
                     retry_after=retry_after(self.throughput.seconds(self._queued_cost())),
                 )
             if held is None or self.name not in held:
-                refusal = queue_time_refusal(self.state(with_holds=True), cost)
+                refusal = queue_time_refusal(self.with_holds(self.state()), cost)
                 if refusal is not None:
                     self.metrics.reject("queue_time")
                     raise refusal

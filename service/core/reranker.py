@@ -8,7 +8,7 @@ answers "score these documents for this query". :func:`rank` turns scores into t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -176,9 +176,7 @@ class ServedModel:
         and the cost it is priced at, counting the early check's other holds. Safe on any thread:
         it reads the batcher's published state, its holds and one float."""
         cost = self.cost_of_body(size)
-        state = self.batcher.published
-        state = replace(state, costs=state.costs + tuple(self.batcher.holds.costs(self.name)))
-        return queue_time_refusal(state, cost), cost
+        return queue_time_refusal(self.batcher.with_holds(self.batcher.published), cost), cost
 
     async def score(
         self,

@@ -171,11 +171,9 @@ class Http1Server:
             log.exception("%s: %s %s failed", self.name, method, path)
             await _refuse(writer, 500)
             return False
-        lines = [f"{version if version == 'HTTP/1.0' else 'HTTP/1.1'} {status}"]
-        lines += [f"{k}: {v}" for k, v in response_headers if k.lower() not in ("content-length", "connection")]
-        lines += [f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else body))
-        await writer.drain()
+        await _write(
+            writer, status, response_headers, body, keep_alive=keep_alive, version=version, head=method == "HEAD"
+        )
         return keep_alive
 
 
@@ -243,13 +241,27 @@ def _call(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, s
     return seen["status"], seen["headers"], body
 
 
+async def _write(
+    writer: asyncio.StreamWriter,
+    status: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    keep_alive: bool,
+    version: str = "HTTP/1.1",
+    head: bool = False,
+) -> None:
+    """One response; its length and connection headers are ours, whatever ``headers`` say."""
+    lines = [f"{version} {status}"]
+    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in ("content-length", "connection")]
+    lines += [f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+    await writer.drain()
+
+
 async def _refuse(writer: asyncio.StreamWriter, code: int) -> None:
     reason = _REASONS[code]
-    body = f"{reason}\n".encode()
-    writer.write(
-        f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-        f"Connection: close\r\n\r\n".encode()
-        + body
-    )
     with contextlib.suppress(ConnectionError):
-        await writer.drain()
+        await _write(
+            writer, f"{code} {reason}", [("Content-Type", "text/plain")], f"{reason}\n".encode(), keep_alive=False
+        )
