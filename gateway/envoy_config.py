@@ -753,6 +753,7 @@ def retry_on_another_host(retry_on: str) -> Json:
 
 def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
     early: list[Json] = []
+    sessions = replica_sessions(settings)
     if metrics_upstreams(settings):
         # Before the buffer filter, which would read the whole body first. Only where Envoy
         # fronts the stack's own replicas (their metrics ports); with RERANK_UPSTREAMS there is
@@ -762,13 +763,11 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 "name": FILTER_ADMISSION,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {
-                        "inline_string": lua_admission(settings.max_request_bytes, replica_sessions(settings))
-                    },
+                    "default_source_code": {"inline_string": lua_admission(settings.max_request_bytes, sessions)},
                 },
             }
         )
-        if replica_sessions(settings):
+        if sessions:
             # Where the admission check left a replica's session header, the request goes to
             # that replica (it holds the request's place); elsewhere load balancing as usual.
             early.append(
