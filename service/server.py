@@ -8,18 +8,17 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.backends.base import Backend, Batch, VariantChoice
+from service.backends.base import Backend, VariantChoice
 from service.backends.cpu_features import detect as detect_cpu
 from service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
-from service.core.batching import BatchingConfig, Holds, Throughput
+from service.core.batch_sizing import BatchSizing, size_batches
+from service.core.batching import BatchingConfig, Holds
 from service.core.reranker import ServedModel
 from service.core.tokenization import TokenizerPool
 from service.errors import ConfigurationError, QueueFull, Unavailable
@@ -76,6 +75,7 @@ def batching_config(settings: Settings) -> BatchingConfig:
         max_queue_pairs=settings.max_queue_pairs,
         max_queue_seconds=settings.max_queue_seconds,
         batch_seconds=settings.batch_seconds,
+        batch_tokens=settings.batch_tokens,
     )
 
 
@@ -90,22 +90,27 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-def calibrate(backend: Backend, config: ModelFolderConfig) -> Throughput:
-    """The model's speed on this machine, measured on a batch of the size micro-batches have
-    (the second of two runs: the first pays for lazy initialisation)."""
-    length = min(128, config.max_length)
+def calibrate(backend: Backend, config: ModelFolderConfig, batching: BatchingConfig) -> BatchSizing:
+    """The micro-batch size the model runs fastest at on this machine, and its speed there
+    (:func:`~service.core.batch_sizing.size_batches`; only timed at ``batch_tokens`` when set)."""
     token = config.template.prefix[0][0] if config.template.prefix else config.template.pad_id
-    ids = np.full((16, length), token, dtype=np.int64)
-    batch = Batch(ids, np.ones_like(ids), np.zeros_like(ids))
-    seconds = 0.0
-    for _ in range(2):
-        started = time.monotonic()
-        backend.run(batch)
-        seconds = time.monotonic() - started
-    throughput = Throughput()
-    throughput.record(ids.size, seconds, full=ids.size)
-    log.info("%s: %.0f padded tokens/s on this machine", config.name, throughput.tokens_per_second)
-    return throughput
+    sizing = size_batches(
+        backend.run,
+        token=token,
+        max_length=config.max_length,
+        max_batch_tokens=batching.max_batch_tokens,
+        max_batch_pairs=batching.max_batch_pairs,
+        pinned=batching.batch_tokens,
+    )
+    log.info(
+        "%s: micro-batches of %d padded tokens (%s), %.0f padded tokens/s there; timed: %s",
+        config.name,
+        sizing.batch_tokens,
+        sizing.reason,
+        sizing.tokens_per_second,
+        ", ".join(f"{tokens} tokens {rate:.0f}/s" for tokens, rate in sizing.measured.items()),
+    )
+    return sizing
 
 
 class RerankServer:
@@ -165,13 +170,14 @@ class RerankServer:
                 "".join(f"; {k} {ms:.1f} ms" for k, ms in choice.milliseconds.items()),
             )
             backend.warm_up()
+            batching = batching_config(s)
             self.models[config.name] = ServedModel(
                 folder,
                 config,
                 backend,
-                batching=batching_config(s),
+                batching=batching,
                 tokenizers=self._tokenizers,
-                throughput=calibrate(backend, config),
+                sizing=calibrate(backend, config, batching),
                 metrics=self.metrics.model(config.name),
                 choice=choice,
                 cpu=cpu,

@@ -102,6 +102,12 @@ class Settings:
     )
     max_batch_tokens: int = setting(8192, "Padded tokens per micro-batch (longest sequence x pairs).", minimum=1)
     max_batch_pairs: int = setting(64, "Pairs per micro-batch.", minimum=1)
+    batch_tokens: int | None = setting(
+        None,
+        "Padded tokens a micro-batch is cut at for speed (within the two limits above); default: the size that "
+        "ran fastest when timed at start-up (on a CPU a few thousand tokens: bigger batches outgrow the caches).",
+        minimum=1,
+    )
     max_queue_pairs: int = setting(8192, "Queued pairs before new requests are refused (429).", minimum=1)
     max_queue_seconds: float = setting(
         5.0,

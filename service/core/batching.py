@@ -8,9 +8,11 @@ model's worker thread:
   requests, each getting an equal share of the batch; what a share leaves unused goes to whoever
   still has pairs. So a one-document request joins the next micro-batch even behind requests of
   thousands of pairs, and one key cannot take every slot.
-* **Short batches**: a micro-batch is cut at ``batch_seconds`` of work, by the model's measured
-  throughput (padded tokens per second), as well as at ``max_batch_tokens`` and
-  ``max_batch_pairs``. That bounds how long a new request waits for the batch in flight.
+* **Batches of the fastest size**: a micro-batch is cut at the size the model ran fastest at
+  on this machine (:mod:`service.core.batch_sizing`; on a CPU that is a few thousand tokens, not
+  the most that fit), at ``batch_seconds`` of work by the model's measured throughput (padded
+  tokens per second), and at ``max_batch_tokens`` and ``max_batch_pairs``. The time limit
+  bounds how long a new request waits for the batch in flight.
 * **Time-budgeted admission**: before a request is queued (before it is even tokenized, from an
   estimate of its size) the batcher estimates how long it would wait under the fair schedule:
   every other request delays it by at most the smaller of its own remaining work and this
@@ -84,16 +86,20 @@ class BatchingConfig:
     """Longest estimated wait a new request is admitted with."""
     batch_seconds: float = 0.25
     """Target duration of one micro-batch."""
+    batch_tokens: int | None = None
+    """Padded tokens a micro-batch is cut at for speed; None: the fastest size timed at start-up
+    (:func:`~service.core.batch_sizing.size_batches`)."""
 
 
 class Throughput:
     """The model's measured speed in padded tokens per second: an exponentially weighted
     average over micro-batches, so it follows the machine's load."""
 
-    def __init__(self, tokens_per_second: float = 2000.0, weight: float = 0.2) -> None:
+    def __init__(self, tokens_per_second: float = 2000.0, weight: float = 0.2, *, measured: bool = False) -> None:
         self.tokens_per_second = tokens_per_second
         self.weight = weight
-        self.measured = False
+        self.measured = measured
+        """Whether ``tokens_per_second`` was measured (else the first micro-batch replaces it)."""
 
     def record(self, tokens: int, seconds: float, full: int) -> None:
         """One micro-batch of ``tokens`` padded tokens took ``seconds``; ``full`` is the size of
@@ -279,6 +285,7 @@ class DynamicBatcher:
         name: str = "model",
         throughput: Throughput | None = None,
         holds: Holds | None = None,
+        batch_tokens: int | None = None,
     ) -> None:
         self._run = run
         self.name = name
@@ -289,6 +296,8 @@ class DynamicBatcher:
         self.config = config
         self.metrics = metrics
         self.throughput = throughput or Throughput()
+        self.batch_tokens = batch_tokens or config.batch_tokens or config.max_batch_tokens
+        """Padded tokens a micro-batch is cut at (the model's fastest size, within ``max_batch_tokens``)."""
         self._clients: collections.OrderedDict[str, collections.deque[_Request]] = collections.OrderedDict()
         """Requests with pairs still waiting, by client; the first client is served first next."""
         self._queued_pairs = 0
@@ -455,10 +464,11 @@ class DynamicBatcher:
     # ------------------------------------------------------------------------- scheduling
 
     def _budget(self) -> int:
-        """Padded tokens the next micro-batch may hold: ``batch_seconds`` of work, but never
-        fewer than :data:`MIN_BATCH_TOKENS` (below that, per-call overhead dominates)."""
+        """Padded tokens the next micro-batch may hold: the model's fastest size
+        (:attr:`batch_tokens`), and at most ``batch_seconds`` of work, but never fewer than
+        :data:`MIN_BATCH_TOKENS` by that time limit (below that, per-call overhead dominates)."""
         timed = int(self.throughput.tokens_per_second * self.config.batch_seconds)
-        return min(self.config.max_batch_tokens, max(MIN_BATCH_TOKENS, timed))
+        return min(self.config.max_batch_tokens, self.batch_tokens, max(MIN_BATCH_TOKENS, timed))
 
     def _prune(self) -> None:
         for client in list(self._clients):

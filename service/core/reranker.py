@@ -16,6 +16,7 @@ import numpy as np
 
 from service.backends.base import Backend, VariantChoice
 from service.backends.cpu_features import CpuFeatures
+from service.core.batch_sizing import BatchSizing
 from service.core.batching import (
     PADDING_ALLOWANCE,
     BatchingConfig,
@@ -103,6 +104,7 @@ class ServedModel:
         batching: BatchingConfig,
         tokenizers: TokenizerPool,
         throughput: Throughput | None = None,
+        sizing: BatchSizing | None = None,
         metrics: ModelMetrics | None = None,
         choice: VariantChoice | None = None,
         cpu: CpuFeatures | None = None,
@@ -117,6 +119,10 @@ class ServedModel:
         """Which variant runs and why (``/v1/models``)."""
         self.cpu = cpu
         """The CPU the server found at start-up (``/v1/models``); None where nobody looked."""
+        self.sizing = sizing
+        """The micro-batch size found at start-up, and how (``/v1/models``); None where nobody timed it."""
+        if throughput is None and sizing is not None:
+            throughput = Throughput(sizing.tokens_per_second, measured=True)
         self.metrics = metrics or ModelMetrics(config.name)
         self.batcher = DynamicBatcher(
             self.backend.run,
@@ -127,6 +133,7 @@ class ServedModel:
             name=self.name,
             throughput=throughput,
             holds=holds,
+            batch_tokens=sizing.batch_tokens if sizing is not None else None,
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0

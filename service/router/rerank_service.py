@@ -96,6 +96,12 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
                 max_batch_pairs=batching.max_batch_pairs,
                 max_queue_pairs=batching.max_queue_pairs,
                 max_documents=self.limits.max_documents,
+                batch_tokens=model.batcher.batch_tokens,
+                sizing=model.sizing.reason if model.sizing else "",
+                timed=[
+                    rerank_pb2.BatchSizeTiming(tokens=tokens, tokens_per_second=rate)
+                    for tokens, rate in (model.sizing.measured.items() if model.sizing else ())
+                ],
             ),
             stats=rerank_pb2.ModelStats(
                 requests=m.requests,

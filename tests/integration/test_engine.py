@@ -47,6 +47,39 @@ def test_default_variant_on_cpu_is_exact_or_gated_and_chosen_at_start_up(stub, m
         assert times[card.variant] == min(times.values())
 
 
+def test_micro_batches_are_cut_at_the_size_timed_fastest_at_start_up(stub):
+    from service.protocol import rerank_pb2
+
+    cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
+    batching = cards["xlmr-tiny"].batching
+    timed = {t.tokens: t.tokens_per_second for t in batching.timed}
+    assert (
+        batching.sizing.startswith("fastest of")
+        and len(timed) >= 2
+        and sorted(timed) == [t.tokens for t in batching.timed]
+    )
+    # The largest size within 2 % of the best speed, and never above the limit.
+    assert batching.batch_tokens == max(t for t, rate in timed.items() if rate >= 0.98 * max(timed.values()))
+    assert batching.batch_tokens <= batching.max_batch_tokens
+
+
+def test_a_pinned_batch_size_cuts_every_micro_batch(models_dir, in_process_server):
+    from service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    server = in_process_server(models_dir, batch_tokens=100)
+    docs = [f"document number {i} is about pandas and bamboo" for i in range(12)]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        reply = stub.Rerank(rerank_request("xlmr-tiny", docs, return_documents=False), metadata=AUTH, timeout=60)
+        cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
+    card = cards["xlmr-tiny"]
+    assert card.batching.batch_tokens == 100 and card.batching.sizing == "pinned by RERANK_BATCH_TOKENS"
+    tokens = reply.usage.total_tokens
+    # Every pair is over 10 tokens: at most 100 padded tokens a batch means at most 9 pairs each,
+    # and at least as many batches as 100-token loads in the request.
+    assert len(reply.results) == 12 and card.stats.batches >= max(2, -(-tokens // 100))
+
+
 def test_variant_gates_recorded(models_dir):
     import json
 

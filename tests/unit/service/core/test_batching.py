@@ -242,6 +242,22 @@ async def test_clients_get_equal_shares_of_a_batch():
     await batcher.close()
 
 
+async def test_the_batcher_cuts_micro_batches_at_the_chosen_size() -> None:
+    model = RecordingModel()
+    config = BatchingConfig(max_batch_tokens=10_000, max_batch_pairs=64, batch_seconds=1e9, max_queue_seconds=1e9)
+    batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), batch_tokens=40)
+    await batcher.score([pair(i, 10) for i in range(12)])
+    assert [len(b.input_ids) for b in model.batches] == [4, 4, 4]
+    await batcher.close()
+    # The setting reaches it the same way when no size was measured.
+    model = RecordingModel()
+    config = BatchingConfig(max_batch_tokens=10_000, batch_tokens=30, batch_seconds=1e9, max_queue_seconds=1e9)
+    batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics())
+    await batcher.score([pair(i, 10) for i in range(6)])
+    assert [len(b.input_ids) for b in model.batches] == [3, 3]
+    await batcher.close()
+
+
 async def test_admission_refuses_a_request_that_would_wait_too_long():
     gate = threading.Event()
     batcher = fair(RecordingModel(gate=gate), max_queue_seconds=1.0, max_batch_pairs=1)

@@ -1,0 +1,122 @@
+"""How many padded tokens a micro-batch should hold on this machine, found by timing.
+
+Bigger is not faster on a CPU. A transformer layer's activations grow with the tokens in the
+batch (``tokens x intermediate`` floats for the feed-forward alone); once they outgrow the
+caches, the element-wise work between the matrix products (GELU, LayerNorm, residual adds,
+softmax) runs from memory, and a token costs more. On a 2-core AMD EPYC (Zen 5, 2 MiB L2 per
+core), all-MiniLM-L6-v2's W1 documents (64 x 191 tokens) took, at a batch of 4 / 8 / 16 / 32 / 64
+pairs: OpenVINO mixed bf16 520 / 521 / 555 / 618 / 685 ms, OpenVINO f32 765 / 729 / 736 / 796 /
+853 ms, ONNX Runtime fp32 975 / 985 / 1002 / 1061 / 1184 ms. Too small a batch pays per-call
+overhead instead (1 pair at a time: 593, 856, 1040 ms). A GPU wants the opposite: the bigger the
+better, up to its memory. Where the curve bends depends on the model, the runtime and the
+machine, so the server measures it at start-up (:func:`size_batches`) instead of guessing: a
+short sweep of batch sizes on one typical length, and the batcher then cuts micro-batches at
+the fastest size (:class:`~service.core.batching.DynamicBatcher`), within its other limits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.backends.base import Batch
+
+SWEEP_PAIRS = (1, 2, 4, 8, 16, 32, 64)
+"""Batch sizes timed, smallest first."""
+SWEEP_LENGTH = 192
+"""Tokens per pair in the sweep (capped at the model's ``max_length``): about the pairs of
+~150-word documents, what rerankers are mostly sent."""
+SWEEP_WORK_PAIRS = 8
+"""Pairs each size scores per round (a size above it: one batch), so that the small sizes are
+timed on as much work as the middle ones."""
+SWEEP_SECONDS = 3.0
+"""The sweep stops at the first size that would start after this long (a large model on a few
+cores times only the small sizes, which are the ones that win there)."""
+ROUNDS = 2
+"""Timed rounds over the sizes (after one untimed run of each shape); the best counts."""
+TIE = 0.02
+"""Sizes within this share of the fastest count as tied: the largest of them is chosen, since
+each micro-batch also costs the scheduler a little that the sweep does not see."""
+
+
+@dataclass(frozen=True)
+class BatchSizing:
+    """The micro-batch size a model is served with, and how it was found (``/v1/models``)."""
+
+    batch_tokens: int
+    """Padded tokens the batcher cuts a micro-batch at (still within ``max_batch_tokens`` and
+    ``max_batch_pairs``)."""
+    tokens_per_second: float
+    """Measured at that size: the batcher's first estimate of the model's speed."""
+    reason: str
+    measured: dict[int, float]
+    """Tokens per micro-batch -> padded tokens per second, for every size timed."""
+
+
+def sweep_sizes(length: int, max_batch_tokens: int, max_batch_pairs: int) -> list[int]:
+    """The pairs per micro-batch the sweep times: :data:`SWEEP_PAIRS` within the limits (at least 1)."""
+    sizes = [p for p in SWEEP_PAIRS if p <= max_batch_pairs and p * length <= max_batch_tokens]
+    return sizes or [1]
+
+
+def fastest(measured: dict[int, float]) -> int:
+    """The largest batch (in tokens) whose speed is within :data:`TIE` of the best one's."""
+    best = max(measured.values())
+    return max(tokens for tokens, rate in measured.items() if rate >= best * (1 - TIE))
+
+
+def size_batches(
+    run: Callable[[Batch], np.ndarray],
+    *,
+    token: int,
+    max_length: int,
+    max_batch_tokens: int,
+    max_batch_pairs: int,
+    pinned: int | None = None,
+    seconds: float = SWEEP_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BatchSizing:
+    """Times ``run`` (a backend's) on micro-batches of :func:`sweep_sizes` pairs of
+    :data:`SWEEP_LENGTH` tokens each (``token`` repeated: speed does not depend on it) and
+    returns the :func:`fastest`. With ``pinned`` (the ``RERANK_BATCH_TOKENS`` setting) only that
+    size is timed, for the speed estimate."""
+    length = min(SWEEP_LENGTH, max_length)
+    if pinned is not None:
+        pairs = max(1, min(max_batch_pairs, pinned // length))
+        run(_batch(pairs, length, token))
+        rate = _rate(run, pairs, length, token, clock, runs=1)
+        return BatchSizing(pinned, rate, "pinned by RERANK_BATCH_TOKENS", {pairs * length: rate})
+    sizes = sweep_sizes(length, max_batch_tokens, max_batch_pairs)
+    best: dict[int, float] = {}
+    began = clock()
+    for round_ in range(ROUNDS):
+        for pairs in sizes:
+            if best and clock() - began > seconds:
+                break
+            if round_ == 0:
+                run(_batch(pairs, length, token))  # a new shape's first run builds its kernels
+            runs = max(1, SWEEP_WORK_PAIRS // pairs)
+            rate = _rate(run, pairs, length, token, clock, runs)
+            best[pairs * length] = max(rate, best.get(pairs * length, 0.0))
+    chosen = fastest(best)
+    reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs)"
+    return BatchSizing(min(chosen, max_batch_tokens), best[chosen], reason, best)
+
+
+def _batch(pairs: int, length: int, token: int) -> Batch:
+    ids = np.full((pairs, length), token, dtype=np.int64)
+    return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
+
+
+def _rate(
+    run: Callable[[Batch], np.ndarray], pairs: int, length: int, token: int, clock: Callable[[], float], runs: int
+) -> float:
+    """Padded tokens per second of ``runs`` micro-batches of ``pairs`` x ``length``."""
+    batch = _batch(pairs, length, token)
+    started = clock()
+    for _ in range(runs):
+        run(batch)
+    return runs * batch.input_ids.size / max(clock() - started, 1e-9)
