@@ -1,8 +1,8 @@
 """Dynamic batching with fair scheduling and time-budgeted admission.
 
 Each model has one :class:`DynamicBatcher`. A request's pairs wait in the queue sorted by
-length, shortest first. One loop builds micro-batches and runs them, one at a time, on the
-model's worker thread:
+length, shortest first. The event loop composes micro-batches; the model's worker thread runs
+them, one at a time:
 
 * **Fair**: a micro-batch is filled round-robin across API keys, and within a key across its
   requests, each getting an equal share of the batch; what a share leaves unused goes to whoever
@@ -31,6 +31,10 @@ model's worker thread:
 * **Cancellation**: a request whose client went away has its waiting pairs dropped.
 * **Failure isolation**: a micro-batch that fails is run again pair by pair, so one bad pair
   fails its own request only.
+* **Pipelined**: the next micro-batch is composed while the current one runs (and composed
+  again when the queue changes meanwhile, so a request arriving now still joins it), and the
+  worker starts it the moment the current one ends, without waiting for the event loop: a
+  loop busy parsing or answering requests does not leave the model idle between batches.
 * The event loop never runs inference or padding: both happen on the worker thread.
 * **Reporting**: the scheduler records what it does (:class:`~service.core.metrics.ModelMetrics`:
   batch sizes and tokens, inference and queue times, the queue's gauges, rejections by reason)
@@ -155,6 +159,30 @@ class _Request:
 
     def next_length(self) -> int:
         return len(self.pairs[self.order[self.taken]].ids)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One micro-batch: composed on the event loop, run on the model's worker thread."""
+
+    first_client: str
+    """The client it started with (the next batch starts with the one after)."""
+    queues: list[collections.deque[_Request]]
+    """Every client's requests when it was composed (each starts with its next request next time)."""
+    taken: list[tuple[_Request, int]] = field(default_factory=list)
+    """(request, pair index) in batch order."""
+    counts: dict[_Request, int] = field(default_factory=dict)
+    """Pairs taken from each request: the next ones in its order."""
+    started: float = 0.0
+    started_ns: int = 0
+    seconds: float = 0.0
+    ended_ns: int = 0
+    outcome: tuple[np.ndarray, Batch] | list[float | Exception] | None = None
+    """(logits, padded batch), or each pair's result alone after the batch failed."""
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [request.pairs[index] for request, index in self.taken]
 
 
 @dataclass(frozen=True)
@@ -297,7 +325,8 @@ class DynamicBatcher:
         self.metrics = metrics
         self.throughput = throughput or Throughput()
         self.batch_tokens = batch_tokens or config.batch_tokens or config.max_batch_tokens
-        """Padded tokens a micro-batch is cut at (the model's fastest size, within ``max_batch_tokens``)."""
+        """Padded tokens a micro-batch is cut at: the model's fastest size, timed at start-up
+        (:mod:`service.core.batch_sizing`), or the ``batch_tokens`` setting; within ``max_batch_tokens``."""
         self._clients: collections.OrderedDict[str, collections.deque[_Request]] = collections.OrderedDict()
         """Requests with pairs still waiting, by client; the first client is served first next."""
         self._queued_pairs = 0
@@ -305,9 +334,18 @@ class DynamicBatcher:
         """Costs admitted but not yet queued (the requests being tokenized)."""
         self._running_until = 0.0
         """When the micro-batch in flight should finish (monotonic), by its estimated cost."""
-        self._wake = asyncio.Event()
+        self._running: _Job | None = None
+        """The micro-batch the worker runs (committed), if any."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._slot: _Job | None = None
+        """The micro-batch the worker runs next (composed, not committed). Under the lock."""
+        self._started: list[_Job] = []
+        """Micro-batches the worker took from the slot that the loop has not committed. Under the lock."""
+        self._driving = False
+        """Whether the worker is running slots (or about to). Under the lock."""
+        self._closed = False
         self._refusal: RerankError | None = None
         self.published = self.state()
         """The queue's state at its last change, for readers on other threads (replaced, never
@@ -318,8 +356,9 @@ class DynamicBatcher:
         return self._queued_pairs
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+        """Binds the batcher to the running event loop (where its results are delivered)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------------- admission
 
@@ -405,19 +444,21 @@ class DynamicBatcher:
         fails with it (the end of a drain: it gets an answer instead of a dropped call). A batch
         already on the model finishes; its requests' other pairs do not run."""
         self._refusal = error
-        for queue in self._clients.values():
-            for request in queue:
-                if not request.future.done():
-                    request.future.set_exception(error)
-                self._drop(request)
+        with self._lock:
+            self._slot = None  # composed, not started: it does not run
+        self._commit_started()
+        for request in [r for queue in self._clients.values() for r in queue]:
+            if not request.future.done():
+                request.future.set_exception(error)
+            self._drop(request)
         self._clients.clear()
-        self._queue_changed()
+        self._schedule()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stops: the batch in flight finishes, nothing else runs."""
+        self._closed = True
+        with self._lock:
+            self._slot = None
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def score(
@@ -444,8 +485,7 @@ class DynamicBatcher:
         request.trace = tracing.capture()
         self._clients.setdefault(client, collections.deque()).append(request)
         self._queued_pairs += len(pairs)
-        self._queue_changed()
-        self._wake.set()
+        self._schedule()
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -453,15 +493,25 @@ class DynamicBatcher:
             if not request.cancelled:
                 self._drop(request)
                 self.metrics.cancelled_requests += 1
+                self._schedule()
             raise
 
     def _drop(self, request: _Request) -> None:
+        """Takes ``request``'s waiting pairs out of the queue (the caller then reschedules)."""
+        self._commit_started()  # what the worker already took is not waiting any more
         if not request.cancelled:
             request.cancelled = True
             self._queued_pairs -= request.waiting
-            self._queue_changed()
 
     # ------------------------------------------------------------------------- scheduling
+    #
+    # Two threads share the work. The event loop composes the next micro-batch (the slot) while
+    # the current one runs, and composes it again whenever the queue changes, so a request that
+    # arrives while a batch runs still joins the very next one. The model's worker thread takes
+    # the slot the moment it finishes a batch, so the model never waits for the event loop to
+    # come round (a busy loop parsing requests could take milliseconds). The loop then commits
+    # what the worker took (those pairs leave the queue) and composes the next. Only the slot,
+    # the list of taken batches and whether the worker is running cross threads, under a lock.
 
     def _budget(self) -> int:
         """Padded tokens the next micro-batch may hold: the model's fastest size
@@ -481,32 +531,41 @@ class DynamicBatcher:
                 for request in [r for r in queue if r.cancelled or r.waiting == 0]:
                     queue.remove(request)
 
-    def _next_batch(self) -> list[tuple[_Request, int]]:
-        """The next micro-batch: shares round-robin across clients and their requests, then
-        whatever room is left to whoever still waits."""
+    def _compose(self) -> _Job | None:
+        """The next micro-batch, from the queue as it is (which it does not change): shares
+        round-robin across clients and their requests, then whatever room is left to whoever
+        still waits. None when nothing waits."""
         self._prune()
+        clients = list(self._clients.items())
+        if not clients:
+            return None
         budget = self._budget()
-        taken: list[tuple[_Request, int]] = []
+        job = _Job(first_client=clients[0][0], queues=[queue for _, queue in clients])
         longest = 0
 
+        def position(request: _Request) -> int:
+            return request.taken + job.counts.get(request, 0)
+
         def fits(length: int) -> bool:
-            if not taken:
+            if not job.taken:
                 return True  # a pair longer than the budget still runs, alone
-            return max(longest, length) * (len(taken) + 1) <= budget and len(taken) < self.config.max_batch_pairs
+            pairs = len(job.taken) + 1
+            return max(longest, length) * pairs <= budget and pairs <= self.config.max_batch_pairs
 
         def take(request: _Request, pairs: float, tokens: float) -> None:
             nonlocal longest
             spent_pairs = spent_tokens = 0
-            while request.waiting and spent_pairs < pairs and spent_tokens < tokens and fits(request.next_length()):
-                length = request.next_length()
-                taken.append((request, request.order[request.taken]))
-                request.taken += 1
-                self._queued_pairs -= 1
+            while position(request) < len(request.pairs) and spent_pairs < pairs and spent_tokens < tokens:
+                index = request.order[position(request)]
+                length = len(request.pairs[index].ids)
+                if not fits(length):
+                    break
+                job.taken.append((request, index))
+                job.counts[request] = job.counts.get(request, 0) + 1
                 longest = max(longest, length)
                 spent_pairs += 1
                 spent_tokens += length
 
-        clients = list(self._clients.items())
         slots = self.config.max_batch_pairs
         for (_, queue), client_slots in zip(clients, _split(slots, len(clients)), strict=True):
             for request, request_slots in zip(list(queue), _split(client_slots, len(queue)), strict=True):
@@ -515,19 +574,80 @@ class DynamicBatcher:
         for _, queue in clients:  # work-conserving: fill what the shares left
             for request in queue:
                 take(request, math.inf, math.inf)
-        if clients:  # the next batch starts with the next client
-            self._clients.move_to_end(clients[0][0])
-            for _, queue in clients:
-                queue.rotate(-1)
-        return taken
+        return job if job.taken else None
+
+    def _commit(self, job: _Job) -> None:
+        """The worker started ``job``: its pairs leave the queue, and the next batch starts with
+        the next client (and each client's next request)."""
+        for request, count in job.counts.items():
+            request.taken += count
+            if not request.cancelled:  # a dropped request's pairs left the count when it was dropped
+                self._queued_pairs -= count
+        if job.first_client in self._clients:
+            self._clients.move_to_end(job.first_client)
+        for queue in job.queues:
+            queue.rotate(-1)
+        self._running = job
+        self._running_until = job.started + self.throughput.seconds(cost_of(job.pairs))
+        self._record_first_batch(job.taken, job.started, job.started_ns)
+
+    def _commit_started(self) -> None:
+        with self._lock:
+            started, self._started = self._started, []
+        for job in started:
+            self._commit(job)
+
+    def _schedule(self) -> None:
+        """Commits what the worker has taken, (re)composes the slot from the queue as it is now,
+        and wakes the worker if it is idle. Called on the event loop after every queue change."""
+        if self._closed:
+            return
+        while True:
+            self._commit_started()
+            job = self._compose() if self._refusal is None else None
+            with self._lock:
+                if self._started:  # the worker took the previous slot meanwhile: commit it first
+                    continue
+                self._slot = job
+                wake = job is not None and not self._driving
+                self._driving = self._driving or wake
+            break
+        if wake:
+            self._executor.submit(self._drive)
+        self._queue_changed()
+
+    def _drive(self) -> None:
+        """The worker thread: runs slots one after the other until it finds none."""
+        while True:
+            with self._lock:
+                job, self._slot = self._slot, None
+                if job is None:
+                    self._driving = False
+                    return
+                job.started, job.started_ns = time.monotonic(), time.time_ns()
+                self._started.append(job)
+            self._post(self._schedule)  # commit it, and compose the next while this one runs
+            job.outcome = self._execute(job.pairs)
+            job.seconds, job.ended_ns = time.monotonic() - job.started, time.time_ns()
+            self._post(self._finish, job)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _execute(self, pairs: list[Pair]) -> tuple[np.ndarray, Batch] | list[float | Exception]:
+        """On the worker thread: the batch's logits (and the padded batch), or after a failure,
+        each pair's result alone, so one bad pair fails alone."""
+        try:
+            return self._infer(pairs)
+        except Exception:
+            log.exception("a micro-batch of %d pairs failed; running its pairs one by one", len(pairs))
+            return [self._infer_alone(pair) for pair in pairs]
 
     def _infer(self, pairs: list[Pair]) -> tuple[np.ndarray, Batch]:
         batch = pad(pairs, self._pad_id, self._with_types)
         return self._run(batch), batch
-
-    def _infer_one_by_one(self, pairs: list[Pair]) -> list[float | Exception]:
-        """After a failed micro-batch: each pair alone, so one bad pair fails alone."""
-        return [self._infer_alone(pair) for pair in pairs]
 
     def _infer_alone(self, pair: Pair) -> float | Exception:
         try:
@@ -535,57 +655,41 @@ class DynamicBatcher:
         except Exception as exc:  # noqa: BLE001 - the pair's request gets this error
             return exc
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self._prune()
-            if not self._clients:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            taken = self._next_batch()
-            if not taken:
-                continue
-            pairs = [r.pairs[i] for r, i in taken]
-            started, started_ns = time.monotonic(), time.time_ns()
-            self._running_until = started + self.throughput.seconds(cost_of(pairs))
-            self._queue_changed()
-            self._record_first_batch(taken, started, started_ns)
-            try:
-                logits, batch = await loop.run_in_executor(self._executor, self._infer, pairs)
-            except Exception:
-                log.exception("a micro-batch of %d pairs failed; running its pairs one by one", len(pairs))
-                results = await loop.run_in_executor(self._executor, self._infer_one_by_one, pairs)
-                self._running_until = 0.0
-                self._queue_changed()
-                for (request, index), result in zip(taken, results, strict=True):
-                    if isinstance(result, BaseException):
-                        log.error(
-                            "pair %d of request %s failed",
-                            index,
-                            request.request_id or "-",
-                            exc_info=result,
-                            extra={"request_id": request.request_id},
-                        )
-                        if not request.future.done():
-                            request.future.set_exception(result)
-                        self._drop(request)
-                    else:
-                        self._deliver(request, index, result)
-                continue
-            seconds = time.monotonic() - started
-            self._running_until = 0.0
-            self.throughput.record(int(batch.input_ids.size), seconds, full=self._budget())
-            self.metrics.record_batch(
-                pairs=len(pairs),
-                padded_tokens=int(batch.input_ids.size),
-                real_tokens=int(batch.attention_mask.sum()),
-                seconds=seconds,
-            )
-            self._queue_changed()
-            self._trace_batch(taken, started_ns, time.time_ns(), int(batch.input_ids.size))
-            for (request, index), logit in zip(taken, logits, strict=True):
-                self._deliver(request, index, float(logit))
+    def _finish(self, job: _Job) -> None:
+        """On the event loop: ``job``'s results go to their requests."""
+        self._commit_started()  # (normally done already: the worker posts that first)
+        if self._running is job:
+            self._running, self._running_until = None, 0.0
+        if isinstance(job.outcome, list):
+            for (request, index), result in zip(job.taken, job.outcome, strict=True):
+                if isinstance(result, BaseException):
+                    log.error(
+                        "pair %d of request %s failed",
+                        index,
+                        request.request_id or "-",
+                        exc_info=result,
+                        extra={"request_id": request.request_id},
+                    )
+                    if not request.future.done():
+                        request.future.set_exception(result)
+                    self._drop(request)
+                else:
+                    self._deliver(request, index, result)
+            self._schedule()
+            return
+        assert job.outcome is not None
+        logits, batch = job.outcome
+        self.throughput.record(int(batch.input_ids.size), job.seconds, full=self._budget())
+        self.metrics.record_batch(
+            pairs=len(job.pairs),
+            padded_tokens=int(batch.input_ids.size),
+            real_tokens=int(batch.attention_mask.sum()),
+            seconds=job.seconds,
+        )
+        self._trace_batch(job.taken, job.started_ns, job.ended_ns, int(batch.input_ids.size))
+        for (request, index), logit in zip(job.taken, logits, strict=True):
+            self._deliver(request, index, float(logit))
+        self._queue_changed()
 
     def _record_first_batch(self, taken: list[tuple[_Request, int]], started: float, started_ns: int) -> None:
         """Each request whose first pairs go to the model now has finished waiting: its queue

@@ -102,6 +102,22 @@ async def test_pairs_from_concurrent_requests_share_batches():
     await batcher.close()
 
 
+async def test_the_next_batch_starts_while_the_event_loop_is_busy():
+    # The model's worker takes the next micro-batch itself when it finishes one: a loop busy
+    # with other work (parsing, tokenizing, answering) does not leave the model idle.
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+    batcher = make(model, max_batch_tokens=10_000, max_batch_pairs=2)
+    scoring = asyncio.create_task(batcher.score([pair(i, 4, token=i + 1) for i in range(6)]))
+    await asyncio.sleep(0.05)  # the first batch waits at the gate, the second is composed
+    gate.set()
+    time.sleep(0.5)  # the event loop is busy: nothing of the batcher's runs on it meanwhile
+    assert len(model.batches) == 2  # the second batch ran all the same (the third is composed once the loop is free)
+    assert list(await scoring) == [4 * (i + 1) for i in range(6)]
+    assert len(model.batches) == 3
+    await batcher.close()
+
+
 async def test_cancelled_request_never_reaches_the_model():
     gate = threading.Event()
     model = RecordingModel(gate=gate)
