@@ -104,16 +104,23 @@ def test_truncation_reported(rest, checkpoint):
     assert abs(by[0]["relevance_score"] - expected[0]) <= 1e-4
 
 
-def test_list_models(rest):
+def test_list_models(rest, models_dir):
+    import json
+
     body = rest.get("/v1/models").json()
     assert body["object"] == "list"
     ids = {m["id"]: m for m in body["data"]}
     assert set(ids) == {"xlmr-tiny", "bert-tiny"}
     card = ids["xlmr-tiny"]
     assert card["object"] == "model" and card["max_length"] == 128
-    assert card["architecture"] == "xlm-roberta" and card["precision"] in ("fp32", "int8", "fp16")
+    variants = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())["variants"]
+    assert card["architecture"] == "xlm-roberta" and card["precision"] == variants[card["variant"]]["precision"]
     assert ids["bert-tiny"]["architecture"] == "bert"
-    assert card["batching"]["max_documents"] == 1000
+    batching = card["batching"]
+    assert batching["max_documents"] == 1000
+    # The start-up batch sizing, through the JSON transcoding (int64-free: plain numbers).
+    assert batching["batch_tokens"] in {t["tokens"] for t in batching["timed"]}
+    assert batching["sizing"].startswith("fastest of") and all(t["tokens_per_second"] > 0 for t in batching["timed"])
 
 
 def test_health_needs_no_key(rest_anonymous):
