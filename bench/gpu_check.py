@@ -335,6 +335,7 @@ def throughput(device: str, dry_run: bool) -> None:
                 shape,
                 _median_ms(lambda session=backend.session, feed=feed: session.run(["logits"], feed), reps),
             )
+    levers(work, config, device, dry_run, vocab, reps, record)
     if checkpoint is not None:
         torch_peer(checkpoint, device, batches, parity_batch, ours, record, reps)
     REPORT["throughput"] = rows
@@ -346,6 +347,55 @@ def throughput(device: str, dry_run: bool) -> None:
             ratio = fp16 / w1[("fp16", "transformers (torch)")]
             REPORT["ours_fp16_over_torch_fp16_64x200"] = round(ratio, 3)
             print(f"      ours fp16 / transformers fp16 at 64x200: {ratio:.2f}x")
+
+
+def levers(work: Path, config, device: str, dry_run: bool, vocab: int, reps: int, record) -> None:
+    """What the issue's GPU levers give on the served variant, measured rather than assumed:
+
+    * padding: 64 pairs of mixed lengths (24-256 tokens) as one batch padded to the longest,
+      against the same pairs sorted by length into 4 batches of 16 (what the batcher does);
+    * two batches in flight: 8 batches of 64 x 200 run one after the other on one session,
+      against two sessions on two threads (host work of one overlapping the other's kernels).
+
+    CUDA graphs (fixed shapes only) and ONNX Runtime's packed attention are not measured: the
+    first needs a shape per bucket captured ahead, the second a graph the fused one is not."""
+    import concurrent.futures
+
+    key = "fp16" if device == "cuda" else "fp32-fused"
+    rng = np.random.default_rng(2)
+    pairs = 64 if not dry_run else 8
+    lengths = np.sort(rng.integers(24, 257 if not dry_run else 33, pairs))
+
+    def batch_of(rows: np.ndarray) -> Batch:
+        longest = int(rows.max())
+        ids = np.zeros((len(rows), longest), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, n in enumerate(rows):
+            ids[row, :n] = rng.integers(5, vocab - 2, int(n))
+            mask[row, :n] = 1
+        return Batch(ids, mask, None)
+
+    padded = batch_of(rng.permutation(lengths))
+    sorted_batches = [batch_of(part) for part in np.array_split(lengths, 4)]
+    backend = OnnxBackend(work, config, variant=key, device=device)
+    shape = (pairs, int(lengths.max()))
+    record(key, "mixed, padded", shape, _median_ms(lambda: backend.run(padded), reps))
+    record(key, "mixed, 4 sorted", shape, _median_ms(lambda: [backend.run(b) for b in sorted_batches], reps))
+    length = 200 if not dry_run else 16
+    full = [batch_of(np.full(pairs, length)) for _ in range(8)]
+    record(key, "8 batches, 1 stream", (8 * pairs, length), _median_ms(lambda: [backend.run(b) for b in full], reps))
+    second = OnnxBackend(work, config, variant=key, device=device)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+        def both() -> None:
+            halves = [
+                pool.submit(lambda runner=runner, share=full[i::2]: [runner.run(x) for x in share])
+                for i, runner in enumerate((backend, second))
+            ]
+            for half in halves:
+                half.result()
+
+        record(key, "8 batches, 2 in flight", (8 * pairs, length), _median_ms(both, reps))
 
 
 def torch_peer(

@@ -11,7 +11,9 @@
 #  3. the real server (python -m service) on the GPU: ListModels shows the variant and provider,
 #     a gRPC Rerank ranks like fp32 on the CPU;
 #  4. throughput of a bge-reranker-v2-m3-shaped graph (24 x 1024, random weights built with
-#     numpy), fused fp32 vs fp16 on CUDA, 64x200 (W1-like) and 8x32 (W3-like) batches.
+#     numpy), fused fp32 vs fp16 on CUDA, 64x200 (W1-like) and 8x32 (W3-like) batches, against
+#     transformers fp16 (SDPA) when torch is there; and two levers: a mixed-length batch padded
+#     vs sorted into 4 batches, and 8 batches on one session vs two sessions in flight.
 #
 # Needs python3 with numpy, onnx, onnxruntime-gpu, tokenizers, grpcio and the grpc/protobuf
 # extras of pyproject.toml, and models-gpu/ (`make gpu-prep` on the CPU machine). For a machine
