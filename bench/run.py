@@ -159,9 +159,19 @@ def bench_model(
                         f"{cell.other_cpu:.0%} of the machine's CPU during a repetition; not trustworthy."
                     )
                     log(notes[-1])
-        info["server_padding"] = {
-            p.name: p.card().stats.padding_fraction for p in live if isinstance(p, bench_peers.OursGrpc)
+        cards = {p.name: p.card() for p in live if isinstance(p, bench_peers.OursGrpc)}
+        info["server_padding"] = {name: card.stats.padding_fraction for name, card in cards.items()}
+        # The micro-batch size each of our servers chose at start-up, and the speeds it saw.
+        info["server_batch_tokens"] = {
+            name: {
+                "batch_tokens": card.batching.batch_tokens,
+                "sizing": card.batching.sizing,
+                "timed": {t.tokens: round(t.tokens_per_second) for t in card.batching.timed},
+            }
+            for name, card in cards.items()
         }
+        for peer_name, sized in info["server_batch_tokens"].items():
+            log(f"{name}: {peer_name} cut micro-batches at {sized['batch_tokens']} tokens (timed: {sized['timed']})")
     return results, info
 
 

@@ -101,6 +101,7 @@ def calibrate(backend: Backend, config: ModelFolderConfig, batching: BatchingCon
         max_batch_tokens=batching.max_batch_tokens,
         max_batch_pairs=batching.max_batch_pairs,
         pinned=batching.batch_tokens,
+        streams=backend.streams,
     )
     log.info(
         "%s: micro-batches of %d padded tokens (%s), %.0f padded tokens/s there; timed: %s",
@@ -233,7 +234,9 @@ class RerankServer:
         for key in keys:
             check_files(folder, config, key, verify_checksums=s.verify_checksums)
             try:
-                backends[key] = load_backend(folder, config, variant=key, device=s.device, threads=s.threads)
+                backends[key] = load_backend(
+                    folder, config, variant=key, device=s.device, threads=s.threads, streams=s.streams
+                )
             except Exception as exc:
                 raise ConfigurationError(f"{folder / config.variants[key].file}: cannot be loaded: {exc}") from exc
             check_scores(folder, config, backends[key])

@@ -86,6 +86,12 @@ class Settings:
         "replicas by rerank-stack).",
         minimum=1,
     )
+    streams: int | None = setting(
+        None,
+        "Micro-batches a model on the CPU (OpenVINO) runs at once, each on threads/streams threads; default: 2 "
+        "(at most the threads). ONNX Runtime and CUDA run one at a time.",
+        minimum=1,
+    )
     tokenizer_threads: int = setting(2, "Threads that tokenize requests.", minimum=1)
     verify_checksums: bool = setting(
         True,

@@ -285,6 +285,7 @@ class StandInBackend:
     provider = "StandInExecutionProvider"
     precision = "fp32"
     variant_key = "fp32"
+    streams = 1
     SECRET = "stand-in failure: secret detail 0xC0FFEE"
 
     def __init__(self, boom_id: int | None = None) -> None:

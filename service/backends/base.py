@@ -7,6 +7,9 @@ picks one for a model folder.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,8 +40,14 @@ class Backend(Protocol):
     def variant_key(self) -> str:
         """The model folder's variant being run (``fp32``, ``fp32-fused``, ...)."""
 
+    @property
+    def streams(self) -> int:
+        """How many micro-batches it runs at once, each on its own share of the threads:
+        :meth:`run` is called from that many threads concurrently."""
+
     def run(self, batch: Batch) -> np.ndarray:
-        """float64 logits ``[pairs]``. Blocking: called from the model's one worker thread."""
+        """float64 logits ``[pairs]``. Blocking: called from the model's worker threads
+        (:attr:`streams` of them)."""
 
     def warm_up(self) -> None:
         """Runs a small batch once, so the first request does not pay for lazy initialisation."""
@@ -53,3 +62,25 @@ class VariantChoice:
     """``pinned by RERANK_VARIANT``, ``the only candidate`` or how the fastest was found."""
     milliseconds: dict[str, float]
     """Each timed candidate's best time on the start-up micro-batch (empty: nothing was timed)."""
+
+
+def timed_runs(
+    run: Callable[[Batch], object],
+    batch: Batch,
+    *,
+    streams: int = 1,
+    runs: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds ``runs`` runs of ``batch`` take on each of ``streams`` threads at once: how a
+    backend with :attr:`Backend.streams` streams is timed so that every stream is busy, as the
+    batcher keeps them (one stream: the runs one after the other on this thread)."""
+    started = clock()
+    if streams == 1:
+        for _ in range(runs):
+            run(batch)
+    else:
+        with ThreadPoolExecutor(streams) as pool:
+            for done in [pool.submit(lambda: [run(batch) for _ in range(runs)]) for _ in range(streams)]:
+                done.result()
+    return clock() - started

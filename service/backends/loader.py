@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import Backend, Batch, VariantChoice
+from service.backends.base import Backend, Batch, VariantChoice, timed_runs
 from service.backends.cpu_features import CpuFeatures, detect
 from service.model_folder import OPENVINO, ModelFolderConfig, Variant
 
@@ -110,7 +110,13 @@ def select_variant(config: ModelFolderConfig, *, variant: str | None, device: st
 
 
 def load_backend(
-    folder: Path, config: ModelFolderConfig, *, variant: str | None, device: str | None, threads: int | None
+    folder: Path,
+    config: ModelFolderConfig,
+    *,
+    variant: str | None,
+    device: str | None,
+    threads: int | None,
+    streams: int | None = None,
 ) -> Backend:
     """The backend that runs ``folder``'s variant (default: :func:`select_variant`'s) on this machine."""
     key = variant or select_variant(config, variant=None, device=device)
@@ -121,7 +127,7 @@ def load_backend(
             raise ValueError(f"variant {key!r} needs OpenVINO, which is not installed (pip install 'rerank[openvino]')")
         from service.backends.openvino import OpenVinoBackend
 
-        return OpenVinoBackend(folder, config, variant=key, threads=threads)
+        return OpenVinoBackend(folder, config, variant=key, threads=threads, streams=streams)
     from service.backends.onnx import OnnxBackend
 
     return OnnxBackend(folder, config, variant=key, device=device, threads=threads)
@@ -160,21 +166,21 @@ def table_choice(config: ModelFolderConfig, keys: list[str], cpu: CpuFeatures) -
 
 
 def measure(backends: dict[str, Backend], config: ModelFolderConfig) -> dict[str, float]:
-    """Best seconds of each backend on :func:`timing_batch`, in rotated order each round so that
-    a busy moment of the machine does not fall on one candidate only."""
+    """Best seconds per :func:`timing_batch` of each backend with all its streams busy (a
+    two-stream backend runs two at once: its time is half of what two take), in rotated order
+    each round so that a busy moment of the machine does not fall on one candidate only."""
     keys = list(backends)
     batch = timing_batch(config)
     for backend in backends.values():
-        backend.run(batch)  # first run: lazy initialisation, kernel creation
+        timed_runs(backend.run, batch, streams=backend.streams)  # first runs: lazy initialisation, kernels
     best = {key: float("inf") for key in keys}
     began = time.perf_counter()
     for round_ in range(TIMING_ROUNDS):
         if round_ >= MIN_ROUNDS and time.perf_counter() - began > TIMING_BUDGET_SECONDS:
             break
         for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]:
-            started = time.perf_counter()
-            backends[key].run(batch)
-            best[key] = min(best[key], time.perf_counter() - started)
+            streams = backends[key].streams
+            best[key] = min(best[key], timed_runs(backends[key].run, batch, streams=streams) / streams)
     return best
 
 

@@ -77,6 +77,10 @@ def choose_variant(config: ModelFolderConfig, device: str, requested: str | None
 class OnnxBackend:
     """Runs one model folder's chosen graph (a :class:`~service.backends.base.Backend`)."""
 
+    streams = 1
+    """One micro-batch at a time, on every thread (a session's intra-op pool is shared by
+    concurrent runs; on CUDA one stream keeps the GPU busy)."""
+
     def __init__(
         self,
         folder: Path,

@@ -17,9 +17,15 @@ bf16, which would silently change an "exact" variant's scores.
 It reads the plain ``model.onnx`` (OpenVINO fuses attention itself; the fused graph's
 ``com.microsoft`` ops gain it nothing). Shapes stay dynamic: the CPU plugin keeps kernels per
 input shape, and a new (pairs, length) costs milliseconds on its first run, not a recompilation
-(``bench/results/cpu-runtimes-exploration.md`` on the perf-explore branch). ``PERFORMANCE_HINT``
-is ``LATENCY``: one stream on every thread, what one worker running one micro-batch at a time
-needs (``THROUGHPUT`` with the batch split over streams measured within 3 %).
+(``bench/results/cpu-runtimes-exploration.md`` on the perf-explore branch).
+
+**Streams.** By default it runs two micro-batches at once (``NUM_STREAMS=2``, half the threads
+each; :attr:`OpenVinoBackend.streams`), and the batcher keeps both busy. On the 2-core Zen 5,
+minilm-ce's W1 documents took 502-512 ms in batches of 4 pairs on two one-core streams against
+618-644 ms for one two-core stream at its best size (after that machine's neighbours got busy;
+quiet, 512 vs 520 ms): two threads that meet at a barrier after every operator wait for each
+other, one thread per batch never does. A small request is split over the idle streams
+(W3: 10.9 ms against 13.4 ms). ``RERANK_STREAMS=1`` gives one stream on every thread.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import queue
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,8 @@ PROVIDER = "OpenVINO CPU"
 HINTS = {"fp32": "f32", "bf16": "bf16", "bf16-mixed": "f32", "int8": "f32"}
 """``INFERENCE_PRECISION_HINT`` per variant precision (int8: the unquantised rest stays f32;
 bf16-mixed: the graph's own casts say which products run in bf16, the rest stays f32)."""
+DEFAULT_STREAMS = 2
+"""Micro-batches run at once unless ``RERANK_STREAMS`` says otherwise (never more than threads)."""
 WARM_UP_SHAPES = ((1, 16), (8, 32), (32, 224))
 """(pairs, length) shapes run once by :meth:`OpenVinoBackend.warm_up`: short, W3-like, W1-like."""
 
@@ -56,7 +65,15 @@ class OpenVinoBackend:
 
     provider = PROVIDER
 
-    def __init__(self, folder: Path, config: ModelFolderConfig, *, variant: str, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: ModelFolderConfig,
+        *,
+        variant: str,
+        threads: int | None = None,
+        streams: int | None = None,
+    ) -> None:
         import openvino as ov
 
         if variant not in config.variants:
@@ -69,11 +86,16 @@ class OpenVinoBackend:
             )
         self.precision = self.variant.precision
         self.threads = threads or os.cpu_count() or 1
+        self.streams = max(1, min(self.threads, streams or DEFAULT_STREAMS))
+        """Micro-batches run at once, each on ``threads // streams`` threads."""
         properties: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": HINTS[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
-            "PERFORMANCE_HINT": "LATENCY",
         }
+        if self.streams == 1:
+            properties["PERFORMANCE_HINT"] = "LATENCY"  # one stream on every thread
+        else:
+            properties["NUM_STREAMS"] = self.streams
         started = time.perf_counter()
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(folder / self.variant.file)), "CPU", properties)
@@ -90,18 +112,22 @@ class OpenVinoBackend:
             # OpenVINO quietly runs a bf16 hint in f32 on a CPU without bf16 units: serving that
             # as "bf16" would claim a speed-up and a gate that are not this machine's.
             raise ValueError(f"variant {variant!r}: this CPU cannot run bf16 (OpenVINO runs it in f32)")
-        self._request = self.compiled.create_infer_request()
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """One infer request per stream: a run takes one, so concurrent runs use different streams."""
+        for _ in range(self.streams):
+            self._requests.put(self.compiled.create_infer_request())
         template = config.template
         # A token every vocabulary has: the pair template's first special token.
         self._warm_up_token = template.prefix[0][0] if template.prefix else template.pad_id
         log.info(
-            "loaded %s variant %s (%s) on %s at %s, %d threads, compiled in %.2f s",
+            "loaded %s variant %s (%s) on %s at %s, %d threads in %d streams, compiled in %.2f s",
             config.name,
             variant,
             self.variant.file,
             PROVIDER,
             self.execution_precision,
             self.threads,
+            self.streams,
             self.compile_seconds,
         )
 
@@ -114,9 +140,13 @@ class OpenVinoBackend:
         return {name: np.ascontiguousarray(feed[name], dtype=np.int64) for name in self.input_names}
 
     def run(self, batch: Batch) -> np.ndarray:
-        """float64 logits ``[pairs]`` for ``batch`` (one request on every thread)."""
-        result = self._request.infer(self._feed(batch))
-        return np.asarray(result[self._output], dtype=np.float64).reshape(-1)
+        """float64 logits ``[pairs]`` for ``batch``, on a free stream (thread-safe)."""
+        request = self._requests.get()
+        try:
+            result = request.infer(self._feed(batch))
+            return np.asarray(result[self._output], dtype=np.float64).reshape(-1)
+        finally:
+            self._requests.put(request)
 
     def warm_up(self) -> None:
         """Runs a few typical shapes once, so the first requests do not pay for kernel creation."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.backends.base import Batch
+from service.backends.base import Batch, timed_runs
 
 SWEEP_PAIRS = (1, 2, 4, 8, 16, 32, 64)
 """Batch sizes timed, smallest first."""
@@ -50,10 +50,12 @@ class BatchSizing:
     """Padded tokens the batcher cuts a micro-batch at (still within ``max_batch_tokens`` and
     ``max_batch_pairs``)."""
     tokens_per_second: float
-    """Measured at that size: the batcher's first estimate of the model's speed."""
+    """One stream's speed at that size (the model's with every stream busy, shared): the
+    batcher's first estimate of how fast a micro-batch runs."""
     reason: str
     measured: dict[int, float]
-    """Tokens per micro-batch -> padded tokens per second, for every size timed."""
+    """Tokens per micro-batch -> padded tokens per second of the model (every stream busy), for
+    every size timed."""
 
 
 def sweep_sizes(length: int, max_batch_tokens: int, max_batch_pairs: int) -> list[int]:
@@ -76,19 +78,27 @@ def size_batches(
     max_batch_tokens: int,
     max_batch_pairs: int,
     pinned: int | None = None,
+    streams: int = 1,
     seconds: float = SWEEP_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> BatchSizing:
-    """Times ``run`` (a backend's) on micro-batches of :func:`sweep_sizes` pairs of
+    """Times ``run`` (a backend's, with ``streams`` streams: each size runs on all of them at
+    once, as the batcher keeps them) on micro-batches of :func:`sweep_sizes` pairs of
     :data:`SWEEP_LENGTH` tokens each (``token`` repeated: speed does not depend on it) and
     returns the :func:`fastest`. With ``pinned`` (the ``RERANK_BATCH_TOKENS`` setting) only that
     size is timed, for the speed estimate."""
     length = min(SWEEP_LENGTH, max_length)
+
+    def rate(pairs: int, runs: int) -> float:
+        batch = _batch(pairs, length, token)
+        elapsed = timed_runs(run, batch, streams=streams, runs=runs, clock=clock)
+        return streams * runs * batch.input_ids.size / max(elapsed, 1e-9)
+
     if pinned is not None:
         pairs = max(1, min(max_batch_pairs, pinned // length))
-        run(_batch(pairs, length, token))
-        rate = _rate(run, pairs, length, token, clock, runs=1)
-        return BatchSizing(pinned, rate, "pinned by RERANK_BATCH_TOKENS", {pairs * length: rate})
+        timed_runs(run, _batch(pairs, length, token), streams=streams)  # a new shape's first runs build kernels
+        speed = rate(pairs, runs=1)
+        return BatchSizing(pinned, speed / streams, "pinned by RERANK_BATCH_TOKENS", {pairs * length: speed})
     sizes = sweep_sizes(length, max_batch_tokens, max_batch_pairs)
     best: dict[int, float] = {}
     began = clock()
@@ -97,26 +107,15 @@ def size_batches(
             if best and clock() - began > seconds:
                 break
             if round_ == 0:
-                run(_batch(pairs, length, token))  # a new shape's first run builds its kernels
-            runs = max(1, SWEEP_WORK_PAIRS // pairs)
-            rate = _rate(run, pairs, length, token, clock, runs)
-            best[pairs * length] = max(rate, best.get(pairs * length, 0.0))
+                timed_runs(run, _batch(pairs, length, token), streams=streams)  # (untimed) builds its kernels
+            speed = rate(pairs, runs=max(1, SWEEP_WORK_PAIRS // pairs))
+            best[pairs * length] = max(speed, best.get(pairs * length, 0.0))
     chosen = fastest(best)
-    reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs)"
-    return BatchSizing(min(chosen, max_batch_tokens), best[chosen], reason, best)
+    reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"
+    reason += f", {streams} at once)" if streams > 1 else ")"
+    return BatchSizing(min(chosen, max_batch_tokens), best[chosen] / streams, reason, best)
 
 
 def _batch(pairs: int, length: int, token: int) -> Batch:
     ids = np.full((pairs, length), token, dtype=np.int64)
     return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
-
-
-def _rate(
-    run: Callable[[Batch], np.ndarray], pairs: int, length: int, token: int, clock: Callable[[], float], runs: int
-) -> float:
-    """Padded tokens per second of ``runs`` micro-batches of ``pairs`` x ``length``."""
-    batch = _batch(pairs, length, token)
-    started = clock()
-    for _ in range(runs):
-        run(batch)
-    return runs * batch.input_ids.size / max(clock() - started, 1e-9)

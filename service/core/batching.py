@@ -175,6 +175,8 @@ class _Job:
     """Pairs taken from each request: the next ones in its order."""
     started: float = 0.0
     started_ns: int = 0
+    until: float = 0.0
+    """When it should end (monotonic), by its estimated cost."""
     seconds: float = 0.0
     ended_ns: int = 0
     outcome: tuple[np.ndarray, Batch] | list[float | Exception] | None = None
@@ -192,7 +194,8 @@ class QueueState:
     costs: tuple[float, ...] = ()
     """Padded tokens still to run of each queued request and each admitted one still tokenizing."""
     running_until: float = 0.0
-    """When the micro-batch in flight should finish (monotonic; 0: none)."""
+    """When a micro-batch could start: when the first running one should end, every stream
+    being busy (monotonic; 0: a stream is free)."""
     tokens_per_second: float = 2000.0
     max_queue_seconds: float = 5.0
 
@@ -314,6 +317,7 @@ class DynamicBatcher:
         throughput: Throughput | None = None,
         holds: Holds | None = None,
         batch_tokens: int | None = None,
+        streams: int = 1,
     ) -> None:
         self._run = run
         self.name = name
@@ -333,18 +337,20 @@ class DynamicBatcher:
         self._reserved: dict[int, float] = {}
         """Costs admitted but not yet queued (the requests being tokenized)."""
         self._running_until = 0.0
-        """When the micro-batch in flight should finish (monotonic), by its estimated cost."""
-        self._running: _Job | None = None
-        """The micro-batch the worker runs (committed), if any."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        """When a stream frees up (monotonic; 0: one is free), by the running batches' estimated costs."""
+        self.streams = streams
+        """Micro-batches the model runs at once (the backend's streams), one per worker thread."""
+        self._running: set[_Job] = set()
+        """The micro-batches the workers run (committed)."""
+        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix=f"infer-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._slot: _Job | None = None
         """The micro-batch the worker runs next (composed, not committed). Under the lock."""
         self._started: list[_Job] = []
         """Micro-batches the worker took from the slot that the loop has not committed. Under the lock."""
-        self._driving = False
-        """Whether the worker is running slots (or about to). Under the lock."""
+        self._drivers = 0
+        """Workers running slots (or about to). Under the lock."""
         self._closed = False
         self._refusal: RerankError | None = None
         self.published = self.state()
@@ -366,9 +372,7 @@ class DynamicBatcher:
         """The queue as admission sees it now (on the event loop's thread)."""
         costs = [r.remaining_cost for queue in self._clients.values() for r in queue]
         costs += self._reserved.values()
-        return QueueState(
-            tuple(costs), self._running_until, self.throughput.tokens_per_second, self.config.max_queue_seconds
-        )
+        return QueueState(tuple(costs), self._running_until, self._model_speed(), self.config.max_queue_seconds)
 
     def with_holds(self, state: QueueState) -> QueueState:
         """``state`` with the early check's held places counted as queued requests: what every
@@ -405,7 +409,7 @@ class DynamicBatcher:
                 raise QueueFull(
                     f"the queue holds {self._queued_pairs} pairs and this request adds {pairs}; "
                     f"the limit is {limit}: retry later",
-                    retry_after=retry_after(self.throughput.seconds(self._queued_cost())),
+                    retry_after=retry_after(self._queued_cost() / self._model_speed()),
                 )
             if held is None or self.name not in held:
                 refusal = queue_time_refusal(self.with_holds(self.state()), cost)
@@ -434,7 +438,7 @@ class DynamicBatcher:
         them (and the admitted requests still tokenizing, and the batch in flight)."""
         in_flight = max(0.0, self._running_until - time.monotonic())
         waiting = self._queued_cost() + sum(self._reserved.values())
-        self.metrics.set_queue(self._queued_pairs, in_flight + self.throughput.seconds(waiting))
+        self.metrics.set_queue(self._queued_pairs, in_flight + waiting / self._model_speed())
         self.published = self.state() if self._refusal is None else QueueState()
 
     # ------------------------------------------------------------------------- queueing
@@ -540,6 +544,11 @@ class DynamicBatcher:
         if not clients:
             return None
         budget = self._budget()
+        free = self.streams - len(self._running)
+        if free > 1:
+            # Idle streams: spread what waits over them (a lone small request then uses every
+            # core, a batch per stream, instead of one stream's share of them).
+            budget = min(budget, math.ceil(self._waiting_tokens(clients, budget * free) / free))
         job = _Job(first_client=clients[0][0], queues=[queue for _, queue in clients])
         longest = 0
 
@@ -576,6 +585,18 @@ class DynamicBatcher:
                 take(request, math.inf, math.inf)
         return job if job.taken else None
 
+    @staticmethod
+    def _waiting_tokens(clients: list[tuple[str, collections.deque[_Request]]], enough: int) -> int:
+        """Tokens of the pairs waiting, counted up to ``enough`` (past it the exact sum does not matter)."""
+        total = 0
+        for _, queue in clients:
+            for request in queue:
+                for position in range(request.taken, len(request.pairs)):
+                    total += len(request.pairs[request.order[position]].ids)
+                    if total >= enough:
+                        return total
+        return total
+
     def _commit(self, job: _Job) -> None:
         """The worker started ``job``: its pairs leave the queue, and the next batch starts with
         the next client (and each client's next request)."""
@@ -587,9 +608,20 @@ class DynamicBatcher:
             self._clients.move_to_end(job.first_client)
         for queue in job.queues:
             queue.rotate(-1)
-        self._running = job
-        self._running_until = job.started + self.throughput.seconds(cost_of(job.pairs))
+        job.until = job.started + self.throughput.seconds(cost_of(job.pairs))
+        self._running.add(job)
+        self._update_running_until()
         self._record_first_batch(job.taken, job.started, job.started_ns)
+
+    def _model_speed(self) -> float:
+        """Padded tokens per second the model works through a queue at: every stream's."""
+        return self.throughput.tokens_per_second * self.streams
+
+    def _update_running_until(self) -> None:
+        """When a new micro-batch could start: now if a stream is free, else when the first of
+        the running ones should end."""
+        busy = len(self._running) >= self.streams
+        self._running_until = min(job.until for job in self._running) if busy else 0.0
 
     def _commit_started(self) -> None:
         with self._lock:
@@ -609,8 +641,8 @@ class DynamicBatcher:
                 if self._started:  # the worker took the previous slot meanwhile: commit it first
                     continue
                 self._slot = job
-                wake = job is not None and not self._driving
-                self._driving = self._driving or wake
+                wake = job is not None and self._drivers < self.streams
+                self._drivers += wake
             break
         if wake:
             self._executor.submit(self._drive)
@@ -622,7 +654,7 @@ class DynamicBatcher:
             with self._lock:
                 job, self._slot = self._slot, None
                 if job is None:
-                    self._driving = False
+                    self._drivers -= 1
                     return
                 job.started, job.started_ns = time.monotonic(), time.time_ns()
                 self._started.append(job)
@@ -658,8 +690,8 @@ class DynamicBatcher:
     def _finish(self, job: _Job) -> None:
         """On the event loop: ``job``'s results go to their requests."""
         self._commit_started()  # (normally done already: the worker posts that first)
-        if self._running is job:
-            self._running, self._running_until = None, 0.0
+        self._running.discard(job)
+        self._update_running_until()
         if isinstance(job.outcome, list):
             for (request, index), result in zip(job.taken, job.outcome, strict=True):
                 if isinstance(result, BaseException):

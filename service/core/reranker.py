@@ -134,6 +134,7 @@ class ServedModel:
             throughput=throughput,
             holds=holds,
             batch_tokens=sizing.batch_tokens if sizing is not None else None,
+            streams=backend.streams,
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0

@@ -97,6 +97,7 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
                 max_queue_pairs=batching.max_queue_pairs,
                 max_documents=self.limits.max_documents,
                 batch_tokens=model.batcher.batch_tokens,
+                streams=model.batcher.streams,
                 sizing=model.sizing.reason if model.sizing else "",
                 timed=[
                     rerank_pb2.BatchSizeTiming(tokens=tokens, tokens_per_second=rate)

@@ -71,6 +71,24 @@ def test_fp32_matches_onnx_runtime_across_shapes(models_dir: Path, name: str) ->
     assert np.max(np.abs(ov.run(untyped) - reference.run(untyped))) < 1e-5
 
 
+def test_two_streams_run_two_batches_at_once_with_the_same_scores(models_dir: Path) -> None:
+    import concurrent.futures
+
+    folder = models_dir / "xlmr-tiny"
+    config = with_variant(read_model_folder(folder), "probe-ov", "fp32")
+    reference = load_backend(folder, config, variant="fp32", device="cpu", threads=2)
+    two = load_backend(folder, config, variant="probe-ov", device="cpu", threads=2, streams=2)
+    one = load_backend(folder, config, variant="probe-ov", device="cpu", threads=2, streams=1)
+    assert (two.streams, one.streams) == (2, 1)
+    assert int(two.compiled.get_property("NUM_STREAMS")) == 2  # type: ignore[attr-defined]
+    work = batches(folder, config) * 8
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(two.run, work))  # two at once, each on its own infer request
+    for batch, scores in zip(work, got, strict=True):
+        assert np.max(np.abs(scores - reference.run(batch))) < 1e-5
+        assert np.max(np.abs(scores - one.run(batch))) < 1e-5
+
+
 def test_score_pairs_runs_a_variant_on_its_own_runtime_and_precision(models_dir: Path) -> None:
     folder = models_dir / "bert-tiny"
     config = with_variant(with_variant(read_model_folder(folder), "f", "fp32"), "b", "bf16")

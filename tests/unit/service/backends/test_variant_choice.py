@@ -117,8 +117,8 @@ def test_cuda_serves_fp16_only_when_it_passed_a_gate() -> None:
 class Sleeper:
     """A backend whose every run takes ``seconds``."""
 
-    def __init__(self, key: str, seconds: float) -> None:
-        self.variant_key, self.seconds = key, seconds
+    def __init__(self, key: str, seconds: float, streams: int = 1) -> None:
+        self.variant_key, self.seconds, self.streams = key, seconds, streams
         self.provider, self.precision = "fake", "fp32"
         self.shapes: list[tuple[int, ...]] = []
 

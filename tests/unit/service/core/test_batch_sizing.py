@@ -88,3 +88,20 @@ def test_a_pinned_size_is_timed_only_for_the_speed_estimate() -> None:
     assert sizing.batch_tokens == 1000 and sizing.reason == "pinned by RERANK_BATCH_TOKENS"
     assert {pairs for pairs, _ in model.shapes} == {5}  # 1000 // 192 pairs, run twice: warm, timed
     assert len(model.shapes) == 2 and sizing.tokens_per_second == pytest.approx(1 / 2e-5)
+
+
+def test_every_stream_is_busy_while_a_size_is_timed() -> None:
+    import threading
+
+    together = threading.Barrier(2, timeout=5)
+
+    def two_at_once(batch: Batch) -> np.ndarray:
+        together.wait()  # breaks (BrokenBarrierError) unless another run is in the model too
+        return np.zeros(len(batch.input_ids))
+
+    options = {"token": 5, "max_length": 64, "max_batch_tokens": 10_000, "max_batch_pairs": 4}
+    sizing = size_batches(two_at_once, streams=2, **options)  # type: ignore[arg-type]
+    assert sorted(sizing.measured) == [64, 128, 256]
+    # The model's speed is both streams'; one micro-batch runs at one stream's share of it.
+    assert sizing.tokens_per_second == pytest.approx(sizing.measured[sizing.batch_tokens] / 2)
+    assert "2 at once" in sizing.reason

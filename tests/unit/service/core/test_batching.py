@@ -118,6 +118,64 @@ async def test_the_next_batch_starts_while_the_event_loop_is_busy():
     await batcher.close()
 
 
+class TwoAtOnce(RecordingModel):
+    """A two-stream stand-in: each run waits (up to 5 s) until another run is in the model too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.together = threading.Barrier(2, timeout=5)
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        self.together.wait()
+        return super().__call__(batch)
+
+
+async def test_a_two_stream_model_runs_two_batches_at_once():
+    model = TwoAtOnce()
+    batcher = DynamicBatcher(
+        model,
+        pad_id=0,
+        with_types=False,
+        config=BatchingConfig(max_batch_pairs=2, batch_seconds=1e9, max_queue_seconds=1e9),
+        metrics=ModelMetrics(),
+        streams=2,
+    )
+    # Eight pairs, two a batch: each batch only gets past the barrier with another beside it.
+    scores = await asyncio.wait_for(batcher.score([pair(i, 3, token=i + 1) for i in range(8)]), 10)
+    assert list(scores) == [3 * (i + 1) for i in range(8)] and len(model.batches) == 4
+    await batcher.close()
+
+
+async def test_a_lone_request_is_split_over_idle_streams():
+    model = RecordingModel()
+    config = BatchingConfig(max_batch_tokens=10_000, batch_seconds=1e9, max_queue_seconds=1e9)
+    batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), streams=2)
+    await batcher.score([pair(i, 5) for i in range(8)])
+    assert sorted(len(b.input_ids) for b in model.batches) == [4, 4]  # one batch would have held all 8
+    await batcher.close()
+
+
+async def test_admission_counts_every_stream_s_speed():
+    config = BatchingConfig(max_queue_seconds=1e9)
+    one, two = (
+        DynamicBatcher(
+            RecordingModel(),
+            pad_id=0,
+            with_types=False,
+            config=config,
+            metrics=ModelMetrics(),
+            throughput=FixedThroughput(1000.0),
+            streams=streams,
+        )
+        for streams in (1, 2)
+    )
+    # A queue of 4,000 tokens: 4 s for one stream of 1,000 tokens/s, 2 s for two.
+    assert one.state().tokens_per_second == 1000.0 and two.state().tokens_per_second == 2000.0
+    assert two.state().estimated_wait(4000.0) == pytest.approx(one.state().estimated_wait(4000.0) / 2)
+    await one.close()
+    await two.close()
+
+
 async def test_cancelled_request_never_reaches_the_model():
     gate = threading.Event()
     model = RecordingModel(gate=gate)
