@@ -345,8 +345,9 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix=f"infer-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._slot: _Job | None = None
-        """The micro-batch the worker runs next (composed, not committed). Under the lock."""
+        self._slot: list[_Job] = []
+        """The micro-batches the workers run next, in order (composed, not committed): one, or
+        one per idle stream. Under the lock."""
         self._started: list[_Job] = []
         """Micro-batches the worker took from the slot that the loop has not committed. Under the lock."""
         self._drivers = 0
@@ -449,7 +450,7 @@ class DynamicBatcher:
         already on the model finishes; its requests' other pairs do not run."""
         self._refusal = error
         with self._lock:
-            self._slot = None  # composed, not started: it does not run
+            self._slot = []  # composed, not started: it does not run
         self._commit_started()
         for request in [r for queue in self._clients.values() for r in queue]:
             if not request.future.done():
@@ -462,7 +463,7 @@ class DynamicBatcher:
         """Stops: the batch in flight finishes, nothing else runs."""
         self._closed = True
         with self._lock:
-            self._slot = None
+            self._slot = []
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def score(
@@ -535,31 +536,53 @@ class DynamicBatcher:
                 for request in [r for r in queue if r.cancelled or r.waiting == 0]:
                     queue.remove(request)
 
-    def _compose(self) -> _Job | None:
-        """The next micro-batch, from the queue as it is (which it does not change): shares
-        round-robin across clients and their requests, then whatever room is left to whoever
-        still waits. None when nothing waits."""
+    def _compose_slot(self) -> list[_Job]:
+        """The next micro-batch from the queue as it is (which it does not change); with idle
+        streams, one for each, what waits spread over them (a lone small request then uses
+        every core, a batch per stream, and they start together)."""
         self._prune()
         clients = list(self._clients.items())
         if not clients:
-            return None
+            return []
         budget = self._budget()
         free = self.streams - len(self._running)
+        most = self.config.max_batch_pairs
         if free > 1:
-            # Idle streams: spread what waits over them (a lone small request then uses every
-            # core, a batch per stream, instead of one stream's share of them).
-            budget = min(budget, math.ceil(self._waiting_tokens(clients, budget * free) / free))
+            pairs, tokens = self._waiting(clients, budget * free)
+            if tokens < budget * free:  # it would not fill every stream: share it out by pairs
+                most = min(most, math.ceil(pairs / free))
+        jobs: list[_Job] = []
+        pending: dict[_Request, int] = {}
+        while len(jobs) < max(1, free):
+            job = self._compose(clients, budget, most, pending)
+            if job is None:
+                break
+            jobs.append(job)
+            for request, count in job.counts.items():
+                pending[request] = pending.get(request, 0) + count
+        return jobs
+
+    def _compose(
+        self,
+        clients: list[tuple[str, collections.deque[_Request]]],
+        budget: int,
+        most: int,
+        pending: dict[_Request, int],
+    ) -> _Job | None:
+        """A micro-batch of up to ``budget`` padded tokens and ``most`` pairs of what waits after the ``pending`` pairs
+        (taken by the slot's earlier batches): shares round-robin across clients and their
+        requests, then whatever room is left to whoever still waits. None when nothing waits."""
         job = _Job(first_client=clients[0][0], queues=[queue for _, queue in clients])
         longest = 0
 
         def position(request: _Request) -> int:
-            return request.taken + job.counts.get(request, 0)
+            return request.taken + pending.get(request, 0) + job.counts.get(request, 0)
 
         def fits(length: int) -> bool:
             if not job.taken:
                 return True  # a pair longer than the budget still runs, alone
             pairs = len(job.taken) + 1
-            return max(longest, length) * pairs <= budget and pairs <= self.config.max_batch_pairs
+            return max(longest, length) * pairs <= budget and pairs <= most
 
         def take(request: _Request, pairs: float, tokens: float) -> None:
             nonlocal longest
@@ -575,7 +598,7 @@ class DynamicBatcher:
                 spent_pairs += 1
                 spent_tokens += length
 
-        slots = self.config.max_batch_pairs
+        slots = most
         for (_, queue), client_slots in zip(clients, _split(slots, len(clients)), strict=True):
             for request, request_slots in zip(list(queue), _split(client_slots, len(queue)), strict=True):
                 if request_slots:
@@ -586,16 +609,18 @@ class DynamicBatcher:
         return job if job.taken else None
 
     @staticmethod
-    def _waiting_tokens(clients: list[tuple[str, collections.deque[_Request]]], enough: int) -> int:
-        """Tokens of the pairs waiting, counted up to ``enough`` (past it the exact sum does not matter)."""
-        total = 0
+    def _waiting(clients: list[tuple[str, collections.deque[_Request]]], enough: int) -> tuple[int, int]:
+        """Pairs waiting and their tokens, counted until the tokens reach ``enough`` (past it the
+        exact sums do not matter)."""
+        pairs = tokens = 0
         for _, queue in clients:
             for request in queue:
                 for position in range(request.taken, len(request.pairs)):
-                    total += len(request.pairs[request.order[position]].ids)
-                    if total >= enough:
-                        return total
-        return total
+                    pairs += 1
+                    tokens += len(request.pairs[request.order[position]].ids)
+                    if tokens >= enough:
+                        return pairs, tokens
+        return pairs, tokens
 
     def _commit(self, job: _Job) -> None:
         """The worker started ``job``: its pairs leave the queue, and the next batch starts with
@@ -636,26 +661,26 @@ class DynamicBatcher:
             return
         while True:
             self._commit_started()
-            job = self._compose() if self._refusal is None else None
+            jobs = self._compose_slot() if self._refusal is None else []
             with self._lock:
-                if self._started:  # the worker took the previous slot meanwhile: commit it first
+                if self._started:  # a worker took from the previous slot meanwhile: commit it first
                     continue
-                self._slot = job
-                wake = job is not None and self._drivers < self.streams
+                self._slot = jobs
+                wake = min(len(jobs), self.streams - self._drivers)
                 self._drivers += wake
             break
-        if wake:
+        for _ in range(wake):
             self._executor.submit(self._drive)
         self._queue_changed()
 
     def _drive(self) -> None:
-        """The worker thread: runs slots one after the other until it finds none."""
+        """A worker thread: runs the slot's batches one after the other until it finds none."""
         while True:
             with self._lock:
-                job, self._slot = self._slot, None
-                if job is None:
+                if not self._slot:
                     self._drivers -= 1
                     return
+                job = self._slot.pop(0)
                 job.started, job.started_ns = time.monotonic(), time.time_ns()
                 self._started.append(job)
             self._post(self._schedule)  # commit it, and compose the next while this one runs

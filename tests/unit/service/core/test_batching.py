@@ -150,8 +150,21 @@ async def test_a_lone_request_is_split_over_idle_streams():
     model = RecordingModel()
     config = BatchingConfig(max_batch_tokens=10_000, batch_seconds=1e9, max_queue_seconds=1e9)
     batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), streams=2)
-    await batcher.score([pair(i, 5) for i in range(8)])
-    assert sorted(len(b.input_ids) for b in model.batches) == [4, 4]  # one batch would have held all 8
+    await batcher.score([pair(i, n) for i, n in enumerate([12, 5, 11, 6, 10, 7, 9, 8])])
+    # One batch would have held all 8; shared by tokens, padding would have left a third batch.
+    assert sorted([int(m.sum()) for m in b.attention_mask] for b in model.batches) == [[5, 6, 7, 8], [9, 10, 11, 12]]
+    await batcher.close()
+
+
+async def test_the_halves_of_a_lone_request_start_together():
+    model = TwoAtOnce()  # each half waits in the model for the other
+    config = BatchingConfig(max_batch_tokens=10_000, batch_seconds=1e9, max_queue_seconds=1e9)
+    batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), streams=2)
+    scoring = asyncio.create_task(batcher.score([pair(i, 5) for i in range(8)]))
+    await asyncio.sleep(0)  # queued and scheduled
+    time.sleep(0.5)  # the event loop is busy: both halves must already have gone to the workers
+    assert len(model.batches) == 2
+    assert len(await scoring) == 8
     await batcher.close()
 
 
