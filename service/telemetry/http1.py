@@ -123,6 +123,10 @@ class Http1Server:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # The server is stopping (:meth:`stop` cancels every connection). Not re-raised:
+            # asyncio's stream callback reports a cancelled handler as an error in the log.
+            pass
         finally:
             writer.close()
             with contextlib.suppress(Exception):

@@ -105,3 +105,20 @@ def test_what_it_does_not_speak_is_refused_and_closed(port: int, request_bytes: 
         answer, headers, _ = exchange(sock, request_bytes)
         assert answer.split(" ")[1] == status and headers["connection"] == "close"
         assert closed(sock)
+
+
+def test_stopping_with_open_connections_closes_them_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    server = Http1Server(app, fast=lambda path: path == "/fast", name="test-http")
+    bound = server.start("127.0.0.1", 0)
+    idle = [socket.create_connection(("127.0.0.1", bound), timeout=5) for _ in range(3)]
+    try:
+        idle[0].sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle[0].recv(1024).startswith(b"HTTP/1.1 200")  # kept alive, waiting for the next request
+        time.sleep(0.1)
+        with caplog.at_level("DEBUG"):
+            server.stop()
+        assert all(sock.recv(1024) == b"" for sock in idle)  # closed by the server
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    finally:
+        for sock in idle:
+            sock.close()
