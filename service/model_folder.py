@@ -55,6 +55,13 @@ class PairTemplate:
     def special_count(self) -> int:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
+    @property
+    def timing_token(self) -> int:
+        """A token every vocabulary of this template has (its first special token, else the pad
+        token): what batches timed or warmed up at start-up are filled with (their speed does
+        not depend on the tokens)."""
+        return self.prefix[0][0] if self.prefix else self.pad_id
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PairTemplate:
         def pairs(items: list[list[int]]) -> tuple[tuple[int, int], ...]:

@@ -93,10 +93,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 def calibrate(backend: Backend, config: ModelFolderConfig, batching: BatchingConfig) -> BatchSizing:
     """The micro-batch size the model runs fastest at on this machine, and its speed there
     (:func:`~service.core.batch_sizing.size_batches`; only timed at ``batch_tokens`` when set)."""
-    token = config.template.prefix[0][0] if config.template.prefix else config.template.pad_id
     sizing = size_batches(
         backend.run,
-        token=token,
+        token=config.template.timing_token,
         max_length=config.max_length,
         max_batch_tokens=batching.max_batch_tokens,
         max_batch_pairs=batching.max_batch_pairs,

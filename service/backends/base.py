@@ -24,6 +24,13 @@ class Batch:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray | None
 
+    @classmethod
+    def filled(cls, pairs: int, length: int, token: int) -> Batch:
+        """``pairs`` rows of ``token`` repeated ``length`` times, unpadded: what start-up timing
+        and warm-up run (the speed of a batch does not depend on its tokens)."""
+        ids = np.full((pairs, length), token, dtype=np.int64)
+        return cls(ids, np.ones_like(ids), np.zeros_like(ids))
+
 
 class Backend(Protocol):
     """Runs one model's graph on one device."""

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from service.backends.base import Backend, Batch, VariantChoice, timed_runs
 from service.backends.cpu_features import CpuFeatures, detect
 from service.model_folder import OPENVINO, ModelFolderConfig, Variant
@@ -135,10 +133,7 @@ def load_backend(
 
 def timing_batch(config: ModelFolderConfig) -> Batch:
     """The micro-batch candidates are timed on (one token repeated: speed does not depend on it)."""
-    length = min(TIMING_LENGTH, config.max_length)
-    token = config.template.prefix[0][0] if config.template.prefix else config.template.pad_id
-    ids = np.full((TIMING_PAIRS, length), token, dtype=np.int64)
-    return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
+    return Batch.filled(TIMING_PAIRS, min(TIMING_LENGTH, config.max_length), config.template.timing_token)
 
 
 def cpu_signature(cpu: CpuFeatures) -> dict[str, Any]:

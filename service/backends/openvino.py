@@ -116,9 +116,7 @@ class OpenVinoBackend:
         """One infer request per stream: a run takes one, so concurrent runs use different streams."""
         for _ in range(self.streams):
             self._requests.put(self.compiled.create_infer_request())
-        template = config.template
-        # A token every vocabulary has: the pair template's first special token.
-        self._warm_up_token = template.prefix[0][0] if template.prefix else template.pad_id
+        self._warm_up_token = config.template.timing_token
         log.info(
             "loaded %s variant %s (%s) on %s at %s, %d threads in %d streams, compiled in %.2f s",
             config.name,
@@ -151,5 +149,4 @@ class OpenVinoBackend:
     def warm_up(self) -> None:
         """Runs a few typical shapes once, so the first requests do not pay for kernel creation."""
         for pairs, length in WARM_UP_SHAPES:
-            ids = np.full((pairs, length), self._warm_up_token, dtype=np.int64)
-            self.run(Batch(ids, np.ones_like(ids), np.zeros_like(ids)))
+            self.run(Batch.filled(pairs, length, self._warm_up_token))

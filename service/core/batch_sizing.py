@@ -90,13 +90,13 @@ def size_batches(
     length = min(SWEEP_LENGTH, max_length)
 
     def rate(pairs: int, runs: int) -> float:
-        batch = _batch(pairs, length, token)
+        batch = Batch.filled(pairs, length, token)
         elapsed = timed_runs(run, batch, streams=streams, runs=runs, clock=clock)
         return streams * runs * batch.input_ids.size / max(elapsed, 1e-9)
 
     if pinned is not None:
         pairs = max(1, min(max_batch_pairs, pinned // length))
-        timed_runs(run, _batch(pairs, length, token), streams=streams)  # a new shape's first runs build kernels
+        timed_runs(run, Batch.filled(pairs, length, token), streams=streams)  # a new shape's first runs build kernels
         speed = rate(pairs, runs=1)
         return BatchSizing(pinned, speed / streams, "pinned by RERANK_BATCH_TOKENS", {pairs * length: speed})
     sizes = sweep_sizes(length, max_batch_tokens, max_batch_pairs)
@@ -107,15 +107,10 @@ def size_batches(
             if best and clock() - began > seconds:
                 break
             if round_ == 0:
-                timed_runs(run, _batch(pairs, length, token), streams=streams)  # (untimed) builds its kernels
+                timed_runs(run, Batch.filled(pairs, length, token), streams=streams)  # (untimed) builds its kernels
             speed = rate(pairs, runs=max(1, SWEEP_WORK_PAIRS // pairs))
             best[pairs * length] = max(speed, best.get(pairs * length, 0.0))
     chosen = fastest(best)
     reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"
     reason += f", {streams} at once)" if streams > 1 else ")"
     return BatchSizing(min(chosen, max_batch_tokens), best[chosen] / streams, reason, best)
-
-
-def _batch(pairs: int, length: int, token: int) -> Batch:
-    ids = np.full((pairs, length), token, dtype=np.int64)
-    return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
