@@ -510,13 +510,13 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------- scheduling
     #
-    # Two threads share the work. The event loop composes the next micro-batch (the slot) while
-    # the current one runs, and composes it again whenever the queue changes, so a request that
-    # arrives while a batch runs still joins the very next one. The model's worker thread takes
-    # the slot the moment it finishes a batch, so the model never waits for the event loop to
-    # come round (a busy loop parsing requests could take milliseconds). The loop then commits
-    # what the worker took (those pairs leave the queue) and composes the next. Only the slot,
-    # the list of taken batches and whether the worker is running cross threads, under a lock.
+    # The event loop composes the next micro-batch (the slot; one for each idle stream) while the
+    # current ones run, and composes it again whenever the queue changes, so a request that
+    # arrives while a batch runs still joins the very next one. A worker thread (one per stream
+    # at most) takes from the slot the moment its batch is done, so the model never waits for the
+    # event loop to come round (a busy loop parsing requests could take milliseconds). The loop
+    # then commits what was taken (those pairs leave the queue) and composes the next. Only the
+    # slot, the list of taken batches and the count of running workers cross threads, under a lock.
 
     def _budget(self) -> int:
         """Padded tokens the next micro-batch may hold: the model's fastest size
@@ -569,9 +569,10 @@ class DynamicBatcher:
         most: int,
         pending: dict[_Request, int],
     ) -> _Job | None:
-        """A micro-batch of up to ``budget`` padded tokens and ``most`` pairs of what waits after the ``pending`` pairs
-        (taken by the slot's earlier batches): shares round-robin across clients and their
-        requests, then whatever room is left to whoever still waits. None when nothing waits."""
+        """A micro-batch of up to ``budget`` padded tokens and ``most`` pairs from what waits
+        after the ``pending`` pairs (the slot's earlier batches'): shares round-robin across
+        clients and their requests, then whatever room is left to whoever still waits. None when
+        nothing waits."""
         job = _Job(first_client=clients[0][0], queues=[queue for _, queue in clients])
         longest = 0
 
@@ -655,8 +656,9 @@ class DynamicBatcher:
             self._commit(job)
 
     def _schedule(self) -> None:
-        """Commits what the worker has taken, (re)composes the slot from the queue as it is now,
-        and wakes the worker if it is idle. Called on the event loop after every queue change."""
+        """Commits what the workers have taken, (re)composes the slot from the queue as it is
+        now, and starts a worker for each batch in it that no running worker will take. Called
+        on the event loop after every queue change."""
         if self._closed:
             return
         while True:
