@@ -59,11 +59,11 @@ ADMISSION_MIN_BYTES = 64 * 1024
 """Bodies from this size up are checked before they are read; smaller ones pay nothing."""
 ADMISSION_TIMEOUT_MS = 250
 """How long the check may take; on timeout or any error the request goes on (fail open). A check
-answers in a few milliseconds, but under a burst on a busy 2-core machine some took over 50 ms
-(the earlier limit): those bodies went on unchecked, without a held place, and the service
-refused them after reading them (5 of 180 refusals in one overload run; the two-replica burst test
-failed once in five CI runs). 250 ms bounds what a stuck metrics port adds to a request of
-64 KiB or more, which takes seconds to score anyway."""
+answers in a few milliseconds, but under a burst on a busy 2-core machine some took 50-75 ms; at
+the earlier 50 ms limit those bodies went on unchecked, without a held place, and the service
+could refuse them after reading them. 250 ms takes that path away; it bounds what a stuck
+metrics port adds to a request of 64 KiB or more, which takes seconds to score anyway. (It did
+not remove every late refusal: README, "Under overload".)"""
 ADMISSION_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 
 Json = dict[str, Any]
