@@ -154,12 +154,17 @@ function envoy_on_request(handle)
       ["authorization"] = headers:get("authorization"),
     }}, "", {ADMISSION_TIMEOUT_MS})
   end)
-  if not ok or reply == nil then
+  -- What the check did, for the access log: held, admitted, refused, or unchecked (it failed
+  -- or timed out, and the service's own check after the body decides alone).
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if not ok or reply == nil or (reply[":status"] ~= "200" and reply[":status"] ~= "429") then
+    metadata:set("rerank", "admission", "unchecked")
     return
   end
   if reply[":status"] ~= "429" or body == nil then
     -- Admitted: the place the service holds for this body is taken by the call it becomes.
     if reply[":status"] == "200" and reply["{HOLD_HEADER}"] ~= nil then
+      metadata:set("rerank", "admission", "held")
       -- headers from before the call are no longer valid: fetched anew.
       local request = handle:headers()
       request:replace("{HOLD_HEADER}", reply["{HOLD_HEADER}"])
@@ -167,11 +172,13 @@ function envoy_on_request(handle)
       if replica ~= nil then
         request:replace("{REPLICA_HEADER}", replica)
       end
+    else
+      metadata:set("rerank", "admission", "admitted")
     end
     return
   end
   -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on this).
-  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set("rerank", "admission", "refused")
   metadata:set("rerank", "early_refusal", "1")
   metadata:set("rerank", "grpc_status", "8")
   if reply["x-rerank-key"] ~= nil then metadata:set("rerank", "key", reply["x-rerank-key"]) end
@@ -425,6 +432,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "bytes_sent": "%BYTES_SENT%",
     "upstream_host": "%UPSTREAM_HOST%",
     "key": "%DYNAMIC_METADATA(rerank:key)%",
+    "admission": "%DYNAMIC_METADATA(rerank:admission)%",
     "flags": "%RESPONSE_FLAGS%",
 }
 """Envoy's access-log line, one JSON object per request. ``path`` and ``method`` are the

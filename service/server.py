@@ -135,7 +135,7 @@ class RerankServer:
             require_key=settings.metrics_require_key,
             admission=self.early_admission,
         )
-        self.holds = Holds()
+        self.holds = Holds(record=self.metrics.record_hold)
         """The early check's places for bodies on their way, shared by every model's batcher."""
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -74,6 +74,9 @@ HOLD_SECONDS = 1.0
 """How long the early check's place for a request whose body is still on its way is kept (the
 body's upload, Envoy's transcoding and the call to the service take milliseconds on a local
 network; a hold that is never used, say for a body that turns out invalid, blocks no longer)."""
+LAPSED_MEMORY = 60.0
+"""How long a lapsed hold's token is remembered, so that its body, should it still come, is
+counted as late (``rerank_early_holds_total{outcome="late"}``) rather than as never held."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +217,23 @@ class Holds:
     the first model a token reaches takes it, which frees it on the others. Thread-safe: the
     early check runs on the metrics port's thread, the batchers on the event loop."""
 
-    def __init__(self, seconds: float = HOLD_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        seconds: float = HOLD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        record: Callable[[str], None] | None = None,
+    ) -> None:
         self.seconds = seconds
         self._clock = clock
+        self._record = record
+        """Called with each hold's outcomes (thread-safe: Prometheus counters): ``placed``, then
+        ``taken`` (its body came in time) or ``lapsed`` (it did not), and ``late`` for a lapsed
+        hold whose body came after all (refused if the queue has no room for it then)."""
         self._lock = threading.Lock()
         self._held: dict[str, tuple[float, dict[str, float]]] = {}
         """Token -> (when it lapses, cost by model)."""
+        self._lapsed: dict[str, float] = {}
+        """Token of a lapsed hold -> when it is forgotten (:data:`LAPSED_MEMORY`)."""
 
     def costs(self, model: str) -> list[float]:
         """The costs held on ``model`` now."""
@@ -233,6 +247,7 @@ class Holds:
         with self._lock:
             self._expire()
             self._held[token] = (self._clock() + self.seconds, costs)
+        self._note("placed")
         return token
 
     def peek(self, token: str) -> dict[str, float] | None:
@@ -243,14 +258,28 @@ class Holds:
         return held[1] if held is not None else None
 
     def take(self, token: str) -> None:
-        """Removes the hold ``token`` on every model."""
+        """Removes the hold ``token`` on every model: its body came."""
         with self._lock:
-            self._held.pop(token, None)
+            self._expire()
+            taken = self._held.pop(token, None) is not None
+            late = not taken and self._lapsed.pop(token, None) is not None
+        if taken or late:
+            self._note("taken" if taken else "late")
 
     def _expire(self) -> None:
         now = self._clock()
-        for token in [t for t, (until, _) in self._held.items() if until <= now]:
+        lapsed = [t for t, (until, _) in self._held.items() if until <= now]
+        for token in lapsed:
             del self._held[token]
+            self._lapsed[token] = now + LAPSED_MEMORY
+        for token in [t for t, until in self._lapsed.items() if until <= now]:
+            del self._lapsed[token]
+        for _ in lapsed:
+            self._note("lapsed")
+
+    def _note(self, outcome: str) -> None:
+        if self._record is not None:
+            self._record(outcome)
 
 
 def queue_time_refusal(state: QueueState, cost: float, now: float | None = None) -> QueueFull | None:

@@ -28,6 +28,8 @@ PADDING_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 NONE = "-"
 """Label value for "not known": no model resolved, no API key."""
+HOLD_OUTCOMES = ("placed", "taken", "lapsed", "late")
+"""The outcomes ``rerank_early_holds_total`` counts (:class:`~service.core.batching.Holds`)."""
 
 
 class Metrics:
@@ -132,6 +134,20 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.early_holds = Counter(
+            "rerank_early_holds",
+            "Places the early admission check held for large bodies before Envoy read them, by outcome: "
+            "placed, taken (the body came while held), lapsed (it did not come in time), late (a lapsed hold's "
+            "body came after all: refused if the queue had no room for it by then).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in HOLD_OUTCOMES:
+            self.early_holds.labels(outcome)
+
+    def record_hold(self, outcome: str) -> None:
+        """One outcome of an early-check hold (:class:`~service.core.batching.Holds`); any thread."""
+        self.early_holds.labels(outcome).inc()
 
     def model(self, name: str) -> ModelMetrics:
         return ModelMetrics(name, self)

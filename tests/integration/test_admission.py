@@ -5,16 +5,21 @@ runs it) a large body is refused before Envoy reads it (the early check), in the
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
+import uuid
+from collections.abc import Callable
 
 import grpc
 import httpx
 import pytest
 
 from gateway.envoy import start as start_envoy
+from service.core.metrics import HOLD_OUTCOMES
 from service.settings import Settings
+from service.telemetry.metrics_endpoint import EARLY_HEADER as EARLY
 from tests.support import API_KEY, AUTH, Samples, StackProcess, free_port, start_service
 
 HEAVY = {
@@ -66,7 +71,7 @@ def early_stack(busy_service, tmp_path_factory):
     port, metrics_port = busy_service
     base_url, envoy = _envoy(tmp_path_factory, port, metrics_port)
     try:
-        yield base_url, port
+        yield base_url, port, envoy
     finally:
         envoy.stop()
 
@@ -129,6 +134,12 @@ def _served_calls(base_url: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("rerank_requests_total{"))
 
 
+def _holds(base_url: str, outcome: str) -> float:
+    """The service's early-check holds with ``outcome``, from its metrics through Envoy."""
+    samples = Samples.parse(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return samples.total("rerank_early_holds_total", outcome=outcome)
+
+
 def _rejected(base_url: str) -> float:
     """Requests refused for their queue time, from the service's metrics through Envoy."""
     samples = Samples.parse(httpx.get(f"{base_url}/metrics", timeout=10).text)
@@ -136,7 +147,7 @@ def _rejected(base_url: str) -> float:
 
 
 def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
-    base_url, port = early_stack
+    base_url, port, _ = early_stack
 
     def check() -> None:
         calls, rejected = _served_calls(base_url), _rejected(base_url)
@@ -185,35 +196,68 @@ def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
     _while_busy(base_url, port, check)
 
 
-def burst(base_url: str, count: int = 6) -> list[httpx.Response]:
-    """``count`` heavy bodies sent at the same moment, each on its own connection."""
-    barrier = threading.Barrier(count)
-    responses: list[httpx.Response] = []
+def access_log_admissions(lines: Callable[[], list[str]], ids: set[str]) -> dict[str, tuple[int, str | None]]:
+    """Envoy's access-log ``(status, admission)`` for each request id in ``ids`` (Envoy flushes
+    its access log now and then: waits up to 10 s for them all)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found: dict[str, tuple[int, str | None]] = {}
+        for line in lines():
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry.get("request_id") in ids:
+                found[entry["request_id"]] = (entry["status"], entry["admission"])
+        if len(found) == len(ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
-    def send() -> None:
+
+def burst(base_url: str, access_log: Callable[[], list[str]], count: int = 6) -> list[httpx.Response]:
+    """``count`` heavy bodies sent at the same moment, each on its own connection. The ones
+    admitted were held a place by the early check (``held`` in Envoy's access log); the others
+    were refused before their bodies were read (``refused``), never by the service after."""
+    barrier = threading.Barrier(count)
+    responses: dict[str, httpx.Response] = {}
+    run = uuid.uuid4().hex[:8]
+
+    def send(i: int) -> None:
+        request_id = f"burst-{run}-{i}"
+        headers = {"authorization": f"Bearer {API_KEY}", "x-request-id": request_id}
         with httpx.Client(timeout=120) as client:
             barrier.wait()
-            responses.append(
-                client.post(f"{base_url}/v1/rerank", json=HEAVY, headers={"authorization": f"Bearer {API_KEY}"})
-            )
+            responses[request_id] = client.post(f"{base_url}/v1/rerank", json=HEAVY, headers=headers)
 
-    threads = [threading.Thread(target=send) for _ in range(count)]
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(180)
-    statuses = sorted(r.status_code for r in responses)
+    statuses = sorted(r.status_code for r in responses.values())
     assert len(statuses) == count and statuses[0] == 200 and set(statuses) <= {200, 429}, statuses
-    late = [r.json()["message"] for r in responses if r.status_code == 429 and "x-rerank-admission" not in r.headers]
-    assert not late, f"refused by the service after their bodies were read: {late}"
-    return responses
+    checks = access_log_admissions(access_log, set(responses))
+    late = {i: r.json()["message"] for i, r in responses.items() if r.status_code == 429 and EARLY not in r.headers}
+    if late:
+        holds = Samples.parse(httpx.get(f"{base_url}/metrics", timeout=10).text)
+        outcomes = {o: holds.total("rerank_early_holds_total", outcome=o) for o in HOLD_OUTCOMES}
+        raise AssertionError(
+            f"refused by the service after their bodies were read: {late}; the early checks (status, admission) "
+            f"in Envoy's access log: {checks}; the service's holds: {outcomes}"
+        )
+    refused = {i for i, r in responses.items() if r.status_code == 429}
+    assert {checks.get(i) for i in refused} <= {(429, "refused")}, checks
+    assert (200, "held") in {checks.get(i) for i in set(responses) - refused}, checks
+    return list(responses.values())
 
 
 def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused_early_beyond(early_stack):
     """Six heavy bodies at once to an idle service: the early check holds a place for the first
     it admits, so the others are refused before their bodies are read, not admitted early (the
     queue was empty when each was checked) and refused by the service after parsing."""
-    burst(early_stack[0])
+    base_url, _, envoy = early_stack
+    taken = _holds(base_url, "taken")
+    burst(base_url, lambda: envoy.child.log_path.read_text().splitlines())
+    assert _holds(base_url, "taken") > taken, "the admitted body did not take its hold"
 
 
 def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_place(models_dir, tmp_path_factory):
@@ -226,7 +270,7 @@ def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_plac
     stack = StackProcess.start(folder, state, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000", replicas=2)
     try:
         for _ in range(2):
-            responses = burst(stack.base_url)
+            responses = burst(stack.base_url, lambda: stack.lines("envoy"))
             assert len([r for r in responses if r.status_code == 200]) == 2, "each replica admits one body"
             # The replica's address is Envoy's to know: never in a response.
             small = httpx.post(
@@ -250,7 +294,7 @@ def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_plac
 
 
 def test_a_large_body_is_admitted_by_an_idle_server(early_stack):
-    base_url, _ = early_stack
+    base_url, _, _ = early_stack
     body = {"query": "panda", "documents": [f"bamboo {i} " * 1000 for i in range(10)]}  # ~100 KB, truncated
     response = httpx.post(
         f"{base_url}/v1/rerank", json=body, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60

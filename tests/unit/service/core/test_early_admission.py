@@ -127,6 +127,25 @@ def test_a_hold_is_taken_once_on_every_model_and_lapses() -> None:
     assert holds.costs("a") == [] and holds.peek(second) is None  # never used: it lapsed
 
 
+def test_a_holds_outcomes_are_counted_and_a_late_body_is_told_from_one_never_held() -> None:
+    clock = Clock()
+    outcomes: list[str] = []
+    holds = Holds(seconds=1.0, clock=clock, record=outcomes.append)
+    kept, slow, unused = (holds.place({"a": 1.0}) for _ in range(3))
+    holds.take(kept)
+    clock.now += 1.5
+    assert holds.costs("a") == []  # the other two lapsed
+    holds.take(slow)  # its body came after all
+    holds.take(slow)  # counted once
+    holds.take("never-placed")
+    holds.take(kept)
+    assert outcomes == ["placed"] * 3 + ["taken", "lapsed", "lapsed", "late"]
+    clock.now += 120
+    holds.costs("a")
+    holds.take(unused)  # long forgotten: not counted as late
+    assert outcomes.count("late") == 1
+
+
 async def test_a_held_place_admits_its_request_and_counts_against_the_others() -> None:
     """Three large bodies checked at once by an idle server: the first is held a place; the
     others see it and are refused early, not admitted early and refused after parsing."""
