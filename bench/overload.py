@@ -53,6 +53,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import models as bench_models
 from bench.measure import cpu_summary
@@ -310,6 +311,36 @@ def start_stack(model: bench_models.BenchModel, variant: str | None, workdir: Pa
 # ---------------------------------------------------------------------------------- figures
 
 
+def service_counts(base_url: str) -> dict[str, dict[str, float]]:
+    """From the service's metrics through Envoy: ``rerank_early_holds_total`` by outcome (placed,
+    taken, lapsed, late) and ``rerank_rejected_requests_total`` by reason (an early refusal
+    counts as queue_time)."""
+    text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=30).text
+    counts: dict[str, dict[str, float]] = {"holds": {}, "rejected": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rerank_early_holds_total":
+                counts["holds"][sample.labels["outcome"]] = sample.value
+            elif sample.name == "rerank_rejected_requests_total":
+                reason = sample.labels["reason"]
+                counts["rejected"][reason] = counts["rejected"].get(reason, 0.0) + sample.value
+    return counts
+
+
+def late_refusals(stack_log: Path) -> list[dict[str, Any]]:
+    """Envoy's access-log entries for the 429s given after the body was read (not by the early
+    check: its ``admission`` is not ``refused``), to tell what the check had done for each
+    (held, admitted, unchecked; none for a body too small to be checked)."""
+    entries = []
+    for line in stack_log.read_text(errors="replace").splitlines():
+        entry = line.split("envoy | ", 1)[-1]
+        if entry.startswith("{") and '"status":429' in entry:
+            parsed = json.loads(entry)
+            if parsed.get("admission") != "refused":
+                entries.append(parsed)
+    return entries
+
+
 def _percentiles(values: list[float], which: tuple[float, ...]) -> dict[str, float | None]:
     if not values:
         return {f"p{q:g}": None for q in which}
@@ -399,6 +430,12 @@ def table(summary: dict[str, Any], context: dict[str, Any]) -> str:
         "  of which early      {count} (Envoy's check, body unread): p50 {p50}  p95 {p95}  p99 {p99}".format(
             **{k: v if k == "count" else _ms(v) for k, v in s.get("early_429", {"count": 0}).items()},
             **{k: "-" for k in ("p50", "p95", "p99") if k not in s.get("early_429", {})},
+        ),
+        "  after the body      {late} refused after it was read; what Envoy's check had done: {checks}".format(
+            late=sum(s.get("late_429_checks", {}).values()), checks=s.get("late_429_checks", {}) or "-"
+        ),
+        "early-check holds     {holds}; the service's refusals by reason: {rejected}".format(
+            holds=s.get("holds") or "-", rejected=s.get("rejected") or "-"
         ),
         "probe latency ms      p50 {p50}  p95 {p95}  max {max}".format(**{k: _ms(v) for k, v in s["probe_ms"].items()}),
         "service RSS MB        start {start:.0f}  peak {peak:.0f}  end {end:.0f}".format(**s["rss_mb"]),
@@ -532,6 +569,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(args.after)
         sampler.stop()
         loadavg_after = os.getloadavg()
+        counts = service_counts(stack.base_url)
+        late = late_refusals(workdir / "stack.log")
     finally:
         for worker in workers:
             worker.join(timeout=5)
@@ -540,6 +579,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stack.child.stop(grace=30)
     summary = summarise(records, sampler.samples, load_end, args.documents)
     summary["early_429"] = {"count": len(early), **_percentiles(early, (50, 95, 99))}
+    summary.update(counts)
+    summary["late_429_checks"] = {
+        str(a): sum(e.get("admission") == a for e in late) for a in {e.get("admission") for e in late}
+    }
+    summary["late_429_entries"] = late[:10]
     return {
         "summary": summary,
         "context": {

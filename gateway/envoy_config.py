@@ -431,6 +431,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
     "upstream_host": "%UPSTREAM_HOST%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "key": "%DYNAMIC_METADATA(rerank:key)%",
     "admission": "%DYNAMIC_METADATA(rerank:admission)%",
     "flags": "%RESPONSE_FLAGS%",
