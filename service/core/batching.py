@@ -18,7 +18,9 @@ them, one at a time:
   every other request delays it by at most the smaller of its own remaining work and this
   request's work. Above ``max_queue_seconds`` the request is refused at once
   (:class:`~service.errors.QueueFull`, HTTP 429) with a retry delay derived from the estimate.
-  ``max_queue_pairs`` caps the queue's memory as well. The decision is one pure function
+  ``max_queue_pairs`` caps the queue's memory as well. An admitted request is queued on that
+  admission once tokenized, not checked again (unless its exact cost is far over the estimate:
+  :data:`MISESTIMATE`): work once begun is not thrown away. The decision is one pure function
   (:func:`queue_time_refusal`) of a :class:`QueueState`; the batcher publishes a fresh one at
   every queue change (:attr:`DynamicBatcher.published`), which another thread may read (the
   early admission check of :mod:`service.telemetry.metrics_endpoint`).
@@ -74,6 +76,12 @@ HOLD_SECONDS = 1.0
 """How long the early check's place for a request whose body is still on its way is kept (the
 body's upload, Envoy's transcoding and the call to the service take milliseconds on a local
 network; a hold that is never used, say for a body that turns out invalid, blocks no longer)."""
+MISESTIMATE = 2.0
+"""A request admitted on its estimated cost is queued without a second check after tokenizing,
+unless its exact cost is more than this many times the estimate: refusing work already admitted
+(its body read, its text tokenized) would waste it, and the queue's bound on waits is kept within
+one estimate's error. The estimate, from characters at a learned rate, is usually within ~20 %;
+text whose tokens are far denser (another script) meets the queue's check again at its real cost."""
 LAPSED_MEMORY = 60.0
 """How long a lapsed hold's token is remembered, so that its body, should it still come, is
 counted as late (``rerank_early_holds_total{outcome="late"}``) rather than as never held."""
@@ -499,13 +507,18 @@ class DynamicBatcher:
         self, pairs: list[Pair], *, client: str = "", request_id: str = "", reservation: int | None = None
     ) -> np.ndarray:
         """Logits for ``pairs``, in their order. Admits the request first unless ``reservation``
-        (from :meth:`admit`) says it was; raises :class:`QueueFull` or :class:`TooManyDocuments`."""
+        (from :meth:`admit`, on the request's estimated cost) says it was: then it is queued at
+        once, unless it costs over :data:`MISESTIMATE` times its estimate or has more pairs than
+        the queue holds. Raises :class:`QueueFull` or :class:`TooManyDocuments`."""
         if not pairs:
             if reservation is not None:
                 self.release(reservation)
             return np.zeros(0)
         cost = cost_of(pairs)
-        if reservation is None:
+        estimated = self._reserved.get(reservation, 0.0) if reservation is not None else 0.0
+        if reservation is None or cost > MISESTIMATE * estimated or len(pairs) > self.config.max_queue_pairs:
+            if reservation is not None:
+                self.release(reservation)
             reservation = self.admit(cost, len(pairs))
         self.release(reservation)
         if self._refusal is not None:

@@ -73,7 +73,7 @@ class Caller(Protocol):
 EARLY_BODY_SHARE = 0.9
 """The share of a request body's bytes the early check prices at the learned cost per byte: the
 rest is allowance for field names, whitespace and the like, so that the check errs toward
-admitting (the exact check after parsing still refuses what it lets through)."""
+admitting (the body it lets through holds a place at that price, and is queued on it)."""
 
 
 class Anonymous:
@@ -198,10 +198,12 @@ class ServedModel:
         side: TruncationSide = "right",
         hold: str = "",
     ) -> Scored:
-        """Scores every document: admitted by its estimated cost before it is tokenized, queued
-        by its exact cost after. Raises QueryTooLong, DocumentTooLong, QueueFull, RateLimited or
-        TooManyDocuments. ``max_document_tokens`` and ``side`` are :meth:`PairEncoder.encode`'s;
-        ``hold`` the early check's token for this request (:class:`~service.core.batching.Holds`)."""
+        """Scores every document: admitted by its estimated cost before it is tokenized, then
+        queued on that admission at its exact cost (checked again only if that is far over the
+        estimate: :data:`~service.core.batching.MISESTIMATE`). Raises QueryTooLong,
+        DocumentTooLong, QueueFull, RateLimited or TooManyDocuments. ``max_document_tokens``
+        and ``side`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for this
+        request (:class:`~service.core.batching.Holds`)."""
         self.metrics.requests += 1
         try:
             caller.admit()
@@ -222,13 +224,18 @@ class ServedModel:
                     max_document_tokens=max_document_tokens,
                     side=side,
                 )
-        finally:
+            if encoded.document_tokens:
+                ratio = encoded.characters / encoded.document_tokens
+                self.characters_per_token += 0.1 * (min(10.0, max(1.0, ratio)) - self.characters_per_token)
+            caller.charge(encoded.total_tokens)
+        except BaseException:
             self.batcher.release(reservation)
-        if encoded.document_tokens:
-            ratio = encoded.characters / encoded.document_tokens
-            self.characters_per_token += 0.1 * (min(10.0, max(1.0, ratio)) - self.characters_per_token)
-        caller.charge(encoded.total_tokens)
-        logits = await self.batcher.score(encoded.pairs, client=caller.name, request_id=request_id)
+            raise
+        # Admitted before tokenizing: queued on that admission (the reservation), not checked
+        # again, so that no request is refused after its work has begun (see MISESTIMATE).
+        logits = await self.batcher.score(
+            encoded.pairs, client=caller.name, request_id=request_id, reservation=reservation
+        )
         best = np.full(len(documents), -np.inf)
         for pair, logit in zip(encoded.pairs, logits, strict=True):
             best[pair.document] = max(best[pair.document], logit)

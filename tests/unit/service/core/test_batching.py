@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.backends.base import Batch
-from service.core.batching import BatchingConfig, DynamicBatcher, Throughput
+from service.core.batching import BatchingConfig, DynamicBatcher, Throughput, cost_of
 from service.core.metrics import ModelMetrics
 from service.core.tokenization import Pair
 from service.errors import QueueFull, TooManyDocuments
@@ -362,6 +362,33 @@ async def test_admission_refuses_a_request_that_would_wait_too_long():
     gate.set()
     await asyncio.gather(blocker, queued, small)
     assert batcher.metrics.rejected_requests == 1
+    await batcher.close()
+
+
+async def test_a_request_admitted_on_its_estimate_is_queued_on_that_admission():
+    """Admitted before tokenizing at an estimated cost, a request is queued on that admission
+    even if a check at its exact cost would now refuse it (its work has begun); only an exact
+    cost over MISESTIMATE times the estimate meets the check again."""
+    gate = threading.Event()
+    batcher = fair(RecordingModel(gate=gate), max_queue_seconds=0.7, max_batch_pairs=1)
+    blocker = asyncio.create_task(batcher.score([pair(0, 10)]))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.score([pair(i, 100) for i in range(8)]))  # 880 tokens of cost
+    await asyncio.sleep(0.05)
+    reservation = batcher.admit(500.0, 8)  # estimated: 0.5 s behind the queued one
+    exact = [pair(i, 100) for i in range(8)]  # 880: 0.88 s behind it, over 0.7 s
+    with pytest.raises(QueueFull):
+        batcher.admit(cost_of(exact), 8)  # a fresh check at the exact cost refuses it
+    admitted = asyncio.create_task(batcher.score(exact, reservation=reservation))
+    await asyncio.sleep(0.05)
+    assert not admitted.done() and batcher.metrics.queue_pairs == 16, "queued behind the other"
+    # Far over its estimate (1100 > 2 x 500): checked again at its exact cost, and refused.
+    reservation = batcher.admit(300.0, 10)
+    with pytest.raises(QueueFull):
+        await batcher.score([pair(i, 100) for i in range(10)], reservation=reservation)
+    assert batcher.state().costs == pytest.approx((880.0, 880.0)), "the refused request's reservation was released"
+    gate.set()
+    await asyncio.gather(blocker, queued, admitted)
     await batcher.close()
 
 

@@ -121,3 +121,23 @@ async def test_the_early_price_of_a_body_follows_the_exact_estimate_per_byte(tmp
         body = len(json.dumps({"query": query, "documents": documents}).encode())
         early = served.cost_of_body(body)
     assert 0.8 * cost <= early <= cost
+
+
+async def test_a_request_is_queued_on_the_admission_it_got_before_tokenizing(tmp_path: Path) -> None:
+    """The served model admits a request on its estimated cost, tokenizes it, and queues it on
+    that admission: not checked a second time, which refused work already begun (and bodies the
+    early check had held a place for) when the queue had grown meanwhile."""
+    async with served_stand_in(tmp_path) as served:
+        batcher = served.batcher
+        score = batcher.score
+        reservations: list[int | None] = []
+
+        async def spy(pairs, **kwargs):  # type: ignore[no-untyped-def]
+            reservations.append(kwargs.get("reservation"))
+            assert kwargs.get("reservation") in batcher._reserved, "the admission's reservation is still held"
+            return await score(pairs, **kwargs)
+
+        batcher.score = spy  # type: ignore[method-assign]
+        result = await served.score("panda", ["panda bamboo", "red car"], "truncate")
+    assert result.scores.tolist() == [1.0, 0.0]
+    assert len(reservations) == 1 and reservations[0] is not None
