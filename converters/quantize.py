@@ -2,7 +2,7 @@
 
 ONNX Runtime's dynamic ``int8`` variant quantises activations per tensor from each batch's own
 min/max; on a trained encoder (all-MiniLM-L6-v2) a few outlier channels set that one scale and
-it moves logits by ~1 (``bench/results/cpu-runtimes-exploration.md`` on perf-explore).
+it moves logits by ~0.8 on the gate's probes (the converter's own gate figures, README).
 :func:`quantize_int8` writes a static int8 graph (QuantizeLinear/DequantizeLinear around each
 weight MatMul, ranges fixed from calibration data) with NNCF's post-training quantisation:
 
@@ -14,8 +14,8 @@ weight MatMul, ranges fixed from calibration data) with NNCF's post-training qua
   classification head) stay in fp32.
 
 On minilm-ce no int8 recipe passes the gate (int8 weight rounding alone moves logits by
-0.15-0.20, the gate allows 0.05), so the converter writes no ``ov-int8`` there; it is built
-and gated per model, and written where it passes.
+0.15-0.18, ``python -m bench.int8_weights``; the gate allows 0.05), so the converter writes no
+``ov-int8`` there; it is built and gated per model, and written where it passes.
 
 Calibration text is generic (:func:`calibration_pairs`), never the gate's probes. NNCF is build
 time only (extra ``quantize``): OpenVINO runs the QDQ graph's MatMuls on VNNI / AMX-INT8.

@@ -17,7 +17,7 @@ bf16, which would silently change an "exact" variant's scores.
 It reads the plain ``model.onnx`` (OpenVINO fuses attention itself; the fused graph's
 ``com.microsoft`` ops gain it nothing). Shapes stay dynamic: the CPU plugin keeps kernels per
 input shape, and a new (pairs, length) costs milliseconds on its first run, not a recompilation
-(``bench/results/cpu-runtimes-exploration.md`` on the perf-explore branch).
+(measured in an earlier exploration, on a branch not merged into this repository).
 
 **Streams.** By default it runs two micro-batches at once (``NUM_STREAMS=2``, half the threads
 each; :attr:`OpenVinoBackend.streams`), and the batcher keeps both busy. On the 2-core Zen 5,
