@@ -345,13 +345,23 @@ async def test_the_batcher_cuts_micro_batches_at_the_chosen_size() -> None:
     await batcher.close()
 
 
-async def test_admission_refuses_a_request_that_would_wait_too_long():
+async def busy_batcher(
+    max_queue_seconds: float, queued_pairs: int
+) -> tuple[DynamicBatcher, threading.Event, asyncio.Task, asyncio.Task]:
+    """A batcher at 1000 tokens/s whose model is held (until the gate is set) on a small batch,
+    with ``queued_pairs`` pairs of 100 tokens waiting behind it: (batcher, gate, the running
+    request, the queued one)."""
     gate = threading.Event()
-    batcher = fair(RecordingModel(gate=gate), max_queue_seconds=1.0, max_batch_pairs=1)
+    batcher = fair(RecordingModel(gate=gate), max_queue_seconds=max_queue_seconds, max_batch_pairs=1)
     blocker = asyncio.create_task(batcher.score([pair(0, 10)]))
     await asyncio.sleep(0.05)
-    queued = asyncio.create_task(batcher.score([pair(i, 100) for i in range(40)]))  # 4400 tokens of cost
+    queued = asyncio.create_task(batcher.score([pair(i, 100) for i in range(queued_pairs)]))
     await asyncio.sleep(0.05)
+    return batcher, gate, blocker, queued
+
+
+async def test_admission_refuses_a_request_that_would_wait_too_long():
+    batcher, gate, blocker, queued = await busy_batcher(1.0, 40)  # 4400 tokens of cost queued
     # Another big one would wait behind all of it: about 4.4 s at 1000 tokens/s.
     with pytest.raises(QueueFull, match=r"would wait about 4\.\d s") as refused:
         await batcher.score([pair(i, 100) for i in range(40)])
@@ -369,12 +379,7 @@ async def test_a_request_admitted_on_its_estimate_is_queued_on_that_admission():
     """Admitted before tokenizing at an estimated cost, a request is queued on that admission
     even if a check at its exact cost would now refuse it (its work has begun); only an exact
     cost over MISESTIMATE times the estimate meets the check again."""
-    gate = threading.Event()
-    batcher = fair(RecordingModel(gate=gate), max_queue_seconds=0.7, max_batch_pairs=1)
-    blocker = asyncio.create_task(batcher.score([pair(0, 10)]))
-    await asyncio.sleep(0.05)
-    queued = asyncio.create_task(batcher.score([pair(i, 100) for i in range(8)]))  # 880 tokens of cost
-    await asyncio.sleep(0.05)
+    batcher, gate, blocker, queued = await busy_batcher(0.7, 8)  # 880 tokens of cost queued
     reservation = batcher.admit(500.0, 8)  # estimated: 0.5 s behind the queued one
     exact = [pair(i, 100) for i in range(8)]  # 880: 0.88 s behind it, over 0.7 s
     with pytest.raises(QueueFull):
