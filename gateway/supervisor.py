@@ -5,8 +5,12 @@ start their servers through :func:`spawn` and :class:`Supervisor`.
 
 * A child never outlives its parent: on Linux it asks the kernel for ``SIGKILL`` when the
   process that started it dies (``PR_SET_PDEATHSIG``), even if that process was SIGKILLed, so a
-  new start never finds a stale server on its ports. It also runs in its own session, so a
-  Ctrl-C in the terminal reaches the parent only, which then stops the children in order.
+  new start never finds a stale server on its ports. util-linux's ``setpriv --pdeathsig`` sets
+  it and execs the child (so the pid is the child's): not Python code run between fork and exec
+  (``preexec_fn``), which in a process with other threads (gRPC's, say) can crash or deadlock the
+  child before exec (Envoy "exited with signal 11" with an empty log, once in a CI run). It
+  also runs in its own session, so a Ctrl-C in the terminal reaches the parent only, which then
+  stops the children in order.
 * :class:`Supervisor` restarts a child that exits unexpectedly, with exponential backoff, and
   gives up (raising :class:`StartupFailure` with that child's last output) when it keeps failing
   before it ever becomes ready.
@@ -15,9 +19,9 @@ start their servers through :func:`spawn` and :class:`Supervisor`.
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,20 +34,17 @@ from typing import IO, Any
 
 log = logging.getLogger("rerank.supervisor")
 
-PR_SET_PDEATHSIG = 1
-
-try:  # resolved here, not in the child: nothing may be loaded between fork and exec
-    _PRCTL: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: the parent's stop() is all there is
-    _PRCTL = None
+SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+"""util-linux's ``setpriv`` (Debian: essential), which sets the parent-death signal and execs;
+without it (not Linux) the parent's stop() is all there is."""
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec. The signal comes when the *thread* that
-    started the child ends, so start children from a thread that lives as long as they should
-    (the main thread)."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that the kernel SIGKILLs it when the *thread* that started it ends
+    (start children from a thread that lives as long as they should: the main thread). setpriv
+    sets the signal a moment after Popen returns; a parent gone within that moment, before any
+    child could be ready, leaves it running."""
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else list(argv)
 
 
 class StartupFailure(RuntimeError):
@@ -90,13 +91,12 @@ class Child:
 
     def _popen(self, out: int | IO[bytes] | None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            self.argv,
+            dying_with_parent(self.argv),
             env=self.env,
             cwd=self.cwd,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
 
     def _echo(self, popen: subprocess.Popen[bytes]) -> None:
