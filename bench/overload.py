@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -580,9 +581,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     summary = summarise(records, sampler.samples, load_end, args.documents)
     summary["early_429"] = {"count": len(early), **_percentiles(early, (50, 95, 99))}
     summary.update(counts)
-    summary["late_429_checks"] = {
-        str(a): sum(e.get("admission") == a for e in late) for a in {e.get("admission") for e in late}
-    }
+    summary["late_429_checks"] = dict(collections.Counter(str(e.get("admission")) for e in late))
     summary["late_429_entries"] = late[:10]
     return {
         "summary": summary,

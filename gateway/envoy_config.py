@@ -177,9 +177,8 @@ function envoy_on_request(handle)
     end
     return
   end
-  -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on this).
+  -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on "refused").
   metadata:set("rerank", "admission", "refused")
-  metadata:set("rerank", "early_refusal", "1")
   metadata:set("rerank", "grpc_status", "8")
   if reply["x-rerank-key"] ~= nil then metadata:set("rerank", "key", reply["x-rerank-key"]) end
   handle:respond({{
@@ -892,8 +891,8 @@ def local_reply_config(*, early_admission: bool = False) -> Json:
                     "metadata_filter": {
                         "matcher": {
                             "filter": "rerank",
-                            "path": [{"key": "early_refusal"}],
-                            "value": {"string_match": {"exact": "1"}},
+                            "path": [{"key": "admission"}],
+                            "value": {"string_match": {"exact": "refused"}},
                         },
                         "match_if_key_not_found": False,
                     }
