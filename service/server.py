@@ -139,6 +139,8 @@ class RerankServer:
         """The early check's places for bodies on their way, shared by every model's batcher."""
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        """Set when :meth:`stop` begins: the early check then speaks for this replica no more."""
 
     def load_models(self) -> None:
         """Loads every model folder, chooses its variant and warms it up; raises :class:`ConfigurationError`."""
@@ -195,23 +197,30 @@ class RerankServer:
         holds (:class:`~service.core.batching.Holds`; '' where it holds none). Without ``model``
         (Envoy cannot know it before reading the body) it holds a place on every served model
         with room, and is refused only if none has room, with the shortest retry delay; an
-        unknown model is admitted without a hold (the call then fails on its own). Runs on the
+        unknown model is admitted without a hold (the call then fails on its own), and so is any
+        body once a drain has begun (:meth:`stop`: the replica no longer speaks for the stack,
+        and its queue no longer says what a body would wait where Envoy sends it). Runs on the
         metrics server's thread: it reads published state and holds."""
+        if self._draining:
+            return ""
         if model is None:
             models = list(self.models.values())
         else:
             models = [self.models[model]] if model in self.models else []
         room: dict[str, float] = {}
         refusals: list[tuple[QueueFull, ServedModel]] = []
+        unheld = False
         for served in models:
             refusal, cost = served.early_refusal(size)
-            if refusal is None:
-                room[served.name] = cost
-            else:
+            if refusal is not None:
                 refusals.append((refusal, served))
+            elif cost is None:
+                unheld = True  # a drain's end: admitted, nothing held
+            else:
+                room[served.name] = cost
         if room:
             return self.holds.place(room)
-        if not refusals:
+        if unheld or not refusals:
             return ""
         first, refused = min(refusals, key=lambda pair: pair[0].retry_after or 0)
         # Counted like the service's own queue_time refusals, on the event loop (the metrics'
@@ -323,7 +332,9 @@ class RerankServer:
     async def stop(self, *, delay: float | None = None, hurry: asyncio.Event | None = None) -> None:
         """Drains, then stops. Every call in flight gets an answer:
 
-        1. health turns NOT_SERVING, so Envoy's health checks move new traffic to other replicas;
+        1. health turns NOT_SERVING, so Envoy's health checks move new traffic to other replicas,
+           and the early check admits every body without holding a place here (so that Envoy
+           sends it where it routes, and a replica on its way out refuses nothing);
         2. for ``delay`` seconds (default: the drain-delay setting) it keeps serving whatever
            still arrives, while Envoy notices;
         3. it stops accepting calls (new ones are refused; Envoy retries them elsewhere) and lets
@@ -334,6 +345,7 @@ class RerankServer:
         """
         s = self.settings
         hurry = hurry or asyncio.Event()
+        self._draining = True
         await self.health.enter_graceful_shutdown()
         delay = s.drain_delay if delay is None else delay
         if delay > 0:
