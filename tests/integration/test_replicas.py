@@ -115,7 +115,8 @@ def test_a_replica_going_away_under_load_loses_no_request(one_model, tmp_path, s
         outcomes = load.stop()
         assert len(outcomes) > 100, "the load was too light to show anything"
         failures = load.failures()
-        assert not failures, f"{len(failures)} of {len(outcomes)} failed, e.g. {failures[:3]}"
+        # On failure, the stack's log too: replica lines and Envoy's access log say which path it took.
+        assert not failures, f"{len(failures)} of {len(outcomes)} failed, e.g. {failures[:3]}\n{stack.output()[-6000:]}"
         # The supervisor said what happened and brought the replica back on its port.
         assert f"replica 2 {exit_text}; restarting" in stack.output()
         deadline = time.monotonic() + 30
