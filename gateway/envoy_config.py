@@ -11,7 +11,7 @@ What the gateway does, and why each piece is there:
 * one listener for REST (JSON, gRPC-JSON transcoding) and native gRPC (``codec_type: AUTO``);
 * filters, in order: with the stack's own replicas (``metrics_upstreams``), an early admission
   check (a Lua filter, :func:`lua_admission`: a large REST rerank body is refused with 429
-  before it is read when the service says it would be), then a buffer filter (a reliable 413
+  before it is read when the replicas asked say it would be), then a buffer filter (a reliable 413
   over the body limit), a Lua filter that
   drops the gRPC headers the transcoder leaves on JSON responses and moves the service's
   ``x-rerank-key`` (the caller's key *name*) into the access log (listed before the transcoder
@@ -65,6 +65,14 @@ could refuse them after reading them. 250 ms takes that path away; it bounds wha
 metrics port adds to a request of 64 KiB or more, which takes seconds to score anyway. (It did
 not remove every late refusal: README, "Under overload".)"""
 ADMISSION_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+ADMISSION_CLUSTER = "rerank_admission_{}"
+"""One cluster per replica's metrics port (``{}``: its index), so that the check picks which
+replica it asks: each replica's queue is its own."""
+ADMISSION_TRIES = 2
+"""Replicas asked about one body, in turn, before it is refused early: a body is refused only
+when two replicas would refuse it (all of them with two), not because the one asked is busy
+while another is idle. More would add a check's latency to every refusal under overload for
+little: a random pair finds room as soon as half the replicas have it, 3 times in 4."""
 
 Json = dict[str, Any]
 
@@ -103,30 +111,46 @@ def replica_sessions(settings: Settings) -> dict[int, str]:
     }
 
 
-def lua_admission(max_request_bytes: int, replicas: dict[int, str] | None = None) -> str:
+def lua_admission(max_request_bytes: int, replicas: int = 1, sessions: dict[int, str] | None = None) -> str:
     """The early admission check, on the request path before the buffer filter: a ``POST`` on a
     REST rerank path whose ``content-length`` is at least :data:`ADMISSION_MIN_BYTES` is first
     put to a replica's ``GET /admission?bytes=N`` (:mod:`service.telemetry.metrics_endpoint`;
-    no model: Envoy has not read the body, so the service answers for all its models). On 429
-    Envoy replies with that status, ``Retry-After`` and the service's JSON error at once, without
-    reading the body; on anything else (200, an error, :data:`ADMISSION_TIMEOUT_MS` passing) the
+    no model: Envoy has not read the body, so the service answers for all its models), through
+    that replica's :data:`ADMISSION_CLUSTER` (``replicas`` of them). The replicas are asked in
+    turn, starting from the next one each time; if the one asked refuses (or does not answer),
+    the next is asked, up to :data:`ADMISSION_TRIES`. If every replica asked refuses, Envoy
+    replies with 429, the shortest ``Retry-After`` and that replica's JSON error at once, without
+    reading the body; if none answered (an error, :data:`ADMISSION_TIMEOUT_MS` passing), the
     request goes on and the service's exact check after parsing decides, as without this filter.
     Chunked bodies (no ``content-length``) are not checked, nor bodies over ``max_request_bytes``:
     the buffer filter refuses those (413), and a body that overflows Envoy's buffers while this
     filter waits for the check's answer stalled until the request timeout (a 408 after 30 s).
 
     An admitted body's 200 carries the token of the place held for it, which goes on the request
-    (``x-rerank-hold``); with ``replicas`` (:func:`replica_sessions`), also which replica holds it,
+    (``x-rerank-hold``); with ``sessions`` (:func:`replica_sessions`), also which replica holds it,
     which becomes the stateful-session header that sends the request there (``x-rerank-replica``).
     A client's own values of either are dropped, and so is the session header on responses."""
     paths = ", ".join(f'["{p}"] = true, ["{p}/"] = true' for p in ADMISSION_PATHS)
-    sessions = ", ".join(f'["{port}"] = "{session}"' for port, session in (replicas or {}).items())
+    clusters = ", ".join(f'"{ADMISSION_CLUSTER.format(i)}"' for i in range(replicas))
+    table = ", ".join(f'["{port}"] = "{session}"' for port, session in (sessions or {}).items())
     return f"""\
 local PATHS = {{{paths}}}
-local REPLICAS = {{{sessions}}}
+local CHECKS = {{{clusters}}}
+local TRIES = math.min({ADMISSION_TRIES}, #CHECKS)
+local REPLICAS = {{{table}}}
+-- Which replica is asked first, in turn (per worker thread: Lua state is per worker).
+local turn = 0
 
 function envoy_on_response(handle)
   handle:headers():remove("{REPLICA_HEADER}")
+end
+
+-- What the check did, for the access log: admission (held, admitted, refused, or unchecked: no
+-- replica answered, and the service's own check after the body decides alone) and
+-- admission_checks (replicas asked). Fetched anew each time: objects from before an httpCall
+-- are no longer valid after it.
+local function note(handle, key, value)
+  handle:streamInfo():dynamicMetadata():set("rerank", key, value)
 end
 
 function envoy_on_request(handle)
@@ -145,48 +169,60 @@ function envoy_on_request(handle)
   if size == nil or size < {ADMISSION_MIN_BYTES} or size > {max_request_bytes} then
     return
   end
-  local ok, reply, body = pcall(function()
-    return handle:httpCall("{METRICS_CLUSTER}", {{
-      [":method"] = "GET",
-      [":path"] = "/admission?bytes=" .. string.format("%d", size),
-      [":authority"] = "{METRICS_CLUSTER}",
-      -- Only a caller with a valid key is refused early; the service answers the others (401).
-      ["authorization"] = headers:get("authorization"),
-    }}, "", {ADMISSION_TIMEOUT_MS})
-  end)
-  -- What the check did, for the access log: held, admitted, refused, or unchecked (it failed
-  -- or timed out, and the service's own check after the body decides alone).
-  local metadata = handle:streamInfo():dynamicMetadata()
-  if not ok or reply == nil or (reply[":status"] ~= "200" and reply[":status"] ~= "429") then
-    metadata:set("rerank", "admission", "unchecked")
-    return
-  end
-  if reply[":status"] ~= "429" or body == nil then
-    -- Admitted: the place the service holds for this body is taken by the call it becomes.
-    if reply[":status"] == "200" and reply["{HOLD_HEADER}"] ~= nil then
-      metadata:set("rerank", "admission", "held")
-      -- headers from before the call are no longer valid: fetched anew.
-      local request = handle:headers()
-      request:replace("{HOLD_HEADER}", reply["{HOLD_HEADER}"])
-      local replica = REPLICAS[reply["{REPLICA_HEADER}"] or ""]
-      if replica ~= nil then
-        request:replace("{REPLICA_HEADER}", replica)
+  local authorization = headers:get("authorization")
+  turn = turn % #CHECKS + 1
+  local refusal, refusal_body, delay = nil, nil, nil
+  for try = 0, TRIES - 1 do
+    local cluster = CHECKS[(turn + try - 1) % #CHECKS + 1]
+    local ok, reply, body = pcall(function()
+      return handle:httpCall(cluster, {{
+        [":method"] = "GET",
+        [":path"] = "/admission?bytes=" .. string.format("%d", size),
+        [":authority"] = cluster,
+        -- Only a caller with a valid key is refused early; the service answers the others (401).
+        ["authorization"] = authorization,
+      }}, "", {ADMISSION_TIMEOUT_MS})
+    end)
+    note(handle, "admission_checks", string.format("%d", try + 1))
+    local status = ok and reply ~= nil and reply[":status"] or nil
+    if status == "200" then
+      -- Admitted: the place the service holds for this body is taken by the call it becomes.
+      if reply["{HOLD_HEADER}"] ~= nil then
+        note(handle, "admission", "held")
+        -- headers from before the call are no longer valid: fetched anew.
+        local request = handle:headers()
+        request:replace("{HOLD_HEADER}", reply["{HOLD_HEADER}"])
+        local replica = REPLICAS[reply["{REPLICA_HEADER}"] or ""]
+        if replica ~= nil then
+          request:replace("{REPLICA_HEADER}", replica)
+        end
+      else
+        note(handle, "admission", "admitted")
       end
-    else
-      metadata:set("rerank", "admission", "admitted")
+      return
     end
+    if status == "429" and body ~= nil then
+      -- Refused here: the next replica may have room. Of the refusals, the shortest delay.
+      local seconds = tonumber(reply["retry-after"] or "1") or 1
+      if refusal == nil or seconds < delay then
+        refusal, refusal_body, delay = reply, body, seconds
+      end
+    end
+  end
+  if refusal == nil then
+    note(handle, "admission", "unchecked")
     return
   end
   -- Envoy's own reply: the local-reply mapper keeps this body as it is (it keys on "refused").
-  metadata:set("rerank", "admission", "refused")
-  metadata:set("rerank", "grpc_status", "8")
-  if reply["x-rerank-key"] ~= nil then metadata:set("rerank", "key", reply["x-rerank-key"]) end
+  note(handle, "admission", "refused")
+  note(handle, "grpc_status", "8")
+  if refusal["x-rerank-key"] ~= nil then note(handle, "key", refusal["x-rerank-key"]) end
   handle:respond({{
     [":status"] = "429",
     ["content-type"] = "application/json",
-    ["retry-after"] = reply["retry-after"] or "1",
+    ["retry-after"] = refusal["retry-after"] or "1",
     ["x-rerank-admission"] = "early",
-  }}, body)
+  }}, refusal_body)
 end
 """
 
@@ -433,6 +469,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "key": "%DYNAMIC_METADATA(rerank:key)%",
     "admission": "%DYNAMIC_METADATA(rerank:admission)%",
+    "admission_checks": "%DYNAMIC_METADATA(rerank:admission_checks)%",
     "flags": "%RESPONSE_FLAGS%",
 }
 """Envoy's access-log line, one JSON object per request. ``path`` and ``method`` are the
@@ -516,6 +553,7 @@ def render(
     clusters = [cluster(settings, endpoints)]
     if metrics:
         clusters.append(metrics_cluster(metrics))
+        clusters += [admission_cluster(i, m) for i, m in enumerate(metrics)]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         # Caps concurrent downstream connections (and silences Envoy's warning about having none).
@@ -776,7 +814,11 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 "name": FILTER_ADMISSION,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": lua_admission(settings.max_request_bytes, sessions)},
+                    "default_source_code": {
+                        "inline_string": lua_admission(
+                            settings.max_request_bytes, len(metrics_upstreams(settings)), sessions
+                        )
+                    },
                 },
             }
         )
@@ -1024,13 +1066,22 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
 
 def metrics_cluster(endpoints: list[Upstream]) -> Json:
     """The replicas' metrics ports: plain HTTP/1.1, round robin (any replica has it all)."""
+    return _plain_cluster(METRICS_CLUSTER, endpoints)
+
+
+def admission_cluster(index: int, endpoint: Upstream) -> Json:
+    """Replica ``index``'s metrics port alone, for the early check (:data:`ADMISSION_CLUSTER`)."""
+    return _plain_cluster(ADMISSION_CLUSTER.format(index), [endpoint])
+
+
+def _plain_cluster(name: str, endpoints: list[Upstream]) -> Json:
     return {
-        "name": METRICS_CLUSTER,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
-            "cluster_name": METRICS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [

@@ -260,37 +260,106 @@ def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused
     assert _holds(base_url, "taken") > taken, "the admitted body did not take its hold"
 
 
-def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_place(models_dir, tmp_path_factory):
-    """rerank-stack with two replicas: the check asks one of them (round robin) and the body then
-    goes to that one, whose hold admits it; sent to the other, it would meet that replica's own
-    hold for another body and be refused after its body was read."""
+@pytest.fixture(scope="module")
+def two_replicas(models_dir, tmp_path_factory):
+    """rerank-stack with two replicas, each refusing what would wait over 50 ms."""
     folder = tmp_path_factory.mktemp("replica-models")
     shutil.copytree(models_dir / "bert-tiny", folder / "bert-tiny")
     state = tmp_path_factory.mktemp("replica-stack") / "state"
     stack = StackProcess.start(folder, state, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000", replicas=2)
     try:
-        for _ in range(2):
-            responses = burst(stack.base_url, lambda: stack.lines("envoy"))
-            assert len([r for r in responses if r.status_code == 200]) == 2, "each replica admits one body"
-            # The replica's address is Envoy's to know: never in a response.
-            small = httpx.post(
-                f"{stack.base_url}/v1/rerank",
-                json={"query": "panda", "documents": ["bamboo"]},
-                headers={"authorization": f"Bearer {API_KEY}"},
-                timeout=60,
-            )
-            assert not [r for r in [*responses, small] if "x-rerank-replica" in r.headers]
-
-        def served_by() -> set[str]:
-            lines = [line for line in stack.lines("envoy") if '"status":200' in line and '"upstream_host":"' in line]
-            return {line.split('"upstream_host":"')[1].split('"')[0] for line in lines}
-
-        deadline = time.monotonic() + 10  # Envoy flushes its access log now and then
-        while len(served_by()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(served_by()) == 2, f"the bodies served went to {served_by()}"
+        yield stack
     finally:
         stack.stop()
+
+
+def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_place(two_replicas):
+    """rerank-stack with two replicas: the check asks one of them (in turn) and the body then
+    goes to the one that admitted it, whose hold admits it; sent to the other, it would meet that
+    replica's own hold for another body and be refused after its body was read."""
+    stack = two_replicas
+    for _ in range(2):
+        responses = burst(stack.base_url, lambda: stack.lines("envoy"))
+        assert len([r for r in responses if r.status_code == 200]) == 2, "each replica admits one body"
+        # The replica's address is Envoy's to know: never in a response.
+        small = httpx.post(
+            f"{stack.base_url}/v1/rerank",
+            json={"query": "panda", "documents": ["bamboo"]},
+            headers={"authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+        )
+        assert not [r for r in [*responses, small] if "x-rerank-replica" in r.headers]
+
+    def served_by() -> set[str]:
+        lines = [line for line in stack.lines("envoy") if '"status":200' in line and '"upstream_host":"' in line]
+        return {line.split('"upstream_host":"')[1].split('"')[0] for line in lines}
+
+    deadline = time.monotonic() + 10  # Envoy flushes its access log now and then
+    while len(served_by()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(served_by()) == 2, f"the bodies served went to {served_by()}"
+
+
+def _heavy_grpc_request():
+    from service.protocol import rerank_pb2
+
+    request = rerank_pb2.RerankRequest(query=HEAVY["query"], long_documents="window")
+    for text in HEAVY["documents"]:
+        request.documents.add().string_value = text
+    return request
+
+
+def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
+    """One replica kept busy by heavy requests sent to it directly (Envoy does not see them), the
+    other idle: a large body the busy one refuses early is asked of the idle one, admitted and
+    served there. (When the check asked one replica only, every other body was refused while a
+    replica stood idle.)"""
+    from service.protocol import rerank_pb2_grpc
+
+    stack = two_replicas
+    busy = stack.grpc_port  # replica 1; replica 2 gets only what Envoy sends
+    stop = threading.Event()
+    codes: list[grpc.StatusCode] = []
+
+    def keep_busy() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{busy}") as channel:
+            stub = rerank_pb2_grpc.RerankServiceStub(channel)
+            while not stop.is_set():
+                # Refused while the last one still runs (RESOURCE_EXHAUSTED): sent again.
+                codes.append(stub.Rerank.future(_heavy_grpc_request(), metadata=AUTH, timeout=60).code())
+
+    thread = threading.Thread(target=keep_busy)
+    thread.start()
+    run = uuid.uuid4().hex[:8]
+    body = {"query": "panda", "documents": [f"bamboo {i} " * 1000 for i in range(10)]}  # ~100 KB, truncated
+    try:
+        deadline = time.monotonic() + 30
+        while _queued(busy) == 0:
+            assert time.monotonic() < deadline, "the busy replica never queued"
+            time.sleep(0.01)
+        statuses = []
+        for i in range(8):
+            headers = {"authorization": f"Bearer {API_KEY}", "x-request-id": f"busy-{run}-{i}"}
+            response = httpx.post(f"{stack.base_url}/v1/rerank", json=body, headers=headers, timeout=60)
+            statuses.append((response.status_code, response.text[:200] if response.status_code != 200 else ""))
+        assert _queued(busy) > 0, "the busy replica went idle: this showed nothing"
+    finally:
+        stop.set()
+        thread.join(120)
+    assert statuses == [(200, "")] * 8, statuses
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    # Envoy's access log: every body held a place, and some only at the second replica asked.
+    checks: dict[str, str] = {}
+    deadline = time.monotonic() + 10  # Envoy flushes its access log now and then
+    while len(checks) < 8 and time.monotonic() < deadline:
+        entries = [json.loads(line) for line in stack.lines("envoy") if line.startswith("{")]
+        checks = {e["request_id"]: e["admission_checks"] for e in entries if e["request_id"].startswith(f"busy-{run}")}
+        held = {
+            e["request_id"] for e in entries if e["request_id"].startswith(f"busy-{run}") and e["admission"] == "held"
+        }
+        time.sleep(0.2)
+    assert len(held) == 8, held
+    assert "2" in checks.values(), checks
 
 
 def test_a_large_body_is_admitted_by_an_idle_server(early_stack):
@@ -304,12 +373,10 @@ def test_a_large_body_is_admitted_by_an_idle_server(early_stack):
 
 
 def test_grpc_clients_get_resource_exhausted_with_retry_after(busy_stack):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from service.protocol import rerank_pb2_grpc
 
     base_url, port = busy_stack
-    request = rerank_pb2.RerankRequest(query=HEAVY["query"], long_documents="window")
-    for text in HEAVY["documents"]:
-        request.documents.add().string_value = text
+    request = _heavy_grpc_request()
 
     def check() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as refused:

@@ -130,13 +130,14 @@ def test_incomplete_tls_settings_are_refused(settings, message):
 
 
 def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the_stacks_replicas():
-    from gateway.envoy_config import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER, METRICS_CLUSTER
+    from gateway.envoy_config import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER
 
     stack = _hcm(render(Settings(metrics_port=9100), descriptor=Path("d.pb")))
     names = [f["name"] for f in stack["http_filters"]]
     assert names.index(FILTER_ADMISSION) == 0 and names[1] == FILTER_BUFFER
     code = stack["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
-    assert f'httpCall("{METRICS_CLUSTER}"' in code and f"size < {ADMISSION_MIN_BYTES}" in code
+    assert 'local CHECKS = {"rerank_admission_0"}' in code and "httpCall(cluster," in code
+    assert f"size < {ADMISSION_MIN_BYTES}" in code
     assert '["/v1/rerank"] = true' in code and '["/v2/rerank"] = true' in code and '["/rerank"] = true' in code
     early = stack["local_reply_config"]["mappers"][1]["filter"]["metadata_filter"]
     assert early["match_if_key_not_found"] is False
@@ -159,6 +160,18 @@ def test_with_replicas_an_admitted_body_goes_to_the_replica_that_holds_its_place
     code = hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
     for metrics, grpc in ((9100, 50051), (9101, 50052)):  # replica i: metrics port i -> gRPC port i
         assert f'["{metrics}"] = "{base64.b64encode(f"127.0.0.1:{grpc}".encode()).decode()}"' in code
+    # The check asks the replicas in turn, each through its own cluster (its own queue).
+    assert 'local CHECKS = {"rerank_admission_0", "rerank_admission_1"}' in code
+    ports = {
+        c["name"]: [
+            e["endpoint"]["address"]["socket_address"]["port_value"]
+            for e in c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        ]
+        for c in render(Settings(metrics_port=9100, replicas=2), descriptor=Path("d.pb"))["static_resources"][
+            "clusters"
+        ]
+    }
+    assert ports["rerank_admission_0"] == [9100] and ports["rerank_admission_1"] == [9101]
     # Never a client's: removed before anything else, and from every response.
     assert code.index('headers:remove("x-rerank-replica")') < code.index('headers:get(":method")')
     assert 'handle:headers():remove("x-rerank-replica")' in code.split("function envoy_on_request")[0]
