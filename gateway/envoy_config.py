@@ -71,8 +71,8 @@ replica it asks: each replica's queue is its own."""
 ADMISSION_TRIES = 2
 """Replicas asked about one body, in turn, before it is refused early: a body is refused only
 when two replicas would refuse it (all of them with two), not because the one asked is busy
-while another is idle. More would add a check's latency to every refusal under overload for
-little: a random pair finds room as soon as half the replicas have it, 3 times in 4."""
+while another is idle. More would add a check's latency to every refusal under overload, when
+every replica refuses."""
 
 Json = dict[str, Any]
 
