@@ -29,6 +29,13 @@ HEAVY = {
     "long_documents": "window",
     "return_documents": False,
 }
+BACKGROUND = {
+    **HEAVY,
+    # About the same body at one token per byte (each "!" is a token; HEAVY's text takes ~2.4
+    # bytes a token): ~2.4x the work, so that a check run while it is queued ends before it
+    # does, even on a slow or shared machine (with HEAVY, once under a CPU hog it did not).
+    "documents": [("!" * 24_000) + str(i) for i in range(64)],
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +94,12 @@ def _queued(port: int) -> int:
 
 
 def _while_busy(base_url: str, port: int, check) -> None:
-    """Runs ``check`` while a heavy request is queued, then lets it finish."""
+    """Runs ``check`` while a heavy request (:data:`BACKGROUND`) is queued, then lets it finish."""
     outcome: dict[str, httpx.Response] = {}
 
     def heavy() -> None:
         outcome["heavy"] = httpx.post(
-            f"{base_url}/v1/rerank", json=HEAVY, timeout=120, headers={"authorization": f"Bearer {API_KEY}"}
+            f"{base_url}/v1/rerank", json=BACKGROUND, timeout=120, headers={"authorization": f"Bearer {API_KEY}"}
         )
 
     thread = threading.Thread(target=heavy)
@@ -118,7 +125,9 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once_with_retry_after(
         )
         elapsed = time.monotonic() - started
         assert response.status_code == 429, response.text[:300]
-        assert elapsed < 0.5, f"the refusal took {elapsed:.2f} s"
+        # At once, not after a wait in the queue (the request ahead runs for seconds): 1.5 s of
+        # slack for a shared CI machine (0.83 s once here with another process spinning a core).
+        assert elapsed < 1.5, f"the refusal took {elapsed:.2f} s"
         assert int(response.headers["retry-after"]) >= 1
         body = response.json()
         assert body["code"] == 8 and "busy" in body["message"]
@@ -158,7 +167,9 @@ def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
         elapsed = time.monotonic() - started
         assert response.status_code == 429, response.text[:300]
         assert response.headers.get("x-rerank-admission") == "early", "refused by the service, not early"
-        assert elapsed < 0.5, f"the refusal took {elapsed:.2f} s"
+        # At once, not after a wait in the queue (the request ahead runs for seconds): 1.5 s of
+        # slack for a shared CI machine (0.83 s once here with another process spinning a core).
+        assert elapsed < 1.5, f"the refusal took {elapsed:.2f} s"
         assert int(response.headers["retry-after"]) >= 1
         assert response.headers["content-type"] == "application/json"
         body = response.json()
@@ -262,11 +273,11 @@ def test_a_burst_of_large_bodies_is_admitted_as_far_as_there_is_room_and_refused
 
 @pytest.fixture(scope="module")
 def two_replicas(models_dir, tmp_path_factory):
-    """rerank-stack with two replicas, each refusing what would wait over 50 ms."""
+    """rerank-stack with two replicas, each refusing what would wait over 20 ms."""
     folder = tmp_path_factory.mktemp("replica-models")
     shutil.copytree(models_dir / "bert-tiny", folder / "bert-tiny")
     state = tmp_path_factory.mktemp("replica-stack") / "state"
-    stack = StackProcess.start(folder, state, "--max-queue-seconds", "0.05", "--max-queue-pairs", "100000", replicas=2)
+    stack = StackProcess.start(folder, state, "--max-queue-seconds", "0.02", "--max-queue-pairs", "100000", replicas=2)
     try:
         yield stack
     finally:
@@ -300,11 +311,11 @@ def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_plac
     assert len(served_by()) == 2, f"the bodies served went to {served_by()}"
 
 
-def _heavy_grpc_request():
+def _heavy_grpc_request(body: dict = HEAVY):
     from service.protocol import rerank_pb2
 
-    request = rerank_pb2.RerankRequest(query=HEAVY["query"], long_documents="window")
-    for text in HEAVY["documents"]:
+    request = rerank_pb2.RerankRequest(query=body["query"], long_documents="window")
+    for text in body["documents"]:
         request.documents.add().string_value = text
     return request
 
@@ -312,8 +323,8 @@ def _heavy_grpc_request():
 def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
     """One replica kept busy by heavy requests sent to it directly (Envoy does not see them), the
     other idle: a large body the busy one refuses early is asked of the idle one, admitted and
-    served there. (When the check asked one replica only, every other body was refused while a
-    replica stood idle.)"""
+    served there. (When the check asked one replica only, a body whose check went to the busy
+    one was refused while a replica stood idle.)"""
     from service.protocol import rerank_pb2_grpc
 
     stack = two_replicas
@@ -326,12 +337,15 @@ def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
             stub = rerank_pb2_grpc.RerankServiceStub(channel)
             while not stop.is_set():
                 # Refused while the last one still runs (RESOURCE_EXHAUSTED): sent again.
-                codes.append(stub.Rerank.future(_heavy_grpc_request(), metadata=AUTH, timeout=60).code())
+                codes.append(stub.Rerank.future(_heavy_grpc_request(BACKGROUND), metadata=AUTH, timeout=60).code())
 
     thread = threading.Thread(target=keep_busy)
     thread.start()
     run = uuid.uuid4().hex[:8]
-    body = {"query": "panda", "documents": [f"bamboo {i} " * 1000 for i in range(10)]}  # ~100 KB, truncated
+    # ~200 KB of one-byte tokens in windows: priced far over what a replica busy with a heavy
+    # request lets wait (a cheap body waits only its own cost behind it, and is admitted there),
+    # ~0.5 s of work for the idle one.
+    body = {"query": "panda", "documents": [("!" * 20_000) + str(i) for i in range(10)], "long_documents": "window"}
     try:
         deadline = time.monotonic() + 30
         while _queued(busy) == 0:
@@ -342,7 +356,6 @@ def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
             headers = {"authorization": f"Bearer {API_KEY}", "x-request-id": f"busy-{run}-{i}"}
             response = httpx.post(f"{stack.base_url}/v1/rerank", json=body, headers=headers, timeout=60)
             statuses.append((response.status_code, response.text[:200] if response.status_code != 200 else ""))
-        assert _queued(busy) > 0, "the busy replica went idle: this showed nothing"
     finally:
         stop.set()
         thread.join(120)
@@ -359,6 +372,7 @@ def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
         }
         time.sleep(0.2)
     assert len(held) == 8, held
+    # Some checks went first to the busy replica, which refused: else this showed nothing.
     assert "2" in checks.values(), checks
 
 
