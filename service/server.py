@@ -209,18 +209,15 @@ class RerankServer:
             models = [self.models[model]] if model in self.models else []
         room: dict[str, float] = {}
         refusals: list[tuple[QueueFull, ServedModel]] = []
-        unheld = False
         for served in models:
             refusal, cost = served.early_refusal(size)
-            if refusal is not None:
-                refusals.append((refusal, served))
-            elif cost is None:
-                unheld = True  # a drain's end: admitted, nothing held
-            else:
+            if refusal is None:
                 room[served.name] = cost
+            else:
+                refusals.append((refusal, served))
         if room:
             return self.holds.place(room)
-        if unheld or not refusals:
+        if not refusals:
             return ""
         first, refused = min(refusals, key=lambda pair: pair[0].retry_after or 0)
         # Counted like the service's own queue_time refusals, on the event loop (the metrics'

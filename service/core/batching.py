@@ -391,10 +391,9 @@ class DynamicBatcher:
         """Workers running slots (or about to). Under the lock."""
         self._closed = False
         self._refusal: RerankError | None = None
-        self.published: QueueState | None = self.state()
+        self.published = self.state()
         """The queue's state at its last change, for readers on other threads (replaced, never
-        mutated); None once :meth:`refuse` was called (a drain's end): the early check then
-        admits without holding a place here."""
+        mutated). A stopping server's early check does not read it (it admits everything)."""
 
     @property
     def queued_pairs(self) -> int:
@@ -478,7 +477,7 @@ class DynamicBatcher:
         in_flight = max(0.0, self._running_until - time.monotonic())
         waiting = self._queued_cost() + sum(self._reserved.values())
         self.metrics.set_queue(self._queued_pairs, in_flight + waiting / self._model_speed())
-        self.published = self.state() if self._refusal is None else None
+        self.published = self.state()
 
     # ------------------------------------------------------------------------- queueing
 

@@ -179,18 +179,12 @@ class ServedModel:
         if text:
             self.cost_per_byte += 0.1 * (cost / text - self.cost_per_byte)
 
-    def early_refusal(self, size: int) -> tuple[QueueFull | None, float | None]:
+    def early_refusal(self, size: int) -> tuple[QueueFull | None, float]:
         """The refusal a request body of ``size`` bytes gets before it is read (None: admitted),
-        and the cost of the place to hold for it, counting the early check's other holds (None:
-        hold none, the model is refusing everything at the end of a drain). Safe on any thread:
+        and the cost it is priced at, counting the early check's other holds. Safe on any thread:
         it reads the batcher's published state, its holds and one float."""
-        state = self.batcher.published
-        if state is None:
-            # Admitted without a place held here: the body goes where Envoy sends it, a replica
-            # still serving, or it gets the drain's own UNAVAILABLE, which Envoy retries elsewhere.
-            return None, None
         cost = self.cost_of_body(size)
-        return queue_time_refusal(self.batcher.with_holds(state), cost), cost
+        return queue_time_refusal(self.batcher.with_holds(self.batcher.published), cost), cost
 
     async def score(
         self,

@@ -3,7 +3,6 @@ without keys when told to, and a stop that answers the call in flight."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import threading
 import time
@@ -107,32 +106,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
-
-
-def test_once_a_drain_has_ended_the_early_check_admits_without_holding_a_place(stand_in_models: Path) -> None:
-    """The end of a drain refuses every request, but the metrics port still answers Envoy's early
-    checks until the process exits. They must be admitted with nothing held: the body then goes
-    to a replica still serving. Before the fix, the drained batcher published a blank queue state
-    (default speed) to which the early check added its own holds, so after a few checks a
-    replica being stopped refused bodies with "would wait about 101 s", which Envoy does not
-    retry elsewhere (a replica test's failure in CI)."""
-    from service.errors import Unavailable
-
-    with serve(stand_in_models, max_queue_seconds=5.0) as server:
-        rerank = server.server
-        size = 64 * 1024
-        assert isinstance(rerank.early_admission(size), str) and rerank.early_admission(size) != ""  # a hold
-
-        async def drain_ends() -> None:
-            for model in rerank.models.values():
-                model.batcher.refuse(Unavailable("the server is shutting down; retry the request"))
-
-        assert server._loop is not None
-        asyncio.run_coroutine_threadsafe(drain_ends(), server._loop).result(10)
-        held = {name: rerank.holds.costs(name) for name in rerank.models}
-        answers = [rerank.early_admission(size) for _ in range(50)]
-        assert answers == [""] * 50
-        assert {name: rerank.holds.costs(name) for name in rerank.models} == held  # nothing more held
 
 
 def test_a_draining_replica_holds_no_place_for_a_body(stand_in_models: Path) -> None:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core.batching import BatchingConfig, DynamicBatcher, Holds, QueueState, Throughput, queue_time_refusal
 from service.core.metrics import ModelMetrics
-from service.errors import QueueFull
+from service.errors import QueueFull, Unavailable
 from service.router.auth import Keyring
 from service.telemetry.metrics_endpoint import ADMISSION_PATH, MetricsEndpoint
 
@@ -180,4 +180,23 @@ async def test_a_held_place_admits_its_request_and_counts_against_the_others() -
     with pytest.raises(QueueFull):
         batcher.admit(4000.0, 10, hold="not-a-token")
     batcher.release(reservation)
+    await batcher.close()
+
+
+async def test_a_refusing_batcher_still_publishes_its_own_speed() -> None:
+    """A drain's end refuses everything, but the state the batcher publishes stays its own. It
+    used to publish a blank ``QueueState()``, whose default speed (2,000 tokens/s) priced the early
+    check's holds hundreds of times too high on a fast model: a stopping replica refused bodies
+    with "would wait about 101 s" (a CI failure of the replica test)."""
+    batcher = DynamicBatcher(
+        lambda batch: np.zeros(len(batch.input_ids)),
+        pad_id=0,
+        with_types=False,
+        config=BatchingConfig(),
+        metrics=ModelMetrics(),
+        name="m",
+        throughput=Throughput(480_000.0, measured=True),
+    )
+    batcher.refuse(Unavailable("the server is shutting down; retry the request"))
+    assert batcher.published.tokens_per_second == 480_000.0 and batcher.published.costs == ()
     await batcher.close()
