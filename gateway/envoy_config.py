@@ -805,7 +805,8 @@ def retry_on_another_host(retry_on: str) -> Json:
 def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
     early: list[Json] = []
     sessions = replica_sessions(settings)
-    if metrics_upstreams(settings):
+    replicas = len(metrics_upstreams(settings))
+    if replicas:
         # Before the buffer filter, which would read the whole body first. Only where Envoy
         # fronts the stack's own replicas (their metrics ports); with RERANK_UPSTREAMS there is
         # no metrics cluster, and the service's own check (after the body) is the only one.
@@ -815,9 +816,7 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
                     "default_source_code": {
-                        "inline_string": lua_admission(
-                            settings.max_request_bytes, len(metrics_upstreams(settings)), sessions
-                        )
+                        "inline_string": lua_admission(settings.max_request_bytes, replicas, sessions)
                     },
                 },
             }

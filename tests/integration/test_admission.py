@@ -207,21 +207,26 @@ def test_a_large_body_is_refused_before_it_is_read_while_busy(early_stack):
     _while_busy(base_url, port, check)
 
 
-def access_log_admissions(lines: Callable[[], list[str]], ids: set[str]) -> dict[str, tuple[int, str | None]]:
-    """Envoy's access-log ``(status, admission)`` for each request id in ``ids`` (Envoy flushes
-    its access log now and then: waits up to 10 s for them all)."""
+def access_log_entries(lines: Callable[[], list[str]], ids: set[str]) -> dict[str, dict]:
+    """Envoy's access-log entry for each request id in ``ids`` (Envoy flushes its access log now
+    and then: waits up to 10 s for them all)."""
     deadline = time.monotonic() + 10
     while True:
-        found: dict[str, tuple[int, str | None]] = {}
+        found: dict[str, dict] = {}
         for line in lines():
             if not line.startswith("{"):
                 continue
             entry = json.loads(line)
             if entry.get("request_id") in ids:
-                found[entry["request_id"]] = (entry["status"], entry["admission"])
+                found[entry["request_id"]] = entry
         if len(found) == len(ids) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def access_log_admissions(lines: Callable[[], list[str]], ids: set[str]) -> dict[str, tuple[int, str | None]]:
+    """Envoy's access-log ``(status, admission)`` for each request id in ``ids``."""
+    return {i: (e["status"], e["admission"]) for i, e in access_log_entries(lines, ids).items()}
 
 
 def burst(base_url: str, access_log: Callable[[], list[str]], count: int = 6) -> list[httpx.Response]:
@@ -362,15 +367,9 @@ def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
     assert statuses == [(200, "")] * 8, statuses
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     # Envoy's access log: every body held a place, and some only at the second replica asked.
-    checks: dict[str, str] = {}
-    deadline = time.monotonic() + 10  # Envoy flushes its access log now and then
-    while len(checks) < 8 and time.monotonic() < deadline:
-        entries = [json.loads(line) for line in stack.lines("envoy") if line.startswith("{")]
-        checks = {e["request_id"]: e["admission_checks"] for e in entries if e["request_id"].startswith(f"busy-{run}")}
-        held = {
-            e["request_id"] for e in entries if e["request_id"].startswith(f"busy-{run}") and e["admission"] == "held"
-        }
-        time.sleep(0.2)
+    entries = access_log_entries(lambda: stack.lines("envoy"), {f"busy-{run}-{i}" for i in range(8)})
+    checks = {i: e["admission_checks"] for i, e in entries.items()}
+    held = {i for i, e in entries.items() if e["admission"] == "held"}
     assert len(held) == 8, held
     # Some checks went first to the busy replica, which refused: else this showed nothing.
     assert "2" in checks.values(), checks

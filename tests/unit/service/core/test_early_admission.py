@@ -146,22 +146,27 @@ def test_a_holds_outcomes_are_counted_and_a_late_body_is_told_from_one_never_hel
     assert outcomes.count("late") == 1
 
 
+def idle_batcher(
+    tokens_per_second: float, max_queue_seconds: float = 5.0, holds: Holds | None = None
+) -> DynamicBatcher:
+    """A batcher named ``m`` on a model that scores nothing, at a measured ``tokens_per_second``."""
+    return DynamicBatcher(
+        lambda batch: np.zeros(len(batch.input_ids)),
+        pad_id=0,
+        with_types=False,
+        config=BatchingConfig(max_queue_seconds=max_queue_seconds),
+        metrics=ModelMetrics(),
+        name="m",
+        throughput=Throughput(tokens_per_second, measured=True),
+        holds=holds,
+    )
+
+
 async def test_a_held_place_admits_its_request_and_counts_against_the_others() -> None:
     """Three large bodies checked at once by an idle server: the first is held a place; the
     others see it and are refused early, not admitted early and refused after parsing."""
     holds = Holds()
-    throughput = Throughput(1000.0)
-    throughput.measured = True
-    batcher = DynamicBatcher(
-        lambda batch: np.zeros(len(batch.input_ids)),
-        pad_id=0,
-        with_types=False,
-        config=BatchingConfig(max_queue_seconds=1.0),
-        metrics=ModelMetrics(),
-        name="m",
-        throughput=throughput,
-        holds=holds,
-    )
+    batcher = idle_batcher(1000.0, max_queue_seconds=1.0, holds=holds)
     state = batcher.published
     assert queue_time_refusal(state, 4000.0) is None
     token = holds.place({"m": 4000.0})
@@ -188,15 +193,7 @@ async def test_a_refusing_batcher_still_publishes_its_own_speed() -> None:
     used to publish a blank ``QueueState()``, whose default speed (2,000 tokens/s) priced the early
     check's holds hundreds of times too high on a fast model: a stopping replica refused bodies
     with "would wait about 101 s" (a CI failure of the replica test)."""
-    batcher = DynamicBatcher(
-        lambda batch: np.zeros(len(batch.input_ids)),
-        pad_id=0,
-        with_types=False,
-        config=BatchingConfig(),
-        metrics=ModelMetrics(),
-        name="m",
-        throughput=Throughput(480_000.0, measured=True),
-    )
+    batcher = idle_batcher(480_000.0)
     batcher.refuse(Unavailable("the server is shutting down; retry the request"))
     assert batcher.published.tokens_per_second == 480_000.0 and batcher.published.costs == ()
     await batcher.close()
