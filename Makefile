@@ -22,9 +22,12 @@ PYTEST_ARGS ?=
 LOCK := requirements/dev.lock
 PIP_INSTALL = $(BIN)/pip install -q -c $(LOCK)
 
+# pip itself is pinned too: the resolver and the isolated build are pip's, and a new pip can
+# change what either does.
+PIP_VERSION := 26.3
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
 
 # Everything CI and development need.
 $(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
@@ -39,10 +42,15 @@ $(SERVE_STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) |
 install: $(STAMP)
 install-serve: $(SERVE_STAMP)
 
+# Runtime and build requirements are resolved together (requirements/build.in), then the build
+# pins are copied into pyproject.toml, so the two can never drift apart (tests/unit/test_build_pins.py).
+# LOCK_ARGS=--upgrade takes today's releases; without it, pins move only where they must.
+LOCK_ARGS ?=
 lock: | $(VENV)/bin/python
-	$(BIN)/pip install -q pip-tools
-	$(BIN)/pip-compile -q --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,test,lint --no-emit-index-url \
-		--no-emit-find-links --output-file $(LOCK) pyproject.toml
+	$(BIN)/pip install -q pip-tools==7.7.0
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,test,lint \
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in
+	$(BIN)/python scripts/pin-build
 
 lint: install
 	BIN=$(BIN) scripts/check
