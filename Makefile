@@ -133,7 +133,7 @@ bench-overload: install
 # xlmr: the per-query gate refuses xlmr-tiny's fp16 (max |Δ| 0.059 > 0.05 on its random weights),
 # and the CUDA default is fp16 only where it passed; minilm-ce's would pass but is too large to carry.
 gpu-prep: install
-	rm -rf models-gpu build/gpu-ckpt && $(BIN)/python -m converters.testing.checkpoints bert build/gpu-ckpt
+	rm -rf models-gpu build/gpu-ckpt && $(BIN)/python -m rerank.converters.testing.checkpoints bert build/gpu-ckpt
 	$(BIN)/rerank-convert build/gpu-ckpt --name bert-tiny --out models-gpu --variants fp32-fused,fp16
 
 gpu-check:
@@ -151,11 +151,11 @@ IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' ONNXRUNTIME='$(ONNXRUNTIME)' PYTHON=$(BIN
 
 # The repository's envoy.yaml: Envoy's configuration for the default settings (a test checks it).
 envoy.yaml: install-serve
-	$(BIN)/python -m gateway.envoy_config > envoy.yaml.tmp && mv envoy.yaml.tmp envoy.yaml
+	$(BIN)/python -m rerank.gateway.envoy_config > envoy.yaml.tmp && mv envoy.yaml.tmp envoy.yaml
 
 # deploy/kubernetes' ConfigMap: Envoy's configuration rendered for the Kubernetes profile.
 kubernetes: install-serve
-	$(BIN)/python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml.tmp
+	$(BIN)/python -m rerank.gateway.kubernetes > deploy/kubernetes/envoy-config.yaml.tmp
 	mv deploy/kubernetes/envoy-config.yaml.tmp deploy/kubernetes/envoy-config.yaml
 
 # The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index

@@ -11,8 +11,12 @@ editable installs alike), so nothing is generated at import time:
 * ``gateway/assets/openapi.json``: the OpenAPI document of every REST route, generated from that
   descriptor set (``gateway/openapi.py``), which Envoy serves at ``/openapi.json``.
 
-All four are git-ignored build outputs. Everything else about the package is in
-``pyproject.toml``.
+All four are git-ignored build outputs.
+
+It also says where the installed packages come from: every import name lives under ``rerank.``
+(``rerank.service``, ``rerank.gateway``, ``rerank.converters``) while the folders stay at the top
+of the checkout, so nothing generic (``service``, ``gateway``) lands in site-packages; and the test
+fixtures (``converters/testing/``) stay out of the wheel. Everything else is in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -64,12 +68,12 @@ def generate_python(out: Path) -> None:
         generated = sorted(Path(tmp).rglob("*_pb2*.py*"))
         modules = {Path(proto).with_suffix("").as_posix().replace("/", ".") + "_pb2" for proto in protos}
         # protoc names the import after the proto's path ("from rerank.v1 import rerank_pb2");
-        # the modules live flat in service.protocol instead.
+        # the modules live flat in rerank.service.protocol instead.
         pattern = re.compile(r"^from ([\w.]+) import (\w+_pb2)\b", re.MULTILINE)
 
         def local(match: re.Match[str]) -> str:
             if f"{match.group(1)}.{match.group(2)}" in modules:
-                return f"from service.protocol import {match.group(2)}"
+                return f"from rerank.service.protocol import {match.group(2)}"
             return match.group(0)
 
         for path in generated:
@@ -109,4 +113,30 @@ class BuildPy(build_py):
         super().run()
 
 
-setup(cmdclass={"build_protos": BuildProtos, "build_py": BuildPy})
+NAMESPACE = "rerank"
+FOLDERS = ("service", "gateway", "converters")
+"""Top-level folders installed as ``rerank.<folder>``."""
+NOT_SHIPPED = ("converters/testing",)
+"""Folders of test fixtures: importable from a checkout's editable install, not in the wheel."""
+
+
+def packages() -> tuple[list[str], dict[str, str]]:
+    """The installed packages and where each one's folder is."""
+    names: list[str] = []
+    where: dict[str, str] = {"rerank_client": "clients/python/rerank_client"}
+    for folder in FOLDERS:
+        # Every folder, data folders too (gateway/assets/, the .proto copies): setuptools ships a
+        # folder's files only as part of a listed package.
+        for path in sorted({(ROOT / folder), *(p for p in (ROOT / folder).rglob("*") if p.is_dir())}):
+            relative = path.relative_to(ROOT).as_posix()
+            if "__pycache__" in relative.split("/"):
+                continue
+            if any(relative == skip or relative.startswith(skip + "/") for skip in NOT_SHIPPED):
+                continue
+            names.append(f"{NAMESPACE}." + relative.replace("/", "."))
+        where[f"{NAMESPACE}.{folder}"] = folder
+    return [*names, "rerank_client"], where
+
+
+PACKAGES, PACKAGE_DIR = packages()
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, cmdclass={"build_protos": BuildProtos, "build_py": BuildPy})

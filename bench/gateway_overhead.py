@@ -28,7 +28,7 @@ from bench import models as bench_models
 from bench.http_client import LeanHttpClient
 from bench.peers import API_KEY, OurServer, OursGrpc, free_port
 from bench.workloads import make
-from service.model_folder import find_model_folders, read_model_folder
+from rerank.service.model_folder import find_model_folders, read_model_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,8 +41,8 @@ def main() -> int:
     parser.add_argument("--variant", default="fp32-fused")
     args = parser.parse_args()
 
-    from gateway.envoy import start as start_envoy
-    from service.settings import Settings
+    from rerank.gateway.envoy import start as start_envoy
+    from rerank.service.settings import Settings
 
     if args.models_dir:
         folders = find_model_folders(args.models_dir)

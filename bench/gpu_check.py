@@ -23,15 +23,15 @@ import onnx
 import onnxruntime as ort
 
 from bench.peers import OurServer, OursGrpc
-from converters import onnx_graph
-from converters.gate_probes import spearman
-from converters.probes import probe_pairs
-from converters.spec import EncoderSpec
-from converters.variants import FILES, _fuse, _to_fp16
-from service.backends.onnx import CUDA, Batch, OnnxBackend
-from service.core.batching import pad
-from service.core.tokenization import PairEncoder
-from service.model_folder import Variant, find_model_folders, read_model_folder
+from rerank.converters import onnx_graph
+from rerank.converters.gate_probes import spearman
+from rerank.converters.probes import probe_pairs
+from rerank.converters.spec import EncoderSpec
+from rerank.converters.variants import FILES, _fuse, _to_fp16
+from rerank.service.backends.onnx import CUDA, Batch, OnnxBackend
+from rerank.service.core.batching import pad
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.model_folder import Variant, find_model_folders, read_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURES: list[str] = []
@@ -88,7 +88,7 @@ def bge_shape_weights(rng: np.random.Generator, spec: EncoderSpec, vocab: int) -
 @dataclasses.dataclass(frozen=True)
 class RankAgreement:
     """One device's scores against another's on one probe set: Spearman >= 0.99 and the same
-    top 3. (The converter's gate is per query on ~300 pairs, ``converters.gate_probes``; here
+    top 3. (The converter's gate is per query on ~300 pairs, ``rerank.converters.gate_probes``; here
     the check is that CUDA ranks the converter's 13 probes as the CPU does.)"""
 
     spearman: float
@@ -143,7 +143,7 @@ def fixture_checks(folder: Path, device: str) -> tuple[list[tuple[str, str]], np
 
 
 def service_check(models: Path, pairs: list[tuple[str, str]], reference: np.ndarray) -> None:
-    """The real server (``python -m service``, left to choose its variant) on this machine:
+    """The real server (``python -m rerank.service``, left to choose its variant) on this machine:
     ListModels reports the device's variant and provider, and a Rerank over gRPC ranks
     ``pairs`` (one query) like ``reference``, the fp32-on-CPU scores."""
     server = OurServer(models, read_model_folder(find_model_folders(models)[0]).name, None, Path(tempfile.mkdtemp()))
@@ -219,7 +219,7 @@ def load_weights(work: Path, dry_run: bool) -> tuple[EncoderSpec, dict[str, np.n
     here (so PyTorch can run the same model), else drawn with numpy."""
     checkpoint = hf_checkpoint(work / "checkpoint", dry_run)
     if checkpoint is not None:
-        from converters.hf_checkpoint import load_checkpoint
+        from rerank.converters.hf_checkpoint import load_checkpoint
 
         loaded = load_checkpoint(str(checkpoint))
         return loaded.spec, loaded.weights, checkpoint

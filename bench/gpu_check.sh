@@ -8,7 +8,7 @@
 #  1. onnxruntime-gpu sees CUDAExecutionProvider;
 #  2. the service's backend, left to choose, picks the fp16 variant on CUDA (I/O binding) and it
 #     passes the converter's gate against fp32 on the CPU; fp32 on CUDA (TF32 off) matches the CPU;
-#  3. the real server (python -m service) on the GPU: ListModels shows the variant and provider,
+#  3. the real server (python -m rerank.service) on the GPU: ListModels shows the variant and provider,
 #     a gRPC Rerank ranks like fp32 on the CPU;
 #  4. throughput of a bge-reranker-v2-m3-shaped graph (24 x 1024, random weights built with
 #     numpy), fused fp32 vs fp16 on CUDA, 64x200 (W1-like) and 8x32 (W3-like) batches, against

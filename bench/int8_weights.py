@@ -7,7 +7,7 @@ activations in fp32 (OpenVINO f32, its dynamic activation quantisation off), so 
 from the fp32 graph is the rounding of the weights. It does so for every linear layer, then
 without the classification head, then without the FFN down projections (the layers measured
 most sensitive; the converter's ``ov-int8`` keeps them in fp32), scores the converter's gate
-probes (:mod:`converters.gate_probes`) with each, and prints each gate report against ONNX
+probes (:mod:`rerank.converters.gate_probes`) with each, and prints each gate report against ONNX
 Runtime fp32, as the converter's gate would judge a variant. Static int8 (the converter's
 ``ov-int8``) adds activation rounding on top of this, so a recipe can do no better than the
 weights it rounds. Writes ``bench/results/int8-weights-*.json`` and ``.png``. About a minute
@@ -36,7 +36,7 @@ LAYERS = {
     "head": [r"head_.*"],
     "down": [r".*_down_.*"],
 }
-"""``converters.onnx_graph`` node names of the layers a recipe keeps in fp32."""
+"""``rerank.converters.onnx_graph`` node names of the layers a recipe keeps in fp32."""
 RECIPES = {
     "every linear layer": ["embeddings"],
     "all but the head": ["embeddings", "head"],
@@ -51,7 +51,7 @@ def weight_only(model_onnx: Path, out: Path, keep: list[str]) -> int:
     import nncf
     import onnx
 
-    from converters.quiet import quiet_loggers
+    from rerank.converters.quiet import quiet_loggers
 
     model = onnx.load(str(model_onnx))
     kept = [n.name for n in model.graph.node if any(re.fullmatch(p, n.name) for k in keep for p in LAYERS[k])]
@@ -69,9 +69,9 @@ def score_openvino(folder: Path, file: str, pairs: list[tuple[str, str]]) -> np.
     pair at a time, fed as the server feeds them."""
     import openvino as ov
 
-    from service.core.batching import pad
-    from service.core.tokenization import PairEncoder
-    from service.model_folder import read_model_folder
+    from rerank.service.core.batching import pad
+    from rerank.service.core.tokenization import PairEncoder
+    from rerank.service.model_folder import read_model_folder
 
     config = read_model_folder(folder)
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.parse_args(argv)
     from bench.measure import cpu_summary
-    from converters import gate_probes
-    from service.model_folder import read_model_folder
-    from service.scoring import score_pairs
+    from rerank.converters import gate_probes
+    from rerank.service.model_folder import read_model_folder
+    from rerank.service.scoring import score_pairs
 
     model = bench_models.ensure(bench_models.REAL, gguf=False)
     folder = model.models_dir / model.name

@@ -131,8 +131,8 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
 
 def request_lengths(model_folder: Path, workload: Workload) -> list[int]:
     """Token count of each pair of one request, as our server encodes it (special tokens included)."""
-    from service.core.tokenization import PairEncoder
-    from service.model_folder import read_model_folder
+    from rerank.service.core.tokenization import PairEncoder
+    from rerank.service.model_folder import read_model_folder
 
     config = read_model_folder(model_folder)
     encoder = PairEncoder(model_folder / "tokenizer.json", config.template, config.max_length)
@@ -141,15 +141,15 @@ def request_lengths(model_folder: Path, workload: Workload) -> list[int]:
 
 def padding_fraction(lengths: list[int], requests: int) -> float:
     """Padding share of the micro-batches our server forms for ``requests`` copies of a request
-    queued together: the server's own :class:`~service.core.batching.DynamicBatcher`, with the
+    queued together: the server's own :class:`~rerank.service.core.batching.DynamicBatcher`, with the
     settings the server reads from the environment, replayed on the pairs' token lengths."""
     import asyncio
 
-    from service.core.batching import DynamicBatcher, Throughput
-    from service.core.metrics import ModelMetrics
-    from service.core.tokenization import Pair
-    from service.server import batching_config
-    from service.settings import parse
+    from rerank.service.core.batching import DynamicBatcher, Throughput
+    from rerank.service.core.metrics import ModelMetrics
+    from rerank.service.core.tokenization import Pair
+    from rerank.service.server import batching_config
+    from rerank.service.settings import parse
 
     async def replay() -> float:
         metrics = ModelMetrics()

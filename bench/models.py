@@ -1,7 +1,7 @@
 """The bench models and their converted forms.
 
 * **minilm-ce**: all-MiniLM-L6-v2's real encoder with a seeded head
-  (:mod:`converters.testing.minilm_ce`), converted with the default variants and the accuracy
+  (:mod:`rerank.converters.testing.minilm_ce`), converted with the default variants and the accuracy
   gate on: the model quality claims are made on, and the one the server's own choice
   (``grpc-auto``) is measured on.
 * **bert-small**, **bge-shape**: random weights (seeded) in published shapes with fixture
@@ -10,7 +10,7 @@
 Each model exists in up to three forms, all cached under ``.cache/bench/<model>/`` (git-ignored):
 
 * ``checkpoint/``: a Hugging Face checkpoint folder;
-* ``models/<model>/``: our model folder, written by ``converters.cli``;
+* ``models/<model>/``: our model folder, written by ``rerank.converters.cli``;
 * ``<model>-f16.gguf`` and ``<model>-q8_0.gguf``: llama.cpp's ``convert_hf_to_gguf.py`` output
   (only when a llama peer is measured).
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.variants import DEFAULT as DEFAULT_VARIANTS
+from rerank.converters.variants import DEFAULT as DEFAULT_VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
@@ -43,7 +43,7 @@ class Shape:
     """How one bench model is built: the fixture tokenizer it borrows and its transformer shape."""
 
     fixture: str
-    """``converters.testing.checkpoints`` kind whose tokenizer files are copied."""
+    """``rerank.converters.testing.checkpoints`` kind whose tokenizer files are copied."""
     layers: int
     hidden: int
     heads: int
@@ -134,7 +134,7 @@ def _write_checkpoint(name: str, shape: Shape, out: Path) -> None:
         XLMRobertaForSequenceClassification,
     )
 
-    from converters.testing.checkpoints import make_checkpoint
+    from rerank.converters.testing.checkpoints import make_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         fixture = make_checkpoint(shape.fixture, Path(tmp) / "fixture", seed=SEED)
@@ -181,9 +181,9 @@ def _run(command: list[str], what: str) -> None:
 
 
 def _convert_ours(name: str, checkpoint: Path, models_dir: Path, variants: tuple[str, ...] | None) -> None:
-    """``converters.cli`` with ``variants`` and the gate off (random weights), or with the
+    """``rerank.converters.cli`` with ``variants`` and the gate off (random weights), or with the
     default variants and the gate on (``variants`` None: real weights)."""
-    command = [sys.executable, "-m", "converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir)]
+    command = [sys.executable, "-m", "rerank.converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir)]
     if variants is not None:
         command += ["--variants", ",".join(variants), "--no-gate"]
     _run(command, f"converting {name}")
@@ -213,7 +213,7 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
     checkpoint = root / "checkpoint"
     if not (checkpoint / "model.safetensors").exists():
         if name == REAL:
-            from converters.testing.minilm_ce import write_checkpoint
+            from rerank.converters.testing.minilm_ce import write_checkpoint
 
             log(f"{name}: writing the checkpoint (all-MiniLM-L6-v2's encoder, seeded head)")
             _atomic_dir(checkpoint, write_checkpoint)
@@ -232,13 +232,13 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
         _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp, variants))
     paths: dict[str, Path] = {}
     for outtype in GGUF_TYPES if gguf else ():
-        from converters.testing.llama_cpp import convert_to_gguf
+        from rerank.converters.testing.llama_cpp import convert_to_gguf
 
         path = root / f"{name}-{outtype}.gguf"
         if not path.exists():
             if not gguf:
                 continue
-            from converters.testing.llama_cpp import convert_to_gguf
+            from rerank.converters.testing.llama_cpp import convert_to_gguf
 
             log(f"{name}: converting to GGUF {outtype}")
             partial = path.with_suffix(".gguf.part")

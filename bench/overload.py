@@ -280,7 +280,7 @@ def start_stack(model: bench_models.BenchModel, variant: str | None, workdir: Pa
     command = [
         sys.executable,
         "-m",
-        "gateway.stack",
+        "rerank.gateway.stack",
         "--models-dir",
         str(model.models_dir),
         "--replicas",

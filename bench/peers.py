@@ -42,8 +42,8 @@ import httpx
 from bench.http_client import LeanHttpClient
 from bench.models import REPO, BenchModel
 from bench.workloads import WORKLOADS
-from converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
-from gateway.supervisor import Child
+from rerank.converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
+from rerank.gateway.supervisor import Child
 
 API_KEY = "bench-key-0123456789"
 THREADS = 2
@@ -89,7 +89,7 @@ def _http_ok(url: str) -> bool:
 
 
 class OurServer:
-    """``python -m service`` serving the model ``name`` from ``models_dir`` with one graph variant
+    """``python -m rerank.service`` serving the model ``name`` from ``models_dir`` with one graph variant
     (``None``: the server's own choice for the device); shared by its peers."""
 
     def __init__(self, models_dir: Path, name: str, variant: str | None, workdir: Path) -> None:
@@ -191,8 +191,8 @@ class OursGrpc(Peer):
     def start(self) -> None:
         import grpc
 
+        from rerank.service.protocol import rerank_pb2_grpc
         from rerank_client import RerankClient
-        from service.protocol import rerank_pb2_grpc
 
         self.server.start()
         target = f"127.0.0.1:{self.server.port}"
@@ -213,7 +213,7 @@ class OursGrpc(Peer):
 
     def card(self) -> Any:
         """The served model's ``ModelCard`` from ListModels (variant, cumulative ``stats``)."""
-        from service.protocol import rerank_pb2
+        from rerank.service.protocol import rerank_pb2
 
         response = self._stub.ListModels(
             rerank_pb2.ListModelsRequest(), timeout=10, metadata=(("authorization", f"Bearer {API_KEY}"),)
@@ -288,7 +288,7 @@ class _ServerPeer(_HttpPeer):
 
 
 class OursRest(_HttpPeer):
-    """Envoy (``gateway.envoy``) transcoding REST to the fp32 server's gRPC."""
+    """Envoy (``rerank.gateway.envoy``) transcoding REST to the fp32 server's gRPC."""
 
     workloads = ("W3",)
 
@@ -298,8 +298,8 @@ class OursRest(_HttpPeer):
         self._envoy: Any = None
 
     def start(self) -> None:
-        from gateway.envoy import start as start_envoy
-        from service.settings import Settings
+        from rerank.gateway.envoy import start as start_envoy
+        from rerank.service.settings import Settings
 
         self.server.start()
         port = free_port()

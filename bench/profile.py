@@ -25,7 +25,7 @@ import onnxruntime as ort
 from bench import models as bench_models
 from bench.measure import machine_peak
 from bench.peers import THREADS
-from service.model_folder import read_model_folder
+from rerank.service.model_folder import read_model_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GEMM_ORT = {"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}

@@ -1,7 +1,7 @@
 """The three workloads, as deterministic synthetic English text.
 
 Text is drawn from a seeded generator over the English word list the fixture tokenizers were
-trained on (:data:`converters.testing.corpus.LANGUAGES`), so it tokenizes at a realistic ~1.3 tokens
+trained on (:data:`rerank.converters.testing.corpus.LANGUAGES`), so it tokenizes at a realistic ~1.3 tokens
 per word instead of falling apart into characters.
 
 =====  ==========================================  ========================================
@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from converters.testing.corpus import LANGUAGES
+from rerank.converters.testing.corpus import LANGUAGES
 
 WORKLOADS = ("W1", "W2", "W3")
 SEED = 1234

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from converters.spec import LoadedModel
+from rerank.converters.spec import LoadedModel
 
 
 @dataclass
 class SourceBundle:
-    """What :func:`converters.convert.convert` needs from a source."""
+    """What :func:`rerank.converters.convert.convert` needs from a source."""
 
     loaded: LoadedModel
     folder: Path | None

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.errors import SourceError
+from rerank.converters.errors import SourceError
 
 
 @dataclass(frozen=True)

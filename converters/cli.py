@@ -1,7 +1,7 @@
 """``rerank-convert``: build a verified ONNX model folder from a checkpoint or a GGUF file.
 
 The only place where the converter's errors become an exit status: a
-:class:`~converters.errors.ConversionError` (or an existing model folder) is one line on stderr,
+:class:`~rerank.converters.errors.ConversionError` (or an existing model folder) is one line on stderr,
 ``rerank-convert: error: ...``, and exit status 1; ``--debug`` shows the traceback instead.
 """
 
@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from converters.catalog import CATALOG, CatalogEntry, resolve
-from converters.errors import ConversionError
-from converters.variants import DEFAULT as DEFAULT_VARIANTS
-from converters.variants import KNOWN as KNOWN_VARIANTS
+from rerank.converters.catalog import CATALOG, CatalogEntry, resolve
+from rerank.converters.errors import ConversionError
+from rerank.converters.variants import DEFAULT as DEFAULT_VARIANTS
+from rerank.converters.variants import KNOWN as KNOWN_VARIANTS
 
 PROG = "rerank-convert"
 
@@ -117,8 +117,8 @@ def _convert(a: argparse.Namespace, variants: tuple[str, ...]) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from converters.convert import convert
-    from converters.sources import load_source
+    from rerank.converters.convert import convert
+    from rerank.converters.sources import load_source
 
     # Progress on stderr, one whole line per message (soft_wrap: not folded at a pipe's assumed
     # 80 columns), with the spinner's status line on a terminal only.

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from converters import gate_probes, onnx_graph
-from converters.errors import CheckpointError, VerificationError
-from converters.memory import release_memory
-from converters.probes import probe_pairs
-from converters.quiet import quiet_transformers
-from converters.spec import LoadedModel
-from converters.variants import build_fused, write_variants
-from service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
-from service.scoring import runs_natively, runtime_available, score_pairs, time_variants
+from rerank.converters import gate_probes, onnx_graph
+from rerank.converters.errors import CheckpointError, VerificationError
+from rerank.converters.memory import release_memory
+from rerank.converters.probes import probe_pairs
+from rerank.converters.quiet import quiet_transformers
+from rerank.converters.spec import LoadedModel
+from rerank.converters.variants import build_fused, write_variants
+from rerank.service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
+from rerank.service.scoring import runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
@@ -49,7 +49,7 @@ def _reference_scores(
     import transformers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from converters.reference import reference_model, reference_scores
+    from rerank.converters.reference import reference_model, reference_scores
 
     model = reference_model(folder, loaded)
     if folder is not None:
@@ -58,7 +58,9 @@ def _reference_scores(
         hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=tok.id_to_token(loaded.spec.pad_id))
     scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
     name = (
-        "converters.jinabert_torch" if loaded.spec.family == "jina-bert" else f"transformers {transformers.__version__}"
+        "rerank.converters.jinabert_torch"
+        if loaded.spec.family == "jina-bert"
+        else f"transformers {transformers.__version__}"
     )
     return scores, f"{name} ({type(model).__name__})"
 
@@ -88,7 +90,7 @@ def seal(
     fp32_scores: np.ndarray,
     progress: Progress,
 ) -> ModelFolderConfig:
-    """Records what the server verifies before serving (:mod:`service.model_check`): the graph's
+    """Records what the server verifies before serving (:mod:`rerank.service.model_check`): the graph's
     facts, each variant's files' SHA-256, and each variant's scores on a few short probe pairs."""
     short = [i for i, (_, document) in enumerate(pairs) if len(document) < 300][:CHECK_PAIRS]
     check_pairs = [pairs[i] for i in short]
@@ -167,8 +169,8 @@ def convert(
     enforce_gate: bool = True,
 ) -> Result:
     """Writes ``out_dir/name`` for ``loaded`` after verifying it against the reference
-    implementation (:mod:`converters.reference`) on the probe pairs, plus the optimised
-    ``variants`` (:mod:`converters.variants`) that pass their accuracy gate.
+    implementation (:mod:`rerank.converters.reference`) on the probe pairs, plus the optimised
+    ``variants`` (:mod:`rerank.converters.variants`) that pass their accuracy gate.
 
     ``loaded.weights`` is emptied once every graph is on disk: a large model is never held
     twice while the variants are derived."""

@@ -1,7 +1,7 @@
 """The converter's typed errors.
 
 Library code raises them with a message that says, in one line, what is wrong and what to do;
-only ``rerank-convert``'s ``main`` (:mod:`converters.cli`) turns them into an exit status and
+only ``rerank-convert``'s ``main`` (:mod:`rerank.converters.cli`) turns them into an exit status and
 that line.
 """
 

@@ -1,6 +1,6 @@
 """The accuracy gate for fast variants (bf16, int8, ...): a larger probe set and its report.
 
-:mod:`converters.probes` (13 pairs) checks that a conversion is *correct*; it is too small to
+:mod:`rerank.converters.probes` (13 pairs) checks that a conversion is *correct*; it is too small to
 say whether a lossy variant keeps a model's *rankings*. This module has
 
 * :func:`gate_pairs`: ~310 (query, document) pairs over 10 queries in 8 languages and 7

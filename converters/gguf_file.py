@@ -17,7 +17,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField
 from gguf.quants import dequantize
 
-from converters.errors import GgufError
+from rerank.converters.errors import GgufError
 
 
 class _TolerantReader(GGUFReader):

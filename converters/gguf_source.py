@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from converters.bundle import SourceBundle
-from converters.errors import GgufError
-from converters.gguf_file import GgufFile
-from converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
-from service.model_folder import file_sha256
+from rerank.converters.bundle import SourceBundle
+from rerank.converters.errors import GgufError
+from rerank.converters.gguf_file import GgufFile
+from rerank.converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
+from rerank.service.model_folder import file_sha256
 
 POOLER_DROPPED = (
     "the GGUF has no BERT pooler (llama.cpp's converter drops it): scores are {form} as llama.cpp computes them, "
@@ -189,7 +189,7 @@ def _new_rope(f: GgufFile, head_dim: int) -> tuple[float, float]:
 def load_gguf_bundle(f: GgufFile, progress: Callable[[str], None] = print) -> SourceBundle:
     """A :class:`SourceBundle` for an opened GGUF file: weights plus the tokenizer rebuilt from
     its metadata."""
-    from converters.gguf_tokenizer import tokenizer_from_gguf
+    from rerank.converters.gguf_tokenizer import tokenizer_from_gguf
 
     loaded = load_gguf(f)
     progress(f"gguf: {f.architecture}, {loaded.spec.num_layers} layers, {f.dominant_type()}; rebuilding the tokenizer")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from converters.errors import GgufError
+from rerank.converters.errors import GgufError
 
 __all__ = ["tokenizer_from_gguf"]
 
@@ -35,7 +35,7 @@ _PLACEHOLDER = re.compile(r"\[PAD\d+\]")
 def tokenizer_from_gguf(metadata: dict[str, Any]) -> Tokenizer:
     """Rebuilds the Hugging Face fast tokenizer of a reranker from GGUF metadata (tokenizer.ggml.*).
 
-    ``metadata`` is :attr:`converters.gguf_file.GgufFile.metadata`. Control and unknown tokens
+    ``metadata`` is :attr:`rerank.converters.gguf_file.GgufFile.metadata`. Control and unknown tokens
     (types 3 and 2) become special added tokens. Pairs are templated like the original:
     ``<s> A </s></s> B </s>``, all type 0, for XLM-R/RoBERTa; ``[CLS] A [SEP] B [SEP]`` with types
     0/1 for BERT.

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import CheckpointError
-from converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
-from service.model_folder import file_sha256
+from rerank.converters.errors import CheckpointError
+from rerank.converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
+from rerank.service.model_folder import file_sha256
 
 
 def fetch(source: str) -> Path:
@@ -42,7 +42,7 @@ def fetch(source: str) -> Path:
 
 def download_failed(source: str, exc: BaseException) -> str:
     """What to do when ``source`` cannot be downloaded: most often the machine is offline."""
-    from converters.catalog import did_you_mean
+    from rerank.converters.catalog import did_you_mean
 
     lines = str(exc).strip().splitlines()
     reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__

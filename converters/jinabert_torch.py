@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters.spec import LoadedModel, alibi_slopes
+from rerank.converters.spec import LoadedModel, alibi_slopes
 
 
 class JinaBertReranker(nn.Module):

@@ -29,7 +29,7 @@ import gc
 from collections.abc import Callable
 from pathlib import Path
 
-from converters.errors import InsufficientMemoryError
+from rerank.converters.errors import InsufficientMemoryError
 
 BYTES_PER_PARAMETER = 28
 """Peak resident bytes per checkpoint parameter, above :data:`BASELINE_BYTES` (see above)."""

@@ -10,8 +10,8 @@ precision f32, where OpenVINO executes exactly those products in bf16 (its oneDN
 AVX-512 BF16 or AMX) and everything else (attention scores, softmax, LayerNorm, the head) in fp32.
 
 Which products: a short ladder of recipes, fastest first (:data:`RECIPES`); the converter gates
-each in turn and keeps the first that passes (:func:`converters.variants.write_variants`). The
-layers are our graph builder's (:mod:`converters.onnx_graph` names a layer's nodes ``l<i>_...``;
+each in turn and keeps the first that passes (:func:`rerank.converters.variants.write_variants`). The
+layers are our graph builder's (:mod:`rerank.converters.onnx_graph` names a layer's nodes ``l<i>_...``;
 the head's are ``head_...``), and only products with a weight (an initializer) change.
 """
 

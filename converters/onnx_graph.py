@@ -1,10 +1,10 @@
-"""Builds the ONNX graph of a cross-encoder from an :class:`~converters.spec.EncoderSpec`.
+"""Builds the ONNX graph of a cross-encoder from an :class:`~rerank.converters.spec.EncoderSpec`.
 
 One definition covers every supported family (XLM-R, BERT, JinaBERT, GTE); the spec switches
 the three places where they differ: positions (learned table, ALiBi bias, RoPE rotation), the
 feed-forward (GELU, GEGLU, GTE's gated GELU) and the classifier head.
 
-Graph interface (what :mod:`service.backends.onnx` feeds):
+Graph interface (what :mod:`rerank.service.backends.onnx` feeds):
 
 * inputs ``input_ids`` and ``attention_mask``: int64 ``[batch, sequence]``, right padded;
   ``token_type_ids`` as well when ``spec.type_ids_input``;
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.spec import EncoderSpec, Weights, alibi_slopes
+from rerank.converters.spec import EncoderSpec, Weights, alibi_slopes
 
 OPSET = 17
 MASK_VALUE = float(np.finfo(np.float32).min)

@@ -33,14 +33,14 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from converters.probes import MULTILINGUAL
-from converters.quiet import quiet_loggers
-from service.model_folder import ModelFolderConfig
-from service.scoring import padded_batches
+from rerank.converters.probes import MULTILINGUAL
+from rerank.converters.quiet import quiet_loggers
+from rerank.service.model_folder import ModelFolderConfig
+from rerank.service.scoring import padded_batches
 
 SMOOTH_QUANT_ALPHA = 0.95
 KEEP_FP32 = (r".*_down_.*", r"head_.*", r".*_scores_.*")
-"""Node-name patterns (``converters.onnx_graph``'s names) left in fp32: FFN down projections
+"""Node-name patterns (``rerank.converters.onnx_graph``'s names) left in fp32: FFN down projections
 and the head were the two most sensitive kinds of MatMul on minilm-ce (0.44 and 0.57 logit
 alone), and attention scores (activation x activation) stay float in any case."""
 CALIBRATION_PAIRS = 320

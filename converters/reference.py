@@ -4,7 +4,7 @@
   by transformers itself (``from_pretrained``), independent of our weight reader.
 * jina-reranker-v2 ("flash" layout) and every GGUF file: transformers' class for the family,
   given the weights our reader produced (the remote code is never run).
-* JinaBERT: transformers has no class for it; :mod:`converters.jinabert_torch` is a separate
+* JinaBERT: transformers has no class for it; :mod:`rerank.converters.jinabert_torch` is a separate
   PyTorch definition written from the published description.
 * The ``tanh`` and ``linear`` heads of pooler-less GGUFs (what llama.cpp computes) sit on top
   of the transformers backbone.
@@ -20,8 +20,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from converters.errors import ConversionError
-from converters.spec import LoadedModel
+from rerank.converters.errors import ConversionError
+from rerank.converters.spec import LoadedModel
 
 
 def hf_tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int):
@@ -172,7 +172,7 @@ def model_from_weights(loaded: LoadedModel):
     """A transformers (or JinaBERT) reference module built from canonical weights."""
     spec, w = loaded.spec, loaded.weights
     if spec.family == "jina-bert":
-        from converters.jinabert_torch import JinaBertReranker
+        from rerank.converters.jinabert_torch import JinaBertReranker
 
         return JinaBertReranker(loaded)
     if spec.family == "gte":

@@ -5,26 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from converters.bundle import SourceBundle
-from converters.memory import check_fits
+from rerank.converters.bundle import SourceBundle
+from rerank.converters.memory import check_fits
 
 
 def load_source(source: str, progress: Callable[[str], None] = print, *, check_memory: bool = True) -> SourceBundle:
     """Reads ``source`` (a Hub repo is downloaded first).
 
     ``check_memory``: before any weights are read, refuse a conversion whose estimated peak
-    memory exceeds what is available (:func:`converters.memory.check_fits`).
+    memory exceeds what is available (:func:`rerank.converters.memory.check_fits`).
     """
     if source.lower().endswith(".gguf"):
-        from converters.gguf_file import GgufFile
-        from converters.gguf_source import load_gguf_bundle
+        from rerank.converters.gguf_file import GgufFile
+        from rerank.converters.gguf_source import load_gguf_bundle
 
         progress(f"gguf: reading {source}")
         gguf = GgufFile.open(Path(source))
         if check_memory:
             check_fits(gguf.parameter_count(), progress)
         return load_gguf_bundle(gguf, progress=progress)
-    from converters.hf_checkpoint import count_parameters, fetch, load_checkpoint
+    from rerank.converters.hf_checkpoint import count_parameters, fetch, load_checkpoint
 
     folder = fetch(source)
     if check_memory:

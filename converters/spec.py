@@ -8,7 +8,7 @@ GGUF file) is read into the same two things:
 * a :data:`Weights` dict with *canonical* tensor names (below), in PyTorch's ``Linear``
   orientation (``[out_features, in_features]``), float32.
 
-The ONNX graph builder (:mod:`converters.onnx_graph`) only ever sees these, so one graph
+The ONNX graph builder (:mod:`rerank.converters.onnx_graph`) only ever sees these, so one graph
 definition serves every source and every checkpoint layout.
 
 Canonical names::

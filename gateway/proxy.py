@@ -7,7 +7,7 @@ is the process that gets the orchestrator's signals. ``--print-config`` prints t
 configuration instead; ``--inline-descriptor`` puts the descriptor set into it, for a
 configuration that does not depend on the image's file layout. With
 ``RERANK_UPSTREAMS=rerank-grpc:50051`` that is what ``deploy/kubernetes``'s ConfigMap holds
-(:mod:`gateway.kubernetes` writes it; a test checks that they agree).
+(:mod:`rerank.gateway.kubernetes` writes it; a test checks that they agree).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.descriptor import descriptor_set, inline_descriptor_set
-from gateway.envoy import envoy_binary, envoy_log_level, write_config
-from gateway.envoy_config import render, to_yaml
-from service import __version__
-from service.settings import parse
+from rerank.gateway.descriptor import descriptor_set, inline_descriptor_set
+from rerank.gateway.envoy import envoy_binary, envoy_log_level, write_config
+from rerank.gateway.envoy_config import render, to_yaml
+from rerank.service import __version__
+from rerank.service.settings import parse
 
 DESCRIPTION = "Run Envoy alone in front of rerank services, configured from the settings."
 

@@ -1,5 +1,5 @@
-"""What Envoy publishes, declared once for the renderer (:mod:`gateway.envoy_config`) and the
-OpenAPI generator (:mod:`gateway.openapi`). Standard library only: the build step imports it.
+"""What Envoy publishes, declared once for the renderer (:mod:`rerank.gateway.envoy_config`) and the
+OpenAPI generator (:mod:`rerank.gateway.openapi`). Standard library only: the build step imports it.
 """
 
 from __future__ import annotations

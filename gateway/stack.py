@@ -35,13 +35,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
-from gateway.envoy_config import upstreams
-from gateway.supervisor import Child, StartupFailure, Supervisor, grpc_serving
-from service import __version__
-from service.errors import ConfigurationError
-from service.settings import Settings, parse
-from service.telemetry import logs
+from rerank.gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
+from rerank.gateway.envoy_config import upstreams
+from rerank.gateway.supervisor import Child, StartupFailure, Supervisor, grpc_serving
+from rerank.service import __version__
+from rerank.service.errors import ConfigurationError
+from rerank.service.settings import Settings, parse
+from rerank.service.telemetry import logs
 
 log = logging.getLogger("rerank.stack")
 
@@ -184,7 +184,7 @@ class Stack:
             name = f"replica {i + 1}"
             child = Child(
                 name,
-                [sys.executable, "-m", "service"],
+                [sys.executable, "-m", "rerank.service"],
                 env={**replica_env(s, i), **env},
                 echo=name if self._echo else None,
                 log_path=None if self._echo else s.state_dir / f"replica-{i + 1}.log",

@@ -14,7 +14,7 @@ Where things are:
   ``rerank-serve``.
 
 Build-time tools (``rerank-convert``, the benchmarks) use only the declared surface:
-:mod:`service.model_folder` (the model folder's schema) and :mod:`service.scoring` (scoring
+:mod:`rerank.service.model_folder` (the model folder's schema) and :mod:`rerank.service.scoring` (scoring
 pairs through the serving path).
 """
 

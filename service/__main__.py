@@ -1,3 +1,3 @@
-from service.main import main
+from rerank.service.main import main
 
 raise SystemExit(main())

@@ -1,6 +1,6 @@
 """The errors a client can see, as typed exceptions.
 
-Library code (core, backends, the servicers) raises these; :mod:`service.router.status` is the
+Library code (core, backends, the servicers) raises these; :mod:`rerank.service.router.status` is the
 one table that turns each kind into a gRPC status code (and so, through Envoy, an HTTP status).
 Every instance carries a human message naming the problem, a machine-readable ``reason``
 (``google.rpc.ErrorInfo``), and, for a bad request field, the ``field``

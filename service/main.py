@@ -1,4 +1,4 @@
-"""``rerank-serve`` / ``python -m service``: the gRPC reranking service, in the foreground."""
+"""``rerank-serve`` / ``python -m rerank.service``: the gRPC reranking service, in the foreground."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from service import __version__
-from service.errors import ConfigurationError
-from service.settings import parse
-from service.telemetry import logs
+from rerank.service import __version__
+from rerank.service.errors import ConfigurationError
+from rerank.service.settings import parse
+from rerank.service.telemetry import logs
 
 DESCRIPTION = "Serve cross-encoder rerankers over gRPC (rerank.v1.RerankService)."
 
@@ -26,10 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if settings.metrics_dir is not None:
         # prometheus_client picks its multiprocess mode from this variable when it is imported
-        # (by service.server, below); --metrics-dir must reach it the same way.
+        # (by rerank.service.server, below); --metrics-dir must reach it the same way.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
         settings.metrics_dir.mkdir(parents=True, exist_ok=True)
-    from service.server import serve  # after argument parsing: --help and --version stay fast
+    from rerank.service.server import serve  # after argument parsing: --help and --version stay fast
 
     try:
         asyncio.run(serve(settings))

@@ -2,7 +2,7 @@
 
 A folder whose ``rerank.json`` disagrees with its graph, whose files are not the ones the
 converter wrote, or whose graph does not score like it did at conversion is refused at start-up
-with one line naming the file and the reason (:class:`~service.errors.ConfigurationError`), so
+with one line naming the file and the reason (:class:`~rerank.service.errors.ConfigurationError`), so
 health never reports SERVING for a model that cannot answer. In order:
 
 1. the configuration against the graph's facts the converter recorded: ``max_length`` fits the
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.backends.base import Backend
-from service.core.batching import pad
-from service.core.tokenization import PairEncoder
-from service.errors import ConfigurationError
-from service.model_folder import CONFIG_NAME, ModelFolderConfig, Variant, file_sha256
+from rerank.service.backends.base import Backend
+from rerank.service.core.batching import pad
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.errors import ConfigurationError
+from rerank.service.model_folder import CONFIG_NAME, ModelFolderConfig, Variant, file_sha256
 
 log = logging.getLogger(__name__)
 

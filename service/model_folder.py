@@ -31,7 +31,7 @@ ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
 RUNTIMES = (ONNXRUNTIME, OPENVINO)
 GATE_VERSION = 2
-"""``Variant.gate["version"]`` of the per-query gate on ``converters.gate_probes``' ~300 pairs
+"""``Variant.gate["version"]`` of the per-query gate on ``rerank.converters.gate_probes``' ~300 pairs
 (version 1, unversioned: Spearman over the 13 conversion probes). Only a variant that passed a
 gate of this version is chosen without being asked for."""
 

@@ -1,6 +1,6 @@
 """Scoring pairs through the serving path, for build-time tools.
 
-Part of the service's declared surface (with :mod:`service.model_folder`): the converter proves
+Part of the service's declared surface (with :mod:`rerank.service.model_folder`): the converter proves
 a graph exact, and gates its variants, by scoring through exactly what the server runs (the pair
 encoder, right padding and the backend), one pair at a time, so batching cannot hide a
 difference.
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.loader import load_backend
-from service.backends.loader import runtime_available as _runtime_available
-from service.core.batching import pad
-from service.core.tokenization import PairEncoder
-from service.model_folder import ModelFolderConfig, Variant
+from rerank.service.backends.loader import load_backend
+from rerank.service.backends.loader import runtime_available as _runtime_available
+from rerank.service.core.batching import pad
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.model_folder import ModelFolderConfig, Variant
 
 
 def score_pairs(
@@ -73,8 +73,8 @@ def runs_natively(variant: Variant) -> bool:
     """Whether this machine's CPU has the units ``variant``'s precision needs (bf16: AMX-BF16 or
     AVX-512 BF16; OpenVINO int8: VNNI or AMX-INT8). Without them a runtime computes something
     else (OpenVINO runs a bf16 hint in f32), so a gate measured here would not be the variant's."""
-    from service.backends.cpu_features import detect
-    from service.backends.loader import runs_natively as native
+    from rerank.service.backends.cpu_features import detect
+    from rerank.service.backends.loader import runs_natively as native
 
     return native(variant, detect())
 
@@ -82,8 +82,8 @@ def runs_natively(variant: Variant) -> bool:
 def time_variants(folder: Path, config: ModelFolderConfig, keys: Sequence[str]) -> dict[str, Any]:
     """The timing table a server on this CPU chooses from (:attr:`ModelFolderConfig.speed`):
     each of ``keys`` timed as the server times its candidates, on every core."""
-    from service.backends.cpu_features import detect
-    from service.backends.loader import cpu_signature, measure, timing_batch
+    from rerank.service.backends.cpu_features import detect
+    from rerank.service.backends.loader import cpu_signature, measure, timing_batch
 
     backends = {key: load_backend(folder, config, variant=key, device="cpu", threads=None) for key in keys}
     best = measure(backends, config)

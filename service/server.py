@@ -14,17 +14,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.backends.base import Backend, VariantChoice
-from service.backends.cpu_features import detect as detect_cpu
-from service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
-from service.core.batch_sizing import BatchSizing, size_batches
-from service.core.batching import BatchingConfig, Holds
-from service.core.reranker import ServedModel
-from service.core.tokenization import TokenizerPool
-from service.errors import ConfigurationError, QueueFull, Unavailable
-from service.model_check import check_files, check_scores
-from service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
-from service.protocol import (
+from rerank.service.backends.base import Backend, VariantChoice
+from rerank.service.backends.cpu_features import detect as detect_cpu
+from rerank.service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
+from rerank.service.core.batch_sizing import BatchSizing, size_batches
+from rerank.service.core.batching import BatchingConfig, Holds
+from rerank.service.core.reranker import ServedModel
+from rerank.service.core.tokenization import TokenizerPool
+from rerank.service.errors import ConfigurationError, QueueFull, Unavailable
+from rerank.service.model_check import check_files, check_scores
+from rerank.service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
+from rerank.service.protocol import (
     SERVICE_NAME,
     cohere_pb2,
     cohere_pb2_grpc,
@@ -34,16 +34,16 @@ from service.protocol import (
     tei_rest_pb2,
     tei_rest_pb2_grpc,
 )
-from service.router.auth import ApiKeyInterceptor, Keyring
-from service.router.cohere_service import CohereService
-from service.router.guard import CallGuard
-from service.router.limits import Callers
-from service.router.rerank_service import RerankService
-from service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
-from service.router.validation import Limits
-from service.settings import Settings
-from service.telemetry import tracing
-from service.telemetry.metrics_endpoint import (
+from rerank.service.router.auth import ApiKeyInterceptor, Keyring
+from rerank.service.router.cohere_service import CohereService
+from rerank.service.router.guard import CallGuard
+from rerank.service.router.limits import Callers
+from rerank.service.router.rerank_service import RerankService
+from rerank.service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
+from rerank.service.router.validation import Limits
+from rerank.service.settings import Settings
+from rerank.service.telemetry import tracing
+from rerank.service.telemetry.metrics_endpoint import (
     MetricsEndpoint,
     exposition_registry,
     forget_process,
@@ -92,7 +92,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 
 def calibrate(backend: Backend, config: ModelFolderConfig, batching: BatchingConfig) -> BatchSizing:
     """The micro-batch size the model runs fastest at on this machine, and its speed there
-    (:func:`~service.core.batch_sizing.size_batches`; only timed at ``batch_tokens`` when set)."""
+    (:func:`~rerank.service.core.batch_sizing.size_batches`; only timed at ``batch_tokens`` when set)."""
     sizing = size_batches(
         backend.run,
         token=config.template.timing_token,
@@ -194,7 +194,7 @@ class RerankServer:
     def early_admission(self, size: int, model: str | None = None) -> QueueFull | str:
         """The early check of a rerank request body of ``size`` bytes for ``model``, before it is
         read (the metrics port's ``GET /admission``): the refusal, or the token of the place it
-        holds (:class:`~service.core.batching.Holds`; '' where it holds none). Without ``model``
+        holds (:class:`~rerank.service.core.batching.Holds`; '' where it holds none). Without ``model``
         (Envoy cannot know it before reading the body) it holds a place on every served model
         with room, and is refused only if none has room, with the shortest retry delay; an
         unknown model is admitted without a hold (the call then fails on its own), and so is any

@@ -6,7 +6,7 @@ the commands that take it (``serve``: ``rerank-serve``; ``stack``: ``rerank-stac
 Envoy's rendered configuration). :func:`parse` builds a command's parser from the table
 (defaults, overridden by the environment, overridden by flags), the stack hands its replicas
 their settings through :meth:`Settings.to_env`, Envoy's configuration is rendered from the same
-object, and ``python -m service.settings`` prints the README's configuration table.
+object, and ``python -m rerank.service.settings`` prints the README's configuration table.
 """
 
 from __future__ import annotations

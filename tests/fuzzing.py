@@ -63,7 +63,7 @@ TEI_PATHS = ("/rerank", "/info")
 ``{"code", "message", "details"}``."""
 
 NOT_FUZZED = ("/metrics",)
-"""PLACEHOLDER (``gateway.routes.METRICS_PATH``): Envoy answers it with a 501 until the
+"""PLACEHOLDER (``rerank.gateway.routes.METRICS_PATH``): Envoy answers it with a 501 until the
 metrics route lands; then drop it from here."""
 
 MODELS = ("xlmr-tiny", "bert-tiny")
@@ -594,7 +594,7 @@ def _texts(draw: st.DrawFn) -> list[str]:
 
 @st.composite
 def rerank_messages(draw: st.DrawFn) -> Any:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     message = _set(
         rerank_pb2.RerankRequest(),
@@ -612,7 +612,7 @@ def rerank_messages(draw: st.DrawFn) -> Any:
 
 @st.composite
 def cohere_messages(draw: st.DrawFn) -> Any:
-    from service.protocol import cohere_pb2
+    from rerank.service.protocol import cohere_pb2
 
     return _set(
         cohere_pb2.CohereRerankRequest(documents=_texts(draw)),
@@ -626,7 +626,7 @@ def cohere_messages(draw: st.DrawFn) -> Any:
 
 @st.composite
 def tei_rest_messages(draw: st.DrawFn) -> Any:
-    from service.protocol import tei_rest_pb2
+    from rerank.service.protocol import tei_rest_pb2
 
     return _set(
         tei_rest_pb2.TeiRerankRequest(texts=_texts(draw)),
@@ -641,7 +641,7 @@ def tei_rest_messages(draw: st.DrawFn) -> Any:
 
 @st.composite
 def tei_messages(draw: st.DrawFn) -> Any:
-    from service.protocol import tei_pb2
+    from rerank.service.protocol import tei_pb2
 
     return tei_pb2.RerankRequest(
         query=draw(_PROTO_TEXT),
@@ -655,7 +655,7 @@ def tei_messages(draw: st.DrawFn) -> Any:
 
 @st.composite
 def tei_stream_messages(draw: st.DrawFn) -> list[Any]:
-    from service.protocol import tei_pb2
+    from rerank.service.protocol import tei_pb2
 
     return [
         tei_pb2.RerankStreamRequest(
@@ -689,7 +689,7 @@ class Method:
 
 def grpc_methods() -> tuple[Method, ...]:
     """Every method the service serves, with a strategy for its request messages."""
-    p = "service.protocol"
+    p = "rerank.service.protocol"
     return (
         Method("/rerank.v1.RerankService/Rerank", rerank_messages()),
         Method("/rerank.v1.RerankService/ListModels", _empty(f"{p}.rerank_pb2", "ListModelsRequest")),

@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGUFWriter
 from safetensors.numpy import load_file
 
-from converters.gguf_file import GgufFile
+from rerank.converters.gguf_file import GgufFile
 
 
 def write_llama_box_gte(checkpoint: Path, out: Path, tokenizer_source: Path) -> Path:

@@ -25,10 +25,10 @@ from unittest import mock
 import httpx
 import numpy as np
 
-from gateway.supervisor import Child, grpc_serving
-from service.backends.base import Batch
-from service.model_folder import ModelFolderConfig, PairTemplate, Variant, write_config
-from service.settings import Settings
+from rerank.gateway.supervisor import Child, grpc_serving
+from rerank.service.backends.base import Batch
+from rerank.service.model_folder import ModelFolderConfig, PairTemplate, Variant, write_config
+from rerank.service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -94,7 +94,7 @@ def environ_of(pid: int) -> dict[str, str]:
 
 def rerank_request(model: str, documents: Iterable[str | dict[str, Any]], query: str = QUERY, **fields: Any) -> Any:
     """A ``rerank.v1.RerankRequest``; a dict document becomes a ``{"text": ...}`` struct."""
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     request = rerank_pb2.RerankRequest(model=model, query=query, **fields)
     for document in documents:
@@ -129,13 +129,13 @@ class Stack:
 def start_service(
     models_dir: Path, *extra: str, env: dict[str, str] | None = None, tls_ca: Path | None = None
 ) -> tuple[Child, int, Path]:
-    """``python -m service`` on a free port, ready (SERVING; checked over TLS against ``tls_ca``
+    """``python -m rerank.service`` on a free port, ready (SERVING; checked over TLS against ``tls_ca``
     when it serves TLS); its output goes to a log file. For what only a process shows: its
     command line, signals, exit status, log output."""
     port = free_port()
     log = models_dir.parent / f"service-{port}.log"
     full_env = {"RERANK_API_KEYS": f"{API_KEY},{OTHER_KEY}", "RERANK_DRAIN_DELAY": "0", **(env or {})}
-    command = [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
+    command = [sys.executable, "-m", "rerank.service", "--models-dir", str(models_dir), "--grpc-host", "127.0.0.1"]
     child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
     child.start().wait_until(lambda: grpc_serving(port, tls_ca=tls_ca), timeout=120)
     return child, port, log
@@ -156,13 +156,13 @@ def server_settings(models_dir: Path, **overrides: Any) -> Settings:
 
 
 class InProcessServer:
-    """:class:`service.server.RerankServer` in this process, on an ephemeral loopback port.
+    """:class:`rerank.service.server.RerankServer` in this process, on an ephemeral loopback port.
 
     It runs on its own event loop in a background thread, so that synchronous tests (grpc's
     blocking stubs) and asynchronous ones (any pytest-asyncio loop) can call it alike. Where a
     subprocess adds nothing (no signals, exit status or command line under test), this saves a
     Python start and the import of the whole stack per server. ``backend``, if given, replaces
-    the ONNX backend: ``backend(folder, config)`` returns any :class:`~service.backends.base.Backend`.
+    the ONNX backend: ``backend(folder, config)`` returns any :class:`~rerank.service.backends.base.Backend`.
     """
 
     def __init__(self, settings: Settings, backend: Callable[[Path, ModelFolderConfig], Any] | None = None) -> None:
@@ -182,7 +182,7 @@ class InProcessServer:
         return f"127.0.0.1:{self.port}"
 
     async def _main(self) -> None:
-        from service.server import RerankServer  # after the thread's loop exists: grpc.aio binds to it
+        from rerank.service.server import RerankServer  # after the thread's loop exists: grpc.aio binds to it
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self.server = RerankServer(self.settings)
@@ -191,7 +191,7 @@ class InProcessServer:
                 self.port = await self.server.start()
             else:
                 make = self.backend
-                with mock.patch("service.server.load_backend", lambda folder, config, **_: make(folder, config)):
+                with mock.patch("rerank.service.server.load_backend", lambda folder, config, **_: make(folder, config)):
                     self.port = await self.server.start()
         except Exception as exc:  # noqa: BLE001 - re-raised by start(), in the test's thread
             self._error = exc
@@ -277,7 +277,7 @@ def write_stand_in_model(models_dir: Path, name: str, *, max_length: int = 16) -
 
 
 class StandInBackend:
-    """A :class:`~service.backends.base.Backend` without a model: a pair's logit is how many of
+    """A :class:`~rerank.service.backends.base.Backend` without a model: a pair's logit is how many of
     its document's tokens (type 1, ``[SEP]`` aside) also occur in its query (type 0). A word
     overlap, so a test can say which document wins without running anything. A batch holding
     the word ``boom`` fails, with a message no client may see."""
@@ -329,7 +329,7 @@ def word_overlap(query: str, document: str) -> float:
 def convert_with_cli(source: Path, out: Path, name: str) -> Path:
     """``rerank-convert SOURCE --name NAME --out OUT`` through the real CLI, as a user would."""
     result = subprocess.run(
-        [sys.executable, "-m", "converters.cli", str(source), "--name", name, "--out", str(out)],
+        [sys.executable, "-m", "rerank.converters.cli", str(source), "--name", name, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -341,10 +341,10 @@ def convert_with_cli(source: Path, out: Path, name: str) -> Path:
 
 def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
     """Logits of a converted model folder for (query, document) pairs, one padded batch, on the CPU."""
-    from service.backends.onnx import OnnxBackend
-    from service.core.batching import pad
-    from service.core.tokenization import PairEncoder
-    from service.model_folder import read_model_folder
+    from rerank.service.backends.onnx import OnnxBackend
+    from rerank.service.core.batching import pad
+    from rerank.service.core.tokenization import PairEncoder
+    from rerank.service.model_folder import read_model_folder
 
     config = read_model_folder(folder)
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
@@ -604,7 +604,7 @@ class Samples(dict[tuple[str, frozenset[tuple[str, str]]], float]):
 
 def key_name(key: str) -> str:
     """The name logs and metrics show for ``key`` when it comes from RERANK_API_KEYS."""
-    from service.router.auth import Keyring
+    from rerank.service.router.auth import Keyring
 
     return Keyring.load((key,), None).keys[0].name
 
@@ -660,7 +660,7 @@ class OtlpCollector:
 
 @dataclass
 class StackProcess:
-    """``rerank-stack`` (``python -m gateway``) on free loopback ports, its whole output (the
+    """``rerank-stack`` (``python -m rerank.gateway``) on free loopback ports, its whole output (the
     stack's, each replica's and Envoy's, access log included) in ``log``."""
 
     child: Child
@@ -678,7 +678,7 @@ class StackProcess:
         rest_port, admin_port = free_port(), free_port()
         state.mkdir(parents=True, exist_ok=True)
         log = state / "stack.log"
-        argv = [sys.executable, "-m", "gateway", "--models-dir", str(models), "--replicas", str(replicas)]
+        argv = [sys.executable, "-m", "rerank.gateway", "--models-dir", str(models), "--replicas", str(replicas)]
         argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--rest-port", str(rest_port)]
         argv += ["--rest-host", "127.0.0.1", "--admin-port", str(admin_port), "--state-dir", str(state)]
         argv += ["--drain-delay", "0", *extra]

@@ -13,7 +13,7 @@ Head: ``pooler.dense.weight ~ N(0, 1/384)`` (tanh stays out of saturation), zero
 ``classifier.weight ~ N(0, HEAD_GAIN^2/384)``: with gain 8 a query's documents spread over a few
 logits instead of ~0.1 with a default 0.02 init. The same bytes on every call.
 
-``python -m converters.testing.minilm_ce OUT`` writes the checkpoint folder ``OUT``.
+``python -m rerank.converters.testing.minilm_ce OUT`` writes the checkpoint folder ``OUT``.
 """
 
 from __future__ import annotations
@@ -114,5 +114,5 @@ def write_checkpoint(out: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m converters.testing.minilm_ce OUT")
+        sys.exit("usage: python -m rerank.converters.testing.minilm_ce OUT")
     print(write_checkpoint(Path(sys.argv[1])))

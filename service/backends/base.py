@@ -1,7 +1,7 @@
 """What the core asks of a backend, and nothing more.
 
-:mod:`service.core` sees only :class:`Batch` and :class:`Backend`; the concrete backends
-(:mod:`service.backends.onnx`, ...) implement the protocol, and :mod:`service.backends.loader`
+:mod:`rerank.service.core` sees only :class:`Batch` and :class:`Backend`; the concrete backends
+(:mod:`rerank.service.backends.onnx`, ...) implement the protocol, and :mod:`rerank.service.backends.loader`
 picks one for a model folder.
 """
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.backends.base import Backend, Batch, VariantChoice, timed_runs
-from service.backends.cpu_features import CpuFeatures, detect
-from service.model_folder import OPENVINO, ModelFolderConfig, Variant
+from rerank.service.backends.base import Backend, Batch, VariantChoice, timed_runs
+from rerank.service.backends.cpu_features import CpuFeatures, detect
+from rerank.service.model_folder import OPENVINO, ModelFolderConfig, Variant
 
 TIMING_ROUNDS = 5
 """Micro-batches timed per candidate (after one untimed run); the fastest round counts, since
@@ -38,7 +38,7 @@ weigh more there than in the batches the server runs."""
 
 
 def _device(device: str | None) -> str:
-    from service.backends.onnx import available_device
+    from rerank.service.backends.onnx import available_device
 
     return device or available_device()
 
@@ -46,7 +46,7 @@ def _device(device: str | None) -> str:
 def runtime_available(runtime: str) -> bool:
     """Whether ``runtime``'s package is installed (ONNX Runtime always is)."""
     if runtime == OPENVINO:
-        from service.backends.openvino import available
+        from rerank.service.backends.openvino import available
 
         return available()
     return True
@@ -123,10 +123,10 @@ def load_backend(
     if config.variants[key].runtime == OPENVINO:
         if not runtime_available(OPENVINO):
             raise ValueError(f"variant {key!r} needs OpenVINO, which is not installed (pip install 'rerank[openvino]')")
-        from service.backends.openvino import OpenVinoBackend
+        from rerank.service.backends.openvino import OpenVinoBackend
 
         return OpenVinoBackend(folder, config, variant=key, threads=threads, streams=streams)
-    from service.backends.onnx import OnnxBackend
+    from rerank.service.backends.onnx import OnnxBackend
 
     return OnnxBackend(folder, config, variant=key, device=device, threads=threads)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.backends.base import Batch
-from service.model_folder import ModelFolderConfig, Variant
+from rerank.service.backends.base import Batch
+from rerank.service.model_folder import ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def choose_variant(config: ModelFolderConfig, device: str, requested: str | None
 
 
 class OnnxBackend:
-    """Runs one model folder's chosen graph (a :class:`~service.backends.base.Backend`)."""
+    """Runs one model folder's chosen graph (a :class:`~rerank.service.backends.base.Backend`)."""
 
     streams = 1
     """One micro-batch at a time, on every thread (a session's intra-op pool is shared by

@@ -7,8 +7,8 @@ compiles the same ONNX file with oneDNN and runs it at the variant's precision:
 * ``bf16``: matrix products in bf16 on AMX tiles or AVX-512 BF16 dot products, accumulation,
   softmax and LayerNorm statistics in fp32;
 * ``bf16-mixed``: a graph whose chosen matrix products take bf16 inputs
-  (:mod:`converters.mixed_precision`), at precision f32: those products in bf16, the rest f32;
-* ``int8``: a graph with QuantizeLinear/DequantizeLinear pairs (``converters.quantize``) runs
+  (:mod:`rerank.converters.mixed_precision`), at precision f32: those products in bf16, the rest f32;
+* ``int8``: a graph with QuantizeLinear/DequantizeLinear pairs (``rerank.converters.quantize``) runs
   its MatMuls in int8 (AMX-INT8 / VNNI); what is left unquantised runs in f32.
 
 The precision hint is always set: on a CPU with AVX-512 BF16 or AMX, OpenVINO's *default* is
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import Batch
-from service.model_folder import ModelFolderConfig, Variant
+from rerank.service.backends.base import Batch
+from rerank.service.model_folder import ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def available() -> bool:
 
 
 class OpenVinoBackend:
-    """Runs one model folder variant with OpenVINO on the CPU (a :class:`~service.backends.base.Backend`)."""
+    """Runs one model folder variant with OpenVINO on the CPU (a :class:`~rerank.service.backends.base.Backend`)."""
 
     provider = PROVIDER
 

@@ -11,7 +11,7 @@ overhead instead (1 pair at a time: 593, 856, 1040 ms). A GPU wants the opposite
 better, up to its memory. Where the curve bends depends on the model, the runtime and the
 machine, so the server measures it at start-up (:func:`size_batches`) instead of guessing: a
 short sweep of batch sizes on one typical length, and the batcher then cuts micro-batches at
-the fastest size (:class:`~service.core.batching.DynamicBatcher`), within its other limits.
+the fastest size (:class:`~rerank.service.core.batching.DynamicBatcher`), within its other limits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.backends.base import Batch, timed_runs
+from rerank.service.backends.base import Batch, timed_runs
 
 SWEEP_PAIRS = (1, 2, 4, 8, 16, 32, 64)
 """Batch sizes timed, smallest first."""

@@ -9,7 +9,7 @@ them, one at a time:
   still has pairs. So a one-document request joins the next micro-batch even behind requests of
   thousands of pairs, and one key cannot take every slot.
 * **Batches of the fastest size**: a micro-batch is cut at the size the model ran fastest at
-  on this machine (:mod:`service.core.batch_sizing`; on a CPU that is a few thousand tokens, not
+  on this machine (:mod:`rerank.service.core.batch_sizing`; on a CPU that is a few thousand tokens, not
   the most that fit), at ``batch_seconds`` of work by the model's measured throughput (padded
   tokens per second), and at ``max_batch_tokens`` and ``max_batch_pairs``. The time limit
   bounds how long a new request waits for the batch in flight.
@@ -17,13 +17,13 @@ them, one at a time:
   estimate of its size) the batcher estimates how long it would wait under the fair schedule:
   every other request delays it by at most the smaller of its own remaining work and this
   request's work. Above ``max_queue_seconds`` the request is refused at once
-  (:class:`~service.errors.QueueFull`, HTTP 429) with a retry delay derived from the estimate.
+  (:class:`~rerank.service.errors.QueueFull`, HTTP 429) with a retry delay derived from the estimate.
   ``max_queue_pairs`` caps the queue's memory as well. An admitted request is queued on that
   admission once tokenized, not checked again (unless its exact cost is far over the estimate:
   :data:`MISESTIMATE`): work once begun is not thrown away. The decision is one pure function
   (:func:`queue_time_refusal`) of a :class:`QueueState`; the batcher publishes a fresh one at
   every queue change (:attr:`DynamicBatcher.published`), which another thread may read (the
-  early admission check of :mod:`service.telemetry.metrics_endpoint`).
+  early admission check of :mod:`rerank.service.telemetry.metrics_endpoint`).
 * **Holds**: a request the early check admits before its body is read holds its place
   (:class:`Holds`) until it reaches :meth:`DynamicBatcher.admit` with the hold's token, which
   then admits it without a second look, or until :data:`HOLD_SECONDS` pass. Every admission
@@ -38,10 +38,10 @@ them, one at a time:
   worker starts it the moment the current one ends, without waiting for the event loop: a
   loop busy parsing or answering requests does not leave the model idle between batches.
 * The event loop never runs inference or padding: both happen on the worker thread.
-* **Reporting**: the scheduler records what it does (:class:`~service.core.metrics.ModelMetrics`:
+* **Reporting**: the scheduler records what it does (:class:`~rerank.service.core.metrics.ModelMetrics`:
   batch sizes and tokens, inference and queue times, the queue's gauges, rejections by reason)
   and each request's ``rerank.queue`` and ``rerank.inference`` spans
-  (:mod:`service.telemetry.tracing`) under the span it was queued from.
+  (:mod:`rerank.service.telemetry.tracing`) under the span it was queued from.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from service.backends.base import Batch
-from service.core.metrics import ModelMetrics
-from service.core.tokenization import Pair
-from service.errors import QueueFull, RerankError, TooManyDocuments
-from service.telemetry import tracing
+from rerank.service.backends.base import Batch
+from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.tokenization import Pair
+from rerank.service.errors import QueueFull, RerankError, TooManyDocuments
+from rerank.service.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class BatchingConfig:
     """Target duration of one micro-batch."""
     batch_tokens: int | None = None
     """Padded tokens a micro-batch is cut at for speed; None: the fastest size timed at start-up
-    (:func:`~service.core.batch_sizing.size_batches`)."""
+    (:func:`~rerank.service.core.batch_sizing.size_batches`)."""
 
 
 class Throughput:
@@ -367,7 +367,7 @@ class DynamicBatcher:
         self.throughput = throughput or Throughput()
         self.batch_tokens = batch_tokens or config.batch_tokens or config.max_batch_tokens
         """Padded tokens a micro-batch is cut at: the model's fastest size, timed at start-up
-        (:mod:`service.core.batch_sizing`), or the ``batch_tokens`` setting; within ``max_batch_tokens``."""
+        (:mod:`rerank.service.core.batch_sizing`), or the ``batch_tokens`` setting; within ``max_batch_tokens``."""
         self._clients: collections.OrderedDict[str, collections.deque[_Request]] = collections.OrderedDict()
         """Requests with pairs still waiting, by client; the first client is served first next."""
         self._queued_pairs = 0

@@ -14,10 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
-from service.backends.base import Backend, VariantChoice
-from service.backends.cpu_features import CpuFeatures
-from service.core.batch_sizing import BatchSizing
-from service.core.batching import (
+from rerank.service.backends.base import Backend, VariantChoice
+from rerank.service.backends.cpu_features import CpuFeatures
+from rerank.service.core.batch_sizing import BatchSizing
+from rerank.service.core.batching import (
     PADDING_ALLOWANCE,
     BatchingConfig,
     DynamicBatcher,
@@ -25,8 +25,8 @@ from service.core.batching import (
     Throughput,
     queue_time_refusal,
 )
-from service.core.metrics import ModelMetrics
-from service.core.tokenization import (
+from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.tokenization import (
     WINDOW_OVERLAP,
     EncodedRequest,
     LongDocuments,
@@ -34,9 +34,9 @@ from service.core.tokenization import (
     TokenizerPool,
     TruncationSide,
 )
-from service.errors import QueueFull, RateLimited
-from service.model_folder import ModelFolderConfig
-from service.telemetry import tracing
+from rerank.service.errors import QueueFull, RateLimited
+from rerank.service.model_folder import ModelFolderConfig
+from rerank.service.telemetry import tracing
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,13 @@ class Ranked:
 
 class Caller(Protocol):
     """Who a request is for: the name fairness (and logs) group it under, and the allowance it
-    is charged to (:class:`service.router.limits.KeyCaller`)."""
+    is charged to (:class:`rerank.service.router.limits.KeyCaller`)."""
 
     @property
     def name(self) -> str: ...
 
     def admit(self) -> None:
-        """Raises :class:`~service.errors.RateLimited` when the caller is over a limit."""
+        """Raises :class:`~rerank.service.errors.RateLimited` when the caller is over a limit."""
 
     def charge(self, tokens: int) -> None:
         """Charges a tokenized request's tokens."""
@@ -93,7 +93,7 @@ ANONYMOUS = Anonymous()
 
 class ServedModel:
     """One loaded model folder, ready to score: its pair encoder, its batcher, and the backend
-    the batcher runs (any :class:`~service.backends.base.Backend`)."""
+    the batcher runs (any :class:`~rerank.service.backends.base.Backend`)."""
 
     def __init__(
         self,
@@ -200,10 +200,10 @@ class ServedModel:
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, then
         queued on that admission at its exact cost (checked again only if that is far over the
-        estimate: :data:`~service.core.batching.MISESTIMATE`). Raises QueryTooLong,
+        estimate: :data:`~rerank.service.core.batching.MISESTIMATE`). Raises QueryTooLong,
         DocumentTooLong, QueueFull, RateLimited or TooManyDocuments. ``max_document_tokens``
         and ``side`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for this
-        request (:class:`~service.core.batching.Holds`)."""
+        request (:class:`~rerank.service.core.batching.Holds`)."""
         self.metrics.requests += 1
         try:
             caller.admit()

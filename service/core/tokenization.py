@@ -1,7 +1,7 @@
 """Turns a query and its documents into model-ready token sequences.
 
 The query is encoded once per request and never cut; each document is encoded without special
-tokens and then framed by the model's :class:`~service.core.model_folder.PairTemplate`. This
+tokens and then framed by the model's :class:`~rerank.service.core.model_folder.PairTemplate`. This
 is what ``tokenizer(query, document, truncation="only_second")`` produces, but it lets one query
 encoding serve every document, and lets a long document be split into windows.
 """
@@ -19,9 +19,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.core.metrics import ModelMetrics
-from service.errors import DocumentTooLong, QueryTooLong, QueueFull
-from service.model_folder import PairTemplate
+from rerank.service.core.metrics import ModelMetrics
+from rerank.service.errors import DocumentTooLong, QueryTooLong, QueueFull
+from rerank.service.model_folder import PairTemplate
 
 T = TypeVar("T")
 CHUNK = 256
@@ -171,7 +171,7 @@ class TokenizerPool:
     """The threads that tokenize requests, with a bounded queue in front of them.
 
     At most ``max_waiting`` requests are tokenizing or waiting to; the next one is refused at
-    once (:class:`~service.errors.QueueFull`) instead of piling up behind big bodies. With
+    once (:class:`~rerank.service.errors.QueueFull`) instead of piling up behind big bodies. With
     ``metrics`` (the model's), the refusal and the time ``function`` took on its thread (not the
     wait for one) are recorded."""
 

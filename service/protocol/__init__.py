@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 
 try:
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 except ImportError as exc:  # pragma: no cover - only a checkout that was never installed
     raise ImportError(
-        "service.protocol has no generated modules: install the package (pip install -e . or make install)"
+        "rerank.service.protocol has no generated modules: install the package (pip install -e . or make install)"
     ) from exc
 
 SERVICE_NAME: str = rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name

@@ -1,6 +1,6 @@
 """The ``rerank.v1.CohereService`` servicer: Cohere's Rerank v2 (``POST /v2/rerank``).
 
-Same core as every face (:func:`service.router.ranking.rank_request`); Cohere's contract is a
+Same core as every face (:func:`rerank.service.router.ranking.rank_request`); Cohere's contract is a
 relevance score in [0, 1], so scores are ``sigmoid(logit)``. ``max_tokens_per_doc`` (default
 4096) cuts each document before the model's own window applies; ``priority`` is accepted and
 ignored (requests are served in arrival order).
@@ -12,10 +12,10 @@ from typing import Any
 
 import grpc
 
-from service.protocol import cohere_pb2, cohere_pb2_grpc
-from service.router.ranking import Ranker, RankRequest
-from service.router.status import request_id
-from service.router.validation import check_max_tokens_per_doc
+from rerank.service.protocol import cohere_pb2, cohere_pb2_grpc
+from rerank.service.router.ranking import Ranker, RankRequest
+from rerank.service.router.status import request_id
+from rerank.service.router.validation import check_max_tokens_per_doc
 
 DEFAULT_MAX_TOKENS_PER_DOC = 4096
 """Cohere's default for ``max_tokens_per_doc``."""

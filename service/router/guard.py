@@ -4,7 +4,7 @@ and reported (metrics, the call's log context, its trace span).
 :class:`CallGuard` wraps each unary-response handler (unary and client-streaming) of every
 service on the server. While a call runs it is counted, so a stopping server can wait for the
 calls in flight (:meth:`CallGuard.wait_idle`); whatever it raises goes through
-:func:`service.router.status.fail` (typed errors -> rich statuses, anything else -> an opaque
+:func:`rerank.service.router.status.fail` (typed errors -> rich statuses, anything else -> an opaque
 INTERNAL with a request id). A request that does not decode (a cut or corrupted message, a string
 field that is not UTF-8) is the client's error, INVALID_ARGUMENT, like any other bad request:
 gRPC's own answer would be UNKNOWN with the decoder's exception in its message.
@@ -12,9 +12,9 @@ gRPC's own answer would be UNKNOWN with the decoder's exception in its message.
 It is the first interceptor, ahead of API-key checks, so that refused calls (UNAUTHENTICATED)
 are counted too. For each call it:
 
-* opens the call's :class:`~service.telemetry.context.Call` (request id, key name; the model
+* opens the call's :class:`~rerank.service.telemetry.context.Call` (request id, key name; the model
   once validation resolves it), which every log line under the handler carries;
-* runs the handler inside the call's server span (:mod:`service.telemetry.tracing`), the child
+* runs the handler inside the call's server span (:mod:`rerank.service.telemetry.tracing`), the child
   of the client's ``traceparent``;
 * sends the key's *name* back (``x-rerank-key``) for Envoy's access log, with the response or
   the error status, never earlier (Envoy cannot retry a call whose response headers started);
@@ -33,13 +33,13 @@ from typing import Any, cast
 
 import grpc
 
-from service.core.metrics import NONE, Metrics
-from service.errors import InvalidRequest, RerankError
-from service.router.auth import Keyring
-from service.router.status import fail, request_id, status_code
-from service.telemetry import context as calls
-from service.telemetry import tracing
-from service.telemetry.context import KEY_NAME_HEADER, Call
+from rerank.service.core.metrics import NONE, Metrics
+from rerank.service.errors import InvalidRequest, RerankError
+from rerank.service.router.auth import Keyring
+from rerank.service.router.status import fail, request_id, status_code
+from rerank.service.telemetry import context as calls
+from rerank.service.telemetry import tracing
+from rerank.service.telemetry.context import KEY_NAME_HEADER, Call
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Each key with a limit gets token buckets. Requests per second: a bucket of ``rps
 ``tpm`` tokens refilled at ``tpm / 60`` per second; a request is admitted while the bucket is
 positive and is charged its exact token count once tokenized, which may put the bucket in debt
 (a request bigger than a minute's allowance still runs; the key then waits). Over a limit: a
-:class:`~service.errors.RateLimited` naming the limit, with the seconds until it clears — HTTP
+:class:`~rerank.service.errors.RateLimited` naming the limit, with the seconds until it clears — HTTP
 429 with ``Retry-After``, gRPC RESOURCE_EXHAUSTED with a ``retry-after`` trailer. Other keys
 are unaffected. Logs and metrics see the key's name, never the key.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from service.errors import RateLimited
-from service.router.auth import ApiKey, Keyring
+from rerank.service.errors import RateLimited
+from rerank.service.router.auth import ApiKey, Keyring
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TokenBucket:
 
 
 class KeyCaller:
-    """One call's caller: the key's name, and its limits (a :class:`~service.core.reranker.Caller`)."""
+    """One call's caller: the key's name, and its limits (a :class:`~rerank.service.core.reranker.Caller`)."""
 
     def __init__(
         self, key: ApiKey | None, requests: TokenBucket | None, tokens: TokenBucket | None, lock: threading.Lock

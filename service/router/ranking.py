@@ -2,9 +2,9 @@
 
 Each servicer (Jina's ``rerank.v1.RerankService``, Cohere's, TEI's REST and gRPC faces) turns
 its request into a :class:`RankRequest` and calls :func:`rank_request`: the model is resolved
-and the request validated by :mod:`service.router.validation`, the documents scored by
-:meth:`ServedModel.score <service.core.reranker.ServedModel.score>` (the same batcher and model
-for every face) and ordered by :func:`~service.core.reranker.rank`. Only the shapes differ.
+and the request validated by :mod:`rerank.service.router.validation`, the documents scored by
+:meth:`ServedModel.score <rerank.service.core.reranker.ServedModel.score>` (the same batcher and model
+for every face) and ordered by :func:`~rerank.service.core.reranker.rank`. Only the shapes differ.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 import grpc
 
-from service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel, rank
-from service.core.tokenization import LongDocuments, TruncationSide
-from service.errors import DocumentTooLong
-from service.router.limits import Callers
-from service.router.status import hold_token, request_id
-from service.router.validation import (
+from rerank.service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel, rank
+from rerank.service.core.tokenization import LongDocuments, TruncationSide
+from rerank.service.errors import DocumentTooLong
+from rerank.service.router.limits import Callers
+from rerank.service.router.status import hold_token, request_id
+from rerank.service.router.validation import (
     Limits,
     check_document_sizes,
     check_documents,
@@ -28,7 +28,7 @@ from service.router.validation import (
     check_top_n,
     resolve_model,
 )
-from service.telemetry import tracing
+from rerank.service.telemetry import tracing
 
 
 def _as_texts(documents: Sequence[Any]) -> list[str]:
@@ -76,7 +76,7 @@ class Ranking:
 
 async def rank_request(models: Mapping[str, ServedModel], limits: Limits, request: RankRequest) -> Ranking:
     """Validates ``request``, scores it and ranks the results; raises typed errors
-    (:mod:`service.errors`)."""
+    (:mod:`rerank.service.errors`)."""
     field = request.documents_field
     with tracing.span("rerank.validate"):
         model = resolve_model(models, request.model, request.default_model)

@@ -1,7 +1,7 @@
 """The ``rerank.v1.RerankService`` servicer: validated requests in, ranked responses out.
 
-Validation is :mod:`service.router.validation`; errors raised here or below are typed
-(:mod:`service.errors`) and become statuses in :mod:`service.router.status`.
+Validation is :mod:`rerank.service.router.validation`; errors raised here or below are typed
+(:mod:`rerank.service.errors`) and become statuses in :mod:`rerank.service.router.status`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 
-from service.backends.cpu_features import CpuFeatures
-from service.core.reranker import ServedModel
-from service.model_folder import GATE_VERSION
-from service.protocol import rerank_pb2, rerank_pb2_grpc
-from service.router.ranking import Ranker, RankRequest
-from service.router.validation import document_texts, long_documents_mode
+from rerank.service.backends.cpu_features import CpuFeatures
+from rerank.service.core.reranker import ServedModel
+from rerank.service.model_folder import GATE_VERSION
+from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
+from rerank.service.router.ranking import Ranker, RankRequest
+from rerank.service.router.validation import document_texts, long_documents_mode
 
 
 class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):

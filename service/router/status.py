@@ -1,6 +1,6 @@
 """The one table from error kinds to gRPC status codes, and the handler guard that applies it.
 
-A :class:`~service.errors.RerankError` becomes a rich status: its code from :data:`STATUS`, its
+A :class:`~rerank.service.errors.RerankError` becomes a rich status: its code from :data:`STATUS`, its
 message, a ``google.rpc.ErrorInfo`` (reason, domain, metadata) and, for a bad field, a
 ``google.rpc.BadRequest``. Through Envoy (``convert_grpc_status``) that is a JSON body with the
 matching HTTP status: ``{"code": 3, "message": "...", "details": [...]}``.
@@ -20,7 +20,7 @@ from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.errors import (
+from rerank.service.errors import (
     InvalidRequest,
     ModelNotFound,
     Overloaded,
@@ -28,8 +28,8 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.telemetry import context as calls
-from service.telemetry.context import KEY_NAME_HEADER
+from rerank.service.telemetry import context as calls
+from rerank.service.telemetry.context import KEY_NAME_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ def _with_metadata(status: grpc.Status, extra: tuple[tuple[str, str], ...]) -> g
 
 HOLD_HEADER = "x-rerank-hold"
 """The early admission check's token for a request it admitted before its body was read: Envoy
-sets it (and drops any a client sends) and :class:`~service.core.batching.Holds` takes it."""
+sets it (and drops any a client sends) and :class:`~rerank.service.core.batching.Holds` takes it."""
 REPLICA_HEADER = "x-rerank-replica"
 """Which replica holds that place: on the check's answer, the metrics port it came from; on the
 request, Envoy's stateful-session form of that replica's gRPC address, so the request goes to the
-replica that holds its place (:func:`gateway.envoy_config.lua_admission`)."""
+replica that holds its place (:func:`rerank.gateway.envoy_config.lua_admission`)."""
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:

@@ -1,7 +1,7 @@
 """Text Embeddings Inference's faces: its gRPC API (``tei.v1.Rerank``, ``tei.v1.Info``) and its
 REST API through Envoy (``rerank.v1.TeiService``: ``POST /rerank``, ``GET /info``).
 
-Same core as every face (:func:`service.router.ranking.rank_request`), in TEI's terms: ``texts``,
+Same core as every face (:func:`rerank.service.router.ranking.rank_request`), in TEI's terms: ``texts``,
 ``raw_scores`` (default false: ``sigmoid(logit)``), ``return_text``, ``truncate`` (false: a text
 over the window is an error, not cut) and ``truncation_direction`` (which end is cut). TEI's API
 names no model: these faces serve ``default_model`` (the default-model setting), or the only
@@ -18,13 +18,13 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from service import __version__
-from service.core.reranker import ServedModel
-from service.core.tokenization import TruncationSide
-from service.protocol import tei_pb2, tei_pb2_grpc, tei_rest_pb2, tei_rest_pb2_grpc
-from service.router.limits import Callers
-from service.router.ranking import Ranking, RankRequest, rank_call
-from service.router.validation import Limits, resolve_model, truncation_side
+from rerank.service import __version__
+from rerank.service.core.reranker import ServedModel
+from rerank.service.core.tokenization import TruncationSide
+from rerank.service.protocol import tei_pb2, tei_pb2_grpc, tei_rest_pb2, tei_rest_pb2_grpc
+from rerank.service.router.limits import Callers
+from rerank.service.router.ranking import Ranking, RankRequest, rank_call
+from rerank.service.router.validation import Limits, resolve_model, truncation_side
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

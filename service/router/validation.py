@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.core.reranker import ServedModel
-from service.core.tokenization import LongDocuments, TruncationSide
-from service.errors import InvalidRequest, ModelNotFound, TooManyDocuments, quote
-from service.telemetry import context as calls
+from rerank.service.core.reranker import ServedModel
+from rerank.service.core.tokenization import LongDocuments, TruncationSide
+from rerank.service.errors import InvalidRequest, ModelNotFound, TooManyDocuments, quote
+from rerank.service.telemetry import context as calls
 
 LONG_DOCUMENT_MODES: tuple[LongDocuments, ...] = ("truncate", "window")
 

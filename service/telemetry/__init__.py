@@ -7,6 +7,6 @@
   multiprocess mode, every replica's;
 * ``tracing.py``: OpenTelemetry spans, only when an OTLP endpoint is set.
 
-The metric families themselves are in :mod:`service.core.metrics`, recorded where the work
+The metric families themselves are in :mod:`rerank.service.core.metrics`, recorded where the work
 happens. Never a key or a document's text goes into any of these.
 """

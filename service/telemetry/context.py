@@ -1,6 +1,6 @@
 """The call being answered, for everything that reports on it.
 
-The call guard (:mod:`service.router.guard`) opens a :class:`Call` for each call and keeps it in
+The call guard (:mod:`rerank.service.router.guard`) opens a :class:`Call` for each call and keeps it in
 a context variable while the handler runs, so that a log line, a metric label or a span made
 anywhere under the handler (its tasks included) knows the call's request id, its API key's name
 and, once validation resolved it, its model. Work done on the scheduler's own task (micro-batches

@@ -2,14 +2,14 @@
 
 A line logged while a call is being answered carries that call's ``request_id`` (Envoy's
 ``x-request-id``, the id its access log shows), its API key's name and its model, taken from
-:mod:`service.telemetry.context`; work outside a call (the scheduler's task) passes
+:mod:`rerank.service.telemetry.context`; work outside a call (the scheduler's task) passes
 ``extra={"request_id": ...}`` itself. Text::
 
-    2026-11-30 12:00:00,123 WARNING service.core.batching: pair 3 failed [request_id=9b1c... key=team-a model=bge]
+    2026-11-30 12:00:00,123 WARNING rerank.service.core.batching: pair 3 failed [request_id=9b1c... key=a model=m]
 
 JSON, one object per line::
 
-    {"time": "2026-11-30T12:00:00.123Z", "level": "WARNING", "logger": "service.core.batching",
+    {"time": "2026-11-30T12:00:00.123Z", "level": "WARNING", "logger": "rerank.service.core.batching",
      "message": "pair 3 failed", "request_id": "9b1c...", "key": "team-a", "model": "bge"}
 
 What we log never holds an API key or a document's text, at any level: messages name keys by
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import IO, Any
 
-from service.telemetry import context
+from rerank.service.telemetry import context
 
 CONTEXT_FIELDS = ("request_id", "method", "key", "model")
 """What a line may say about its call, in this order."""

@@ -2,7 +2,7 @@
 
 Prometheus scrapes this port directly (Kubernetes: each pod's), and Envoy routes ``GET /metrics``
 on the REST port here (not transcoded). The key check, when ``RERANK_METRICS_REQUIRE_KEY`` is on,
-is done here, by the same :class:`~service.router.auth.Keyring` as gRPC calls, so Envoy needs no
+is done here, by the same :class:`~rerank.service.router.auth.Keyring` as gRPC calls, so Envoy needs no
 auth filter and knows no keys: it forwards ``Authorization`` like any header. A valid key's name
 goes back in the ``x-rerank-key`` response header, which Envoy moves into its access log and
 strips (as for every call).
@@ -12,17 +12,17 @@ One process, or all of a host's (multiprocess mode): with ``--metrics-dir``
 values into files in that folder and any process's ``/metrics`` reads them all back, summed. So
 Envoy may route ``/metrics`` to any replica and still show the whole stack.
 
-The server is :class:`~service.telemetry.http1.Http1Server` on its own thread: the service's event
+The server is :class:`~rerank.service.telemetry.http1.Http1Server` on its own thread: the service's event
 loop never renders a scrape, and Envoy's admission checks are answered on keep-alive connections
 without waiting behind one.
 
 ``GET /admission?bytes=N[&model=NAME]``: the early admission check. Envoy asks it (a Lua filter,
-:func:`gateway.envoy_config.lua_admission`) before it reads a large rerank body: 200 if a request
+:func:`rerank.gateway.envoy_config.lua_admission`) before it reads a large rerank body: 200 if a request
 of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's own QueueFull error
 as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
-answer comes from :meth:`service.server.RerankServer.early_admission` (state the batchers publish;
+answer comes from :meth:`rerank.service.server.RerankServer.early_admission` (state the batchers publish;
 nothing on the event loop). A 200 may carry ``x-rerank-hold``: the token of the place held for the
-body (:class:`~service.core.batching.Holds`), which Envoy puts on the request so that the service
+body (:class:`~rerank.service.core.batching.Holds`), which Envoy puts on the request so that the service
 admits it without a second look, and ``x-rerank-replica``: this port, by which Envoy sends the
 request to this replica (the one holding its place). It needs no key: it says only whether the server is busy, and Envoy
 routes no client request to it.
@@ -43,12 +43,12 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, make_wsgi_app, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from service.core.metrics import Metrics
-from service.errors import ConfigurationError, QueueFull
-from service.router.auth import Keyring
-from service.router.status import HOLD_HEADER, REPLICA_HEADER, status_json
-from service.telemetry.context import KEY_NAME_HEADER
-from service.telemetry.http1 import Http1Server
+from rerank.service.core.metrics import Metrics
+from rerank.service.errors import ConfigurationError, QueueFull
+from rerank.service.router.auth import Keyring
+from rerank.service.router.status import HOLD_HEADER, REPLICA_HEADER, status_json
+from rerank.service.telemetry.context import KEY_NAME_HEADER
+from rerank.service.telemetry.http1 import Http1Server
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 Admission = Callable[[int, str | None], QueueFull | str]
 """``(body bytes, model or None) -> the refusal, or the token of the place held for the body
-(:class:`~service.core.batching.Holds`; '' where none is)``."""
+(:class:`~rerank.service.core.batching.Holds`; '' where none is)``."""
 
 
 def server_metrics(directory: Path | None) -> Metrics:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ConfigurationError
+from rerank.service.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -65,7 +65,7 @@ def configure(endpoint: str, *, exporter: SpanExporter | None = None) -> None:
                 "RERANK_OTLP_ENDPOINT is set, but the OTLP exporter is not installed: pip install 'rerank[tracing]'"
             ) from None
         exporter = OTLPSpanExporter(endpoint=endpoint)
-    from service import __version__
+    from rerank.service import __version__
 
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME, "service.version": __version__}))
     provider.add_span_processor(BatchSpanProcessor(exporter))

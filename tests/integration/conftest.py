@@ -36,7 +36,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(checkpoint_dir):
     """``checkpoint(kind)``: the fixture checkpoint folder of one architecture, built once."""
-    from converters.testing.checkpoints import make_checkpoint  # torch: only for the tests that ask
+    from rerank.converters.testing.checkpoints import make_checkpoint  # torch: only for the tests that ask
 
     cache: dict[str, Path] = {}
 
@@ -64,8 +64,8 @@ def models_dir(tmp_path_factory, checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def stack(models_dir, tmp_path_factory):
     """The real service plus the real Envoy in front of it."""
-    from gateway.envoy import start as start_envoy
-    from service.settings import Settings
+    from rerank.gateway.envoy import start as start_envoy
+    from rerank.service.settings import Settings
 
     # RERANK_DEFAULT_MODEL: the model the TEI faces serve (their API names none).
     # RERANK_METRICS_PORT: GET /metrics through Envoy, as rerank-stack routes it.
@@ -92,7 +92,7 @@ def stack(models_dir, tmp_path_factory):
 
 @pytest.fixture
 def in_process_server():
-    """``in_process_server(models_dir, **settings)``: ``service.server.RerankServer`` with the real
+    """``in_process_server(models_dir, **settings)``: ``rerank.service.server.RerankServer`` with the real
     ONNX backend, started in this process (:class:`tests.support.InProcessServer`) and stopped after
     the test. For a server of its own where a subprocess adds nothing: no signals, exit status or
     command line under test."""
@@ -127,6 +127,6 @@ def grpc_channel(stack):
 
 @pytest.fixture(scope="session")
 def stub(grpc_channel):
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     return rerank_pb2_grpc.RerankServiceStub(grpc_channel)

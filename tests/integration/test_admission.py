@@ -16,10 +16,10 @@ import grpc
 import httpx
 import pytest
 
-from gateway.envoy import start as start_envoy
-from service.core.metrics import HOLD_OUTCOMES
-from service.settings import Settings
-from service.telemetry.metrics_endpoint import EARLY_HEADER as EARLY
+from rerank.gateway.envoy import start as start_envoy
+from rerank.service.core.metrics import HOLD_OUTCOMES
+from rerank.service.settings import Settings
+from rerank.service.telemetry.metrics_endpoint import EARLY_HEADER as EARLY
 from tests.support import API_KEY, AUTH, Samples, StackProcess, free_port, start_service
 
 HEAVY = {
@@ -84,7 +84,7 @@ def early_stack(busy_service, tmp_path_factory):
 
 
 def _queued(port: int) -> int:
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         cards = rerank_pb2_grpc.RerankServiceStub(channel).ListModels(
@@ -317,7 +317,7 @@ def test_with_two_replicas_an_admitted_body_goes_to_the_replica_holding_its_plac
 
 
 def _heavy_grpc_request(body: dict = HEAVY):
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     request = rerank_pb2.RerankRequest(query=body["query"], long_documents="window")
     for text in body["documents"]:
@@ -330,7 +330,7 @@ def test_a_body_one_busy_replica_refuses_is_admitted_by_the_other(two_replicas):
     other idle: a large body the busy one refuses early is asked of the idle one, admitted and
     served there. (When the check asked one replica only, a body whose check went to the busy
     one was refused while a replica stood idle.)"""
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     stack = two_replicas
     busy = stack.grpc_port  # replica 1; replica 2 gets only what Envoy sends
@@ -386,7 +386,7 @@ def test_a_large_body_is_admitted_by_an_idle_server(early_stack):
 
 
 def test_grpc_clients_get_resource_exhausted_with_retry_after(busy_stack):
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     base_url, port = busy_stack
     request = _heavy_grpc_request()

@@ -45,7 +45,7 @@ def test_rest_auth(stack, headers, status):
     ],
 )
 def test_grpc_auth_direct_and_through_envoy(stack, metadata, ok):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     for target in (stack.grpc_target, f"127.0.0.1:{stack.rest_port}"):
         with grpc.insecure_channel(target) as channel:

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import kubernetes
-from gateway.envoy_config import to_yaml
+from rerank.gateway import kubernetes
+from rerank.gateway.envoy_config import to_yaml
 from tests.support import API_KEY, Containers, Load, docker
 
 pytestmark = pytest.mark.container
@@ -105,7 +105,7 @@ def test_the_image_runs_as_a_user_without_compilers_or_torch(image):
     config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image).stdout)
     assert config["User"] == UID
     assert config["Cmd"][0] == "rerank-stack"
-    assert "gateway.probe" in " ".join(config["Healthcheck"]["Test"])
+    assert "rerank.gateway.probe" in " ".join(config["Healthcheck"]["Test"])
     script = (
         "id -u; for c in cc gcc g++ clang; do command -v $c && exit 1; done; "
         "python -c 'import torch' 2>/dev/null && exit 2; envoy --version >/dev/null && rerank-serve --version"
@@ -153,7 +153,7 @@ def test_the_stack_container_scores_like_the_stack_outside(image, containers, co
 
 def envoy_admin(containers: Containers, name: str, path: str) -> str:
     """Envoy's admin API inside container ``name`` (it listens on the container's loopback)."""
-    code = f"from gateway.envoy import admin_request; print(admin_request(9901, {path!r}) or '')"
+    code = f"from rerank.gateway.envoy import admin_request; print(admin_request(9901, {path!r}) or '')"
     return docker("exec", name, "python", "-c", code).stdout
 
 

@@ -11,7 +11,7 @@ from tests.support import API_KEY, AUTH, DOCS, QUERY, free_port, rerank_request
 
 
 async def test_concurrent_requests_score_like_single_ones(stack):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     docs = [f"{d} {i}" for i in range(12) for d in DOCS[:3]]
     request = rerank_request("xlmr-tiny", docs, return_documents=False)
@@ -32,7 +32,7 @@ async def test_concurrent_requests_score_like_single_ones(stack):
 def test_default_variant_on_cpu_is_exact_or_gated_and_chosen_at_start_up(stub, models_dir):
     import json
 
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
     card = cards["xlmr-tiny"]
@@ -48,7 +48,7 @@ def test_default_variant_on_cpu_is_exact_or_gated_and_chosen_at_start_up(stub, m
 
 
 def test_micro_batches_are_cut_at_the_size_timed_fastest_at_start_up(stub):
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data}
     batching = cards["xlmr-tiny"].batching
@@ -64,7 +64,7 @@ def test_micro_batches_are_cut_at_the_size_timed_fastest_at_start_up(stub):
 
 
 def test_a_pinned_batch_size_cuts_every_micro_batch(models_dir, in_process_server):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     server = in_process_server(models_dir, batch_tokens=100)
     docs = [f"document number {i} is about pandas and bamboo" for i in range(12)]
@@ -83,7 +83,7 @@ def test_a_pinned_batch_size_cuts_every_micro_batch(models_dir, in_process_serve
 def test_variant_gates_recorded(models_dir):
     import json
 
-    from converters.variants import DEFAULT
+    from rerank.converters.variants import DEFAULT
 
     data = json.loads((models_dir / "xlmr-tiny" / "rerank.json").read_text())
     gates = data["verification"]["variant_gates"]
@@ -100,7 +100,7 @@ def test_variant_gates_recorded(models_dir):
 
 @pytest.mark.parametrize("variant", ["fp32", "ov-fp32"])
 def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, in_process_server, variant):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
     from tests.reference import transformers_scores
 
     server = in_process_server(models_dir, variant=variant)
@@ -119,8 +119,8 @@ def test_forced_variant_scores_close_to_fp32(models_dir, checkpoint, in_process_
 def test_queue_limit_is_429_through_envoy(models_dir, in_process_server, tmp_path):
     import httpx
 
-    from gateway.envoy import start as start_envoy
-    from service.settings import Settings
+    from rerank.gateway.envoy import start as start_envoy
+    from rerank.service.settings import Settings
 
     server = in_process_server(models_dir, max_queue_pairs=4)
     rest_port = free_port()

@@ -13,8 +13,8 @@ import time
 import grpc
 import pytest
 
-from gateway.envoy import start as start_envoy
-from service.settings import Settings
+from rerank.gateway.envoy import start as start_envoy
+from rerank.service.settings import Settings
 from tests.support import AUTH, free_port, start_service
 
 
@@ -68,7 +68,7 @@ def test_oversized_headers_are_431(bounded, size):
 
 
 def test_a_grpc_message_over_the_limit_through_envoy_is_resource_exhausted(bounded):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     request = rerank_pb2.RerankRequest(query="q")
     for _ in range(5):

@@ -64,9 +64,9 @@ def answers(rest: httpx.Client, stub: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fuzzed(models_dir, tmp_path_factory) -> Iterator[Fuzzed]:
     """The real service and the real Envoy, as the session's ``stack`` fixture starts them."""
-    from gateway.envoy import start as start_envoy
-    from service.protocol import rerank_pb2_grpc
-    from service.settings import Settings
+    from rerank.gateway.envoy import start as start_envoy
+    from rerank.service.protocol import rerank_pb2_grpc
+    from rerank.service.settings import Settings
 
     proc, port, log = start_service(models_dir, env={"RERANK_DEFAULT_MODEL": "xlmr-tiny"})
     rest_port = free_port()
@@ -240,7 +240,7 @@ def test_grpc_messages(fuzzed, route):
 @pytest.mark.parametrize("route", ["direct", "envoy"])
 def test_grpc_odd_unicode(fuzzed, route):
     """The same odd text in valid ``Rerank`` messages."""
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     stub = rerank_pb2_grpc.RerankServiceStub(fuzzed.direct if route == "direct" else fuzzed.envoy)
     for message in fuzzing.odd_unicode_messages():
@@ -279,7 +279,7 @@ def test_grpc_raw_bytes(fuzzed, route):
 def test_after_fuzzing_the_service_answers_as_before(fuzzed):
     """Last: the same valid requests get the same scores, nothing was logged as an internal
     error, memory stayed bounded, and the run sent what it promised."""
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     after = answers(fuzzed.rest, rerank_pb2_grpc.RerankServiceStub(fuzzed.direct))
     for face, results in fuzzed.before.items():

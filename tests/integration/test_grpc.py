@@ -51,7 +51,7 @@ def test_single_model_needs_no_name_and_clean_shutdown(models_dir, tmp_path):
     shutil.copytree(models_dir / "xlmr-tiny", only / "xlmr-tiny")
     proc, port, log = start_service(only)
     try:
-        from service.protocol import rerank_pb2_grpc
+        from rerank.service.protocol import rerank_pb2_grpc
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(
@@ -71,7 +71,7 @@ def test_refuses_to_start_without_keys(models_dir):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
     result = subprocess.run(
-        [sys.executable, "-m", "service", "--models-dir", str(models_dir), "--grpc-port", "0"],
+        [sys.executable, "-m", "rerank.service", "--models-dir", str(models_dir), "--grpc-port", "0"],
         env=env,
         capture_output=True,
         text=True,

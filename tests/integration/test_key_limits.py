@@ -11,8 +11,8 @@ import grpc
 import httpx
 import pytest
 
-from gateway.envoy import start as start_envoy
-from service.settings import Settings
+from rerank.gateway.envoy import start as start_envoy
+from rerank.service.settings import Settings
 from tests.support import Samples, free_port, start_service
 
 LIMITED, FREE = "limited-key-0001", "free-key-0002"
@@ -63,7 +63,7 @@ def test_a_key_over_its_rate_gets_429_naming_the_limit_and_others_do_not(limited
 
 
 def test_grpc_clients_get_resource_exhausted(limited_stack):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     _, port, _ = limited_stack
     request = rerank_pb2.RerankRequest(query=BODY["query"])

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.envoy import Envoy
-from gateway.envoy import start as start_envoy
-from gateway.supervisor import Child
-from service.settings import Settings
+from rerank.gateway.envoy import Envoy
+from rerank.gateway.envoy import start as start_envoy
+from rerank.gateway.supervisor import Child
+from rerank.service.settings import Settings
 from tests.support import API_KEY, OTHER_KEY, Samples, free_port, key_name, start_service
 
 MODEL = "bert-tiny"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.supervisor import Child, grpc_serving
+from rerank.gateway.supervisor import Child, grpc_serving
 from tests.support import API_KEY, free_port
 
 
@@ -36,7 +36,16 @@ def serve(folder: Path, *extra: str) -> tuple[int | None, str]:
     started serving) and its output."""
     log = folder.parent.parent / "serve.log"
     port = free_port()
-    argv = [sys.executable, "-m", "service", "--models-dir", str(folder.parent), "--grpc-port", str(port), *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "rerank.service",
+        "--models-dir",
+        str(folder.parent),
+        "--grpc-port",
+        str(port),
+        *extra,
+    ]
     child = Child("serve", argv, env={"RERANK_API_KEYS": API_KEY}, log_path=log).start()
     # Until it refuses (exits) or serves (reports SERVING): a check runs before the port opens.
     deadline = time.monotonic() + 120
@@ -108,7 +117,7 @@ def test_a_replaced_graph_that_scores_differently_is_refused(folder, models_dir)
     shutil.copy(other, folder / "model.fused.onnx")
 
     def rechecksum(d: dict) -> None:
-        from service.model_folder import file_sha256
+        from rerank.service.model_folder import file_sha256
 
         d["variants"]["fp32-fused"]["sha256"] = {"model.fused.onnx": file_sha256(folder / "model.fused.onnx")}
 

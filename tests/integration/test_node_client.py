@@ -43,7 +43,7 @@ def node_client(tmp_path_factory):
 
 
 def python_results(stub, top_n: int):
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     request = rerank_pb2.RerankRequest(model="bert-tiny", query=QUERY, top_n=top_n, return_documents=False)
     for d in DOCS:

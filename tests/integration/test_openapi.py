@@ -16,10 +16,10 @@ import pytest
 from google.protobuf import descriptor_pb2
 from openapi_spec_validator import validate
 
-from gateway.descriptor import descriptor_set
-from gateway.envoy_config import METRICS_CLUSTER, render
-from gateway.openapi import http_rules
-from service.settings import Settings
+from rerank.gateway.descriptor import descriptor_set
+from rerank.gateway.envoy_config import METRICS_CLUSTER, render
+from rerank.gateway.openapi import http_rules
+from rerank.service.settings import Settings
 from tests.support import REPO
 
 ARTIFACTS = REPO / "build" / "test-artifacts"

@@ -15,13 +15,13 @@ import grpc
 import numpy as np
 import pytest
 
-from service.backends.base import Batch
-from service.backends.cpu_features import detect
-from service.backends.loader import load_backend
-from service.core.batching import pad
-from service.core.tokenization import PairEncoder
-from service.model_folder import ModelFolderConfig, Variant, read_model_folder
-from service.scoring import score_pairs
+from rerank.service.backends.base import Batch
+from rerank.service.backends.cpu_features import detect
+from rerank.service.backends.loader import load_backend
+from rerank.service.core.batching import pad
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.model_folder import ModelFolderConfig, Variant, read_model_folder
+from rerank.service.scoring import score_pairs
 from tests.support import API_KEY, AUTH, REPO, free_port, start_service
 
 pytest.importorskip("openvino")
@@ -107,7 +107,16 @@ def test_score_pairs_runs_a_variant_on_its_own_runtime_and_precision(models_dir:
 def ov_models(checkpoint, tmp_path_factory) -> Path:
     """bert-tiny converted with the three OpenVINO variants, gate off (random weights)."""
     out = tmp_path_factory.mktemp("ov-models")
-    command = [sys.executable, "-m", "converters.cli", str(checkpoint("bert")), "--name", "bert-ov", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "rerank.converters.cli",
+        str(checkpoint("bert")),
+        "--name",
+        "bert-ov",
+        "--out",
+        str(out),
+    ]
     command += ["--variants", "ov-fp32,ov-bf16,ov-int8", "--no-gate"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -147,7 +156,7 @@ def test_the_converter_writes_gates_and_seals_openvino_variants(ov_models: Path)
 
 
 def card(port: int, name: str):  # type: ignore[no-untyped-def]
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
@@ -178,7 +187,7 @@ def test_a_pinned_openvino_variant_is_served_and_shown(ov_models: Path) -> None:
 
 def test_an_openvino_variant_that_scores_differently_is_refused(ov_models: Path, tmp_path: Path) -> None:
     # The check pairs a variant recorded at conversion are verified on its own runtime.
-    from gateway.supervisor import Child
+    from rerank.gateway.supervisor import Child
 
     folder = tmp_path / "models" / "bert-ov"
     shutil.copytree(ov_models / "bert-ov", folder)
@@ -187,7 +196,7 @@ def test_an_openvino_variant_that_scores_differently_is_refused(ov_models: Path,
     data["variants"]["ov-bf16"]["probe_scores"] = [s + 1 for s in data["variants"]["ov-bf16"]["probe_scores"]]
     path.write_text(json.dumps(data))
     log = tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "service", "--models-dir", str(folder.parent), "--grpc-port", str(free_port())]
+    argv = [sys.executable, "-m", "rerank.service", "--models-dir", str(folder.parent), "--grpc-port", str(free_port())]
     child = Child("serve", [*argv, "--variant", "ov-bf16"], env={"RERANK_API_KEYS": API_KEY}, log_path=log).start()
     status = child.wait(120)
     if status is None:

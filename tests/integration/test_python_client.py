@@ -21,7 +21,7 @@ DOCS = ["hi", "it is a bear", "The giant panda is a bear species endemic to Chin
 
 
 def stub_results(stub, **fields):
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     request = rerank_pb2.RerankRequest(model="xlmr-tiny", query=QUERY, **fields)
     for d in DOCS:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.supervisor import Child, grpc_serving
+from rerank.gateway.supervisor import Child, grpc_serving
 from tests.support import API_KEY, Load, children_of, environ_of, free_port, free_ports
 
 LOAD_SECONDS = 20

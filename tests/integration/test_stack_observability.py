@@ -95,7 +95,7 @@ def scrape(url: str) -> Samples:
 
 def rerank_direct(stack: StackProcess, replica: int) -> None:
     """One Rerank call straight to replica ``replica`` (0-based), not through Envoy."""
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     request = rerank_pb2.RerankRequest(model=MODEL, query="what do pandas eat?")
     request.documents.add().string_value = "bamboo"
@@ -150,7 +150,7 @@ def test_one_access_log_line_per_request_with_the_services_request_id(json_stack
     lines = [json.loads(line) for line in stack.lines(f"replica {replica + 1}") if line.startswith("{")]
     mine = [line for line in lines if line.get("request_id") == request_id]
     assert mine and all(line["key"] == KEY_NAME and line["model"] == MODEL for line in mine), mine
-    assert any("OK" in line["message"] and line["logger"] == "service.router.guard" for line in mine)
+    assert any("OK" in line["message"] and line["logger"] == "rerank.service.router.guard" for line in mine)
 
 
 def test_errors_and_grpc_calls_are_logged_with_their_grpc_status(json_stack: StackProcess) -> None:
@@ -161,7 +161,7 @@ def test_errors_and_grpc_calls_are_logged_with_their_grpc_status(json_stack: Sta
     assert (access_log(stack, bad)["grpc_status"], access_log(stack, bad)["key"]) == ("3", KEY_NAME)
     assert (access_log(stack, wrong)["grpc_status"], access_log(stack, wrong)["key"]) == ("16", None)
 
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     native = f"grpc-{uuid.uuid4().hex}"
     with grpc.insecure_channel(f"127.0.0.1:{stack.rest_port}") as channel:

@@ -11,9 +11,9 @@ import grpc
 import httpx
 import pytest
 
-from gateway.envoy import start as start_envoy
-from gateway.supervisor import Child
-from service.settings import Settings
+from rerank.gateway.envoy import start as start_envoy
+from rerank.gateway.supervisor import Child
+from rerank.service.settings import Settings
 from tests.support import API_KEY, AUTH, Certificates, free_port, free_ports, make_certificates, start_service
 
 BODY = {"query": "what do pandas eat?", "documents": ["bamboo", "fish"]}
@@ -49,7 +49,7 @@ def _trusting(certificates: Certificates) -> ssl.SSLContext:
 
 
 def _rerank_over_grpc(channel: grpc.Channel):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     request = rerank_pb2.RerankRequest(query=BODY["query"])
     for text in BODY["documents"]:

@@ -14,8 +14,8 @@ import grpc
 import httpx
 import pytest
 
-from gateway.envoy import start as start_envoy
-from service.settings import Settings
+from rerank.gateway.envoy import start as start_envoy
+from rerank.service.settings import Settings
 from tests.support import API_KEY, OtlpCollector, free_port, key_name, start_service
 
 MODEL = "bert-tiny"
@@ -75,7 +75,7 @@ def test_a_rest_clients_traceparent_reaches_the_service_through_envoy(traced: tu
 
 
 def test_a_grpc_clients_traceparent_too(traced: tuple[str, OtlpCollector]) -> None:
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     address, collector = traced
     trace_id, span_id, traceparent = new_traceparent()

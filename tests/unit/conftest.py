@@ -37,7 +37,7 @@ def stand_in_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def stand_in_server(stand_in_models: Path) -> Iterator[InProcessServer]:
-    """``service.server.RerankServer`` serving the stand-in models, with API keys."""
+    """``rerank.service.server.RerankServer`` serving the stand-in models, with API keys."""
     settings = server_settings(stand_in_models, **STAND_IN_LIMITS)
     with InProcessServer(settings, backend=StandInBackend.for_folder) as server:
         yield server
@@ -51,6 +51,6 @@ def stand_in_channel(stand_in_server: InProcessServer) -> Iterator[grpc.Channel]
 
 @pytest.fixture(scope="session")
 def stand_in_stub(stand_in_channel: grpc.Channel) -> Any:
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     return rerank_pb2_grpc.RerankServiceStub(stand_in_channel)

@@ -10,10 +10,10 @@ they drift apart or when the installed stubs need a newer runtime than is instal
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -81,7 +81,9 @@ def _generated_grpc_versions() -> dict[Path, Version]:
 
 def _generated_protobuf_versions() -> dict[Path, Version]:
     versions = {}
-    pattern = re.compile(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),")
+    pattern = re.compile(
+        r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),"
+    )
     for path in sorted(PROTOCOL.glob("*_pb2.py")):
         match = pattern.search(path.read_text())
         assert match, f"{path.name}: no protobuf runtime version check"
@@ -99,7 +101,9 @@ def test_generated_stubs_run_on_the_installed_and_the_declared_grpcio() -> None:
     protobuf_floor = _runtime_floor("protobuf")
     for path, needed in _generated_protobuf_versions().items():
         assert needed <= installed_protobuf, f"{path.name} needs protobuf>={needed}, {installed_protobuf} is installed"
-        assert needed <= protobuf_floor, f"{path.name} needs protobuf>={needed}; pyproject.toml declares >={protobuf_floor}"
+        assert needed <= protobuf_floor, (
+            f"{path.name} needs protobuf>={needed}; pyproject.toml declares >={protobuf_floor}"
+        )
 
 
 def test_build_requirements_are_the_locked_versions() -> None:
@@ -111,15 +115,21 @@ def test_build_requirements_are_the_locked_versions() -> None:
         assert len(specs) == 1 and specs[0].operator == "==", f"build requirement {requirement} is not pinned with =="
         pinned[_canonical(requirement.name)] = specs[0].version
     for name, version in pinned.items():
-        assert name in lock, f"build requirement {name} is not in requirements/dev.lock (add it to requirements/build.in)"
+        assert name in lock, (
+            f"build requirement {name} is not in requirements/dev.lock (add it to requirements/build.in)"
+        )
         assert lock[name] == version, f"build requires {name}=={version}, the lock pins {lock[name]}: run make lock"
     # The build environment's whole closure is pinned: whatever the lock installs for a build requirement.
     for name, needed_by in _lock_needed_by().items():
         for parent in needed_by & set(pinned):
-            assert name in pinned, f"the build installs {name} (for {parent}) without a pin: add it to requirements/build.in"
+            assert name in pinned, (
+                f"the build installs {name} (for {parent}) without a pin: add it to requirements/build.in"
+            )
     build_in = [
         _canonical(Requirement(line.split("#", 1)[0].strip()).name)
         for line in (REPO / "requirements" / "build.in").read_text().splitlines()
         if line.split("#", 1)[0].strip()
     ]
-    assert sorted(build_in) == sorted(pinned), "requirements/build.in and [build-system].requires name different packages"
+    assert sorted(build_in) == sorted(pinned), (
+        "requirements/build.in and [build-system].requires name different packages"
+    )

@@ -17,12 +17,20 @@ import pytest
 
 from tests.support import REPO
 
-SERVICE_SURFACE = {"service.model_folder", "service.scoring"}
+SERVICE_SURFACE = {"rerank.service.model_folder", "rerank.service.scoring"}
 TESTS = REPO / "tests"
 
 
+INSTALLED = ("service", "gateway", "converters")
+"""Top-level folders whose modules are installed as ``rerank.<folder>`` (setup.py)."""
+
+
 def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    """The import name of ``path``: ``service/server.py`` is ``rerank.service.server``."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    if parts[0] in INSTALLED:
+        parts = ("rerank", *parts)
+    return ".".join(parts).removesuffix(".__init__")
 
 
 def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
@@ -75,7 +83,20 @@ def test_converter_uses_only_the_declared_service_surface() -> None:
         f"{path.relative_to(REPO)}:{line} imports {module}"
         for path in python_files("converters")
         for line, module in imported_modules(path)
-        if (module == "service" or module.startswith("service.")) and module not in SERVICE_SURFACE
+        if (module == "rerank.service" or module.startswith("rerank.service.")) and module not in SERVICE_SURFACE
+    ]
+    assert not offences, offences
+
+
+@pytest.mark.parametrize("folder", ["converters", "bench", "service", "gateway", "tools", "tests", "clients"])
+def test_installed_packages_are_imported_by_their_installed_names(folder: str) -> None:
+    """``rerank.service``, never ``service``: the bare names exist only in a checkout (a wheel
+    installs no top-level ``service``), so code importing them works here and nowhere else."""
+    offences = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in python_files(folder)
+        for line, module in imported_names(path)
+        if module.split(".")[0] in INSTALLED
     ]
     assert not offences, offences
 
@@ -83,7 +104,7 @@ def test_converter_uses_only_the_declared_service_surface() -> None:
 def test_converter_modules_import_no_cycle() -> None:
     """Lazy imports included: a cycle is a cycle whether or not it happens to import today."""
     graph = {
-        _module_name(path): {m for _, m in imported_modules(path) if m.startswith("converters.")}
+        _module_name(path): {m for _, m in imported_modules(path) if m.startswith("rerank.converters.")}
         for path in python_files("converters")
     }
     cycles = []
@@ -134,7 +155,7 @@ CONVERT_ONLY = {
     "torch",
     "transformers",
     "sentencepiece",
-    "converters.testing",
+    "rerank.converters.testing",
     "tests.reference",
     "tests.jinabert_numpy",
 }

@@ -9,10 +9,10 @@ from typing import Any
 
 import grpc
 
+from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 from rerank_client.client import metadata, rerank_request
 from rerank_client.results import Model, RerankResult, models, rerank_result
 from rerank_client.retry import DEFAULT_RETRY, Retry, deadline, remaining
-from service.protocol import rerank_pb2, rerank_pb2_grpc
 
 
 class AsyncRerankClient:

@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
+from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 from rerank_client.results import Model, RerankResult, models, rerank_result
 from rerank_client.retry import DEFAULT_RETRY, Retry, deadline, remaining
-from service.protocol import rerank_pb2, rerank_pb2_grpc
 
 API_KEY_ENV = "RERANK_API_KEY"
 """The environment variable the key is read from when none is given."""

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import convert
-from converters.sources import load_source
-from converters.testing.checkpoints import KINDS
-from converters.testing.corpus import multilingual_strings
-from service.backends.onnx import OnnxBackend
-from service.core.batching import pad
-from service.core.tokenization import PairEncoder
-from service.model_folder import read_model_folder
+from rerank.converters.convert import convert
+from rerank.converters.sources import load_source
+from rerank.converters.testing.checkpoints import KINDS
+from rerank.converters.testing.corpus import multilingual_strings
+from rerank.service.backends.onnx import OnnxBackend
+from rerank.service.core.batching import pad
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.model_folder import read_model_folder
 from tests.reference import reference_scores
 from tests.support import AUTH, InProcessServer, server_settings
 
@@ -81,7 +81,7 @@ def all_models_server(converted):
 
 
 def test_one_server_serves_every_architecture(all_models_server, checkpoint):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     stub = rerank_pb2_grpc.RerankServiceStub(all_models_server)
     cards = {c.id: c for c in stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=30).data}
@@ -101,7 +101,7 @@ def test_one_server_serves_every_architecture(all_models_server, checkpoint):
 
 
 def test_sliding_windows_take_the_best_window(all_models_server, checkpoint):
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     stub = rerank_pb2_grpc.RerankServiceStub(all_models_server)
     query = "panda"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.testing.llama_cpp import convert_to_gguf
+from rerank.converters.testing.llama_cpp import convert_to_gguf
 from tests.support import REPO
 
 OUR_LINE = re.compile(
@@ -22,7 +22,7 @@ OUR_LINE = re.compile(
 def run_cli(source: Path, out: Path) -> str:
     """stderr of a whole conversion with the default variants (where most third-party noise was)."""
     result = subprocess.run(
-        [sys.executable, "-m", "converters.cli", str(source), "--name", "m", "--out", str(out)],
+        [sys.executable, "-m", "rerank.converters.cli", str(source), "--name", "m", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Checks of the fixture builders (:mod:`converters.testing`): checkpoint layouts, tokenizers, scores, text."""
+"""Checks of the fixture builders (:mod:`rerank.converters.testing`): checkpoint layouts, tokenizers, scores, text."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from converters.testing.checkpoints import (
+from rerank.converters.testing.checkpoints import (
     GTE_EXTRA_VOCAB_ROWS,
     HIDDEN,
     INTERMEDIATE,
@@ -24,7 +24,7 @@ from converters.testing.checkpoints import (
     LAYERS,
     make_checkpoint,
 )
-from converters.testing.corpus import LANGUAGES, multilingual_strings, training_corpus
+from rerank.converters.testing.corpus import LANGUAGES, multilingual_strings, training_corpus
 from tests.reference import gte_remote_code_logit, reference_scores
 
 QUERY, DOC = "What is a panda?", "The giant panda is a bear species endemic to China."

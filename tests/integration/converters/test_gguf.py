@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from converters.convert import convert
-from converters.gguf_source import POOLER_DROPPED
-from converters.sources import load_source
-from converters.testing.corpus import multilingual_strings
-from converters.testing.llama_cpp import convert_to_gguf
+from rerank.converters.convert import convert
+from rerank.converters.gguf_source import POOLER_DROPPED
+from rerank.converters.sources import load_source
+from rerank.converters.testing.corpus import multilingual_strings
+from rerank.converters.testing.llama_cpp import convert_to_gguf
 from tests.reference import reference_scores
 from tests.support import REPO, convert_with_cli, onnx_scores
 
@@ -113,7 +113,7 @@ def test_not_a_reranker_is_refused(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     result = subprocess.run(
-        [sys.executable, "-m", "converters.cli", str(path), "--name", "x", "--out", str(tmp_path)],
+        [sys.executable, "-m", "rerank.converters.cli", str(path), "--name", "x", "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -20,12 +20,12 @@ from gguf import GGUFValueType, GGUFWriter
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from converters.errors import GgufError
-from converters.gguf_file import GgufFile
-from converters.gguf_tokenizer import tokenizer_from_gguf
-from converters.testing.checkpoints import make_checkpoint
-from converters.testing.corpus import multilingual_strings
-from converters.testing.llama_cpp import convert_to_gguf
+from rerank.converters.errors import GgufError
+from rerank.converters.gguf_file import GgufFile
+from rerank.converters.gguf_tokenizer import tokenizer_from_gguf
+from rerank.converters.testing.checkpoints import make_checkpoint
+from rerank.converters.testing.corpus import multilingual_strings
+from rerank.converters.testing.llama_cpp import convert_to_gguf
 
 KINDS = ("xlmr", "bert", "jina-v1", "jina-v2")
 STRINGS = multilingual_strings(2000)

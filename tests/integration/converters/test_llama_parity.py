@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from converters.testing.llama_cpp import convert_to_gguf, llama_server_binary, llama_server_command
-from converters.variants import spearman
+from rerank.converters.testing.llama_cpp import convert_to_gguf, llama_server_binary, llama_server_command
+from rerank.converters.variants import spearman
 from tests.reference import reference_scores
 from tests.support import REPO, convert_with_cli, free_port, onnx_scores
 
@@ -116,8 +116,8 @@ def test_k_quant_ggufs_score_like_hf(server_binary, checkpoint, tmp_path):
 
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    from converters.convert import convert
-    from converters.sources import load_source
+    from rerank.converters.convert import convert
+    from rerank.converters.sources import load_source
 
     wide = tmp_path / "wide"
     shutil.copytree(checkpoint("xlmr"), wide)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-# bench.measure imports bench.models, which reads converters.variants: the [convert] extra.
+# bench.measure imports bench.models, which reads rerank.converters.variants: the [convert] extra.
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
 from bench.measure import Measurement

@@ -8,8 +8,8 @@ from concurrent import futures
 import grpc
 import pytest
 
+from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 from rerank_client import AsyncRerankClient, RerankClient, Retry
-from service.protocol import rerank_pb2, rerank_pb2_grpc
 
 FAST = Retry(attempts=4, initial_backoff=0.01, max_backoff=0.02)
 

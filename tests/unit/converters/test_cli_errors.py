@@ -9,8 +9,8 @@ import pytest
 # The converter's unit tests need its [convert] extra (not torch); without it they skip.
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
-from converters import cli, sources
-from converters.errors import (
+from rerank.converters import cli, sources
+from rerank.converters.errors import (
     CheckpointError,
     ConversionError,
     GgufError,

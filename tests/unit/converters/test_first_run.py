@@ -11,10 +11,10 @@ import pytest
 # The converter's unit tests need its [convert] extra (not torch); without it they skip.
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
-from converters import catalog, cli
-from converters.catalog import CATALOG, resolve
-from converters.errors import CheckpointError, SourceError
-from converters.hf_checkpoint import fetch
+from rerank.converters import catalog, cli
+from rerank.converters.catalog import CATALOG, resolve
+from rerank.converters.errors import CheckpointError, SourceError
+from rerank.converters.hf_checkpoint import fetch
 from tests.support import REPO
 
 

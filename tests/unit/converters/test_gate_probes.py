@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from converters import gate_probes
-from converters.gate_probes import gate_pairs, gate_report, passes, spearman
+from rerank.converters import gate_probes
+from rerank.converters.gate_probes import gate_pairs, gate_report, passes, spearman
 
 
 def _reference(n_queries: int = 4, per_query: int = 30, seed: int = 0) -> tuple[np.ndarray, list[str]]:

@@ -11,7 +11,7 @@ pytest.importorskip("gguf", reason="needs the [convert] extra")
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
-from converters.gguf_file import GgufFile
+from rerank.converters.gguf_file import GgufFile
 
 # The types the gguf package can also write (it dequantises K-quants but cannot quantise them;
 # files with K-quants come from llama-quantize and are read through the same code path).

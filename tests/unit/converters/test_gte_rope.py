@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
-from converters.hf_checkpoint import gte_rope
-from converters.reference import gte_rope_parameters
-from converters.spec import EncoderSpec
+from rerank.converters.hf_checkpoint import gte_rope
+from rerank.converters.reference import gte_rope_parameters
+from rerank.converters.spec import EncoderSpec
 
 NEW_CONFIG = {"rope_theta": 20000, "rope_scaling": {"type": "ntk", "factor": 8.0}, "hidden_size": 768}
 

@@ -15,8 +15,8 @@ import pytest
 # The converter's unit tests need its [convert] extra (not torch); without it they skip.
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
-from converters import cli
-from converters.catalog import CATALOG
+from rerank.converters import cli
+from rerank.converters.catalog import CATALOG
 from tests.support import REPO
 
 
@@ -38,7 +38,7 @@ def test_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize("columns", ["40", "200"])
 def test_piped(columns: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "converters.cli", "--list"],
+        [sys.executable, "-m", "rerank.converters.cli", "--list"],
         cwd=REPO,
         env={**os.environ, "COLUMNS": columns},
         capture_output=True,
@@ -56,7 +56,7 @@ def test_in_a_narrow_terminal() -> None:
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "converters.cli", "--list"], cwd=REPO, env=env, stdout=follower, stderr=follower
+        [sys.executable, "-m", "rerank.converters.cli", "--list"], cwd=REPO, env=env, stdout=follower, stderr=follower
     )
     os.close(follower)
     chunks = []

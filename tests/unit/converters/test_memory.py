@@ -15,9 +15,9 @@ pytest.importorskip("onnx", reason="needs the [convert] extra")
 from gguf import GGUFWriter
 from safetensors.numpy import save_file
 
-from converters import cli, hf_checkpoint, memory
-from converters.errors import CheckpointError, InsufficientMemoryError
-from converters.gguf_file import GgufFile
+from rerank.converters import cli, hf_checkpoint, memory
+from rerank.converters.errors import CheckpointError, InsufficientMemoryError
+from rerank.converters.gguf_file import GgufFile
 
 MEMINFO = """MemTotal:       24683652 kB
 MemFree:         1234567 kB

@@ -11,7 +11,7 @@ pytest.importorskip("onnx", reason="needs the [convert] extra")
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.mixed_precision import RECIPES, Recipe, to_mixed_bf16
+from rerank.converters.mixed_precision import RECIPES, Recipe, to_mixed_bf16
 
 
 def graph(layers: int = 3) -> onnx.ModelProto:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from converters.quiet import quiet_loggers, quiet_onnxruntime_tools
+from rerank.converters.quiet import quiet_loggers, quiet_onnxruntime_tools
 
 
 def test_silences_root_and_named_loggers_then_restores(caplog: pytest.LogCaptureFixture) -> None:

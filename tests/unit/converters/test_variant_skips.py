@@ -11,8 +11,8 @@ import pytest
 # The converter's unit tests need its [convert] extra (not torch); without it they skip.
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
-from converters import variants
-from service import scoring
+from rerank.converters import variants
+from rerank.service import scoring
 
 
 def never_scored(_variant: object) -> np.ndarray:

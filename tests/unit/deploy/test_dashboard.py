@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway import kubernetes
-from gateway.envoy_config import METRICS_CLUSTER
-from service.core.metrics import Metrics
+from rerank.gateway import kubernetes
+from rerank.gateway.envoy_config import METRICS_CLUSTER
+from rerank.service.core.metrics import Metrics
 from tests.support import Samples
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.envoy_config import Upstream, render, render_default, upstreams
-from service.settings import Settings
+from rerank.gateway.envoy_config import Upstream, render, render_default, upstreams
+from rerank.service.settings import Settings
 from tests.support import REPO
 
 
@@ -27,7 +27,7 @@ def _filter(config, name):
 
 def test_repository_envoy_yaml_is_the_default_rendering():
     assert (REPO / "envoy.yaml").read_text() == render_default(), (
-        "regenerate it: python -m gateway.envoy_config > envoy.yaml"
+        "regenerate it: python -m rerank.gateway.envoy_config > envoy.yaml"
     )
 
 
@@ -123,14 +123,14 @@ def test_slow_and_oversized_clients_are_bounded():
     ],
 )
 def test_incomplete_tls_settings_are_refused(settings, message):
-    from service.settings import SettingsError
+    from rerank.service.settings import SettingsError
 
     with pytest.raises(SettingsError, match=message):
         Settings(**settings)
 
 
 def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the_stacks_replicas():
-    from gateway.envoy_config import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER
+    from rerank.gateway.envoy_config import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER
 
     stack = _hcm(render(Settings(metrics_port=9100), descriptor=Path("d.pb")))
     names = [f["name"] for f in stack["http_filters"]]
@@ -150,7 +150,7 @@ def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the
 def test_with_replicas_an_admitted_body_goes_to_the_replica_that_holds_its_place():
     import base64
 
-    from gateway.envoy_config import FILTER_ADMISSION, FILTER_BUFFER, FILTER_SESSION
+    from rerank.gateway.envoy_config import FILTER_ADMISSION, FILTER_BUFFER, FILTER_SESSION
 
     hcm = _hcm(render(Settings(metrics_port=9100, grpc_port=50051, replicas=2), descriptor=Path("d.pb")))
     names = [f["name"] for f in hcm["http_filters"]]

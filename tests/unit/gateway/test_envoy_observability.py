@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gateway.envoy import envoy_log_level
-from gateway.envoy_config import (
+from rerank.gateway.envoy import envoy_log_level
+from rerank.gateway.envoy_config import (
     ACCESS_LOG_FORMAT,
     FILTER_TRANSCODER,
     HTTP_TO_GRPC,
@@ -17,7 +17,7 @@ from gateway.envoy_config import (
     lua_response,
     render,
 )
-from service.settings import Settings
+from rerank.service.settings import Settings
 
 DESCRIPTOR = Path("d.pb")
 

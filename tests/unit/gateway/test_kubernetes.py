@@ -12,9 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway import envoy_config, kubernetes
-from gateway.envoy_config import CLUSTER, to_yaml
-from gateway.proxy import main as gateway_main
+from rerank.gateway import envoy_config, kubernetes
+from rerank.gateway.envoy_config import CLUSTER, to_yaml
+from rerank.gateway.proxy import main as gateway_main
 from tests.support import REPO
 
 FOLDER = REPO / "deploy" / "kubernetes"

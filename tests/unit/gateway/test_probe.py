@@ -1,4 +1,4 @@
-"""``python -m gateway.probe`` (the image's HEALTHCHECK) against a real in-process gRPC health
+"""``python -m rerank.gateway.probe`` (the image's HEALTHCHECK) against a real in-process gRPC health
 server. The Envoy half (admin ``/ready``) runs against real Envoy in the container tests."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateway.probe import main, probe
+from rerank.gateway.probe import main, probe
 from tests.support import free_port
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import supervisor
-from gateway.supervisor import Child
+from rerank.gateway import supervisor
+from rerank.gateway.supervisor import Child
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import QUOTE_LIMIT, quote
+from rerank.service.errors import QUOTE_LIMIT, quote
 
 
 @pytest.mark.parametrize("value", ["", "x", "it's", "熊猫", "a\nb", "y" * QUOTE_LIMIT])

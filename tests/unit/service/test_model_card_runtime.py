@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.backends.cpu_features import parse_cpuinfo
-from service.model_folder import GATE_VERSION, ModelFolderConfig, read_model_folder
-from service.router.rerank_service import cpu_info, variant_gate
+from rerank.service.backends.cpu_features import parse_cpuinfo
+from rerank.service.model_folder import GATE_VERSION, ModelFolderConfig, read_model_folder
+from rerank.service.router.rerank_service import cpu_info, variant_gate
 
 FORMAT_2 = {
     "format": 2,

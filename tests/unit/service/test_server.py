@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.backends.base import Batch
-from service.errors import ConfigurationError
+from rerank.service.backends.base import Batch
+from rerank.service.errors import ConfigurationError
 from tests.support import AUTH, InProcessServer, StandInBackend, rerank_request, server_settings, write_stand_in_model
 
 
@@ -29,7 +29,7 @@ def test_no_keys_is_a_configuration_error(stand_in_models: Path) -> None:
 
 
 def test_insecure_no_auth_serves_without_keys(stand_in_models: Path) -> None:
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     with (
         serve(stand_in_models, api_keys=(), insecure_no_auth=True) as server,
@@ -54,7 +54,7 @@ def test_two_folders_with_one_name_are_a_configuration_error(tmp_path: Path) -> 
 def test_a_stop_drains_and_answers_the_call_in_flight(stand_in_models: Path) -> None:
     """SIGTERM's path: NOT_SERVING while it still serves for the drain delay, then no new calls,
     and the call in flight (one pair inside the model, one queued) is answered, not dropped."""
-    from service.protocol import rerank_pb2, rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 
     gate = threading.Event()
     gate.set()  # the warm-up at start passes

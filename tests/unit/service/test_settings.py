@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError, build_parser, markdown_table, parse, resolve
+from rerank.service.settings import Settings, SettingsError, build_parser, markdown_table, parse, resolve
 from tests.support import REPO
 
 
@@ -84,7 +84,7 @@ def test_replicas_get_the_stacks_service_settings_through_the_environment():
 def test_readme_table_is_the_declarations():
     readme = (REPO / "README.md").read_text()
     section = readme.split("<!-- settings-table:start -->\n", 1)[1].split("<!-- settings-table:end -->", 1)[0]
-    assert section.strip() == markdown_table().strip(), "regenerate it: python -m service.settings"
+    assert section.strip() == markdown_table().strip(), "regenerate it: python -m rerank.service.settings"
 
 
 def test_each_type_is_parsed_from_text():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from gateway.descriptor import descriptor_set
+from rerank.gateway.descriptor import descriptor_set
 
 
 def ours() -> descriptor_pb2.FileDescriptorProto:

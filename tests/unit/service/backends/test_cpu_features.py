@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.backends.cpu_features import CpuFeatures, detect, parse_cpuinfo, read
+from rerank.service.backends.cpu_features import CpuFeatures, detect, parse_cpuinfo, read
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 vendor_id\t: GenuineIntel

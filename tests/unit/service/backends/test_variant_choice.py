@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from service.backends import loader
-from service.backends.base import Batch
-from service.backends.cpu_features import CpuFeatures
-from service.model_folder import GATE_VERSION, ModelFolderConfig, PairTemplate, Variant
+from rerank.service.backends import loader
+from rerank.service.backends.base import Batch
+from rerank.service.backends.cpu_features import CpuFeatures
+from rerank.service.model_folder import GATE_VERSION, ModelFolderConfig, PairTemplate, Variant
 
 AMX = CpuFeatures("Xeon", amx_bf16=True, amx_int8=True, amx_tile=True, avx512_bf16=True, avx512_vnni=True, avx2=True)
 ZEN5 = CpuFeatures("EPYC", avx512_bf16=True, avx512_vnni=True, avx_vnni=True, avx512f=True, avx2=True)

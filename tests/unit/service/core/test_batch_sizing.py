@@ -9,8 +9,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service.backends.base import Batch
-from service.core.batch_sizing import SWEEP_PAIRS, fastest, size_batches, sweep_sizes
+from rerank.service.backends.base import Batch
+from rerank.service.core.batch_sizing import SWEEP_PAIRS, fastest, size_batches, sweep_sizes
 
 
 class TimedModel:

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from service.backends.base import Batch
-from service.core.batching import BatchingConfig, DynamicBatcher, Throughput, cost_of
-from service.core.metrics import ModelMetrics
-from service.core.tokenization import Pair
-from service.errors import QueueFull, TooManyDocuments
+from rerank.service.backends.base import Batch
+from rerank.service.core.batching import BatchingConfig, DynamicBatcher, Throughput, cost_of
+from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.tokenization import Pair
+from rerank.service.errors import QueueFull, TooManyDocuments
 
 
 def pair(doc: int, length: int, token: int = 7) -> Pair:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from service.core.tokenization import PairEncoder
-from service.errors import DocumentTooLong
-from service.model_folder import PairTemplate
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.errors import DocumentTooLong
+from rerank.service.model_folder import PairTemplate
 
 WORDS = [f"w{i}" for i in range(40)]
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from service.backends.base import Batch
-from service.core.batching import BatchingConfig, DynamicBatcher, Throughput
-from service.core.metrics import Metrics
-from service.core.tokenization import Pair, TokenizerPool
-from service.errors import QueueFull, TooManyDocuments, Unavailable
+from rerank.service.backends.base import Batch
+from rerank.service.core.batching import BatchingConfig, DynamicBatcher, Throughput
+from rerank.service.core.metrics import Metrics
+from rerank.service.core.tokenization import Pair, TokenizerPool
+from rerank.service.errors import QueueFull, TooManyDocuments, Unavailable
 from tests.support import Samples
 
 MODEL = "m"

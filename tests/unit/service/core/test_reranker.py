@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core.batching import BatchingConfig
-from service.core.reranker import Ranked, Scored, ServedModel, rank
-from service.core.tokenization import EncodedRequest, TokenizerPool
-from service.model_folder import read_model_folder
+from rerank.service.core.batching import BatchingConfig
+from rerank.service.core.reranker import Ranked, Scored, ServedModel, rank
+from rerank.service.core.tokenization import EncodedRequest, TokenizerPool
+from rerank.service.model_folder import read_model_folder
 from tests.support import StandInBackend, write_stand_in_model
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.core.tokenization import PairEncoder
-from service.errors import QueryTooLong
+from rerank.service.core.tokenization import PairEncoder
+from rerank.service.errors import QueryTooLong
 from tests.support import BERT_LIKE, FIRST_WORD_ID, word_tokenizer
 
 SPECIALS = 3  # [CLS] query [SEP] document [SEP]

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.router.auth import ApiKeyInterceptor, Keyring, bearer_token, load_key_digests
+from rerank.service.router.auth import ApiKeyInterceptor, Keyring, bearer_token, load_key_digests
 from tests.support import API_KEY, OTHER_KEY, rerank_request
 
 
@@ -57,7 +57,7 @@ def test_only_the_configured_keys_are_valid() -> None:
 def test_calls_without_a_valid_key_are_unauthenticated(
     stand_in_stub: Any, stand_in_channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], message: str
 ) -> None:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     calls = [
         lambda: stand_in_stub.Rerank(rerank_request("alpha", ["a"], query="panda"), metadata=metadata, timeout=10),
@@ -89,7 +89,7 @@ def test_any_configured_key_is_accepted(stand_in_stub: Any, stand_in_channel: gr
 
 
 def test_health_needs_no_key(stand_in_stub: Any, stand_in_channel: grpc.Channel) -> None:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     for service in ("", "rerank.v1.RerankService"):
         reply = health_pb2_grpc.HealthStub(stand_in_channel).Check(

@@ -24,7 +24,7 @@ def internal_error(stub: Any, metadata: tuple[tuple[str, str], ...]) -> grpc.Rpc
 
 
 def logged_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "service.router.status" and r.levelno == logging.ERROR]
+    return [r for r in caplog.records if r.name == "rerank.service.router.status" and r.levelno == logging.ERROR]
 
 
 def test_a_bug_is_internal_with_the_callers_request_id(stand_in_stub: Any, caplog: pytest.LogCaptureFixture) -> None:

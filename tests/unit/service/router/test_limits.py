@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from service.errors import RateLimited
-from service.router.auth import ApiKey, Keyring, parse_keys_file
-from service.router.limits import KeyLimiter, TokenBucket
+from rerank.service.errors import RateLimited
+from rerank.service.router.auth import ApiKey, Keyring, parse_keys_file
+from rerank.service.router.limits import KeyLimiter, TokenBucket
 
 DIGEST = hashlib.sha256(b"k1").hexdigest()
 

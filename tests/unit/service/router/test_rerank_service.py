@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service.backends.base import Batch
+from rerank.service.backends.base import Batch
 from tests.support import AUTH, InProcessServer, StandInBackend, rerank_request, server_settings, word_overlap
 
 QUERY = "what does the panda eat"
@@ -70,7 +70,7 @@ def test_windows_over_grpc(stand_in_stub: Any) -> None:
 
 
 def test_list_models_shows_the_served_models(stand_in_stub: Any) -> None:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     stand_in_stub.Rerank(rerank_request("beta", ["panda"], query="panda"), metadata=AUTH, timeout=10)
     reply = stand_in_stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10)
@@ -89,7 +89,7 @@ def test_list_models_shows_the_served_models(stand_in_stub: Any) -> None:
 
 
 def test_health_names_the_models(stand_in_stub: Any) -> None:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     reply = stand_in_stub.Health(rerank_pb2.HealthRequest(), timeout=10)  # public: no key
     assert (reply.status, list(reply.models)) == ("ok", ["alpha", "beta"])
@@ -150,7 +150,7 @@ def as_value(item: Any) -> struct_pb2.Value:
 def test_bad_requests(
     stand_in_stub: Any, body: dict[str, Any], code: grpc.StatusCode, reason: str, field: str, text: str
 ) -> None:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     request = rerank_pb2.RerankRequest(
         model=body.get("model", ""),
@@ -199,7 +199,7 @@ def test_a_message_over_the_limit_is_resource_exhausted(stand_in_stub: Any) -> N
 def test_a_full_queue_is_resource_exhausted(stand_in_models: Path) -> None:
     """While the model holds one pair, the rest of a request waits in the queue; a request that
     would take the queue past its limit is refused at once, and the first one still succeeds."""
-    from service.protocol import rerank_pb2_grpc
+    from rerank.service.protocol import rerank_pb2_grpc
 
     gate = threading.Event()
 
@@ -230,7 +230,7 @@ def test_a_full_queue_is_resource_exhausted(stand_in_models: Path) -> None:
 
 
 def queued_pairs(stub: Any, model: str) -> int:
-    from service.protocol import rerank_pb2
+    from rerank.service.protocol import rerank_pb2
 
     cards = stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data
     return int({c.id: c for c in cards}[model].stats.queued_pairs)

@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from service import errors
-from service.errors import (
+from rerank.service import errors
+from rerank.service.errors import (
     DocumentTooLong,
     InvalidRequest,
     ModelNotFound,
@@ -20,7 +20,7 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.router.status import DOMAIN, status_code, to_status
+from rerank.service.router.status import DOMAIN, status_code, to_status
 
 # What the README's error table promises (HTTP through Envoy's transcoder in the comments).
 EXPECTED = {
@@ -38,7 +38,7 @@ EXPECTED = {
 
 
 def kinds() -> list[type[RerankError]]:
-    """Every error kind declared in service.errors."""
+    """Every error kind declared in rerank.service.errors."""
     found = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, RerankError)]
     return [k for k in found if k is not RerankError]
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from google.protobuf import struct_pb2
 
-from service.errors import InvalidRequest, ModelNotFound, RerankError, TooManyDocuments
-from service.router.validation import (
+from rerank.service.errors import InvalidRequest, ModelNotFound, RerankError, TooManyDocuments
+from rerank.service.router.validation import (
     Limits,
     check_document_sizes,
     check_documents,

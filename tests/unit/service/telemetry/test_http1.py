@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.telemetry.http1 import MAX_HEAD_BYTES, Http1Server
+from rerank.service.telemetry.http1 import MAX_HEAD_BYTES, Http1Server
 
 release = threading.Event()
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.telemetry import context, logs
-from service.telemetry.context import Call
+from rerank.service.telemetry import context, logs
+from rerank.service.telemetry.context import Call
 
 
 @pytest.fixture

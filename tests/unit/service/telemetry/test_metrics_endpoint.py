@@ -15,9 +15,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.core.metrics import Metrics
-from service.router.auth import Keyring
-from service.telemetry.metrics_endpoint import MetricsEndpoint
+from rerank.service.core.metrics import Metrics
+from rerank.service.router.auth import Keyring
+from rerank.service.telemetry.metrics_endpoint import MetricsEndpoint
 from tests.support import API_KEY, OTHER_KEY, REPO, Samples, key_name
 
 KEYRING = Keyring.load((API_KEY, OTHER_KEY), None)
@@ -68,7 +68,7 @@ def test_only_get_metrics(endpoint: str) -> None:
 
 
 def test_a_busy_port_is_a_configuration_error() -> None:
-    from service.errors import ConfigurationError
+    from rerank.service.errors import ConfigurationError
 
     first = MetricsEndpoint(CollectorRegistry(), keyring=KEYRING, require_key=False)
     port = first.start("127.0.0.1", 0)
@@ -84,7 +84,7 @@ def test_a_busy_port_is_a_configuration_error() -> None:
 RECORD = """
 import os, sys
 from pathlib import Path
-from service.telemetry.metrics_endpoint import server_metrics
+from rerank.service.telemetry.metrics_endpoint import server_metrics
 metrics = server_metrics(Path(sys.argv[1]))
 model = metrics.model("m")
 model.record_batch(pairs=int(sys.argv[2]), padded_tokens=8, real_tokens=8, seconds=0.01)
@@ -95,7 +95,7 @@ READ = """
 import sys
 from pathlib import Path
 from prometheus_client import generate_latest
-from service.telemetry.metrics_endpoint import exposition_registry, server_metrics
+from rerank.service.telemetry.metrics_endpoint import exposition_registry, server_metrics
 folder = Path(sys.argv[1])
 metrics = server_metrics(folder)
 sys.stdout.write(generate_latest(exposition_registry(metrics, folder)).decode())
@@ -129,8 +129,8 @@ def test_any_process_serves_the_sum_and_a_dead_ones_gauges_leave_it(tmp_path: Pa
 
 
 def test_multiprocess_mode_needs_the_variable_before_the_import(tmp_path: Path) -> None:
-    from service.errors import ConfigurationError
-    from service.telemetry.metrics_endpoint import server_metrics
+    from rerank.service.errors import ConfigurationError
+    from rerank.service.telemetry.metrics_endpoint import server_metrics
 
     with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR before the process starts"):
         server_metrics(tmp_path)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service.backends.base import Batch
-from service.core.batching import BatchingConfig, DynamicBatcher
-from service.core.metrics import ModelMetrics
-from service.core.tokenization import Pair
-from service.telemetry import tracing
+from rerank.service.backends.base import Batch
+from rerank.service.core.batching import BatchingConfig, DynamicBatcher
+from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.tokenization import Pair
+from rerank.service.telemetry import tracing
 
 METHOD = "/rerank.v1.RerankService/Rerank"
 
