@@ -344,12 +344,14 @@ class GgufFile:
         else:
             block, type_size = GGML_QUANT_SIZES[t.qtype]
             try:
-                array = dequantize(raw.reshape(*shape[:-1], shape[-1] // block * type_size), t.qtype)
+                with np.errstate(all="ignore"):  # non-finite weights are refused by the readers, not warned about
+                    array = dequantize(raw.reshape(*shape[:-1], shape[-1] // block * type_size), t.qtype)
             except NotImplementedError:
                 raise GgufError(
                     f"{self.path}: tensor {t.name!r} is {t.qtype.name}, which cannot be dequantised"
                 ) from None
-        return np.asarray(array, dtype=np.float32).reshape(shape)
+        with np.errstate(all="ignore"):  # float64 values past float32's range become inf, refused later
+            return np.asarray(array, dtype=np.float32).reshape(shape)
 
     def dominant_type(self) -> str:
         """The quantisation of the large matrices (what a user calls the file's precision)."""

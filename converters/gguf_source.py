@@ -17,7 +17,7 @@ from collections.abc import Callable
 from rerank.converters import families
 from rerank.converters.bundle import SourceBundle
 from rerank.converters.errors import GgufError
-from rerank.converters.families.base import GgufLayout
+from rerank.converters.families.base import GgufLayout, check_finite
 from rerank.converters.gguf_file import GgufFile
 from rerank.converters.spec import LoadedModel
 from rerank.service.model_folder import file_sha256
@@ -28,6 +28,7 @@ def _read(f: GgufFile) -> tuple[GgufLayout, LoadedModel]:
     family, layout = families.gguf_layout(f.architecture, str(tokenizer_model), str(f.path))
     read = layout.read(f)
     family.check(read.spec, read.weights, str(f.path), GgufError)
+    check_finite(read.weights, str(f.path), GgufError)
     loaded = LoadedModel(
         spec=read.spec,
         weights=read.weights,

@@ -19,7 +19,7 @@ from typing import Any
 
 from rerank.converters import families
 from rerank.converters.errors import CheckpointError
-from rerank.converters.families.base import Checkpoint
+from rerank.converters.families.base import Checkpoint, check_finite
 from rerank.converters.fields import Fields
 from rerank.converters.spec import LoadedModel, Weights
 from rerank.service.model_folder import file_sha256
@@ -220,6 +220,7 @@ def load_checkpoint(source: str) -> LoadedModel:
     fields = Fields(config, str(folder / "config.json"), CheckpointError)
     read = layout.read(Checkpoint(folder, fields, names, tensors.load))
     family.check(read.spec, read.weights, str(folder), CheckpointError)
+    check_finite(read.weights, str(folder), CheckpointError)
     return LoadedModel(
         spec=read.spec,
         weights=read.weights,

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from rerank.converters.fields import Fields
 from rerank.converters.spec import LoadedModel, ModelSpec, Weights
 
 if TYPE_CHECKING:
-    import numpy as np
     import onnx
     from tokenizers import Tokenizer
 
@@ -153,3 +154,13 @@ class ModelFamily:
         for entry in self.catalog:
             if entry.architecture != self.name:
                 raise ValueError(f"catalog entry {entry.name} names {entry.architecture!r}, not {self.name!r}")
+
+
+def check_finite(weights: Weights, where: str, error: type[Exception]) -> None:
+    """Refuses weights with NaN or infinite values (what no trained model holds, and what would
+    only surface later as a graph that cannot verify)."""
+    chunk = 1 << 22  # elements checked at a time: no second copy of a large matrix
+    for name, value in weights.items():
+        flat = value.reshape(-1)
+        if not all(np.isfinite(flat[i : i + chunk]).all() for i in range(0, flat.size, chunk)):
+            raise error(f"{where}: the weights hold values that are not finite ({name})")
