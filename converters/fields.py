@@ -49,16 +49,18 @@ class Fields:
             raise self.fail(key, "is missing")
         return value
 
-    def has(self, key: str) -> bool:
-        return self.values.get(self.prefix + key) is not None
-
-    def integer(self, key: str, default: Any = _MISSING, *, minimum: int = 1, maximum: int = MAX_HIDDEN) -> int:
-        """An integer in [minimum, maximum]; ``null`` counts as missing."""
+    def _present(self, key: str, default: Any) -> Any:
+        """The value, or ``default`` where it is missing or null; refuses a missing one without default."""
         value = self.raw(key, default)
         if value is None:
             if default is _MISSING or default is None:
                 raise self.fail(key, "is missing")
             value = default
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, *, minimum: int = 1, maximum: int = MAX_HIDDEN) -> int:
+        """An integer in [minimum, maximum]; ``null`` counts as missing."""
+        value = self._present(key, default)
         if isinstance(value, np.integer):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -71,11 +73,7 @@ class Fields:
         self, key: str, default: Any = _MISSING, *, low: float = 0.0, high: float = math.inf, low_open: bool = True
     ) -> float:
         """A finite real number in (low, high] (or [low, high] with ``low_open=False``)."""
-        value = self.raw(key, default)
-        if value is None:
-            if default is _MISSING or default is None:
-                raise self.fail(key, "is missing")
-            value = default
+        value = self._present(key, default)
         if isinstance(value, np.generic):
             value = value.item()
         expected = f"a number {'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")

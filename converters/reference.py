@@ -178,6 +178,18 @@ def from_pretrained_classifier(folder: Path) -> Any:
     )
 
 
+def bert_like_reference(layout: str, classes: BertLike) -> Callable[[Path | None, LoadedModel], Any]:
+    """A BERT-shaped family's reference model: transformers reads a checkpoint in its own
+    ``layout`` itself; other layouts and GGUFs go through our weights (:func:`bert_like_model`)."""
+
+    def model(folder: Path | None, loaded: LoadedModel) -> Any:
+        if folder is not None and loaded.layout == layout:
+            return from_pretrained_classifier(folder)
+        return bert_like_model(loaded, classes)
+
+    return model
+
+
 def encoder_reference(model: Callable[[Path | None, LoadedModel], Any], name: str | None = None) -> Reference:
     """An encoder family's :class:`~rerank.converters.families.base.Reference`: ``model(folder,
     loaded)`` scores the pairs one at a time, tokenised by the checkpoint's tokenizer (as

@@ -10,13 +10,12 @@ such a file scores ``classifier(h0)`` (llama.cpp's RANK pooling), recorded as a 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rerank.converters.families.encoder as encoder
 from rerank.converters.families.base import Checkpoint, CheckpointLayout, GgufLayout
-from rerank.converters.reference import BertLike, bert_like_model, encoder_reference, from_pretrained_classifier
-from rerank.converters.spec import EncoderSpec, LoadedModel
+from rerank.converters.reference import BertLike, bert_like_reference, encoder_reference
+from rerank.converters.spec import EncoderSpec
 
 if TYPE_CHECKING:
     from rerank.converters.gguf_file import GgufFile
@@ -66,12 +65,6 @@ BERT = BertLike(
 )
 
 
-def _reference_model(folder: Path | None, loaded: LoadedModel) -> Any:
-    if folder is not None and loaded.layout == NAME:
-        return from_pretrained_classifier(folder)
-    return bert_like_model(loaded, BERT)
-
-
 def bert_style_head(f: GgufFile) -> str:
     """The head name of a llama.cpp BERT-style file that kept its pooler: BERT's with a WordPiece
     tokenizer, RoBERTa's otherwise (the same math)."""
@@ -89,5 +82,5 @@ FAMILY = encoder.family(
         ),
     ),
     ggufs=(GgufLayout("bert", lambda f: encoder.read_gguf(f, bert_style_head(f), _gguf_spec), encoder.gguf_tokenizer),),
-    reference=encoder_reference(_reference_model),
+    reference=encoder_reference(bert_like_reference(NAME, BERT)),
 )

@@ -296,29 +296,24 @@ def read_gguf(f: GgufFile, full_head: str, spec: Callable[[GgufFile, Parts], Enc
     hidden = sizes.hidden
     t = f.tensors()
     notes: list[str] = []
-    w: Weights = {
-        "emb.word": _tensor(t, "token_embd.weight", where),
-        "emb.ln.w": _tensor(t, "token_embd_norm.weight", where),
-        "emb.ln.b": _tensor(t, "token_embd_norm.bias", where),
-    }
+
+    def pair(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _tensor(t, f"{name}.weight", where), _tensor(t, f"{name}.bias", where)
+
+    w: Weights = {"emb.word": _tensor(t, "token_embd.weight", where)}
+    w["emb.ln.w"], w["emb.ln.b"] = pair("token_embd_norm")
     if "token_types.weight" in t:
         w["emb.type"] = _rows(t["token_types.weight"], hidden, "token_types.weight", where)
     for i in range(sizes.layers):
         b, o = f"blk.{i}.", f"L{i}."
         if b + "attn_qkv.weight" in t:
-            w[o + "qkv.w"], w[o + "qkv.b"] = t[b + "attn_qkv.weight"], _tensor(t, b + "attn_qkv.bias", where)
+            w[o + "qkv.w"], w[o + "qkv.b"] = pair(b + "attn_qkv")
         else:
             for kind, short in (("weight", "w"), ("bias", "b")):
                 parts = [_tensor(t, f"{b}attn_{n}.{kind}", where) for n in "qkv"]
                 w[f"{o}qkv.{short}"] = stacked(parts, f"block {i}'s attn_q/k/v {kind}s", where, GgufError)
-        w[o + "o.w"], w[o + "o.b"] = (
-            _tensor(t, b + "attn_output.weight", where),
-            _tensor(t, b + "attn_output.bias", where),
-        )
-        w[o + "attn_ln.w"], w[o + "attn_ln.b"] = (
-            _tensor(t, b + "attn_output_norm.weight", where),
-            _tensor(t, b + "attn_output_norm.bias", where),
-        )
+        w[o + "o.w"], w[o + "o.b"] = pair(b + "attn_output")
+        w[o + "attn_ln.w"], w[o + "attn_ln.b"] = pair(b + "attn_output_norm")
         if b + "ffn_gate.weight" in t:  # older jina-bert-v2 conversions: gate (activated) and up apart
             parts = [t[b + "ffn_gate.weight"], _tensor(t, b + "ffn_up.weight", where)]
             w[o + "up.w"] = stacked(parts, f"block {i}'s ffn_gate and ffn_up", where, GgufError)
@@ -326,25 +321,19 @@ def read_gguf(f: GgufFile, full_head: str, spec: Callable[[GgufFile, Parts], Enc
             w[o + "up.w"] = _tensor(t, b + "ffn_up.weight", where)
         if b + "ffn_up.bias" in t:
             w[o + "up.b"] = t[b + "ffn_up.bias"]
-        w[o + "down.w"], w[o + "down.b"] = (
-            _tensor(t, b + "ffn_down.weight", where),
-            _tensor(t, b + "ffn_down.bias", where),
-        )
-        w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = (
-            _tensor(t, b + "layer_output_norm.weight", where),
-            _tensor(t, b + "layer_output_norm.bias", where),
-        )
+        w[o + "down.w"], w[o + "down.b"] = pair(b + "ffn_down")
+        w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = pair(b + "layer_output_norm")
 
     if "cls.output.weight" in t and "cls.weight" in t:
-        w["head.dense.w"], w["head.dense.b"] = t["cls.weight"], _tensor(t, "cls.bias", where)
-        w["head.out.w"], w["head.out.b"] = t["cls.output.weight"], _tensor(t, "cls.output.bias", where)
+        w["head.dense.w"], w["head.dense.b"] = pair("cls")
+        w["head.out.w"], w["head.out.b"] = pair("cls.output")
         head = full_head
     elif "cls.output.weight" in t:
-        w["head.out.w"], w["head.out.b"] = t["cls.output.weight"], _tensor(t, "cls.output.bias", where)
+        w["head.out.w"], w["head.out.b"] = pair("cls.output")
         head = "linear"
         notes.append(POOLER_DROPPED.format(form="classifier(h0)"))
     elif "cls.weight" in t:
-        w["head.out.w"], w["head.out.b"] = t["cls.weight"], _tensor(t, "cls.bias", where)
+        w["head.out.w"], w["head.out.b"] = pair("cls")
         head = "tanh"
         notes.append(POOLER_DROPPED.format(form="tanh(classifier(h0))"))
     else:

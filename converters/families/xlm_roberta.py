@@ -12,7 +12,6 @@ padding would ever read them, and padding is masked).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,8 +19,8 @@ import numpy as np
 import rerank.converters.families.encoder as encoder
 from rerank.converters.errors import GgufError
 from rerank.converters.families.base import CatalogEntry, Checkpoint, CheckpointLayout, GgufLayout
-from rerank.converters.reference import BertLike, bert_like_model, encoder_reference, from_pretrained_classifier
-from rerank.converters.spec import EncoderSpec, LoadedModel
+from rerank.converters.reference import BertLike, bert_like_reference, encoder_reference
+from rerank.converters.spec import EncoderSpec
 
 if TYPE_CHECKING:
     from rerank.converters.gguf_file import GgufFile
@@ -84,13 +83,6 @@ XLMR = BertLike(
 )
 
 
-def _reference_model(folder: Path | None, loaded: LoadedModel) -> Any:
-    """transformers reads its own layout itself; the flash layout and GGUFs go through our weights."""
-    if folder is not None and loaded.layout == NAME:
-        return from_pretrained_classifier(folder)
-    return bert_like_model(loaded, XLMR)
-
-
 FAMILY = encoder.family(
     NAME,
     checkpoints=(
@@ -110,7 +102,7 @@ FAMILY = encoder.family(
             tokenizer_models=("t5",),
         ),
     ),
-    reference=encoder_reference(_reference_model),
+    reference=encoder_reference(bert_like_reference(NAME, XLMR)),
     catalog=(
         CatalogEntry(
             "bge-reranker-v2-m3",
