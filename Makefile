@@ -129,15 +129,16 @@ bench-overload: install
 	$(PIP_INSTALL) -e '.[bench]'
 	$(BIN)/python -m bench.overload $(OVERLOAD_ARGS)
 
-# Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine. bert, not
+# Tiny converted fixture (with its fp16 variant) for bench/gpu/check.sh on a GPU machine. bert, not
 # xlmr: the per-query gate refuses xlmr-tiny's fp16 (max |Δ| 0.059 > 0.05 on its random weights),
 # and the CUDA default is fp16 only where it passed; minilm-ce's would pass but is too large to carry.
 gpu-prep: install
 	rm -rf models-gpu build/gpu-ckpt && $(BIN)/python -m rerank.converters.testing.checkpoints bert build/gpu-ckpt
 	$(BIN)/rerank-convert build/gpu-ckpt --name bert-tiny --out models-gpu --variants fp32-fused,fp16
 
-gpu-check:
-	bash bench/gpu_check.sh
+# On the GPU machine (bench/gpu/README.md): swaps in onnxruntime-gpu where needed, then checks.
+gpu-check: install
+	bash bench/gpu/check.sh
 
 clean:
 	rm -rf build .pytest_cache $(LEAN)

@@ -1,4 +1,4 @@
-"""The CUDA path, checked end to end on a GPU machine (driven by bench/gpu_check.sh).
+"""The CUDA path, checked end to end on a GPU machine (driven by bench/gpu/check.sh).
 
 Prints PASS/FAIL lines, a throughput table, and writes the figures as JSON (to ``$OUT`` when
 set, else ``bench/results/``). ``--dry-run`` runs every step on the CPU with tiny timings, to
@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bench import results
+from bench.measure import cpu_summary
 from bench.peers import OurServer, OursGrpc
 from rerank.converters import onnx_graph
 from rerank.converters.gate_probes import spearman
@@ -33,7 +35,7 @@ from rerank.service.core.batching import pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import Variant, find_model_folders, read_model_folder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAILURES: list[str] = []
 REPORT: dict = {"checks": [], "throughput": []}
 
@@ -475,10 +477,10 @@ def main() -> int:
     service_check(ROOT / "models-gpu", probes, reference)
     throughput(device, args.dry_run)
     REPORT["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}{'-dry' if args.dry_run else ''}.json"
-    path.write_text(json.dumps(REPORT, indent=2) + "\n")
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else results.RESULTS
+    record = {"date": results.now(), "command": "bash bench/gpu/check.sh " + " ".join(sys.argv[1:]), **REPORT}
+    record["cpu"] = f"{cpu_summary()}; GPU {REPORT.get('gpu', 'none')}"
+    path = results.save("gpu-check" + ("-dry" if args.dry_run else ""), record, out)
     print(f"\nwrote {path}; {REPORT['seconds']} s")
     print(f"{'ALL PASS' if not FAILURES else 'FAILED: ' + ', '.join(FAILURES)}")
     return 1 if FAILURES else 0
