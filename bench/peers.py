@@ -485,8 +485,11 @@ class Infinity(_VenvServer):
 
 class Vllm(_VenvServer):
     """vLLM's CPU build (its OpenAI server, in its own environment: :mod:`bench.vllm`);
-    ``POST /rerank``, sigmoid scores unless ``use_activation`` is false."""
+    ``POST /rerank``, sigmoid scores unless ``use_activation`` is false. vLLM refuses a pair
+    past the model's 512 tokens (HTTP 400) unless asked to truncate, which every other peer
+    does by itself: ``truncate_prompt_tokens: -1`` (to the model's length) on every request."""
 
+    _fields = {"truncate_prompt_tokens": -1}  # noqa: RUF012
     _raw = {"use_activation": False}  # noqa: RUF012
 
     def __init__(self, model: BenchModel, workdir: Path) -> None:
