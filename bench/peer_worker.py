@@ -62,10 +62,8 @@ def sentence_transformers(args: argparse.Namespace) -> tuple[Scorer, dict[str, A
         info["versions"].update({p: version(p) for p in ("openvino", "optimum-intel")})
         encoder.predict([("warm", "up")], show_progress_bar=False)  # OpenVINO compiles on first use
         info["precision"] = _openvino_precision(encoder)
-    elif args.backend == "onnx":
-        info["versions"].update({p: version(p) for p in ("onnxruntime", "optimum-onnx")})
-        info["precision"] = "f32"
     else:
+        info["versions"].update({p: version(p) for p in ("onnxruntime", "optimum-onnx")})
         info["precision"] = "f32"
     identity = torch.nn.Identity()
 
@@ -135,7 +133,7 @@ def main() -> int:
     sub = p.add_subparsers(dest="kind", required=True)
     st = sub.add_parser("st")
     st.add_argument("--checkpoint", required=True)
-    st.add_argument("--backend", choices=("torch", "onnx", "openvino"), required=True)
+    st.add_argument("--backend", choices=("onnx", "openvino"), required=True)
     st.add_argument("--precision", choices=("default", "f32"), default="default")
     fe = sub.add_parser("fastembed")
     fe.add_argument("--model-dir", required=True)
