@@ -20,7 +20,7 @@ What the gateway does, and why each piece is there:
   method, path (without its query), status, gRPC status, duration, bytes, upstream host, key
   name; never a header's value, so never a key;
 * ``GET /metrics``: routed, not transcoded, to the replicas' metrics ports (any replica shows the
-  whole stack: :mod:`rerank.service.telemetry.metrics_endpoint`), when Envoy fronts the stack's own
+  whole stack: :mod:`rerank.service.router.metrics_endpoint`), when Envoy fronts the stack's own
   replicas; with ``RERANK_UPSTREAMS`` each service is scraped on its own instead;
 * errors Envoy makes itself become the same JSON shape as the service's errors
   (``{"code": <gRPC code>, "message", "details"}``), native gRPC clients keep plain text;
@@ -114,7 +114,7 @@ def replica_sessions(settings: Settings) -> dict[int, str]:
 def lua_admission(max_request_bytes: int, replicas: int = 1, sessions: dict[int, str] | None = None) -> str:
     """The early admission check, on the request path before the buffer filter: a ``POST`` on a
     REST rerank path whose ``content-length`` is at least :data:`ADMISSION_MIN_BYTES` is first
-    put to a replica's ``GET /admission?bytes=N`` (:mod:`rerank.service.telemetry.metrics_endpoint`;
+    put to a replica's ``GET /admission?bytes=N`` (:mod:`rerank.service.router.metrics_endpoint`;
     no model: Envoy has not read the body, so the service answers for all its models), through
     that replica's :data:`ADMISSION_CLUSTER` (``replicas`` of them). The replicas are asked in
     turn, starting from the next one each time; if the one asked refuses (or does not answer),

@@ -341,8 +341,8 @@ def convert_with_cli(source: Path, out: Path, name: str) -> Path:
 
 def onnx_scores(folder: Path, items: list[tuple[str, str]]) -> np.ndarray:
     """Logits of a converted model folder for (query, document) pairs, one padded batch, on the CPU."""
+    from rerank.service.backends.base import pad
     from rerank.service.backends.onnx import OnnxBackend
-    from rerank.service.core.batching import pad
     from rerank.service.core.tokenization import PairEncoder
     from rerank.service.model_folder import read_model_folder
 

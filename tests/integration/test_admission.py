@@ -18,8 +18,8 @@ import pytest
 
 from rerank.gateway.envoy import start as start_envoy
 from rerank.service.core.metrics import HOLD_OUTCOMES
+from rerank.service.router.metrics_endpoint import EARLY_HEADER as EARLY
 from rerank.service.settings import Settings
-from rerank.service.telemetry.metrics_endpoint import EARLY_HEADER as EARLY
 from tests.support import API_KEY, AUTH, Samples, StackProcess, free_port, start_service
 
 HEAVY = {

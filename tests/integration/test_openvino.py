@@ -15,10 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
-from rerank.service.backends.base import Batch
+from rerank.service.backends.base import Batch, pad
 from rerank.service.backends.cpu_features import detect
 from rerank.service.backends.loader import load_backend
-from rerank.service.core.batching import pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import ModelFolderConfig, Variant, read_model_folder
 from rerank.service.scoring import score_pairs

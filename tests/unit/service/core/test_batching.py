@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from rerank.service.backends.base import Batch
-from rerank.service.core.batching import BatchingConfig, DynamicBatcher, Throughput, cost_of
+from rerank.service.core.admission import cost_of
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import Pair
 from rerank.service.errors import QueueFull, TooManyDocuments
 

@@ -13,8 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rerank.service.backends.base import Batch
-from rerank.service.core.batching import BatchingConfig, DynamicBatcher, Throughput
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import Metrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import Pair, TokenizerPool
 from rerank.service.errors import QueueFull, TooManyDocuments, Unavailable
 from tests.support import Samples

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank.service.core.batching import BatchingConfig
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import Ranked, Scored, ServedModel, rank
 from rerank.service.core.tokenization import EncodedRequest, TokenizerPool
 from rerank.service.model_folder import read_model_folder

@@ -22,7 +22,7 @@ of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's ow
 as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
 answer comes from :meth:`rerank.service.server.RerankServer.early_admission` (state the batchers publish;
 nothing on the event loop). A 200 may carry ``x-rerank-hold``: the token of the place held for the
-body (:class:`~rerank.service.core.batching.Holds`), which Envoy puts on the request so that the service
+body (:class:`~rerank.service.core.admission.Holds`), which Envoy puts on the request so that the service
 admits it without a second look, and ``x-rerank-replica``: this port, by which Envoy sends the
 request to this replica (the one holding its place). It needs no key: it says only whether the server is busy, and Envoy
 routes no client request to it.
@@ -62,7 +62,7 @@ StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 Admission = Callable[[int, str | None], QueueFull | str]
 """``(body bytes, model or None) -> the refusal, or the token of the place held for the body
-(:class:`~rerank.service.core.batching.Holds`; '' where none is)``."""
+(:class:`~rerank.service.core.admission.Holds`; '' where none is)``."""
 
 
 def server_metrics(directory: Path | None) -> Metrics:
