@@ -17,7 +17,7 @@ loop never renders a scrape, and Envoy's admission checks are answered on keep-a
 without waiting behind one.
 
 ``GET /admission?bytes=N[&model=NAME]``: the early admission check. Envoy asks it (a Lua filter,
-:func:`rerank.gateway.envoy_config.lua_admission`) before it reads a large rerank body: 200 if a request
+:func:`rerank.gateway.envoy_config.filters.admission_script`) before it reads a large rerank body: 200 if a request
 of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's own QueueFull error
 as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
 answer comes from :meth:`rerank.service.server.RerankServer.early_admission` (state the batchers publish;

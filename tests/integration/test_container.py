@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from rerank.gateway import kubernetes
-from rerank.gateway.envoy_config import to_yaml
+from rerank.gateway.envoy_config.bootstrap import to_yaml
 from tests.support import API_KEY, Containers, Load, docker
 
 pytestmark = pytest.mark.container

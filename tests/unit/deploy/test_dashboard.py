@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rerank.gateway import kubernetes
-from rerank.gateway.envoy_config import METRICS_CLUSTER
+from rerank.gateway.envoy_config.clusters import METRICS_CLUSTER
 from rerank.service.core.metrics import Metrics
 from tests.support import Samples
 
