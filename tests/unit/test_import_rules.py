@@ -1,7 +1,7 @@
 """The layering, checked on the source: nothing outside ``tests/`` imports ``tests``; the
 converter uses only the service's declared surface for build-time tools (see the ``service``
 package docstring); and the test suite's own rules: every test is a unit or an integration test,
-tests share helpers through :mod:`tests.support` only, and the unit tests need no torch."""
+tests share helpers through the :mod:`tests.support` package only, and the unit tests need no torch."""
 
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def _is_test_module(module: str) -> bool:
 
 
 def test_tests_import_no_conftest_and_no_other_test() -> None:
-    """Helpers live in tests/support.py; a conftest holds fixtures, a test module holds tests."""
+    """Helpers live in tests/support/; a conftest holds fixtures, a test module holds tests."""
     offences = [
         f"{path.relative_to(REPO)}:{line} imports {module}"
         for path in sorted(TESTS.rglob("*.py"))
@@ -237,7 +237,7 @@ CONVERT_ONLY = {
 def test_unit_tests_import_no_torch() -> None:
     offences = [
         f"{path.relative_to(REPO)}:{line} imports {module}"
-        for path in [*sorted((TESTS / "unit").rglob("*.py")), TESTS / "support.py", TESTS / "conftest.py"]
+        for path in [*sorted((TESTS / "unit").rglob("*.py")), *sorted((TESTS / "support").rglob("*.py"))]
         if path.exists()
         for line, module in imported_names(path)
         if any(module == m or module.startswith(m + ".") for m in CONVERT_ONLY)

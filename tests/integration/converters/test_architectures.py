@@ -22,7 +22,8 @@ from rerank.service.backends.onnx import OnnxBackend
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import read_model_folder
 from tests.reference import reference_scores
-from tests.support import AUTH, InProcessServer, server_settings
+from tests.support import AUTH
+from tests.support.servers import InProcessServer, server_settings
 
 
 @pytest.fixture(scope="module")

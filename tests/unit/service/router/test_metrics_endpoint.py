@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from rerank.service.core.metrics import Metrics
 from rerank.service.router.auth import Keyring
 from rerank.service.router.metrics_endpoint import MetricsEndpoint
-from tests.support import API_KEY, OTHER_KEY, REPO, Samples, key_name
+from tests.support import API_KEY, OTHER_KEY, REPO
+from tests.support.prometheus import Samples, key_name
 
 KEYRING = Keyring.load((API_KEY, OTHER_KEY), None)
 
