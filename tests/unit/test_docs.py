@@ -264,29 +264,20 @@ def test_readme_stays_short():
     assert lines <= README_LIMIT, f"README.md has {lines} lines: move detail into docs/"
 
 
+CHECKS = {
+    "paths": missing_paths,
+    "make targets": missing_targets,
+    "settings": unknown_settings,
+    "modules": unknown_modules,
+    "links": broken_links,
+}
+"""What each check reports for a page: the names it finds that do not exist."""
+
+
+@pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("path", DOCS, ids=_id)
-def test_named_paths_exist(path):
-    assert missing_paths(Page.read(path)) == []
-
-
-@pytest.mark.parametrize("path", DOCS, ids=_id)
-def test_make_targets_exist(path):
-    assert missing_targets(Page.read(path)) == []
-
-
-@pytest.mark.parametrize("path", DOCS, ids=_id)
-def test_settings_are_declared(path):
-    assert unknown_settings(Page.read(path)) == []
-
-
-@pytest.mark.parametrize("path", DOCS, ids=_id)
-def test_modules_exist(path):
-    assert unknown_modules(Page.read(path)) == []
-
-
-@pytest.mark.parametrize("path", DOCS, ids=_id)
-def test_links_resolve(path):
-    assert broken_links(Page.read(path)) == []
+def test_pages_name_what_exists(path, check):
+    assert CHECKS[check](Page.read(path)) == [], f"{_id(path)} names {check} that do not exist"
 
 
 def test_the_variables_that_are_not_settings_are_read_by_the_code():
