@@ -59,11 +59,10 @@ ADMISSION_MIN_BYTES = 64 * 1024
 """Bodies from this size up are checked before they are read; smaller ones pay nothing."""
 ADMISSION_TIMEOUT_MS = 250
 """How long the check may take; on timeout or any error the request goes on (fail open). A check
-answers in a few milliseconds, but under a burst on a busy 2-core machine some took 50-75 ms; at
-the earlier 50 ms limit those bodies went on unchecked, without a held place, and the service
-could refuse them after reading them. 250 ms takes that path away; it bounds what a stuck
-metrics port adds to a request of 64 KiB or more, which takes seconds to score anyway. (It did
-not remove every late refusal: README, "Under overload".)"""
+answers in a few milliseconds, but a burst on a busy machine can delay it by tens; a body whose
+check times out goes on without a held place, and the service may refuse it after reading it.
+The limit bounds what a stuck metrics port adds to a request of 64 KiB or more, which takes
+seconds to score anyway."""
 ADMISSION_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 ADMISSION_CLUSTER = "rerank_admission_{}"
 """One cluster per replica's metrics port (``{}``: its index), so that the check picks which
