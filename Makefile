@@ -126,7 +126,7 @@ bench: install
 	bash tools/build_llama_cpp.sh
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Issue 10's overload check: rerank-stack under 24 clients x 600 documents for 30 s plus a
+# The overload check: rerank-stack under 24 clients x 600 documents for 30 s plus a
 # 1-document probe (bench/overload.py; OVERLOAD_ARGS=... passes flags, e.g. --seconds 10).
 OVERLOAD_ARGS ?=
 bench-overload: install
@@ -146,7 +146,7 @@ gpu-check:
 clean:
 	rm -rf build .pytest_cache $(LEAN)
 
-# ---- Deploying (README.md, Deploying) --------------------------------------------------------
+# ---- Deploying (docs/deploying.md) -------------------------------------------------------------
 IMAGE ?= rerank:dev
 CONVERT_IMAGE ?= rerank-convert:dev
 BASE_IMAGE ?=
@@ -165,7 +165,7 @@ kubernetes: install-serve
 # The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index
 # or registry is needed in the build. Installs and starts Docker when missing (root).
 # BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian);
-# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (README.md, Deploying).
+# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (docs/deploying.md).
 image: install-serve
 	deploy/docker/docker-up.sh
 	IMAGE=$(IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh serve

@@ -36,10 +36,11 @@ FILTER_ADMISSION = "rerank.admission"
 ADMISSION_MIN_BYTES = 64 * 1024
 """Bodies from this size up are checked before they are read; smaller ones pay nothing."""
 ADMISSION_TIMEOUT_MS = 250
-"""How long the check may take; on timeout or any error the request goes on (fail open). Long
-enough for checks answered under a burst on a busy machine (a body that goes on unchecked holds
-no place, and may be refused after it is read); it bounds what a stuck metrics port adds to a
-request of 64 KiB or more, which takes seconds to score anyway."""
+"""How long the check may take; on timeout or any error the request goes on (fail open). A check
+answers in a few milliseconds, but a burst on a busy machine can delay it by tens; a body whose
+check times out goes on without a held place, and the service may refuse it after reading it.
+The limit bounds what a stuck metrics port adds to a request of 64 KiB or more, which takes
+seconds to score anyway."""
 ADMISSION_TRIES = 2
 """Replicas asked about one body, in turn, before it is refused early: a body is refused only
 when two replicas would refuse it (all of them with two), not because the one asked is busy

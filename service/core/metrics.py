@@ -2,7 +2,7 @@
 the bench.
 
 :class:`Metrics` holds one server's Prometheus metric families (every name starts with
-``rerank_``; ``docs/observability.md`` lists them with their TEI equivalents). Each served model
+``rerank_``; ``docs/operating.md`` lists them with their TEI equivalents). Each served model
 records through its :class:`ModelMetrics`: the scheduler its batches, queue waits and queue
 gauges, the tokenizer pool its tokenization times, admission its rejections; the call guard
 (:mod:`rerank.service.router.guard`) records requests by method, model, key name and status code.

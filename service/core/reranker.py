@@ -134,11 +134,11 @@ class ServedModel:
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
+        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
         self.cost_per_byte = PADDING_ALLOWANCE / self.characters_per_token
         """The exact estimate's cost per UTF-8 byte of query and documents, learned from every
         request (it carries the query repeated per pair, truncation, windows and the script's
         bytes per character): what the early check prices a body's bytes at."""
-        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
 
     def estimate(
         self, query: str, documents: list[str], long_documents: LongDocuments, max_document_tokens: int | None = None
