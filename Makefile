@@ -11,7 +11,7 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve browser test test-unit test-integration test-unit-lean \
+.PHONY: install install-serve lock proto lint luacheck model serve browser test test-unit test-integration test-unit-lean \
 	fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
@@ -52,8 +52,12 @@ lock: | $(VENV)/bin/python
 		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in
 	$(BIN)/python scripts/pin-build
 
-lint: install
+lint: install luacheck
 	BIN=$(BIN) scripts/check
+
+# luacheck (Debian's package lua-check) for Envoy's Lua scripts (gateway/envoy_config/lua/).
+luacheck:
+	@command -v luacheck >/dev/null || { apt-get update -qq && apt-get install -y -qq lua-check >/dev/null; }
 
 # Regenerate the protocol modules and the descriptor set after editing protos/.
 proto: install-serve

@@ -9,7 +9,7 @@ gauges, the tokenizer pool its tokenization times, admission its rejections; the
 
 ``ModelMetrics`` also keeps plain running totals for ``ListModels``' ``ModelStats``: they are
 this process's own, while ``/metrics`` may show every replica's (multiprocess mode,
-:mod:`rerank.service.telemetry.metrics_endpoint`).
+:mod:`rerank.service.router.metrics_endpoint`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PADDING_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NONE = "-"
 """Label value for "not known": no model resolved, no API key."""
 HOLD_OUTCOMES = ("placed", "taken", "lapsed", "late")
-"""The outcomes ``rerank_early_holds_total`` counts (:class:`~rerank.service.core.batching.Holds`)."""
+"""The outcomes ``rerank_early_holds_total`` counts (:class:`~rerank.service.core.admission.Holds`)."""
 
 
 class Metrics:
@@ -146,7 +146,7 @@ class Metrics:
             self.early_holds.labels(outcome)
 
     def record_hold(self, outcome: str) -> None:
-        """One outcome of an early-check hold (:class:`~rerank.service.core.batching.Holds`); any thread."""
+        """One outcome of an early-check hold (:class:`~rerank.service.core.admission.Holds`); any thread."""
         self.early_holds.labels(outcome).inc()
 
     def model(self, name: str) -> ModelMetrics:

@@ -16,16 +16,12 @@ import numpy as np
 
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import CpuFeatures
+from rerank.service.core.admission import PADDING_ALLOWANCE, Holds, queue_time_refusal
 from rerank.service.core.batch_sizing import BatchSizing
-from rerank.service.core.batching import (
-    PADDING_ALLOWANCE,
-    BatchingConfig,
-    DynamicBatcher,
-    Holds,
-    Throughput,
-    queue_time_refusal,
-)
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import (
     WINDOW_OVERLAP,
     EncodedRequest,
@@ -200,10 +196,10 @@ class ServedModel:
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, then
         queued on that admission at its exact cost (checked again only if that is far over the
-        estimate: :data:`~rerank.service.core.batching.MISESTIMATE`). Raises QueryTooLong,
+        estimate: :data:`~rerank.service.core.admission.MISESTIMATE`). Raises QueryTooLong,
         DocumentTooLong, QueueFull, RateLimited or TooManyDocuments. ``max_document_tokens``
         and ``side`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for this
-        request (:class:`~rerank.service.core.batching.Holds`)."""
+        request (:class:`~rerank.service.core.admission.Holds`)."""
         self.metrics.requests += 1
         try:
             caller.admit()

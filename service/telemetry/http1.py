@@ -1,6 +1,6 @@
 """A small HTTP/1.1 server for the metrics port, on its own thread and event loop.
 
-It serves a WSGI application (:class:`~rerank.service.telemetry.metrics_endpoint.MetricsEndpoint`) to
+It serves a WSGI application (:class:`~rerank.service.router.metrics_endpoint.MetricsEndpoint`) to
 two kinds of caller: Prometheus, which scrapes now and then, and Envoy's early admission check,
 which asks before every large rerank body and waits a bounded time for the answer. The standard
 library's WSGI server fits the first and fails the second: it starts a thread per request, closes
