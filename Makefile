@@ -11,7 +11,7 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint model serve browser test test-unit test-integration test-unit-lean \
+.PHONY: install install-serve lock proto lint luacheck model serve browser test test-unit test-integration test-unit-lean \
 	fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
@@ -52,8 +52,12 @@ lock: | $(VENV)/bin/python
 		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in
 	$(BIN)/python scripts/pin-build
 
-lint: install
+lint: install luacheck
 	BIN=$(BIN) scripts/check
+
+# luacheck (Debian's package lua-check) for Envoy's Lua scripts (gateway/envoy_config/lua/).
+luacheck:
+	@command -v luacheck >/dev/null || { apt-get update -qq && apt-get install -y -qq lua-check >/dev/null; }
 
 # Regenerate the protocol modules and the descriptor set after editing protos/.
 proto: install-serve
@@ -124,7 +128,7 @@ bench: install
 	bash tools/build_llama_cpp.sh
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Issue 10's overload check: rerank-stack under 24 clients x 600 documents for 30 s plus a
+# The overload check: rerank-stack under 24 clients x 600 documents for 30 s plus a
 # 1-document probe (bench/overload.py; OVERLOAD_ARGS=... passes flags, e.g. --seconds 10).
 OVERLOAD_ARGS ?=
 bench-overload: install
@@ -145,7 +149,7 @@ gpu-check: install
 clean:
 	rm -rf build .pytest_cache $(LEAN)
 
-# ---- Deploying (README.md, Deploying) --------------------------------------------------------
+# ---- Deploying (docs/deploying.md) -------------------------------------------------------------
 IMAGE ?= rerank:dev
 CONVERT_IMAGE ?= rerank-convert:dev
 BASE_IMAGE ?=
@@ -164,7 +168,7 @@ kubernetes: install-serve
 # The container image (deploy/docker/Dockerfile), from a wheelhouse made here: no package index
 # or registry is needed in the build. Installs and starts Docker when missing (root).
 # BASE_IMAGE=... picks the base (default python:3.11-slim-bookworm, else a local Debian);
-# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (README.md, Deploying).
+# ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]==1.31.1' makes the CUDA variant (docs/deploying.md).
 image: install-serve
 	deploy/docker/docker-up.sh
 	IMAGE=$(IMAGE) $(IMAGE_ENV) deploy/docker/build-image.sh serve

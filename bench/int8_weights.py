@@ -68,7 +68,7 @@ def score_openvino(folder: Path, file: str, pairs: list[tuple[str, str]]) -> np.
     pair at a time, fed as the server feeds them."""
     import openvino as ov
 
-    from rerank.service.core.batching import pad
+    from rerank.service.backends.base import pad
     from rerank.service.core.tokenization import PairEncoder
     from rerank.service.model_folder import read_model_folder
 

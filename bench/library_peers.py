@@ -29,7 +29,7 @@ from typing import IO, Any
 from bench import venvs
 from bench.models import REPO, BenchModel
 from bench.peers import LIBRARY_BATCH_SIZES, STARTUP_TIMEOUT, THREADS, Peer
-from rerank.gateway.supervisor import dying_with_parent
+from rerank.gateway.processes import dying_with_parent
 
 WORKER = REPO / "bench" / "peer_worker.py"
 """Run with ``python -P``: its folder (bench/, with a ``profile.py``) must not shadow the stdlib."""

@@ -152,8 +152,9 @@ def padding_fraction(lengths: list[int], requests: int) -> float:
     settings the server reads from the environment, replayed on the pairs' token lengths."""
     import asyncio
 
-    from rerank.service.core.batching import DynamicBatcher, Throughput
+    from rerank.service.core.batching import DynamicBatcher
     from rerank.service.core.metrics import ModelMetrics
+    from rerank.service.core.throughput import Throughput
     from rerank.service.core.tokenization import Pair
     from rerank.service.server import batching_config
     from rerank.service.settings import parse

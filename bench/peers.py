@@ -51,7 +51,7 @@ from bench.http_client import LeanHttpClient
 from bench.models import REPO, BenchModel
 from bench.workloads import WORKLOADS
 from rerank.converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
-from rerank.gateway.supervisor import Child
+from rerank.gateway.processes import Child
 
 API_KEY = "bench-key-0123456789"
 THREADS = 2

@@ -7,7 +7,7 @@ checkpoint in PyTorch (torch.profiler), on one W1-sized micro-batch, on the benc
 Prints each side's time by operator kind and the GEMMs' achieved GFLOP/s against the machine's
 estimated fp32 peak: if both sides spend most of their time in GEMMs running at a similar
 fraction of the peak, no graph-level change can make one much faster than the other.
-Writes ``bench/results/profile-<model>.json``.
+Writes ``bench/results/profile-<model>.json`` (``profile-<model>-<variant>.json`` for another variant).
 """
 
 from __future__ import annotations
@@ -143,9 +143,8 @@ def main() -> int:
         "torch": torch_side,
     }
     command = "python -m bench.profile " + " ".join(sys.argv[1:])
-    out = results.save(
-        f"profile-{args.model}", {"date": results.now(), "command": command.strip(), "cpu": cpu_summary(), **record}
-    )
+    stem = f"profile-{args.model}" + ("" if args.variant == "fp32-fused" else f"-{args.variant}")
+    out = results.save(stem, {"date": results.now(), "command": command.strip(), "cpu": cpu_summary(), **record})
     print(f"wrote {out}")
     return 0
 

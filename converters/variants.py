@@ -17,8 +17,8 @@ OpenVINO (``runtime = "openvino"``, CPU; :mod:`rerank.service.backends.openvino`
   (:mod:`rerank.converters.mixed_precision`): its recipes are gated fastest first and the first that
   passes is kept; not built where ``ov-bf16`` passed (all in bf16 is faster);
 * ``ov-int8``: a static int8 graph from NNCF (:mod:`rerank.converters.quantize`, extra ``quantize``);
-  not in :data:`DEFAULT`: calibration costs minutes on a large model, and on the one trained
-  encoder measured (all-MiniLM-L6-v2) no int8 recipe came near the gate.
+  not in :data:`DEFAULT`: calibration costs minutes on a large model, and int8 often fails the
+  gate on trained encoders.
 
 The gate (:mod:`rerank.converters.gate_probes`): each variant scores the ~300 gate pairs through the
 serving path, and passes only if every query keeps Spearman >= 0.99 and its top 3 against the

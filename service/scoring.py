@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from rerank.service.backends.base import pad
 from rerank.service.backends.loader import load_backend
 from rerank.service.backends.loader import runtime_available as _runtime_available
-from rerank.service.core.batching import pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import ModelFolderConfig, Variant
 

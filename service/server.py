@@ -17,8 +17,9 @@ from grpc_reflection.v1alpha import reflection
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import detect as detect_cpu
 from rerank.service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
+from rerank.service.core.admission import Holds
 from rerank.service.core.batch_sizing import BatchSizing, size_batches
-from rerank.service.core.batching import BatchingConfig, Holds
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import ServedModel
 from rerank.service.core.tokenization import TokenizerPool
 from rerank.service.errors import ConfigurationError, QueueFull, Unavailable
@@ -38,17 +39,17 @@ from rerank.service.router.auth import ApiKeyInterceptor, Keyring
 from rerank.service.router.cohere_service import CohereService
 from rerank.service.router.guard import CallGuard
 from rerank.service.router.limits import Callers
-from rerank.service.router.rerank_service import RerankService
-from rerank.service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
-from rerank.service.router.validation import Limits
-from rerank.service.settings import Settings
-from rerank.service.telemetry import tracing
-from rerank.service.telemetry.metrics_endpoint import (
+from rerank.service.router.metrics_endpoint import (
     MetricsEndpoint,
     exposition_registry,
     forget_process,
     server_metrics,
 )
+from rerank.service.router.rerank_service import RerankService
+from rerank.service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
+from rerank.service.router.validation import Limits
+from rerank.service.settings import Settings
+from rerank.service.telemetry import tracing
 
 log = logging.getLogger("rerank")
 
@@ -194,7 +195,7 @@ class RerankServer:
     def early_admission(self, size: int, model: str | None = None) -> QueueFull | str:
         """The early check of a rerank request body of ``size`` bytes for ``model``, before it is
         read (the metrics port's ``GET /admission``): the refusal, or the token of the place it
-        holds (:class:`~rerank.service.core.batching.Holds`; '' where it holds none). Without ``model``
+        holds (:class:`~rerank.service.core.admission.Holds`; '' where it holds none). Without ``model``
         (Envoy cannot know it before reading the body) it holds a place on every served model
         with room, and is refused only if none has room, with the shortest retry delay; an
         unknown model is admitted without a hold (the call then fails on its own), and so is any

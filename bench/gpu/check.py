@@ -30,8 +30,8 @@ from rerank.converters.gate_probes import spearman
 from rerank.converters.probes import probe_pairs
 from rerank.converters.spec import EncoderSpec
 from rerank.converters.variants import FILES, _fuse, _to_fp16
+from rerank.service.backends.base import pad
 from rerank.service.backends.onnx import CUDA, Batch, OnnxBackend
-from rerank.service.core.batching import pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import Variant, find_model_folders, read_model_folder
 

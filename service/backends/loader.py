@@ -32,9 +32,8 @@ MIN_ROUNDS = 2
 TIMING_PAIRS = 32
 TIMING_LENGTH = 192
 """The timed micro-batch: 32 pairs x min(192, max_length) tokens, about what the batcher packs
-from a request of ~150-word documents (W1: 42 x 191). A smaller one (16 x 128) ranked the
-exact graphs of minilm-ce within 4 % where W1 separates them by 1.35x: per-call overheads
-weigh more there than in the batches the server runs."""
+from a request of ~150-word documents. Smaller batches rank the candidates by per-call overheads,
+which weigh less in the batches the server runs."""
 
 
 def _device(device: str | None) -> str:
@@ -55,7 +54,7 @@ def runtime_available(runtime: str) -> bool:
 def runs_natively(variant: Variant, cpu: CpuFeatures) -> bool:
     """Whether this CPU has the instructions that make ``variant`` pay: bf16 needs AMX-BF16 or
     AVX-512 BF16; OpenVINO's int8 needs VNNI or AMX-INT8. ONNX Runtime's dynamic int8 runs on
-    AVX2's ``vpmaddubsw`` pairs too (~1.9x its fp32 GEMMs, bench/README.md's profile)."""
+    AVX2's ``vpmaddubsw`` pairs too (about twice its fp32 GEMMs' speed)."""
     if variant.precision in ("bf16", "bf16-mixed"):
         return cpu.native_bf16
     if variant.precision == "int8" and variant.runtime == OPENVINO:

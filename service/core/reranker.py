@@ -16,16 +16,12 @@ import numpy as np
 
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import CpuFeatures
+from rerank.service.core.admission import PADDING_ALLOWANCE, Holds, queue_time_refusal
 from rerank.service.core.batch_sizing import BatchSizing
-from rerank.service.core.batching import (
-    PADDING_ALLOWANCE,
-    BatchingConfig,
-    DynamicBatcher,
-    Holds,
-    Throughput,
-    queue_time_refusal,
-)
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import (
     WINDOW_OVERLAP,
     EncodedRequest,
@@ -138,11 +134,11 @@ class ServedModel:
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
+        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
         self.cost_per_byte = PADDING_ALLOWANCE / self.characters_per_token
         """The exact estimate's cost per UTF-8 byte of query and documents, learned from every
         request (it carries the query repeated per pair, truncation, windows and the script's
         bytes per character): what the early check prices a body's bytes at."""
-        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
 
     def estimate(
         self, query: str, documents: list[str], long_documents: LongDocuments, max_document_tokens: int | None = None
@@ -200,10 +196,10 @@ class ServedModel:
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, then
         queued on that admission at its exact cost (checked again only if that is far over the
-        estimate: :data:`~rerank.service.core.batching.MISESTIMATE`). Raises QueryTooLong,
+        estimate: :data:`~rerank.service.core.admission.MISESTIMATE`). Raises QueryTooLong,
         DocumentTooLong, QueueFull, RateLimited or TooManyDocuments. ``max_document_tokens``
         and ``side`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for this
-        request (:class:`~rerank.service.core.batching.Holds`)."""
+        request (:class:`~rerank.service.core.admission.Holds`)."""
         self.metrics.requests += 1
         try:
             caller.admit()

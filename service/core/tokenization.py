@@ -1,7 +1,7 @@
 """Turns a query and its documents into model-ready token sequences.
 
 The query is encoded once per request and never cut; each document is encoded without special
-tokens and then framed by the model's :class:`~rerank.service.core.model_folder.PairTemplate`. This
+tokens and then framed by the model's :class:`~rerank.service.model_folder.PairTemplate`. This
 is what ``tokenizer(query, document, truncation="only_second")`` produces, but it lets one query
 encoding serve every document, and lets a long document be split into windows.
 """

@@ -12,7 +12,10 @@ import grpc
 import httpx
 import pytest
 
-from tests.support import API_KEY, InProcessServer, Stack, convert_with_cli, free_port, server_settings, start_service
+from tests.support import API_KEY
+from tests.support.conversions import convert_with_cli
+from tests.support.processes import free_port
+from tests.support.servers import InProcessServer, Stack, server_settings, start_service
 
 SEPARATE_PROCESS = {"test_tei_face.py"}
 """Test files that import tei-client, whose ``tei.v1`` module cannot share protobuf's default

@@ -15,14 +15,15 @@ import grpc
 import numpy as np
 import pytest
 
-from rerank.service.backends.base import Batch
+from rerank.service.backends.base import Batch, pad
 from rerank.service.backends.cpu_features import detect
 from rerank.service.backends.loader import load_backend
-from rerank.service.core.batching import pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import ModelFolderConfig, Variant, read_model_folder
 from rerank.service.scoring import score_pairs
-from tests.support import API_KEY, AUTH, REPO, free_port, start_service
+from tests.support import API_KEY, AUTH, REPO
+from tests.support.processes import free_port
+from tests.support.servers import start_service
 
 pytest.importorskip("openvino")
 
@@ -187,7 +188,7 @@ def test_a_pinned_openvino_variant_is_served_and_shown(ov_models: Path) -> None:
 
 def test_an_openvino_variant_that_scores_differently_is_refused(ov_models: Path, tmp_path: Path) -> None:
     # The check pairs a variant recorded at conversion are verified on its own runtime.
-    from rerank.gateway.supervisor import Child
+    from rerank.gateway.processes import Child
 
     folder = tmp_path / "models" / "bert-ov"
     shutil.copytree(ov_models / "bert-ov", folder)

@@ -20,7 +20,9 @@ import torch
 from rerank.converters.testing.llama_cpp import convert_to_gguf, llama_server_binary, llama_server_command
 from rerank.converters.variants import spearman
 from tests.reference import reference_scores
-from tests.support import REPO, convert_with_cli, free_port, onnx_scores
+from tests.support import REPO
+from tests.support.conversions import convert_with_cli, onnx_scores
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.parity
 

@@ -16,7 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rerank.service.backends.base import Batch
 from rerank.service.errors import ConfigurationError
-from tests.support import AUTH, InProcessServer, StandInBackend, rerank_request, server_settings, write_stand_in_model
+from tests.support import AUTH
+from tests.support.calls import rerank_request
+from tests.support.servers import InProcessServer, server_settings
+from tests.support.stand_in import StandInBackend, write_stand_in_model
 
 
 def serve(models: Path, **settings: object) -> InProcessServer:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank.gateway import supervisor
-from rerank.gateway.supervisor import Child
+from rerank.gateway import processes
+from rerank.gateway.processes import Child
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
@@ -52,13 +52,13 @@ def test_the_child_is_the_program_itself_and_no_python_runs_before_its_exec(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     popen_kwargs: list[dict] = []
-    real = supervisor.subprocess.Popen
+    real = processes.subprocess.Popen
 
     def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
         popen_kwargs.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(supervisor.subprocess, "Popen", recording)
+    monkeypatch.setattr(processes.subprocess, "Popen", recording)
     child = Child("sleeper", ["sleep", "30"]).start()
     try:
         assert popen_kwargs[0].get("preexec_fn") is None
@@ -69,4 +69,4 @@ def test_the_child_is_the_program_itself_and_no_python_runs_before_its_exec(
     finally:
         child.send(9)
         child.wait(5)
-    assert os.path.basename(supervisor.SETPRIV or "") == "setpriv"
+    assert os.path.basename(processes.SETPRIV or "") == "setpriv"

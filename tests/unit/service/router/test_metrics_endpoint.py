@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from rerank.service.core.metrics import Metrics
 from rerank.service.router.auth import Keyring
-from rerank.service.telemetry.metrics_endpoint import MetricsEndpoint
-from tests.support import API_KEY, OTHER_KEY, REPO, Samples, key_name
+from rerank.service.router.metrics_endpoint import MetricsEndpoint
+from tests.support import API_KEY, OTHER_KEY, REPO
+from tests.support.prometheus import Samples, key_name
 
 KEYRING = Keyring.load((API_KEY, OTHER_KEY), None)
 
@@ -84,7 +85,7 @@ def test_a_busy_port_is_a_configuration_error() -> None:
 RECORD = """
 import os, sys
 from pathlib import Path
-from rerank.service.telemetry.metrics_endpoint import server_metrics
+from rerank.service.router.metrics_endpoint import server_metrics
 metrics = server_metrics(Path(sys.argv[1]))
 model = metrics.model("m")
 model.record_batch(pairs=int(sys.argv[2]), padded_tokens=8, real_tokens=8, seconds=0.01)
@@ -95,7 +96,7 @@ READ = """
 import sys
 from pathlib import Path
 from prometheus_client import generate_latest
-from rerank.service.telemetry.metrics_endpoint import exposition_registry, server_metrics
+from rerank.service.router.metrics_endpoint import exposition_registry, server_metrics
 folder = Path(sys.argv[1])
 metrics = server_metrics(folder)
 sys.stdout.write(generate_latest(exposition_registry(metrics, folder)).decode())
@@ -130,7 +131,7 @@ def test_any_process_serves_the_sum_and_a_dead_ones_gauges_leave_it(tmp_path: Pa
 
 def test_multiprocess_mode_needs_the_variable_before_the_import(tmp_path: Path) -> None:
     from rerank.service.errors import ConfigurationError
-    from rerank.service.telemetry.metrics_endpoint import server_metrics
+    from rerank.service.router.metrics_endpoint import server_metrics
 
     with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR before the process starts"):
         server_metrics(tmp_path)

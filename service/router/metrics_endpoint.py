@@ -17,12 +17,12 @@ loop never renders a scrape, and Envoy's admission checks are answered on keep-a
 without waiting behind one.
 
 ``GET /admission?bytes=N[&model=NAME]``: the early admission check. Envoy asks it (a Lua filter,
-:func:`rerank.gateway.envoy_config.lua_admission`) before it reads a large rerank body: 200 if a request
+:func:`rerank.gateway.envoy_config.filters.admission_script`) before it reads a large rerank body: 200 if a request
 of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's own QueueFull error
 as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
 answer comes from :meth:`rerank.service.server.RerankServer.early_admission` (state the batchers publish;
 nothing on the event loop). A 200 may carry ``x-rerank-hold``: the token of the place held for the
-body (:class:`~rerank.service.core.batching.Holds`), which Envoy puts on the request so that the service
+body (:class:`~rerank.service.core.admission.Holds`), which Envoy puts on the request so that the service
 admits it without a second look, and ``x-rerank-replica``: this port, by which Envoy sends the
 request to this replica (the one holding its place). It needs no key: it says only whether the server is busy, and Envoy
 routes no client request to it.
@@ -62,7 +62,7 @@ StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 Admission = Callable[[int, str | None], QueueFull | str]
 """``(body bytes, model or None) -> the refusal, or the token of the place held for the body
-(:class:`~rerank.service.core.batching.Holds`; '' where none is)``."""
+(:class:`~rerank.service.core.admission.Holds`; '' where none is)``."""
 
 
 def server_metrics(directory: Path | None) -> Metrics:
