@@ -1,8 +1,8 @@
 """The CUDA path, checked end to end on a GPU machine (driven by bench/gpu/check.sh).
 
 Prints PASS/FAIL lines, a throughput table, and writes the figures as JSON (to ``$OUT`` when
-set, else ``bench/results/``). ``--dry-run`` runs every step on the CPU with tiny timings, to
-prove the script itself before a GPU machine is spent on it.
+set, else ``bench/results/``; a dry run's to the temporary folder). ``--dry-run`` runs every
+step on the CPU with tiny timings, to prove the script itself before a GPU machine is spent on it.
 """
 
 from __future__ import annotations
@@ -477,7 +477,9 @@ def main() -> int:
     service_check(ROOT / "models-gpu", probes, reference)
     throughput(device, args.dry_run)
     REPORT["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else results.RESULTS
+    # A dry run proves the script; its figures are not a result, so they stay out of bench/results.
+    default = Path(tempfile.gettempdir()) if args.dry_run else results.RESULTS
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else default
     record = {"date": results.now(), "command": "bash bench/gpu/check.sh " + " ".join(sys.argv[1:]), **REPORT}
     record["cpu"] = f"{cpu_summary()}; GPU {REPORT.get('gpu', 'none')}"
     path = results.save("gpu-check" + ("-dry" if args.dry_run else ""), record, out)
