@@ -267,7 +267,7 @@ def markdown(
         lines += [
             "## Ours against each peer (ours/peer: grpc-auto / rest-auto; accuracy against transformers fp32)",
             "",
-            "| " + " | ".join(COMPARISON_COLUMNS) + " |",
+            "| " + " | ".join(c.replace("|", "\\|") for c in COMPARISON_COLUMNS) + " |",
             "|" + "---|" * len(COMPARISON_COLUMNS),
         ]
         lines += ["| " + " | ".join(row) + " |" for row in compared]

@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stem = "bench-" + "-".join(args.models)
     date = results.now()
+    # A smoke run says so wherever its figures are shown.
+    shown = f"{date}, SMOKE RUN ({args.documents} documents): no result" if args.documents else date
     payload = {
         "date": date,
         "command": command,
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             table, ratio_rows, checks, notes, command, spread, compared=compared, cpu=cpu["line"], date=date
         )
     )
-    report.chart(measurements, args.out / f"{stem}.png", cpu["line"], found)
+    report.chart(measurements, args.out / f"{stem}.png", cpu["line"] + (f"; {shown}" if args.documents else ""), found)
     path = results.save(stem, payload, args.out)
     log(f"wrote {path} and its .md and .png")
     return 0
