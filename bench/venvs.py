@@ -21,13 +21,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from bench.models import CACHE
 
-TORCH = "torch==2.13.0+cpu"
-"""The lock's CPU torch, so that every PyTorch peer runs the same kernels as ``st-fp32``."""
+TORCH = f"torch=={version('torch')}"
+"""Our own torch (the lock's CPU build), so that every PyTorch peer runs the same kernels as
+``st-fp32``; a new lock's torch reinstalls the environments."""
 STAMP = "bench-venv.json"
 BROKEN_WITH_CPU_TORCH = ("torchvision", "torchaudio", "torchcodec")
 """PyPI's torchvision, torchaudio and torchcodec are built against PyPI's (CUDA) torch, or
