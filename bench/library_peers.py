@@ -67,7 +67,12 @@ class WorkerPeer(Peer):
             stderr=self._log,
             text=True,
             cwd=self.workdir,
-            env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+            env={
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "OMP_NUM_THREADS": str(THREADS),
+                "PATH": "/usr/bin:/bin",
+            },
         )
         ready = self._read(STARTUP_TIMEOUT)
         if not ready.get("ready"):

@@ -48,11 +48,22 @@ def sentence_transformers(args: argparse.Namespace) -> tuple[Scorer, dict[str, A
     from sentence_transformers import CrossEncoder
 
     torch.set_num_threads(args.threads)
-    kwargs: dict[str, Any] = {}
-    if args.backend == "openvino" and args.precision == "f32":
-        kwargs["model_kwargs"] = {"ov_config": {"INFERENCE_PRECISION_HINT": "f32"}}
+    # The bench's thread count, as every peer gets (the runtimes' defaults take every core).
+    if args.backend == "openvino":
+        ov_config = {"INFERENCE_NUM_THREADS": str(args.threads)}
+        if args.precision == "f32":
+            ov_config["INFERENCE_PRECISION_HINT"] = "f32"
+        model_kwargs: dict[str, Any] = {"ov_config": ov_config}
+    else:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        model_kwargs = {"session_options": options}
     start = time.perf_counter()
-    encoder = CrossEncoder(args.checkpoint, num_labels=1, max_length=512, device="cpu", backend=args.backend, **kwargs)
+    encoder = CrossEncoder(
+        args.checkpoint, num_labels=1, max_length=512, device="cpu", backend=args.backend, model_kwargs=model_kwargs
+    )
     info: dict[str, Any] = {
         "load_seconds": round(time.perf_counter() - start, 2),
         "versions": {p: version(p) for p in ("sentence-transformers", "transformers", "torch")},
