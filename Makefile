@@ -118,8 +118,10 @@ test-parity: install
 	bash tools/build_llama_cpp.sh
 	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity tests/integration $(PYTEST_ARGS)
 
-# Every model (minilm-ce, bert-small, bge-shape), every peer, W1-W3. BENCH_ARGS narrows it, e.g.
-# BENCH_ARGS='--models minilm-ce'. Infinity installs itself once into .cache/bench/infinity-venv.
+# Every model (minilm-ce, bert-small, bge-shape), every peer, W1-W3: the ratio table with each
+# peer's accuracy (bench/README.md). BENCH_ARGS narrows it, e.g. BENCH_ARGS='--models minilm-ce'.
+# The other projects' peers install themselves once into .cache/bench/<name>-venv (bench/venvs.py).
+# Not part of `make test`: minutes to hours, and meaningful only on a quiet machine.
 BENCH_ARGS ?=
 bench: install
 	$(PIP_INSTALL) -e '.[bench]'
@@ -133,15 +135,16 @@ bench-overload: install
 	$(PIP_INSTALL) -e '.[bench]'
 	$(BIN)/python -m bench.overload $(OVERLOAD_ARGS)
 
-# Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine. bert, not
+# Tiny converted fixture (with its fp16 variant) for bench/gpu/check.sh on a GPU machine. bert, not
 # xlmr: the per-query gate refuses xlmr-tiny's fp16 (max |Δ| 0.059 > 0.05 on its random weights),
 # and the CUDA default is fp16 only where it passed; minilm-ce's would pass but is too large to carry.
 gpu-prep: install
 	rm -rf models-gpu build/gpu-ckpt && $(BIN)/python -m rerank.converters.testing.checkpoints bert build/gpu-ckpt
 	$(BIN)/rerank-convert build/gpu-ckpt --name bert-tiny --out models-gpu --variants fp32-fused,fp16
 
-gpu-check:
-	bash bench/gpu_check.sh
+# On the GPU machine (bench/gpu/README.md): swaps in onnxruntime-gpu where needed, then checks.
+gpu-check: install
+	bash bench/gpu/check.sh
 
 clean:
 	rm -rf build .pytest_cache $(LEAN)
