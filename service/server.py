@@ -16,7 +16,13 @@ from grpc_reflection.v1alpha import reflection
 
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import detect as detect_cpu
-from rerank.service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
+from rerank.service.backends.loader import (
+    candidate_variants,
+    load_backend,
+    runtime_note,
+    table_choice,
+    time_candidates,
+)
 from rerank.service.core.admission import Holds
 from rerank.service.core.batch_sizing import BatchSizing, size_batches
 from rerank.service.core.batching_config import BatchingConfig
@@ -154,6 +160,9 @@ class RerankServer:
             )
         cpu = detect_cpu()
         log.info("CPU %s (%s)", cpu.summary(), cpu.source)
+        note = runtime_note(s.device)
+        if note:
+            log.info(note)
         for folder in folders:
             try:
                 config = read_model_folder(folder)
