@@ -301,8 +301,9 @@ class RerankServer:
         limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
         callers = Callers(self.keyring)
         # Every face: the same models (batchers), limits and callers; only the shapes differ.
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(self.models, limits, callers), self.server)
-        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(self.models, limits, callers), self.server)
+        faces = (self.models, limits, callers, s.default_model)
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(*faces), self.server)
+        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(*faces), self.server)
         tei = TeiFace(self.models, limits, s.default_model, s.tokenizer_threads, callers)
         tei_rest_pb2_grpc.add_TeiServiceServicer_to_server(TeiRest(tei), self.server)
         tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(tei), self.server)
