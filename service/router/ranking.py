@@ -102,16 +102,20 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
 
 
 class Ranker:
-    """What every face's servicer ranks with: the served models, the request limits and the
-    callers (API keys' names and limits)."""
+    """What every face's servicer ranks with: the served models, the request limits, the
+    callers (API keys' names and limits) and the model a request that names none gets."""
 
-    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
+    def __init__(
+        self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None, default_model: str = ""
+    ) -> None:
         self.models = models
         self.limits = limits
         self.callers = callers or Callers()
+        self.default_model = default_model
 
     async def rank(self, context: grpc.aio.ServicerContext[Any, Any], request: RankRequest) -> Ranking:
         """:func:`rank_request` on behalf of the call ``context``: its caller and request id."""
+        request = replace(request, default_model=request.default_model or self.default_model)
         return await rank_call(self.models, self.limits, self.callers, context, request)
 
 
