@@ -38,6 +38,7 @@ LLAMA_SRC = CACHE / "src"
 PRE_TOKENIZER_OF_PUBLISHED_MODEL = {
     "BertTokenizer": "jina-v2-en",  # bert-base-uncased vocab (ms-marco-MiniLM), hash 0876d13b…
     "RobertaTokenizer": "jina-v1-en",  # jinaai/jina-reranker-v1-*-en, hash c7699093…
+    "Qwen2Tokenizer": "qwen2",  # Qwen/Qwen3-Reranker-*
 }
 """``tokenizer.ggml.pre`` that the converter derives for the published model whose tokenizer class
 this is. The converter recognises a BPE/WordPiece pre-tokenizer by hashing the token ids of a fixed
