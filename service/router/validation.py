@@ -65,6 +65,28 @@ def check_query(query: str, limits: Limits, field: str = "query") -> str:
     return query
 
 
+def check_instruction(instruction: str | None, limits: Limits, field: str = "instruction") -> str | None:
+    """An instruction, when given, is held to the query's limits: it is read as part of the query.
+    Whether the model takes one at all is the model's to say
+    (:meth:`~rerank.service.core.tokenization.PairEncoder.check_instruction`)."""
+    if instruction is None:
+        return None
+    if len(instruction) > limits.max_query_chars:
+        raise InvalidRequest(
+            f"{field} is {len(instruction)} characters long; the limit is {limits.max_query_chars}",
+            reason="INSTRUCTION_TOO_LONG",
+            field=field,
+            metadata={"limit": str(limits.max_query_chars)},
+        )
+    if not instruction.strip().strip(_INVISIBLE).strip():
+        raise InvalidRequest(
+            f"{field} must be a non-empty string when given; leave it out for the model's default instruction",
+            reason="EMPTY_INSTRUCTION",
+            field=field,
+        )
+    return instruction
+
+
 def check_document_sizes(texts: Sequence[str], limits: Limits, field: str = "documents") -> list[str]:
     for i, text in enumerate(texts):
         if len(text) > limits.max_document_chars:
