@@ -131,6 +131,14 @@ def tokenizer_from_gguf(metadata: dict[str, Any]) -> Tokenizer:
     # below (no merge ever builds them).
     vocab = {tok: i for i, tok in enumerate(tokens) if types[i] != _UNUSED}
     merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"]]
+    tokenizer = qwen2_tokenizer(vocab, merges)  # type: ignore[arg-type]  # each merge splits in two
+    tokenizer.add_tokens([AddedToken(tokens[i], special=bool(types[i] == _CONTROL), normalized=False) for i in added])
+    return tokenizer
+
+
+def qwen2_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """Qwen2's tokenizer pipeline, as transformers' ``Qwen2Tokenizer`` builds it, over a
+    byte-level BPE ``vocab`` and its ``merges`` (no added tokens)."""
     tokenizer = Tokenizer(
         models.BPE(
             vocab,
@@ -151,7 +159,6 @@ def tokenizer_from_gguf(metadata: dict[str, Any]) -> Tokenizer:
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_tokens([AddedToken(tokens[i], special=bool(types[i] == _CONTROL), normalized=False) for i in added])
     return tokenizer
 
 

@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PATTERN
+from tokenizers import AddedToken, normalizers
 
+from rerank.converters.qwen3.gguf import qwen2_tokenizer
 from rerank.converters.qwen3.prompt import NO, PREFIX, SUFFIX, YES, middle
-from rerank.converters.testing.checkpoints import _bpe_pieces
+from rerank.converters.testing.checkpoints import _bpe_pieces, byte_level_merges
 from rerank.converters.testing.corpus import training_corpus
 
 __all__ = ["SHAPES", "make_qwen3_checkpoint"]
@@ -117,15 +117,6 @@ def bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def qwen2_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
-
-
 def _prompt_lines() -> list[str]:
     """The model card's prompt text, a few filled-in middles and the answers, to train on."""
     queries = ("what is a panda?", "How do solar panels work", "capital of France")
@@ -137,7 +128,7 @@ def _prompt_lines() -> list[str]:
 def _train_vocab(seed: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The 256 byte symbols, then one merged piece per merge, each merge joining the two
     earliest tokens that spell it (as in every byte-level BPE)."""
-    pre = qwen2_pre_tokenizer()
+    pre = qwen2_tokenizer({}, []).pre_tokenizer
     normalizer = normalizers.NFC()
     words = [
         w
@@ -145,15 +136,7 @@ def _train_vocab(seed: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
         for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(line))
     ]
     vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
-    merges: list[tuple[str, str]] = []
-    for piece in _bpe_pieces(words, word_start_marker=False):
-        if len(vocab) == VOCAB:
-            break
-        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
-        if piece in vocab or not splits:
-            continue
-        merges.append(min(splits, key=lambda ab: (max(vocab[ab[0]], vocab[ab[1]]), vocab[ab[0]])))
-        vocab[piece] = len(vocab)
+    merges = byte_level_merges(_bpe_pieces(words, word_start_marker=False), vocab, VOCAB)
     for answer in (YES, NO):
         if answer not in vocab:
             raise AssertionError(f"the trained vocabulary has no single token {answer!r}")
@@ -163,21 +146,7 @@ def _train_vocab(seed: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
 def _write_tokenizer(folder: pathlib.Path, seed: int) -> int:
     """Writes the tokenizer files; returns the number of ids (BPE plus added tokens)."""
     vocab, merges = _train_vocab(seed)
-    tok = Tokenizer(
-        models.BPE(
-            vocab,
-            merges,
-            dropout=None,
-            unk_token=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-            byte_fallback=False,
-        )
-    )
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = qwen2_pre_tokenizer()
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok = qwen2_tokenizer(vocab, merges)
     tok.add_tokens([AddedToken(t, special=special, normalized=False) for t, special in ADDED_TOKENS])
     tok.save(str(folder / "tokenizer.json"))
     _write_json(folder / "vocab.json", vocab)

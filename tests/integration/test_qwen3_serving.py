@@ -1,8 +1,8 @@
 """A Qwen3-Reranker served beside an encoder through ``rerank.v1`` gRPC, with and without a
 per-request instruction, scoring as the model card's code does (:mod:`tests.qwen3_reference`).
 
-The real server (in this process), the real ONNX Runtime backend and the converter's real
-output; the exact fp32 graph is pinned so that the comparison is to 1e-4."""
+The real server (in this process), the real backends and the converter's real output; the
+exact fp32 graph is pinned, on ONNX Runtime and on OpenVINO, so that the comparison is to 1e-4."""
 
 from __future__ import annotations
 
@@ -43,11 +43,12 @@ def card(qwen3_checkpoint):
     return model_card(str(qwen3_checkpoint()))
 
 
-@pytest.fixture
-def stub(served_dir, in_process_server):
+@pytest.fixture(params=["fp32", "ov-fp32"])
+def stub(request, served_dir, in_process_server):
+    """A stub of the server serving the exact graph on ONNX Runtime, or the same graph on OpenVINO."""
     from rerank.service.protocol import rerank_pb2_grpc
 
-    server = in_process_server(served_dir, variant="fp32")
+    server = in_process_server(served_dir, variant=request.param)
     with grpc.insecure_channel(server.target) as channel:
         yield rerank_pb2_grpc.RerankServiceStub(channel)
 
