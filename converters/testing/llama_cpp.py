@@ -170,6 +170,14 @@ def llama_server_command(
     return [*command, "-fa", "off", "--no-webui"]
 
 
+class LlamaServerExited(RuntimeError):
+    """llama-server stopped before it answered (``returncode`` < 0: killed by that signal)."""
+
+    def __init__(self, returncode: int, gguf: Path) -> None:
+        super().__init__(f"llama-server exited with status {returncode} on {gguf.name}")
+        self.returncode = returncode
+
+
 def llama_rerank(binary: Path, gguf: Path, query: str, documents: list[str], *, timeout: float = 120.0) -> np.ndarray:
     """``documents``' scores for ``query`` (by index) from ``llama-server --reranking`` on ``gguf``,
     started on a free loopback port (2 threads, 2048-token batches, 4096-token context) and stopped."""
@@ -182,7 +190,11 @@ def llama_rerank(binary: Path, gguf: Path, query: str, documents: list[str], *, 
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            if proc.poll() is not None:
+                raise LlamaServerExited(proc.returncode, gguf)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"llama-server did not become healthy in {timeout:.0f} s on {gguf.name}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     break
