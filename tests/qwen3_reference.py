@@ -104,14 +104,3 @@ def tricky_pairs() -> list[tuple[str, str]]:
         ("empty document", ""),
         ("newlines", "\n\n"),
     ]
-
-
-def convert_cli(source: Path, out: Path, name: str, *options: str) -> Path:
-    """``rerank-convert SOURCE --name NAME --out OUT [OPTIONS]`` through the real CLI."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "rerank.converters.cli", str(source), "--name", name, "--out", str(out)]
-    result = subprocess.run([*command, *options], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out / name

@@ -17,7 +17,8 @@ from rerank.converters.testing.llama_cpp import convert_to_gguf
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import read_model_folder
 from rerank.service.scoring import pair_ids, score_pairs
-from tests.qwen3_reference import ModelCard, convert_cli, model_card, tricky_pairs
+from tests.qwen3_reference import ModelCard, model_card, tricky_pairs
+from tests.support.conversions import convert_with_cli
 
 TOLERANCE = 1e-4
 INSTRUCTION = "Given a question about animals, find the passage that answers it"
@@ -141,7 +142,7 @@ GGUF_TOLERANCE = {"f32": TOLERANCE, "f16": TOLERANCE, "q8_0": 0.5}
 
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
 def test_gguf_scores_like_the_checkpoint(outtype, ggufs, qwen3_folder, card, tmp_path):
-    folder = convert_cli(ggufs[outtype], tmp_path, f"qwen3-{outtype}", "--variants", "none")
+    folder = convert_with_cli(ggufs[outtype], tmp_path, f"qwen3-{outtype}", "--variants", "none")
     data = json.loads((folder / "rerank.json").read_text())
     assert data["source"]["format"] == "gguf" and data["source"]["dtype"] == outtype and data["notes"] == []
     config = read_model_folder(folder)
@@ -159,8 +160,8 @@ def test_an_untied_head_converts_from_the_checkpoint_and_its_gguf(qwen3_checkpoi
     checkpoint = qwen3_checkpoint(tied=False)
     card = model_card(str(checkpoint))
     pairs = tricky_pairs()[:6]
-    hf = convert_cli(checkpoint, tmp_path, "untied", "--variants", "none")
-    gguf = convert_cli(
+    hf = convert_with_cli(checkpoint, tmp_path, "untied", "--variants", "none")
+    gguf = convert_with_cli(
         convert_to_gguf(checkpoint, tmp_path / "untied.gguf", "f32"), tmp_path, "untied-gguf", "--variants", "none"
     )
     for folder in (hf, gguf):
@@ -174,7 +175,7 @@ def test_a_gguf_converted_as_a_plain_llm_reads_the_lm_head(qwen3_checkpoint, tmp
     plain = tmp_path / "plain-llm"
     shutil.copytree(qwen3_checkpoint(), plain)
     (plain / "README.md").unlink()
-    folder = convert_cli(
+    folder = convert_with_cli(
         convert_to_gguf(plain, tmp_path / "plain.gguf", "f32"), tmp_path, "plain", "--variants", "none"
     )
     data = json.loads((folder / "rerank.json").read_text())

@@ -25,8 +25,8 @@ from rerank.converters.testing.llama_cpp import (
 from rerank.converters.variants import spearman
 from rerank.service.model_folder import read_model_folder
 from rerank.service.scoring import score_pairs
-from tests.qwen3_reference import convert_cli
 from tests.support import REPO
+from tests.support.conversions import convert_with_cli
 
 pytestmark = pytest.mark.parity
 
@@ -59,7 +59,7 @@ def server_binary() -> Path:
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
 def test_llama_server_agrees_with_our_conversion_of_its_gguf(outtype, server_binary, qwen3_checkpoint, tmp_path):
     gguf = convert_to_gguf(qwen3_checkpoint(), tmp_path / f"qwen3-reranker-tiny-{outtype}.gguf", outtype)
-    folder = convert_cli(gguf, tmp_path, f"qwen3-{outtype}", "--variants", "none")
+    folder = convert_with_cli(gguf, tmp_path, f"qwen3-{outtype}", "--variants", "none")
     ours = score_pairs(folder, read_model_folder(folder), [(QUERY, d) for d in DOCS])
     try:
         probabilities = np.clip(llama_rerank(server_binary, gguf, QUERY, DOCS), 1e-12, 1 - 1e-12)
