@@ -1,4 +1,4 @@
-"""The six supported rerankers: served name -> Hub repo, GGUF repo, facts for ``--list``."""
+"""The supported rerankers: served name -> Hub repo, GGUF repo, facts for ``--list``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rerank.converters.errors import SourceError
+from rerank.converters.qwen3.catalog import ENTRIES as QWEN3_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class CatalogEntry:
     params: str
     max_length: int
     licence: str
+    notes: str = ""
+    """What a first run should know (a model's download and conversion cost), for ``--list``."""
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -77,6 +80,8 @@ CATALOG: dict[str, CatalogEntry] = {
             8192,
             "apache-2.0",
         ),
+        # Qwen3-Reranker (a decoder family: rerank.converters.qwen3)
+        *(CatalogEntry(**entry) for entry in QWEN3_ENTRIES),
     )
 }
 

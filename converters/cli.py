@@ -152,7 +152,7 @@ def catalog_listing() -> str:
             f"{e.name}\n"
             f"    {e.architecture}, {e.params} parameters, max length {e.max_length}, {licence}\n"
             f"    hub:  {e.hub_repo}\n"
-            f"    gguf: {e.gguf_repo}"
+            f"    gguf: {e.gguf_repo}" + (f"\n    {e.notes}" if e.notes else "")
         )
     header = f"Supported rerankers ({PROG} NAME, or a Hub repo id, checkpoint folder or .gguf file):"
     demo = (

@@ -7,7 +7,8 @@ Supports every published layout of the six models, without executing any downloa
 * jina-reranker-v2's "flash" layout: XLM-R math under fused ``mixer.Wqkv`` names;
 * BERT (``BertForSequenceClassification``);
 * JinaBERT (jina-reranker-v1-*): ALiBi, GEGLU, BERT pooler;
-* GTE "new" (gte-multilingual-reranker-base): RoPE, gated GELU, pooler.
+* GTE "new" (gte-multilingual-reranker-base): RoPE, gated GELU, pooler;
+* Qwen3-Reranker (``Qwen3ForCausalLM``): read by :mod:`rerank.converters.qwen3`.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def detect_family(config: dict, keys: set[str]) -> str:
         return "bert"
     raise CheckpointError(
         f"unsupported model_type {model_type!r} (architectures {config.get('architectures')}); "
-        "supported: XLM-RoBERTa, BERT, JinaBERT, GTE-new, jina-reranker-v2"
+        "supported: XLM-RoBERTa, BERT, JinaBERT, GTE-new, jina-reranker-v2, Qwen3-Reranker"
     )
 
 
@@ -176,6 +177,10 @@ def load_checkpoint(source: str) -> LoadedModel:
     if not config_path.exists():
         raise CheckpointError(f"{folder}: no config.json")
     config = json.loads(config_path.read_text())
+    from rerank.converters import qwen3  # Qwen3-Reranker, a decoder: its own reader
+
+    if qwen3.matches_checkpoint(config):
+        return qwen3.load_checkpoint(folder, config, source)
     raw, hashes = _read_tensors(folder)
     t = _strip_prefix(raw)
     family = detect_family(config, set(raw))

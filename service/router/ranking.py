@@ -24,6 +24,7 @@ from rerank.service.router.validation import (
     Limits,
     check_document_sizes,
     check_documents,
+    check_instruction,
     check_query,
     check_top_n,
     resolve_model,
@@ -51,6 +52,8 @@ class RankRequest:
     long_documents: LongDocuments = "truncate"
     max_document_tokens: int | None = None
     side: TruncationSide = "right"
+    instruction: str | None = None
+    """Replaces the model's default instruction (only models with a prompt take one)."""
     documents_field: str = "documents"
     """The face's name for the documents, used in error fields (TEI: ``texts``)."""
     default_model: str = ""
@@ -81,6 +84,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
     with tracing.span("rerank.validate"):
         model = resolve_model(models, request.model, request.default_model)
         query = check_query(request.query, limits)
+        instruction = check_instruction(request.instruction, limits)
         check_documents(len(request.documents), limits, field)
         top_n = check_top_n(request.top_n)
         texts = check_document_sizes(request.texts(request.documents), limits, field)
@@ -94,6 +98,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
             max_document_tokens=request.max_document_tokens,
             side=request.side,
             hold=request.hold,
+            instruction=instruction,
         )
     except DocumentTooLong as exc:
         exc.field = f"{field}[{exc.index}]"
