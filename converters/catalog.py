@@ -11,8 +11,11 @@ from pathlib import Path
 from rerank.converters.errors import SourceError
 from rerank.converters.families import catalog_entries
 from rerank.converters.families.base import CatalogEntry
+from rerank.converters.qwen3.catalog import ENTRIES as QWEN3_ENTRIES
 
-CATALOG: dict[str, CatalogEntry] = {e.name: e for e in catalog_entries()}
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e for e in (*catalog_entries(), *(CatalogEntry(**entry) for entry in QWEN3_ENTRIES))
+}
 """Every family's published models (:mod:`rerank.converters.families`), by served name."""
 
 
@@ -31,16 +34,16 @@ def resolve(source: str) -> tuple[str, CatalogEntry | None]:
     if "/" not in source and not source.lower().endswith(".gguf") and not Path(source).expanduser().exists():
         raise SourceError(
             f"{source!r} is neither a supported model's name{did_you_mean(source)} nor a checkpoint folder or a "
-            "Hub repo id (owner/name); rerank-convert --list shows the supported models"
+            "Hub repo id (owner/name). rerank-convert --list shows the supported models."
         )
     return source, None
 
 
 def closest(source: str, n: int = 3) -> list[str]:
     """The catalog names (Hub repo ids, for a source with a ``/``) closest to ``source``, case
-    aside: those it begins, then difflib's closest matches."""
+    aside: those it begins, then difflib's closest matches; never ``source`` itself."""
     names = [e.hub_repo if "/" in source else e.name for e in CATALOG.values()]
-    by_lower = {name.lower(): name for name in names}
+    by_lower = {name.lower(): name for name in names if name != source}
     query = source.lower()
     found = [lower for lower in by_lower if lower.startswith(query)]
     found += [m for m in difflib.get_close_matches(query, by_lower, n=n, cutoff=0.7) if m not in found]
@@ -48,6 +51,6 @@ def closest(source: str, n: int = 3) -> list[str]:
 
 
 def did_you_mean(source: str) -> str:
-    """`` (did you mean a or b?)``, or nothing when no name is close."""
+    """`` (did you mean a or b?)``, or nothing when no other name is close."""
     names = closest(source)
     return f" (did you mean {' or '.join(names)}?)" if names else ""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from rerank.converters import families, gate_probes, onnx_graph
+from rerank.converters import families, gate_probes, onnx_graph, qwen3
 from rerank.converters.errors import CheckpointError, SourceError, VerificationError
 from rerank.converters.families.base import ModelFamily
 from rerank.converters.memory import release_memory
@@ -27,7 +27,15 @@ from rerank.converters.probes import probe_pairs
 from rerank.converters.quiet import quiet_transformers
 from rerank.converters.spec import LoadedModel
 from rerank.converters.variants import build_fused, write_variants
-from rerank.service.model_folder import ModelFolderConfig, PairTemplate, Variant, file_sha256, write_config
+from rerank.service.model_folder import (
+    FORMAT_VERSION,
+    PROMPT_FORMAT,
+    ModelFolderConfig,
+    PairTemplate,
+    Variant,
+    file_sha256,
+    write_config,
+)
 from rerank.service.scoring import runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
@@ -135,6 +143,15 @@ def served_template(tokenizer: Tokenizer, loaded: LoadedModel, family: ModelFami
         raise SourceError(f"{loaded.source}: {exc}") from exc
 
 
+def qwen3_graph_facts(loaded: LoadedModel) -> dict[str, int]:
+    """A Qwen3-Reranker's graph facts: its vocabulary rows; RoPE tables built for ``max_length``."""
+    return {
+        "vocab_rows": int(loaded.weights["emb.word"].shape[0]),
+        "position_rows": loaded.spec.max_length,
+        "position_offset": 0,
+    }
+
+
 def convert(
     loaded: LoadedModel,
     *,
@@ -161,14 +178,20 @@ def convert(
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     work.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
-        spec, family = loaded.spec, families.of(loaded)
+        spec = loaded.spec
+        decoder = qwen3.is_family(loaded)  # Qwen3-Reranker: a prompt template and a decoder graph
+        family = None if decoder else families.of(loaded)
         progress("tokenizer: writing tokenizer.json")
         tok = write_tokenizer(source_folder, tokenizer, work)
-        template = served_template(tok, loaded, family)
+        template = qwen3.pair_template(tok, spec.pad_id) if family is None else served_template(tok, loaded, family)
         progress(
             f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}"
         )
-        model = family.build_graph(spec, loaded.weights, graph_name=name)
+        model = (
+            qwen3.build_graph(loaded, name)
+            if family is None
+            else family.build_graph(spec, loaded.weights, graph_name=name)
+        )
         onnx_graph.save(model, work / "model.onnx")
         del model
         release_memory()
@@ -191,6 +214,7 @@ def convert(
             notes=tuple(loaded.notes),
             licence=licence,
             opset=onnx_graph.OPSET,
+            format=PROMPT_FORMAT if template.prompt is not None else FORMAT_VERSION,
         )
         write_config(work, config)
 
@@ -200,7 +224,10 @@ def convert(
         progress("verify: scoring them with the reference implementation")
         release_memory()
         with quiet_transformers():  # its weight-loading bars and notices are not our user's business
-            theirs, reference_name = family.reference(loaded, source_folder, tok, pairs)
+            if family is None:  # the model card's prompt and formula; the token ids are checked too
+                theirs, reference_name = qwen3.verify(loaded, source_folder, tok, work, config, pairs)
+            else:
+                theirs, reference_name = family.reference(loaded, source_folder, tok, pairs)
         release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
@@ -210,9 +237,9 @@ def convert(
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
-        if variants:
+        if variants and family is not None:  # the fused graph (MultiHeadAttention) is the encoders'
             build_fused(work, loaded, progress)
-        graph = family.graph_facts(loaded)
+        graph = qwen3_graph_facts(loaded) if family is None else family.graph_facts(loaded)
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()

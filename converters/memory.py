@@ -4,21 +4,11 @@ Before any weights are read, :func:`check_fits` compares the conversion's estima
 resident memory with what the kernel says is available, and refuses a conversion that cannot
 fit, instead of letting the kernel kill it minutes later.
 
-The estimate is linear in the checkpoint's parameter count, measured as the peak RSS of whole
-``rerank-convert`` runs with the default variants (GNU time's maximum resident set size):
-
-==================================  ============  =========
-model                               parameters    peak RSS
-==================================  ============  =========
-the xlmr test fixture               0.27 M        0.54 GB
-XLM-R, bert-base body, 32k vocab    111 M         3.66 GB
-bge-reranker-v2-m3's shape          568 M         16.0 GB
-==================================  ============  =========
-
-The fixture is the runtime alone (Python, torch, transformers, ONNX Runtime): about 0.54 GB.
-Above it, (3.66 - 0.54) GB / 111 M = 28.0 and (16.0 - 0.54) GB / 568 M = 27.2 bytes per
-parameter: several float32 copies of the weights (the reader's, the ONNX graph's, the reference
-model's, ONNX Runtime's session, the variants' rewrites) alive at the peak.
+The estimate is linear in the checkpoint's parameter count: a baseline for the runtime alone
+(Python, torch, transformers, ONNX Runtime), plus several float32 copies of the weights (the
+reader's, the ONNX graph's, the reference model's, ONNX Runtime's session, the variants'
+rewrites) alive at the peak. Both constants are fitted to the peak RSS of whole
+``rerank-convert`` runs from 0.27 M to 568 M parameters (docs/performance.md, "Conversion").
 """
 
 from __future__ import annotations
@@ -34,7 +24,7 @@ from rerank.converters.errors import InsufficientMemoryError
 BYTES_PER_PARAMETER = 28
 """Peak resident bytes per checkpoint parameter, above :data:`BASELINE_BYTES` (see above)."""
 BASELINE_BYTES = 550_000_000
-"""What any conversion holds whatever the model (0.54 GB measured, rounded up)."""
+"""What any conversion holds whatever the model (the runtime alone, rounded up)."""
 MEMINFO = Path("/proc/meminfo")
 
 

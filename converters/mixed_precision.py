@@ -1,13 +1,12 @@
 """Mixed bf16: the weight matrix products of most layers in bf16, the rest of the graph in fp32.
 
-OpenVINO's bf16 inference precision puts every matrix product in bf16. On the one trained
-encoder measured (all-MiniLM-L6-v2 with a seeded head, 2 cores of an AMD EPYC Zen 5 with AVX-512
-BF16) that is 1.9x fp32 but fails the gate (max |Δ logit| 0.096 against 0.05, two queries'
-top 3 reordered), and OpenVINO's CPU plugin ignores the runtime hint that should keep chosen
-nodes in fp32. So the choice is written into the graph instead: each chosen MatMul gets
-``Cast(bfloat16)`` on both inputs and ``Cast(float)`` on its output, and the graph runs at
-precision f32, where OpenVINO executes exactly those products in bf16 (its oneDNN kernels on
-AVX-512 BF16 or AMX) and everything else (attention scores, softmax, LayerNorm, the head) in fp32.
+OpenVINO's bf16 inference precision puts every matrix product in bf16: fast, but on some
+trained encoders it fails the gate (docs/parity.md), and OpenVINO's CPU plugin ignores the
+runtime hint that should keep chosen nodes in fp32. So the choice is written into the graph
+instead: each chosen MatMul gets ``Cast(bfloat16)`` on both inputs and ``Cast(float)`` on its
+output, and the graph runs at precision f32, where OpenVINO executes exactly those products in
+bf16 (its oneDNN kernels on AVX-512 BF16 or AMX) and everything else (attention scores, softmax,
+LayerNorm, the head) in fp32.
 
 Which products: a short ladder of recipes, fastest first (:data:`RECIPES`); the converter gates
 each in turn and keeps the first that passes (:func:`rerank.converters.variants.write_variants`). The
@@ -49,8 +48,7 @@ RECIPES = (
     Recipe("feed-forward, all but the last layer", frozenset({"up", "down"}), 1),
     Recipe("feed-forward, all but the last two layers", frozenset({"up", "down"}), 2),
 )
-"""Fastest first; measured on all-MiniLM-L6-v2 (Zen 5, 32 x 192 batch): fp32 361 ms, every layer
-257 ms (max |Δ| 0.079: fails), all but the last 267 ms (0.043: passes), feed-forward only 297 ms."""
+"""Fastest first (each spares more of the graph than the one before); timings: docs/performance.md."""
 
 
 def weight_products(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, str]]:

@@ -288,9 +288,8 @@ class _FusedAttention:
         rope = _rope(b, spec, seq_len)
         merge_shape = b.const(_ints([0, 0, spec.hidden]))
         # The padding mask as key lengths [B] (the service pads on the right). A [B,S] mask
-        # keeps ONNX Runtime's CUDA kernel off its fused attention paths: measured on an H200,
-        # bge-m3's shape in fp16 at 64x200 ran in 30.1 ms with it and 20.4 ms with lengths
-        # (bench/results/gpu-mha-mask-experiment-20261126.log); the CPU gives identical scores.
+        # keeps ONNX Runtime's CUDA kernel off its fused attention paths (docs/performance.md,
+        # "GPU"); the CPU gives identical scores either way.
         lengths = b.op("ReduceSum", ATTENTION_MASK, b.const(_ints([1])), keepdims=0)
         key_lengths = b.op("Cast", lengths, to=TensorProto.INT32, hint="key_lengths")
         split_shape = b.const(_ints([0, 0, spec.heads, spec.head_dim]))

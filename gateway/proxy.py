@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from rerank.gateway.descriptor import descriptor_set, inline_descriptor_set
 from rerank.gateway.envoy import envoy_binary, envoy_log_level, write_config
-from rerank.gateway.envoy_config import render, to_yaml
+from rerank.gateway.envoy_config.bootstrap import render, to_yaml
 from rerank.service import __version__
 from rerank.service.settings import parse
 

@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank.gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
-from rerank.gateway.envoy_config import upstreams
-from rerank.gateway.supervisor import Child, StartupFailure, Supervisor, grpc_serving
+from rerank.gateway.envoy_config.clusters import upstreams
+from rerank.gateway.processes import Child, StartupFailure, Supervisor, grpc_serving
 from rerank.service import __version__
 from rerank.service.errors import ConfigurationError
 from rerank.service.settings import Settings, parse

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from rerank.service.backends.base import Backend
-from rerank.service.core.batching import pad
+from rerank.service.backends.base import Backend, pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.errors import ConfigurationError
 from rerank.service.model_folder import CONFIG_NAME, ModelFolderConfig, Variant, file_sha256

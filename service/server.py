@@ -16,9 +16,16 @@ from grpc_reflection.v1alpha import reflection
 
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import detect as detect_cpu
-from rerank.service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
+from rerank.service.backends.loader import (
+    candidate_variants,
+    load_backend,
+    runtime_note,
+    table_choice,
+    time_candidates,
+)
+from rerank.service.core.admission import Holds
 from rerank.service.core.batch_sizing import BatchSizing, size_batches
-from rerank.service.core.batching import BatchingConfig, Holds
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import ServedModel
 from rerank.service.core.tokenization import TokenizerPool
 from rerank.service.errors import ConfigurationError, QueueFull, Unavailable
@@ -38,17 +45,17 @@ from rerank.service.router.auth import ApiKeyInterceptor, Keyring
 from rerank.service.router.cohere_service import CohereService
 from rerank.service.router.guard import CallGuard
 from rerank.service.router.limits import Callers
-from rerank.service.router.rerank_service import RerankService
-from rerank.service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
-from rerank.service.router.validation import Limits
-from rerank.service.settings import Settings
-from rerank.service.telemetry import tracing
-from rerank.service.telemetry.metrics_endpoint import (
+from rerank.service.router.metrics_endpoint import (
     MetricsEndpoint,
     exposition_registry,
     forget_process,
     server_metrics,
 )
+from rerank.service.router.rerank_service import RerankService
+from rerank.service.router.tei_service import TeiFace, TeiInfo, TeiRerank, TeiRest
+from rerank.service.router.validation import Limits
+from rerank.service.settings import Settings
+from rerank.service.telemetry import tracing
 
 log = logging.getLogger("rerank")
 
@@ -153,6 +160,9 @@ class RerankServer:
             )
         cpu = detect_cpu()
         log.info("CPU %s (%s)", cpu.summary(), cpu.source)
+        note = runtime_note(s.device)
+        if note:
+            log.info(note)
         for folder in folders:
             try:
                 config = read_model_folder(folder)
@@ -194,7 +204,7 @@ class RerankServer:
     def early_admission(self, size: int, model: str | None = None) -> QueueFull | str:
         """The early check of a rerank request body of ``size`` bytes for ``model``, before it is
         read (the metrics port's ``GET /admission``): the refusal, or the token of the place it
-        holds (:class:`~rerank.service.core.batching.Holds`; '' where it holds none). Without ``model``
+        holds (:class:`~rerank.service.core.admission.Holds`; '' where it holds none). Without ``model``
         (Envoy cannot know it before reading the body) it holds a place on every served model
         with room, and is refused only if none has room, with the shortest retry delay; an
         unknown model is admitted without a hold (the call then fails on its own), and so is any
@@ -291,8 +301,9 @@ class RerankServer:
         limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
         callers = Callers(self.keyring)
         # Every face: the same models (batchers), limits and callers; only the shapes differ.
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(self.models, limits, callers), self.server)
-        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(self.models, limits, callers), self.server)
+        faces = (self.models, limits, callers, s.default_model)
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(*faces), self.server)
+        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(*faces), self.server)
         tei = TeiFace(self.models, limits, s.default_model, s.tokenizer_threads, callers)
         tei_rest_pb2_grpc.add_TeiServiceServicer_to_server(TeiRest(tei), self.server)
         tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(tei), self.server)

@@ -6,7 +6,7 @@ the commands that take it (``serve``: ``rerank-serve``; ``stack``: ``rerank-stac
 Envoy's rendered configuration). :func:`parse` builds a command's parser from the table
 (defaults, overridden by the environment, overridden by flags), the stack hands its replicas
 their settings through :meth:`Settings.to_env`, Envoy's configuration is rendered from the same
-object, and ``python -m rerank.service.settings`` prints the README's configuration table.
+object, and ``python -m rerank.service.settings`` prints the configuration table of docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def setting(
 
 @dataclass(frozen=True)
 class Settings:
-    """The whole configuration of one process. Field order is the order of the README's table."""
+    """The whole configuration of one process. Field order is the order of the documented table."""
 
     # --- models and inference ---------------------------------------------------------------
     models_dir: Path = setting(
@@ -99,7 +99,8 @@ class Settings:
     )
     default_model: str = setting(
         "",
-        "Model served to APIs that name none (TEI's /rerank and tei.v1); default: the only model, when one is served.",
+        "Model served to requests that name none (every face; TEI's API never names one); default: the only model, "
+        "when one is served.",
     )
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)
@@ -402,11 +403,11 @@ def parse(
     return settings, namespace
 
 
-# --------------------------------------------------------------------------------- the README table
+# ------------------------------------------------------------------------- the documented table
 
 
 def markdown_table() -> str:
-    """The README's configuration table, from the declarations."""
+    """The configuration table of docs/configuration.md, from the declarations."""
     rows = ["| environment variable | flag | default | commands | meaning |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(Settings):
         roles = ", ".join(r for r in ("serve", "stack", "gateway") if r in f.metadata["roles"])

@@ -812,7 +812,7 @@ def odd_unicode_cases() -> list[tuple[str, bytes]]:
 def odd_unicode_messages() -> list[Any]:
     """The same pieces in ``rerank.v1.RerankRequest`` messages (no lone surrogates: a protobuf
     string is UTF-8)."""
-    from tests.support import rerank_request
+    from tests.support.calls import rerank_request
 
     out = []
     for piece in ODD_PIECES:

@@ -127,6 +127,8 @@ class CatalogEntry:
     params: str
     max_length: int
     licence: str
+    notes: str = ""
+    """What a first run should know (a model's download and conversion cost), for ``--list``."""
 
 
 @dataclass(frozen=True)

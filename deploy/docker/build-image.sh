@@ -15,7 +15,7 @@
 # Environment: IMAGE (default rerank:dev; rerank-convert:dev for the convert target),
 # BASE_IMAGE, ONNXRUNTIME (another ONNX Runtime distribution in place of the locked
 # `onnxruntime`, e.g. 'onnxruntime-gpu[cuda,cudnn]==1.31.1' for the CUDA variant: see
-# README.md, Deploying), PYTHON (default .venv/bin/python), DOCKER (the client that builds).
+# docs/deploying.md), PYTHON (default .venv/bin/python), DOCKER (the client that builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

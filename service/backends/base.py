@@ -1,14 +1,14 @@
 """What the core asks of a backend, and nothing more.
 
-:mod:`rerank.service.core` sees only :class:`Batch` and :class:`Backend`; the concrete backends
-(:mod:`rerank.service.backends.onnx`, ...) implement the protocol, and :mod:`rerank.service.backends.loader`
-picks one for a model folder.
+:mod:`rerank.service.core` sees only :class:`Batch` (padded by :func:`pad`) and :class:`Backend`;
+the concrete backends (:mod:`rerank.service.backends.onnx`, ...) implement the protocol, and
+:mod:`rerank.service.backends.loader` picks one for a model folder.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +30,31 @@ class Batch:
         and warm-up run (the speed of a batch does not depend on its tokens)."""
         ids = np.full((pairs, length), token, dtype=np.int64)
         return cls(ids, np.ones_like(ids), np.zeros_like(ids))
+
+
+class Tokens(Protocol):
+    """One sequence to pad (the core's tokenized pair): int64 token ids and token type ids."""
+
+    @property
+    def ids(self) -> np.ndarray: ...
+
+    @property
+    def type_ids(self) -> np.ndarray: ...
+
+
+def pad(pairs: Sequence[Tokens], pad_id: int, with_types: bool) -> Batch:
+    """Right-pads ``pairs`` to the longest one; token type ids only ``with_types``."""
+    longest = max(len(p.ids) for p in pairs)
+    ids = np.full((len(pairs), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(pairs), longest), dtype=np.int64)
+    types = np.zeros((len(pairs), longest), dtype=np.int64) if with_types else None
+    for row, pair in enumerate(pairs):
+        n = len(pair.ids)
+        ids[row, :n] = pair.ids
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = pair.type_ids
+    return Batch(ids, mask, types)
 
 
 class Backend(Protocol):

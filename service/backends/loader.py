@@ -5,7 +5,8 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 * **CUDA** (ONNX Runtime): ``fp16`` if it passed its gate, else ``fp32-fused``, else ``fp32``.
 * **CPU**: the candidates are every CPU variant that is exact (fp32, on either runtime) or that
   passed the current gate against fp32 (``Variant.passed_gate``), whose runtime is installed
-  (OpenVINO is the optional extra ``openvino``) and whose arithmetic this CPU runs natively
+  (OpenVINO is a dependency wherever PyPI has its wheels, :data:`OPENVINO_PLATFORMS`; elsewhere
+  :func:`runtime_note` says so in the log) and whose arithmetic this CPU runs natively
   (:func:`runs_natively`: emulated bf16 is slower than fp32). The fastest is served: by the
   converter's timing table when it was measured on this CPU (:func:`table_choice`), else by
   timing a few micro-batches of each at start-up, interleaved (:func:`time_candidates`). With
@@ -14,6 +15,8 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 
 from __future__ import annotations
 
+import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,26 @@ MIN_ROUNDS = 2
 TIMING_PAIRS = 32
 TIMING_LENGTH = 192
 """The timed micro-batch: 32 pairs x min(192, max_length) tokens, about what the batcher packs
-from a request of ~150-word documents (W1: 42 x 191). A smaller one (16 x 128) ranked the
-exact graphs of minilm-ce within 4 % where W1 separates them by 1.35x: per-call overheads
-weigh more there than in the batches the server runs."""
+from a request of ~150-word documents. Smaller batches rank the candidates by per-call overheads,
+which weigh less in the batches the server runs."""
+
+
+OPENVINO_PLATFORMS = frozenset({("linux", "x86_64"), ("linux", "aarch64"), ("win32", "AMD64"), ("darwin", "arm64")})
+"""(``sys.platform``, ``platform.machine()``) where PyPI has OpenVINO's wheels, and where
+pyproject.toml therefore makes it a dependency (a unit test keeps the two the same)."""
+
+
+def runtime_note(device: str | None) -> str | None:
+    """One line for the log when the CPU serves without OpenVINO, saying why; else None."""
+    if _device(device) != "cpu" or runtime_available(OPENVINO):
+        return None
+    here = (sys.platform, platform.machine())
+    if here in OPENVINO_PLATFORMS:
+        return (
+            "OpenVINO is not installed, so models run on ONNX Runtime only; install it (pip install openvino, "
+            "a dependency of rerank on this platform) for the faster OpenVINO variants"
+        )
+    return f"OpenVINO has no package for {here[0]} {here[1]} on PyPI, so models run on ONNX Runtime only"
 
 
 def _device(device: str | None) -> str:
@@ -55,7 +75,7 @@ def runtime_available(runtime: str) -> bool:
 def runs_natively(variant: Variant, cpu: CpuFeatures) -> bool:
     """Whether this CPU has the instructions that make ``variant`` pay: bf16 needs AMX-BF16 or
     AVX-512 BF16; OpenVINO's int8 needs VNNI or AMX-INT8. ONNX Runtime's dynamic int8 runs on
-    AVX2's ``vpmaddubsw`` pairs too (~1.9x its fp32 GEMMs, bench/README.md's profile)."""
+    AVX2's ``vpmaddubsw`` pairs too (about twice its fp32 GEMMs' speed)."""
     if variant.precision in ("bf16", "bf16-mixed"):
         return cpu.native_bf16
     if variant.precision == "int8" and variant.runtime == OPENVINO:

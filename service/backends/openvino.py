@@ -16,16 +16,13 @@ bf16, which would silently change an "exact" variant's scores.
 
 It reads the plain ``model.onnx`` (OpenVINO fuses attention itself; the fused graph's
 ``com.microsoft`` ops gain it nothing). Shapes stay dynamic: the CPU plugin keeps kernels per
-input shape, and a new (pairs, length) costs milliseconds on its first run, not a recompilation
-(measured in an earlier exploration, on a branch not merged into this repository).
+input shape, so a new (pairs, length) costs a first run's kernel selection, not a recompilation.
 
 **Streams.** By default it runs two micro-batches at once (``NUM_STREAMS=2``, half the threads
-each; :attr:`OpenVinoBackend.streams`), and the batcher keeps both busy. On the 2-core Zen 5,
-minilm-ce's W1 documents took 502-512 ms in batches of 4 pairs on two one-core streams against
-618-644 ms for one two-core stream at its best size (after that machine's neighbours got busy;
-quiet, 512 vs 520 ms): two threads that meet at a barrier after every operator wait for each
-other, one thread per batch never does. A small request is split over the idle streams
-(W3: 10.9 ms against 13.4 ms). ``RERANK_STREAMS=1`` gives one stream on every thread.
+each; :attr:`OpenVinoBackend.streams`), and the batcher keeps both busy: two threads that meet at
+a barrier after every operator wait for each other, one thread per batch never does. A small
+request is split over the idle streams. ``RERANK_STREAMS=1`` gives one stream on every thread.
+(Figures: docs/performance.md, "Batching".)
 """
 
 from __future__ import annotations

@@ -3,12 +3,9 @@
 Bigger is not faster on a CPU. A transformer layer's activations grow with the tokens in the
 batch (``tokens x intermediate`` floats for the feed-forward alone); once they outgrow the
 caches, the element-wise work between the matrix products (GELU, LayerNorm, residual adds,
-softmax) runs from memory, and a token costs more. On a 2-core AMD EPYC (Zen 5, 2 MiB L2 per
-core), all-MiniLM-L6-v2's W1 documents (64 x 191 tokens) took, at a batch of 4 / 8 / 16 / 32 / 64
-pairs: OpenVINO mixed bf16 520 / 521 / 555 / 618 / 685 ms, OpenVINO f32 765 / 729 / 736 / 796 /
-853 ms, ONNX Runtime fp32 975 / 985 / 1002 / 1061 / 1184 ms. Too small a batch pays per-call
-overhead instead (1 pair at a time: 593, 856, 1040 ms). A GPU wants the opposite: the bigger the
-better, up to its memory. Where the curve bends depends on the model, the runtime and the
+softmax) runs from memory, and a token costs more. Too small a batch pays per-call overhead
+instead. A GPU wants the opposite: the bigger the better, up to its memory (measured curves:
+docs/performance.md, "Batching"). Where the curve bends depends on the model, the runtime and the
 machine, so the server measures it at start-up (:func:`size_batches`) instead of guessing: a
 short sweep of batch sizes on one typical length, and the batcher then cuts micro-batches at
 the fastest size (:class:`~rerank.service.core.batching.DynamicBatcher`), within its other limits.

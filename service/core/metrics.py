@@ -2,14 +2,14 @@
 the bench.
 
 :class:`Metrics` holds one server's Prometheus metric families (every name starts with
-``rerank_``; ``docs/observability.md`` lists them with their TEI equivalents). Each served model
+``rerank_``; ``docs/operating.md`` lists them with their TEI equivalents). Each served model
 records through its :class:`ModelMetrics`: the scheduler its batches, queue waits and queue
 gauges, the tokenizer pool its tokenization times, admission its rejections; the call guard
 (:mod:`rerank.service.router.guard`) records requests by method, model, key name and status code.
 
 ``ModelMetrics`` also keeps plain running totals for ``ListModels``' ``ModelStats``: they are
 this process's own, while ``/metrics`` may show every replica's (multiprocess mode,
-:mod:`rerank.service.telemetry.metrics_endpoint`).
+:mod:`rerank.service.router.metrics_endpoint`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PADDING_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NONE = "-"
 """Label value for "not known": no model resolved, no API key."""
 HOLD_OUTCOMES = ("placed", "taken", "lapsed", "late")
-"""The outcomes ``rerank_early_holds_total`` counts (:class:`~rerank.service.core.batching.Holds`)."""
+"""The outcomes ``rerank_early_holds_total`` counts (:class:`~rerank.service.core.admission.Holds`)."""
 
 
 class Metrics:
@@ -146,7 +146,7 @@ class Metrics:
             self.early_holds.labels(outcome)
 
     def record_hold(self, outcome: str) -> None:
-        """One outcome of an early-check hold (:class:`~rerank.service.core.batching.Holds`); any thread."""
+        """One outcome of an early-check hold (:class:`~rerank.service.core.admission.Holds`); any thread."""
         self.early_holds.labels(outcome).inc()
 
     def model(self, name: str) -> ModelMetrics:

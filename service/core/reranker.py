@@ -16,16 +16,12 @@ import numpy as np
 
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import CpuFeatures
+from rerank.service.core.admission import PADDING_ALLOWANCE, Holds, queue_time_refusal
 from rerank.service.core.batch_sizing import BatchSizing
-from rerank.service.core.batching import (
-    PADDING_ALLOWANCE,
-    BatchingConfig,
-    DynamicBatcher,
-    Holds,
-    Throughput,
-    queue_time_refusal,
-)
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import (
     WINDOW_OVERLAP,
     EncodedRequest,
@@ -138,18 +134,24 @@ class ServedModel:
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
+        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
         self.cost_per_byte = PADDING_ALLOWANCE / self.characters_per_token
         """The exact estimate's cost per UTF-8 byte of query and documents, learned from every
         request (it carries the query repeated per pair, truncation, windows and the script's
         bytes per character): what the early check prices a body's bytes at."""
-        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
 
     def estimate(
-        self, query: str, documents: list[str], long_documents: LongDocuments, max_document_tokens: int | None = None
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments,
+        max_document_tokens: int | None = None,
+        instruction: str | None = None,
     ) -> tuple[float, int]:
-        """A request's cost in padded tokens and its number of pairs, from its characters alone."""
+        """A request's cost in padded tokens and its number of pairs, from its characters alone
+        (a prompt's query part, instruction included, counts as the query)."""
         per_token = self.characters_per_token
-        head = len(query) / per_token + self.encoder.template.special_count
+        head = len(self.encoder.query_text(query, instruction)) / per_token + self.encoder.template.special_count
         room = max(1.0, self.config.max_length - head)
         step = max(1.0, room * (1 - WINDOW_OVERLAP))
         tokens = 0.0
@@ -197,20 +199,23 @@ class ServedModel:
         max_document_tokens: int | None = None,
         side: TruncationSide = "right",
         hold: str = "",
+        instruction: str | None = None,
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, then
         queued on that admission at its exact cost (checked again only if that is far over the
-        estimate: :data:`~rerank.service.core.batching.MISESTIMATE`). Raises QueryTooLong,
-        DocumentTooLong, QueueFull, RateLimited or TooManyDocuments. ``max_document_tokens``
-        and ``side`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for this
-        request (:class:`~rerank.service.core.batching.Holds`)."""
+        estimate: :data:`~rerank.service.core.admission.MISESTIMATE`). Raises QueryTooLong,
+        DocumentTooLong, QueueFull, RateLimited or TooManyDocuments; InvalidRequest for an
+        ``instruction`` to a model that takes none. ``max_document_tokens``, ``side`` and
+        ``instruction`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for
+        this request (:class:`~rerank.service.core.admission.Holds`)."""
+        self.encoder.check_instruction(instruction)  # before any admission: a bad request costs nothing
         self.metrics.requests += 1
         try:
             caller.admit()
         except RateLimited:
             self.metrics.reject("rate_limited")
             raise
-        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens)
+        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens, instruction)
         self.learn_cost_per_byte(query, documents, cost)
         reservation = self.batcher.admit(cost, pairs, hold)
         try:
@@ -223,6 +228,7 @@ class ServedModel:
                     metrics=self.metrics,
                     max_document_tokens=max_document_tokens,
                     side=side,
+                    instruction=instruction,
                 )
             if encoded.document_tokens:
                 ratio = encoded.characters / encoded.document_tokens

@@ -95,11 +95,11 @@ def _with_metadata(status: grpc.Status, extra: tuple[tuple[str, str], ...]) -> g
 
 HOLD_HEADER = "x-rerank-hold"
 """The early admission check's token for a request it admitted before its body was read: Envoy
-sets it (and drops any a client sends) and :class:`~rerank.service.core.batching.Holds` takes it."""
+sets it (and drops any a client sends) and :class:`~rerank.service.core.admission.Holds` takes it."""
 REPLICA_HEADER = "x-rerank-replica"
 """Which replica holds that place: on the check's answer, the metrics port it came from; on the
 request, Envoy's stateful-session form of that replica's gRPC address, so the request goes to the
-replica that holds its place (:func:`rerank.gateway.envoy_config.lua_admission`)."""
+replica that holds its place (:func:`rerank.gateway.envoy_config.filters.admission_script`)."""
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:

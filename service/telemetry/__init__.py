@@ -3,10 +3,10 @@
 * ``context.py``: the call being answered (request id, API key name, model), for log lines,
   metric labels and spans;
 * ``logs.py``: log lines as text or JSON, each with the request id of its call;
-* ``metrics_endpoint.py``: ``GET /metrics`` over HTTP (Prometheus text), one process's or, in
-  multiprocess mode, every replica's;
+* ``http1.py``: the small HTTP/1.1 server the metrics port runs on;
 * ``tracing.py``: OpenTelemetry spans, only when an OTLP endpoint is set.
 
-The metric families themselves are in :mod:`rerank.service.core.metrics`, recorded where the work
-happens. Never a key or a document's text goes into any of these.
+Below the core and the router: it imports neither. The metric families themselves are in
+:mod:`rerank.service.core.metrics`, recorded where the work happens; the metrics port that serves
+them is :mod:`rerank.service.router.metrics_endpoint`. Never a key or a document's text goes into any of these.
 """

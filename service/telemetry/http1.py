@@ -1,12 +1,11 @@
 """A small HTTP/1.1 server for the metrics port, on its own thread and event loop.
 
-It serves a WSGI application (:class:`~rerank.service.telemetry.metrics_endpoint.MetricsEndpoint`) to
+It serves a WSGI application (:class:`~rerank.service.router.metrics_endpoint.MetricsEndpoint`) to
 two kinds of caller: Prometheus, which scrapes now and then, and Envoy's early admission check,
-which asks before every large rerank body and waits at most 50 ms for the answer. The standard
+which asks before every large rerank body and waits a bounded time for the answer. The standard
 library's WSGI server fits the first and fails the second: it starts a thread per request, closes
 the connection after each answer (HTTP/1.0) and listens with a backlog of 5, so under load
-Envoy's checks waited for connections and threads (measured on 2 busy cores: p50 4 ms, p95 17 ms,
-p99 33 ms, once in 300 a whole second) and timed out into late refusals. Here connections stay open
+Envoy's checks waited for connections and threads and timed out. Here connections stay open
 (Envoy pools them), one event loop answers every request in turn, and ``fast`` paths (the
 admission check: a few microseconds of reading published state) are answered on the loop
 itself while anything else (rendering the metrics) runs on a worker thread.

@@ -18,9 +18,13 @@ import pytest
 
 from rerank.gateway.envoy import start as start_envoy
 from rerank.service.core.metrics import HOLD_OUTCOMES
+from rerank.service.router.metrics_endpoint import EARLY_HEADER as EARLY
 from rerank.service.settings import Settings
-from rerank.service.telemetry.metrics_endpoint import EARLY_HEADER as EARLY
-from tests.support import API_KEY, AUTH, Samples, StackProcess, free_port, start_service
+from tests.support import API_KEY, AUTH
+from tests.support.processes import free_port
+from tests.support.prometheus import Samples
+from tests.support.servers import start_service
+from tests.support.stack import StackProcess
 
 HEAVY = {
     "query": "what do pandas eat?",

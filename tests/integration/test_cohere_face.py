@@ -12,7 +12,8 @@ import pytest
 from cohere.core.api_error import ApiError
 from transformers import AutoTokenizer
 
-from tests.support import API_KEY, best_first, jina_logits, sigmoid
+from tests.support import API_KEY
+from tests.support.calls import best_first, jina_logits, sigmoid
 
 QUERY = "What is a panda?"
 DOCS = [

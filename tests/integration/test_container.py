@@ -21,8 +21,10 @@ import httpx
 import pytest
 
 from rerank.gateway import kubernetes
-from rerank.gateway.envoy_config import to_yaml
-from tests.support import API_KEY, Containers, Load, docker
+from rerank.gateway.envoy_config.bootstrap import to_yaml
+from tests.support import API_KEY
+from tests.support.containers import Containers, docker
+from tests.support.load import Load
 
 pytestmark = pytest.mark.container
 

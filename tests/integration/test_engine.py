@@ -7,7 +7,9 @@ import asyncio
 import grpc
 import pytest
 
-from tests.support import API_KEY, AUTH, DOCS, QUERY, free_port, rerank_request
+from tests.support import API_KEY, AUTH, DOCS, QUERY
+from tests.support.calls import rerank_request
+from tests.support.processes import free_port
 
 
 async def test_concurrent_requests_score_like_single_ones(stack):

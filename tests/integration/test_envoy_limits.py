@@ -15,7 +15,9 @@ import pytest
 
 from rerank.gateway.envoy import start as start_envoy
 from rerank.service.settings import Settings
-from tests.support import AUTH, free_port, start_service
+from tests.support import AUTH
+from tests.support.processes import free_port
+from tests.support.servers import start_service
 
 
 @pytest.fixture(scope="module")

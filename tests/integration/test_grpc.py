@@ -10,7 +10,9 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.reference import transformers_scores
-from tests.support import API_KEY, AUTH, DOCS, QUERY, rerank_request, start_service
+from tests.support import API_KEY, AUTH, DOCS, QUERY
+from tests.support.calls import rerank_request
+from tests.support.servers import start_service
 
 
 @pytest.mark.parametrize(("name", "kind"), [("xlmr-tiny", "xlmr"), ("bert-tiny", "bert")])

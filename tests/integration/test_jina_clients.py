@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from tests.support import API_KEY, best_first, jina_logits
+from tests.support import API_KEY
+from tests.support.calls import best_first, jina_logits
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no usage reports from the test
 

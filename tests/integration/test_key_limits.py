@@ -13,7 +13,9 @@ import pytest
 
 from rerank.gateway.envoy import start as start_envoy
 from rerank.service.settings import Settings
-from tests.support import Samples, free_port, start_service
+from tests.support.processes import free_port
+from tests.support.prometheus import Samples
+from tests.support.servers import start_service
 
 LIMITED, FREE = "limited-key-0001", "free-key-0002"
 BODY = {"query": "what do pandas eat?", "documents": ["bamboo", "fish"]}

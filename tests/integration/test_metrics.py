@@ -14,9 +14,12 @@ import pytest
 
 from rerank.gateway.envoy import Envoy
 from rerank.gateway.envoy import start as start_envoy
-from rerank.gateway.supervisor import Child
+from rerank.gateway.processes import Child
 from rerank.service.settings import Settings
-from tests.support import API_KEY, OTHER_KEY, Samples, free_port, key_name, start_service
+from tests.support import API_KEY, OTHER_KEY
+from tests.support.processes import free_port
+from tests.support.prometheus import Samples, key_name
+from tests.support.servers import start_service
 
 MODEL = "bert-tiny"
 RERANK = "/rerank.v1.RerankService/Rerank"

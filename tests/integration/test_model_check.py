@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rerank.gateway.supervisor import Child, grpc_serving
-from tests.support import API_KEY, free_port
+from rerank.gateway.processes import Child, grpc_serving
+from tests.support import API_KEY
+from tests.support.processes import free_port
 
 
 @pytest.fixture

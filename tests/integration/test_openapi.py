@@ -17,7 +17,8 @@ from google.protobuf import descriptor_pb2
 from openapi_spec_validator import validate
 
 from rerank.gateway.descriptor import descriptor_set
-from rerank.gateway.envoy_config import METRICS_CLUSTER, render
+from rerank.gateway.envoy_config.bootstrap import render
+from rerank.gateway.envoy_config.clusters import METRICS_CLUSTER
 from rerank.gateway.openapi import http_rules
 from rerank.service.settings import Settings
 from tests.support import REPO

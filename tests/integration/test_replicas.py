@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerank.gateway.supervisor import Child, grpc_serving
-from tests.support import API_KEY, Load, children_of, environ_of, free_port, free_ports
+from rerank.gateway.processes import Child, grpc_serving
+from tests.support import API_KEY
+from tests.support.load import Load
+from tests.support.processes import children_of, environ_of, free_port, free_ports
 
 LOAD_SECONDS = 20
 CLIENTS = 8

@@ -17,7 +17,9 @@ import grpc
 import httpx
 import pytest
 
-from tests.support import OTHER_KEY, Samples, StackProcess
+from tests.support import OTHER_KEY
+from tests.support.prometheus import Samples
+from tests.support.stack import StackProcess
 
 MODEL = "bert-tiny"
 RERANK = "/rerank.v1.RerankService/Rerank"

@@ -18,7 +18,8 @@ from tei_client import GrpcClient, HttpClient
 from tei_client.models import ModelType, TruncationDirection
 from tei_client.stubs import tei_pb2, tei_pb2_grpc
 
-from tests.support import API_KEY, AUTH, best_first, jina_logits, sigmoid
+from tests.support import API_KEY, AUTH
+from tests.support.calls import best_first, jina_logits, sigmoid
 
 # tei-client registers tei.v1 in protobuf's default pool; so does the service's own module.
 pytestmark = pytest.mark.separate_process

@@ -12,9 +12,12 @@ import httpx
 import pytest
 
 from rerank.gateway.envoy import start as start_envoy
-from rerank.gateway.supervisor import Child
+from rerank.gateway.processes import Child
 from rerank.service.settings import Settings
-from tests.support import API_KEY, AUTH, Certificates, free_port, free_ports, make_certificates, start_service
+from tests.support import API_KEY, AUTH
+from tests.support.certificates import Certificates, make_certificates
+from tests.support.processes import free_port, free_ports
+from tests.support.servers import start_service
 
 BODY = {"query": "what do pandas eat?", "documents": ["bamboo", "fish"]}
 

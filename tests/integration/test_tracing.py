@@ -16,7 +16,11 @@ import pytest
 
 from rerank.gateway.envoy import start as start_envoy
 from rerank.service.settings import Settings
-from tests.support import API_KEY, OtlpCollector, free_port, key_name, start_service
+from tests.support import API_KEY
+from tests.support.otlp import OtlpCollector
+from tests.support.processes import free_port
+from tests.support.prometheus import key_name
+from tests.support.servers import start_service
 
 MODEL = "bert-tiny"
 WORK = {"rerank.validate", "rerank.tokenize", "rerank.queue", "rerank.inference"}

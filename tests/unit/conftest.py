@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support import InProcessServer, StandInBackend, server_settings, write_stand_in_model
+from tests.support.servers import InProcessServer, server_settings
+from tests.support.stand_in import StandInBackend, write_stand_in_model
 
 STAND_IN_LIMITS = {
     "max_documents": 20,

@@ -1,7 +1,7 @@
 """The layering, checked on the source: nothing outside ``tests/`` imports ``tests``; the
 converter uses only the service's declared surface for build-time tools (see the ``service``
 package docstring); and the test suite's own rules: every test is a unit or an integration test,
-tests share helpers through :mod:`tests.support` only, and the unit tests need no torch."""
+tests share helpers through the :mod:`tests.support` package only, and the unit tests need no torch."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ INSTALLED = ("service", "gateway", "converters")
 """Top-level folders whose modules are installed as ``rerank.<folder>`` (setup.py)."""
 
 
-def _module_name(path: Path) -> str:
-    """The import name of ``path``: ``service/server.py`` is ``rerank.service.server``."""
-    parts = path.relative_to(REPO).with_suffix("").parts
+def _module_name(path: Path, root: Path = REPO) -> str:
+    """The import name of ``path`` under ``root``: ``service/server.py`` is ``rerank.service.server``."""
+    parts = path.relative_to(root).with_suffix("").parts
     if parts[0] in INSTALLED:
         parts = ("rerank", *parts)
     return ".".join(parts).removesuffix(".__init__")
@@ -42,10 +42,10 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
             yield node.lineno, node.module
 
 
-def imported_names(path: Path) -> Iterator[tuple[int, str]]:
+def imported_names(path: Path, root: Path = REPO) -> Iterator[tuple[int, str]]:
     """Like :func:`imported_modules`, with relative imports resolved against ``path``'s package,
     and ``from package import name`` also yielding ``package.name`` (which may be a module)."""
-    package = _module_name(path).split(".")
+    package = _module_name(path, root).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -101,6 +101,78 @@ def test_installed_packages_are_imported_by_their_installed_names(folder: str) -
     assert not offences, offences
 
 
+SERVICE_LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors", "settings", "model_folder", "protocol"}),
+    frozenset({"backends", "telemetry"}),
+    frozenset({"core"}),
+    frozenset({"router", "scoring", "model_check"}),
+    frozenset({"server"}),
+    frozenset({"main"}),
+    frozenset({"__main__"}),
+)
+"""The service's parts (its top-level modules and folders), lowest first, like TEI's: router ->
+core -> backends, with the error enum, the settings table and the model folder's schema at the
+bottom. A part imports only parts of lower layers and itself (``core/`` modules import one
+another); the package's face (``rerank.service``: its version) is open to all."""
+
+
+def _service_part(module: str) -> str | None:
+    """The part of the service ``module`` is in (``rerank.service.core.batching``: ``core``), or
+    None when it is not the service's or only its face."""
+    if not module.startswith("rerank.service."):
+        return None
+    part = module.split(".")[2]
+    return None if part.startswith("__") and part != "__main__" else part
+
+
+def _layer(part: str) -> int:
+    return next(n for n, parts in enumerate(SERVICE_LAYERS) if part in parts)
+
+
+def upward_imports(paths: list[Path], root: Path = REPO) -> list[str]:
+    """Imports in ``paths`` (the service's files under ``root``) from a part that is not in a
+    lower layer."""
+    offences = []
+    for path in paths:
+        own = _service_part(_module_name(path, root))
+        if own is None:
+            continue
+        for line, module in imported_names(path, root):
+            part = _service_part(module)
+            if part is not None and part != own and _layer(part) >= _layer(own):
+                offences.append(f"{path.relative_to(root)}:{line} ({own}) imports {module} ({part})")
+    return sorted(set(offences))
+
+
+def test_every_part_of_the_service_has_a_layer() -> None:
+    parts = {_service_part(_module_name(path)) for path in python_files("service")}
+    unplaced = sorted(p for p in parts if p is not None and not any(p in layer for layer in SERVICE_LAYERS))
+    assert not unplaced, f"put them in SERVICE_LAYERS: {unplaced}"
+
+
+def test_service_layers_import_only_downward() -> None:
+    """backends and telemetry import nothing of core, router or server; core nothing of router or
+    server; errors, settings and model_folder nothing of the service at all."""
+    offences = upward_imports(python_files("service"))
+    assert not offences, offences
+
+
+def test_an_upward_import_is_found(tmp_path: Path) -> None:
+    """The rule above is not vacuous: a backend importing the core, the core the router, or the
+    errors the settings, is each found."""
+    planted = {
+        "service/backends/onnx.py": "from rerank.service.core import batching\n",
+        "service/core/batching.py": "from rerank.service.router.status import status_json\n",
+        "service/errors.py": "import rerank.service.settings\n",
+        "service/router/status.py": "from rerank.service.core.batching import DynamicBatcher\n",
+    }
+    for name, text in planted.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    found = upward_imports(sorted(tmp_path.rglob("*.py")), tmp_path)
+    assert sorted({line.split(":")[0] for line in found}) == sorted(list(planted)[:3]), found
+
+
 def test_converter_modules_import_no_cycle() -> None:
     """Lazy imports included: a cycle is a cycle whether or not it happens to import today."""
     graph = {
@@ -141,7 +213,7 @@ def _is_test_module(module: str) -> bool:
 
 
 def test_tests_import_no_conftest_and_no_other_test() -> None:
-    """Helpers live in tests/support.py; a conftest holds fixtures, a test module holds tests."""
+    """Helpers live in tests/support/; a conftest holds fixtures, a test module holds tests."""
     offences = [
         f"{path.relative_to(REPO)}:{line} imports {module}"
         for path in sorted(TESTS.rglob("*.py"))
@@ -158,6 +230,7 @@ CONVERT_ONLY = {
     "rerank.converters.testing",
     "tests.reference",
     "tests.jinabert_numpy",
+    "tests.qwen3_reference",
 }
 """What the unit tests must never import: torch, or what imports it."""
 
@@ -165,7 +238,7 @@ CONVERT_ONLY = {
 def test_unit_tests_import_no_torch() -> None:
     offences = [
         f"{path.relative_to(REPO)}:{line} imports {module}"
-        for path in [*sorted((TESTS / "unit").rglob("*.py")), TESTS / "support.py", TESTS / "conftest.py"]
+        for path in [*sorted((TESTS / "unit").rglob("*.py")), *sorted((TESTS / "support").rglob("*.py"))]
         if path.exists()
         for line, module in imported_names(path)
         if any(module == m or module.startswith(m + ".") for m in CONVERT_ONLY)

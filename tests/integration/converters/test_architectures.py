@@ -17,12 +17,13 @@ from rerank.converters.convert import convert
 from rerank.converters.sources import load_source
 from rerank.converters.testing.checkpoints import KINDS
 from rerank.converters.testing.corpus import multilingual_strings
+from rerank.service.backends.base import pad
 from rerank.service.backends.onnx import OnnxBackend
-from rerank.service.core.batching import pad
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.model_folder import read_model_folder
 from tests.reference import reference_scores
-from tests.support import AUTH, InProcessServer, server_settings
+from tests.support import AUTH
+from tests.support.servers import InProcessServer, server_settings
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from rerank.converters.sources import load_source
 from rerank.converters.testing.corpus import multilingual_strings
 from rerank.converters.testing.llama_cpp import convert_to_gguf
 from tests.reference import reference_scores
-from tests.support import REPO, convert_with_cli, onnx_scores
+from tests.support import REPO
+from tests.support.conversions import convert_with_cli, onnx_scores
 
 FULL = ("xlmr", "jina-v2")  # llama.cpp keeps every weight of these
 NO_POOLER = ("bert", "jina-v1")  # llama.cpp's converter drops BERT's pooler

@@ -12,9 +12,9 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rerank.gateway import kubernetes
-from rerank.gateway.envoy_config import METRICS_CLUSTER
+from rerank.gateway.envoy_config.clusters import METRICS_CLUSTER
 from rerank.service.core.metrics import Metrics
-from tests.support import Samples
+from tests.support.prometheus import Samples
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy" / "grafana" / "rerank-dashboard.json"

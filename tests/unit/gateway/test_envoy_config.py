@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rerank.gateway.envoy_config import Upstream, render, render_default, upstreams
+from rerank.gateway.envoy_config.bootstrap import render, render_default
+from rerank.gateway.envoy_config.clusters import Upstream, upstreams
 from rerank.service.settings import Settings
 from tests.support import REPO
 
@@ -130,14 +131,14 @@ def test_incomplete_tls_settings_are_refused(settings, message):
 
 
 def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the_stacks_replicas():
-    from rerank.gateway.envoy_config import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER
+    from rerank.gateway.envoy_config.filters import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER
 
     stack = _hcm(render(Settings(metrics_port=9100), descriptor=Path("d.pb")))
     names = [f["name"] for f in stack["http_filters"]]
     assert names.index(FILTER_ADMISSION) == 0 and names[1] == FILTER_BUFFER
     code = stack["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
     assert 'local CHECKS = {"rerank_admission_0"}' in code and "httpCall(cluster," in code
-    assert f"size < {ADMISSION_MIN_BYTES}" in code
+    assert f"local MIN_BYTES = {ADMISSION_MIN_BYTES}" in code and "size < MIN_BYTES" in code
     assert '["/v1/rerank"] = true' in code and '["/v2/rerank"] = true' in code and '["/rerank"] = true' in code
     early = stack["local_reply_config"]["mappers"][1]["filter"]["metadata_filter"]
     assert early["match_if_key_not_found"] is False
@@ -150,7 +151,7 @@ def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the
 def test_with_replicas_an_admitted_body_goes_to_the_replica_that_holds_its_place():
     import base64
 
-    from rerank.gateway.envoy_config import FILTER_ADMISSION, FILTER_BUFFER, FILTER_SESSION
+    from rerank.gateway.envoy_config.filters import FILTER_ADMISSION, FILTER_BUFFER, FILTER_SESSION
 
     hcm = _hcm(render(Settings(metrics_port=9100, grpc_port=50051, replicas=2), descriptor=Path("d.pb")))
     names = [f["name"] for f in hcm["http_filters"]]
@@ -173,8 +174,9 @@ def test_with_replicas_an_admitted_body_goes_to_the_replica_that_holds_its_place
     }
     assert ports["rerank_admission_0"] == [9100] and ports["rerank_admission_1"] == [9101]
     # Never a client's: removed before anything else, and from every response.
-    assert code.index('headers:remove("x-rerank-replica")') < code.index('headers:get(":method")')
-    assert 'handle:headers():remove("x-rerank-replica")' in code.split("function envoy_on_request")[0]
+    assert 'local REPLICA_HEADER = "x-rerank-replica"' in code
+    assert code.index("headers:remove(REPLICA_HEADER)") < code.index('headers:get(":method")')
+    assert "handle:headers():remove(REPLICA_HEADER)" in code.split("function envoy_on_request")[0]
     one = _hcm(render(Settings(metrics_port=9100, replicas=1), descriptor=Path("d.pb")))
     assert FILTER_SESSION not in [f["name"] for f in one["http_filters"]]
     assert "local REPLICAS = {}" in one["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]

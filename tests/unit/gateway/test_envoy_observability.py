@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from rerank.gateway.envoy import envoy_log_level
-from rerank.gateway.envoy_config import (
-    ACCESS_LOG_FORMAT,
-    FILTER_TRANSCODER,
-    HTTP_TO_GRPC,
-    METRICS_CLUSTER,
-    lua_response,
-    render,
-)
+from rerank.gateway.envoy_config.access_log import ACCESS_LOG_FORMAT
+from rerank.gateway.envoy_config.bootstrap import render
+from rerank.gateway.envoy_config.clusters import METRICS_CLUSTER
+from rerank.gateway.envoy_config.filters import FILTER_TRANSCODER, response_script
+from rerank.gateway.envoy_config.local_reply import HTTP_TO_GRPC
 from rerank.service.settings import Settings
 
 DESCRIPTOR = Path("d.pb")
@@ -84,8 +81,9 @@ def test_the_access_log_is_one_json_line_that_reads_no_secret() -> None:
 
 
 def test_the_lua_filter_maps_http_back_to_the_grpc_codes_of_the_local_replies() -> None:
-    source = lua_response()
-    table = dict(re.findall(r'\["(\d+)"\] = "(\d+)"', source.split("\n", 1)[0]))
+    source = response_script("tei")
+    line = next(line for line in source.splitlines() if line.startswith("local HTTP_TO_GRPC = "))
+    table = dict(re.findall(r'\["(\d+)"\] = "(\d+)"', line))
     assert table == {str(status): str(code) for status, code in HTTP_TO_GRPC.items()}
     assert 'headers:remove("x-rerank-key")' in source
 

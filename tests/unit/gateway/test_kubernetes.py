@@ -12,8 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rerank.gateway import envoy_config, kubernetes
-from rerank.gateway.envoy_config import CLUSTER, to_yaml
+from rerank.gateway import kubernetes
+from rerank.gateway.envoy_config import bootstrap
+from rerank.gateway.envoy_config.bootstrap import to_yaml
+from rerank.gateway.envoy_config.clusters import CLUSTER
 from rerank.gateway.proxy import main as gateway_main
 from tests.support import REPO
 
@@ -88,7 +90,7 @@ def test_rerank_gateway_renders_the_same_configuration(capsys, monkeypatch):
         monkeypatch.delenv(name)
     monkeypatch.setenv("RERANK_UPSTREAMS", f"{kubernetes.HEADLESS_SERVICE}:50051")
     # In the image, the installed package's assets are where IMAGE_ASSETS links to.
-    monkeypatch.setattr(envoy_config, "packaged_assets", lambda: kubernetes.IMAGE_ASSETS)
+    monkeypatch.setattr(bootstrap, "packaged_assets", lambda: kubernetes.IMAGE_ASSETS)
     assert gateway_main(["--print-config", "--inline-descriptor"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == kubernetes.envoy_config()
 

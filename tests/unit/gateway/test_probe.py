@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rerank.gateway.probe import main, probe
-from tests.support import free_port
+from tests.support.processes import free_port
 
 
 @pytest.fixture

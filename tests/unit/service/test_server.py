@@ -16,7 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rerank.service.backends.base import Batch
 from rerank.service.errors import ConfigurationError
-from tests.support import AUTH, InProcessServer, StandInBackend, rerank_request, server_settings, write_stand_in_model
+from tests.support import AUTH
+from tests.support.calls import rerank_request
+from tests.support.servers import InProcessServer, server_settings
+from tests.support.stand_in import StandInBackend, write_stand_in_model
 
 
 def serve(models: Path, **settings: object) -> InProcessServer:
@@ -37,6 +40,19 @@ def test_insecure_no_auth_serves_without_keys(stand_in_models: Path) -> None:
     ):
         reply = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(rerank_request("alpha", ["a"], query="a"), timeout=10)
     assert len(reply.results) == 1
+
+
+def test_the_log_says_why_the_cpu_serves_without_openvino(
+    stand_in_models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rerank.service.backends import loader
+
+    monkeypatch.setattr(loader, "runtime_available", lambda runtime: runtime == "onnxruntime")
+    caplog.set_level("INFO", logger="rerank")
+    with serve(stand_in_models, device="cpu"):
+        pass
+    said = [r.getMessage() for r in caplog.records if "OpenVINO" in r.getMessage()]
+    assert said == [loader.runtime_note("cpu")]
 
 
 def test_no_model_folder_is_a_configuration_error(tmp_path: Path) -> None:

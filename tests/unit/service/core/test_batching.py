@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from rerank.service.backends.base import Batch
-from rerank.service.core.batching import BatchingConfig, DynamicBatcher, Throughput, cost_of
+from rerank.service.core.admission import cost_of
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import Pair
 from rerank.service.errors import QueueFull, TooManyDocuments
+from tests.support.stand_in import GatedModel
+from tests.support.waiting import until
 
 
 def pair(doc: int, length: int, token: int = 7) -> Pair:
@@ -22,30 +26,14 @@ def pair(doc: int, length: int, token: int = 7) -> Pair:
     return Pair(doc, ids, np.zeros(length, dtype=np.int64))
 
 
-class RecordingModel:
-    """A stand-in backend: score = sum of a row's token ids; remembers every batch it ran."""
-
-    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
-        self.batches: list[Batch] = []
-        self.delay = delay
-        self.gate = gate
-
-    def __call__(self, batch: Batch) -> np.ndarray:
-        if self.gate is not None:
-            self.gate.wait(10)
-        time.sleep(self.delay)
-        self.batches.append(batch)
-        return (batch.input_ids * batch.attention_mask).sum(axis=1).astype(float)
-
-
-def make(model: RecordingModel, **config) -> DynamicBatcher:
+def make(model: GatedModel, **config) -> DynamicBatcher:
     # Budgets by token count only: the gated stand-in model's speed means nothing.
     config = {"batch_seconds": 1e9, "max_queue_seconds": 1e9, **config}
     return DynamicBatcher(model, pad_id=0, with_types=False, config=BatchingConfig(**config), metrics=ModelMetrics())
 
 
 async def test_scores_come_back_in_request_order():
-    model = RecordingModel()
+    model = GatedModel()
     batcher = make(model, max_batch_tokens=64, max_batch_pairs=8)
     pairs = [pair(i, n, token=i + 1) for i, n in enumerate([5, 1, 9, 3])]
     scores = await batcher.score(pairs)
@@ -54,7 +42,7 @@ async def test_scores_come_back_in_request_order():
 
 
 async def test_micro_batches_respect_token_budget_and_sort_by_length():
-    model = RecordingModel()
+    model = GatedModel()
     batcher = make(model, max_batch_tokens=40, max_batch_pairs=100)
     lengths = [10, 2, 8, 3, 9, 1, 10, 4]
     await batcher.score([pair(i, n) for i, n in enumerate(lengths)])
@@ -69,16 +57,15 @@ async def test_micro_batches_respect_token_budget_and_sort_by_length():
 
 
 async def test_requests_queued_together_take_turns():
-    gate = threading.Event()
-    model = RecordingModel(gate=gate)
+    model = GatedModel(held=True)
     batcher = make(model, max_batch_tokens=10_000, max_batch_pairs=3)
     blocker = asyncio.create_task(batcher.score([pair(0, 1)]))
-    await asyncio.sleep(0.05)  # the model is busy: the next two requests queue together
+    await until(lambda: model.entered == 1, "the model busy")  # the next two requests queue together
     lengths = [2, 4, 6, 8]
     first = asyncio.create_task(batcher.score([pair(i, n) for i, n in enumerate(lengths)]))
     second = asyncio.create_task(batcher.score([pair(i, n) for i, n in enumerate(lengths)]))
-    await asyncio.sleep(0.05)
-    gate.set()
+    await until(lambda: batcher.queued_pairs == 8, "both requests queued")
+    model.gate.set()
     await asyncio.gather(blocker, first, second)
     seen = [[int(m.sum()) for m in b.attention_mask] for b in model.batches[1:]]
     # Each batch is shared (two slots to one, one to the other, in turn), each request shortest
@@ -89,14 +76,13 @@ async def test_requests_queued_together_take_turns():
 
 
 async def test_pairs_from_concurrent_requests_share_batches():
-    gate = threading.Event()
-    model = RecordingModel(gate=gate)
+    model = GatedModel(held=True)
     batcher = make(model, max_batch_tokens=10_000, max_batch_pairs=64)
     first = asyncio.create_task(batcher.score([pair(0, 4)]))
-    await asyncio.sleep(0.05)  # the first batch is now blocked inside the model
+    await until(lambda: model.entered == 1, "the first batch blocked inside the model")
     rest = [asyncio.create_task(batcher.score([pair(0, 4, token=t)] * 3)) for t in range(2, 6)]
-    await asyncio.sleep(0.05)
-    gate.set()
+    await until(lambda: batcher.queued_pairs == 12, "the other requests queued")
+    model.gate.set()
     await asyncio.gather(first, *rest)
     assert len(model.batches) == 2 and len(model.batches[1].input_ids) == 12
     await batcher.close()
@@ -105,20 +91,21 @@ async def test_pairs_from_concurrent_requests_share_batches():
 async def test_the_next_batch_starts_while_the_event_loop_is_busy():
     # The model's worker takes the next micro-batch itself when it finishes one: a loop busy
     # with other work (parsing, tokenizing, answering) does not leave the model idle.
-    gate = threading.Event()
-    model = RecordingModel(gate=gate)
+    model = GatedModel(held=True)
     batcher = make(model, max_batch_tokens=10_000, max_batch_pairs=2)
     scoring = asyncio.create_task(batcher.score([pair(i, 4, token=i + 1) for i in range(6)]))
-    await asyncio.sleep(0.05)  # the first batch waits at the gate, the second is composed
-    gate.set()
-    time.sleep(0.5)  # the event loop is busy: nothing of the batcher's runs on it meanwhile
-    assert len(model.batches) == 2  # the second batch ran all the same (the third is composed once the loop is free)
+    # The first batch waits at the gate, and its pairs have left the queue: the second is composed.
+    await until(lambda: model.entered == 1 and batcher.queued_pairs == 4, "the second batch composed")
+    model.gate.set()
+    # The event loop is kept busy (this thread blocks): nothing of the batcher's runs on it meanwhile.
+    model.block_until(lambda m: len(m.batches) == 2)  # the second batch ran all the same
+    assert len(model.batches) == 2  # (the third is composed once the loop is free)
     assert list(await scoring) == [4 * (i + 1) for i in range(6)]
     assert len(model.batches) == 3
     await batcher.close()
 
 
-class TwoAtOnce(RecordingModel):
+class TwoAtOnce(GatedModel):
     """A two-stream stand-in: each run waits (up to 5 s) until another run is in the model too."""
 
     def __init__(self) -> None:
@@ -147,7 +134,7 @@ async def test_a_two_stream_model_runs_two_batches_at_once():
 
 
 async def test_a_lone_request_is_split_over_idle_streams():
-    model = RecordingModel()
+    model = GatedModel()
     config = BatchingConfig(max_batch_tokens=10_000, batch_seconds=1e9, max_queue_seconds=1e9)
     batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), streams=2)
     await batcher.score([pair(i, n) for i, n in enumerate([12, 5, 11, 6, 10, 7, 9, 8])])
@@ -161,8 +148,9 @@ async def test_the_halves_of_a_lone_request_start_together():
     config = BatchingConfig(max_batch_tokens=10_000, batch_seconds=1e9, max_queue_seconds=1e9)
     batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), streams=2)
     scoring = asyncio.create_task(batcher.score([pair(i, 5) for i in range(8)]))
-    await asyncio.sleep(0)  # queued and scheduled
-    time.sleep(0.5)  # the event loop is busy: both halves must already have gone to the workers
+    await asyncio.sleep(0)  # one turn of the loop: the task runs, queued and scheduled
+    # The event loop is kept busy (this thread blocks): both halves must already have gone to the workers.
+    model.block_until(lambda m: len(m.batches) == 2)
     assert len(model.batches) == 2
     assert len(await scoring) == 8
     await batcher.close()
@@ -172,7 +160,7 @@ async def test_admission_counts_every_stream_s_speed():
     config = BatchingConfig(max_queue_seconds=1e9)
     one, two = (
         DynamicBatcher(
-            RecordingModel(),
+            GatedModel(),
             pad_id=0,
             with_types=False,
             config=config,
@@ -190,19 +178,17 @@ async def test_admission_counts_every_stream_s_speed():
 
 
 async def test_cancelled_request_never_reaches_the_model():
-    gate = threading.Event()
-    model = RecordingModel(gate=gate)
+    model = GatedModel(held=True)
     batcher = make(model, max_batch_tokens=10_000)
     running = asyncio.create_task(batcher.score([pair(0, 3, token=1)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.entered == 1, "the model busy")
     doomed = asyncio.create_task(batcher.score([pair(0, 3, token=99)] * 5))
-    await asyncio.sleep(0.05)
-    assert batcher.queued_pairs == 5
+    await until(lambda: batcher.queued_pairs == 5, "the request queued")
     doomed.cancel()  # what grpc.aio does when the client goes away
     with pytest.raises(asyncio.CancelledError):
         await doomed
     assert batcher.queued_pairs == 0
-    gate.set()
+    model.gate.set()
     await running
     survivor = await batcher.score([pair(0, 2, token=3)])
     assert list(survivor) == [6]
@@ -212,17 +198,17 @@ async def test_cancelled_request_never_reaches_the_model():
 
 
 async def test_queue_is_bounded():
-    gate = threading.Event()
-    batcher = make(RecordingModel(gate=gate), max_queue_pairs=6, max_batch_tokens=10_000)
+    model = GatedModel(held=True)
+    batcher = make(model, max_queue_pairs=6, max_batch_tokens=10_000)
     first = asyncio.create_task(batcher.score([pair(0, 2)] * 4))
-    await asyncio.sleep(0.05)  # taken by the model: no longer queued
+    await until(lambda: model.entered == 1 and batcher.queued_pairs == 0, "taken by the model: no longer queued")
     waiting = asyncio.create_task(batcher.score([pair(0, 2)] * 5))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued_pairs == 5, "the second request queued")
     with pytest.raises(QueueFull, match="retry later"):
         await batcher.score([pair(0, 2)] * 2)
     with pytest.raises(TooManyDocuments, match="more than the queue holds"):
         await batcher.score([pair(0, 2)] * 7)
-    gate.set()
+    model.gate.set()
     await asyncio.gather(first, waiting)
     assert batcher.metrics.rejected_requests == 2
     await batcher.close()
@@ -240,8 +226,7 @@ async def test_event_loop_is_free_while_the_model_runs():
 
     batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=BatchingConfig(), metrics=ModelMetrics())
     task = asyncio.create_task(batcher.score([pair(0, 4)]))
-    while not inside.is_set():  # yields to the loop: the batcher takes the pair to the model
-        await asyncio.sleep(0.001)
+    await until(inside.is_set, "the pair in the model")  # yields to the loop: the batcher takes it there
     released.set()  # this line runs on the loop, while the model is still inside run()
     assert list(await task) == [1.0], "the model ran on the event loop: the loop could not release it"
     await batcher.close()
@@ -250,23 +235,23 @@ async def test_event_loop_is_free_while_the_model_runs():
 async def test_a_failing_pair_fails_alone():
     """A micro-batch that fails runs again pair by pair: the request with the bad pair fails,
     the request sharing its batch succeeds, and the loop goes on."""
-    gate = threading.Event()
+    gated = GatedModel(held=True)
 
     def model(batch: Batch) -> np.ndarray:
-        gate.wait(10)
+        scores = gated(batch)
         if (batch.input_ids == 99).any():
             raise RuntimeError("boom")
-        return batch.input_ids.sum(axis=1).astype(float)
+        return scores
 
     batcher = DynamicBatcher(
         model, pad_id=0, with_types=False, config=BatchingConfig(batch_seconds=1e9), metrics=ModelMetrics()
     )
     blocker = asyncio.create_task(batcher.score([pair(0, 1)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: gated.entered == 1, "the model busy")
     good = asyncio.create_task(batcher.score([pair(0, 2, token=3), pair(1, 2, token=4)]))
     bad = asyncio.create_task(batcher.score([pair(0, 2, token=5), pair(1, 2, token=99)]))
-    await asyncio.sleep(0.05)
-    gate.set()
+    await until(lambda: batcher.queued_pairs == 4, "both requests queued")
+    gated.gate.set()
     assert list(await good) == [6.0, 8.0]
     with pytest.raises(RuntimeError, match="boom"):
         await bad
@@ -296,16 +281,15 @@ def fair(model, **config) -> DynamicBatcher:
 
 
 async def test_a_small_request_is_not_stuck_behind_large_ones():
-    gate = threading.Event()
-    model = RecordingModel(gate=gate)
+    model = GatedModel(held=True)
     batcher = fair(model, max_batch_pairs=8)
     blocker = asyncio.create_task(batcher.score([pair(0, 4)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.entered == 1, "the model busy")
     large = [asyncio.create_task(batcher.score([pair(i, 4, token=2)] * 100, client=f"big-{i}")) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued_pairs == 300, "the large requests queued")
     small = asyncio.create_task(batcher.score([pair(0, 4, token=9)], client="small"))
-    await asyncio.sleep(0.05)
-    gate.set()
+    await until(lambda: batcher.queued_pairs == 301, "the small one queued behind them")
+    model.gate.set()
     await asyncio.gather(blocker, small, *large)
     first_with_small = next(i for i, b in enumerate(model.batches) if (b.input_ids == 9).any())
     assert first_with_small == 1  # the batch right after the one in flight, not after 300 pairs
@@ -313,16 +297,15 @@ async def test_a_small_request_is_not_stuck_behind_large_ones():
 
 
 async def test_clients_get_equal_shares_of_a_batch():
-    gate = threading.Event()
-    model = RecordingModel(gate=gate)
+    model = GatedModel(held=True)
     batcher = fair(model, max_batch_pairs=8)
     blocker = asyncio.create_task(batcher.score([pair(0, 4)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.entered == 1, "the model busy")
     # One client with three big requests, another with one: 50/50 per batch, not 3:1.
     many = [asyncio.create_task(batcher.score([pair(0, 4, token=2)] * 40, client="a")) for _ in range(3)]
     one = asyncio.create_task(batcher.score([pair(0, 4, token=3)] * 40, client="b"))
-    await asyncio.sleep(0.05)
-    gate.set()
+    await until(lambda: batcher.queued_pairs == 160, "every request queued")
+    model.gate.set()
     await asyncio.gather(blocker, one, *many)
     shares = [int((b.input_ids[:, 0] == 3).sum()) for b in model.batches[1:6]]
     assert shares == [4, 4, 4, 4, 4]
@@ -330,14 +313,14 @@ async def test_clients_get_equal_shares_of_a_batch():
 
 
 async def test_the_batcher_cuts_micro_batches_at_the_chosen_size() -> None:
-    model = RecordingModel()
+    model = GatedModel()
     config = BatchingConfig(max_batch_tokens=10_000, max_batch_pairs=64, batch_seconds=1e9, max_queue_seconds=1e9)
     batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics(), batch_tokens=40)
     await batcher.score([pair(i, 10) for i in range(12)])
     assert [len(b.input_ids) for b in model.batches] == [4, 4, 4]
     await batcher.close()
     # The setting reaches it the same way when no size was measured.
-    model = RecordingModel()
+    model = GatedModel()
     config = BatchingConfig(max_batch_tokens=10_000, batch_tokens=30, batch_seconds=1e9, max_queue_seconds=1e9)
     batcher = DynamicBatcher(model, pad_id=0, with_types=False, config=config, metrics=ModelMetrics())
     await batcher.score([pair(i, 10) for i in range(6)])
@@ -351,13 +334,13 @@ async def busy_batcher(
     """A batcher at 1000 tokens/s whose model is held (until the gate is set) on a small batch,
     with ``queued_pairs`` pairs of 100 tokens waiting behind it: (batcher, gate, the running
     request, the queued one)."""
-    gate = threading.Event()
-    batcher = fair(RecordingModel(gate=gate), max_queue_seconds=max_queue_seconds, max_batch_pairs=1)
+    model = GatedModel(held=True)
+    batcher = fair(model, max_queue_seconds=max_queue_seconds, max_batch_pairs=1)
     blocker = asyncio.create_task(batcher.score([pair(0, 10)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.entered == 1, "the model busy")
     queued = asyncio.create_task(batcher.score([pair(i, 100) for i in range(queued_pairs)]))
-    await asyncio.sleep(0.05)
-    return batcher, gate, blocker, queued
+    await until(lambda: batcher.queued_pairs == queued_pairs, "the request queued")
+    return batcher, model.gate, blocker, queued
 
 
 async def test_admission_refuses_a_request_that_would_wait_too_long():
@@ -368,7 +351,7 @@ async def test_admission_refuses_a_request_that_would_wait_too_long():
     assert refused.value.retry_after == 4  # ceil(4.4 - 1)
     # A small one waits only its share: admitted.
     small = asyncio.create_task(batcher.score([pair(0, 10)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_pairs == 41, "the small request queued")
     gate.set()
     await asyncio.gather(blocker, queued, small)
     assert batcher.metrics.rejected_requests == 1
@@ -385,8 +368,8 @@ async def test_a_request_admitted_on_its_estimate_is_queued_on_that_admission():
     with pytest.raises(QueueFull):
         batcher.admit(cost_of(exact), 8)  # a fresh check at the exact cost refuses it
     admitted = asyncio.create_task(batcher.score(exact, reservation=reservation))
-    await asyncio.sleep(0.05)
-    assert not admitted.done() and batcher.metrics.queue_pairs == 16, "queued behind the other"
+    await until(lambda: batcher.metrics.queue_pairs == 16, "queued behind the other")
+    assert not admitted.done()
     # Far over its estimate (1100 > 2 x 500): checked again at its exact cost, and refused.
     reservation = batcher.admit(300.0, 10)
     with pytest.raises(QueueFull):
@@ -398,7 +381,7 @@ async def test_a_request_admitted_on_its_estimate_is_queued_on_that_admission():
 
 
 async def test_an_idle_server_admits_any_size():
-    batcher = fair(RecordingModel(), max_queue_seconds=0.001)
+    batcher = fair(GatedModel(), max_queue_seconds=0.001)
     scores = await batcher.score([pair(i, 100) for i in range(40)])
     assert len(scores) == 40
     await batcher.close()

@@ -12,18 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from rerank.service.core.batching import (
-    BatchingConfig,
-    DynamicBatcher,
-    Holds,
-    QueueState,
-    Throughput,
-    queue_time_refusal,
-)
+from rerank.service.core.admission import Holds, QueueState, queue_time_refusal
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.errors import QueueFull, Unavailable
 from rerank.service.router.auth import Keyring
-from rerank.service.telemetry.metrics_endpoint import ADMISSION_PATH, MetricsEndpoint
+from rerank.service.router.metrics_endpoint import ADMISSION_PATH, MetricsEndpoint
 
 STATE = QueueState(costs=(10_000.0, 500.0), running_until=0.0, tokens_per_second=1000.0, max_queue_seconds=5.0)
 

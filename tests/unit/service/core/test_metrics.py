@@ -12,30 +12,21 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from rerank.service.backends.base import Batch
-from rerank.service.core.batching import BatchingConfig, DynamicBatcher, Throughput
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import Metrics
+from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import Pair, TokenizerPool
 from rerank.service.errors import QueueFull, TooManyDocuments, Unavailable
-from tests.support import Samples
+from tests.support.prometheus import Samples
+from tests.support.stand_in import GatedModel
+from tests.support.waiting import until
 
 MODEL = "m"
 
 
 def pair(length: int, token: int = 7) -> Pair:
     return Pair(0, np.full(length, token, dtype=np.int64), np.zeros(length, dtype=np.int64))
-
-
-class GatedModel:
-    """Scores each row by its token sum, once ``gate`` opens."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def __call__(self, batch: Batch) -> np.ndarray:
-        self.gate.wait(10)
-        return (batch.input_ids * batch.attention_mask).sum(axis=1).astype(float)
 
 
 class FixedThroughput(Throughput):
@@ -66,9 +57,10 @@ async def test_batches_are_recorded_exactly() -> None:
     await b.score([pair(3), pair(5), pair(4)])  # one batch: 3 pairs of 5 padded tokens, 12 real
     model.gate.clear()
     first = asyncio.create_task(b.score([pair(2)]))
-    await asyncio.sleep(0.05)  # on the model, held by the gate
+    await until(lambda: model.entered == 2, "on the model, held by the gate")
     second = asyncio.create_task(b.score([pair(6), pair(6)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: b.queued_pairs == 2, "the second request queued")
+    await asyncio.sleep(0.05)  # a known wait, which the second request's queue time must include
     waiting = scrape(metrics)
     assert waiting.get_value("rerank_queue_pairs", model=MODEL) == 2
     # The batch in flight is estimated, and the queued 12 tokens (+10 % padding) at 1000 tokens/s.
@@ -111,9 +103,9 @@ async def test_rejections_are_counted_by_reason() -> None:
     b = batcher(metrics, model, max_queue_pairs=12, max_queue_seconds=1.0, max_batch_pairs=1)
     model.gate.clear()
     running = asyncio.create_task(b.score([pair(2)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.entered == 1, "the model busy")
     queued = asyncio.create_task(b.score([pair(100)] * 10))  # 1100 tokens of cost: 1.1 s at 1000/s
-    await asyncio.sleep(0.05)
+    await until(lambda: b.queued_pairs == 10, "the request queued")
     with pytest.raises(TooManyDocuments):
         await b.score([pair(2)] * 13)  # more than the queue holds
     with pytest.raises(QueueFull, match="the limit is 12"):
@@ -129,8 +121,9 @@ async def test_rejections_are_counted_by_reason() -> None:
 
     pool = TokenizerPool(threads=1, max_waiting=1)
     release = threading.Event()
-    busy = asyncio.create_task(pool.run(release.wait, 10, metrics=b.metrics))
-    await asyncio.sleep(0.05)
+    entered = threading.Event()
+    busy = asyncio.create_task(pool.run(lambda: entered.set() or release.wait(10), metrics=b.metrics))
+    await until(entered.is_set, "the tokenizer thread busy")
     with pytest.raises(QueueFull, match="tokenizer queue"):
         await pool.run(time.sleep, 0, metrics=b.metrics)
     release.set()

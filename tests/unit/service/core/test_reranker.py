@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank.service.core.batching import BatchingConfig
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import Ranked, Scored, ServedModel, rank
 from rerank.service.core.tokenization import EncodedRequest, TokenizerPool
 from rerank.service.model_folder import read_model_folder
-from tests.support import StandInBackend, write_stand_in_model
+from tests.support.stand_in import StandInBackend, write_stand_in_model
 
 
 def scored(scores: list[float], truncated: list[int] | None = None, windows: list[int] | None = None) -> Scored:

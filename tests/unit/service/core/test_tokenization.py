@@ -13,7 +13,7 @@ import pytest
 
 from rerank.service.core.tokenization import PairEncoder
 from rerank.service.errors import QueryTooLong
-from tests.support import BERT_LIKE, FIRST_WORD_ID, word_tokenizer
+from tests.support.stand_in import BERT_LIKE, FIRST_WORD_ID, word_tokenizer
 
 SPECIALS = 3  # [CLS] query [SEP] document [SEP]
 QUERY = "q"  # one token

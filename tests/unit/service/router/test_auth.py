@@ -12,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rerank.service.router.auth import ApiKeyInterceptor, Keyring, bearer_token, load_key_digests
-from tests.support import API_KEY, OTHER_KEY, rerank_request
+from tests.support import API_KEY, OTHER_KEY
+from tests.support.calls import rerank_request
 
 
 def test_key_file_of_digests(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support import AUTH, StandInBackend, rerank_request
+from tests.support import AUTH
+from tests.support.calls import rerank_request
+from tests.support.stand_in import StandInBackend
 
 BOOM = rerank_request("alpha", ["panda", "boom"], query="panda")
 """The stand-in backend fails on any batch holding ``boom``."""

@@ -17,7 +17,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rerank.service.backends.base import Batch
-from tests.support import AUTH, InProcessServer, StandInBackend, rerank_request, server_settings, word_overlap
+from tests.support import AUTH
+from tests.support.calls import rerank_request
+from tests.support.servers import InProcessServer, server_settings
+from tests.support.stand_in import StandInBackend, word_overlap
 
 QUERY = "what does the panda eat"
 DOCUMENTS = ["the red car", "the panda eats bamboo", "a giant panda", "bamboo forest", "the fox"]

@@ -22,7 +22,7 @@ from rerank.service.errors import (
 )
 from rerank.service.router.status import DOMAIN, status_code, to_status
 
-# What the README's error table promises (HTTP through Envoy's transcoder in the comments).
+# What the error table of docs/api.md promises (HTTP through Envoy's transcoder in the comments).
 EXPECTED = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,  # 400
     QueryTooLong: grpc.StatusCode.INVALID_ARGUMENT,  # 400
@@ -45,7 +45,7 @@ def kinds() -> list[type[RerankError]]:
 
 @pytest.mark.parametrize("kind", kinds(), ids=lambda k: k.__name__)
 def test_every_error_kind_has_its_code(kind: type[RerankError]) -> None:
-    assert kind in EXPECTED, f"{kind.__name__} is new: add it to the README's table and to EXPECTED"
+    assert kind in EXPECTED, f"{kind.__name__} is new: add it to docs/api.md's table and to EXPECTED"
     assert status_code(kind.__new__(kind)) == EXPECTED[kind]  # the code depends on the kind alone
 
 

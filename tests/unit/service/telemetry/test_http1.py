@@ -15,10 +15,12 @@ import pytest
 from rerank.service.telemetry.http1 import MAX_HEAD_BYTES, Http1Server
 
 release = threading.Event()
+slow_entered = threading.Event()
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     if environ["PATH_INFO"] == "/slow":
+        slow_entered.set()
         release.wait(10)
     if environ["PATH_INFO"] == "/broken":
         raise RuntimeError("a bug")
@@ -30,6 +32,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
 @pytest.fixture
 def port() -> Iterator[int]:
     release.clear()
+    slow_entered.clear()
     server = Http1Server(app, fast=lambda path: path == "/fast", name="test-http")
     bound = server.start("127.0.0.1", 0)
     try:
@@ -80,7 +83,7 @@ def test_one_connection_carries_many_requests(port: int) -> None:
 def test_the_fast_path_is_not_stuck_behind_a_slow_one(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port)) as slow, socket.create_connection(("127.0.0.1", port)) as fast:
         slow.sendall(b"GET /slow HTTP/1.1\r\n\r\n")
-        time.sleep(0.1)
+        assert slow_entered.wait(10), "the slow request never reached the application"
         started = time.monotonic()
         status, _, _ = exchange(fast, b"GET /fast HTTP/1.1\r\n\r\n")
         assert status.endswith("200 OK") and time.monotonic() - started < 0.5

@@ -5,18 +5,22 @@ micro-batch shared by two calls gives each call its own inference span with its 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="needs the [tracing] extra")
+
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from rerank.service.backends.base import Batch
-from rerank.service.core.batching import BatchingConfig, DynamicBatcher
+from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
 from rerank.service.core.tokenization import Pair
 from rerank.service.telemetry import tracing
+from tests.support.stand_in import GatedModel
+from tests.support.waiting import until
 
 METHOD = "/rerank.v1.RerankService/Rerank"
 
@@ -51,12 +55,7 @@ async def call(batcher: DynamicBatcher, parent: str, n: int) -> None:
 
 
 async def test_each_call_gets_its_spans_under_the_clients_parent(exporter: InMemorySpanExporter) -> None:
-    gate = threading.Event()
-
-    def model(batch: Batch) -> np.ndarray:
-        gate.wait(10)
-        return batch.input_ids.sum(axis=1).astype(float)
-
+    model = GatedModel(held=True)
     batcher = DynamicBatcher(
         model,
         pad_id=0,
@@ -65,11 +64,11 @@ async def test_each_call_gets_its_spans_under_the_clients_parent(exporter: InMem
         metrics=ModelMetrics(),
     )
     blocker = asyncio.create_task(batcher.score(pairs(1)))  # holds the model: both calls queue
-    await asyncio.sleep(0.05)
+    await until(lambda: model.entered == 1, "the model busy")
     one = asyncio.create_task(call(batcher, traceparent(0xA1, 0xB1), 2))
     two = asyncio.create_task(call(batcher, traceparent(0xA2, 0xB2), 3))
-    await asyncio.sleep(0.05)
-    gate.set()
+    await until(lambda: batcher.queued_pairs == 5, "both calls queued")
+    model.gate.set()
     await asyncio.gather(blocker, one, two)
     await batcher.close()
     tracing.shutdown()
