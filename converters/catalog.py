@@ -11,11 +11,8 @@ from pathlib import Path
 from rerank.converters.errors import SourceError
 from rerank.converters.families import catalog_entries
 from rerank.converters.families.base import CatalogEntry
-from rerank.converters.qwen3.catalog import ENTRIES as QWEN3_ENTRIES
 
-CATALOG: dict[str, CatalogEntry] = {
-    e.name: e for e in (*catalog_entries(), *(CatalogEntry(**entry) for entry in QWEN3_ENTRIES))
-}
+CATALOG: dict[str, CatalogEntry] = {e.name: e for e in catalog_entries()}
 """Every family's published models (:mod:`rerank.converters.families`), by served name."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from rerank.converters import families, gate_probes, onnx_graph, qwen3
+from rerank.converters import families, gate_probes, onnx_graph
 from rerank.converters.errors import CheckpointError, SourceError, VerificationError
 from rerank.converters.families.base import ModelFamily
 from rerank.converters.memory import release_memory
@@ -36,7 +36,7 @@ from rerank.service.model_folder import (
     file_sha256,
     write_config,
 )
-from rerank.service.scoring import runs_natively, runtime_available, score_pairs, time_variants
+from rerank.service.scoring import pair_ids, runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
@@ -143,13 +143,20 @@ def served_template(tokenizer: Tokenizer, loaded: LoadedModel, family: ModelFami
         raise SourceError(f"{loaded.source}: {exc}") from exc
 
 
-def qwen3_graph_facts(loaded: LoadedModel) -> dict[str, int]:
-    """A Qwen3-Reranker's graph facts: its vocabulary rows; RoPE tables built for ``max_length``."""
-    return {
-        "vocab_rows": int(loaded.weights["emb.word"].shape[0]),
-        "position_rows": loaded.spec.max_length,
-        "position_offset": 0,
-    }
+def check_prompt_ids(
+    work: Path, config: ModelFolderConfig, pairs: list[tuple[str, str]], expected: list[list[int]]
+) -> None:
+    """Refuses a model folder whose pair encoder does not give exactly ``expected`` (the model
+    card's token ids) for each pair, naming the first pair and position that differ."""
+    for n, (ours, theirs) in enumerate(zip(pair_ids(work, config, pairs), expected, strict=True)):
+        if ours != theirs:
+            at = next(
+                (k for k, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs))
+            )
+            raise VerificationError(
+                f"probe #{n}: the model folder's tokens differ from the model card's at position {at} "
+                f"({len(ours)} vs {len(theirs)} tokens). Nothing was written."
+            )
 
 
 def convert(
@@ -178,20 +185,14 @@ def convert(
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     work.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
-        spec = loaded.spec
-        decoder = qwen3.is_family(loaded)  # Qwen3-Reranker: a prompt template and a decoder graph
-        family = None if decoder else families.of(loaded)
+        spec, family = loaded.spec, families.of(loaded)
         progress("tokenizer: writing tokenizer.json")
         tok = write_tokenizer(source_folder, tokenizer, work)
-        template = qwen3.pair_template(tok, spec.pad_id) if family is None else served_template(tok, loaded, family)
+        template = served_template(tok, loaded, family)
         progress(
             f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}"
         )
-        model = (
-            qwen3.build_graph(loaded, name)
-            if family is None
-            else family.build_graph(spec, loaded.weights, graph_name=name)
-        )
+        model = family.build_graph(spec, loaded.weights, graph_name=name)
         onnx_graph.save(model, work / "model.onnx")
         del model
         release_memory()
@@ -224,10 +225,9 @@ def convert(
         progress("verify: scoring them with the reference implementation")
         release_memory()
         with quiet_transformers():  # its weight-loading bars and notices are not our user's business
-            if family is None:  # the model card's prompt and formula; the token ids are checked too
-                theirs, reference_name = qwen3.verify(loaded, source_folder, tok, work, config, pairs)
-            else:
-                theirs, reference_name = family.reference(loaded, source_folder, tok, pairs)
+            if family.prompt_ids is not None:
+                check_prompt_ids(work, config, pairs, family.prompt_ids(loaded, source_folder, tok, pairs))
+            theirs, reference_name = family.reference(loaded, source_folder, tok, pairs)
         release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
@@ -237,9 +237,9 @@ def convert(
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
-        if variants and family is not None:  # the fused graph (MultiHeadAttention) is the encoders'
+        if variants and family.fusions is not None:
             build_fused(work, loaded, progress)
-        graph = qwen3_graph_facts(loaded) if family is None else family.graph_facts(loaded)
+        graph = family.graph_facts(loaded)
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()

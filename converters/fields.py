@@ -110,6 +110,14 @@ def heads_divide(fields: Fields, hidden: int, heads: int, heads_key: str) -> Non
         raise fields.fail(heads_key, f"is {heads}, which does not divide the hidden size {hidden}")
 
 
+def shape_text(value: np.ndarray | tuple[int, ...] | None) -> str:
+    """A weight's shape as an error message shows it (``[3, 64]``, or ``missing``)."""
+    if value is None:
+        return "missing"
+    shape = value if isinstance(value, tuple) else value.shape
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
 def _shown(value: Any) -> str:
     """A value as an error message shows it: its type, and a short prefix of it."""
     text = repr(value)

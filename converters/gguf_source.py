@@ -50,10 +50,6 @@ def load_gguf(f: GgufFile) -> LoadedModel:
 def load_gguf_bundle(f: GgufFile, progress: Callable[[str], None] = print) -> SourceBundle:
     """A :class:`SourceBundle` for an opened GGUF file: weights plus the tokenizer rebuilt from
     its metadata."""
-    from rerank.converters import qwen3  # Qwen3-Reranker, a decoder: its own reader
-
-    if qwen3.matches_gguf(f):
-        return qwen3.load_gguf_bundle(f, progress=progress)
     layout, loaded = _read(f)
     progress(f"gguf: {f.architecture}, {loaded.spec.num_layers} layers, {f.dominant_type()}; rebuilding the tokenizer")
     if f.duplicate_keys:

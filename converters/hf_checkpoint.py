@@ -237,10 +237,6 @@ def load_checkpoint(source: str) -> LoadedModel:
     family registry recognises in it."""
     folder = fetch(source)
     config = read_config(folder)
-    from rerank.converters import qwen3  # Qwen3-Reranker, a decoder: its own reader
-
-    if qwen3.matches_checkpoint(config):
-        return qwen3.load_checkpoint(folder, config, source)
     tensors = _Tensors(folder)
     names = tensors.names()
     family, layout = families.checkpoint_layout(config, names, str(folder))
@@ -255,5 +251,6 @@ def load_checkpoint(source: str) -> LoadedModel:
         source_format="hf",
         notes=read.notes,
         files_sha256=tensors.hashes(),
+        source_dtype=read.source_dtype or "fp32",
         layout=layout.name,
     )

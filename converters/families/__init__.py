@@ -16,6 +16,7 @@ from typing import Any
 import rerank.converters.families.bert as bert
 import rerank.converters.families.gte as gte
 import rerank.converters.families.jina_bert as jina_bert
+import rerank.converters.families.qwen3 as qwen3
 import rerank.converters.families.xlm_roberta as xlm_roberta
 from rerank.converters.errors import CheckpointError, GgufError
 from rerank.converters.families.base import CatalogEntry, CheckpointLayout, GgufLayout, ModelFamily
@@ -26,6 +27,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
     bert.FAMILY,
     jina_bert.FAMILY,
     gte.FAMILY,
+    qwen3.FAMILY,
 )
 """Every family, in the order the catalog lists their models."""
 

@@ -48,6 +48,8 @@ class Read:
     spec: ModelSpec
     weights: Weights
     notes: list[str] = field(default_factory=list)
+    source_dtype: str | None = None
+    """The checkpoint's stored precision (``bf16``, ...), where its config declares one."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,15 @@ class Reference(Protocol):
         ...
 
 
+class PromptIds(Protocol):
+    def __call__(
+        self, loaded: LoadedModel, folder: Path | None, tokenizer: Tokenizer, pairs: list[tuple[str, str]]
+    ) -> list[list[int]]:
+        """Each pair's token ids as the model's own code builds them (its prompt, instruction
+        default and truncation); ``folder`` and ``tokenizer`` as for :class:`Reference`."""
+        ...
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     """A published model of the family that ``rerank-convert NAME`` knows."""
@@ -149,8 +160,12 @@ class ModelFamily:
     canonical weight's shape disagrees with the spec (the sources' sizes are not trusted)."""
     reference: Reference
     catalog: tuple[CatalogEntry, ...] = ()
-    fusions: str = "bert"
-    """ONNX Runtime's transformer optimizer ``model_type`` for the fused variants' base graph."""
+    fusions: str | None = "bert"
+    """ONNX Runtime's transformer optimizer ``model_type`` for the fused variants' base graph;
+    None: the family has no fused graph (its variants derive from ``model.onnx``)."""
+    prompt_ids: PromptIds | None = None
+    """For a family whose pairs are laid out in a prompt (:attr:`PairTemplate.prompt`): the token
+    ids its model card gives each pair, which the model folder's pair encoder must reproduce."""
 
     def __post_init__(self) -> None:
         for entry in self.catalog:

@@ -35,6 +35,7 @@ from rerank.converters.fields import (
     MAX_VOCAB,
     Fields,
     heads_divide,
+    shape_text,
 )
 from rerank.converters.spec import EncoderSpec, LoadedModel, Weights
 
@@ -355,7 +356,7 @@ def check_weights(spec: EncoderSpec, w: Weights, where: str, error: type[Excepti
     H, I = spec.hidden, spec.intermediate
     vocab = w["emb.word"].shape[0] if w["emb.word"].ndim == 2 else 0
     if not 0 < vocab <= MAX_VOCAB:
-        raise error(f"{where}: shape {_shape(w['emb.word'])} for the word embeddings; expected [vocabulary, {H}]")
+        raise error(f"{where}: shape {shape_text(w['emb.word'])} for the word embeddings; expected [vocabulary, {H}]")
     if spec.pad_id >= vocab:
         raise error(f"{where}: the padding token id {spec.pad_id} is outside the vocabulary of {vocab}")
     if not 1 <= spec.max_length <= MAX_LENGTH:
@@ -372,13 +373,13 @@ def check_weights(spec: EncoderSpec, w: Weights, where: str, error: type[Excepti
         table = w.get("emb.pos")
         if table is None or table.ndim != 2 or table.shape[0] < rows:
             raise error(
-                f"{where}: shape {_shape(table)} for {_WHAT['emb.pos']}; {spec.max_length} tokens need {rows} rows"
+                f"{where}: shape {shape_text(table)} for {_WHAT['emb.pos']}; {spec.max_length} tokens need {rows} rows"
             )
         expected["emb.pos"] = (table.shape[0], H)
     if "emb.type" in w:
         types = w["emb.type"].shape[0] if w["emb.type"].ndim == 2 else 0
         if types < (2 if spec.type_ids_input else 1):
-            raise error(f"{where}: shape {_shape(w['emb.type'])} for {_WHAT['emb.type']}")
+            raise error(f"{where}: shape {shape_text(w['emb.type'])} for {_WHAT['emb.type']}")
         expected["emb.type"] = (types, H)
     for i in range(spec.num_layers):
         o = f"L{i}."
@@ -394,7 +395,7 @@ def check_weights(spec: EncoderSpec, w: Weights, where: str, error: type[Excepti
         value = w.get(name)
         if value is None or value.shape != shape:
             raise error(
-                f"{where}: shape {_shape(value)} for {_described(name)}; the model's sizes need {_shape(shape)}"
+                f"{where}: shape {shape_text(value)} for {_described(name)}; the model's sizes need {shape_text(shape)}"
             )
 
 
@@ -422,13 +423,6 @@ def _described(name: str) -> str:
         layer, _, stem = stem.partition(".")
         return f"layer {layer[1:]}'s {_WHAT[stem].removeprefix('the ')}{part}"
     return f"{_WHAT.get(stem, _WHAT.get(name, name))}{part}"
-
-
-def _shape(value: np.ndarray | tuple[int, ...] | None) -> str:
-    if value is None:
-        return "missing"
-    shape = value if isinstance(value, tuple) else value.shape
-    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def build_graph(

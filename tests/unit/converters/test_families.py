@@ -2,7 +2,8 @@
 
 The source readers and the catalog consult :mod:`rerank.converters.families`; no module knows a
 family by name. A toy family that is not an encoder (its own spec type, weight names and reader)
-registered beside the real ones is found by the generic checkpoint and GGUF readers.
+registered beside the real ones is found by the generic checkpoint and GGUF readers, and the
+decoder family (Qwen3-Reranker) is known to them by its registration alone.
 """
 
 from __future__ import annotations
@@ -33,11 +34,28 @@ from rerank.converters.families.base import (
     Read,
 )
 from rerank.converters.gguf_file import GgufFile
-from rerank.converters.gguf_source import load_gguf
+from rerank.converters.gguf_source import load_gguf, load_gguf_bundle
 from rerank.converters.hf_checkpoint import load_checkpoint
 
 XLMR_NAMES = frozenset(
     {"roberta.embeddings.word_embeddings.weight", "roberta.encoder.layer.0.attention.self.query.weight"}
+)
+
+
+def small_gguf(path: Path, architecture: str, layers: int, tensor: str, rows: int = 4) -> None:
+    """A GGUF of ``architecture`` with a gpt2 tokenizer model and one [rows, 8] tensor."""
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_uint32(f"{architecture}.block_count", layers)
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_tensor(tensor, np.ones((rows, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+QWEN3_NAMES = frozenset(
+    {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.gate_proj.weight"}
 )
 
 
@@ -55,6 +73,9 @@ XLMR_NAMES = frozenset(
         ({"model_type": "bert"}, frozenset({"bert.encoder.layer.0.mlp.gated_layers.weight"}), "jina-bert"),
         ({"model_type": "new"}, frozenset(), "gte"),
         ({"model_type": "gte"}, frozenset(), "gte"),
+        # Qwen3-Reranker, the decoder family: model_type, else its architecture.
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}, QWEN3_NAMES, "qwen3"),
+        ({"architectures": ["Qwen3ForCausalLM"]}, QWEN3_NAMES, "qwen3"),
     ],
 )
 def test_checkpoint_layouts_are_recognised(config: dict[str, Any], names: frozenset[str], layout: str) -> None:
@@ -77,6 +98,7 @@ def test_unknown_and_ambiguous_checkpoints_are_refused() -> None:
         ("bert", "gpt2", "bert"),
         ("jina-bert-v2", "gpt2", "jina-bert"),
         ("new", "t5", "gte"),
+        ("qwen3", "gpt2", "qwen3"),
     ],
 )
 def test_gguf_layouts_are_recognised(architecture: str, tokenizer: str, family: str) -> None:
@@ -84,15 +106,39 @@ def test_gguf_layouts_are_recognised(architecture: str, tokenizer: str, family: 
 
 
 def test_unknown_gguf_architecture() -> None:
-    with pytest.raises(GgufError, match=r"'llama' is not a supported reranker \(bert, jina-bert-v2, new\)"):
+    with pytest.raises(GgufError, match=r"'llama' is not a supported reranker \(bert, jina-bert-v2, new, qwen3\)"):
         families.gguf_layout("llama", "gpt2", "f.gguf")
+
+
+def test_the_registry_lists_every_family() -> None:
+    assert [family.name for family in families.FAMILIES] == ["xlm-roberta", "bert", "jina-bert", "gte", "qwen3"]
+    layouts = [layout.name for family in families.FAMILIES for layout in family.checkpoints]
+    assert layouts == ["xlm-roberta", "jina-v2", "bert", "jina-bert", "gte", "qwen3"]
+    assert [e.name for e in families.by_name("qwen3").catalog] == [
+        "Qwen3-Reranker-0.6B",
+        "Qwen3-Reranker-4B",
+        "Qwen3-Reranker-8B",
+    ]
+
+
+def test_the_decoder_family_is_known_by_its_registration_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without its line in FAMILIES, nothing recognises Qwen3: neither reader, nor the catalog."""
+    config = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 1}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({name: np.ones((4, 8), np.float32) for name in QWEN3_NAMES}, str(tmp_path / "model.safetensors"))
+    small_gguf(tmp_path / "q.gguf", "qwen3", 1, "token_embd.weight")
+    monkeypatch.setattr(families, "FAMILIES", tuple(f for f in families.FAMILIES if f.name != "qwen3"))
+    with pytest.raises(CheckpointError, match="unsupported model_type 'qwen3'"):
+        load_checkpoint(str(tmp_path))
+    with pytest.raises(GgufError, match="'qwen3' is not a supported reranker"):
+        load_gguf_bundle(GgufFile.open(tmp_path / "q.gguf"), progress=lambda _: None)
+    assert not [e for e in families.catalog_entries() if e.architecture == "qwen3"]
 
 
 def test_the_catalog_is_the_families_entries() -> None:
     entries = [entry for family in families.FAMILIES for entry in family.catalog]
-    assert all(entry.architecture in {f.name for f in families.FAMILIES} for entry in entries)
-    entries += [entry for entry in CATALOG.values() if entry.architecture == "qwen3"]  # not yet a family
     assert list(CATALOG.values()) == entries and len(CATALOG) == len(entries)
+    assert all(entry.architecture in {f.name for f in families.FAMILIES} for entry in entries)
 
 
 # --- a family that is not an encoder -------------------------------------------------------------
@@ -159,13 +205,6 @@ def test_a_registered_family_reads_checkpoints(with_toy: None, tmp_path: Path) -
 
 
 def test_a_registered_family_reads_ggufs(with_toy: None, tmp_path: Path) -> None:
-    writer = GGUFWriter(str(tmp_path / "toy.gguf"), "toy")
-    writer.add_uint32("toy.block_count", 2)
-    writer.add_string("tokenizer.ggml.model", "gpt2")
-    writer.add_tensor("output.weight", np.ones((5, 8), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    small_gguf(tmp_path / "toy.gguf", "toy", 2, "output.weight", rows=5)
     loaded = load_gguf(GgufFile.open(tmp_path / "toy.gguf"))
     assert loaded.spec == ToySpec("toy", 2, 8, 32) and families.of(loaded) is TOY
