@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank.converters.families.base import CatalogEntry, Checkpoint, CheckpointLayout, GgufLayout, ModelFamily, Read
 from rerank.converters.qwen3.catalog import ENTRIES
+from rerank.converters.qwen3.spec import ARCHITECTURES
 from rerank.converters.qwen3.spec import FAMILY as NAME
 from rerank.converters.spec import LoadedModel, Weights
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from rerank.converters.gguf_file import GgufFile
     from rerank.converters.qwen3.spec import Qwen3Spec
     from rerank.service.model_folder import PairTemplate
-
-ARCHITECTURES = ("Qwen3ForCausalLM",)
 
 
 def _read_checkpoint(ck: Checkpoint) -> Read:

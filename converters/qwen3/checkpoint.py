@@ -17,10 +17,9 @@ from rerank.converters.errors import CheckpointError
 from rerank.converters.families.base import Checkpoint, Read
 from rerank.converters.fields import MAX_HEADS, MAX_INTERMEDIATE, MAX_LAYERS, Fields
 from rerank.converters.qwen3.prompt import MODEL_CARD_MAX_LENGTH, NO, YES
-from rerank.converters.qwen3.spec import Qwen3Spec
+from rerank.converters.qwen3.spec import ARCHITECTURES, Qwen3Spec
 from rerank.converters.spec import Weights
 
-ARCHITECTURES = ("Qwen3ForCausalLM",)
 MAX_POSITIONS = 1 << 24
 """``max_position_embeddings`` a config may declare (the model folder reads at most the model card's 8192)."""
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -113,14 +112,22 @@ def read_checkpoint(ck: Checkpoint) -> Read:
     LM head's two rows as a slice."""
     folder, config = ck.folder, ck.config
     _check_config(folder, config)
-    yes, no, pad = _token_ids(folder)
-    t = _Tensors(folder)
     layers = config.integer("num_hidden_layers", maximum=MAX_LAYERS)
     hidden = config.integer("hidden_size")
     heads = config.integer("num_attention_heads", maximum=MAX_HEADS)
     kv_heads = config.integer("num_key_value_heads", heads, maximum=heads)
+    if heads % kv_heads:
+        raise config.fail("num_key_value_heads", f"is {kv_heads}, which does not divide the {heads} query heads")
     head_dim = config.integer("head_dim", max(1, hidden // heads))
+    if head_dim % 2:
+        raise config.fail("head_dim", f"is {head_dim}; RoPE needs an even head dimension")
+    intermediate = config.integer("intermediate_size", maximum=MAX_INTERMEDIATE)
+    eps = config.number("rms_norm_eps", 1e-6, high=1.0)
+    base = rope_theta(config)
+    max_positions = config.integer("max_position_embeddings", MODEL_CARD_MAX_LENGTH, maximum=MAX_POSITIONS)
     bias = bool(config.raw("attention_bias", False))
+    yes, no, pad = _token_ids(folder)
+    t = _Tensors(folder)
     w: Weights = {"emb.word": t.get("model.embed_tokens.weight"), "norm": t.get("model.norm.weight")}
     for i in range(layers):
         p, o = f"model.layers.{i}.", f"L{i}."
@@ -138,16 +145,15 @@ def read_checkpoint(ck: Checkpoint) -> Read:
         raise CheckpointError(f"{folder}: the embedding table has {rows} rows, fewer than the tokenizer's ids")
     tied = bool(config.raw("tie_word_embeddings", False)) or "lm_head.weight" not in t
     w["head.w"] = w["emb.word"][[no, yes]].copy() if tied else t.get("lm_head.weight", rows=[no, yes])
-    max_positions = config.integer("max_position_embeddings", MODEL_CARD_MAX_LENGTH, maximum=MAX_POSITIONS)
     spec = Qwen3Spec(
         num_layers=layers,
         hidden=hidden,
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
-        intermediate=config.integer("intermediate_size", maximum=MAX_INTERMEDIATE),
-        rms_norm_eps=config.number("rms_norm_eps", 1e-6, high=1.0),
-        rope_base=rope_theta(config),
+        intermediate=intermediate,
+        rms_norm_eps=eps,
+        rope_base=base,
         max_length=min(MODEL_CARD_MAX_LENGTH, max_positions),
         yes_id=yes,
         no_id=no,

@@ -25,6 +25,8 @@ from rerank.converters.fields import MAX_VOCAB, shape_text
 from rerank.converters.spec import Weights
 
 FAMILY = "qwen3"
+ARCHITECTURES = ("Qwen3ForCausalLM",)
+"""The checkpoints' ``architectures`` (transformers' class)."""
 
 
 @dataclass(frozen=True)

@@ -298,6 +298,20 @@ GTE_CONFIG_EDITS: dict[str, dict[str, Any]] = {
     "NaN RoPE theta": {"rope_theta": float("nan")},
     "RoPE theta 1e300": {"rope_theta": 1e300},
 }
+QWEN3_CONFIG_EDITS: dict[str, dict[str, Any]] = {
+    "Qwen3: layers as a string": {"num_hidden_layers": "2"},
+    "Qwen3: 2^40 layers": {"num_hidden_layers": 2**40},
+    "Qwen3: zero hidden size": {"hidden_size": 0},
+    "Qwen3: no heads": {"num_attention_heads": DELETE},
+    "Qwen3: more key/value heads than heads": {"num_key_value_heads": 8},
+    "Qwen3: key/value heads not dividing the heads": {"num_key_value_heads": 3},
+    "Qwen3: an odd head dimension": {"head_dim": 31},
+    "Qwen3: negative RoPE theta": {"rope_theta": -1},
+    "Qwen3: RoPE scaling a list": {"rope_scaling": [8.0]},
+    "Qwen3: NaN RMSNorm epsilon": {"rms_norm_eps": float("nan")},
+    "Qwen3: architectures a number": {"architectures": 1},
+}
+"""Defects in the Qwen3-Reranker fixture's config.json (tiny: hidden 64, 4 heads, 2 key/value heads of 32)."""
 RAW_CONFIGS: dict[str, bytes] = {
     "config.json not JSON": b'{"model_type": "xlm-roberta",',
     "config.json a JSON list": b"[]",
@@ -363,8 +377,8 @@ def _header_edited(base: Path, edit: Callable[[dict[str, Any]], None]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data[8 + length :]
 
 
-def checkpoint_cases(xlmr: Path, gte: Path, out: Path) -> list[Case]:
-    """``config.json`` and tensor-file defects in copies of the ``xlmr`` and ``gte`` fixtures."""
+def checkpoint_cases(xlmr: Path, gte: Path, qwen3: Path, out: Path) -> list[Case]:
+    """``config.json`` and tensor-file defects in copies of the ``xlmr``, ``gte`` and Qwen3 fixtures."""
     out.mkdir(parents=True, exist_ok=True)
     cases = []
 
@@ -375,6 +389,8 @@ def checkpoint_cases(xlmr: Path, gte: Path, out: Path) -> list[Case]:
         add(name, lambda f, e=edit: _with_config(xlmr, f, _edited_config(xlmr, e)))
     for name, edit in GTE_CONFIG_EDITS.items():
         add(name, lambda f, e=edit: _with_config(gte, f, _edited_config(gte, e)))
+    for name, edit in QWEN3_CONFIG_EDITS.items():
+        add(name, lambda f, e=edit: _with_config(qwen3, f, _edited_config(qwen3, e)))
     for name, raw in RAW_CONFIGS.items():
         add(name, lambda f, r=raw: _with_config(xlmr, f, r))
     safetensors = (xlmr / "model.safetensors").read_bytes()

@@ -41,12 +41,13 @@ REAL_COMMAND = (
 
 
 @pytest.fixture(scope="module")
-def bases(checkpoint, tmp_path_factory) -> dict[str, Path]:
+def bases(checkpoint, qwen3_checkpoint, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bases")
     return {
         "gguf": base_gguf(checkpoint("xlmr"), out / "xlmr.gguf"),
         "xlmr": checkpoint("xlmr"),
         "gte": checkpoint("gte"),
+        "qwen3": qwen3_checkpoint(),
     }
 
 
@@ -55,7 +56,7 @@ def cases(bases, tmp_path_factory) -> list[Case]:
     out = tmp_path_factory.mktemp("crafted")
     crafted = structural_cases(bases["gguf"], out / "gguf")
     crafted += semantic_cases(bases["xlmr"], out / "semantic")
-    crafted += checkpoint_cases(bases["xlmr"], bases["gte"], out / "checkpoints")
+    crafted += checkpoint_cases(bases["xlmr"], bases["gte"], bases["qwen3"], out / "checkpoints")
     return crafted
 
 
