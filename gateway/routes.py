@@ -50,6 +50,3 @@ LIST_FIELDS = {"/v1/rerank": "documents", "/v2/rerank": "documents"}
 """REST paths whose body's named field must be a JSON list. The transcoder would read a lone
 string or object there as a list of one (``repeated google.protobuf.Value``), so Envoy refuses it
 before transcoding."""
-
-RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
-"""The REST rerank paths: where a large body is checked for room before it is read."""
