@@ -109,9 +109,6 @@ class Holds:
         self._record("invalid")
         return None
 
-    def __len__(self) -> int:
-        return len(self._held) + len(self._lapsed)
-
     def _expire(self) -> None:
         now = self._clock()
         while self._held:

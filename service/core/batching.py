@@ -83,7 +83,7 @@ class DynamicBatcher:
         streams: int = 1,
     ) -> None:
         self.name = name
-        self.holds = holds or Holds()
+        self.holds = holds if holds is not None else Holds()
         """The edge's check's places, this batcher's and its sibling models' (:class:`Holds`)."""
         self.config = config
         self.metrics = metrics

@@ -264,7 +264,7 @@ class Callers:
     ) -> None:
         self.keyring = keyring or Keyring([])
         self.buckets = buckets or MemoryBuckets()
-        self.holds = holds or Holds()
+        self.holds = holds if holds is not None else Holds()
 
     def of(self, context: grpc.aio.ServicerContext[Any, Any]) -> KeyCaller:
         """The caller of ``context``'s call; its :data:`~rerank.service.admission.contract.HOLD_HEADER`
