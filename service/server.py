@@ -321,11 +321,12 @@ class RerankServer:
             await self.health.set(name, status)
 
     async def _watch(self) -> None:
-        """The watchdog: health follows inference. While a model's inference is stuck
+        """The watchdog: health follows inference, and held places lapse on time. While a model's inference is stuck
         (:meth:`~rerank.service.core.batching.DynamicBatcher.stall`) the replica reports NOT_SERVING
         (gRPC health, ``/health`` 503), so Envoy moves traffic away; once it works again, SERVING."""
         while True:
             await asyncio.sleep(WATCHDOG_SECONDS)
+            self.holds.expire()  # places whose body never came go now, not at the next check
             stalls = {name: why for name, model in self.models.items() if (why := model.batcher.stall()) is not None}
             if stalls.keys() == self._stalls.keys():
                 self._stalls = stalls

@@ -82,7 +82,7 @@ class Holds:
     def place(self, key: str, costs: Mapping[str, float]) -> str:
         """Holds ``costs`` (by model) for :attr:`seconds` for a request charged to ``key`` (an
         opaque identity; '' without keys); returns the token that claims them."""
-        self._expire()
+        self.expire()
         token = secrets.token_urlsafe(16)
         now = self._clock()
         self._held[token] = _Token(key, dict(costs), now + self.seconds, now + self.seconds + self.memory)
@@ -93,13 +93,13 @@ class Holds:
 
     def costs(self, model: str) -> list[float]:
         """The costs held on ``model`` now."""
-        self._expire()
+        self.expire()
         return [t.costs[model] for t in self._held.values() if model in t.costs]
 
     def claim(self, token: str, key: str) -> Claim | None:
         """What ``token`` proves for a call with ``key``, taken (once); None when it proves
         nothing (never placed here, taken already, forgotten, or placed for another key)."""
-        self._expire()
+        self.expire()
         for table, outcome in ((self._held, "taken"), (self._lapsed, "late")):
             found = table.get(token)
             if found is not None and secrets.compare_digest(found.key, key):
@@ -109,7 +109,8 @@ class Holds:
         self._record("invalid")
         return None
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Lets the places whose time is up go (counted as lapsed), and forgets old tokens."""
         now = self._clock()
         while self._held:
             token, first = next(iter(self._held.items()))
