@@ -158,6 +158,7 @@ class RerankServer:
             self.callers,
             metrics=self.metrics,
             metrics_require_key=settings.metrics_require_key and bool(self.keyring),
+            max_request_bytes=settings.max_request_bytes,
             replica_address=settings.replica_address,
             peers=[p.strip() for p in settings.peers.split(",") if p.strip()],
             peer_secret=settings.peer_secret,

@@ -138,6 +138,7 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
         *,
         metrics: Metrics | None = None,
         metrics_require_key: bool = False,
+        max_request_bytes: int | None = None,
         replica_address: str = "",
         peers: Iterable[str] = (),
         peer_secret: str = "",
@@ -148,6 +149,9 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
         self.keyring: Keyring = callers.keyring
         self.metrics = metrics
         self.metrics_require_key = metrics_require_key
+        self.max_request_bytes = max_request_bytes
+        """Bodies over this size pass unpriced: Envoy's buffer filter answers them 413 (too large,
+        not busy: a client must not retry them)."""
         self.pin = base64.b64encode(replica_address.encode()).decode() if replica_address else ""
         """This replica's address as Envoy's header-based stateful session writes it ('' unknown)."""
         self.peers = list(peers) if peer_secret else []
@@ -192,6 +196,8 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
         # A native gRPC message's size is the client's to state or not: only a REST body is priced.
         length = http.headers.get("content-length", "")
         priced = length.isdigit() and not is_grpc(http.headers.get("content-type", ""))
+        if priced and self.max_request_bytes is not None and int(length) > self.max_request_bytes:
+            return Verdict(contract.ADMITTED, key)
         return await self._admit(http, key, int(length) if priced else None, forwarded)
 
     async def _admit(self, http: Any, key: ApiKey | None, size: int | None, forwarded: bool) -> Verdict:

@@ -140,7 +140,9 @@ def test_the_call_of_a_checked_request_is_not_charged_again(server) -> None:
 @pytest.fixture(scope="module")
 def tiny_queues(stand_in_models: Path) -> Iterator[tuple[InProcessServer, InProcessServer]]:
     """Two replicas, each the other's peer, each letting a request wait at most 10 ms."""
-    first, second = (serve(stand_in_models, max_queue_seconds=0.01, peer_secret="s3cret").start() for _ in range(2))
+    # (The fast stand-in models price a second's work at megabytes: bodies that large are allowed.)
+    settings = {"max_queue_seconds": 0.01, "peer_secret": "s3cret", "max_request_bytes": 2**30}
+    first, second = (serve(stand_in_models, **settings).start() for _ in range(2))
     try:
         for one, other in ((first, second), (second, first)):
             one.server.edge.peers = [other.target]
@@ -193,10 +195,16 @@ def test_a_direct_caller_minting_a_token_for_a_tiny_body_gets_no_place_for_a_big
     check(first.target, "/v1/rerank", big(first))  # someone else's body on its way: the queue is busy
     minted = ok_headers(check(first.target, "/v1/rerank", keyed(**{"content-length": "0"})))[contract.HOLD_HEADER]
     # Windows over long documents: a few hundredths of a second of the stand-in model's work.
-    request = rerank_request("alpha", ["panda bear bamboo " * 100] * 30, query="panda", long_documents="window")
+    request = rerank_request("alpha", ["panda bear bamboo " * 100] * 100, query="panda", long_documents="window")
     with grpc.insecure_channel(first.target) as channel:
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
             stub.Rerank(request, metadata=(*AUTH, (contract.HOLD_HEADER, minted)), timeout=10)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "would wait" in refused.value.details()
+
+
+def test_a_body_over_the_limit_passes_unpriced_for_envoy_to_refuse(server) -> None:
+    """Too large is 413 (Envoy's buffer filter), which a client must not retry, never a 429."""
+    too_large = check(server.target, "/v1/rerank", keyed(**{"content-length": str(64 * 1024 * 1024)}))
+    assert denied(too_large) is None and ok_headers(too_large) == {}
