@@ -278,7 +278,8 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
 
     def response(self, verdict: Verdict, grpc_call: bool) -> external_auth_pb2.CheckResponse:
         metadata = struct_pb2.Struct()
-        metadata.update({contract.KEY_METADATA: verdict.key.name if verdict.key else NONE})
+        if verdict.key is not None:
+            metadata.update({contract.KEY_METADATA: verdict.key.name})
         if verdict.outcome in contract.OUTCOMES:
             metadata.update({contract.ADMISSION_METADATA: verdict.outcome})
         if verdict.checks:
