@@ -30,8 +30,9 @@ $(VENV)/bin/python:
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 
 # Everything CI and development need.
-$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
+$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) requirements/isolated.in | $(VENV)/bin/python
 	$(PIP_INSTALL) -e '.[convert,gateway,cli,tracing,openvino,quantize,test,lint]'
+	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/isolated/xds-protos xds-protos
 	touch $@ $(SERVE_STAMP)
 
 # What `make serve` needs: serving and converting, not the test tools.
@@ -49,7 +50,8 @@ LOCK_ARGS ?=
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools==7.7.0
 	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,test,lint \
-		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in \
+		requirements/isolated.in
 	$(BIN)/python scripts/pin-build
 
 lint: install luacheck
