@@ -11,7 +11,7 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint luacheck model serve browser test test-unit test-integration test-unit-lean \
+.PHONY: install install-serve lock proto lint luacheck model serve browser redis test test-unit test-integration test-unit-lean \
 	fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
@@ -31,7 +31,7 @@ $(VENV)/bin/python:
 
 # Everything CI and development need.
 $(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) requirements/isolated.in | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway,cli,tracing,openvino,quantize,test,lint]'
+	$(PIP_INSTALL) -e '.[convert,gateway,cli,tracing,openvino,quantize,limits,test,lint]'
 	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/isolated/xds-protos xds-protos
 	touch $@ $(SERVE_STAMP)
 
@@ -49,7 +49,7 @@ install-serve: $(SERVE_STAMP)
 LOCK_ARGS ?=
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools==7.7.0
-	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,test,lint \
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,limits,test,lint \
 		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in \
 		requirements/isolated.in
 	$(BIN)/python scripts/pin-build
@@ -81,7 +81,7 @@ INTEGRATION_TESTS = $(BIN)/python -m pytest -q -m "not parity and not container 
 
 # Everything CI runs: the unit tests, then the integration tests (a recipe, not a prerequisite,
 # so that even `make -j` keeps the order and a unit failure shows in seconds).
-test: test-unit browser
+test: test-unit browser redis
 	$(INTEGRATION_TESTS)
 
 # No torch, no Envoy, no subprocess server: well under a minute.
@@ -90,7 +90,7 @@ test-unit: install
 
 # Real Envoy, real servers, converted fixture models, real client libraries and a headless
 # browser: minutes.
-test-integration: install browser
+test-integration: install browser redis
 	$(INTEGRATION_TESTS)
 
 # The unit tests in a venv without the [convert] extra (no torch, transformers, onnx, gguf):
@@ -110,6 +110,10 @@ test-unit-lean: $(LEAN)/.installed
 # same tests runs in `make test`. Prints the totals, the time and the service's peak memory.
 fuzz: install
 	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py $(PYTEST_ARGS)
+
+# Redis (Debian's package) for the per-key limits' shared store (tests/integration/test_limit_stores.py).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
 # Headless Chromium (Debian's package) for the API page's test (tests/integration/test_openapi.py).
 browser:

@@ -221,8 +221,9 @@ class Settings:
     insecure_no_auth: bool = setting(False, "Serve without API keys (never in production).")
     limits_store: str = setting(
         "",
-        "Where per-key limits (rps, tpm) are counted: empty for this process alone; a SQLite file that the "
-        "processes of one host share (rerank-stack sets <state dir>/limits.sqlite).",
+        "Where per-key limits (rps, tpm) are counted, so that they hold for every process that serves a key: empty "
+        "for this process alone; a SQLite file that the processes of one host share (rerank-stack's default: "
+        "<state dir>/limits.sqlite); redis://host:port/db for several hosts (the limits extra).",
     )
     # --- replicas (rerank-stack sets these for each replica) -------------------------------
     replica_address: str = setting(

@@ -16,7 +16,13 @@ serves the key, not for each:
 * :class:`MemoryBuckets`: in this process (a service alone);
 * :class:`SqliteBuckets`: a SQLite file that the processes of one host share (rerank-stack's
   replicas: ``<state dir>/limits.sqlite``); each operation is one ``BEGIN IMMEDIATE``
-  transaction, and the clock is the host's monotonic clock, which every process reads alike.
+  transaction, and the clock is the host's monotonic clock, which every process reads alike;
+* :class:`RedisBuckets`: a Redis server that the processes of several hosts share
+  (``redis://host:port/db``; needs the ``limits`` extra, redis-py); each operation is one Lua
+  script, atomic on the server, on the server's clock.
+
+A store that cannot be reached admits, and says so in the log: the limits are a fairness
+contract, not an authentication step.
 
 A request that came through the edge was charged there, by its check
 (:mod:`rerank.service.router.edge`): its call proves it with its token
@@ -52,6 +58,8 @@ class Bucket:
     """One key's bucket: ``capacity``, refilled at ``rate`` per second; the level may go negative (debt)."""
 
     name: str
+    """``rps:{<key digest>}`` or ``tpm:{<key digest>}`` (in braces: Redis Cluster keeps a key's
+    two buckets in one slot, so one script may update both)."""
     capacity: float
     rate: float
 
@@ -195,9 +203,98 @@ class SqliteBuckets:
         self._db.close()
 
 
+class RedisBuckets:
+    """Buckets on a Redis server that the processes of several hosts share."""
+
+    ADMIT = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local function level(key, capacity, rate)
+  local stored = redis.call('HMGET', key, 'level', 'updated')
+  if not stored[1] then return capacity end
+  return math.min(capacity, tonumber(stored[1]) + math.max(0, now - tonumber(stored[2])) * rate)
+end
+local function store(key, value, capacity, rate)
+  redis.call('HSET', key, 'level', tostring(value), 'updated', tostring(now))
+  redis.call('EXPIRE', key, math.ceil((capacity - math.min(value, 0)) / rate) + 60)
+end
+-- ARGV: the operation ('admit' or 'charge'), then for each key its kind ('requests' or
+-- 'tokens'), capacity and rate, then (to charge) the amount.
+local buckets = {}
+for i, key in ipairs(KEYS) do
+  local kind, capacity, rate = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  buckets[i] = {key = key, kind = kind, level = level(key, capacity, rate), capacity = capacity, rate = rate}
+end
+if ARGV[1] == 'charge' then
+  local b = buckets[1]
+  store(b.key, b.level - tonumber(ARGV[3 * #KEYS + 2]), b.capacity, b.rate)
+  return false
+end
+-- The rule of rerank.service.router.limits.decide: requests first, then tokens while positive.
+for _, b in ipairs(buckets) do
+  if b.kind == 'requests' and b.level < 1 then return {'requests_per_second', tostring((1 - b.level) / b.rate)} end
+  if b.kind == 'tokens' and b.level <= 0 then return {'tokens_per_minute', tostring(-b.level / b.rate)} end
+end
+for _, b in ipairs(buckets) do
+  store(b.key, b.kind == 'requests' and b.level - 1 or b.level, b.capacity, b.rate)
+end
+return false
+"""
+    TIMEOUT_SECONDS = 0.25
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ConfigurationError(
+                "RERANK_LIMITS_STORE: a Redis store needs the limits extra (pip install 'rerank[limits]')"
+            ) from None
+        try:
+            self._redis = redis.Redis.from_url(
+                url, socket_timeout=self.TIMEOUT_SECONDS, socket_connect_timeout=self.TIMEOUT_SECONDS
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"RERANK_LIMITS_STORE: {exc}") from None
+        self._script = self._redis.register_script(self.ADMIT)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+        self.url = url
+
+    def _run(self, buckets: list[Bucket], operation: str, *rest: float) -> Any:
+        keys = [f"rerank:{b.name}" for b in buckets]
+        argv: list[str | float] = [operation]
+        for bucket in buckets:
+            argv += ["requests" if bucket.name.startswith("rps:") else "tokens", bucket.capacity, bucket.rate]
+        argv += rest
+        try:
+            return self._script(keys=keys, args=argv)
+        except self._errors as exc:
+            log.warning("per-key limits not counted (%s: %s)", self.url.split("@")[-1], exc)
+            return None
+
+    def admit(self, requests: Bucket | None, tokens: Bucket | None) -> tuple[str, float] | None:
+        buckets = [b for b in (requests, tokens) if b is not None]
+        if not buckets:
+            return None
+        refusal = self._run(buckets, "admit")
+        if not refusal:
+            return None
+        return refusal[0].decode(), float(refusal[1])
+
+    def charge(self, tokens: Bucket, amount: float) -> None:
+        self._run([tokens], "charge", amount)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
 def open_buckets(store: str) -> Buckets:
-    """The buckets ``RERANK_LIMITS_STORE`` names: '' this process, else a SQLite file's path."""
-    return SqliteBuckets(Path(store)) if store else MemoryBuckets()
+    """The buckets ``RERANK_LIMITS_STORE`` names: '' this process, ``redis://...`` (or
+    ``rediss://``, ``unix://``) a Redis server, anything else a SQLite file's path."""
+    if not store:
+        return MemoryBuckets()
+    if store.startswith(("redis://", "rediss://", "unix://")):
+        return RedisBuckets(store)
+    return SqliteBuckets(Path(store))
 
 
 class KeyCaller:
@@ -210,12 +307,12 @@ class KeyCaller:
         self.claim = claim
         self._buckets = buckets
         self._requests = (
-            Bucket(f"rps:{key.digest.hex()}", max(1.0, key.requests_per_second), key.requests_per_second)
+            Bucket(f"rps:{{{key.digest.hex()}}}", max(1.0, key.requests_per_second), key.requests_per_second)
             if key is not None and key.requests_per_second
             else None
         )
         self._tokens = (
-            Bucket(f"tpm:{key.digest.hex()}", key.tokens_per_minute, key.tokens_per_minute / 60.0)
+            Bucket(f"tpm:{{{key.digest.hex()}}}", key.tokens_per_minute, key.tokens_per_minute / 60.0)
             if key is not None and key.tokens_per_minute
             else None
         )
