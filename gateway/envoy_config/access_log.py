@@ -11,7 +11,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "time": "%START_TIME%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
-    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):512%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "grpc_status": "%DYNAMIC_METADATA(rerank:grpc_status)%",
@@ -26,7 +26,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "flags": "%RESPONSE_FLAGS%",
 }
 """Envoy's access-log line, one JSON object per request. ``path`` and ``method`` are the
-client's (a REST call's, before transcoding); ``key`` (the API key's name, never the key),
+client's (a REST call's, before transcoding; the path's first 512 bytes); ``key`` (the API key's name, never the key),
 ``admission`` and ``admission_checks`` come from the edge's check (:mod:`rerank.service.admission.contract`:
 denied or not, and whether or not the request's body ever came); ``grpc_status``, the call's gRPC
 code (REST calls too), from the Lua filter (``lua/common.lua``)."""
