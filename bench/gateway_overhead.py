@@ -8,7 +8,7 @@ per path, in turn, so every path sees the same machine state; the figure that ma
 median of the per-round differences against direct gRPC (a difference of medians would mix in
 the server's own noise). The REST paths differ only in the client: the bench's lean client
 (one ``sendall``, reply read by ``Content-Length``), ``http.client`` and httpx. Writes
-``bench/results/gateway-<time>.json``.
+``bench/results/gateway.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import httpx
 import numpy as np
 
 from bench import models as bench_models
+from bench import results
 from bench.http_client import LeanHttpClient
+from bench.measure import cpu_summary
 from bench.peers import API_KEY, OurServer, OursGrpc, free_port
 from bench.workloads import make
 from rerank.service.model_folder import find_model_folders, read_model_folder
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> int:
@@ -128,22 +128,11 @@ def main() -> int:
             }
         )
         print(f"{name:20s} {rows[-1]['p50_ms']:8.2f} {rows[-1]['p99_ms']:8.2f} {added:20.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "model": model_name,
-                "workload": "W3",
-                "rounds": args.rounds,
-                "rows": rows,
-                "command": "python -m bench.gateway_overhead "
-                + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-            },
-            indent=2,
-        )
-        + "\n"
+    command = "python -m bench.gateway_overhead " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None
     )
+    record = {"model": model_name, "workload": "W3", "rounds": args.rounds, "rows": rows}
+    out = results.save("gateway", {"date": results.now(), "command": command, "cpu": cpu_summary(), **record})
     print(f"wrote {out}")
     return 0
 

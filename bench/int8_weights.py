@@ -10,7 +10,7 @@ most sensitive; the converter's ``ov-int8`` keeps them in fp32), scores the conv
 probes (:mod:`rerank.converters.gate_probes`) with each, and prints each gate report against ONNX
 Runtime fp32, as the converter's gate would judge a variant. Static int8 (the converter's
 ``ov-int8``) adds activation rounding on top of this, so a recipe can do no better than the
-weights it rounds. Writes ``bench/results/int8-weights-*.json`` and ``.png``. About a minute
+weights it rounds. Writes ``bench/results/int8-weights.json`` and ``.png``. About a minute
 on 2 cores once the model is built.
 """
 
@@ -19,18 +19,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import models as bench_models
+from bench import results as bench_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = bench_results.RESULTS
 LAYERS = {
     "embeddings": [r"word_.*", r"pos_.*", r"gather_.*"],
     "head": [r"head_.*"],
@@ -144,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['max_abs_diff']:8.4f}  {100 * r['max_rel_diff']:10.1f} %  {verdict}"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"int8-weights-{time.strftime('%Y%m%d-%H%M%S')}"
+    chart(results, gate_probes.MAX_ABS_DIFF, RESULTS / "int8-weights.png")
     record = {"command": "python -m bench.int8_weights", "cpu": cpu_summary(), "model": model.name, "results": results}
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1, default=float) + "\n")
-    chart(results, gate_probes.MAX_ABS_DIFF, stem.with_suffix(".png"))
-    print(f"\nwrote {stem}.json and .png")
+    path = bench_results.save("int8-weights", {"date": bench_results.now(), **record})
+    print(f"\nwrote {path} and .png")
     return 0
 
 

@@ -5,7 +5,8 @@
 * :func:`request_tokens` counts a request's tokens with the model folder's own tokenizer and
   pair template, the way the server encodes it;
 * :func:`padding_fraction` replays the server's micro-batching rule on those token lengths;
-* :func:`machine_peak` estimates the CPU's peak fp32 GFLOP/s from ``lscpu``.
+* :func:`machine_peak` estimates the CPU's peak fp32 GFLOP/s from ``lscpu``;
+* :func:`cpu_line` names the CPU and its matrix features (/proc/cpuinfo), for every result.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import psutil
 
 from bench.peers import THREADS, Peer
 from bench.workloads import Workload
+from rerank.service.backends.cpu_features import CpuFeatures
 
 
 @dataclass
@@ -100,14 +102,18 @@ class Monitor:
 
 
 def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, tokens_per_request: int) -> None:
-    """Runs one repetition: each of ``workload.clients`` clients sends ``requests`` requests in turn."""
+    """Runs one repetition: each of ``workload.clients`` clients sends ``requests`` requests in turn.
+
+    A peer that times its own calls (a library in a worker process, :meth:`Peer.score`) is
+    charged those times; with one client the repetition's time is then their sum, so the pipe
+    to the worker counts for nothing. Otherwise the client's clock and the wall time count."""
 
     def client() -> list[float]:
         times = []
         for _ in range(requests):
             start = time.perf_counter()
-            peer.score(workload.query, workload.documents)
-            times.append(time.perf_counter() - start)
+            own = peer.score(workload.query, workload.documents)
+            times.append(time.perf_counter() - start if own is None else own)
         return times
 
     # Not a ``with`` block: on Ctrl-C the clients may wait on a server for minutes, and the caller
@@ -117,11 +123,12 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
         with Monitor(peer.pids(), peer.rss_baseline()) as monitor:
             start = time.perf_counter()
             futures = [pool.submit(client) for _ in range(workload.clients)]
-            for future in futures:
-                into.latencies += future.result()
-            into.seconds += time.perf_counter() - start
+            latencies = [t for future in futures for t in future.result()]
+            wall = time.perf_counter() - start
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+    into.latencies += latencies
+    into.seconds += sum(latencies) if workload.clients == 1 and peer.times_itself else wall
     sent = workload.clients * requests
     into.pairs += sent * workload.pairs
     into.tokens += sent * tokens_per_request
@@ -194,13 +201,35 @@ def lscpu() -> dict[str, str]:
     return dict(re.findall(r"^([^:\n]+):\s*(.*)$", text, re.M))
 
 
+MATRIX_FEATURES = ("AMX-BF16", "AMX-INT8", "AVX-512 BF16", "AVX-512 VNNI", "AVX-VNNI", "AVX2")
+"""The flags that decide how fast bf16 and int8 run (and so every figure): listed with every result."""
+
+
+def cpu_line(features: CpuFeatures, cpus: int | None = None) -> str:
+    """The CPU's model and which of :data:`MATRIX_FEATURES` it has and lacks, in one line, e.g.
+    ``Intel(R) Xeon(R) Processor, 2 CPUs; has AMX-BF16, AMX-INT8, AVX2; lacks AVX-512 BF16``."""
+    present = set(features.flags())
+    has = [f for f in MATRIX_FEATURES if f in present]
+    lacks = [f for f in MATRIX_FEATURES if f not in present]
+    count = f", {cpus} CPUs" if cpus else ""
+    return (
+        f"{features.model}{count}; has {', '.join(has) or 'none of them'}"
+        + (f"; lacks {', '.join(lacks)}" if lacks else "")
+        + ("" if features.source == "/proc/cpuinfo" else f" ({features.source})")
+    )
+
+
+def cpu_record() -> dict[str, object]:
+    """This machine's CPU for a results file: :func:`cpu_line`, and every flag of the detector."""
+    from rerank.service.backends.cpu_features import detect
+
+    features = detect()
+    return {"line": cpu_line(features, os.cpu_count()), "cpus": os.cpu_count(), **features.to_json()}
+
+
 def cpu_summary() -> str:
-    """The CPU's model name, its count, and which of AVX-512 and AMX it has (from ``lscpu``)."""
-    info = lscpu()
-    flags = info.get("Flags", "").split()
-    wide = sorted(f for f in flags if f.startswith(("avx512", "amx")))
-    isa = " ".join(wide) if wide else ("no AVX-512, no AMX" + ("; AVX2" if "avx2" in flags else ""))
-    return f"{info.get('Model name', '?')}, {info.get('CPU(s)', '?')} CPUs; {isa}"
+    """This machine's :func:`cpu_line`."""
+    return str(cpu_record()["line"])
 
 
 def machine_peak() -> Peak:

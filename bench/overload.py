@@ -24,8 +24,9 @@ timer fires), which bounds how much of a latency is the client's own. The servic
 VmRSS (``/proc/<pid>/status``) is sampled every 0.25 s from before the load until ``--after``
 seconds after the last answer.
 
-Prints a table with the issue's targets, and writes ``bench/results/overload-<time>.json`` and
-``.png`` (latency of every request over time, coloured by status, and the RSS).
+Prints a table with the targets, and writes ``bench/results/overload.json`` (or
+``overload-honour-retry-after.json``) and ``.png`` (latency of every request over time,
+coloured by status, and the RSS).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import json
 import multiprocessing
 import os
@@ -57,11 +57,12 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import models as bench_models
+from bench import results
 from bench.measure import cpu_summary
 from bench.peers import API_KEY, STARTUP_TIMEOUT, free_port, spawn_server
 from bench.workloads import texts
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results.RESULTS
 RSS_INTERVAL = 0.25
 LAG_INTERVAL = 0.01
 TARGETS = {
@@ -624,19 +625,17 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"rerank-stack's log ends with:\n{log_tail}")
     text = table(result["summary"], result["context"])
     print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (args.out / f"overload-{stamp}.json").write_text(
-        json.dumps({"timestamp": stamp, "command": command, **result}, indent=1) + "\n"
-    )
+    stem = "overload" + ("-honour-retry-after" if args.honour_retry_after else "")
     c = result["context"]
+    args.out.mkdir(parents=True, exist_ok=True)
     chart(
         result["records"],
         result["rss"],
-        args.out / f"overload-{stamp}.png",
+        args.out / f"{stem}.png",
         f"{command}  ({c['cpu'].split(';')[0]}; load average before {c['loadavg_before'][0]})",
     )
-    log(f"wrote {args.out / f'overload-{stamp}.json'} and .png")
+    path = results.save(stem, {"date": results.now(), "command": command, "cpu": c["cpu"], **result}, args.out)
+    log(f"wrote {path} and .png")
     return 0 if all(t["passed"] for t in result["summary"]["targets"]) else 1
 
 

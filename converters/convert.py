@@ -19,14 +19,22 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from rerank.converters import gate_probes, onnx_graph
+from rerank.converters import gate_probes, onnx_graph, qwen3
 from rerank.converters.errors import CheckpointError, VerificationError
 from rerank.converters.memory import release_memory
 from rerank.converters.probes import probe_pairs
 from rerank.converters.quiet import quiet_transformers
 from rerank.converters.spec import LoadedModel
 from rerank.converters.variants import build_fused, write_variants
-from rerank.service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
+from rerank.service.model_folder import (
+    FORMAT_VERSION,
+    PROMPT_FORMAT,
+    ModelFolderConfig,
+    Variant,
+    file_sha256,
+    template_from_tokenizer,
+    write_config,
+)
 from rerank.service.scoring import runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
@@ -184,11 +192,20 @@ def convert(
         spec = loaded.spec
         progress("tokenizer: writing tokenizer.json")
         tok = write_tokenizer(source_folder, tokenizer, work)
-        template = template_from_tokenizer(tok, pad_id=spec.pad_id)
+        decoder = qwen3.is_family(
+            loaded
+        )  # Qwen3-Reranker: a prompt template and a decoder graph (rerank.converters.qwen3)
+        template = (
+            qwen3.pair_template(tok, spec.pad_id) if decoder else template_from_tokenizer(tok, pad_id=spec.pad_id)
+        )
         progress(
             f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}"
         )
-        model = onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
+        model = (
+            qwen3.build_graph(loaded, name)
+            if decoder
+            else onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
+        )
         onnx_graph.save(model, work / "model.onnx")
         del model
         release_memory()
@@ -211,6 +228,7 @@ def convert(
             notes=tuple(loaded.notes),
             licence=licence,
             opset=onnx_graph.OPSET,
+            format=PROMPT_FORMAT if template.prompt is not None else FORMAT_VERSION,
         )
         write_config(work, config)
 
@@ -220,7 +238,10 @@ def convert(
         progress("verify: scoring them with the reference implementation")
         release_memory()
         with quiet_transformers():  # its weight-loading bars and notices are not our user's business
-            theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
+            if decoder:  # the model card's prompt and formula; the token ids are checked too
+                theirs, reference_name = qwen3.verify(loaded, source_folder, tok, work, config, pairs)
+            else:
+                theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
         release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
@@ -230,7 +251,7 @@ def convert(
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
-        if variants:
+        if variants and not decoder:  # the fused graph (MultiHeadAttention) is the encoders'
             build_fused(work, loaded, progress)
         graph = graph_facts(loaded)
         # Every graph that needs the weights is on disk: let them go before the variants need memory.

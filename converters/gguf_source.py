@@ -51,7 +51,9 @@ def load_gguf(f: GgufFile) -> LoadedModel:
     path = f.path
     arch = f.architecture
     if arch not in ("bert", "jina-bert-v2", "new"):
-        raise GgufError(f"{path.name}: architecture {arch!r} is not a supported reranker (bert, jina-bert-v2, new)")
+        raise GgufError(
+            f"{path.name}: architecture {arch!r} is not a supported reranker (bert, jina-bert-v2, new, qwen3)"
+        )
     t = f.tensors()
     layers = int(f.key("block_count"))
     hidden = int(f.key("embedding_length"))
@@ -189,6 +191,10 @@ def _new_rope(f: GgufFile, head_dim: int) -> tuple[float, float]:
 def load_gguf_bundle(f: GgufFile, progress: Callable[[str], None] = print) -> SourceBundle:
     """A :class:`SourceBundle` for an opened GGUF file: weights plus the tokenizer rebuilt from
     its metadata."""
+    from rerank.converters import qwen3  # Qwen3-Reranker, a decoder: its own reader
+
+    if qwen3.matches_gguf(f):
+        return qwen3.load_gguf_bundle(f, progress=progress)
     from rerank.converters.gguf_tokenizer import tokenizer_from_gguf
 
     loaded = load_gguf(f)

@@ -7,7 +7,8 @@ Supports every published layout of the six models, without executing any downloa
 * jina-reranker-v2's "flash" layout: XLM-R math under fused ``mixer.Wqkv`` names;
 * BERT (``BertForSequenceClassification``);
 * JinaBERT (jina-reranker-v1-*): ALiBi, GEGLU, BERT pooler;
-* GTE "new" (gte-multilingual-reranker-base): RoPE, gated GELU, pooler.
+* GTE "new" (gte-multilingual-reranker-base): RoPE, gated GELU, pooler;
+* Qwen3-Reranker (``Qwen3ForCausalLM``): read by :mod:`rerank.converters.qwen3`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def fetch(source: str) -> Path:
     if path.is_dir():
         return path
     if path.suffix or source.startswith((".", "/")):
-        raise CheckpointError(f"{source}: no such checkpoint folder")
+        raise CheckpointError(f"{source}: no such checkpoint folder.")
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -41,16 +42,39 @@ def fetch(source: str) -> Path:
 
 
 def download_failed(source: str, exc: BaseException) -> str:
-    """What to do when ``source`` cannot be downloaded: most often the machine is offline."""
-    from rerank.converters.catalog import did_you_mean
+    """What went wrong downloading ``source``, in whole sentences, and what to do next: most
+    often the machine is offline; else the repo id is wrong, or the repo is gated or private."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    lines = str(exc).strip().splitlines()
-    reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
-    return (
-        f"could not download {source!r} from the Hugging Face Hub ({reason}){did_you_mean(source)}. "
-        "Offline, convert a checkpoint folder you have: rerank-convert /path/to/checkpoint, or "
-        "make serve MODEL=/path/to/checkpoint; rerank-convert --list shows the supported models"
+    from rerank.converters.catalog import CATALOG, did_you_mean
+
+    # A supported model's repo id is right as typed: suggest nothing then.
+    hint = "" if any(source == entry.hub_repo for entry in CATALOG.values()) else did_you_mean(source)
+    # The library's message, whole, on one line: its lines are sentences or fragments of one.
+    lines = [line.strip().removeprefix("Got: ") for line in str(exc).splitlines() if line.strip()]
+    detail = " ".join(line if line.endswith((".", "!", "?")) else f"{line}." for line in lines)
+    offline = (
+        "Offline, build the demo reranker (make serve MODEL=demo, or rerank-convert demo) or convert a checkpoint "
+        "folder or .gguf file you have (make serve MODEL=/path/to/checkpoint, or rerank-convert /path/to/checkpoint)."
     )
+    if isinstance(exc, GatedRepoError):
+        return (
+            f"{source!r} is a gated repository on the Hugging Face Hub: accept its terms on its page, log in "
+            "(hf auth login), then run this again."
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return (
+            f"{source!r} is not a repository on the Hugging Face Hub{hint}, or it is private. "
+            "Check the repo id (rerank-convert --list shows the supported models), or log in (hf auth login) for "
+            "a private one."
+        )
+    if isinstance(exc, LocalEntryNotFoundError):
+        return (
+            f"could not download {source!r}{hint}: this machine cannot reach the Hugging Face "
+            f"Hub, and the model is not in its local cache ({detail}). {offline}"
+        )
+    reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return f"could not download {source!r} from the Hugging Face Hub{hint} ({reason}). {offline}"
 
 
 def count_parameters(folder: Path) -> int:
@@ -130,7 +154,7 @@ def detect_family(config: dict, keys: set[str]) -> str:
         return "bert"
     raise CheckpointError(
         f"unsupported model_type {model_type!r} (architectures {config.get('architectures')}); "
-        "supported: XLM-RoBERTa, BERT, JinaBERT, GTE-new, jina-reranker-v2"
+        "supported: XLM-RoBERTa, BERT, JinaBERT, GTE-new, jina-reranker-v2, Qwen3-Reranker"
     )
 
 
@@ -153,6 +177,10 @@ def load_checkpoint(source: str) -> LoadedModel:
     if not config_path.exists():
         raise CheckpointError(f"{folder}: no config.json")
     config = json.loads(config_path.read_text())
+    from rerank.converters import qwen3  # Qwen3-Reranker, a decoder: its own reader
+
+    if qwen3.matches_checkpoint(config):
+        return qwen3.load_checkpoint(folder, config, source)
     raw, hashes = _read_tensors(folder)
     t = _strip_prefix(raw)
     family = detect_family(config, set(raw))

@@ -8,6 +8,10 @@ ONNX Runtime (``Variant.runtime = "onnxruntime"``):
 * ``int8``: dynamic int8 quantisation of the fused graph's weight matrices, for the CPU.
 * ``fp16``: the fused graph in float16 (inputs and outputs stay as they are), for CUDA.
 
+A family without a fused graph (the Qwen3-Reranker decoder: its attention is grouped-query and
+causal, which the encoders' MultiHeadAttention fusion does not cover) skips ``fp32-fused`` and
+derives ``int8`` and ``fp16`` from ``model.onnx`` instead.
+
 OpenVINO (``runtime = "openvino"``, CPU; :mod:`rerank.service.backends.openvino`; needs the extra
 ``openvino``, else these are skipped with a message):
 
@@ -28,6 +32,7 @@ fp32 graph (ONNX Runtime, ``model.onnx``), and max |Δ logit| <= 0.05. The figur
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +97,14 @@ def gate_figures(reference: np.ndarray, scores: np.ndarray, groups: list[str]) -
         "min_spearman": round(report["min_spearman"], 6),
         "per_query": per_query,
     }
+
+
+NO_FUSED_GRAPH = "this architecture has no fused graph (its attention is not the encoders' MultiHeadAttention)"
+
+
+def _unfused(variant: Variant) -> Variant:
+    """``variant`` as derived from ``model.onnx`` rather than the fused graph."""
+    return dataclasses.replace(variant, fused=False)
 
 
 def missing_runtime(name: str) -> str | None:
@@ -209,10 +222,12 @@ def write_variants(
     kept: dict[str, Variant] = {}
     figures: dict[str, dict[str, Any]] = {}
     fused_path = folder / FILES["fp32-fused"]
+    fused = fused_path.exists()
+    base = fused_path if fused else folder / "model.onnx"  # what int8 and fp16 are derived from
     for name in KNOWN:
         if name not in names:
             continue
-        why = missing_runtime(name)
+        why = missing_runtime(name) or (None if fused or name != "fp32-fused" else NO_FUSED_GRAPH)
         if why:
             progress(f"variants: {name}: skipped, {why}")
             figures[name] = {"passed": False, "skipped": why}
@@ -225,10 +240,10 @@ def write_variants(
             continue
         if name == "int8":
             progress("variants: int8 dynamic quantisation")
-            _quantize_int8(fused_path, path)
+            _quantize_int8(base, path)
         elif name == "fp16":
             progress("variants: float16 conversion")
-            onnx_graph.save(_to_fp16(onnx.load(str(fused_path))), path)
+            onnx_graph.save(_to_fp16(onnx.load(str(base))), path)
         elif name == "ov-int8":
             from rerank.converters.quantize import quantize_int8
 
@@ -247,7 +262,7 @@ def write_variants(
             f"{'kept' if f['all_top3_kept'] else 'changed'}, max |Δ| {f['max_abs_diff']:.2e} -> {verdict}"
         )
         if passed or not enforce_gate:
-            kept[name] = candidate(name, figures[name])
+            kept[name] = candidate(name, figures[name]) if fused else _unfused(candidate(name, figures[name]))
         elif path.name != "model.onnx":  # the OpenVINO fp32/bf16 variants read the reference graph
             path.unlink(missing_ok=True)
     if "fp32-fused" not in kept:

@@ -18,7 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from rerank.service.admission.holds import Holds
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import detect as detect_cpu
-from rerank.service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
+from rerank.service.backends.loader import (
+    candidate_variants,
+    load_backend,
+    runtime_note,
+    table_choice,
+    time_candidates,
+)
 from rerank.service.core.batch_sizing import BatchSizing, size_batches
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import ServedModel
@@ -182,6 +188,9 @@ class RerankServer:
             )
         cpu = detect_cpu()
         log.info("CPU %s (%s)", cpu.summary(), cpu.source)
+        note = runtime_note(s.device)
+        if note:
+            log.info(note)
         for folder in folders:
             try:
                 config = read_model_folder(folder)
@@ -281,8 +290,9 @@ class RerankServer:
         limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
         callers = self.callers
         # Every face: the same models (batchers), limits and callers; only the shapes differ.
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(self.models, limits, callers), self.server)
-        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(self.models, limits, callers), self.server)
+        faces = (self.models, limits, callers, s.default_model)
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(*faces), self.server)
+        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(*faces), self.server)
         tei = TeiFace(self.models, limits, s.default_model, s.tokenizer_threads, callers)
         tei_rest_pb2_grpc.add_TeiServiceServicer_to_server(TeiRest(tei), self.server)
         tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(tei), self.server)

@@ -99,7 +99,8 @@ class Settings:
     )
     default_model: str = setting(
         "",
-        "Model served to APIs that name none (TEI's /rerank and tei.v1); default: the only model, when one is served.",
+        "Model served to requests that name none (every face; TEI's API never names one); default: the only model, "
+        "when one is served.",
     )
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)

@@ -141,11 +141,17 @@ class ServedModel:
         """What the edge's check prices a body's bytes at, learned from every request's estimate."""
 
     def estimate(
-        self, query: str, documents: list[str], long_documents: LongDocuments, max_document_tokens: int | None = None
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments,
+        max_document_tokens: int | None = None,
+        instruction: str | None = None,
     ) -> tuple[float, int]:
-        """A request's cost in padded tokens and its number of pairs, from its characters alone."""
+        """A request's cost in padded tokens and its number of pairs, from its characters alone
+        (a prompt's query part, instruction included, counts as the query)."""
         per_token = self.characters_per_token
-        head = len(query) / per_token + self.encoder.template.special_count
+        head = len(self.encoder.query_text(query, instruction)) / per_token + self.encoder.template.special_count
         room = max(1.0, self.config.max_length - head)
         step = max(1.0, room * (1 - WINDOW_OVERLAP))
         tokens = 0.0
@@ -180,20 +186,23 @@ class ServedModel:
         request_id: str = "",
         max_document_tokens: int | None = None,
         side: TruncationSide = "right",
+        instruction: str | None = None,
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, then
         queued on that admission at its exact cost (checked again only if that is far over the
         estimate: :data:`~rerank.service.admission.queue.MISESTIMATE`), or on the place the edge's
         check held for it (``caller.held``). Raises QueryTooLong, DocumentTooLong, QueueFull,
-        RateLimited, TooManyDocuments or Unavailable. ``max_document_tokens`` and ``side`` are
+        RateLimited, TooManyDocuments or Unavailable; InvalidRequest for an ``instruction`` to a
+        model that takes none. ``max_document_tokens``, ``side`` and ``instruction`` are
         :meth:`PairEncoder.encode`'s."""
+        self.encoder.check_instruction(instruction)  # before any admission: a bad request costs nothing
         self.metrics.requests += 1
         try:
             caller.admit()
         except RateLimited:
             self.metrics.reject("rate_limited")
             raise
-        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens)
+        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens, instruction)
         self.price.learn(query, documents, cost)
         reservation = self.batcher.admit(cost, pairs, caller.held(self.name))
         try:
@@ -206,6 +215,7 @@ class ServedModel:
                     metrics=self.metrics,
                     max_document_tokens=max_document_tokens,
                     side=side,
+                    instruction=instruction,
                 )
             if encoded.document_tokens:
                 ratio = encoded.characters / encoded.document_tokens

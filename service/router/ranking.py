@@ -24,6 +24,7 @@ from rerank.service.router.validation import (
     Limits,
     check_document_sizes,
     check_documents,
+    check_instruction,
     check_query,
     check_top_n,
     resolve_model,
@@ -51,6 +52,8 @@ class RankRequest:
     long_documents: LongDocuments = "truncate"
     max_document_tokens: int | None = None
     side: TruncationSide = "right"
+    instruction: str | None = None
+    """Replaces the model's default instruction (only models with a prompt take one)."""
     documents_field: str = "documents"
     """The face's name for the documents, used in error fields (TEI: ``texts``)."""
     default_model: str = ""
@@ -79,6 +82,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
     with tracing.span("rerank.validate"):
         model = resolve_model(models, request.model, request.default_model)
         query = check_query(request.query, limits)
+        instruction = check_instruction(request.instruction, limits)
         check_documents(len(request.documents), limits, field)
         top_n = check_top_n(request.top_n)
         texts = check_document_sizes(request.texts(request.documents), limits, field)
@@ -91,6 +95,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
             request_id=request.request_id,
             max_document_tokens=request.max_document_tokens,
             side=request.side,
+            instruction=instruction,
         )
     except DocumentTooLong as exc:
         exc.field = f"{field}[{exc.index}]"
@@ -99,16 +104,20 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
 
 
 class Ranker:
-    """What every face's servicer ranks with: the served models, the request limits and the
-    callers (API keys' names and limits)."""
+    """What every face's servicer ranks with: the served models, the request limits, the
+    callers (API keys' names and limits) and the model a request that names none gets."""
 
-    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
+    def __init__(
+        self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None, default_model: str = ""
+    ) -> None:
         self.models = models
         self.limits = limits
         self.callers = callers or Callers()
+        self.default_model = default_model
 
     async def rank(self, context: grpc.aio.ServicerContext[Any, Any], request: RankRequest) -> Ranking:
         """:func:`rank_request` on behalf of the call ``context``: its caller and request id."""
+        request = replace(request, default_model=request.default_model or self.default_model)
         return await rank_call(self.models, self.limits, self.callers, context, request)
 
 

@@ -36,6 +36,7 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
                 top_n=request.top_n if request.HasField("top_n") else None,
                 normalize=request.normalize if request.HasField("normalize") else False,
                 long_documents=mode,
+                instruction=request.instruction if request.HasField("instruction") else None,
             ),
         )
         return_documents = request.return_documents if request.HasField("return_documents") else True
@@ -74,6 +75,9 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
             owned_by="rerank",
             max_length=config.max_length,
             architecture=config.architecture,
+            default_instruction=model.encoder.template.prompt.default_instruction
+            if model.encoder.template.prompt is not None
+            else "",
             precision=model.backend.precision,
             provider=model.backend.provider,
             source=config.source_name,

@@ -51,6 +51,30 @@ def checkpoint(checkpoint_dir):
     return get
 
 
+@pytest.fixture(scope="session")
+def qwen3_checkpoint(checkpoint_dir):
+    """``qwen3_checkpoint(tied=True)``: the tiny Qwen3-Reranker checkpoint
+    (:mod:`rerank.converters.testing.qwen3`), built once per layout."""
+    from rerank.converters.testing.qwen3 import make_qwen3_checkpoint
+
+    cache: dict[bool, Path] = {}
+
+    def get(tied: bool = True) -> Path:
+        if tied not in cache:
+            name = "qwen3-reranker-tiny" if tied else "qwen3-reranker-tiny-untied"
+            cache[tied] = make_qwen3_checkpoint(checkpoint_dir / name, "tiny", tied=tied)
+        return cache[tied]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def qwen3_folder(qwen3_checkpoint, tmp_path_factory) -> Path:
+    """The tiny Qwen3-Reranker converted by ``rerank-convert`` (default variants), as
+    ``qwen3-tiny``."""
+    return convert_with_cli(qwen3_checkpoint(), tmp_path_factory.mktemp("qwen3-models"), "qwen3-tiny")
+
+
 SERVED = {"xlmr-tiny": "xlmr", "bert-tiny": "bert"}
 """Served model name -> fixture kind, for the end-to-end server."""
 

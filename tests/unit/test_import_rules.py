@@ -230,6 +230,7 @@ CONVERT_ONLY = {
     "rerank.converters.testing",
     "tests.reference",
     "tests.jinabert_numpy",
+    "tests.qwen3_reference",
 }
 """What the unit tests must never import: torch, or what imports it."""
 

@@ -43,6 +43,19 @@ def test_insecure_no_auth_serves_without_keys(stand_in_models: Path) -> None:
     assert len(reply.results) == 1
 
 
+def test_the_log_says_why_the_cpu_serves_without_openvino(
+    stand_in_models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rerank.service.backends import loader
+
+    monkeypatch.setattr(loader, "runtime_available", lambda runtime: runtime == "onnxruntime")
+    caplog.set_level("INFO", logger="rerank")
+    with serve(stand_in_models, device="cpu"):
+        pass
+    said = [r.getMessage() for r in caplog.records if "OpenVINO" in r.getMessage()]
+    assert said == [loader.runtime_note("cpu")]
+
+
 def test_no_model_folder_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="no model folders"):
         serve(tmp_path).start()
