@@ -1,7 +1,8 @@
 """Envoy's HTTP filters, in order, and the Lua scripts they run.
 
 * the edge's first filter (a Lua filter, ``lua/edge.lua``): a client's ``x-rerank-*`` headers are
-  dropped (they are the edge's to set) and native gRPC that is not HTTP/2 is answered here;
+  dropped (they are the edge's to set), native gRPC that is not HTTP/2 is answered here, and so
+  is a REST request whose declared length is over the body limit (413, the check never asked);
 * the edge's check (``ext_authz``, gRPC, headers only): a replica's
   ``envoy.service.auth.v3.Authorization/Check`` (:mod:`rerank.service.router.edge`, the contract in
   :mod:`rerank.service.admission.contract`) checks the API key, charges the key's limits and admits
@@ -86,7 +87,10 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {
                     "inline_string": script(
-                        "edge", PREFIX=contract.HEADER_PREFIX, REPLICA_HEADER=contract.REPLICA_HEADER
+                        "edge",
+                        PREFIX=contract.HEADER_PREFIX,
+                        REPLICA_HEADER=contract.REPLICA_HEADER,
+                        MAX_BODY=settings.max_request_bytes,
                     )
                 },
             },
