@@ -152,12 +152,7 @@ class DynamicBatcher:
         place at for this request (its claimed hold, already out of :attr:`holds`); a request
         costing at most :data:`MISESTIMATE` times that was admitted by the check and is not timed
         again (the queue's size cap, a drain and a stall still apply)."""
-        if self._refusal is not None:
-            self.metrics.reject("draining")
-            raise self._refusal
-        if self.stalled:
-            self.metrics.reject("stalled")
-            raise self._stalled_error()
+        self._refuse_if_closed()
         limit = self.config.max_queue_pairs
         if pairs > limit:
             self.metrics.reject("request_too_large")
@@ -261,6 +256,15 @@ class DynamicBatcher:
             f"expected {job.until - job.started:.2f} s"
         )
 
+    def _refuse_if_closed(self) -> None:
+        """Raises the drain's refusal while draining, or :class:`Unavailable` while inference is stuck."""
+        if self._refusal is not None:
+            self.metrics.reject("draining")
+            raise self._refusal
+        if self.stalled:
+            self.metrics.reject("stalled")
+            raise self._stalled_error()
+
     def _stalled_error(self, job: Job | None = None, now: float | None = None) -> Unavailable:
         if job is None:
             job = min(self._stuck, key=lambda j: j.started)
@@ -290,12 +294,7 @@ class DynamicBatcher:
                 self.release(reservation)
             reservation = self.admit(cost, len(pairs))
         self.release(reservation)
-        if self._refusal is not None:
-            self.metrics.reject("draining")
-            raise self._refusal
-        if self.stalled:
-            self.metrics.reject("stalled")
-            raise self._stalled_error()
+        self._refuse_if_closed()
         self.start()
         # Shortest first: requests served round-robin then advance through similar lengths
         # together, so a micro-batch mixing them pads little.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from rerank.service.errors import ConfigurationError, RateLimited
 from rerank.service.router.auth import ApiKey
 from rerank.service.router.limits import Bucket, KeyCaller, RedisBuckets, open_buckets
+from tests.support.limits import admitted_across_processes
 from tests.support.processes import free_port
 from tests.support.redis import RedisServer
 
@@ -76,28 +76,8 @@ def test_other_keys_and_keys_without_limits_are_unaffected(buckets: RedisBuckets
         KeyCaller(_key("both", requests_per_second=1000, tokens_per_minute=10**9), buckets).admit()
 
 
-def _take_requests(url: str, count: int, barrier) -> int:  # type: ignore[no-untyped-def]
-    buckets = open_buckets(url)
-    key = _key(requests_per_second=0.001)  # capacity 1, next one in 1000 s
-    barrier.wait()
-    return sum(_admitted(KeyCaller(key, buckets)) for _ in range(count))
-
-
-def _admitted(caller: KeyCaller) -> bool:
-    try:
-        caller.admit()
-    except RateLimited:
-        return False
-    return True
-
-
 def test_processes_sharing_the_server_share_the_limit(server: RedisServer, buckets: RedisBuckets) -> None:
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        barrier = manager.Barrier(4)
-        with context.Pool(4) as pool:
-            taken = pool.starmap(_take_requests, [(server.url, 50, barrier)] * 4)
-    assert sum(taken) == 1, taken
+    assert admitted_across_processes(server.url) == 1
 
 
 def test_a_server_that_cannot_be_reached_admits_and_says_so(caplog: pytest.LogCaptureFixture) -> None:

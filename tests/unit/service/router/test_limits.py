@@ -5,8 +5,6 @@ limit gets."""
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +12,7 @@ from rerank.service.admission.holds import Claim
 from rerank.service.errors import RateLimited
 from rerank.service.router.auth import ApiKey, Keyring, parse_keys_file
 from rerank.service.router.limits import Bucket, Buckets, KeyCaller, MemoryBuckets, SqliteBuckets
+from tests.support.limits import admitted_across_processes
 
 DIGEST = hashlib.sha256(b"k1").hexdigest()
 
@@ -137,32 +136,12 @@ def test_a_call_its_edge_check_charged_is_not_charged_again():
         KeyCaller(key, buckets).admit()
 
 
-def _take_requests(path: Path, count: int, barrier) -> int:
-    buckets = SqliteBuckets(path)
-    key = _key(requests_per_second=0.001)  # capacity 1 (at least one), next one in 1000 s
-    barrier.wait()
-    return sum(_admitted(KeyCaller(key, buckets)) for _ in range(count))
-
-
-def _admitted(caller: KeyCaller) -> bool:
-    try:
-        caller.admit()
-    except RateLimited:
-        return False
-    return True
-
-
 def test_processes_sharing_a_sqlite_store_share_the_limit(tmp_path):
     """Four processes, each trying 50 requests of a key with one request's allowance at once:
     one is admitted in all (each process alone would admit one)."""
     path = tmp_path / "limits.sqlite"
     SqliteBuckets(path).close()  # the file and its table exist before they race
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        barrier = manager.Barrier(4)
-        with context.Pool(4) as pool:
-            taken = pool.starmap(_take_requests, [(path, 50, barrier)] * 4)
-    assert sum(taken) == 1, taken
+    assert admitted_across_processes(str(path)) == 1
 
 
 def test_an_unusable_store_is_a_configuration_error(tmp_path):
