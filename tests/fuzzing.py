@@ -301,6 +301,7 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "return_documents": st.booleans(),
         "normalize": st.booleans(),
         "long_documents": st.one_of(st.sampled_from(["truncate", "window", ""]), _TEXT),
+        "instruction": _TEXT,
     },
     "/v2/rerank": {
         "model": _model(),
@@ -309,6 +310,7 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "top_n": _INT,
         "max_tokens_per_doc": _INT,
         "priority": _INT,
+        "instruction": _TEXT,
     },
     "/rerank": {
         "model": _model(),
@@ -318,6 +320,7 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "truncation_direction": st.one_of(st.sampled_from(["right", "left", "Left", "RIGHT", ""]), _TEXT),
         "raw_scores": st.booleans(),
         "return_text": st.booleans(),
+        "instruction": _TEXT,
     },
 }
 REST_FACES = tuple(FACE_FIELDS)
@@ -609,6 +612,7 @@ def rerank_messages(draw: st.DrawFn) -> Any:
         return_documents=_maybe(draw, st.booleans()),
         normalize=_maybe(draw, st.booleans()),
         long_documents=draw(st.one_of(st.sampled_from(["truncate", "window", ""]), _PROTO_TEXT)),
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
     for _ in range(draw(st.one_of(st.integers(0, 6), st.just(1001)))):
         _value(draw, message.documents.add())
@@ -626,6 +630,7 @@ def cohere_messages(draw: st.DrawFn) -> Any:
         top_n=_maybe(draw, _INT32),
         max_tokens_per_doc=_maybe(draw, _INT32),
         priority=_maybe(draw, _INT32),
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
 
 
@@ -641,6 +646,7 @@ def tei_rest_messages(draw: st.DrawFn) -> Any:
         raw_scores=draw(st.booleans()),
         return_text=draw(st.booleans()),
         model=draw(st.one_of(st.sampled_from([*MODELS, ""]), _PROTO_TEXT)),
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
 
 
@@ -648,13 +654,14 @@ def tei_rest_messages(draw: st.DrawFn) -> Any:
 def tei_messages(draw: st.DrawFn) -> Any:
     from rerank.service.protocol import tei_pb2
 
-    return tei_pb2.RerankRequest(
+    return _set(
+        tei_pb2.RerankRequest(texts=_texts(draw)),
         query=draw(_PROTO_TEXT),
-        texts=_texts(draw),
         truncate=draw(st.booleans()),
         raw_scores=draw(st.booleans()),
         return_text=draw(st.booleans()),
         truncation_direction=draw(st.sampled_from([0, 1, 2, 7, -1, 2**31 - 1])),  # open enum: unknown values too
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
 
 
@@ -663,13 +670,15 @@ def tei_stream_messages(draw: st.DrawFn) -> list[Any]:
     from rerank.service.protocol import tei_pb2
 
     return [
-        tei_pb2.RerankStreamRequest(
+        _set(
+            tei_pb2.RerankStreamRequest(),
             query=draw(_PROTO_TEXT),
             text=draw(_PROTO_TEXT),
             truncate=draw(st.booleans()),
             raw_scores=draw(st.booleans()),
             return_text=draw(st.booleans()),
             truncation_direction=draw(st.sampled_from([0, 1, 5])),
+            instruction=_maybe(draw, _PROTO_TEXT),
         )
         for _ in range(draw(st.integers(0, 5)))
     ]

@@ -32,6 +32,13 @@ from rerank.service.router.validation import (
 from rerank.service.telemetry import tracing
 
 
+def instruction_of(request: Any) -> str | None:
+    """A request's ``instruction`` (every face declares ``optional string instruction``), None when
+    absent: the model's default then applies. Validated, and refused by a model that takes none,
+    in :func:`rank_request`, the same for every face."""
+    return str(request.instruction) if request.HasField("instruction") else None
+
+
 def _as_texts(documents: Sequence[Any]) -> list[str]:
     return [str(d) for d in documents]
 

@@ -15,7 +15,7 @@ from rerank.service.core.reranker import ServedModel
 from rerank.service.errors import Unavailable
 from rerank.service.model_folder import GATE_VERSION
 from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
-from rerank.service.router.ranking import Ranker, RankRequest
+from rerank.service.router.ranking import Ranker, RankRequest, instruction_of
 from rerank.service.router.validation import document_texts, long_documents_mode
 
 
@@ -36,7 +36,7 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
                 top_n=request.top_n if request.HasField("top_n") else None,
                 normalize=request.normalize if request.HasField("normalize") else False,
                 long_documents=mode,
-                instruction=request.instruction if request.HasField("instruction") else None,
+                instruction=instruction_of(request),
             ),
         )
         return_documents = request.return_documents if request.HasField("return_documents") else True

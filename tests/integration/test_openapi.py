@@ -82,6 +82,8 @@ def test_schemas_follow_the_json_mapping(document):
     tei = document["paths"]["/rerank"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert tei["type"] == "array"  # the bare array Envoy's Lua unwraps
     assert "top_n" in schemas["rerank.v1.CohereRerankRequest"]["properties"]
+    for request in ("RerankRequest", "CohereRerankRequest", "TeiRerankRequest"):  # our extension on the last two
+        assert schemas[f"rerank.v1.{request}"]["properties"]["instruction"]["type"] == "string"
     assert "sigmoid" in document["paths"]["/v2/rerank"]["post"]["summary"]
 
 
