@@ -12,6 +12,7 @@ import grpc
 
 from rerank.service.backends.cpu_features import CpuFeatures
 from rerank.service.core.reranker import ServedModel
+from rerank.service.errors import Unavailable
 from rerank.service.model_folder import GATE_VERSION
 from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
 from rerank.service.router.ranking import Ranker, RankRequest, instruction_of
@@ -122,6 +123,9 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
     async def Health(
         self, request: rerank_pb2.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.HealthResponse:
+        stuck = sorted(f"{m.name}: {m.batcher.stall_reason}" for m in self.models.values() if m.batcher.stall_reason)
+        if stuck:
+            raise Unavailable(f"inference is stuck ({'; '.join(stuck)})", reason="STALLED")
         return rerank_pb2.HealthResponse(status="ok", models=sorted(self.models))
 
 
