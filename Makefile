@@ -12,8 +12,9 @@ NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve install-demo lock proto lint luacheck model serve browser test test-unit test-integration \
-	test-unit-lean fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
+.PHONY: install install-serve install-demo lock proto lint luacheck model serve browser redis test test-unit \
+	test-integration test-unit-lean fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image \
+	image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -30,10 +31,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 
-# Everything CI and development need (demo: the real encoder weights the integration tests use).
-ALL_EXTRAS := convert,gateway,cli,tracing,openvino,quantize,test,demo,lint
-$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
+# Everything CI and development need (demo: the real encoder weights the integration tests use),
+# and xds-protos beside the venv (requirements/isolated.in says why).
+ALL_EXTRAS := convert,gateway,cli,tracing,openvino,quantize,limits,test,demo,lint
+$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) requirements/isolated.in | $(VENV)/bin/python
 	$(PIP_INSTALL) -e '.[$(ALL_EXTRAS)]'
+	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/isolated/xds-protos xds-protos
 	touch $@ $(SERVE_STAMP) $(DEMO_STAMP)
 
 # What `make serve` needs: serving (ONNX Runtime, and OpenVINO wherever PyPI has its wheels: a
@@ -60,7 +63,8 @@ LOCK_ARGS ?=
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools==7.7.0
 	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra $(ALL_EXTRAS) \
-		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in \
+		requirements/isolated.in
 	$(BIN)/python scripts/pin-build
 
 lint: install luacheck
@@ -93,7 +97,7 @@ INTEGRATION_TESTS = $(BIN)/python -m pytest -q -m "not parity and not container 
 
 # Everything CI runs: the unit tests, then the integration tests (a recipe, not a prerequisite,
 # so that even `make -j` keeps the order and a unit failure shows in seconds).
-test: test-unit browser
+test: test-unit browser redis
 	$(INTEGRATION_TESTS)
 
 # No torch, no Envoy, no subprocess server: well under a minute.
@@ -102,7 +106,7 @@ test-unit: install
 
 # Real Envoy, real servers, converted fixture models, real client libraries and a headless
 # browser: minutes.
-test-integration: install browser
+test-integration: install browser redis
 	$(INTEGRATION_TESTS)
 
 # The unit tests in a venv without the [convert] extra (no torch, transformers, onnx, gguf):
@@ -128,6 +132,10 @@ test-unit-lean: $(LEAN)/.installed
 fuzz: install
 	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py \
 		tests/integration/converters/test_reader_fuzzing.py $(PYTEST_ARGS)
+
+# Redis (Debian's package) for the per-key limits' shared store (tests/integration/test_limit_stores.py).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
 # Headless Chromium (Debian's package) for the API page's test (tests/integration/test_openapi.py).
 browser:

@@ -19,7 +19,7 @@ from rerank.service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel,
 from rerank.service.core.tokenization import LongDocuments, TruncationSide
 from rerank.service.errors import DocumentTooLong
 from rerank.service.router.limits import Callers
-from rerank.service.router.status import hold_token, request_id
+from rerank.service.router.status import request_id
 from rerank.service.router.validation import (
     Limits,
     check_document_sizes,
@@ -30,6 +30,13 @@ from rerank.service.router.validation import (
     resolve_model,
 )
 from rerank.service.telemetry import tracing
+
+
+def instruction_of(request: Any) -> str | None:
+    """A request's ``instruction`` (every face declares ``optional string instruction``), None when
+    absent: the model's default then applies. Validated, and refused by a model that takes none,
+    in :func:`rank_request`, the same for every face."""
+    return str(request.instruction) if request.HasField("instruction") else None
 
 
 def _as_texts(documents: Sequence[Any]) -> list[str]:
@@ -61,8 +68,6 @@ class RankRequest:
     caller: Caller = ANONYMOUS
     """Who asks: the key's name (for fair scheduling) and its limits."""
     request_id: str = ""
-    hold: str = ""
-    """The early check's token for this request (``x-rerank-hold``, set by Envoy)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,6 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
             request_id=request.request_id,
             max_document_tokens=request.max_document_tokens,
             side=request.side,
-            hold=request.hold,
             instruction=instruction,
         )
     except DocumentTooLong as exc:
@@ -131,9 +135,7 @@ async def rank_call(
     context: grpc.aio.ServicerContext[Any, Any],
     request: RankRequest,
 ) -> Ranking:
-    """:func:`rank_request` for the call ``context``, as its caller, under its request id."""
-    return await rank_request(
-        models,
-        limits,
-        replace(request, caller=callers.of(context), request_id=request_id(context), hold=hold_token(context)),
-    )
+    """:func:`rank_request` for the call ``context``, as its caller (with what its edge check
+    proved: :meth:`~rerank.service.router.limits.Callers.of`), under its request id."""
+    caller = callers.of(context)
+    return await rank_request(models, limits, replace(request, caller=caller, request_id=request_id(context)))

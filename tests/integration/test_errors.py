@@ -130,3 +130,22 @@ def test_grpc_web_errors_envoy_makes_are_json(rest):
     response = rest.post("/v1/rerank", content=body, headers={"content-type": "application/grpc-web+proto"})
     assert response.status_code == 400
     assert response.json()["code"] == 3 and "documents" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/" + "a" * 15_000, GOOD),  # the transcoder's 404 quoted the whole path
+        ("POST", "/v1/rerank", {**GOOD, "top_n": "9" * 200_000}),  # and a field's value
+        ("POST", "/v2/rerank", {**GOOD, "query": {"nested": "q" * 100_000}}),
+        ("POST", "/rerank", {"query": "q", "texts": ["a"], "truncate": "t" * 100_000}),  # TEI's face
+        ("GET", "/v1/models/" + "%41" * 5_000, None),
+    ],
+)
+def test_error_bodies_quote_at_most_a_bounded_prefix_of_the_request(rest, method, path, body):
+    response = rest.request(method, path, json=body)
+    assert 400 <= response.status_code < 500, response.text[:300]
+    assert len(response.content) < 2 * 1024, f"{len(response.content)} bytes: {response.text[:200]}..."
+    error = response.json()  # still one valid JSON body
+    message = error.get("message", error.get("error", ""))
+    assert message, error

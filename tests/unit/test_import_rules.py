@@ -103,7 +103,7 @@ def test_installed_packages_are_imported_by_their_installed_names(folder: str) -
 
 SERVICE_LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "settings", "model_folder", "protocol"}),
-    frozenset({"backends", "telemetry"}),
+    frozenset({"backends", "telemetry", "admission"}),
     frozenset({"core"}),
     frozenset({"router", "scoring", "model_check"}),
     frozenset({"server"}),

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--top-n", type=int, default=None)
     query.add_argument("--model", default="", help="served model (default: the only one)")
     query.add_argument("--normalize", action="store_true", help="scores as sigmoid(logit)")
+    query.add_argument(
+        "--instruction", default=None, help="the task in words, for a model that reads one (default: the model's own)"
+    )
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     commands.add_parser("models", help="list the served models")
     return parser
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 top_n=args.top_n,
                 return_documents=True,
                 normalize=args.normalize,
+                instruction=args.instruction,
             )
     except grpc.RpcError as error:
         code = error.code().name if isinstance(error, grpc.Call) else "ERROR"

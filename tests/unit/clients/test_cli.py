@@ -85,3 +85,20 @@ def test_errors_are_one_line(
     assert line.startswith("rerank: UNAUTHENTICATED: ") and line.endswith(
         "(set RERANK_API_KEY; make serve stores a generated key in .rerank/api-key)"
     )
+
+
+def test_the_instruction_is_sent(
+    stand_in_server: InProcessServer, documents: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--instruction`` reaches the service: the stand-in encoders refuse it, as every model
+    without a prompt does (the client's own mapping: ``rerank_request``)."""
+    from rerank_client.client import rerank_request
+
+    fields = {"model": "alpha", "top_n": None, "return_documents": False, "normalize": False}
+    assert not rerank_request("panda", ["a"], **fields).HasField("instruction")
+    assert rerank_request("panda", ["a"], **fields, instruction="find it").instruction == "find it"
+    query = ["--target", stand_in_server.target, "query", "panda", documents, "--model", "alpha"]
+    assert cli.main([*query, "--instruction", "find the bear"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("rerank: INVALID_ARGUMENT: this model takes no instruction")
+    assert cli.main(query) == 0
