@@ -127,8 +127,11 @@ test-unit-lean: $(LEAN)/.installed
 # Fuzzing at full size: >= 10,000 generated REST requests through Envoy and >= 10,000 gRPC calls
 # against the real stack, random seeds (RERANK_FUZZ_SEED=N replays one); the seeded subset of the
 # same tests runs in `make test`. Prints the totals, the time and the service's peak memory.
+# Then the converter's readers: 1,000 structure-aware mutants each of a GGUF's fields and content
+# and of three checkpoints' config.json, and 20,000 mutated charsmaps.
 fuzz: install
-	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py $(PYTEST_ARGS)
+	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py \
+		tests/integration/converters/test_reader_fuzzing.py $(PYTEST_ARGS)
 
 # Redis (Debian's package) for the per-key limits' shared store (tests/integration/test_limit_stores.py).
 redis:

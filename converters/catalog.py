@@ -1,89 +1,19 @@
-"""The supported rerankers: served name -> Hub repo, GGUF repo, facts for ``--list``."""
+"""The supported rerankers: served name -> Hub repo, GGUF repo, facts for ``--list``.
+
+Each family declares its own entries (:attr:`rerank.converters.families.base.ModelFamily.catalog`).
+"""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
 
 from rerank.converters.errors import SourceError
-from rerank.converters.qwen3.catalog import ENTRIES as QWEN3_ENTRIES
+from rerank.converters.families import catalog_entries
+from rerank.converters.families.base import CatalogEntry
 
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    name: str
-    hub_repo: str
-    gguf_repo: str
-    architecture: str
-    params: str
-    max_length: int
-    licence: str
-    notes: str = ""
-    """What a first run should know (a model's download and conversion cost), for ``--list``."""
-
-
-CATALOG: dict[str, CatalogEntry] = {
-    e.name: e
-    for e in (
-        CatalogEntry(
-            "bge-reranker-v2-m3",
-            "BAAI/bge-reranker-v2-m3",
-            "gpustack/bge-reranker-v2-m3-GGUF",
-            "xlm-roberta",
-            "568M",
-            8192,
-            "apache-2.0",
-        ),
-        CatalogEntry(
-            "bce-reranker-base_v1",
-            "maidalun1020/bce-reranker-base_v1",
-            "gpustack/bce-reranker-base_v1-GGUF",
-            "xlm-roberta",
-            "279M",
-            512,
-            "apache-2.0",
-        ),
-        CatalogEntry(
-            "jina-reranker-v1-turbo-en",
-            "jinaai/jina-reranker-v1-turbo-en",
-            "gpustack/jina-reranker-v1-turbo-en-GGUF",
-            "jina-bert",
-            "37.8M",
-            8192,
-            "apache-2.0",
-        ),
-        CatalogEntry(
-            "jina-reranker-v1-tiny-en",
-            "jinaai/jina-reranker-v1-tiny-en",
-            "gpustack/jina-reranker-v1-tiny-en-GGUF",
-            "jina-bert",
-            "33.0M",
-            8192,
-            "apache-2.0",
-        ),
-        CatalogEntry(
-            "jina-reranker-v2-base-multilingual",
-            "jinaai/jina-reranker-v2-base-multilingual",
-            "gpustack/jina-reranker-v2-base-multilingual-GGUF",
-            "xlm-roberta",
-            "278M",
-            1024,
-            "cc-by-nc-4.0",
-        ),
-        CatalogEntry(
-            "gte-multilingual-reranker-base",
-            "Alibaba-NLP/gte-multilingual-reranker-base",
-            "gpustack/gte-multilingual-reranker-base-GGUF",
-            "gte",
-            "306M",
-            8192,
-            "apache-2.0",
-        ),
-        # Qwen3-Reranker (a decoder family: rerank.converters.qwen3)
-        *(CatalogEntry(**entry) for entry in QWEN3_ENTRIES),
-    )
-}
+CATALOG: dict[str, CatalogEntry] = {e.name: e for e in catalog_entries()}
+"""Every family's published models (:mod:`rerank.converters.families`), by served name."""
 
 
 def resolve(source: str) -> tuple[str, CatalogEntry | None]:

@@ -2,9 +2,9 @@
 
 ONNX Runtime (``Variant.runtime = "onnxruntime"``):
 
-* ``fp32-fused``: attention as ONNX Runtime's MultiHeadAttention kernel (built in by
-  :func:`rerank.converters.onnx_graph.build_graph`), then ONNX Runtime's transformer fusions
-  (SkipLayerNormalization, BiasGelu). Same math as fp32.
+* ``fp32-fused``: attention as ONNX Runtime's MultiHeadAttention kernel (built in by the
+  family's graph builder: :func:`rerank.converters.onnx_graph.build_graph` for the encoders),
+  then ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu). Same math as fp32.
 * ``int8``: dynamic int8 quantisation of the fused graph's weight matrices, for the CPU.
 * ``fp16``: the fused graph in float16 (inputs and outputs stay as they are), for CUDA.
 
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rerank.converters import gate_probes, mixed_precision, onnx_graph
+from rerank.converters import families, gate_probes, mixed_precision, onnx_graph
 from rerank.converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
 from rerank.converters.memory import release_memory
 from rerank.converters.quiet import quiet_onnxruntime_tools
@@ -123,13 +123,14 @@ def missing_runtime(name: str) -> str | None:
     return None
 
 
-def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
+def _fuse(model: onnx.ModelProto, model_type: str = "bert") -> onnx.ModelProto:
+    """ONNX Runtime's transformer fusions for ``model_type`` (its optimizer's name for the kind of graph)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the Python-side pattern fusions; ONNX Runtime applies its own at load.
     # Quiet: it warns that our producer name is not "pytorch", which is what it checks for "bert".
     with quiet_onnxruntime_tools():
-        optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        optimized = optimize_model(model, model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
     return optimized.model
 
 
@@ -164,7 +165,9 @@ def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], Non
     converter calls it before it lets them go (a bge-m3 copy is 2.3 GB)."""
     progress("variants: building the fused graph (MultiHeadAttention, SkipLayerNorm, BiasGelu)")
     path = folder / FILES["fp32-fused"]
-    onnx_graph.save(_fuse(onnx_graph.build_graph(loaded.spec, loaded.weights, fused_attention=True)), path)
+    family = families.of(loaded)
+    graph = family.build_graph(loaded.spec, loaded.weights, fused_attention=True)
+    onnx_graph.save(_fuse(graph, family.fusions), path)
     return path
 
 

@@ -1,5 +1,6 @@
 """The published Qwen3-Reranker models, as catalog entries (fields of
-:class:`rerank.converters.catalog.CatalogEntry`).
+:class:`rerank.converters.families.base.CatalogEntry`, which
+:mod:`rerank.converters.families.qwen3` registers).
 
 Downloads are the Hub checkpoints' (bf16 safetensors). The first-run cost is ``rerank-convert``'s
 on a CPU, in CPU time (wall time on N free cores is about CPU time / N): measured on the

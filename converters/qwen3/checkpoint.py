@@ -9,54 +9,51 @@ that an 8B head is never loaded whole.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rerank.converters.errors import CheckpointError
+from rerank.converters.families.base import Checkpoint, Read
+from rerank.converters.fields import MAX_HEADS, MAX_INTERMEDIATE, MAX_LAYERS, Fields
 from rerank.converters.qwen3.prompt import MODEL_CARD_MAX_LENGTH, NO, YES
-from rerank.converters.qwen3.spec import Qwen3Spec
-from rerank.converters.spec import LoadedModel, Weights
-from rerank.service.model_folder import file_sha256
+from rerank.converters.qwen3.spec import ARCHITECTURES, Qwen3Spec
+from rerank.converters.spec import Weights
 
-ARCHITECTURES = ("Qwen3ForCausalLM",)
-
-
-def is_qwen3(config: dict[str, Any]) -> bool:
-    """Whether ``config.json`` describes a Qwen3 decoder (what this family reads)."""
-    return str(config.get("model_type", "")).lower() == "qwen3" or any(
-        str(a).startswith("Qwen3For") for a in config.get("architectures") or ()
-    )
+MAX_POSITIONS = 1 << 24
+"""``max_position_embeddings`` a config may declare (the model folder reads at most the model card's 8192)."""
+DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
-def _check_config(folder: Path, config: dict[str, Any]) -> None:
+def _check_config(folder: Path, config: Fields) -> None:
     """Refuses what the graph does not compute, naming the setting."""
-    architectures = list(config.get("architectures") or ())
-    if not set(architectures) & set(ARCHITECTURES):
+    architectures = config.raw("architectures", None)
+    if not isinstance(architectures, list) or not set(map(str, architectures)) & set(ARCHITECTURES):
         raise CheckpointError(
             f"{folder}: architectures {architectures} is not a Qwen3-Reranker checkpoint (Qwen3ForCausalLM); "
             "convert the original Qwen/Qwen3-Reranker-* repository"
         )
     refusals = {
-        "hidden_act": (str(config.get("hidden_act", "silu")) != "silu", "only SiLU (SwiGLU) is supported"),
-        "use_sliding_window": (bool(config.get("use_sliding_window")), "sliding-window attention is not supported"),
+        "hidden_act": (config.text("hidden_act", "silu") != "silu", "only SiLU (SwiGLU) is supported"),
+        "use_sliding_window": (
+            bool(config.raw("use_sliding_window", False)),
+            "sliding-window attention is not supported",
+        ),
         "rope_scaling": (_rope_type(config) != "default", "only unscaled RoPE is supported"),
     }
     for key, (refused, why) in refusals.items():
         if refused:
-            raise CheckpointError(f"{folder}: config.json {key} = {config.get(key)!r}: {why}")
+            raise CheckpointError(f"{folder}: config.json {key} = {config.raw(key, None)!r}: {why}")
 
 
-def _rope_type(config: dict[str, Any]) -> str:
-    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+def _rope_type(config: Fields) -> str:
+    scaling = config.mapping("rope_scaling") or config.mapping("rope_parameters")
     return str(scaling.get("rope_type", scaling.get("type", "default")))
 
 
-def rope_theta(config: dict[str, Any]) -> float:
-    params = config.get("rope_parameters") or {}
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+def rope_theta(config: Fields) -> float:
+    """RoPE's base: ``rope_parameters.rope_theta`` (transformers 5), else ``rope_theta``."""
+    return config.within("rope_parameters").number("rope_theta", config.number("rope_theta", 10000.0))
 
 
 class _Tensors:
@@ -110,16 +107,27 @@ def _token_ids(folder: Path) -> tuple[int, int, int]:
     return int(yes), int(no), int(pad or 0)
 
 
-def load_checkpoint(folder: Path, config: dict[str, Any], source: str) -> LoadedModel:
-    """Reads the checkpoint in ``folder`` (whose ``config.json`` is ``config``)."""
+def read_checkpoint(ck: Checkpoint) -> Read:
+    """Reads the checkpoint ``ck``: sizes through its checked config, tensors one at a time, the
+    LM head's two rows as a slice."""
+    folder, config = ck.folder, ck.config
     _check_config(folder, config)
+    layers = config.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    hidden = config.integer("hidden_size")
+    heads = config.integer("num_attention_heads", maximum=MAX_HEADS)
+    kv_heads = config.integer("num_key_value_heads", heads, maximum=heads)
+    if heads % kv_heads:
+        raise config.fail("num_key_value_heads", f"is {kv_heads}, which does not divide the {heads} query heads")
+    head_dim = config.integer("head_dim", max(1, hidden // heads))
+    if head_dim % 2:
+        raise config.fail("head_dim", f"is {head_dim}; RoPE needs an even head dimension")
+    intermediate = config.integer("intermediate_size", maximum=MAX_INTERMEDIATE)
+    eps = config.number("rms_norm_eps", 1e-6, high=1.0)
+    base = rope_theta(config)
+    max_positions = config.integer("max_position_embeddings", MODEL_CARD_MAX_LENGTH, maximum=MAX_POSITIONS)
+    bias = bool(config.raw("attention_bias", False))
     yes, no, pad = _token_ids(folder)
     t = _Tensors(folder)
-    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    bias = bool(config.get("attention_bias", False))
     w: Weights = {"emb.word": t.get("model.embed_tokens.weight"), "norm": t.get("model.norm.weight")}
     for i in range(layers):
         p, o = f"model.layers.{i}.", f"L{i}."
@@ -132,42 +140,25 @@ def load_checkpoint(folder: Path, config: dict[str, Any], source: str) -> Loaded
         w[o + "ffn_norm"] = t.get(p + "post_attention_layernorm.weight")
         for name in ("gate", "up", "down"):
             w[f"{o}{name}.w"] = t.get(f"{p}mlp.{name}_proj.weight")
-    tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in t
+    rows = w["emb.word"].shape[0] if w["emb.word"].ndim == 2 else 0
+    if rows <= max(yes, no, pad):
+        raise CheckpointError(f"{folder}: the embedding table has {rows} rows, fewer than the tokenizer's ids")
+    tied = bool(config.raw("tie_word_embeddings", False)) or "lm_head.weight" not in t
     w["head.w"] = w["emb.word"][[no, yes]].copy() if tied else t.get("lm_head.weight", rows=[no, yes])
-    if w["emb.word"].shape[0] <= max(yes, no, pad):
-        raise CheckpointError(f"{folder}: the embedding table has {w['emb.word'].shape[0]} rows, fewer than the ids")
-    max_positions = int(config.get("max_position_embeddings", MODEL_CARD_MAX_LENGTH))
     spec = Qwen3Spec(
         num_layers=layers,
         hidden=hidden,
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
-        intermediate=int(config["intermediate_size"]),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_base=rope_theta(config),
+        intermediate=intermediate,
+        rms_norm_eps=eps,
+        rope_base=base,
         max_length=min(MODEL_CARD_MAX_LENGTH, max_positions),
         yes_id=yes,
         no_id=no,
         pad_id=pad,
         attention_bias=bias,
     )
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(
-        str(config.get("torch_dtype", config.get("dtype", "float32"))), "fp32"
-    )
-    return LoadedModel(
-        spec=spec,  # type: ignore[arg-type]  # the pipeline reads the fields every spec has
-        weights=w,
-        source=source,
-        source_format="hf",
-        files_sha256={f.name: file_sha256(f) for f in t.files},
-        source_dtype=dtype,
-        layout="qwen3",
-    )
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.exists():
-        raise CheckpointError(f"{folder}: no config.json")
-    return dict(json.loads(path.read_text()))
+    dtype = config.raw("torch_dtype", None) or config.raw("dtype", "float32")
+    return Read(spec, w, source_dtype=DTYPES.get(str(dtype), "fp32"))
