@@ -13,9 +13,10 @@ OpenVINO (``runtime = "openvino"``, CPU; :mod:`rerank.service.backends.openvino`
 
 * ``ov-fp32``: the plain ``model.onnx`` at precision f32 (no new file);
 * ``ov-bf16``: the same file at precision bf16 (AMX / AVX-512 BF16);
-* ``ov-bf16-mixed``: most layers' weight products in bf16, the rest fp32
-  (:mod:`rerank.converters.mixed_precision`): its recipes are gated fastest first and the first that
-  passes is kept; not built where ``ov-bf16`` passed (all in bf16 is faster);
+* ``ov-bf16-mixed``: most of the graph in bf16, the rest fp32 (:mod:`rerank.converters.mixed_precision`:
+  the graph split before its last layers, or casts around chosen products): its recipes are
+  gated fastest first and the first that passes is kept; not built where ``ov-bf16`` passed
+  (all in bf16 is faster);
 * ``ov-int8``: a static int8 graph from NNCF (:mod:`rerank.converters.quantize`, extra ``quantize``);
   not in :data:`DEFAULT`: calibration costs minutes on a large model, and int8 often fails the
   gate on trained encoders.
@@ -176,7 +177,7 @@ def _mixed_bf16(
         release_memory()
         figures = gate_figures(reference, score(candidate("ov-bf16-mixed")), groups)
         tried[recipe.name] = gate_probes.summary(figures)
-        progress(f"variants: ov-bf16-mixed, {recipe.name} ({products} products in bf16): {tried[recipe.name]}")
+        progress(f"variants: ov-bf16-mixed, {recipe.name} ({products} weight products in bf16): {tried[recipe.name]}")
         figures.update(recipe=recipe.name, recipes_tried=dict(tried))
         if figures["passed"] or not enforce_gate:
             break
