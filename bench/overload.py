@@ -303,7 +303,7 @@ def start_stack(model: bench_models.BenchModel, variant: str | None, workdir: Pa
     child = spawn_server(command, log_path, env={"RERANK_API_KEYS": API_KEY})
     child.wait_until(lambda: "Ready:" in log_path.read_text(errors="replace"), STARTUP_TIMEOUT, "rerank-stack")
     children = psutil.Process(child.pid).children()
-    service = [p.pid for p in children if "service" in p.cmdline()]
+    service = [p.pid for p in children if "rerank.service" in p.cmdline()]
     envoy = [p.pid for p in children if "envoy" in p.name()]
     if len(service) != 1 or len(envoy) != 1:
         raise RuntimeError(f"expected one replica and one Envoy under rerank-stack, found {children}")

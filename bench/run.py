@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import accuracy, report, results, workloads
+from bench import accuracy, lineup, report, results, workloads
 from bench import models as bench_models
 from bench import peers as bench_peers
 from bench.measure import Measurement, cpu_record, machine_peak, measure, padding_fraction, request_lengths
@@ -174,7 +174,7 @@ def bench_model(
     results: list[Measurement] = []
     with contextlib.ExitStack() as running:
         live: list[bench_peers.Peer] = []
-        for peer in bench_peers.build(args.peers, model, workdir):
+        for peer in lineup.build(args.peers, model, workdir):
             log(f"{name}: starting {peer.name}")
             running.callback(peer.stop)
             try:

@@ -19,15 +19,24 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from rerank.converters import gate_probes, onnx_graph
-from rerank.converters.errors import CheckpointError, VerificationError
+from rerank.converters import families, gate_probes, onnx_graph
+from rerank.converters.errors import CheckpointError, SourceError, VerificationError
+from rerank.converters.families.base import ModelFamily
 from rerank.converters.memory import release_memory
 from rerank.converters.probes import probe_pairs
 from rerank.converters.quiet import quiet_transformers
 from rerank.converters.spec import LoadedModel
 from rerank.converters.variants import build_fused, write_variants
-from rerank.service.model_folder import ModelFolderConfig, Variant, file_sha256, template_from_tokenizer, write_config
-from rerank.service.scoring import runs_natively, runtime_available, score_pairs, time_variants
+from rerank.service.model_folder import (
+    FORMAT_VERSION,
+    PROMPT_FORMAT,
+    ModelFolderConfig,
+    PairTemplate,
+    Variant,
+    file_sha256,
+    write_config,
+)
+from rerank.service.scoring import pair_ids, runs_natively, runtime_available, score_pairs, time_variants
 
 TOLERANCE = 1e-4
 """Largest accepted |logit difference| between the fp32 graph and the reference."""
@@ -42,44 +51,8 @@ class Result:
     probes: int
 
 
-def _reference_scores(
-    loaded: LoadedModel, folder: Path | None, tok: Tokenizer, pairs: list[tuple[str, str]]
-) -> tuple[np.ndarray, str]:
-    """Reference logits for ``pairs``, and a name for the reference used."""
-    import transformers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from rerank.converters.reference import reference_model, reference_scores
-
-    model = reference_model(folder, loaded)
-    if folder is not None:
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    else:
-        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=tok.id_to_token(loaded.spec.pad_id))
-    scores = reference_scores(model, hf_tokenizer, pairs, loaded.spec.max_length, loaded.spec.type_ids_input)
-    name = (
-        "rerank.converters.jinabert_torch"
-        if loaded.spec.family == "jina-bert"
-        else f"transformers {transformers.__version__}"
-    )
-    return scores, f"{name} ({type(model).__name__})"
-
-
 CHECK_PAIRS = 6
 """Probe pairs whose scores every variant records, for the server's start-up check."""
-
-
-def graph_facts(loaded: LoadedModel) -> dict[str, int]:
-    """What the server checks ``rerank.json`` against: the vocabulary's and the position
-    table's sizes (RoPE tables are built for ``max_length``; ALiBi has none)."""
-    spec, weights = loaded.spec, loaded.weights
-    facts = {"vocab_rows": int(weights["emb.word"].shape[0])}
-    if "emb.pos" in weights:
-        facts["position_rows"] = int(weights["emb.pos"].shape[0])
-        facts["position_offset"] = int(spec.position_offset)
-    elif spec.positions == "rope":
-        facts["position_rows"], facts["position_offset"] = spec.max_length, 0
-    return facts
 
 
 def seal(
@@ -155,6 +128,37 @@ def write_tokenizer(source_folder: Path | None, tokenizer: Tokenizer | None, out
     return tokenizer
 
 
+def served_template(tokenizer: Tokenizer, loaded: LoadedModel, family: ModelFamily) -> PairTemplate:
+    """How the service lays a pair out in tokens, refusing a tokenizer whose ids the model cannot
+    embed, that has no padding token, or whose pairs the family cannot lay out (the source's
+    tokenizer and weights are not trusted to agree)."""
+    size, rows = tokenizer.get_vocab_size(with_added_tokens=True), family.graph_facts(loaded)["vocab_rows"]
+    if size > rows:
+        raise SourceError(f"{loaded.source}: the tokenizer has {size} tokens but the model embeds only {rows}")
+    if tokenizer.id_to_token(loaded.spec.pad_id) is None:
+        raise SourceError(f"{loaded.source}: the padding token id {loaded.spec.pad_id} is not in the tokenizer")
+    try:
+        return family.pair_template(tokenizer, loaded.spec)
+    except SourceError as exc:
+        raise SourceError(f"{loaded.source}: {exc}") from exc
+
+
+def check_prompt_ids(
+    work: Path, config: ModelFolderConfig, pairs: list[tuple[str, str]], expected: list[list[int]]
+) -> None:
+    """Refuses a model folder whose pair encoder does not give exactly ``expected`` (the model
+    card's token ids) for each pair, naming the first pair and position that differ."""
+    for n, (ours, theirs) in enumerate(zip(pair_ids(work, config, pairs), expected, strict=True)):
+        if ours != theirs:
+            at = next(
+                (k for k, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs))
+            )
+            raise VerificationError(
+                f"probe #{n}: the model folder's tokens differ from the model card's at position {at} "
+                f"({len(ours)} vs {len(theirs)} tokens). Nothing was written."
+            )
+
+
 def convert(
     loaded: LoadedModel,
     *,
@@ -168,9 +172,9 @@ def convert(
     variants: tuple[str, ...] = (),
     enforce_gate: bool = True,
 ) -> Result:
-    """Writes ``out_dir/name`` for ``loaded`` after verifying it against the reference
-    implementation (:mod:`rerank.converters.reference`) on the probe pairs, plus the optimised
-    ``variants`` (:mod:`rerank.converters.variants`) that pass their accuracy gate.
+    """Writes ``out_dir/name`` for ``loaded`` after verifying it against its family's reference
+    implementation (:attr:`~rerank.converters.families.base.ModelFamily.reference`) on the probe
+    pairs, plus the optimised ``variants`` (:mod:`rerank.converters.variants`) that pass their accuracy gate.
 
     ``loaded.weights`` is emptied once every graph is on disk: a large model is never held
     twice while the variants are derived."""
@@ -181,14 +185,14 @@ def convert(
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     work.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
-        spec = loaded.spec
+        spec, family = loaded.spec, families.of(loaded)
         progress("tokenizer: writing tokenizer.json")
         tok = write_tokenizer(source_folder, tokenizer, work)
-        template = template_from_tokenizer(tok, pad_id=spec.pad_id)
+        template = served_template(tok, loaded, family)
         progress(
             f"graph: building {spec.family} ({spec.num_layers} layers x {spec.hidden}) as ONNX opset {onnx_graph.OPSET}"
         )
-        model = onnx_graph.build_graph(spec, loaded.weights, graph_name=name)
+        model = family.build_graph(spec, loaded.weights, graph_name=name)
         onnx_graph.save(model, work / "model.onnx")
         del model
         release_memory()
@@ -211,6 +215,7 @@ def convert(
             notes=tuple(loaded.notes),
             licence=licence,
             opset=onnx_graph.OPSET,
+            format=PROMPT_FORMAT if template.prompt is not None else FORMAT_VERSION,
         )
         write_config(work, config)
 
@@ -220,7 +225,9 @@ def convert(
         progress("verify: scoring them with the reference implementation")
         release_memory()
         with quiet_transformers():  # its weight-loading bars and notices are not our user's business
-            theirs, reference_name = _reference_scores(loaded, source_folder, tok, pairs)
+            if family.prompt_ids is not None:
+                check_prompt_ids(work, config, pairs, family.prompt_ids(loaded, source_folder, tok, pairs))
+            theirs, reference_name = family.reference(loaded, source_folder, tok, pairs)
         release_memory()
         diff = float(np.max(np.abs(ours - theirs)))
         progress(f"verify: max |Δ logit| = {diff:.3e} over {len(pairs)} probes (tolerance {TOLERANCE:g})")
@@ -230,9 +237,9 @@ def convert(
                 f"the ONNX graph differs from the reference by {diff:.3e} (> {TOLERANCE:g}); worst probe #{worst}: "
                 f"onnx {ours[worst]:.6f} vs reference {theirs[worst]:.6f}. Nothing was written."
             )
-        if variants:
+        if variants and family.fusions is not None:
             build_fused(work, loaded, progress)
-        graph = graph_facts(loaded)
+        graph = family.graph_facts(loaded)
         # Every graph that needs the weights is on disk: let them go before the variants need memory.
         loaded.weights.clear()
         release_memory()

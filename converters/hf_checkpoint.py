@@ -1,27 +1,39 @@
 """Reads a Hugging Face checkpoint folder (or Hub repo) into canonical weights.
 
-Supports every published layout of the six models, without executing any downloaded code
-(``trust_remote_code`` is never used):
-
-* XLM-R (``XLMRobertaForSequenceClassification``): bge-reranker-v2-m3, bce-reranker-base_v1;
-* jina-reranker-v2's "flash" layout: XLM-R math under fused ``mixer.Wqkv`` names;
-* BERT (``BertForSequenceClassification``);
-* JinaBERT (jina-reranker-v1-*): ALiBi, GEGLU, BERT pooler;
-* GTE "new" (gte-multilingual-reranker-base): RoPE, gated GELU, pooler.
+Which layouts exist, and how each is recognised and read, is the families' business
+(:mod:`rerank.converters.families`); this module fetches the folder, reads ``config.json`` and
+the tensor files, bounded and checked (they are untrusted input), and hands them to the layout
+the registry names. No downloaded code is ever executed (``trust_remote_code`` is never used).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
 import struct
+import warnings
+import zipfile
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from rerank.converters import families
 from rerank.converters.errors import CheckpointError
-from rerank.converters.spec import EncoderSpec, LoadedModel, Weights, shared_fields
+from rerank.converters.families.base import Checkpoint, check_finite
+from rerank.converters.fields import Fields
+from rerank.converters.spec import LoadedModel, Weights
 from rerank.service.model_folder import file_sha256
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A model's config.json is a few KB."""
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+"""A safetensors header indexes each tensor in ~100 bytes: a few hundred KB for the largest models."""
+MAX_DIMS = 8
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+"""Bytes per element of each safetensors dtype."""
 
 
 def fetch(source: str) -> Path:
@@ -30,7 +42,7 @@ def fetch(source: str) -> Path:
     if path.is_dir():
         return path
     if path.suffix or source.startswith((".", "/")):
-        raise CheckpointError(f"{source}: no such checkpoint folder")
+        raise CheckpointError(f"{source}: no such checkpoint folder.")
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -41,16 +53,39 @@ def fetch(source: str) -> Path:
 
 
 def download_failed(source: str, exc: BaseException) -> str:
-    """What to do when ``source`` cannot be downloaded: most often the machine is offline."""
-    from rerank.converters.catalog import did_you_mean
+    """What went wrong downloading ``source``, in whole sentences, and what to do next: most
+    often the machine is offline; else the repo id is wrong, or the repo is gated or private."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    lines = str(exc).strip().splitlines()
-    reason = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
-    return (
-        f"could not download {source!r} from the Hugging Face Hub ({reason}){did_you_mean(source)}. "
-        "Offline, convert a checkpoint folder you have: rerank-convert /path/to/checkpoint, or "
-        "make serve MODEL=/path/to/checkpoint; rerank-convert --list shows the supported models"
+    from rerank.converters.catalog import CATALOG, did_you_mean
+
+    # A supported model's repo id is right as typed: suggest nothing then.
+    hint = "" if any(source == entry.hub_repo for entry in CATALOG.values()) else did_you_mean(source)
+    # The library's message, whole, on one line: its lines are sentences or fragments of one.
+    lines = [line.strip().removeprefix("Got: ") for line in str(exc).splitlines() if line.strip()]
+    detail = " ".join(line if line.endswith((".", "!", "?")) else f"{line}." for line in lines)
+    offline = (
+        "Offline, build the demo reranker (make serve MODEL=demo, or rerank-convert demo) or convert a checkpoint "
+        "folder or .gguf file you have (make serve MODEL=/path/to/checkpoint, or rerank-convert /path/to/checkpoint)."
     )
+    if isinstance(exc, GatedRepoError):
+        return (
+            f"{source!r} is a gated repository on the Hugging Face Hub: accept its terms on its page, log in "
+            "(hf auth login), then run this again."
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return (
+            f"{source!r} is not a repository on the Hugging Face Hub{hint}, or it is private. "
+            "Check the repo id (rerank-convert --list shows the supported models), or log in (hf auth login) for "
+            "a private one."
+        )
+    if isinstance(exc, LocalEntryNotFoundError):
+        return (
+            f"could not download {source!r}{hint}: this machine cannot reach the Hugging Face "
+            f"Hub, and the model is not in its local cache ({detail}). {offline}"
+        )
+    reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return f"could not download {source!r} from the Hugging Face Hub{hint} ({reason}). {offline}"
 
 
 def count_parameters(folder: Path) -> int:
@@ -58,267 +93,164 @@ def count_parameters(folder: Path) -> int:
     ``pytorch_model.bin``'s size at 4 bytes per parameter (float32, how those were saved)."""
     files = sorted(folder.glob("*.safetensors"))
     if files:
-        return sum(_safetensors_elements(file) for file in files)
+        return sum(sum(safetensors_index(file).values()) for file in files)
     bin_file = folder / "pytorch_model.bin"
     if bin_file.exists():
         return bin_file.stat().st_size // 4
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
-def _safetensors_elements(file: Path) -> int:
-    """Elements of every tensor in a safetensors file: its header is a u64 length and a JSON index."""
+def safetensors_index(file: Path) -> dict[str, int]:
+    """Each tensor's element count, from a safetensors file's header (a u64 length and a JSON
+    index), checked: every tensor's bytes lie inside the file and match its shape and dtype."""
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{file}: not a readable safetensors file ({problem})")
+
     try:
         with open(file, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            if size > file.stat().st_size - 8:
-                raise ValueError(f"a header of {size} bytes")
-            header = json.loads(handle.read(size))
-        return sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            if size < 8:
+                raise bad(f"{size} bytes, shorter than its header's length")
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise bad(f"a header of {length} bytes in a file of {size}")
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise bad(exc.strerror or str(exc)) from exc
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"its header is not JSON: {str(exc)[:80]}") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data_bytes = size - 8 - length
+    index = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name[:80]!r} is not described by an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in DTYPE_BYTES:
+            raise bad(f"tensor {name[:80]!r} has dtype {str(dtype)[:20]!r}")
+        if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_count(d) for d in shape)):
+            raise bad(f"tensor {name[:80]!r} has shape {str(shape)[:40]}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+            raise bad(f"tensor {name[:80]!r} has data offsets {str(offsets)[:40]}")
+        elements = math.prod(shape)
+        begin, end = offsets
+        if not begin <= end <= data_bytes or end - begin != elements * DTYPE_BYTES[dtype]:
+            raise bad(f"tensor {name[:80]!r} ({dtype} {shape}) does not fit bytes {begin} to {end} of {data_bytes}")
+        index[name] = elements
+    return index
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` as a JSON object, refusing what cannot be one (or is absurdly large)."""
+    path = folder / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{folder}: no config.json")
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{path}: {size} bytes; a model config is a few KB (at most {MAX_CONFIG_BYTES})")
+        config = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not readable ({exc.strerror or exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not JSON ({str(exc)[:80]})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a JSON {type(config).__name__}, not an object")
+    return config
+
+
+class _Tensors:
+    """A checkpoint's tensor files: the names from their headers, the data when asked for."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files = sorted(folder.glob("*.safetensors"))
+        self.bin_file = folder / "pytorch_model.bin"
+        if not self.files and not self.bin_file.exists():
+            raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+        self._loaded: Weights | None = None
+
+    def names(self) -> frozenset[str]:
+        if self.files:
+            return frozenset(name for file in self.files for name in safetensors_index(file))
+        return frozenset(self.load())
+
+    def load(self) -> Weights:
+        """Every tensor, as numpy arrays (float16/32 as stored; bf16 and ``.bin`` as float32)."""
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
+
+    def _read(self) -> Weights:
+        if self.files:
+            tensors: Weights = {}
+            for file in self.files:
+                tensors.update(_load_safetensors(file))
+            return tensors
+        return _load_bin(self.bin_file)
+
+    def hashes(self) -> dict[str, str]:
+        return {f.name: file_sha256(f) for f in self.files or [self.bin_file]}
 
 
 def _load_safetensors(file: Path) -> Weights:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    safetensors_index(file)
     try:
-        return load_file(str(file))
-    except TypeError:  # bf16 has no numpy dtype: go through torch
-        from safetensors.torch import load_file as load_torch
+        try:
+            return load_file(str(file))
+        except TypeError:  # bf16 has no numpy dtype: go through torch
+            from safetensors.torch import load_file as load_torch
 
-        return {k: v.float().numpy() for k, v in load_torch(str(file)).items()}
-
-
-def _read_tensors(folder: Path) -> tuple[Weights, dict[str, str]]:
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        tensors: Weights = {}
-        for file in files:
-            tensors.update(_load_safetensors(file))
-        return tensors, {f.name: file_sha256(f) for f in files}
-    bin_file = folder / "pytorch_model.bin"
-    if bin_file.exists():
-        import torch
-
-        state = torch.load(str(bin_file), map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in state.items()}, {bin_file.name: file_sha256(bin_file)}
-    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+            return {k: v.float().numpy() for k, v in load_torch(str(file)).items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({str(exc)[:120]})") from exc
 
 
-def _strip_prefix(tensors: Weights) -> Weights:
-    """The tensors without the backbone prefix (``roberta.``, ``bert.``, ``new.``, ...), which is
-    found by the word embeddings' name."""
-    for key in tensors:
-        if key.endswith("embeddings.word_embeddings.weight"):
-            prefix = key[: -len("embeddings.word_embeddings.weight")]
-            return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
-    raise CheckpointError("no embeddings.word_embeddings.weight tensor: not a supported encoder")
+def _load_bin(file: Path) -> Weights:
+    import torch
 
-
-def detect_family(config: dict, keys: set[str]) -> str:
-    """Names the layout: ``xlm-roberta``, ``jina-v2``, ``bert``, ``jina-bert`` or ``gte``."""
-    model_type = str(config.get("model_type", "")).lower()
-    if any(".mixer.Wqkv." in k for k in keys):
-        return "jina-v2"
-    if model_type in ("new", "gte") or any(".up_gate_proj." in k for k in keys):
-        return "gte"
-    if any(".mlp.gated_layers." in k for k in keys) or config.get("position_embedding_type") == "alibi":
-        return "jina-bert"
-    if model_type in ("xlm-roberta", "roberta", "camembert"):
-        return "xlm-roberta"
-    if model_type == "bert":
-        return "bert"
-    raise CheckpointError(
-        f"unsupported model_type {model_type!r} (architectures {config.get('architectures')}); "
-        "supported: XLM-RoBERTa, BERT, JinaBERT, GTE-new, jina-reranker-v2"
-    )
-
-
-def _take(t: Weights, key: str) -> np.ndarray:
     try:
-        return np.asarray(t[key], dtype=np.float32)
-    except KeyError:
-        raise CheckpointError(f"missing tensor {key!r}") from None
-
-
-def _check_one_logit(head_out: np.ndarray) -> None:
-    if head_out.shape[0] != 1:
-        raise CheckpointError(f"the classifier has {head_out.shape[0]} outputs; a reranker has exactly one")
+        with warnings.catch_warnings():  # what torch says about a malformed file is in its error
+            warnings.simplefilter("ignore")
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file}: not a state dict of tensors")
+    return {str(k): v.float().numpy() for k, v in state.items()}
 
 
 def load_checkpoint(source: str) -> LoadedModel:
-    """Reads ``source`` (folder or Hub id) into a :class:`LoadedModel`."""
+    """Reads ``source`` (folder or Hub id) into a :class:`LoadedModel`, by the layout the
+    family registry recognises in it."""
     folder = fetch(source)
-    config_path = folder / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{folder}: no config.json")
-    config = json.loads(config_path.read_text())
-    raw, hashes = _read_tensors(folder)
-    t = _strip_prefix(raw)
-    family = detect_family(config, set(raw))
-    layers = int(config["num_hidden_layers"])
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    inter = int(config["intermediate_size"])
-    w: Weights = {"emb.word": _take(t, "embeddings.word_embeddings.weight")}
-    notes: list[str] = []
-
-    def stack_qkv(p: str) -> tuple[np.ndarray, np.ndarray]:
-        ws = [_take(t, f"{p}.{n}.weight") for n in ("query", "key", "value")]
-        bs = [_take(t, f"{p}.{n}.bias") for n in ("query", "key", "value")]
-        return np.concatenate(ws, 0), np.concatenate(bs, 0)
-
-    if "embeddings.token_type_embeddings.weight" in t:
-        w["emb.type"] = _take(t, "embeddings.token_type_embeddings.weight")
-    if family in ("xlm-roberta", "bert", "jina-bert"):
-        ln = "embeddings.LayerNorm"
-    elif family == "jina-v2":
-        ln = "emb_ln"
-    else:
-        ln = "embeddings.LayerNorm"
-    w["emb.ln.w"], w["emb.ln.b"] = _take(t, f"{ln}.weight"), _take(t, f"{ln}.bias")
-
-    for i in range(layers):
-        o = f"L{i}."
-        if family in ("xlm-roberta", "bert", "jina-bert"):
-            p = f"encoder.layer.{i}"
-            w[o + "qkv.w"], w[o + "qkv.b"] = stack_qkv(f"{p}.attention.self")
-            w[o + "o.w"], w[o + "o.b"] = (
-                _take(t, f"{p}.attention.output.dense.weight"),
-                _take(t, f"{p}.attention.output.dense.bias"),
-            )
-            w[o + "attn_ln.w"], w[o + "attn_ln.b"] = (
-                _take(t, f"{p}.attention.output.LayerNorm.weight"),
-                _take(t, f"{p}.attention.output.LayerNorm.bias"),
-            )
-            if family == "jina-bert":
-                w[o + "up.w"] = _take(t, f"{p}.mlp.gated_layers.weight")
-                w[o + "down.w"], w[o + "down.b"] = _take(t, f"{p}.mlp.wo.weight"), _take(t, f"{p}.mlp.wo.bias")
-                w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = (
-                    _take(t, f"{p}.mlp.layernorm.weight"),
-                    _take(t, f"{p}.mlp.layernorm.bias"),
-                )
-            else:
-                w[o + "up.w"], w[o + "up.b"] = (
-                    _take(t, f"{p}.intermediate.dense.weight"),
-                    _take(t, f"{p}.intermediate.dense.bias"),
-                )
-                w[o + "down.w"], w[o + "down.b"] = (
-                    _take(t, f"{p}.output.dense.weight"),
-                    _take(t, f"{p}.output.dense.bias"),
-                )
-                w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = (
-                    _take(t, f"{p}.output.LayerNorm.weight"),
-                    _take(t, f"{p}.output.LayerNorm.bias"),
-                )
-        elif family == "jina-v2":
-            p = f"encoder.layers.{i}"
-            w[o + "qkv.w"], w[o + "qkv.b"] = _take(t, f"{p}.mixer.Wqkv.weight"), _take(t, f"{p}.mixer.Wqkv.bias")
-            w[o + "o.w"], w[o + "o.b"] = _take(t, f"{p}.mixer.out_proj.weight"), _take(t, f"{p}.mixer.out_proj.bias")
-            w[o + "attn_ln.w"], w[o + "attn_ln.b"] = _take(t, f"{p}.norm1.weight"), _take(t, f"{p}.norm1.bias")
-            w[o + "up.w"], w[o + "up.b"] = _take(t, f"{p}.mlp.fc1.weight"), _take(t, f"{p}.mlp.fc1.bias")
-            w[o + "down.w"], w[o + "down.b"] = _take(t, f"{p}.mlp.fc2.weight"), _take(t, f"{p}.mlp.fc2.bias")
-            w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _take(t, f"{p}.norm2.weight"), _take(t, f"{p}.norm2.bias")
-        else:  # gte
-            p = f"encoder.layer.{i}"
-            w[o + "qkv.w"], w[o + "qkv.b"] = (
-                _take(t, f"{p}.attention.qkv_proj.weight"),
-                _take(t, f"{p}.attention.qkv_proj.bias"),
-            )
-            w[o + "o.w"], w[o + "o.b"] = (
-                _take(t, f"{p}.attention.o_proj.weight"),
-                _take(t, f"{p}.attention.o_proj.bias"),
-            )
-            w[o + "attn_ln.w"], w[o + "attn_ln.b"] = _take(t, f"{p}.attn_ln.weight"), _take(t, f"{p}.attn_ln.bias")
-            w[o + "up.w"] = _take(t, f"{p}.mlp.up_gate_proj.weight")
-            w[o + "down.w"], w[o + "down.b"] = (
-                _take(t, f"{p}.mlp.down_proj.weight"),
-                _take(t, f"{p}.mlp.down_proj.bias"),
-            )
-            w[o + "ffn_ln.w"], w[o + "ffn_ln.b"] = _take(t, f"{p}.mlp_ln.weight"), _take(t, f"{p}.mlp_ln.bias")
-
-    if family in ("xlm-roberta", "jina-v2"):
-        w["head.dense.w"], w["head.dense.b"] = (
-            _take(raw, "classifier.dense.weight"),
-            _take(raw, "classifier.dense.bias"),
-        )
-        w["head.out.w"], w["head.out.b"] = (
-            _take(raw, "classifier.out_proj.weight"),
-            _take(raw, "classifier.out_proj.bias"),
-        )
-        head = "roberta"
-    else:
-        w["head.dense.w"], w["head.dense.b"] = _take(t, "pooler.dense.weight"), _take(t, "pooler.dense.bias")
-        w["head.out.w"], w["head.out.b"] = _take(raw, "classifier.weight"), _take(raw, "classifier.bias")
-        head = "pooler"
-    _check_one_logit(w["head.out.w"])
-
-    eps = float(config.get("layer_norm_eps", 1e-12))
-    pad_id = int(config.get("pad_token_id", 1) if config.get("pad_token_id") is not None else 1)
-    max_pos = int(config.get("max_position_embeddings", 512))
-    common = shared_fields(
-        w, layers=layers, hidden=hidden, heads=heads, intermediate=inter, eps=eps, pad_id=pad_id, head=head
-    )
-    if family in ("xlm-roberta", "jina-v2"):
-        w["emb.pos"] = _take(t, "embeddings.position_embeddings.weight")
-        spec = EncoderSpec(
-            family="xlm-roberta",
-            max_length=max_pos - pad_id - 1,
-            positions="learned",
-            feed_forward="gelu",
-            position_offset=pad_id + 1,
-            positions_from_pad=True,
-            **common,
-        )
-    elif family == "bert":
-        w["emb.pos"] = _take(t, "embeddings.position_embeddings.weight")
-        spec = EncoderSpec(
-            family="bert",
-            max_length=max_pos,
-            positions="learned",
-            feed_forward="gelu",
-            type_ids_input=common["type_vocab"] > 1,
-            **common,
-        )
-    elif family == "jina-bert":
-        # JinaBERT's tokenizer (RoBERTa BPE) emits no token-type ids: every token has type 0.
-        spec = EncoderSpec(family="jina-bert", max_length=max_pos, positions="alibi", feed_forward="geglu", **common)
-    else:
-        base, scale = gte_rope(config)
-        spec = EncoderSpec(
-            family="gte",
-            max_length=max_pos,
-            positions="rope",
-            feed_forward="gelu-gated-second",
-            rope_base=base,
-            rope_position_scale=scale,
-            **common,
-        )
-    act = str(config.get("hidden_act", "gelu"))
-    if act not in ("gelu", "gelu_python"):
-        raise CheckpointError(f"hidden_act {act!r} is not supported (only exact GELU)")
+    config = read_config(folder)
+    tensors = _Tensors(folder)
+    names = tensors.names()
+    family, layout = families.checkpoint_layout(config, names, str(folder))
+    fields = Fields(config, str(folder / "config.json"), CheckpointError)
+    read = layout.read(Checkpoint(folder, fields, names, tensors.load))
+    family.check(read.spec, read.weights, str(folder), CheckpointError)
+    check_finite(read.weights, str(folder), CheckpointError)
     return LoadedModel(
-        spec=spec, weights=w, source=source, source_format="hf", notes=notes, files_sha256=hashes, layout=family
+        spec=read.spec,
+        weights=read.weights,
+        source=source,
+        source_format="hf",
+        notes=read.notes,
+        files_sha256=tensors.hashes(),
+        source_dtype=read.source_dtype or "fp32",
+        layout=layout.name,
     )
-
-
-def gte_rope(config: dict) -> tuple[float, float]:
-    """(base, position scale) of GTE's RoPE, with its static NTK scaling folded in.
-
-    The "new" implementation's static NTK scaling computes inverse frequencies from
-    ``base * factor`` and divides them by ``factor ** (2 / d)``: the same as RoPE with base
-    ``base * factor`` and positions divided by ``factor ** (2 / d)``, which is what this returns
-    (transformers' ``linear`` rope type with that factor). Configs in transformers' own ``gte``
-    format carry their final theta and, optionally, a linear factor.
-    """
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", config.get("rope_theta", 160000.0)))
-    kind = str(scaling.get("type", scaling.get("rope_type", "default")))
-    if kind == "ntk":
-        factor = float(scaling["factor"])
-        d = int(config["hidden_size"]) // int(config["num_attention_heads"])
-        return theta * factor, factor ** (2.0 / d)
-    if params.get("rope_type") == "linear":
-        return theta, float(params["factor"])
-    return theta, 1.0

@@ -1,12 +1,16 @@
-"""Reference scores from the original implementation, to prove a converted graph exact.
+"""Reference scores from the original implementation, to prove a converted encoder graph exact.
 
-* XLM-R, BERT and GTE checkpoints: transformers' own classes, loaded from the checkpoint folder
-  by transformers itself (``from_pretrained``), independent of our weight reader.
-* jina-reranker-v2 ("flash" layout) and every GGUF file: transformers' class for the family,
-  given the weights our reader produced (the remote code is never run).
+What the encoder families share; each family picks its reference model
+(:mod:`rerank.converters.families`):
+
+* checkpoints in a layout transformers reads itself (XLM-R, BERT, GTE): transformers' own
+  classes, loaded from the checkpoint folder by transformers (``from_pretrained``), independent
+  of our weight reader;
+* other layouts (jina-reranker-v2's "flash" names) and every GGUF file: transformers' class for
+  the family, given the weights our reader produced (the remote code is never run);
 * JinaBERT: transformers has no class for it; :mod:`rerank.converters.jinabert_torch` is a separate
-  PyTorch definition written from the published description.
-* The ``tanh`` and ``linear`` heads of pooler-less GGUFs (what llama.cpp computes) sit on top
+  PyTorch definition written from the published description;
+* the ``tanh`` and ``linear`` heads of pooler-less GGUFs (what llama.cpp computes) sit on top
   of the transformers backbone.
 
 Tokenisation here is the Hugging Face tokenizer with ``truncation="only_second"``, independent
@@ -15,12 +19,16 @@ of the service's pair encoder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
-from rerank.converters.errors import ConversionError
+from rerank.converters.errors import CheckpointError, ConversionError
+from rerank.converters.families.base import Reference
 from rerank.converters.spec import LoadedModel
 
 
@@ -36,11 +44,12 @@ def hf_tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int):
     )
 
 
-def _split_qkv(w: dict, o: str, H: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def split_qkv(w: dict, o: str, H: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Layer ``o``'s stacked q/k/v weight and bias, as (weight, bias) of q, k and v."""
     return [(w[o + "qkv.w"][j * H : (j + 1) * H], w[o + "qkv.b"][j * H : (j + 1) * H]) for j in range(3)]
 
 
-def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
+def bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
     """Canonical weights -> transformers' BERT/XLM-R backbone names (without the head)."""
     spec, w = loaded.spec, loaded.weights
     state = {
@@ -54,7 +63,7 @@ def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
         state[f"{prefix}embeddings.token_type_embeddings.weight"] = w["emb.type"]
     for i in range(spec.num_layers):
         p, o = f"{prefix}encoder.layer.{i}.", f"L{i}."
-        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), ("query", "key", "value"), strict=False):
+        for (wt, bs), name in zip(split_qkv(w, o, spec.hidden), ("query", "key", "value"), strict=False):
             state[f"{p}attention.self.{name}.weight"], state[f"{p}attention.self.{name}.bias"] = wt, bs
         state.update(
             {
@@ -73,38 +82,8 @@ def _bert_like_state(loaded: LoadedModel, prefix: str) -> dict[str, np.ndarray]:
     return state
 
 
-def _gte_state(loaded: LoadedModel) -> dict[str, np.ndarray]:
-    spec, w = loaded.spec, loaded.weights
-    state = {
-        "gte.embeddings.word_embeddings.weight": w["emb.word"],
-        "gte.embeddings.LayerNorm.weight": w["emb.ln.w"],
-        "gte.embeddings.LayerNorm.bias": w["emb.ln.b"],
-    }
-    if "emb.type" in w:
-        state["gte.embeddings.token_type_embeddings.weight"] = w["emb.type"]
-    I = spec.intermediate
-    for i in range(spec.num_layers):
-        p, o = f"gte.layers.{i}.", f"L{i}."
-        for (wt, bs), name in zip(_split_qkv(w, o, spec.hidden), "qkv", strict=False):
-            state[f"{p}self_attn.{name}_proj.weight"], state[f"{p}self_attn.{name}_proj.bias"] = wt, bs
-        state.update(
-            {
-                f"{p}self_attn.o_proj.weight": w[o + "o.w"],
-                f"{p}self_attn.o_proj.bias": w[o + "o.b"],
-                f"{p}post_attention_layernorm.weight": w[o + "attn_ln.w"],
-                f"{p}post_attention_layernorm.bias": w[o + "attn_ln.b"],
-                f"{p}mlp.up_proj.weight": w[o + "up.w"][:I],
-                f"{p}mlp.gate_proj.weight": w[o + "up.w"][I:],
-                f"{p}mlp.down_proj.weight": w[o + "down.w"],
-                f"{p}mlp.down_proj.bias": w[o + "down.b"],
-                f"{p}post_mlp_layernorm.weight": w[o + "ffn_ln.w"],
-                f"{p}post_mlp_layernorm.bias": w[o + "ffn_ln.b"],
-            }
-        )
-    return state
-
-
-def _load(model, state: dict[str, np.ndarray]):
+def load_state(model, state: dict[str, np.ndarray]):
+    """``model`` with ``state`` loaded; refuses weights it does not take, or lacks."""
     import torch
 
     missing, unexpected = model.load_state_dict(
@@ -136,15 +115,8 @@ class _PoolerlessHead:
         return SimpleNamespace(logits=torch.tanh(logits) if self.tanh else logits)
 
 
-def gte_rope_parameters(spec) -> dict:
-    """transformers' rope settings for our (base, position scale) form of GTE's NTK RoPE."""
-    if spec.rope_position_scale == 1.0:
-        return {"rope_type": "default", "rope_theta": spec.rope_base}
-    return {"rope_type": "linear", "rope_theta": spec.rope_base, "factor": spec.rope_position_scale}
-
-
-def _sizes(loaded: LoadedModel) -> dict:
-    """transformers config arguments every family shares, from the spec."""
+def transformers_sizes(loaded: LoadedModel) -> dict:
+    """transformers config arguments every encoder family shares, from the spec."""
     spec = loaded.spec
     return {
         "vocab_size": loaded.weights["emb.word"].shape[0],
@@ -159,92 +131,90 @@ def _sizes(loaded: LoadedModel) -> dict:
     }
 
 
-def _gte_config(loaded: LoadedModel):
-    from transformers import GteConfig
+@dataclass(frozen=True)
+class BertLike:
+    """transformers' classes of a BERT-shaped family, and where its head's weights go."""
 
-    spec = loaded.spec
-    return GteConfig(
-        max_position_embeddings=spec.max_length, rope_parameters=gte_rope_parameters(spec), **_sizes(loaded)
+    config: str
+    classifier: str
+    backbone: str
+    prefix: str
+    """The backbone's prefix in the classifier's state (``roberta.``, ``bert.``)."""
+    head_names: dict[str, str]
+    """transformers' head weight name -> canonical name."""
+
+
+def bert_like_model(loaded: LoadedModel, classes: BertLike) -> Any:
+    """transformers' classifier of a BERT-shaped family given the canonical weights (for the
+    pooler-less heads: its backbone, and that head on top)."""
+    import transformers
+
+    w = loaded.weights
+    sizes = transformers_sizes(loaded)
+    config = getattr(transformers, classes.config)(max_position_embeddings=w["emb.pos"].shape[0], **sizes)
+    if loaded.spec.head in ("tanh", "linear"):
+        backbone = getattr(transformers, classes.backbone)(config, add_pooling_layer=False)
+        return _PoolerlessHead(load_state(backbone, bert_like_state(loaded, "")), loaded)
+    state = bert_like_state(loaded, classes.prefix)
+    state.update({theirs: w[ours] for theirs, ours in classes.head_names.items()})
+    return load_state(getattr(transformers, classes.classifier)(config), state)
+
+
+def from_pretrained(load: Callable[[], Any], folder: Path) -> Any:
+    """``load()``, a transformers ``from_pretrained`` of ``folder``; what transformers refuses in
+    the checkpoint's files (it reads config.json its own way) is a :class:`CheckpointError`."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:  # what transformers raises for files it cannot use
+        raise CheckpointError(f"{folder}: transformers cannot load it: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def from_pretrained_classifier(folder: Path) -> Any:
+    """transformers' sequence classifier, read from the checkpoint folder by transformers itself."""
+    from transformers import AutoModelForSequenceClassification
+
+    return from_pretrained(
+        lambda: AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1), folder
     )
 
 
-def model_from_weights(loaded: LoadedModel):
-    """A transformers (or JinaBERT) reference module built from canonical weights."""
-    spec, w = loaded.spec, loaded.weights
-    if spec.family == "jina-bert":
-        from rerank.converters.jinabert_torch import JinaBertReranker
+def bert_like_reference(layout: str, classes: BertLike) -> Callable[[Path | None, LoadedModel], Any]:
+    """A BERT-shaped family's reference model: transformers reads a checkpoint in its own
+    ``layout`` itself; other layouts and GGUFs go through our weights (:func:`bert_like_model`)."""
 
-        return JinaBertReranker(loaded)
-    if spec.family == "gte":
-        from transformers import GteForSequenceClassification
+    def model(folder: Path | None, loaded: LoadedModel) -> Any:
+        if folder is not None and loaded.layout == layout:
+            return from_pretrained_classifier(folder)
+        return bert_like_model(loaded, classes)
 
-        config = _gte_config(loaded)
-        state = _gte_state(loaded)
-        state.update(
-            {
-                "gte.pooler.dense.weight": w["head.dense.w"],
-                "gte.pooler.dense.bias": w["head.dense.b"],
-                "classifier.weight": w["head.out.w"],
-                "classifier.bias": w["head.out.b"],
-            }
-        )
-        return _load(GteForSequenceClassification(config), state)
-    import transformers
-
-    config_cls, model_cls, backbone_cls, prefix, head_names = _BERT_LIKE[spec.family]
-    config = getattr(transformers, config_cls)(max_position_embeddings=w["emb.pos"].shape[0], **_sizes(loaded))
-    if spec.head in ("tanh", "linear"):
-        backbone = getattr(transformers, backbone_cls)(config, add_pooling_layer=False)
-        return _PoolerlessHead(_load(backbone, _bert_like_state(loaded, "")), loaded)
-    state = _bert_like_state(loaded, prefix)
-    state.update({theirs: w[ours] for theirs, ours in head_names.items()})
-    return _load(getattr(transformers, model_cls)(config), state)
+    return model
 
 
-_BERT_LIKE = {
-    # family: (config class, classifier class, backbone class, backbone prefix, head weight names)
-    "xlm-roberta": (
-        "XLMRobertaConfig",
-        "XLMRobertaForSequenceClassification",
-        "XLMRobertaModel",
-        "roberta.",
-        {
-            "classifier.dense.weight": "head.dense.w",
-            "classifier.dense.bias": "head.dense.b",
-            "classifier.out_proj.weight": "head.out.w",
-            "classifier.out_proj.bias": "head.out.b",
-        },
-    ),
-    "bert": (
-        "BertConfig",
-        "BertForSequenceClassification",
-        "BertModel",
-        "bert.",
-        {
-            "bert.pooler.dense.weight": "head.dense.w",
-            "bert.pooler.dense.bias": "head.dense.b",
-            "classifier.weight": "head.out.w",
-            "classifier.bias": "head.out.b",
-        },
-    ),
-}
+def encoder_reference(model: Callable[[Path | None, LoadedModel], Any], name: str | None = None) -> Reference:
+    """An encoder family's :class:`~rerank.converters.families.base.Reference`: ``model(folder,
+    loaded)`` scores the pairs one at a time, tokenised by the checkpoint's tokenizer (as
+    transformers builds it) or, without a folder, by the rebuilt one. ``name`` (default: the
+    transformers version) is what ``rerank.json`` records as the reference."""
 
+    def scores(
+        loaded: LoadedModel, folder: Path | None, tokenizer: Any, pairs: list[tuple[str, str]]
+    ) -> tuple[np.ndarray, str]:
+        import transformers
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-def reference_model(folder: Path | None, loaded: LoadedModel):
-    """The reference module: transformers ``from_pretrained`` where the checkpoint is in a layout
-    transformers reads itself, else one built from our canonical weights."""
-    layout = loaded.layout
-    if folder is not None and layout in ("xlm-roberta", "bert"):
-        from transformers import AutoModelForSequenceClassification
+        reference = model(folder, loaded)
+        spec = loaded.spec
+        if folder is not None:
+            hf_tokenizer = from_pretrained(
+                lambda: AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False), folder
+            )
+        else:
+            pad = tokenizer.id_to_token(spec.pad_id)
+            hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad)
+        logits = reference_scores(reference, hf_tokenizer, pairs, spec.max_length, spec.type_ids_input)
+        return logits, f"{name or f'transformers {transformers.__version__}'} ({type(reference).__name__})"
 
-        return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
-    if folder is not None and layout == "gte":
-        # transformers reads the "new" checkpoint's weights itself (its gte conversion mapping);
-        # only the config, which it cannot read (model_type "new"), is translated.
-        from transformers import GteForSequenceClassification
-
-        return GteForSequenceClassification.from_pretrained(str(folder), config=_gte_config(loaded))
-    return model_from_weights(loaded)
+    return scores
 
 
 def reference_scores(model, tokenizer, pairs: list[tuple[str, str]], max_length: int, type_ids: bool) -> np.ndarray:

@@ -1,17 +1,17 @@
-"""The converter's own description of a cross-encoder: architecture facts plus weights.
+"""The converter's own description of a model: a spec (the facts that decide the math) plus weights.
 
 Every source format (a Hugging Face checkpoint in any of its published weight layouts, or a
-GGUF file) is read into the same two things:
+GGUF file) is read, by its family (:mod:`rerank.converters.families`), into the same two things:
 
-* an :class:`EncoderSpec`: the few facts that decide the math (sizes, position scheme,
-  feed-forward kind, classifier head), and
-* a :data:`Weights` dict with *canonical* tensor names (below), in PyTorch's ``Linear``
-  orientation (``[out_features, in_features]``), float32.
+* a spec (:class:`ModelSpec`; the encoder families' is :class:`EncoderSpec`): sizes, position
+  scheme, feed-forward kind, classifier head, and
+* a :data:`Weights` dict with *canonical* tensor names, in PyTorch's ``Linear`` orientation
+  (``[out_features, in_features]``), float32.
 
-The ONNX graph builder (:mod:`rerank.converters.onnx_graph`) only ever sees these, so one graph
-definition serves every source and every checkpoint layout.
+The family's graph builder only ever sees these, so one graph definition serves every source
+and every checkpoint layout of the family.
 
-Canonical names::
+The encoder families' canonical names (:mod:`rerank.converters.onnx_graph` reads them)::
 
     emb.word            [vocab, hidden]
     emb.pos             [positions, hidden]          learned positions only
@@ -32,14 +32,44 @@ Canonical names::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 Weights = dict[str, np.ndarray]
 
-Family = Literal["xlm-roberta", "bert", "jina-bert", "gte"]
-"""Architecture families. jina-reranker-v2 is ``xlm-roberta`` math in another weight layout."""
+
+class ModelSpec(Protocol):
+    """What the conversion pipeline reads of any family's spec (the rest is the family's own)."""
+
+    @property
+    def family(self) -> str:
+        """The family's name (:attr:`rerank.converters.families.base.ModelFamily.name`)."""
+        ...
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def hidden(self) -> int: ...
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence the model reads, special tokens included."""
+        ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def type_ids_input(self) -> bool:
+        """The graph has a ``token_type_ids`` input."""
+        ...
+
+    def to_json(self) -> dict:
+        """Recorded in the model folder's ``rerank.json`` (``spec``)."""
+        ...
+
 
 Positions = Literal["learned", "alibi", "rope"]
 
@@ -56,9 +86,12 @@ JinaBERT, in ``cls.output`` for BERT); neither is the original model's head."""
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """The facts that decide a cross-encoder's math. Serialised into the model folder's config."""
+    """The facts that decide a cross-encoder's math (the encoder families' :class:`ModelSpec`).
+    Serialised into the model folder's config."""
 
-    family: Family
+    family: str
+    """``xlm-roberta`` (jina-reranker-v2 is its math in another weight layout), ``bert``,
+    ``jina-bert`` or ``gte``."""
     num_layers: int
     hidden: int
     heads: int
@@ -95,28 +128,11 @@ class EncoderSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def shared_fields(
-    weights: Weights, *, layers: int, hidden: int, heads: int, intermediate: int, eps: float, pad_id: int, head: str
-) -> dict[str, Any]:
-    """The :class:`EncoderSpec` fields every source reader fills the same way; the token-type
-    table's size is read from ``weights`` (0 without one)."""
-    return {
-        "num_layers": layers,
-        "hidden": hidden,
-        "heads": heads,
-        "intermediate": intermediate,
-        "layer_norm_eps": eps,
-        "pad_id": pad_id,
-        "head": head,
-        "type_vocab": int(weights["emb.type"].shape[0]) if "emb.type" in weights else 0,
-    }
-
-
 @dataclass
 class LoadedModel:
     """What a source reader returns: the spec, canonical weights, and provenance."""
 
-    spec: EncoderSpec
+    spec: ModelSpec
     weights: Weights
     source: str
     source_format: Literal["hf", "gguf"]
@@ -125,7 +141,7 @@ class LoadedModel:
     files_sha256: dict[str, str] = field(default_factory=dict)
     source_dtype: str = "fp32"
     layout: str = ""
-    """The weight layout read: ``xlm-roberta``, ``jina-v2``, ``bert``, ``jina-bert``, ``gte`` or ``gguf``."""
+    """The weight layout read: a checkpoint layout's name (``xlm-roberta``, ``jina-v2``, ...) or ``gguf``."""
 
 
 def alibi_slopes(heads: int) -> np.ndarray:

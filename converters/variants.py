@@ -2,11 +2,15 @@
 
 ONNX Runtime (``Variant.runtime = "onnxruntime"``):
 
-* ``fp32-fused``: attention as ONNX Runtime's MultiHeadAttention kernel (built in by
-  :func:`rerank.converters.onnx_graph.build_graph`), then ONNX Runtime's transformer fusions
-  (SkipLayerNormalization, BiasGelu). Same math as fp32.
+* ``fp32-fused``: attention as ONNX Runtime's MultiHeadAttention kernel (built in by the
+  family's graph builder: :func:`rerank.converters.onnx_graph.build_graph` for the encoders),
+  then ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu). Same math as fp32.
 * ``int8``: dynamic int8 quantisation of the fused graph's weight matrices, for the CPU.
 * ``fp16``: the fused graph in float16 (inputs and outputs stay as they are), for CUDA.
+
+A family without a fused graph (the Qwen3-Reranker decoder: its attention is grouped-query and
+causal, which the encoders' MultiHeadAttention fusion does not cover) skips ``fp32-fused`` and
+derives ``int8`` and ``fp16`` from ``model.onnx`` instead.
 
 OpenVINO (``runtime = "openvino"``, CPU; :mod:`rerank.service.backends.openvino`; needs the extra
 ``openvino``, else these are skipped with a message):
@@ -29,6 +33,7 @@ fp32 graph (ONNX Runtime, ``model.onnx``), and max |Δ logit| <= 0.05. The figur
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rerank.converters import gate_probes, mixed_precision, onnx_graph
+from rerank.converters import families, gate_probes, mixed_precision, onnx_graph
 from rerank.converters.gate_probes import spearman as spearman  # re-exported: tests rank-compare with it
 from rerank.converters.memory import release_memory
 from rerank.converters.quiet import quiet_onnxruntime_tools
@@ -95,6 +100,14 @@ def gate_figures(reference: np.ndarray, scores: np.ndarray, groups: list[str]) -
     }
 
 
+NO_FUSED_GRAPH = "this architecture has no fused graph (its attention is not the encoders' MultiHeadAttention)"
+
+
+def _unfused(variant: Variant) -> Variant:
+    """``variant`` as derived from ``model.onnx`` rather than the fused graph."""
+    return dataclasses.replace(variant, fused=False)
+
+
 def missing_runtime(name: str) -> str | None:
     """Why variant ``name`` cannot be built and gated here (a package or the CPU's bf16 / int8
     units are missing), or None."""
@@ -111,13 +124,14 @@ def missing_runtime(name: str) -> str | None:
     return None
 
 
-def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
+def _fuse(model: onnx.ModelProto, model_type: str = "bert") -> onnx.ModelProto:
+    """ONNX Runtime's transformer fusions for ``model_type`` (its optimizer's name for the kind of graph)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the Python-side pattern fusions; ONNX Runtime applies its own at load.
     # Quiet: it warns that our producer name is not "pytorch", which is what it checks for "bert".
     with quiet_onnxruntime_tools():
-        optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        optimized = optimize_model(model, model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
     return optimized.model
 
 
@@ -152,7 +166,9 @@ def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], Non
     converter calls it before it lets them go (a bge-m3 copy is 2.3 GB)."""
     progress("variants: building the fused graph (MultiHeadAttention, SkipLayerNorm, BiasGelu)")
     path = folder / FILES["fp32-fused"]
-    onnx_graph.save(_fuse(onnx_graph.build_graph(loaded.spec, loaded.weights, fused_attention=True)), path)
+    family = families.of(loaded)
+    graph = family.build_graph(loaded.spec, loaded.weights, fused_attention=True)
+    onnx_graph.save(_fuse(graph, family.fusions), path)
     return path
 
 
@@ -210,10 +226,12 @@ def write_variants(
     kept: dict[str, Variant] = {}
     figures: dict[str, dict[str, Any]] = {}
     fused_path = folder / FILES["fp32-fused"]
+    fused = fused_path.exists()
+    base = fused_path if fused else folder / "model.onnx"  # what int8 and fp16 are derived from
     for name in KNOWN:
         if name not in names:
             continue
-        why = missing_runtime(name)
+        why = missing_runtime(name) or (None if fused or name != "fp32-fused" else NO_FUSED_GRAPH)
         if why:
             progress(f"variants: {name}: skipped, {why}")
             figures[name] = {"passed": False, "skipped": why}
@@ -226,10 +244,10 @@ def write_variants(
             continue
         if name == "int8":
             progress("variants: int8 dynamic quantisation")
-            _quantize_int8(fused_path, path)
+            _quantize_int8(base, path)
         elif name == "fp16":
             progress("variants: float16 conversion")
-            onnx_graph.save(_to_fp16(onnx.load(str(fused_path))), path)
+            onnx_graph.save(_to_fp16(onnx.load(str(base))), path)
         elif name == "ov-int8":
             from rerank.converters.quantize import quantize_int8
 
@@ -248,7 +266,7 @@ def write_variants(
             f"{'kept' if f['all_top3_kept'] else 'changed'}, max |Δ| {f['max_abs_diff']:.2e} -> {verdict}"
         )
         if passed or not enforce_gate:
-            kept[name] = candidate(name, figures[name])
+            kept[name] = candidate(name, figures[name]) if fused else _unfused(candidate(name, figures[name]))
         elif path.name != "model.onnx":  # the OpenVINO fp32/bf16 variants read the reference graph
             path.unlink(missing_ok=True)
     if "fp32-fused" not in kept:

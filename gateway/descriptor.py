@@ -68,7 +68,7 @@ def build_descriptor_set(proto_root: Path, out: Path) -> Path:
 
 def descriptor_set() -> Path:
     """The packaged descriptor set (``gateway/assets/rerank.pb``)."""
-    path = Path(str(resources.files("gateway") / "assets" / "rerank.pb"))
+    path = Path(str(resources.files("rerank.gateway") / "assets" / "rerank.pb"))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the package was not built (pip install -e . or make install)")
     return path

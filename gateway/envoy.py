@@ -78,6 +78,21 @@ def admin_live(admin_port: int) -> bool:
     return (admin_request(admin_port, "/ready") or "").strip() == "LIVE"
 
 
+def admin_stat(admin_port: int, name: str) -> int | None:
+    """One counter or gauge from Envoy's admin ``/stats`` (exact name), or None."""
+    text = admin_request(admin_port, f"/stats?filter=^{name}$")
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(": ")
+        if key == name and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return None
+
+
+def admin_healthy_upstreams(admin_port: int) -> int:
+    """How many of the replicas Envoy routes to pass its health checks."""
+    return admin_stat(admin_port, f"cluster.{CLUSTER}.membership_healthy") or 0
+
+
 def envoy_log_level(level: str) -> str:
     """Envoy's log level for ours (``RERANK_LOG_LEVEL``): one step quieter, since Envoy's ``info``
     is its start-up chatter, and never ``debug``: Envoy's debug lines print every request's
@@ -122,15 +137,10 @@ class Envoy:
 
     def stat(self, name: str) -> int | None:
         """One counter or gauge from the admin ``/stats`` (exact name), or None."""
-        text = self._admin(f"/stats?filter=^{name}$")
-        for line in (text or "").splitlines():
-            key, _, value = line.partition(": ")
-            if key == name and value.strip().lstrip("-").isdigit():
-                return int(value)
-        return None
+        return admin_stat(self.admin_port, name)
 
     def healthy_upstreams(self) -> int:
-        return self.stat(f"cluster.{CLUSTER}.membership_healthy") or 0
+        return admin_healthy_upstreams(self.admin_port)
 
     def active_requests(self) -> int:
         return self.stat("http.rerank_ingress.downstream_rq_active") or 0

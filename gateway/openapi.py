@@ -224,7 +224,13 @@ def build(files: descriptor_pb2.FileDescriptorSet, version: str = "0") -> Json:
         paths.setdefault(path, {})[verb] = operation
     for route in STATIC_ROUTES:
         paths[route.path] = {"get": _static(route.path, route.summary, route.content_type)}
-    paths[METRICS_PATH] = {"get": _static(METRICS_PATH, "Prometheus metrics (text exposition format).", "text/plain")}
+    metrics = _static(
+        METRICS_PATH,
+        "Prometheus metrics (text exposition format); a key unless RERANK_METRICS_REQUIRE_KEY=false.",
+        "text/plain",
+    )
+    del metrics["security"]  # the document's default: a key
+    paths[METRICS_PATH] = {"get": metrics}
     return {
         "openapi": "3.0.3",
         "info": {

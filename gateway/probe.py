@@ -8,7 +8,8 @@ loopback, and needs at least one:
   when something listens there: its ``grpc.health.v1`` Check must answer SERVING (a draining
   service answers NOT_SERVING and is reported unhealthy);
 * Envoy's admin API on ``RERANK_ENVOY_ADMIN_PORT`` (the gateway role, or the stack's Envoy),
-  when something listens there: ``/ready`` must say LIVE.
+  when something listens there: ``/ready`` must say LIVE, and at least one replica it routes to
+  must pass Envoy's health checks.
 
 Exit status 0 when healthy, 1 when not (with one line saying why), as Docker expects. Neither
 check needs an API key. Kubernetes does not need this command: its probes speak
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rerank.gateway.envoy import admin_live
+from rerank.gateway.envoy import admin_healthy_upstreams, admin_live
 from rerank.gateway.processes import grpc_serving
 from rerank.service.settings import SettingsError, resolve
 
@@ -50,6 +51,9 @@ def probe(grpc_port: int, admin_port: int, tls_ca: Path | None = None) -> tuple[
     if listening(admin_port):
         if not admin_live(admin_port):
             return False, f"Envoy (admin port {admin_port}) is not LIVE"
+        # Envoy is up before the replicas it routes to: healthy means a request can be served.
+        if admin_healthy_upstreams(admin_port) < 1:
+            return False, f"Envoy (admin port {admin_port}) has no replica passing its health checks"
         checked.append(f"Envoy (admin port {admin_port}) LIVE")
     if not checked:
         return False, f"nothing listens on port {grpc_port} (gRPC) or {admin_port} (Envoy's admin)"

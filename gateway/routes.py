@@ -38,7 +38,7 @@ STATIC_ROUTES = (
 
 METRICS_PATH = "/metrics"
 """Prometheus exposition, routed by Envoy to the replicas' metrics ports (``metrics_route`` in
-the renderer); no key unless ``RERANK_METRICS_REQUIRE_KEY``."""
+the renderer); it needs a key unless ``RERANK_METRICS_REQUIRE_KEY=false``."""
 
 METHOD_ROUTES = {"/v1/rerank": "POST", "/v1/models": "GET", "/v2/rerank": "POST", "/rerank": "POST", "/info": "GET"}
 """REST paths and their one method: any other method is 405 (not the transcoder's 404)."""
@@ -50,6 +50,3 @@ LIST_FIELDS = {"/v1/rerank": "documents", "/v2/rerank": "documents"}
 """REST paths whose body's named field must be a JSON list. The transcoder would read a lone
 string or object there as a list of one (``repeated google.protobuf.Value``), so Envoy refuses it
 before transcoding."""
-
-RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
-"""The REST rerank paths: where a large body is checked for room before it is read."""

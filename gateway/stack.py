@@ -16,6 +16,11 @@
   ``--metrics-port``; free ones when it is 0), and all of them write into one folder,
   ``<state dir>/metrics`` (emptied at start), so that any replica's ``/metrics`` is the whole
   stack's. Envoy routes ``GET /metrics`` on the REST port to them.
+* One stack, one set of limits and one admission: the replicas count per-key limits in one
+  SQLite file (``<state dir>/limits.sqlite``, unless ``RERANK_LIMITS_STORE`` names another), each
+  knows the address Envoy reaches it by (a body the edge's check admitted is pinned to the
+  replica holding its place) and its peers, which it asks for room before refusing a body, with
+  a secret generated for this run (never written down).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ STARTUP_TIMEOUT = 900.0
 """Seconds the replicas may take to load their models."""
 METRICS_FOLDER = "metrics"
 """In the state directory: where the replicas pool their metrics (multiprocess mode)."""
+LIMITS_FILE = "limits.sqlite"
+"""In the state directory: where the replicas count per-key limits (RERANK_LIMITS_STORE)."""
 
 
 def ensure_key_file(state_dir: Path) -> Path:
@@ -96,15 +103,23 @@ def check_ports(settings: Settings) -> None:
                 raise ConfigurationError(f"port {port} is in use: it is {what}; choose another") from None
 
 
-def replica_env(settings: Settings, index: int) -> dict[str, str]:
+def replica_env(settings: Settings, index: int, peer_secret: str = "") -> dict[str, str]:
     """Replica ``index``'s settings: the stack's, on its own ports, with its share of the cores,
-    writing its metrics into the stack's shared folder."""
+    writing its metrics into the stack's shared folder and counting limits in its shared store,
+    with its own address and its peers' (as Envoy reaches them) and the stack's ``peer_secret``.
+    Replicas serving TLS are not given peers (a peer's check would need the stack's CA)."""
+    addresses = [f"{e.host}:{e.port}" for e in upstreams(settings)]
+    peered = peer_secret and settings.grpc_tls_cert is None
     replica = dataclasses.replace(
         settings,
         grpc_port=settings.grpc_port + index,
         metrics_port=settings.metrics_port + index,
         threads=settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas),
         metrics_dir=settings.state_dir / METRICS_FOLDER,
+        limits_store=settings.limits_store or str(settings.state_dir / LIMITS_FILE),
+        replica_address=addresses[index],
+        peers=",".join(a for i, a in enumerate(addresses) if i != index) if peered else "",
+        peer_secret=peer_secret if peered else "",
     )
     return replica.to_env("serve")
 
@@ -180,12 +195,13 @@ class Stack:
         env: dict[str, str] = {}
         if not s.api_keys and s.api_keys_file is None and not s.insecure_no_auth:
             env["RERANK_API_KEYS_FILE"] = str(ensure_key_file(s.state_dir))
+        peer_secret = secrets.token_urlsafe(32) if s.replicas > 1 else ""
         for i in range(s.replicas):
             name = f"replica {i + 1}"
             child = Child(
                 name,
                 [sys.executable, "-m", "rerank.service"],
-                env={**replica_env(s, i), **env},
+                env={**replica_env(s, i, peer_secret), **env},
                 echo=name if self._echo else None,
                 log_path=None if self._echo else s.state_dir / f"replica-{i + 1}.log",
             )

@@ -3,11 +3,15 @@
 Where things are:
 
 * ``router/``: the API faces (``rerank_service.py``), request validation (``validation.py``),
-  API keys (``auth.py``), the error -> status table (``status.py``) and the metrics port
-  (``metrics_endpoint.py``);
-* ``core/``: tokenization (``tokenization.py``) -> admission (``admission.py``) -> the queue and
-  dynamic batching (``batching.py``: fair composition in ``scheduler.py``, the model's threads in
-  ``worker.py``) -> inference, and ranking (``reranker.py``);
+  API keys (``auth.py``) and their limits (``limits.py``), the edge's check that Envoy asks
+  before reading a body (``edge.py``), the error -> status table (``status.py``) and the metrics
+  port (``metrics_endpoint.py``);
+* ``admission/``: whether a request may wait for the model (the cost estimate, the one refusal
+  rule, the places held for bodies on their way) and the contract with the gateway
+  (``contract.py``);
+* ``core/``: tokenization (``tokenization.py``) -> admission -> the queue and dynamic batching
+  (``batching.py``: fair composition in ``scheduler.py``, the model's threads in ``worker.py``)
+  -> inference, and ranking (``reranker.py``);
 * ``backends/``: what runs the model (``onnx.py``: ONNX Runtime, CPU or CUDA; ``openvino.py``:
   OpenVINO on the CPU), behind the protocol in ``base.py``; ``loader.py`` picks the variant
   (timing the candidates at start-up) and is the only module that names a concrete backend;

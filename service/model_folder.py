@@ -23,7 +23,10 @@ from tokenizers import Tokenizer
 
 CONFIG_NAME = "rerank.json"
 FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+PROMPT_FORMAT = 4
+"""The format of a folder whose template has a prompt (:class:`PromptTemplate`): a server that
+reads only formats up to 3 would score the bare query and document, so it must refuse the folder."""
+READABLE_FORMATS = (1, 2, 3, 4)
 """Format 1 folders (converted before checksums and probe scores were recorded) still load;
 format 2 folders (before variants named their runtime) load as ONNX Runtime variants."""
 
@@ -37,11 +40,55 @@ gate of this version is chosen without being asked for."""
 
 
 @dataclass(frozen=True)
+class PromptTemplate:
+    """The text an LLM reranker reads around the query and the document (Qwen3-Reranker).
+
+    The query part is ``query`` with ``{instruction}`` and ``{query}`` filled in, the document
+    part ``document`` with ``{document}``; each is tokenized on its own, without special tokens,
+    and the two are placed between the template's prefix and suffix token ids. The split is
+    chosen where the tokenizer's pre-tokenizer always splits, so the ids are those of the whole
+    text tokenized at once (the converter checks them against the model's own tokenization).
+    """
+
+    query: str
+    document: str
+    default_instruction: str
+    """Used when a request names no instruction."""
+    prefix_text: str = ""
+    suffix_text: str = ""
+    """The text of the prefix and suffix token ids, for people reading the folder."""
+
+    def query_text(self, query: str, instruction: str | None) -> str:
+        instruction = self.default_instruction if instruction is None else instruction
+        return self.query.format(instruction=instruction, query=query)
+
+    def document_text(self, document: str) -> str:
+        return self.document.format(document=document)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PromptTemplate:
+        prompt = cls(
+            query=str(data["query"]),
+            document=str(data["document"]),
+            default_instruction=str(data["default_instruction"]),
+            prefix_text=str(data.get("prefix_text", "")),
+            suffix_text=str(data.get("suffix_text", "")),
+        )
+        try:  # a broken template is refused with the folder, not on the first request
+            prompt.query_text("", None), prompt.document_text("")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"the prompt template does not format ({type(exc).__name__}: {exc})") from None
+        return prompt
+
+
+@dataclass(frozen=True)
 class PairTemplate:
     """How a (query, document) pair becomes one token sequence.
 
     Each special token is ``(token_id, token_type_id)``. XLM-R: ``<s> q </s></s> d </s>``, all
-    type 0. BERT: ``[CLS] q [SEP] d [SEP]`` with the document and its ``[SEP]`` of type 1.
+    type 0. BERT: ``[CLS] q [SEP] d [SEP]`` with the document and its ``[SEP]`` of type 1. An LLM
+    reranker (Qwen3-Reranker): its prompt's fixed prefix and suffix, and a :attr:`prompt` that
+    says how the query (with an instruction) and the document are written between them.
     """
 
     prefix: tuple[tuple[int, int], ...]
@@ -50,6 +97,8 @@ class PairTemplate:
     query_type: int = 0
     document_type: int = 0
     pad_id: int = 0
+    prompt: PromptTemplate | None = None
+    """Set for models that read a prompt, and only those take an instruction."""
 
     @property
     def special_count(self) -> int:
@@ -67,6 +116,7 @@ class PairTemplate:
         def pairs(items: list[list[int]]) -> tuple[tuple[int, int], ...]:
             return tuple((int(a), int(b)) for a, b in items)
 
+        prompt = data.get("prompt")
         return cls(
             pairs(data["prefix"]),
             pairs(data["middle"]),
@@ -74,6 +124,7 @@ class PairTemplate:
             int(data.get("query_type", 0)),
             int(data.get("document_type", 0)),
             int(data.get("pad_id", 0)),
+            PromptTemplate.from_json(prompt) if prompt is not None else None,
         )
 
 
@@ -152,6 +203,8 @@ class ModelFolderConfig:
             "document_type": self.template.document_type,
             "pad_id": self.template.pad_id,
         }
+        if self.template.prompt is not None:
+            data["template"]["prompt"] = asdict(self.template.prompt)
         data["notes"] = list(self.notes)
         return data
 

@@ -31,18 +31,30 @@ def score_pairs(
     file: str = "model.onnx",
     device: str = "cpu",
     variant: Variant | None = None,
+    instruction: str | None = None,
 ) -> np.ndarray:
     """float64 logits for each (query, document) pair: of ``variant`` (its file, on its runtime
-    and precision) when given, else of the graph ``folder/file`` on ONNX Runtime."""
+    and precision) when given, else of the graph ``folder/file`` on ONNX Runtime; with
+    ``instruction`` for a model that takes one."""
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
     probe = dataclasses.replace(config, variants={"probe": variant or Variant(file=file, precision="?")})
     backend = load_backend(folder, probe, variant="probe", device=device, threads=None)
     scores = []
     for query, document in pairs:
-        encoded = encoder.encode(query, [document])
+        encoded = encoder.encode(query, [document], instruction=instruction)
         batch = pad(encoded.pairs, config.template.pad_id, config.type_ids_input)
         scores.append(float(backend.run(batch)[0]))
     return np.asarray(scores, dtype=np.float64)
+
+
+def pair_ids(
+    folder: Path, config: ModelFolderConfig, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None
+) -> list[list[int]]:
+    """The token ids the server feeds the model for each (query, document) pair (the first
+    sequence of each: the whole pair, or its truncated head), with ``instruction`` for a model
+    that takes one: what the converter checks against the original model's own tokenization."""
+    encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
+    return [encoder.encode(q, [d], instruction=instruction).pairs[0].ids.tolist() for q, d in pairs]
 
 
 def padded_batches(

@@ -1,5 +1,6 @@
 """Assembles and runs the grpc.aio server: models, servicers, auth, errors, health, reflection,
-metrics (``GET /metrics`` on the metrics port), tracing, and an orderly shutdown."""
+the edge's check (Envoy's ``ext_authz``), metrics (``GET /metrics`` on the metrics port), tracing,
+a watchdog, and an orderly shutdown."""
 
 from __future__ import annotations
 
@@ -14,21 +15,29 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rerank.service.admission.holds import Holds
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import detect as detect_cpu
-from rerank.service.backends.loader import candidate_variants, load_backend, table_choice, time_candidates
-from rerank.service.core.admission import Holds
+from rerank.service.backends.loader import (
+    candidate_variants,
+    load_backend,
+    runtime_note,
+    table_choice,
+    time_candidates,
+)
 from rerank.service.core.batch_sizing import BatchSizing, size_batches
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import ServedModel
 from rerank.service.core.tokenization import TokenizerPool
-from rerank.service.errors import ConfigurationError, QueueFull, Unavailable
+from rerank.service.errors import ConfigurationError, Unavailable
 from rerank.service.model_check import check_files, check_scores
 from rerank.service.model_folder import ModelFolderConfig, find_model_folders, read_model_folder
 from rerank.service.protocol import (
     SERVICE_NAME,
     cohere_pb2,
     cohere_pb2_grpc,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
     rerank_pb2_grpc,
     tei_pb2,
     tei_pb2_grpc,
@@ -37,8 +46,9 @@ from rerank.service.protocol import (
 )
 from rerank.service.router.auth import ApiKeyInterceptor, Keyring
 from rerank.service.router.cohere_service import CohereService
+from rerank.service.router.edge import EdgeCheck
 from rerank.service.router.guard import CallGuard
-from rerank.service.router.limits import Callers
+from rerank.service.router.limits import Callers, open_buckets
 from rerank.service.router.metrics_endpoint import (
     MetricsEndpoint,
     exposition_registry,
@@ -55,6 +65,15 @@ log = logging.getLogger("rerank")
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024
+WATCHDOG_SECONDS = 0.25
+"""How often the watchdog asks each model whether its inference is stuck."""
+PING_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+"""Envoy pings each replica's connections every second (a stopped replica's calls are then retried
+elsewhere within seconds): gRPC's default policy would answer such pings with GOAWAY."""
 
 
 def served_services() -> tuple[str, ...]:
@@ -66,6 +85,7 @@ def served_services() -> tuple[str, ...]:
         tei_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name,
         tei_pb2.DESCRIPTOR.services_by_name["Info"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
     )
 
 
@@ -77,6 +97,7 @@ def batching_config(settings: Settings) -> BatchingConfig:
         max_queue_seconds=settings.max_queue_seconds,
         batch_seconds=settings.batch_seconds,
         batch_tokens=settings.batch_tokens,
+        stall_seconds=settings.stall_seconds,
     )
 
 
@@ -133,15 +154,28 @@ class RerankServer:
         self._metrics_endpoint = MetricsEndpoint(
             exposition_registry(self.metrics, settings.metrics_dir),
             keyring=self.keyring,
-            require_key=settings.metrics_require_key,
-            admission=self.early_admission,
+            require_key=settings.metrics_require_key and bool(self.keyring),
         )
         self.holds = Holds(record=self.metrics.record_hold)
-        """The early check's places for bodies on their way, shared by every model's batcher."""
+        """The edge's check's places for bodies on their way, shared by every model's batcher."""
+        self.callers = Callers(self.keyring, open_buckets(settings.limits_store), self.holds)
+        self.edge = EdgeCheck(
+            self.models,
+            self.callers,
+            metrics=self.metrics,
+            metrics_require_key=settings.metrics_require_key and bool(self.keyring),
+            max_request_bytes=settings.max_request_bytes,
+            replica_address=settings.replica_address,
+            peers=[p.strip() for p in settings.peers.split(",") if p.strip()],
+            peer_secret=settings.peer_secret,
+            draining=lambda: self._draining,
+        )
         self._tokenizers = TokenizerPool(settings.tokenizer_threads, settings.tokenizer_queue)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
-        """Set when :meth:`stop` begins: the early check then speaks for this replica no more."""
+        """Set when :meth:`stop` begins: the edge's check then admits without holding a place here."""
+        self._stalls: dict[str, str] = {}
+        """Models whose inference the watchdog found stuck, and why."""
+        self._watchdog: asyncio.Task[None] | None = None
 
     def load_models(self) -> None:
         """Loads every model folder, chooses its variant and warms it up; raises :class:`ConfigurationError`."""
@@ -154,6 +188,9 @@ class RerankServer:
             )
         cpu = detect_cpu()
         log.info("CPU %s (%s)", cpu.summary(), cpu.source)
+        note = runtime_note(s.device)
+        if note:
+            log.info(note)
         for folder in folders:
             try:
                 config = read_model_folder(folder)
@@ -191,41 +228,6 @@ class RerankServer:
                 f"RERANK_DEFAULT_MODEL={s.default_model!r} is not served; "
                 f"served models: {', '.join(sorted(self.models))}"
             )
-
-    def early_admission(self, size: int, model: str | None = None) -> QueueFull | str:
-        """The early check of a rerank request body of ``size`` bytes for ``model``, before it is
-        read (the metrics port's ``GET /admission``): the refusal, or the token of the place it
-        holds (:class:`~rerank.service.core.admission.Holds`; '' where it holds none). Without ``model``
-        (Envoy cannot know it before reading the body) it holds a place on every served model
-        with room, and is refused only if none has room, with the shortest retry delay; an
-        unknown model is admitted without a hold (the call then fails on its own), and so is any
-        body once a drain has begun (:meth:`stop`: the replica no longer speaks for the stack,
-        and its queue no longer says what a body would wait where Envoy sends it). Runs on the
-        metrics server's thread: it reads published state and holds."""
-        if self._draining:
-            return ""
-        if model is None:
-            models = list(self.models.values())
-        else:
-            models = [self.models[model]] if model in self.models else []
-        room: dict[str, float] = {}
-        refusals: list[tuple[QueueFull, ServedModel]] = []
-        for served in models:
-            refusal, cost = served.early_refusal(size)
-            if refusal is None:
-                room[served.name] = cost
-            else:
-                refusals.append((refusal, served))
-        if room:
-            return self.holds.place(room)
-        if not refusals:
-            return ""
-        first, refused = min(refusals, key=lambda pair: pair[0].retry_after or 0)
-        # Counted like the service's own queue_time refusals, on the event loop (the metrics'
-        # owner; this runs on the metrics server's thread).
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(refused.metrics.reject, "queue_time")
-        return first
 
     def _load_fastest(
         self, folder: Path, config: ModelFolderConfig, keys: list[str], chosen: VariantChoice | None
@@ -265,16 +267,11 @@ class RerankServer:
             )
         else:
             log.warning("serving WITHOUT authentication (--insecure-no-auth)")
-        if s.metrics_require_key and not self.keyring:
-            raise ConfigurationError(
-                "RERANK_METRICS_REQUIRE_KEY needs API keys (RERANK_API_KEYS or RERANK_API_KEYS_FILE)"
-            )
         return interceptors
 
     async def start(self) -> int:
         """Loads the models, binds the port and reports SERVING; returns the bound port."""
         s = self.settings
-        self._loop = asyncio.get_running_loop()
         interceptors = self._interceptors()
         if s.otlp_endpoint:
             tracing.configure(s.otlp_endpoint)
@@ -287,18 +284,21 @@ class RerankServer:
             # never a RESOURCE_EXHAUSTED carrying gRPC's own wording.
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+            *PING_OPTIONS,
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         limits = Limits(s.max_documents, s.max_query_chars, s.max_document_chars)
-        callers = Callers(self.keyring)
+        callers = self.callers
         # Every face: the same models (batchers), limits and callers; only the shapes differ.
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(self.models, limits, callers), self.server)
-        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(self.models, limits, callers), self.server)
+        faces = (self.models, limits, callers, s.default_model)
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(*faces), self.server)
+        cohere_pb2_grpc.add_CohereServiceServicer_to_server(CohereService(*faces), self.server)
         tei = TeiFace(self.models, limits, s.default_model, s.tokenizer_threads, callers)
         tei_rest_pb2_grpc.add_TeiServiceServicer_to_server(TeiRest(tei), self.server)
         tei_pb2_grpc.add_RerankServicer_to_server(TeiRerank(tei), self.server)
         tei_pb2_grpc.add_InfoServicer_to_server(TeiInfo(tei), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.edge, self.server)
         reflection.enable_server_reflection((*served_services(), reflection.SERVICE_NAME), self.server)
         address = f"{s.grpc_host}:{s.grpc_port}"
         try:
@@ -316,8 +316,8 @@ class RerankServer:
         await self.server.start()
         for model in self.models.values():
             model.batcher.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._watchdog = asyncio.create_task(self._watch())
         log.info("serving %s on %s:%d", ", ".join(sorted(self.models)), s.grpc_host, self.port)
         log.info(
             "metrics on http://%s:%d/metrics%s",
@@ -327,11 +327,40 @@ class RerankServer:
         )
         return self.port
 
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch(self) -> None:
+        """The watchdog: health follows inference, and held places lapse on time. While a model's inference is stuck
+        (:meth:`~rerank.service.core.batching.DynamicBatcher.stall`) the replica reports NOT_SERVING
+        (gRPC health, ``/health`` 503), so Envoy moves traffic away; once it works again, SERVING."""
+        while True:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            self.holds.expire()  # places whose body never came go now, not at the next check
+            stalls = {name: why for name, model in self.models.items() if (why := model.batcher.stall()) is not None}
+            if stalls.keys() == self._stalls.keys():
+                self._stalls = stalls
+                continue
+            for name in stalls.keys() - self._stalls.keys():
+                log.error("%s: inference is stuck (%s): NOT_SERVING", name, stalls[name])
+            for name in self._stalls.keys() - stalls.keys():
+                log.warning("%s: inference works again", name)
+            self._stalls = stalls
+            if not self._draining:
+                status = health_pb2.HealthCheckResponse
+                await self._set_health(status.NOT_SERVING if stalls else status.SERVING)
+
+    @property
+    def stalls(self) -> dict[str, str]:
+        """Models whose inference the watchdog finds stuck, and why (empty: all work)."""
+        return dict(self._stalls)
+
     async def stop(self, *, delay: float | None = None, hurry: asyncio.Event | None = None) -> None:
         """Drains, then stops. Every call in flight gets an answer:
 
         1. health turns NOT_SERVING, so Envoy's health checks move new traffic to other replicas,
-           and the early check admits every body without holding a place here (so that Envoy
+           and the edge's check admits every body without holding a place here (so that Envoy
            sends it where it routes, and a replica on its way out refuses nothing);
         2. for ``delay`` seconds (default: the drain-delay setting) it keeps serving whatever
            still arrives, while Envoy notices;
@@ -360,6 +389,9 @@ class RerankServer:
                 model.batcher.refuse(Unavailable("the server is shutting down; retry the request"))
             await self.calls.wait_idle(5)
             await stopping
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await self.edge.close()
         for model in self.models.values():
             await model.close()
         self._tokenizers.shutdown()

@@ -99,7 +99,8 @@ class Settings:
     )
     default_model: str = setting(
         "",
-        "Model served to APIs that name none (TEI's /rerank and tei.v1); default: the only model, when one is served.",
+        "Model served to requests that name none (every face; TEI's API never names one); default: the only model, "
+        "when one is served.",
     )
     # --- limits and batching ----------------------------------------------------------------
     max_documents: int = setting(1000, "Documents per request.", minimum=1)
@@ -134,6 +135,13 @@ class Settings:
         200_000, "Longest document in characters; longer is refused at once (400), before tokenizing.", minimum=1
     )
     tokenizer_queue: int = setting(16, "Requests tokenizing or waiting to; more are refused at once (429).", minimum=1)
+    stall_seconds: float = setting(
+        3.0,
+        "Watchdog: a micro-batch running this long past its expected end (and 4x its expected time), or a request "
+        "waiting this long past the queue's bound for its first micro-batch, reports the replica NOT_SERVING; a "
+        "stuck micro-batch's requests get 503 (Envoy retries them on another replica).",
+        minimum=0.1,
+    )
     # --- network ----------------------------------------------------------------------------
     grpc_host: str = setting(
         "127.0.0.1", "Address the gRPC service binds. Behind Envoy it stays on loopback; 0.0.0.0 exposes it directly."
@@ -212,6 +220,26 @@ class Settings:
     api_keys: tuple[str, ...] = setting((), "Accepted API keys, comma-separated (environment only).", secret=True)
     api_keys_file: Path | None = setting(None, "File of SHA-256 hex digests of accepted keys, one per line.")
     insecure_no_auth: bool = setting(False, "Serve without API keys (never in production).")
+    limits_store: str = setting(
+        "",
+        "Where per-key limits (rps, tpm) are counted, so that they hold for every process that serves a key: empty "
+        "for this process alone; a SQLite file that the processes of one host share (rerank-stack's default: "
+        "<state dir>/limits.sqlite); redis://host:port/db for several hosts (the limits extra).",
+    )
+    # --- replicas (rerank-stack sets these for each replica) -------------------------------
+    replica_address: str = setting(
+        "",
+        "host:port by which Envoy reaches this replica: a body the edge's check admitted is pinned to the replica "
+        "that holds its place. Empty: not pinned.",
+    )
+    peers: str = setting(
+        "",
+        "host:port[,host:port...] of the other replicas behind the same Envoy: a body this replica has no room for "
+        "is asked of one of them before it is refused (needs RERANK_PEER_SECRET).",
+    )
+    peer_secret: str = setting(
+        "", "Secret the replicas of one stack share to ask each other for room (environment only).", secret=True
+    )
     # --- metrics, logs, traces --------------------------------------------------------------
     metrics_port: int = setting(
         0,
@@ -222,7 +250,9 @@ class Settings:
         minimum=0,
     )
     metrics_require_key: bool = setting(
-        False, "GET /metrics needs an API key (Authorization: Bearer), through Envoy and on the metrics port alike."
+        True,
+        "GET /metrics needs an API key (Authorization: Bearer), through Envoy and on the metrics port alike; false "
+        "opens it to anyone who reaches it (per-key series included: then keep the metrics port private).",
     )
     metrics_dir: Path | None = setting(
         None,

@@ -11,8 +11,14 @@ Envoy: seeded and small in ``make test`` (CI), at full size in ``make fuzz``
   odd ``Authorization`` and ``Content-Type`` headers, huge and unusual headers, odd paths and
   methods.
 * gRPC, on the service's port and through Envoy: hypothesis-built messages of every method
-  (``rerank.v1``, ``tei.v1``, health) with odd metadata, and raw bytes (random, or a valid
-  message mutated) as the body of a generic unary or client-streaming call.
+  (``rerank.v1``, ``tei.v1``, health, the edge's check) with odd metadata, and raw bytes
+  (random, or a valid message mutated) as the body of a generic unary or client-streaming call.
+* The admission path: the edge's check asked directly with hypothesis-built requests (any
+  path, method, key, ``content-length``, content type; a peer's secret guessed), each answer an
+  allowance or a denial in the service's own shape, bounded; and through Envoy, REST bodies
+  announcing odd sizes.
+* ``/metrics``: the metrics port's HTTP server fed odd request lines, methods, paths and
+  headers (raw bytes on a socket), and ``GET /metrics`` through Envoy with odd keys.
 
 The properties: no 5xx and a JSON body naming the problem on every REST answer; no gRPC
 status outside :data:`ALLOWED_GRPC` and no exception text in any message; the service process
@@ -61,10 +67,6 @@ makes the service buffer without bound."""
 TEI_PATHS = ("/rerank", "/info")
 """Routes whose errors are TEI's ``{"error", "error_type"}``; every other one's are
 ``{"code", "message", "details"}``."""
-
-NOT_FUZZED = ("/metrics",)
-"""PLACEHOLDER (``rerank.gateway.routes.METRICS_PATH``): Envoy answers it with a 501 until the
-metrics route lands; then drop it from here."""
 
 MODELS = ("xlmr-tiny", "bert-tiny")
 
@@ -299,6 +301,7 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "return_documents": st.booleans(),
         "normalize": st.booleans(),
         "long_documents": st.one_of(st.sampled_from(["truncate", "window", ""]), _TEXT),
+        "instruction": _TEXT,
     },
     "/v2/rerank": {
         "model": _model(),
@@ -307,6 +310,7 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "top_n": _INT,
         "max_tokens_per_doc": _INT,
         "priority": _INT,
+        "instruction": _TEXT,
     },
     "/rerank": {
         "model": _model(),
@@ -316,6 +320,7 @@ FACE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "truncation_direction": st.one_of(st.sampled_from(["right", "left", "Left", "RIGHT", ""]), _TEXT),
         "raw_scores": st.booleans(),
         "return_text": st.booleans(),
+        "instruction": _TEXT,
     },
 }
 REST_FACES = tuple(FACE_FIELDS)
@@ -519,6 +524,9 @@ PATHS = (
     "/rerank.v1.RerankService/Rerank",
     "/tei.v1.Rerank/Rerank",
     "/grpc.health.v1.Health/Check",
+    "/metrics",
+    "/metrics?name[]=rerank_requests_total",
+    "/envoy.service.auth.v3.Authorization/Check",
     "/",
     "*",
 )
@@ -604,6 +612,7 @@ def rerank_messages(draw: st.DrawFn) -> Any:
         return_documents=_maybe(draw, st.booleans()),
         normalize=_maybe(draw, st.booleans()),
         long_documents=draw(st.one_of(st.sampled_from(["truncate", "window", ""]), _PROTO_TEXT)),
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
     for _ in range(draw(st.one_of(st.integers(0, 6), st.just(1001)))):
         _value(draw, message.documents.add())
@@ -621,6 +630,7 @@ def cohere_messages(draw: st.DrawFn) -> Any:
         top_n=_maybe(draw, _INT32),
         max_tokens_per_doc=_maybe(draw, _INT32),
         priority=_maybe(draw, _INT32),
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
 
 
@@ -636,6 +646,7 @@ def tei_rest_messages(draw: st.DrawFn) -> Any:
         raw_scores=draw(st.booleans()),
         return_text=draw(st.booleans()),
         model=draw(st.one_of(st.sampled_from([*MODELS, ""]), _PROTO_TEXT)),
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
 
 
@@ -643,13 +654,14 @@ def tei_rest_messages(draw: st.DrawFn) -> Any:
 def tei_messages(draw: st.DrawFn) -> Any:
     from rerank.service.protocol import tei_pb2
 
-    return tei_pb2.RerankRequest(
+    return _set(
+        tei_pb2.RerankRequest(texts=_texts(draw)),
         query=draw(_PROTO_TEXT),
-        texts=_texts(draw),
         truncate=draw(st.booleans()),
         raw_scores=draw(st.booleans()),
         return_text=draw(st.booleans()),
         truncation_direction=draw(st.sampled_from([0, 1, 2, 7, -1, 2**31 - 1])),  # open enum: unknown values too
+        instruction=_maybe(draw, _PROTO_TEXT),
     )
 
 
@@ -658,13 +670,15 @@ def tei_stream_messages(draw: st.DrawFn) -> list[Any]:
     from rerank.service.protocol import tei_pb2
 
     return [
-        tei_pb2.RerankStreamRequest(
+        _set(
+            tei_pb2.RerankStreamRequest(),
             query=draw(_PROTO_TEXT),
             text=draw(_PROTO_TEXT),
             truncate=draw(st.booleans()),
             raw_scores=draw(st.booleans()),
             return_text=draw(st.booleans()),
             truncation_direction=draw(st.sampled_from([0, 1, 5])),
+            instruction=_maybe(draw, _PROTO_TEXT),
         )
         for _ in range(draw(st.integers(0, 5)))
     ]
@@ -704,6 +718,7 @@ def grpc_methods() -> tuple[Method, ...]:
             "/grpc.health.v1.Health/Check",
             st.builds(_health_request, st.sampled_from(["", "rerank.v1.RerankService", "nope"])),
         ),
+        Method("/envoy.service.auth.v3.Authorization/Check", check_requests()),
     )
 
 
@@ -819,3 +834,115 @@ def odd_unicode_messages() -> list[Any]:
         out.append(rerank_request("xlmr-tiny", ["a panda", "bear"], query=f"panda {piece} bear"))
         out.append(rerank_request("bert-tiny", [f"a {piece}", piece, {"text": piece}]))
     return out
+
+
+# --------------------------------------------------------------------------------- the admission path
+
+CHECK_PATHS = (*PATHS, "/v1/rerank", "/v2/rerank", "/rerank", "/tei.v1.Rerank/RerankStream", "/metrics")
+LENGTHS = ("0", "1", "65536", "4194304", "4194305", "99999999999999999999999", "-1", "1e3", " 12", "²", "", "0x10")
+CONTENT_TYPES = ("application/json", "application/grpc", "application/grpc+proto", "application/grpc-web", "text/plain")
+HEADER_TEXT = st.text(max_size=60)
+"""A header value as Envoy passes it on (any Unicode its parser let through)."""
+
+
+@st.composite
+def check_requests(draw: st.DrawFn) -> Any:
+    """What Envoy's ext_authz filter could ask the edge's check: any path and method, an odd or
+    missing key, an odd body size and content type, stray headers."""
+    from rerank.service.protocol import external_auth_pb2
+
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method = draw(st.sampled_from(METHODS))
+    http.path = draw(st.one_of(st.sampled_from(CHECK_PATHS), HEADER_TEXT.map(lambda t: "/" + t)))
+    http.protocol = draw(st.sampled_from(["HTTP/1.1", "HTTP/2", "HTTP/1.0", ""]))
+    headers = {
+        "authorization": draw(
+            st.one_of(
+                st.just(f"Bearer {API_KEY}"),
+                st.just(f"Bearer {API_KEY}"),
+                st.sampled_from([a for a in METADATA_AUTH if a is not None]),
+                HEADER_TEXT,
+            )
+        ),
+        "content-length": draw(st.one_of(st.sampled_from(LENGTHS), st.integers(0, 2**63).map(str))),
+        "content-type": draw(st.one_of(st.sampled_from(CONTENT_TYPES), HEADER_TEXT)),
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(headers)), unique=True)):
+        del headers[name]
+    extra = draw(st.dictionaries(METADATA_KEY, HEADER_TEXT, max_size=3))
+    http.headers.update({**extra, **headers})
+    return request
+
+
+DENIALS = {401: 16, 429: 8, 503: 14}
+"""The denials the check may answer with (HTTP status -> the gRPC code of its error)."""
+
+
+def check_answer(response: Any) -> str:
+    """An edge check's answer: allowed (only ``x-rerank-*`` headers set on the request) or a
+    denial in the service's own error shape, never quoting more than a few hundred bytes of
+    what was asked. Returns the outcome."""
+    from rerank.service.admission import contract
+
+    metadata = dict(response.dynamic_metadata)
+    if response.HasField("denied_response"):
+        denial = response.denied_response
+        code = int(denial.status.code)
+        assert code in DENIALS and response.status.code == DENIALS[code], response
+        headers = {h.header.key: h.header.value for h in denial.headers}
+        if "grpc-status" in headers:
+            assert int(headers["grpc-status"]) == DENIALS[code] and denial.body, response
+        else:
+            error = json.loads(denial.body)
+            assert error["code"] == DENIALS[code] and error["message"], denial.body
+        assert len(denial.body) < 2048 and not any(leak in denial.body for leak in LEAKS), denial.body[:300]
+        return str(metadata.get(contract.ADMISSION_METADATA, code))
+    assert response.status.code == 0, response
+    for option in response.ok_response.headers:
+        assert option.header.key in (contract.HOLD_HEADER, contract.REPLICA_HEADER), response
+    return str(metadata.get(contract.ADMISSION_METADATA, "passed"))
+
+
+METRICS_REQUESTS = (
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /metrics HTTP/1.0\r\n\r\n",
+    b"HEAD /metrics HTTP/1.1\r\n\r\n",
+    b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET /metrics HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+    b"GET /metrics HTTP/1.1\r\nContent-Length: \xc2\xb2\r\n\r\n",
+    b"GET /admission?bytes=99999999999999999999 HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET /metrics HTTP/9.9\r\n\r\n",
+    b"\r\n\r\n",
+)
+
+
+@st.composite
+def metrics_requests(draw: st.DrawFn) -> bytes:
+    """Bytes to send the metrics port: a known odd request, a request built of odd parts, or
+    random bytes (a cut request line, a header without a colon, non-ASCII)."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(st.one_of(st.sampled_from(METRICS_REQUESTS), st.binary(max_size=300)))
+    method = draw(st.one_of(st.sampled_from(METHODS), TOKEN))
+    paths = st.sampled_from(["/metrics", "/metrics?x=1", "/", "*", "/metrics/.."])
+    path = draw(st.one_of(paths, TOKEN.map("/".__add__)))
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", ""]))
+    auth = draw(st.sampled_from([a for a in METADATA_AUTH if a is not None]))
+    lines = [f"{method} {path} {version}".strip(), f"Authorization: {auth}"]
+    lines += [f"{draw(TOKEN)}: {draw(METADATA_VALUE)}" for _ in range(draw(st.integers(0, 3)))]
+    cut = draw(st.booleans())
+    return ("\r\n".join(lines) + ("\r\n" if cut else "\r\n\r\n")).encode("latin-1", "replace")
+
+
+def check_metrics_answer(answer: bytes) -> None:
+    """What the metrics port says to a fuzzed request: nothing (the connection closed: a cut or
+    slow request), or an HTTP answer that is not a server error and shows no traceback."""
+    assert b"Traceback" not in answer, answer[:300]
+    if not answer:
+        return
+    status_line = answer.split(b"\r\n", 1)[0]
+    if not status_line.startswith(b"HTTP/"):
+        assert b"Error response" in answer, answer[:300]  # the standard library's answer to HTTP/0.9
+        return
+    assert int(status_line.split()[1]) < 500, answer[:300]

@@ -48,8 +48,12 @@ class RerankClient {
     });
   }
 
-  /** Ranks documents (strings) for query, best first: [{index, relevance_score}]. */
-  async rerank(query, documents, { model = "", topN, normalize = false } = {}) {
+  /**
+   * Ranks documents (strings) for query, best first: [{index, relevance_score}]. `instruction`
+   * replaces the model's default instruction, for a model that reads one (an LLM reranker); a
+   * model that takes none refuses it (INVALID_ARGUMENT).
+   */
+  async rerank(query, documents, { model = "", topN, normalize = false, instruction } = {}) {
     const request = {
       model,
       query,
@@ -59,6 +63,7 @@ class RerankClient {
       normalize,
     };
     if (topN !== undefined) request.top_n = topN;
+    if (instruction !== undefined) request.instruction = instruction;
     const reply = await this.call("Rerank", request);
     return {
       model: reply.model,

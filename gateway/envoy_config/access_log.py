@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from rerank.gateway.envoy_config.base import Json
+from rerank.service.admission import contract
+
+CHECK = contract.METADATA_NAMESPACE
 
 ACCESS_LOG_FORMAT: dict[str, str] = {
     "time": "%START_TIME%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
-    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):512%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "grpc_status": "%DYNAMIC_METADATA(rerank:grpc_status)%",
@@ -17,15 +20,16 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "bytes_sent": "%BYTES_SENT%",
     "upstream_host": "%UPSTREAM_HOST%",
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
-    "key": "%DYNAMIC_METADATA(rerank:key)%",
-    "admission": "%DYNAMIC_METADATA(rerank:admission)%",
-    "admission_checks": "%DYNAMIC_METADATA(rerank:admission_checks)%",
+    "key": f"%DYNAMIC_METADATA({CHECK}:{contract.KEY_METADATA})%",
+    "admission": f"%DYNAMIC_METADATA({CHECK}:{contract.ADMISSION_METADATA})%",
+    "admission_checks": f"%DYNAMIC_METADATA({CHECK}:{contract.CHECKS_METADATA})%",
     "flags": "%RESPONSE_FLAGS%",
 }
 """Envoy's access-log line, one JSON object per request. ``path`` and ``method`` are the
-client's (a REST call's, before transcoding); ``key`` is the API key's name (never the key),
-``grpc_status`` the call's gRPC code (REST calls too), both put there by the Lua filter
-(``lua/common.lua``); ``admission`` and ``admission_checks`` by the early check (``lua/admission.lua``)."""
+client's (a REST call's, before transcoding; the path's first 512 bytes); ``key`` (the API key's name, never the key),
+``admission`` and ``admission_checks`` come from the edge's check (:mod:`rerank.service.admission.contract`:
+denied or not, and whether or not the request's body ever came); ``grpc_status``, the call's gRPC
+code (REST calls too), from the Lua filter (``lua/common.lua``)."""
 
 
 def access_log() -> Json:

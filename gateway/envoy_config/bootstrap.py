@@ -10,14 +10,7 @@ from typing import Literal
 import yaml
 
 from rerank.gateway.envoy_config.base import Descriptor, Json
-from rerank.gateway.envoy_config.clusters import (
-    Upstream,
-    admission_cluster,
-    cluster,
-    metrics_cluster,
-    metrics_upstreams,
-    upstreams,
-)
+from rerank.gateway.envoy_config.clusters import Upstream, cluster, metrics_cluster, metrics_upstreams, upstreams
 from rerank.gateway.envoy_config.listener import listener
 from rerank.service.settings import Settings
 
@@ -35,7 +28,6 @@ def render(
     clusters = [cluster(settings, endpoints)]
     if metrics:
         clusters.append(metrics_cluster(metrics))
-        clusters += [admission_cluster(i, m) for i, m in enumerate(metrics)]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         # Caps concurrent downstream connections (and silences Envoy's warning about having none).

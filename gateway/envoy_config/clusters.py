@@ -1,13 +1,14 @@
-"""Envoy's upstream clusters: the service's replicas, their metrics ports, and each replica's
-metrics port alone for the early admission check.
+"""Envoy's upstream clusters: the service's replicas (for calls and the edge's checks alike) and
+their metrics ports.
 
 Upstream: HTTP/2, least-request balancing across replicas, active gRPC health checks, retries
-under a retry budget (the routes say on what), outlier detection.
+under a retry budget (the routes say on what), outlier detection, and a ping on every connection
+each second, so that a replica that stops answering (a stopped or frozen process) has its
+connections closed within seconds and the calls on them retried on another replica.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 from dataclasses import dataclass
 
@@ -17,9 +18,11 @@ from rerank.service.settings import Settings
 CLUSTER = "rerank_grpc"
 METRICS_CLUSTER = "rerank_metrics"
 HEALTH_SERVICE = "rerank.v1.RerankService"
-ADMISSION_CLUSTER = "rerank_admission_{}"
-"""One cluster per replica's metrics port (``{}``: its index), so that the check picks which
-replica it asks: each replica's queue is its own."""
+PING_SECONDS = 1.0
+"""How often Envoy pings each replica connection, and how long it waits for the answer: a replica
+that does not answer is cut off and its calls retried elsewhere (the service permits pings this
+often: ``rerank.service.server.PING_OPTIONS``). Never a limit on how long a call may take: a slow
+replica answers pings."""
 
 
 @dataclass(frozen=True)
@@ -61,19 +64,6 @@ def metrics_upstreams(settings: Settings) -> list[Upstream]:
     return [Upstream("127.0.0.1", settings.metrics_port + i) for i in range(settings.replicas)]
 
 
-def replica_sessions(settings: Settings) -> dict[int, str]:
-    """With several replicas: each replica's metrics port -> its gRPC address in the form of
-    Envoy's header-based session state (base64 of ``host:port``), by which a request admitted by
-    the early check goes to the replica that holds its place. Empty with one replica."""
-    metrics = metrics_upstreams(settings)
-    if len(metrics) < 2:
-        return {}
-    return {
-        m.port: base64.b64encode(f"{g.host}:{g.port}".encode()).decode()
-        for m, g in zip(metrics, upstreams(settings), strict=True)
-    }
-
-
 def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
     dns = any(not e.is_address for e in endpoints)
     interval = seconds(settings.health_check_interval)
@@ -99,7 +89,9 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 # Mandatory: gRPC (and grpc_health_check) needs HTTP/2 upstream.
                 "explicit_http_config": {
-                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": seconds(PING_SECONDS), "timeout": seconds(PING_SECONDS)}
+                    }
                 },
             }
         },
@@ -164,11 +156,6 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
 def metrics_cluster(endpoints: list[Upstream]) -> Json:
     """The replicas' metrics ports: plain HTTP/1.1, round robin (any replica has it all)."""
     return _plain_cluster(METRICS_CLUSTER, endpoints)
-
-
-def admission_cluster(index: int, endpoint: Upstream) -> Json:
-    """Replica ``index``'s metrics port alone, for the early check (:data:`ADMISSION_CLUSTER`)."""
-    return _plain_cluster(ADMISSION_CLUSTER.format(index), [endpoint])
 
 
 def _plain_cluster(name: str, endpoints: list[Upstream]) -> Json:

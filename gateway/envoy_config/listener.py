@@ -16,7 +16,15 @@ from pathlib import Path
 from rerank.gateway.envoy_config.access_log import access_log
 from rerank.gateway.envoy_config.base import Descriptor, Json, seconds
 from rerank.gateway.envoy_config.clusters import CLUSTER, METRICS_CLUSTER, metrics_upstreams
-from rerank.gateway.envoy_config.filters import FACE_SCRIPT, FILTER_BUFFER, FILTER_LUA, FILTER_TRANSCODER, http_filters
+from rerank.gateway.envoy_config.filters import (
+    FACE_SCRIPT,
+    FILTER_BUFFER,
+    FILTER_CHECK,
+    FILTER_LUA,
+    FILTER_TRANSCODER,
+    check_disabled,
+    http_filters,
+)
 from rerank.gateway.envoy_config.local_reply import local_reply_config
 from rerank.gateway.routes import FACE_ROUTES, METHOD_ROUTES, METRICS_PATH, RESPONSE_BODY, STATIC_ROUTES
 from rerank.service.settings import Settings
@@ -90,7 +98,7 @@ def http_connection_manager(settings: Settings, descriptor: Descriptor, assets: 
             "max_direct_response_body_size_bytes": MAX_STATIC_BYTES,
         },
         "http_filters": http_filters(settings, descriptor),
-        "local_reply_config": local_reply_config(early_admission=bool(metrics_upstreams(settings))),
+        "local_reply_config": local_reply_config(),
         "access_log": [access_log()],
     }
 
@@ -141,7 +149,7 @@ def _method_not_allowed(path: str, method: str) -> Json:
         },
         "direct_response": {"status": 405, "body": {"inline_string": "Method Not Allowed"}},
         "response_headers_to_add": [{"header": {"key": "allow", "value": method}}],
-        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled(), FILTER_CHECK: check_disabled()},
     }
 
 
@@ -152,13 +160,14 @@ def _static_route(path: str, file: Path, content_type: str) -> Json:
         "response_headers_to_add": [
             {"header": {"key": "content-type", "value": content_type}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
         ],
-        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled()},
+        "typed_per_filter_config": {FILTER_TRANSCODER: _filter_disabled(), FILTER_CHECK: check_disabled()},
     }
 
 
 def metrics_route() -> Json:
-    """``GET /metrics`` to a replica's metrics port, as it is (not transcoded). The key check,
-    when there is one, is the service's; a replica that does not answer is retried on another."""
+    """``GET /metrics`` to a replica's metrics port, as it is (not transcoded). A key is checked
+    by the edge's check, then by the metrics port; a replica that does not answer is retried on
+    another."""
     return {
         "match": {"path": METRICS_PATH},
         "route": {

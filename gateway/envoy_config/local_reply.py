@@ -28,9 +28,9 @@ HTTP_TO_GRPC = {
 inverse of the transcoder's gRPC -> HTTP table); anything else is 2 (UNKNOWN)."""
 
 
-def local_reply_config(*, early_admission: bool = False) -> Json:
+def local_reply_config() -> Json:
     """Envoy's own replies (413, 404, 405, 503, 504, ...) as ``{"code", "message", "details"}``;
-    with ``early_admission``, the early check's 429 (already that JSON) as it is."""
+    the edge's check's denials (already that JSON) as they are."""
     mappers: list[Json] = [
         # Native gRPC: keep Envoy's text as grpc-message. The transcoder rewrites a REST request's
         # content-type to application/grpc too, but also adds x-envoy-original-path.
@@ -59,26 +59,16 @@ def local_reply_config(*, early_admission: bool = False) -> Json:
             "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}},
         }
     ]
-    if early_admission:
-        # The early admission check's 429 already carries the service's JSON error: as it is.
-        mappers.append(
-            {
-                "filter": {
-                    "metadata_filter": {
-                        "matcher": {
-                            "filter": "rerank",
-                            "path": [{"key": "admission"}],
-                            "value": {"string_match": {"exact": "refused"}},
-                        },
-                        "match_if_key_not_found": False,
-                    }
-                },
-                "body_format_override": {
-                    "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-                    "content_type": "application/json",
-                },
-            }
-        )
+    # The edge's check's denials (flag UAEX) already carry the service's JSON error: as they are.
+    mappers.append(
+        {
+            "filter": {"response_flag_filter": {"flags": ["UAEX"]}},
+            "body_format_override": {
+                "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                "content_type": "application/json",
+            },
+        }
+    )
     for status, code in HTTP_TO_GRPC.items():
         mappers.append(
             {

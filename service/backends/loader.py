@@ -5,7 +5,8 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 * **CUDA** (ONNX Runtime): ``fp16`` if it passed its gate, else ``fp32-fused``, else ``fp32``.
 * **CPU**: the candidates are every CPU variant that is exact (fp32, on either runtime) or that
   passed the current gate against fp32 (``Variant.passed_gate``), whose runtime is installed
-  (OpenVINO is the optional extra ``openvino``) and whose arithmetic this CPU runs natively
+  (OpenVINO is a dependency wherever PyPI has its wheels, :data:`OPENVINO_PLATFORMS`; elsewhere
+  :func:`runtime_note` says so in the log) and whose arithmetic this CPU runs natively
   (:func:`runs_natively`: emulated bf16 is slower than fp32). The fastest is served: by the
   converter's timing table when it was measured on this CPU (:func:`table_choice`), else by
   timing a few micro-batches of each at start-up, interleaved (:func:`time_candidates`). With
@@ -14,6 +15,8 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 
 from __future__ import annotations
 
+import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,24 @@ TIMING_LENGTH = 192
 """The timed micro-batch: 32 pairs x min(192, max_length) tokens, about what the batcher packs
 from a request of ~150-word documents. Smaller batches rank the candidates by per-call overheads,
 which weigh less in the batches the server runs."""
+
+
+OPENVINO_PLATFORMS = frozenset({("linux", "x86_64"), ("linux", "aarch64"), ("win32", "AMD64"), ("darwin", "arm64")})
+"""(``sys.platform``, ``platform.machine()``) where PyPI has OpenVINO's wheels, and where
+pyproject.toml therefore makes it a dependency (a unit test keeps the two the same)."""
+
+
+def runtime_note(device: str | None) -> str | None:
+    """One line for the log when the CPU serves without OpenVINO, saying why; else None."""
+    if _device(device) != "cpu" or runtime_available(OPENVINO):
+        return None
+    here = (sys.platform, platform.machine())
+    if here in OPENVINO_PLATFORMS:
+        return (
+            "OpenVINO is not installed, so models run on ONNX Runtime only; install it (pip install openvino, "
+            "a dependency of rerank on this platform) for the faster OpenVINO variants"
+        )
+    return f"OpenVINO has no package for {here[0]} {here[1]} on PyPI, so models run on ONNX Runtime only"
 
 
 def _device(device: str | None) -> str:

@@ -1,7 +1,7 @@
 """One model's dynamic batcher: admission, queueing and delivery around the scheduler and worker.
 
-Each model has one :class:`DynamicBatcher`. It admits a request (:mod:`~rerank.service.core.admission`:
-time-budgeted, with the early check's holds), queues its pairs (:mod:`~rerank.service.core.scheduler`:
+Each model has one :class:`DynamicBatcher`. It admits a request (:mod:`rerank.service.admission`:
+time-budgeted, counting the places the edge's check holds), queues its pairs (:mod:`~rerank.service.core.scheduler`:
 fair micro-batches), has them run (:mod:`~rerank.service.core.worker`: threads, failure isolation)
 and delivers each pair's logit to its request:
 
@@ -11,10 +11,14 @@ and delivers each pair's logit to its request:
   ``max_batch_pairs``. The time limit bounds how long a new request waits for the batch in flight.
 * **Admission**: ``max_queue_seconds`` bounds the estimated wait, ``max_queue_pairs`` the queue's
   memory. An admitted request is queued on that admission once tokenized, not checked again
-  (unless its exact cost is far over the estimate: :data:`~rerank.service.core.admission.MISESTIMATE`):
-  work once begun is not thrown away. The batcher publishes its :class:`QueueState` at every
-  queue change (:attr:`DynamicBatcher.published`), which another thread may read (the early
-  admission check of :mod:`rerank.service.router.metrics_endpoint`).
+  (unless its exact cost is far over the estimate: :data:`~rerank.service.admission.queue.MISESTIMATE`):
+  work once begun is not thrown away. A request the edge's check held a place for is admitted on
+  that place (:meth:`DynamicBatcher.admit`).
+* **A watchdog's view**: :meth:`DynamicBatcher.stall` says whether inference is stuck (a
+  micro-batch far past its expected end) or a request is overdue (waiting far past the queue's
+  bound for its first micro-batch). While every stream is stuck, the requests waiting get
+  :class:`~rerank.service.errors.Unavailable` (which Envoy retries on another replica) and so do
+  new ones; the requests of a stuck micro-batch get it at once.
 * **Cancellation**: a request whose client went away has its waiting pairs dropped.
 * **Pipelined**: the next micro-batch is composed while the current one runs (and composed
   again when the queue changes meanwhile, so a request arriving now still joins it).
@@ -35,21 +39,30 @@ from dataclasses import replace
 
 import numpy as np
 
+from rerank.service.admission.holds import Holds
+from rerank.service.admission.queue import MISESTIMATE, QueueState, padded_cost, queue_time_refusal, retry_after
 from rerank.service.backends.base import Batch
-from rerank.service.core.admission import MISESTIMATE, Holds, QueueState, cost_of, queue_time_refusal, retry_after
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
 from rerank.service.core.scheduler import Job, Request, Scheduler
 from rerank.service.core.throughput import Throughput
 from rerank.service.core.tokenization import Pair
 from rerank.service.core.worker import Worker
-from rerank.service.errors import QueueFull, RerankError, TooManyDocuments
+from rerank.service.errors import QueueFull, RerankError, TooManyDocuments, Unavailable
 from rerank.service.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
 MIN_BATCH_TOKENS = 512
 """The smallest token budget a micro-batch gets, however slow the model."""
+STALL_FACTOR = 4.0
+"""A micro-batch is stuck once it has run this many times its expected duration, and at least
+``stall_seconds`` past its expected end (:attr:`BatchingConfig.stall_seconds`)."""
+
+
+def cost_of(pairs: list[Pair]) -> float:
+    """What ``pairs`` will cost the model, in padded tokens."""
+    return padded_cost(sum(len(p.ids) for p in pairs))
 
 
 class DynamicBatcher:
@@ -70,8 +83,8 @@ class DynamicBatcher:
         streams: int = 1,
     ) -> None:
         self.name = name
-        self.holds = holds or Holds()
-        """The early check's places, this batcher's and its sibling models' (:class:`Holds`)."""
+        self.holds = holds if holds is not None else Holds()
+        """The edge's check's places, this batcher's and its sibling models' (:class:`Holds`)."""
         self.config = config
         self.metrics = metrics
         self.throughput = throughput or Throughput()
@@ -99,9 +112,10 @@ class DynamicBatcher:
         self._started = False
         self._closed = False
         self._refusal: RerankError | None = None
-        self.published = self.state()
-        """The queue's state at its last change, for readers on other threads (replaced, never
-        mutated). A stopping server's early check does not read it (it admits everything)."""
+        self._stuck: set[Job] = set()
+        """Running micro-batches past their stall deadline (their requests were answered)."""
+        self.stall_reason: str | None = None
+        """What the last :meth:`stall` found (None: inference works)."""
 
     @property
     def queued_pairs(self) -> int:
@@ -122,56 +136,48 @@ class DynamicBatcher:
         return QueueState(tuple(costs), self._running_until, self._model_speed(), self.config.max_queue_seconds)
 
     def with_holds(self, state: QueueState) -> QueueState:
-        """``state`` with the early check's held places counted as queued requests: what every
-        admission decides on (this one's, or the early check's on :attr:`published`)."""
+        """``state`` with the edge's held places counted as queued requests: what every
+        admission decides on (this one's, or the edge's check's)."""
         return replace(state, costs=state.costs + tuple(self.holds.costs(self.name)))
 
     def estimated_wait(self, cost: float) -> float:
         """Seconds a request of ``cost`` would wait if admitted now (:meth:`QueueState.estimated_wait`)."""
         return self.state().estimated_wait(cost)
 
-    def admit(self, cost: float, pairs: int, hold: str = "") -> int:
+    def admit(self, cost: float, pairs: int, held: float | None = None) -> int:
         """Checks that a request of ``cost`` padded tokens and ``pairs`` pairs may wait in the
         queue, and reserves its place until :meth:`score` (or :meth:`release`). Returns the
-        reservation. Raises :class:`QueueFull` (with a retry delay) or :class:`TooManyDocuments`.
-        ``hold``: the early check's token for this request (:class:`Holds`); while it is held the
-        request was admitted by that check and is not timed again (the queue's size cap and a
-        drain still apply)."""
-        held = self.holds.peek(hold) if hold else None
-        try:
-            if self._refusal is not None:
-                self.metrics.reject("draining")
-                raise self._refusal
-            limit = self.config.max_queue_pairs
-            if pairs > limit:
-                self.metrics.reject("request_too_large")
-                raise TooManyDocuments(
-                    f"this request needs {pairs} sequences, more than the queue holds ({limit}); "
-                    "send fewer documents per request",
-                    field="documents",
-                    metadata={"limit": str(limit)},
-                )
-            if self._queue.queued_pairs + pairs > limit:
-                self.metrics.reject("queue_full")
-                raise QueueFull(
-                    f"the queue holds {self._queue.queued_pairs} pairs and this request adds {pairs}; "
-                    f"the limit is {limit}: retry later",
-                    retry_after=retry_after(self._queue.queued_cost() / self._model_speed()),
-                )
-            if held is None or self.name not in held:
-                refusal = queue_time_refusal(self.with_holds(self.state()), cost)
-                if refusal is not None:
-                    self.metrics.reject("queue_time")
-                    raise refusal
-            reservation = id(object())
-            self._reserved[reservation] = cost
-            self._queue_changed()
-            return reservation
-        finally:
-            # The request came: its hold goes, and only now, after a reservation is published,
-            # so that the early check (on another thread) always sees its place in one form.
-            if hold:
-                self.holds.take(hold)
+        reservation. Raises :class:`QueueFull` (with a retry delay), :class:`TooManyDocuments`
+        or :class:`Unavailable` (inference is stuck). ``held``: the cost the edge's check held a
+        place at for this request (its claimed hold, already out of :attr:`holds`); a request
+        costing at most :data:`MISESTIMATE` times that was admitted by the check and is not timed
+        again (the queue's size cap, a drain and a stall still apply)."""
+        self._refuse_if_closed()
+        limit = self.config.max_queue_pairs
+        if pairs > limit:
+            self.metrics.reject("request_too_large")
+            raise TooManyDocuments(
+                f"this request needs {pairs} sequences, more than the queue holds ({limit}); "
+                "send fewer documents per request",
+                field="documents",
+                metadata={"limit": str(limit)},
+            )
+        if self._queue.queued_pairs + pairs > limit:
+            self.metrics.reject("queue_full")
+            raise QueueFull(
+                f"the queue holds {self._queue.queued_pairs} pairs and this request adds {pairs}; "
+                f"the limit is {limit}: retry later",
+                retry_after=retry_after(self._queue.queued_cost() / self._model_speed()),
+            )
+        if held is None or cost > MISESTIMATE * held:
+            refusal = queue_time_refusal(self.with_holds(self.state()), cost)
+            if refusal is not None:
+                self.metrics.reject("queue_time")
+                raise refusal
+        reservation = id(object())
+        self._reserved[reservation] = cost
+        self._queue_changed()
+        return reservation
 
     def release(self, reservation: int) -> None:
         if self._reserved.pop(reservation, None) is not None:
@@ -183,7 +189,6 @@ class DynamicBatcher:
         in_flight = max(0.0, self._running_until - time.monotonic())
         waiting = self._queue.queued_cost() + sum(self._reserved.values())
         self.metrics.set_queue(self._queue.queued_pairs, in_flight + waiting / self._model_speed())
-        self.published = self.state()
 
     # ------------------------------------------------------------------------- queueing
 
@@ -192,14 +197,79 @@ class DynamicBatcher:
         fails with it (the end of a drain: it gets an answer instead of a dropped call). A batch
         already on the model finishes; its requests' other pairs do not run."""
         self._refusal = error
+        self._answer_waiting(error)
+
+    def _answer_waiting(self, error: RerankError) -> None:
+        """Every request still waiting fails with ``error``; nothing composed runs."""
         self._worker.clear()  # composed, not started: it does not run
         self._commit_started()
         for request in self._queue.requests():
-            if not request.future.done():
-                request.future.set_exception(error)
-            self._drop(request)
+            self._fail(request, error)
         self._queue.clear()
         self._schedule()
+
+    def _fail(self, request: Request, error: RerankError) -> None:
+        if not request.future.done():
+            request.future.set_exception(error)
+        self._drop(request)
+
+    # ------------------------------------------------------------------------- watchdog
+
+    @property
+    def stalled(self) -> bool:
+        """Every stream is stuck on a micro-batch far past its expected end (:meth:`stall`)."""
+        return len(self._stuck) >= self.streams
+
+    def stall(self, now: float | None = None) -> str | None:
+        """Why this model cannot be counted on to answer in time, or None (the server's watchdog
+        asks, on the event loop, and reports the replica NOT_SERVING meanwhile):
+
+        * a micro-batch has run :data:`STALL_FACTOR` times its expected duration and
+          ``stall_seconds`` past its expected end: its requests get :class:`Unavailable` now (Envoy
+          retries them on another replica); once every stream is stuck, so do the requests
+          waiting and new ones (:attr:`stalled`), until a stuck micro-batch ends;
+        * a request has waited ``stall_seconds`` past ``max_queue_seconds`` for its first
+          micro-batch (the model is far slower than admission counts on)."""
+        now = time.monotonic() if now is None else now
+        self._commit_started()
+        stall = self.config.stall_seconds
+        for job in self._running - self._stuck:
+            if now > job.until + max(stall, (STALL_FACTOR - 1) * (job.until - job.started)):
+                self._stuck.add(job)
+                error = self._stalled_error(job, now)
+                log.error("%s: %s", self.name, error.message)
+                for request in dict.fromkeys(r for r, _ in job.taken):
+                    self._fail(request, error)
+        if self.stalled:
+            self._answer_waiting(self._stalled_error())
+        self.stall_reason = None
+        if self._stuck:
+            self.stall_reason = self._stall_reason(min(self._stuck, key=lambda j: j.started), now)
+        waiting = [r.enqueued_at for r in self._queue.requests() if r.first_batch_at is None and not r.cancelled]
+        if self.stall_reason is None and waiting and now - min(waiting) > self.config.max_queue_seconds + stall:
+            self.stall_reason = f"a request has waited {now - min(waiting):.1f} s for its first micro-batch"
+        return self.stall_reason
+
+    def _stall_reason(self, job: Job, now: float) -> str:
+        return (
+            f"a micro-batch of {len(job.pairs)} pairs has run {now - job.started:.1f} s, "
+            f"expected {job.until - job.started:.2f} s"
+        )
+
+    def _refuse_if_closed(self) -> None:
+        """Raises the drain's refusal while draining, or :class:`Unavailable` while inference is stuck."""
+        if self._refusal is not None:
+            self.metrics.reject("draining")
+            raise self._refusal
+        if self.stalled:
+            self.metrics.reject("stalled")
+            raise self._stalled_error()
+
+    def _stalled_error(self, job: Job | None = None, now: float | None = None) -> Unavailable:
+        if job is None:
+            job = min(self._stuck, key=lambda j: j.started)
+        reason = self._stall_reason(job, time.monotonic() if now is None else now)
+        return Unavailable(f"inference is stuck on this replica ({reason}); retry the request", reason="STALLED")
 
     async def close(self) -> None:
         """Stops: the batch in flight finishes, nothing else runs."""
@@ -224,9 +294,7 @@ class DynamicBatcher:
                 self.release(reservation)
             reservation = self.admit(cost, len(pairs))
         self.release(reservation)
-        if self._refusal is not None:
-            self.metrics.reject("draining")
-            raise self._refusal
+        self._refuse_if_closed()
         self.start()
         # Shortest first: requests served round-robin then advance through similar lengths
         # together, so a micro-batch mixing them pads little.
@@ -302,6 +370,9 @@ class DynamicBatcher:
         """On the event loop: ``job``'s results go to their requests."""
         self._commit_started()  # (normally done already: the worker posts that first)
         self._running.discard(job)
+        if job in self._stuck:
+            self._stuck.discard(job)
+            log.warning("%s: the stuck micro-batch ended after %.1f s", self.name, job.seconds)
         self._update_running_until()
         if isinstance(job.outcome, list):
             for (request, index), result in zip(job.taken, job.outcome, strict=True):

@@ -23,3 +23,7 @@ class BatchingConfig:
     batch_tokens: int | None = None
     """Padded tokens a micro-batch is cut at for speed; None: the fastest size timed at start-up
     (:func:`~rerank.service.core.batch_sizing.size_batches`)."""
+    stall_seconds: float = 3.0
+    """How far past its expected end a micro-batch runs (and a request waits past the queue's
+    bound for its first micro-batch) before the model counts as stuck
+    (:meth:`~rerank.service.core.batching.DynamicBatcher.stall`)."""

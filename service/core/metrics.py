@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rerank.service.admission import contract
+from rerank.service.admission.holds import OUTCOMES as HOLD_OUTCOMES
+
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Seconds: a millisecond (a cached tokenization, a one-pair batch on a GPU) to a minute
 (Envoy's default route timeout)."""
@@ -28,8 +31,10 @@ PADDING_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 NONE = "-"
 """Label value for "not known": no model resolved, no API key."""
-HOLD_OUTCOMES = ("placed", "taken", "lapsed", "late")
-"""The outcomes ``rerank_early_holds_total`` counts (:class:`~rerank.service.core.admission.Holds`)."""
+EDGE_OUTCOMES = ("unauthenticated", "rate_limited", *contract.OUTCOMES, "passed")
+"""The outcomes ``rerank_edge_checks_total`` counts: denied for the key (unauthenticated,
+rate_limited), admission's outcomes for a rerank call (:data:`~rerank.service.admission.contract.OUTCOMES`),
+or passed (a call that is not a rerank: listing models, a health check, metrics)."""
 
 
 class Metrics:
@@ -130,23 +135,32 @@ class Metrics:
             "Requests refused before queueing, by reason: queue_time (would wait longer than "
             "RERANK_MAX_QUEUE_SECONDS), queue_full (RERANK_MAX_QUEUE_PAIRS), request_too_large (more pairs than "
             "the queue holds), tokenizer_queue (RERANK_TOKENIZER_QUEUE), rate_limited (the API key's rps or "
-            "tpm), draining (the server is stopping).",
+            "tpm), draining (the server is stopping), stalled (inference is stuck on this replica).",
             ["model", "reason"],
             registry=r,
         )
         self.early_holds = Counter(
             "rerank_early_holds",
-            "Places the early admission check held for large bodies before Envoy read them, by outcome: "
-            "placed, taken (the body came while held), lapsed (it did not come in time), late (a lapsed hold's "
-            "body came after all: refused if the queue had no room for it by then).",
+            "Tokens the edge's check placed for requests before Envoy read their bodies, by outcome: placed, "
+            "taken (the call came while its place was held), lapsed (it did not come in time), late (a lapsed "
+            "token's call came after all: its queue time checked again), invalid (a token this replica never "
+            "placed, already taken, or presented with another key).",
             ["outcome"],
             registry=r,
         )
         for outcome in HOLD_OUTCOMES:
             self.early_holds.labels(outcome)
+        self.edge_checks = Counter(
+            "rerank_edge_checks",
+            "Requests Envoy asked this replica about before reading their bodies (its ext_authz check), by API "
+            "key name and outcome: unauthenticated, rate_limited, held, admitted, refused (429 before the body "
+            "was read), unavailable (inference stuck), passed (not a rerank).",
+            ["key", "outcome"],
+            registry=r,
+        )
 
     def record_hold(self, outcome: str) -> None:
-        """One outcome of an early-check hold (:class:`~rerank.service.core.admission.Holds`); any thread."""
+        """One outcome of a hold (:class:`~rerank.service.admission.holds.Holds`)."""
         self.early_holds.labels(outcome).inc()
 
     def model(self, name: str) -> ModelMetrics:

@@ -14,9 +14,11 @@ from typing import Protocol
 
 import numpy as np
 
+from rerank.service.admission.estimate import BodyPrice
+from rerank.service.admission.holds import Holds
+from rerank.service.admission.queue import PADDING_ALLOWANCE, queue_time_refusal
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import CpuFeatures
-from rerank.service.core.admission import PADDING_ALLOWANCE, Holds, queue_time_refusal
 from rerank.service.core.batch_sizing import BatchSizing
 from rerank.service.core.batching import DynamicBatcher
 from rerank.service.core.batching_config import BatchingConfig
@@ -65,11 +67,8 @@ class Caller(Protocol):
     def charge(self, tokens: int) -> None:
         """Charges a tokenized request's tokens."""
 
-
-EARLY_BODY_SHARE = 0.9
-"""The share of a request body's bytes the early check prices at the learned cost per byte: the
-rest is allowance for field names, whitespace and the like, so that the check errs toward
-admitting (the body it lets through holds a place at that price, and is queued on it)."""
+    def held(self, model: str) -> float | None:
+        """The cost the edge's check held a place at on ``model`` for this request, or None."""
 
 
 class Anonymous:
@@ -82,6 +81,9 @@ class Anonymous:
 
     def charge(self, tokens: int) -> None:
         pass
+
+    def held(self, model: str) -> float | None:
+        return None
 
 
 ANONYMOUS = Anonymous()
@@ -135,17 +137,21 @@ class ServedModel:
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
         """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
-        self.cost_per_byte = PADDING_ALLOWANCE / self.characters_per_token
-        """The exact estimate's cost per UTF-8 byte of query and documents, learned from every
-        request (it carries the query repeated per pair, truncation, windows and the script's
-        bytes per character): what the early check prices a body's bytes at."""
+        self.price = BodyPrice()
+        """What the edge's check prices a body's bytes at, learned from every request's estimate."""
 
     def estimate(
-        self, query: str, documents: list[str], long_documents: LongDocuments, max_document_tokens: int | None = None
+        self,
+        query: str,
+        documents: list[str],
+        long_documents: LongDocuments,
+        max_document_tokens: int | None = None,
+        instruction: str | None = None,
     ) -> tuple[float, int]:
-        """A request's cost in padded tokens and its number of pairs, from its characters alone."""
+        """A request's cost in padded tokens and its number of pairs, from its characters alone
+        (a prompt's query part, instruction included, counts as the query)."""
         per_token = self.characters_per_token
-        head = len(query) / per_token + self.encoder.template.special_count
+        head = len(self.encoder.query_text(query, instruction)) / per_token + self.encoder.template.special_count
         room = max(1.0, self.config.max_length - head)
         step = max(1.0, room * (1 - WINDOW_OVERLAP))
         tokens = 0.0
@@ -163,24 +169,12 @@ class ServedModel:
                 pairs += 1
         return PADDING_ALLOWANCE * tokens, pairs
 
-    def cost_of_body(self, size: int) -> float:
-        """A lower-leaning estimate of the cost in padded tokens of a request whose body is ``size``
-        bytes, before it is read: :data:`EARLY_BODY_SHARE` of it at the learned cost per byte."""
-        return EARLY_BODY_SHARE * size * self.cost_per_byte
-
-    def learn_cost_per_byte(self, query: str, documents: list[str], cost: float) -> None:
-        # Bytes as a JSON body carries them: each document a string with its quotes, comma and
-        # space (documents sent as {"text": ...} objects take more: then the price leans low).
-        text = len(query.encode()) + sum(len(d.encode()) + 4 for d in documents)
-        if text:
-            self.cost_per_byte += 0.1 * (cost / text - self.cost_per_byte)
-
     def early_refusal(self, size: int) -> tuple[QueueFull | None, float]:
         """The refusal a request body of ``size`` bytes gets before it is read (None: admitted),
-        and the cost it is priced at, counting the early check's other holds. Safe on any thread:
-        it reads the batcher's published state, its holds and one float."""
-        cost = self.cost_of_body(size)
-        return queue_time_refusal(self.batcher.with_holds(self.batcher.published), cost), cost
+        and the cost it is priced at (:class:`~rerank.service.admission.estimate.BodyPrice`),
+        counting the places already held. On the event loop."""
+        cost = self.price.of(size)
+        return queue_time_refusal(self.batcher.with_holds(self.batcher.state()), cost), cost
 
     async def score(
         self,
@@ -192,23 +186,25 @@ class ServedModel:
         request_id: str = "",
         max_document_tokens: int | None = None,
         side: TruncationSide = "right",
-        hold: str = "",
+        instruction: str | None = None,
     ) -> Scored:
         """Scores every document: admitted by its estimated cost before it is tokenized, then
         queued on that admission at its exact cost (checked again only if that is far over the
-        estimate: :data:`~rerank.service.core.admission.MISESTIMATE`). Raises QueryTooLong,
-        DocumentTooLong, QueueFull, RateLimited or TooManyDocuments. ``max_document_tokens``
-        and ``side`` are :meth:`PairEncoder.encode`'s; ``hold`` the early check's token for this
-        request (:class:`~rerank.service.core.admission.Holds`)."""
+        estimate: :data:`~rerank.service.admission.queue.MISESTIMATE`), or on the place the edge's
+        check held for it (``caller.held``). Raises QueryTooLong, DocumentTooLong, QueueFull,
+        RateLimited, TooManyDocuments or Unavailable; InvalidRequest for an ``instruction`` to a
+        model that takes none. ``max_document_tokens``, ``side`` and ``instruction`` are
+        :meth:`PairEncoder.encode`'s."""
+        self.encoder.check_instruction(instruction)  # before any admission: a bad request costs nothing
         self.metrics.requests += 1
         try:
             caller.admit()
         except RateLimited:
             self.metrics.reject("rate_limited")
             raise
-        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens)
-        self.learn_cost_per_byte(query, documents, cost)
-        reservation = self.batcher.admit(cost, pairs, hold)
+        cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens, instruction)
+        self.price.learn(query, documents, cost)
+        reservation = self.batcher.admit(cost, pairs, caller.held(self.name))
         try:
             with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):
                 encoded = await self._tokenizers.run(
@@ -219,6 +215,7 @@ class ServedModel:
                     metrics=self.metrics,
                     max_document_tokens=max_document_tokens,
                     side=side,
+                    instruction=instruction,
                 )
             if encoded.document_tokens:
                 ratio = encoded.characters / encoded.document_tokens

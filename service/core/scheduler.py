@@ -35,7 +35,7 @@ class Request:
     client: str
     request_id: str
     cost: float
-    """Padded tokens it will cost (see :data:`~rerank.service.core.admission.PADDING_ALLOWANCE`)."""
+    """Padded tokens it will cost (see :data:`~rerank.service.admission.queue.PADDING_ALLOWANCE`)."""
     taken: int = 0
     done: int = 0
     cancelled: bool = False

@@ -4,6 +4,11 @@ The query is encoded once per request and never cut; each document is encoded wi
 tokens and then framed by the model's :class:`~rerank.service.model_folder.PairTemplate`. This
 is what ``tokenizer(query, document, truncation="only_second")`` produces, but it lets one query
 encoding serve every document, and lets a long document be split into windows.
+
+A model whose template has a prompt (an LLM reranker) reads the query written into the prompt's
+query part, with the request's instruction (or the model's default), and each document written
+into its document part; the prompt's fixed prefix and suffix frame them as special tokens do,
+so truncation and windows cut only the document and the template always survives whole.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from rerank.service.core.metrics import ModelMetrics
-from rerank.service.errors import DocumentTooLong, QueryTooLong, QueueFull
+from rerank.service.errors import DocumentTooLong, InvalidRequest, QueryTooLong, QueueFull
 from rerank.service.model_folder import PairTemplate
 
 T = TypeVar("T")
@@ -80,6 +85,27 @@ class PairEncoder:
     def room_for_document(self, query_len: int) -> int:
         return self.max_length - self.template.special_count - query_len
 
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the model reads an instruction (only models with a prompt do)."""
+        return self.template.prompt is not None
+
+    def check_instruction(self, instruction: str | None) -> None:
+        """Raises :class:`InvalidRequest` (field ``instruction``) when an instruction is given to a
+        model that takes none: ignoring it would score something the caller did not ask for."""
+        if instruction is not None and not self.takes_instruction:
+            raise InvalidRequest(
+                "this model takes no instruction (it is a cross-encoder, which reads only the query and the "
+                "document); leave instruction out",
+                reason="INSTRUCTION_NOT_SUPPORTED",
+                field="instruction",
+            )
+
+    def query_text(self, query: str, instruction: str | None = None) -> str:
+        """The text tokenized as the query part: the query, or the prompt's query part."""
+        prompt = self.template.prompt
+        return query if prompt is None else prompt.query_text(query, instruction)
+
     def encode(
         self,
         query: str,
@@ -88,25 +114,33 @@ class PairEncoder:
         *,
         max_document_tokens: int | None = None,
         side: TruncationSide = "right",
+        instruction: str | None = None,
     ) -> EncodedRequest:
         """Encodes every pair; raises :class:`QueryTooLong` when the query leaves no room.
 
         ``max_document_tokens`` cuts each document to that many tokens first (Cohere's
         ``max_tokens_per_doc``), before the model's own window applies; the tokens it cuts count
         as truncated. ``side`` is the end that truncation (and that cap) removes.
+        ``instruction``: for a model with a prompt, what replaces its default instruction; any
+        other model refuses one (:meth:`check_instruction`).
         """
-        query_ids = self.tokenizer.encode(query, add_special_tokens=False).ids
+        self.check_instruction(instruction)
+        query_ids = self.tokenizer.encode(self.query_text(query, instruction), add_special_tokens=False).ids
         room = self.room_for_document(len(query_ids))
         if room < 1:
+            what = "query" if self.template.prompt is None else "query, with its instruction and prompt text,"
             raise QueryTooLong(
                 field="query",
-                message=f"the query is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens per "
-                f"pair including {self.template.special_count} special tokens, which leaves no room for a document",
+                message=f"the {what} is {len(query_ids)} tokens; this model reads at most {self.max_length} tokens "
+                f"per pair including {self.template.special_count} special tokens, which leaves no room for a "
+                "document",
             )
         # Truncation keeps min(room, cap) tokens from ``side``: only those are kept from each document's
         # encoding (a window needs them all; a refused document needs only its count).
         keep = None if long_documents == "window" else min(room, max_document_tokens or room)
-        doc_ids, doc_tokens = self._encode_documents(documents, keep, side)
+        prompt = self.template.prompt
+        texts = documents if prompt is None else [prompt.document_text(d) for d in documents]
+        doc_ids, doc_tokens = self._encode_documents(texts, keep, side)
         t = self.template
         head = [i for i, _ in t.prefix] + query_ids + [i for i, _ in t.middle]
         head_types = [ty for _, ty in t.prefix] + [t.query_type] * len(query_ids) + [ty for _, ty in t.middle]

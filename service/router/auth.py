@@ -1,8 +1,13 @@
-"""API-key authentication for every RPC except health checks.
+"""API-key authentication for every RPC except health checks and the edge's check.
 
 Clients send ``authorization: Bearer <key>`` (gRPC metadata, or the HTTP header that Envoy
 forwards as metadata). Keys are held only as SHA-256 digests and compared in constant time;
-a key is never logged.
+a key is never logged, nor anything derived from it: a key the keys file does not name is
+named by its place among the accepted keys (``key-1``, ``key-2``, ...).
+
+The edge's check (``envoy.service.auth.v3.Authorization/Check``, :mod:`rerank.service.router.edge`)
+needs no key of its own: it checks the key of the request it is asked about, and answers only
+for that key.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 import grpc
 
+from rerank.service.admission.contract import CHECK_METHOD
+
 log = logging.getLogger(__name__)
 
 PUBLIC_METHODS = frozenset(
@@ -25,6 +32,7 @@ PUBLIC_METHODS = frozenset(
         "/grpc.health.v1.Health/Watch",
         "/grpc.health.v1.Health/List",
         "/rerank.v1.RerankService/Health",
+        CHECK_METHOD,
     }
 )
 
@@ -43,12 +51,15 @@ class ApiKey:
     tokens_per_minute: int | None = None
 
 
-def _default_name(value: bytes) -> str:
-    return f"key-{value.hex()[:8]}"
+def default_name(index: int) -> str:
+    """The name of the ``index``-th accepted key (from 1) when nothing names it: its place, never
+    anything derived from the key (a dictionary would reverse a weak key from its digest)."""
+    return f"key-{index}"
 
 
-def parse_keys_file(text: str, source: str = "keys file") -> list[ApiKey]:
-    """A keys file: one key per line, ``<sha256 hex> [name=NAME] [rps=N] [tpm=N]``.
+def parse_keys_file(text: str, source: str = "keys file", first: int = 1) -> list[ApiKey]:
+    """A keys file: one key per line, ``<sha256 hex> [name=NAME] [rps=N] [tpm=N]``; a key
+    without a name is named by its place (:func:`default_name`, counting from ``first``).
 
     Plain digest lines (and ``sha256sum`` output: only the first field is a digest when the
     rest is not ``key=value``) keep working; blank lines and ``#`` comments are skipped.
@@ -75,7 +86,7 @@ def parse_keys_file(text: str, source: str = "keys file") -> list[ApiKey]:
             raise ValueError(f"{source}:{number}: rps and tpm must be numbers") from None
         if (rps is not None and rps <= 0) or (tpm is not None and tpm <= 0):
             raise ValueError(f"{source}:{number}: rps and tpm must be positive")
-        keys.append(ApiKey(value, options.get("name") or _default_name(value), rps, tpm))
+        keys.append(ApiKey(value, options.get("name") or default_name(first + len(keys)), rps, tpm))
     return keys
 
 
@@ -87,10 +98,11 @@ class Keyring:
 
     @classmethod
     def load(cls, keys: tuple[str, ...], keys_file: Path | None) -> Keyring:
-        """Plain keys (from the environment) and a keys file of digests."""
-        found = [ApiKey(d, _default_name(d)) for d in (digest(k) for k in keys)]
+        """Plain keys (from the environment), then a keys file of digests; unnamed keys are
+        ``key-1``, ``key-2``, ... in that order."""
+        found = [ApiKey(digest(k), default_name(i)) for i, k in enumerate(keys, 1)]
         if keys_file is not None:
-            found += parse_keys_file(keys_file.read_text(), str(keys_file))
+            found += parse_keys_file(keys_file.read_text(), str(keys_file), first=len(found) + 1)
         return cls(found)
 
     def __bool__(self) -> bool:

@@ -3,7 +3,7 @@
 Same core as every face (:func:`rerank.service.router.ranking.rank_request`); Cohere's contract is a
 relevance score in [0, 1], so scores are ``sigmoid(logit)``. ``max_tokens_per_doc`` (default
 4096) cuts each document before the model's own window applies; ``priority`` is accepted and
-ignored (requests are served in arrival order).
+ignored (requests are served in arrival order); ``instruction`` is our extension, as on every face.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from rerank.service.protocol import cohere_pb2, cohere_pb2_grpc
-from rerank.service.router.ranking import Ranker, RankRequest
+from rerank.service.router.ranking import Ranker, RankRequest, instruction_of
 from rerank.service.router.status import request_id
 from rerank.service.router.validation import check_max_tokens_per_doc
 
@@ -37,6 +37,7 @@ class CohereService(Ranker, cohere_pb2_grpc.CohereServiceServicer):
                 top_n=request.top_n if request.HasField("top_n") else None,
                 normalize=True,
                 max_document_tokens=cap if cap is not None else DEFAULT_MAX_TOKENS_PER_DOC,
+                instruction=instruction_of(request),
             ),
         )
         return cohere_pb2.CohereRerankResponse(

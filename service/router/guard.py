@@ -16,10 +16,11 @@ are counted too. For each call it:
   once validation resolves it), which every log line under the handler carries;
 * runs the handler inside the call's server span (:mod:`rerank.service.telemetry.tracing`), the child
   of the client's ``traceparent``;
-* sends the key's *name* back (``x-rerank-key``) for Envoy's access log, with the response or
-  the error status, never earlier (Envoy cannot retry a call whose response headers started);
 * records ``rerank_requests_total`` and ``rerank_request_duration_seconds`` and logs one debug
-  line with the status code. Health checks (Envoy's, Kubernetes') are not metered.
+  line with the status code. Health checks (Envoy's, Kubernetes') and the edge's checks (one per
+  request through Envoy, counted by ``rerank_edge_checks_total``) are not metered.
+
+It sends no response headers of its own: Envoy cannot retry a call whose response headers started.
 """
 
 from __future__ import annotations
@@ -33,20 +34,22 @@ from typing import Any, cast
 
 import grpc
 
+from rerank.service.admission.contract import CHECK_METHOD
 from rerank.service.core.metrics import NONE, Metrics
 from rerank.service.errors import InvalidRequest, RerankError
 from rerank.service.router.auth import Keyring
 from rerank.service.router.status import fail, request_id, status_code
 from rerank.service.telemetry import context as calls
 from rerank.service.telemetry import tracing
-from rerank.service.telemetry.context import KEY_NAME_HEADER, Call
+from rerank.service.telemetry.context import Call
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-UNMETERED = "/grpc.health.v1.Health/"
-"""Calls under this prefix (probes, every second) are guarded but neither counted nor logged."""
+UNMETERED = ("/grpc.health.v1.Health/", CHECK_METHOD)
+"""Calls under these prefixes (probes, every second; the edge's check of every request) are
+guarded but neither counted nor logged."""
 
 
 class Undecodable:
@@ -129,10 +132,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
                     if isinstance(request, Undecodable):
                         raise request.error()
                     result = behaviour(request, context)
-                    result = await result if inspect.isawaitable(result) else result
-                    if call.key:
-                        await context.send_initial_metadata(((KEY_NAME_HEADER, call.key),))
-                    return result
+                    return await result if inspect.isawaitable(result) else result
                 except grpc.aio.AbortError:
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise

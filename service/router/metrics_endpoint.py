@@ -1,68 +1,55 @@
 """``GET /metrics``: the service's Prometheus metrics over plain HTTP, on the metrics port.
 
-Prometheus scrapes this port directly (Kubernetes: each pod's), and Envoy routes ``GET /metrics``
-on the REST port here (not transcoded). The key check, when ``RERANK_METRICS_REQUIRE_KEY`` is on,
-is done here, by the same :class:`~rerank.service.router.auth.Keyring` as gRPC calls, so Envoy needs no
-auth filter and knows no keys: it forwards ``Authorization`` like any header. A valid key's name
-goes back in the ``x-rerank-key`` response header, which Envoy moves into its access log and
-strips (as for every call).
+Prometheus scrapes this port directly (Kubernetes: each pod's, which a NetworkPolicy opens to the
+scraper alone), and Envoy routes ``GET /metrics`` on its public port here (not transcoded). A key
+is needed unless ``RERANK_METRICS_REQUIRE_KEY`` is off: checked here, by the same
+:class:`~rerank.service.router.auth.Keyring` as gRPC calls (and, through Envoy, by the edge's check
+first), so that the per-key series are not anyone's to read.
 
 One process, or all of a host's (multiprocess mode): with ``--metrics-dir``
 (``PROMETHEUS_MULTIPROC_DIR``), which rerank-stack sets for its replicas, every process writes its
 values into files in that folder and any process's ``/metrics`` reads them all back, summed. So
 Envoy may route ``/metrics`` to any replica and still show the whole stack.
 
-The server is :class:`~rerank.service.telemetry.http1.Http1Server` on its own thread: the service's event
-loop never renders a scrape, and Envoy's admission checks are answered on keep-alive connections
-without waiting behind one.
-
-``GET /admission?bytes=N[&model=NAME]``: the early admission check. Envoy asks it (a Lua filter,
-:func:`rerank.gateway.envoy_config.filters.admission_script`) before it reads a large rerank body: 200 if a request
-of ``N`` bytes may be queued, else 429 with ``Retry-After`` and the service's own QueueFull error
-as JSON (``{"code": 8, "message", "details"}``), which Envoy sends to the client as it is. The
-answer comes from :meth:`rerank.service.server.RerankServer.early_admission` (state the batchers publish;
-nothing on the event loop). A 200 may carry ``x-rerank-hold``: the token of the place held for the
-body (:class:`~rerank.service.core.admission.Holds`), which Envoy puts on the request so that the service
-admits it without a second look, and ``x-rerank-replica``: this port, by which Envoy sends the
-request to this replica (the one holding its place). It needs no key: it says only whether the server is busy, and Envoy
-routes no client request to it.
+The server is the standard library's WSGI server (:mod:`wsgiref`) on threads of its own, so the
+service's event loop never renders a scrape; it serves ``GET``/``HEAD`` of one path, gives a
+client :data:`READ_SECONDS` to send its request, and serves :data:`MAX_CONNECTIONS` at once
+(more are closed at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import json
 import logging
 import os
 import re
+import socket
+import socketserver
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from rerank.service.core.metrics import Metrics
-from rerank.service.errors import ConfigurationError, QueueFull
+from rerank.service.errors import ConfigurationError
 from rerank.service.router.auth import Keyring
-from rerank.service.router.status import HOLD_HEADER, REPLICA_HEADER, status_json
-from rerank.service.telemetry.context import KEY_NAME_HEADER
-from rerank.service.telemetry.http1 import Http1Server
 
 log = logging.getLogger(__name__)
 
 PATH = "/metrics"
-ADMISSION_PATH = "/admission"
-EARLY_HEADER = "x-rerank-admission"
-"""On a 429 of the early check: ``early`` (the request body was never read)."""
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+READ_SECONDS = 5.0
+"""How long a client has to send its request line and headers (then it is disconnected)."""
+MAX_CONNECTIONS = 32
+"""Connections served at once; more are closed on arrival."""
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
-Admission = Callable[[int, str | None], QueueFull | str]
-"""``(body bytes, model or None) -> the refusal, or the token of the place held for the body
-(:class:`~rerank.service.core.admission.Holds`; '' where none is)``."""
 
 
 def server_metrics(directory: Path | None) -> Metrics:
@@ -117,91 +104,91 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Handler(WSGIRequestHandler):
+    """wsgiref's handler, with a deadline for the request and without its stderr log."""
+
+    timeout = READ_SECONDS
+
+    def handle(self) -> None:
+        with contextlib.suppress(TimeoutError, ConnectionError):  # a client too slow, or gone: it closes
+            super().handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """wsgiref's server, a thread per connection, at most :data:`MAX_CONNECTIONS` of them."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics port: a request from %s failed", client_address, exc_info=True)
+
+
 class MetricsEndpoint:
     """An HTTP server answering ``GET /metrics`` from ``registry``; with ``require_key``, only
     to a caller with a key of ``keyring``."""
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        *,
-        keyring: Keyring,
-        require_key: bool,
-        admission: Admission | None = None,
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, *, keyring: Keyring, require_key: bool) -> None:
         self.keyring = keyring
         self.require_key = require_key
-        self.admission = admission
         self._render = make_wsgi_app(registry)
-        self._server: Http1Server | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
         self.port = 0
-        """The port it listens on, once started (which replica a hold is on, for Envoy)."""
 
     def app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI application."""
-        if environ.get("PATH_INFO") == ADMISSION_PATH and self.admission is not None:
-            return self._admission(environ, start_response)
         if environ.get("PATH_INFO") != PATH:
             return _reply(start_response, "404 Not Found", f"not found; the metrics are at {PATH}\n")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _reply(start_response, "405 Method Not Allowed", "GET only\n", [("Allow", "GET, HEAD")])
         token = environ.get("HTTP_AUTHORIZATION")
-        caller = self.keyring.caller([("authorization", token)]) if token and self.keyring else None
-        if self.require_key and caller is None:
-            message = (
-                "missing API key: send the header 'authorization: Bearer <key>'" if not token else "invalid API key"
-            )
+        if self.require_key and (not token or self.keyring.caller([("authorization", token)]) is None):
+            message = "invalid API key" if token else "missing API key: send the header 'authorization: Bearer <key>'"
             return _reply(start_response, "401 Unauthorized", message + "\n", [("WWW-Authenticate", "Bearer")])
-        if caller is None:
-            return list(self._render(environ, start_response))
-
-        def with_name(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
-            return start_response(status, [*headers, (KEY_NAME_HEADER, caller.name)], *rest)
-
-        return list(self._render(environ, with_name))
-
-    def _admission(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        assert self.admission is not None
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        size = (query.get("bytes") or [""])[0]
-        if not size.isdigit():
-            return _reply(start_response, "400 Bad Request", "bytes=<the request body's size> is required\n")
-        token = environ.get("HTTP_AUTHORIZATION")
-        caller = self.keyring.caller([("authorization", token)]) if token and self.keyring else None
-        if self.keyring and caller is None:
-            # No valid key: the service answers it (401), whatever its load.
-            return _reply(start_response, "200 OK", "admit: no valid key; the service answers\n")
-        refusal = self.admission(int(size), (query.get("model") or [None])[0])
-        if isinstance(refusal, str):
-            held = [(HOLD_HEADER, refusal), (REPLICA_HEADER, str(self.port))] if refusal else []
-            return _reply(start_response, "200 OK", "admit\n", held)
-        body = json.dumps(status_json(refusal), separators=(",", ":")).encode()
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Retry-After", str(refusal.retry_after or 1)),
-            (EARLY_HEADER, "early"),
-        ]
-        if caller is not None:
-            headers.append((KEY_NAME_HEADER, caller.name))  # for Envoy's access log
-        start_response("429 Too Many Requests", headers)
-        return [body]
+        return list(self._render(environ, start_response))
 
     def start(self, host: str, port: int) -> int:
         """Listens on ``host:port`` (0: a free port); returns the port. Raises
         :class:`ConfigurationError` if it cannot."""
-        server = Http1Server(self.app, fast=lambda path: path == ADMISSION_PATH, name="metrics")
         try:
-            bound = server.start(host, port)
+            server = _Server((host, port))
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {host}:{port} ({exc.strerror}); choose another port with "
                 "RERANK_METRICS_PORT / --metrics-port"
             ) from None
+        server.set_app(self.app)
         self._server = server
-        self.port = bound
-        return bound
+        self._thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+        self.port = int(server.server_address[1])
+        return self.port
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            self._server.shutdown()
+            self._server.server_close()
             self._server = None
 
 

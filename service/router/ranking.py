@@ -19,16 +19,24 @@ from rerank.service.core.reranker import ANONYMOUS, Caller, Ranked, ServedModel,
 from rerank.service.core.tokenization import LongDocuments, TruncationSide
 from rerank.service.errors import DocumentTooLong
 from rerank.service.router.limits import Callers
-from rerank.service.router.status import hold_token, request_id
+from rerank.service.router.status import request_id
 from rerank.service.router.validation import (
     Limits,
     check_document_sizes,
     check_documents,
+    check_instruction,
     check_query,
     check_top_n,
     resolve_model,
 )
 from rerank.service.telemetry import tracing
+
+
+def instruction_of(request: Any) -> str | None:
+    """A request's ``instruction`` (every face declares ``optional string instruction``), None when
+    absent: the model's default then applies. Validated, and refused by a model that takes none,
+    in :func:`rank_request`, the same for every face."""
+    return str(request.instruction) if request.HasField("instruction") else None
 
 
 def _as_texts(documents: Sequence[Any]) -> list[str]:
@@ -51,6 +59,8 @@ class RankRequest:
     long_documents: LongDocuments = "truncate"
     max_document_tokens: int | None = None
     side: TruncationSide = "right"
+    instruction: str | None = None
+    """Replaces the model's default instruction (only models with a prompt take one)."""
     documents_field: str = "documents"
     """The face's name for the documents, used in error fields (TEI: ``texts``)."""
     default_model: str = ""
@@ -58,8 +68,6 @@ class RankRequest:
     caller: Caller = ANONYMOUS
     """Who asks: the key's name (for fair scheduling) and its limits."""
     request_id: str = ""
-    hold: str = ""
-    """The early check's token for this request (``x-rerank-hold``, set by Envoy)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
     with tracing.span("rerank.validate"):
         model = resolve_model(models, request.model, request.default_model)
         query = check_query(request.query, limits)
+        instruction = check_instruction(request.instruction, limits)
         check_documents(len(request.documents), limits, field)
         top_n = check_top_n(request.top_n)
         texts = check_document_sizes(request.texts(request.documents), limits, field)
@@ -93,7 +102,7 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
             request_id=request.request_id,
             max_document_tokens=request.max_document_tokens,
             side=request.side,
-            hold=request.hold,
+            instruction=instruction,
         )
     except DocumentTooLong as exc:
         exc.field = f"{field}[{exc.index}]"
@@ -102,16 +111,20 @@ async def rank_request(models: Mapping[str, ServedModel], limits: Limits, reques
 
 
 class Ranker:
-    """What every face's servicer ranks with: the served models, the request limits and the
-    callers (API keys' names and limits)."""
+    """What every face's servicer ranks with: the served models, the request limits, the
+    callers (API keys' names and limits) and the model a request that names none gets."""
 
-    def __init__(self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None) -> None:
+    def __init__(
+        self, models: dict[str, ServedModel], limits: Limits, callers: Callers | None = None, default_model: str = ""
+    ) -> None:
         self.models = models
         self.limits = limits
         self.callers = callers or Callers()
+        self.default_model = default_model
 
     async def rank(self, context: grpc.aio.ServicerContext[Any, Any], request: RankRequest) -> Ranking:
         """:func:`rank_request` on behalf of the call ``context``: its caller and request id."""
+        request = replace(request, default_model=request.default_model or self.default_model)
         return await rank_call(self.models, self.limits, self.callers, context, request)
 
 
@@ -122,9 +135,7 @@ async def rank_call(
     context: grpc.aio.ServicerContext[Any, Any],
     request: RankRequest,
 ) -> Ranking:
-    """:func:`rank_request` for the call ``context``, as its caller, under its request id."""
-    return await rank_request(
-        models,
-        limits,
-        replace(request, caller=callers.of(context), request_id=request_id(context), hold=hold_token(context)),
-    )
+    """:func:`rank_request` for the call ``context``, as its caller (with what its edge check
+    proved: :meth:`~rerank.service.router.limits.Callers.of`), under its request id."""
+    caller = callers.of(context)
+    return await rank_request(models, limits, replace(request, caller=caller, request_id=request_id(context)))

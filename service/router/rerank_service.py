@@ -12,9 +12,10 @@ import grpc
 
 from rerank.service.backends.cpu_features import CpuFeatures
 from rerank.service.core.reranker import ServedModel
+from rerank.service.errors import Unavailable
 from rerank.service.model_folder import GATE_VERSION
 from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
-from rerank.service.router.ranking import Ranker, RankRequest
+from rerank.service.router.ranking import Ranker, RankRequest, instruction_of
 from rerank.service.router.validation import document_texts, long_documents_mode
 
 
@@ -35,6 +36,7 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
                 top_n=request.top_n if request.HasField("top_n") else None,
                 normalize=request.normalize if request.HasField("normalize") else False,
                 long_documents=mode,
+                instruction=instruction_of(request),
             ),
         )
         return_documents = request.return_documents if request.HasField("return_documents") else True
@@ -73,6 +75,9 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
             owned_by="rerank",
             max_length=config.max_length,
             architecture=config.architecture,
+            default_instruction=model.encoder.template.prompt.default_instruction
+            if model.encoder.template.prompt is not None
+            else "",
             precision=model.backend.precision,
             provider=model.backend.provider,
             source=config.source_name,
@@ -118,6 +123,9 @@ class RerankService(Ranker, rerank_pb2_grpc.RerankServiceServicer):
     async def Health(
         self, request: rerank_pb2.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rerank_pb2.HealthResponse:
+        stuck = sorted(f"{m.name}: {m.batcher.stall_reason}" for m in self.models.values() if m.batcher.stall_reason)
+        if stuck:
+            raise Unavailable(f"inference is stuck ({'; '.join(stuck)})", reason="STALLED")
         return rerank_pb2.HealthResponse(status="ok", models=sorted(self.models))
 
 

@@ -29,7 +29,6 @@ from rerank.service.errors import (
     Unavailable,
 )
 from rerank.service.telemetry import context as calls
-from rerank.service.telemetry.context import KEY_NAME_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def to_status(error: RerankError) -> grpc.Status:
 
 def status_json(error: RerankError) -> dict[str, Any]:
     """``error`` as the JSON body Envoy's transcoder makes of its status: ``{"code", "message",
-    "details"}`` (for replies made without the transcoder, e.g. the early admission check)."""
+    "details"}`` (for replies made without the transcoder: the edge's check's denials)."""
     return json_format.MessageToDict(
         status_message(error), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -93,15 +92,6 @@ def _with_metadata(status: grpc.Status, extra: tuple[tuple[str, str], ...]) -> g
     return _Status()
 
 
-HOLD_HEADER = "x-rerank-hold"
-"""The early admission check's token for a request it admitted before its body was read: Envoy
-sets it (and drops any a client sends) and :class:`~rerank.service.core.admission.Holds` takes it."""
-REPLICA_HEADER = "x-rerank-replica"
-"""Which replica holds that place: on the check's answer, the metrics port it came from; on the
-request, Envoy's stateful-session form of that replica's gRPC address, so the request goes to the
-replica that holds its place (:func:`rerank.gateway.envoy_config.filters.admission_script`)."""
-
-
 def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == name:
@@ -114,16 +104,10 @@ def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return _metadata(context, "x-request-id") or uuid.uuid4().hex
 
 
-def hold_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The early check's hold for this call (:data:`HOLD_HEADER`), or ''."""
-    return _metadata(context, HOLD_HEADER) or ""
-
-
 async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
-    """Aborts the call for ``exc``; never returns. The status carries the caller's key name
-    (``x-rerank-key``) for Envoy's access log, as successful responses do."""
+    """Aborts the call for ``exc``; never returns."""
     call = calls.current()
-    extra: tuple[tuple[str, str], ...] = ((KEY_NAME_HEADER, call.key),) if call is not None and call.key else ()
+    extra: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, RerankError):
         status = to_status(exc)
         retry_after = getattr(exc, "retry_after", None)

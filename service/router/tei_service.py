@@ -3,9 +3,9 @@ REST API through Envoy (``rerank.v1.TeiService``: ``POST /rerank``, ``GET /info`
 
 Same core as every face (:func:`rerank.service.router.ranking.rank_request`), in TEI's terms: ``texts``,
 ``raw_scores`` (default false: ``sigmoid(logit)``), ``return_text``, ``truncate`` (false: a text
-over the window is an error, not cut) and ``truncation_direction`` (which end is cut). TEI's API
-names no model: these faces serve ``default_model`` (the default-model setting), or the only
-model when one is served.
+over the window is an error, not cut) and ``truncation_direction`` (which end is cut), plus our
+``instruction`` extension, as on every face. TEI's API names no model: these faces serve
+``default_model`` (the default-model setting), or the only model when one is served.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rerank.service.core.reranker import ServedModel
 from rerank.service.core.tokenization import TruncationSide
 from rerank.service.protocol import tei_pb2, tei_pb2_grpc, tei_rest_pb2, tei_rest_pb2_grpc
 from rerank.service.router.limits import Callers
-from rerank.service.router.ranking import Ranking, RankRequest, rank_call
+from rerank.service.router.ranking import Ranking, RankRequest, instruction_of, rank_call
 from rerank.service.router.validation import Limits, resolve_model, truncation_side
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -54,6 +54,7 @@ class TeiFace:
         side: TruncationSide,
         raw_scores: bool,
         model: str = "",
+        instruction: str | None = None,
     ) -> Ranking:
         return await rank_call(
             self.models,
@@ -69,6 +70,7 @@ class TeiFace:
                 side=side,
                 documents_field="texts",
                 default_model=self.default_model,
+                instruction=instruction,
             ),
         )
 
@@ -91,6 +93,7 @@ class TeiRerank(tei_pb2_grpc.RerankServicer):
             truncate=request.truncate,
             side=_SIDES.get(request.truncation_direction, "right"),
             raw_scores=request.raw_scores,
+            instruction=instruction_of(request),
         )
         return _grpc_response(ranking, request.return_text, started)
 
@@ -101,7 +104,7 @@ class TeiRerank(tei_pb2_grpc.RerankServicer):
         first: tei_pb2.RerankStreamRequest | None = None
         texts: list[str] = []
         async for message in request_iterator:
-            # As TEI: the query, truncation and score options come from the first message.
+            # As TEI: the query, truncation and score options (and instruction) come from the first message.
             first = first or message
             texts.append(message.text)
         first = first or tei_pb2.RerankStreamRequest()
@@ -112,6 +115,7 @@ class TeiRerank(tei_pb2_grpc.RerankServicer):
             truncate=first.truncate,
             side=_SIDES.get(first.truncation_direction, "right"),
             raw_scores=first.raw_scores,
+            instruction=instruction_of(first),
         )
         return _grpc_response(ranking, first.return_text, started)
 
@@ -170,6 +174,7 @@ class TeiRest(tei_rest_pb2_grpc.TeiServiceServicer):
             side=side,
             raw_scores=request.raw_scores,
             model=request.model,
+            instruction=instruction_of(request),
         )
         ranks = [
             tei_rest_pb2.TeiRank(

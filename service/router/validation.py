@@ -51,18 +51,39 @@ def resolve_model(models: Mapping[str, ServedModel], name: str, default: str = "
 
 
 def check_query(query: str, limits: Limits, field: str = "query") -> str:
-    if len(query) > limits.max_query_chars:
+    return _visible_text(
+        query, limits, field, "QUERY", f"{field} must be a non-empty string (it has no visible characters)"
+    )
+
+
+def check_instruction(instruction: str | None, limits: Limits, field: str = "instruction") -> str | None:
+    """An instruction, when given, is held to the query's limits: it is read as part of the query.
+    Whether the model takes one at all is the model's to say
+    (:meth:`~rerank.service.core.tokenization.PairEncoder.check_instruction`)."""
+    if instruction is None:
+        return None
+    return _visible_text(
+        instruction,
+        limits,
+        field,
+        "INSTRUCTION",
+        f"{field} must be a non-empty string when given; leave it out for the model's default instruction",
+    )
+
+
+def _visible_text(text: str, limits: Limits, field: str, kind: str, empty: str) -> str:
+    """``text`` within the query's length limit and with something visible in it, else an
+    InvalidRequest (reasons ``<kind>_TOO_LONG``, ``EMPTY_<kind>``)."""
+    if len(text) > limits.max_query_chars:
         raise InvalidRequest(
-            f"{field} is {len(query)} characters long; the limit is {limits.max_query_chars}",
-            reason="QUERY_TOO_LONG",
+            f"{field} is {len(text)} characters long; the limit is {limits.max_query_chars}",
+            reason=f"{kind}_TOO_LONG",
             field=field,
             metadata={"limit": str(limits.max_query_chars)},
         )
-    if not query.strip().strip(_INVISIBLE).strip():
-        raise InvalidRequest(
-            f"{field} must be a non-empty string (it has no visible characters)", reason="EMPTY_QUERY", field=field
-        )
-    return query
+    if not text.strip().strip(_INVISIBLE).strip():
+        raise InvalidRequest(empty, reason=f"EMPTY_{kind}", field=field)
+    return text
 
 
 def check_document_sizes(texts: Sequence[str], limits: Limits, field: str = "documents") -> list[str]:

@@ -3,7 +3,6 @@
 * ``context.py``: the call being answered (request id, API key name, model), for log lines,
   metric labels and spans;
 * ``logs.py``: log lines as text or JSON, each with the request id of its call;
-* ``http1.py``: the small HTTP/1.1 server the metrics port runs on;
 * ``tracing.py``: OpenTelemetry spans, only when an OTLP endpoint is set.
 
 Below the core and the router: it imports neither. The metric families themselves are in

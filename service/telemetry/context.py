@@ -12,10 +12,6 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-KEY_NAME_HEADER = "x-rerank-key"
-"""Response header (gRPC metadata) with the caller's key *name*. Envoy's Lua filter moves it into
-the access log and removes it from the response."""
-
 
 @dataclass
 class Call:

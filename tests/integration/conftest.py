@@ -6,16 +6,19 @@ Fixtures only: the helpers they use, and that tests use, are in :mod:`tests.supp
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 
-from tests.support import API_KEY
+from tests.support import API_KEY, REPO
 from tests.support.conversions import convert_with_cli
 from tests.support.processes import free_port
-from tests.support.servers import InProcessServer, Stack, server_settings, start_service
+from tests.support.servers import InProcessServer, server_settings, service_behind_envoy
 
 SEPARATE_PROCESS = {"test_tei_face.py"}
 """Test files that import tei-client, whose ``tei.v1`` module cannot share protobuf's default
@@ -51,6 +54,30 @@ def checkpoint(checkpoint_dir):
     return get
 
 
+@pytest.fixture(scope="session")
+def qwen3_checkpoint(checkpoint_dir):
+    """``qwen3_checkpoint(tied=True)``: the tiny Qwen3-Reranker checkpoint
+    (:mod:`rerank.converters.testing.qwen3`), built once per layout."""
+    from rerank.converters.testing.qwen3 import make_qwen3_checkpoint
+
+    cache: dict[bool, Path] = {}
+
+    def get(tied: bool = True) -> Path:
+        if tied not in cache:
+            name = "qwen3-reranker-tiny" if tied else "qwen3-reranker-tiny-untied"
+            cache[tied] = make_qwen3_checkpoint(checkpoint_dir / name, "tiny", tied=tied)
+        return cache[tied]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def qwen3_folder(qwen3_checkpoint, tmp_path_factory) -> Path:
+    """The tiny Qwen3-Reranker converted by ``rerank-convert`` (default variants), as
+    ``qwen3-tiny``."""
+    return convert_with_cli(qwen3_checkpoint(), tmp_path_factory.mktemp("qwen3-models"), "qwen3-tiny")
+
+
 SERVED = {"xlmr-tiny": "xlmr", "bert-tiny": "bert"}
 """Served model name -> fixture kind, for the end-to-end server."""
 
@@ -67,30 +94,36 @@ def models_dir(tmp_path_factory, checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def stack(models_dir, tmp_path_factory):
     """The real service plus the real Envoy in front of it."""
-    from rerank.gateway.envoy import start as start_envoy
-    from rerank.service.settings import Settings
-
     # RERANK_DEFAULT_MODEL: the model the TEI faces serve (their API names none).
     # RERANK_METRICS_PORT: GET /metrics through Envoy, as rerank-stack routes it.
-    metrics_port = free_port()
-    env = {"RERANK_DEFAULT_MODEL": "xlmr-tiny", "RERANK_METRICS_PORT": str(metrics_port)}
-    proc, port, _ = start_service(models_dir, env=env)
-    rest_port = free_port()
-    envoy = start_envoy(
-        Settings(
-            rest_port=rest_port,
-            grpc_port=port,
-            admin_port=free_port(),
-            rest_host="127.0.0.1",
-            metrics_port=metrics_port,
-        ),
-        tmp_path_factory.mktemp("envoy"),
-    )
+    env = {"RERANK_DEFAULT_MODEL": "xlmr-tiny", "RERANK_METRICS_PORT": str(free_port())}
+    with service_behind_envoy(models_dir, tmp_path_factory.mktemp("envoy"), env) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def node_client(tmp_path_factory):
+    """``node cli.js`` in a copy of clients/node with its locked dependencies installed; the
+    copy sits in clients/ beside the original so that ``../../protos`` still resolves."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "Node.js and npm are needed (apt-get install nodejs npm)"
+    folder = REPO / "clients" / f".node-test-{os.getpid()}"
+    shutil.copytree(REPO / "clients" / "node", folder, ignore=shutil.ignore_patterns("node_modules"))
     try:
-        yield Stack(port, rest_port, models_dir, proc)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "RERANK_API_KEY": API_KEY}
+            return subprocess.run(
+                [node, str(folder / "cli.js"), *args], capture_output=True, text=True, env=env, timeout=60
+            )
+
+        yield run
     finally:
-        envoy.stop()
-        proc.stop(grace=20)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(1200 if FULL else 300)
 @dataclass
 class Fuzzed:
     stack: Stack
+    metrics_port: int
     log: Path
     watch: ServiceWatch
     tally: Tally
@@ -71,12 +72,14 @@ def fuzzed(models_dir, tmp_path_factory) -> Iterator[Fuzzed]:
     from rerank.service.protocol import rerank_pb2_grpc
     from rerank.service.settings import Settings
 
-    proc, port, log = start_service(models_dir, env={"RERANK_DEFAULT_MODEL": "xlmr-tiny"})
+    metrics_port = free_port()
+    env = {"RERANK_DEFAULT_MODEL": "xlmr-tiny", "RERANK_METRICS_PORT": str(metrics_port)}
+    proc, port, log = start_service(models_dir, env=env)
     rest_port = free_port()
-    envoy = start_envoy(
-        Settings(rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1"),
-        tmp_path_factory.mktemp("fuzz-envoy"),
+    settings = Settings(
+        rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1", metrics_port=metrics_port
     )
+    envoy = start_envoy(settings, tmp_path_factory.mktemp("fuzz-envoy"))
     stack = Stack(port, rest_port, models_dir, proc)
     try:
         with (
@@ -86,7 +89,9 @@ def fuzzed(models_dir, tmp_path_factory) -> Iterator[Fuzzed]:
         ):
             before = answers(rest, rerank_pb2_grpc.RerankServiceStub(direct))
             watch = ServiceWatch(proc.pid, proc.alive)  # warmed up: both models have run
-            yield Fuzzed(stack, log, watch, Tally(), before, rest, direct, through_envoy, time.monotonic())
+            yield Fuzzed(
+                stack, metrics_port, log, watch, Tally(), before, rest, direct, through_envoy, time.monotonic()
+            )
     finally:
         envoy.stop()
         proc.stop(grace=20)
@@ -274,6 +279,52 @@ def test_grpc_raw_bytes(fuzzed, route):
         fuzzed.watch.check()
 
     run(exchange, examples(2300, 60))
+
+
+# --------------------------------------------------------------------------------- the admission path
+
+
+@pytest.mark.parametrize("caller", ["envoy", "peer"])
+def test_edge_checks(fuzzed, caller):
+    """The edge's check asked directly, as Envoy asks it (or as a client pretending to be a
+    replica's peer, with a guessed secret): any path, method, key, body size and content type
+    gets an allowance or a denial in the service's own error shape, never a gRPC error."""
+    from rerank.service.protocol import external_auth_pb2_grpc
+
+    stub = external_auth_pb2_grpc.AuthorizationStub(fuzzed.direct)
+    peer = st.tuples(st.just("x-rerank-peer"), fuzzing.METADATA_VALUE).map(lambda item: (item,))
+
+    @given(request=fuzzing.check_requests(), meta=peer if caller == "peer" else st.just(()))
+    def exchange(request: Any, meta: Any) -> None:
+        outcome = fuzzing.check_answer(stub.Check(request, metadata=meta, timeout=30))
+        fuzzed.tally.grpc(f"edge-{caller}:{outcome}", grpc.StatusCode.OK)
+        fuzzed.watch.check()
+
+    run(exchange, examples(2500, 80))
+
+
+def test_the_metrics_port(fuzzed):
+    """Raw requests to the metrics port's HTTP server: odd request lines, methods, paths,
+    versions, headers, sizes, cut requests and random bytes; then it still serves a scrape."""
+    import socket
+
+    @given(request=fuzzing.metrics_requests())
+    def exchange(request: bytes) -> None:
+        with socket.create_connection(("127.0.0.1", fuzzed.metrics_port), timeout=15) as connection:
+            connection.sendall(request)
+            connection.shutdown(socket.SHUT_WR)  # a cut request ends here, not at the read deadline
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        fuzzing.check_metrics_answer(answer)
+        fuzzed.tally.rest("metrics", int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0)
+        fuzzed.watch.check()
+
+    run(exchange, examples(1500, 60))
+    scrape = httpx.get(
+        f"http://127.0.0.1:{fuzzed.metrics_port}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=30
+    )
+    assert scrape.status_code == 200 and "rerank_requests_total" in scrape.text
 
 
 # --------------------------------------------------------------------------------- afterwards

@@ -1,5 +1,6 @@
 """Per-key limits through the real service and Envoy: a key over its limit gets 429 with
-Retry-After and a body naming the limit (gRPC: RESOURCE_EXHAUSTED), other keys are unaffected."""
+Retry-After and a body naming the limit (gRPC: RESOURCE_EXHAUSTED), other keys are unaffected.
+(For the whole stack of several replicas: tests/integration/test_edge.py.)"""
 
 from __future__ import annotations
 
@@ -82,20 +83,31 @@ def test_grpc_clients_get_resource_exhausted(limited_stack):
 
 
 def test_refusals_are_counted_under_the_keys_name_and_reason(limited_stack):
-    base_url, _, metrics_port = limited_stack
+    """Through Envoy the edge's check refuses (the call never reaches the service); a direct gRPC
+    call is refused by the service: each counted where it happened, under the key's name."""
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    base_url, port, metrics_port = limited_stack
 
     def scrape() -> Samples:
-        return Samples.parse(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text)
+        auth = {"authorization": f"Bearer {FREE}"}
+        return Samples.parse(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", headers=auth, timeout=10).text)
 
     _post(base_url, LIMITED)  # uses the allowance, or finds it used
     before = scrape()
     assert _post(base_url, LIMITED).status_code == 429
+    request = rerank_pb2.RerankRequest(query=BODY["query"])
+    request.documents.add().string_value = "bamboo"
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
+        rerank_pb2_grpc.RerankServiceStub(channel).Rerank(
+            request, metadata=(("authorization", f"Bearer {LIMITED}"),), timeout=30
+        )
     after = scrape()
-    labels = {"model": "bert-tiny", "reason": "rate_limited"}
-    assert (
-        after.get_value("rerank_rejected_requests_total", **labels)
-        - before.get_value("rerank_rejected_requests_total", **labels)
-        == 1
-    )
-    refused = {"key": "search-team", "code": "RESOURCE_EXHAUSTED"}
-    assert after.total("rerank_requests_total", **refused) - before.total("rerank_requests_total", **refused) == 1
+
+    def moved(name: str, **labels: str) -> float:
+        return after.total(name, **labels) - before.total(name, **labels)
+
+    assert moved("rerank_edge_checks_total", key="search-team", outcome="rate_limited") == 1
+    assert moved("rerank_rejected_requests_total", model="-", reason="rate_limited") == 1  # at the edge
+    assert moved("rerank_rejected_requests_total", model="bert-tiny", reason="rate_limited") == 1  # direct
+    assert moved("rerank_requests_total", key="search-team", code="RESOURCE_EXHAUSTED") == 1  # direct only

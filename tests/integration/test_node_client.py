@@ -1,45 +1,18 @@
 """The Node.js client (``clients/node``: @grpc/grpc-js + @grpc/proto-loader reading ``protos/``)
 against the real service, directly and through Envoy: its output equals a gRPC call from Python
-with the generated stubs. ``npm ci`` runs once per session, in a copy of the folder."""
+with the generated stubs. ``npm ci`` runs once per session, in a copy of the folder
+(the ``node_client`` fixture)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 
 import pytest
 
-from tests.support import API_KEY, AUTH, REPO
+from tests.support import AUTH
 
 QUERY = "What is a panda?"
 DOCS = ["hi", "it is a bear", "The giant panda is a bear species endemic to China.", "bamboo"]
-
-
-@pytest.fixture(scope="session")
-def node_client(tmp_path_factory):
-    """``node cli.js`` in a copy of clients/node with its locked dependencies installed; the
-    copy sits in clients/ beside the original so that ``../../protos`` still resolves."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "Node.js and npm are needed (apt-get install nodejs npm)"
-    folder = REPO / "clients" / f".node-test-{os.getpid()}"
-    shutil.copytree(REPO / "clients" / "node", folder, ignore=shutil.ignore_patterns("node_modules"))
-    try:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            env = {**os.environ, "RERANK_API_KEY": API_KEY}
-            return subprocess.run(
-                [node, str(folder / "cli.js"), *args], capture_output=True, text=True, env=env, timeout=60
-            )
-
-        yield run
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def python_results(stub, top_n: int):

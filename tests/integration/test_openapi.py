@@ -21,7 +21,7 @@ from rerank.gateway.envoy_config.bootstrap import render
 from rerank.gateway.envoy_config.clusters import METRICS_CLUSTER
 from rerank.gateway.openapi import http_rules
 from rerank.service.settings import Settings
-from tests.support import REPO
+from tests.support import API_KEY, REPO
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
 
@@ -69,7 +69,10 @@ def test_every_described_route_answers_through_envoy(document, stack):
             public = document["paths"][path][method].get("security") == []
             expected = {200} if public else {401}  # without a key: served, or refused by the service
             assert response.status_code in expected, (method, path, response.status_code, response.text[:200])
-        assert client.get("/not-described").status_code == 404
+        # Anything else: asked without a key, the edge refuses before telling what exists.
+        assert client.get("/not-described").status_code == 401
+        keyed = {"authorization": f"Bearer {API_KEY}"}
+        assert client.get("/not-described", headers=keyed).status_code == 404
 
 
 def test_schemas_follow_the_json_mapping(document):
@@ -79,6 +82,8 @@ def test_schemas_follow_the_json_mapping(document):
     tei = document["paths"]["/rerank"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert tei["type"] == "array"  # the bare array Envoy's Lua unwraps
     assert "top_n" in schemas["rerank.v1.CohereRerankRequest"]["properties"]
+    for request in ("RerankRequest", "CohereRerankRequest", "TeiRerankRequest"):  # our extension on the last two
+        assert schemas[f"rerank.v1.{request}"]["properties"]["instruction"]["type"] == "string"
     assert "sigmoid" in document["paths"]["/v2/rerank"]["post"]["summary"]
 
 

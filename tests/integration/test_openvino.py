@@ -186,6 +186,23 @@ def test_a_pinned_openvino_variant_is_served_and_shown(ov_models: Path) -> None:
     assert shown.cpu.model == cpu.model and list(shown.cpu.features) == cpu.flags()
 
 
+def test_the_default_conversion_writes_openvino_variants_and_the_server_times_them(models_dir: Path) -> None:
+    """What ``make serve`` runs, ``rerank-convert SOURCE --name N --out DIR`` with no flag, writes
+    the OpenVINO variants that pass their gate (its install has OpenVINO), and the server, with
+    nothing pinned, counts them among the candidates it serves the fastest of."""
+    data = json.loads((models_dir / "bert-tiny" / "rerank.json").read_text())
+    assert {"ov-fp32", "ov-bf16"} <= set(data["verification"]["variant_gates"])
+    assert data["variants"]["ov-fp32"]["runtime"] == "openvino"  # exact: it always passes
+    proc, port, _ = start_service(models_dir)
+    try:
+        shown = card(port, "bert-tiny")
+    finally:
+        proc.stop(grace=20)
+    timed = {c.variant: c.milliseconds for c in shown.candidates}
+    assert "ov-fp32" in timed
+    assert shown.variant == min(timed, key=lambda key: timed[key])
+
+
 def test_an_openvino_variant_that_scores_differently_is_refused(ov_models: Path, tmp_path: Path) -> None:
     # The check pairs a variant recorded at conversion are verified on its own runtime.
     from rerank.gateway.processes import Child

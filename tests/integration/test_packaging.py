@@ -6,6 +6,7 @@ requirements), then read as a zip: what site-packages would receive.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -61,3 +62,27 @@ def test_the_commands_point_into_the_namespace(wheel: zipfile.ZipFile) -> None:
         line = next(line for line in text.splitlines() if line.startswith(f"{command} ="))
         target = line.split("=", 1)[1].strip()
         assert target.startswith(("rerank.", "rerank_client.")), line
+
+
+def test_the_package_finds_its_own_files_outside_the_checkout(wheel: zipfile.ZipFile, tmp_path: Path) -> None:
+    """Its data files are found by its own names (``rerank.gateway``), not by a folder name that
+    only a checkout has: Envoy's descriptor set and assets from the wheel's files, away from it."""
+    site = tmp_path / "site"
+    wheel.extractall(site)
+    code = (
+        "import rerank.gateway\n"
+        "from rerank.gateway.descriptor import descriptor_set\n"
+        "from rerank.gateway.envoy_config.bootstrap import packaged_assets\n"
+        "print(rerank.gateway.__file__, descriptor_set(), packaged_assets(), sep='\\n')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.split()
+    assert len(paths) == 3 and all(path.startswith(str(site)) for path in paths), paths

@@ -129,6 +129,31 @@ def test_a_replica_going_away_under_load_loses_no_request(one_model, tmp_path, s
         stack.child.stop(grace=30)
 
 
+def test_a_stopped_replica_does_not_hang_the_calls_sent_to_it(one_model, tmp_path):
+    """One replica of two SIGSTOPped under load (a frozen process: its port accepts, nothing
+    answers): Envoy's pings find it within seconds and the calls on its connections are retried
+    on the other replica (they hung 17-19 s). Every call succeeds, none takes much longer than
+    that."""
+    stack = RunningStack(one_model, tmp_path).start()
+    victim = stack.replica_pid(1)
+    try:
+        load = Load(rerank, stack.base_url, clients=CLIENTS).start()
+        time.sleep(3)
+        os.kill(victim, signal.SIGSTOP)
+        stopped = time.monotonic()
+        time.sleep(10)
+        outcomes = load.stop()
+        failures = load.failures()
+        assert not failures, f"{len(failures)} of {len(outcomes)} failed, e.g. {failures[:3]}"
+        around = [o for o in outcomes if o.started < stopped + 5 and o.finished > stopped]
+        assert around, "no call was under way when the replica stopped"
+        slowest = max(o.finished - o.started for o in around)
+        assert slowest < 8, f"a call took {slowest:.1f} s\n{stack.output()[-4000:]}"
+    finally:
+        os.kill(victim, signal.SIGCONT)
+        stack.child.stop(grace=30)
+
+
 def test_stopping_the_stack_answers_every_request_in_flight(one_model, tmp_path):
     stack = RunningStack(one_model, tmp_path).start()
     children = stack.descendants()

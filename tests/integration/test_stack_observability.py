@@ -90,7 +90,7 @@ def access_log(stack: StackProcess, request_id: str, timeout: float = 15) -> dic
 
 
 def scrape(url: str) -> Samples:
-    response = httpx.get(url, timeout=30)
+    response = httpx.get(url, headers={"authorization": f"Bearer {SECRET_KEY}"}, timeout=30)
     assert response.status_code == 200, response.text[:300]
     return Samples.parse(response.text)
 
@@ -200,7 +200,9 @@ def test_no_key_and_no_document_text_in_any_log(stack_fixture: str, request: pyt
     output = stack.output()
     for secret in (SECRET_KEY, WRONG_KEY, DOCUMENT, QUERY, "zebra-quartz", "zephyr"):
         assert secret not in output, f"{secret!r} is in the logs"
-    # Not vacuous: the logs are there, at debug, naming calls by request id and key name.
+    # Not vacuous: the logs are there, at debug, naming calls by request id and key name (the
+    # call with a wrong key never reached a replica: the edge answered it).
     replica_lines = "\n".join(stack.lines("replica 1") + stack.lines("replica 2"))
     assert "DEBUG" in replica_lines and KEY_NAME in replica_lines
-    assert all(request_id in replica_lines for request_id in ids[:4])
+    assert all(request_id in replica_lines for request_id in ids[:3])
+    assert ids[3] not in replica_lines and access_log(stack, ids[3])["status"] == 401

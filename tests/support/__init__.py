@@ -9,7 +9,8 @@ root, the test API keys, the example query and documents).
 * ``calls``: requests and what the faces answer, compared;
 * ``conversions``: the real converter CLI, and a converted folder's scores;
 * ``certificates``, ``containers`` (Docker), ``otlp`` (a trace collector), ``prometheus`` (parsing
-  an exposition), ``load`` (load generation), ``stack`` (``rerank-stack`` as a process).
+  an exposition), ``load`` (load generation), ``stack`` (``rerank-stack`` as a process), ``redis`` (a
+  Redis server), ``limits`` (per-key limits raced by processes sharing a store), ``edge`` (the edge's check).
 
 Imported by the test modules and by the conftest files, never the other way round, and no test
 module imports another (``tests/unit/test_import_rules.py`` enforces both). Torch-free, like

@@ -6,7 +6,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import grpc
 import httpx
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tests.support import QUERY
 
@@ -39,3 +42,32 @@ def jina_logits(rest: httpx.Client, model: str, query: str, documents: list[str]
 def best_first(scores: dict[int, float]) -> list[int]:
     """Indexes by score, descending, ties by index (the service's documented order)."""
     return sorted(scores, key=lambda i: (-scores[i], i))
+
+
+def _error_details(error: grpc.RpcError) -> list[Any]:
+    """The unpacked ``google.rpc`` details of a failed call's rich status."""
+    status = rpc_status.from_call(error)
+    assert status is not None and status.message == error.details()
+    unpacked: list[Any] = []
+    for detail in status.details:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+            if detail.Is(kind.DESCRIPTOR):
+                unpacked.append(kind())
+                detail.Unpack(unpacked[-1])
+    assert len(unpacked) == len(status.details), "a detail of an unexpected type"
+    return unpacked
+
+
+def fields_of(error: grpc.RpcError) -> list[str]:
+    """The fields a failed call's ``google.rpc.BadRequest`` names."""
+    return [
+        v.field
+        for d in _error_details(error)
+        if isinstance(d, error_details_pb2.BadRequest)
+        for v in d.field_violations
+    ]
+
+
+def reasons_of(error: grpc.RpcError) -> list[str]:
+    """The reasons of a failed call's ``google.rpc.ErrorInfo``."""
+    return [d.reason for d in _error_details(error) if isinstance(d, error_details_pb2.ErrorInfo)]

@@ -11,10 +11,10 @@ import numpy as np
 from tests.support import REPO
 
 
-def convert_with_cli(source: Path, out: Path, name: str) -> Path:
-    """``rerank-convert SOURCE --name NAME --out OUT`` through the real CLI, as a user would."""
+def convert_with_cli(source: Path, out: Path, name: str, *options: str) -> Path:
+    """``rerank-convert SOURCE --name NAME --out OUT [OPTIONS]`` through the real CLI, as a user would."""
     result = subprocess.run(
-        [sys.executable, "-m", "rerank.converters.cli", str(source), "--name", name, "--out", str(out)],
+        [sys.executable, "-m", "rerank.converters.cli", str(source), "--name", name, "--out", str(out), *options],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -29,8 +29,11 @@ class Samples(dict[tuple[str, frozenset[tuple[str, str]]], float]):
         return {name for name, _ in self}
 
 
-def key_name(key: str) -> str:
-    """The name logs and metrics show for ``key`` when it comes from RERANK_API_KEYS."""
+def key_name(key: str, keys: tuple[str, ...] | None = None) -> str:
+    """The name logs and metrics show for ``key`` when it comes from RERANK_API_KEYS=``keys``
+    (default: the tests' two keys, as the test servers are started)."""
     from rerank.service.router.auth import Keyring
+    from tests.support import API_KEY, OTHER_KEY
 
-    return Keyring.load((key,), None).keys[0].name
+    keys = keys or (API_KEY, OTHER_KEY)
+    return Keyring.load(keys, None).keys[keys.index(key)].name

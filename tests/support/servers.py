@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,28 @@ def start_service(
     child = Child("service", [*command, "--grpc-port", str(port), *extra], env=full_env, cwd=REPO, log_path=log)
     child.start().wait_until(lambda: grpc_serving(port, tls_ca=tls_ca), timeout=120)
     return child, port, log
+
+
+@contextmanager
+def service_behind_envoy(models_dir: Path, envoy_dir: Path, env: dict[str, str]) -> Iterator[Stack]:
+    """The real service (a subprocess, :func:`start_service`) with the real Envoy in front of it,
+    stopped on leaving. ``env`` is the service's: ``RERANK_METRICS_PORT`` there is routed by Envoy."""
+    from rerank.gateway.envoy import start as start_envoy
+
+    proc, port, _ = start_service(models_dir, env=env)
+    rest_port = free_port()
+    metrics_port = int(env.get("RERANK_METRICS_PORT", 0))
+    settings = Settings(
+        rest_port=rest_port, grpc_port=port, admin_port=free_port(), rest_host="127.0.0.1", metrics_port=metrics_port
+    )
+    try:
+        envoy = start_envoy(settings, envoy_dir)
+        try:
+            yield Stack(port, rest_port, models_dir, proc)
+        finally:
+            envoy.stop()
+    finally:
+        proc.stop(grace=20)
 
 
 def server_settings(models_dir: Path, **overrides: Any) -> Settings:

@@ -6,13 +6,22 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rerank.service.backends.base import Batch
-from rerank.service.model_folder import ModelFolderConfig, PairTemplate, Variant, write_config
+from rerank.service.model_folder import (
+    FORMAT_VERSION,
+    PROMPT_FORMAT,
+    ModelFolderConfig,
+    PairTemplate,
+    PromptTemplate,
+    Variant,
+    write_config,
+)
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 FIRST_WORD_ID = 4
@@ -40,9 +49,13 @@ def word_tokenizer(words: Iterable[str]) -> Any:
     return tokenizer
 
 
-def write_stand_in_model(models_dir: Path, name: str, *, max_length: int = 16) -> Path:
+def write_stand_in_model(
+    models_dir: Path, name: str, *, max_length: int = 16, prompt: PromptTemplate | None = None
+) -> Path:
     """A model folder for :class:`StandInBackend`: a real ``tokenizer.json`` (:data:`STAND_IN_WORDS`)
-    and ``rerank.json``, and an empty ``model.onnx`` that only the ONNX backend would read."""
+    and ``rerank.json``, and an empty ``model.onnx`` that only the ONNX backend would read. With a
+    ``prompt`` the model reads one, as an LLM reranker does, and so takes an instruction: the
+    instruction's words are part of the query that the stand-in's score counts."""
     folder = models_dir / name
     folder.mkdir(parents=True)
     word_tokenizer(STAND_IN_WORDS).save(str(folder / "tokenizer.json"))
@@ -51,11 +64,12 @@ def write_stand_in_model(models_dir: Path, name: str, *, max_length: int = 16) -
         name=name,
         architecture="stand-in",
         max_length=max_length,
-        template=BERT_LIKE,
+        template=replace(BERT_LIKE, prompt=prompt),
         type_ids_input=True,
         variants={"fp32": Variant(file="model.onnx", precision="fp32")},
         source={"name": "stand-in-source"},
         notes=("a stand-in for the tests",),
+        format=PROMPT_FORMAT if prompt is not None else FORMAT_VERSION,
     )
     write_config(folder, config)
     return folder

@@ -28,6 +28,7 @@ README_LIMIT = 250
 
 NOT_SETTINGS = {
     "RERANK_API_KEY": "the clients' key (rerank_client, the rerank command)",
+    "RERANK_TARGET": "the rerank command's service address",
     "RERANK_FUZZ": "make fuzz's full run",
     "RERANK_FUZZ_SEED": "replays one fuzzing seed",
     "RERANK_PARITY": "make test-parity",

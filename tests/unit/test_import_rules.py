@@ -103,7 +103,7 @@ def test_installed_packages_are_imported_by_their_installed_names(folder: str) -
 
 SERVICE_LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "settings", "model_folder", "protocol"}),
-    frozenset({"backends", "telemetry"}),
+    frozenset({"backends", "telemetry", "admission"}),
     frozenset({"core"}),
     frozenset({"router", "scoring", "model_check"}),
     frozenset({"server"}),
@@ -230,6 +230,7 @@ CONVERT_ONLY = {
     "rerank.converters.testing",
     "tests.reference",
     "tests.jinabert_numpy",
+    "tests.qwen3_reference",
 }
 """What the unit tests must never import: torch, or what imports it."""
 

@@ -37,11 +37,18 @@ class AsyncRerankClient:
         top_n: int | None = None,
         return_documents: bool = False,
         normalize: bool = False,
+        instruction: str | None = None,
         timeout: float | None = None,
     ) -> RerankResult:
         """Ranks ``documents`` for ``query``, best first; raises ``grpc.aio.AioRpcError``."""
         request = rerank_request(
-            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
+            query,
+            documents,
+            model=model,
+            top_n=top_n,
+            return_documents=return_documents,
+            normalize=normalize,
+            instruction=instruction,
         )
         return rerank_result(await self._call(self._stub.Rerank, request, timeout))
 

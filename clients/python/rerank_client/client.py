@@ -32,10 +32,13 @@ def rerank_request(
     top_n: int | None,
     return_documents: bool,
     normalize: bool,
+    instruction: str | None = None,
 ) -> rerank_pb2.RerankRequest:
     request = rerank_pb2.RerankRequest(model=model, query=query, return_documents=return_documents, normalize=normalize)
     if top_n is not None:
         request.top_n = top_n
+    if instruction is not None:
+        request.instruction = instruction
     for document in documents:
         request.documents.add().string_value = document
     return request
@@ -69,11 +72,20 @@ class RerankClient:
         top_n: int | None = None,
         return_documents: bool = False,
         normalize: bool = False,
+        instruction: str | None = None,
         timeout: float | None = None,
     ) -> RerankResult:
-        """Ranks ``documents`` for ``query``, best first; raises ``grpc.RpcError``."""
+        """Ranks ``documents`` for ``query``, best first; raises ``grpc.RpcError``. ``instruction``
+        replaces the model's default instruction, for a model that reads one (an LLM reranker); a
+        model that takes none refuses it (``INVALID_ARGUMENT``)."""
         request = rerank_request(
-            query, documents, model=model, top_n=top_n, return_documents=return_documents, normalize=normalize
+            query,
+            documents,
+            model=model,
+            top_n=top_n,
+            return_documents=return_documents,
+            normalize=normalize,
+            instruction=instruction,
         )
         return rerank_result(self._call(self._stub.Rerank, request, timeout))
 

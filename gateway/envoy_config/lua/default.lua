@@ -11,6 +11,7 @@ local LIST_FIELDS = {["/v1/rerank"] = "documents"}
 
 function envoy_on_response(handle)
   record_and_strip(handle)
+  bound_error(handle)
 end
 
 -- The first character of the value of the top-level key `key` in the JSON object `text` (nil

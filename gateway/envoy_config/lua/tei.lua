@@ -3,26 +3,6 @@
 -- one field of the printed message names that field in its metadata ("unwrap", under this
 -- filter's name): {"<field>": X} becomes X.
 
--- The raw (still JSON-escaped) string value of the first "key":"..." in text, or nil.
-function json_string(text, key)
-  local pattern = '"' .. key .. '":"'
-  local start = string.find(text, pattern, 1, true)
-  if start == nil then return nil end
-  local i = start + #pattern
-  local j = i
-  while j <= #text do
-    local c = string.sub(text, j, j)
-    if c == "\\" then
-      j = j + 2
-    elseif c == '"' then
-      return string.sub(text, i, j - 1)
-    else
-      j = j + 1
-    end
-  end
-  return nil
-end
-
 -- TEI's error shape and statuses: {"error", "error_type"}; validation is a 422, no texts at all
 -- a 400 "empty", overloaded 429, unhealthy 503. The status must be set before the body is read
 -- (Envoy ignores a :status changed after handle:body()), so whether the request had no texts is
@@ -64,6 +44,6 @@ function envoy_on_response(handle)
     if inner ~= nil then body:setBytes(inner) end
     return
   end
-  local message = json_string(text, "message") or ""
+  local message = bounded(json_string(text, "message") or "")
   body:setBytes('{"error":"' .. message .. '","error_type":"' .. mapped[2] .. '"}')
 end

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rerank.converters.convert import convert
-from rerank.converters.gguf_source import POOLER_DROPPED
+from rerank.converters.families.encoder import POOLER_DROPPED
 from rerank.converters.sources import load_source
 from rerank.converters.testing.corpus import multilingual_strings
 from rerank.converters.testing.llama_cpp import convert_to_gguf

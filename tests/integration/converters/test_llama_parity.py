@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
 
-from rerank.converters.testing.llama_cpp import convert_to_gguf, llama_server_binary, llama_server_command
+from rerank.converters.testing.llama_cpp import convert_to_gguf, llama_rerank, llama_server_binary, record_parity
 from rerank.converters.variants import spearman
 from tests.reference import reference_scores
 from tests.support import REPO
 from tests.support.conversions import convert_with_cli, onnx_scores
-from tests.support.processes import free_port
 
 pytestmark = pytest.mark.parity
 
@@ -49,38 +46,11 @@ def server_binary() -> Path:
 
 
 def llama_scores(binary: Path, gguf: Path) -> np.ndarray:
-    port = free_port()
-    proc = subprocess.Popen(
-        llama_server_command(binary, gguf, port, threads=2, batch=2048, context=4096),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        body = httpx.post(
-            f"http://127.0.0.1:{port}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60
-        ).json()
-        scores = np.zeros(len(DOCS))
-        for r in body["results"]:
-            scores[r["index"]] = r["relevance_score"]
-        return scores
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return llama_rerank(binary, gguf, QUERY, DOCS)
 
 
 def record(name: str, **figures: float) -> None:
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data[name] = figures
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2))
+    record_parity(RESULTS, name, **figures)
 
 
 @pytest.mark.parametrize("kind", ["xlmr", "jina-v2", "jina-v1"])

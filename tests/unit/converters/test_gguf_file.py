@@ -1,6 +1,10 @@
-"""GgufFile reads every quantisation the gguf package can write, in the right shape and order."""
+"""GgufFile reads every quantisation the gguf package can write, in the right shape and order, and
+refuses counts the file cannot hold before it allocates anything."""
 
 from __future__ import annotations
+
+import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,7 +15,8 @@ pytest.importorskip("gguf", reason="needs the [convert] extra")
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
-from rerank.converters.gguf_file import GgufFile
+from rerank.converters.errors import GgufError
+from rerank.converters.gguf_file import GgufFile, Limits
 
 # The types the gguf package can also write (it dequantises K-quants but cannot quantise them;
 # files with K-quants come from llama-quantize and are read through the same code path).
@@ -47,3 +52,40 @@ def test_dequantised_tensor_matches_the_original(name, tmp_path):
     error = np.max(np.abs(got - original)) / np.max(np.abs(original))
     assert error <= TOLERANCE[name], error
     assert np.corrcoef(got.ravel(), original.ravel())[0, 1] > 0.99
+
+
+def _probe(count: int) -> bytes:
+    """96 bytes claiming a metadata array of ``count`` uint8 items."""
+
+    def string(raw: bytes) -> bytes:
+        return struct.pack("<Q", len(raw)) + raw
+
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + string(b"general.architecture") + struct.pack("<I", 8)
+    return data + string(b"bert") + string(b"x") + struct.pack("<IIQ", 9, 0, count)
+
+
+@pytest.mark.parametrize("count", [2**62, 2**64 - 1, 100])
+def test_a_count_past_the_file_is_refused_before_allocating(count, tmp_path):
+    """The probe that grew the converter to 3.2 GB: refused at once, allocating nothing to speak of."""
+    path = tmp_path / "probe.gguf"
+    path.write_bytes(_probe(count))
+    tracemalloc.start()
+    try:
+        with pytest.raises(GgufError, match=r"probe.gguf: not a readable GGUF file: metadata 'x''s item count is \d+"):
+            GgufFile.open(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_strings_in_all_arrays_are_limited(tmp_path):
+    writer = GGUFWriter(str(tmp_path / "t.gguf"), "bert")
+    writer.add_array("a", ["x"] * 6)
+    writer.add_array("b", ["y"] * 6)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    assert GgufFile.open(tmp_path / "t.gguf", Limits(strings=12)).metadata["b"] == ["y"] * 6
+    with pytest.raises(GgufError, match="the metadata arrays hold more than 11 strings"):
+        GgufFile.open(tmp_path / "t.gguf", Limits(strings=11))

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import math
 
-from rerank.converters.hf_checkpoint import gte_rope
-from rerank.converters.reference import gte_rope_parameters
+from rerank.converters.families.gte import gte_rope, gte_rope_parameters
 from rerank.converters.spec import EncoderSpec
 
 NEW_CONFIG = {"rope_theta": 20000, "rope_scaling": {"type": "ntk", "factor": 8.0}, "hidden_size": 768}

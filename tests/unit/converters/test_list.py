@@ -12,9 +12,6 @@ import termios
 
 import pytest
 
-# The converter's unit tests need its [convert] extra (not torch); without it they skip.
-pytest.importorskip("onnx", reason="needs the [convert] extra")
-
 from rerank.converters import cli
 from rerank.converters.catalog import CATALOG
 from tests.support import REPO

@@ -32,6 +32,7 @@ def exported() -> dict[str, set[str]]:
     model.record_queue_wait(0.01)
     metrics.requests.labels("/rerank.v1.RerankService/Rerank", "m", "team", "OK").inc()
     metrics.request_duration.labels("/rerank.v1.RerankService/Rerank", "m").observe(0.01)
+    metrics.edge_checks.labels("team", "held").inc()
     series: dict[str, set[str]] = {}
     for name, labels in Samples.parse(generate_latest(registry).decode()):
         series.setdefault(name, set()).update(label for label, _ in labels)

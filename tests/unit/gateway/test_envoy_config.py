@@ -77,7 +77,8 @@ def test_envoys_own_errors_carry_grpc_codes():
         m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m["body_format_override"][
             "json_format"
         ]["code"]
-        for m in mappers[1:]
+        for m in mappers
+        if "status_code_filter" in m["filter"] and "json_format" in m["body_format_override"]
     }
     assert codes[413] == 8 and codes[503] == 14 and codes[404] == 5
 
@@ -130,53 +131,49 @@ def test_incomplete_tls_settings_are_refused(settings, message):
         Settings(**settings)
 
 
-def test_the_early_admission_check_runs_before_the_buffer_filter_only_before_the_stacks_replicas():
-    from rerank.gateway.envoy_config.filters import ADMISSION_MIN_BYTES, FILTER_ADMISSION, FILTER_BUFFER
+def test_the_edge_check_runs_before_the_body_is_read_and_fails_open():
+    from rerank.gateway.envoy_config.filters import FILTER_BUFFER, FILTER_CHECK, FILTER_EDGE, FILTER_SESSION
+    from rerank.service.admission import contract
 
-    stack = _hcm(render(Settings(metrics_port=9100), descriptor=Path("d.pb")))
-    names = [f["name"] for f in stack["http_filters"]]
-    assert names.index(FILTER_ADMISSION) == 0 and names[1] == FILTER_BUFFER
-    code = stack["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
-    assert 'local CHECKS = {"rerank_admission_0"}' in code and "httpCall(cluster," in code
-    assert f"local MIN_BYTES = {ADMISSION_MIN_BYTES}" in code and "size < MIN_BYTES" in code
-    assert '["/v1/rerank"] = true' in code and '["/v2/rerank"] = true' in code and '["/rerank"] = true' in code
-    early = stack["local_reply_config"]["mappers"][1]["filter"]["metadata_filter"]
-    assert early["match_if_key_not_found"] is False
-    for settings in (Settings(), Settings(metrics_port=9100, upstreams="svc:50051")):
+    for settings in (Settings(), Settings(metrics_port=9100, replicas=2), Settings(upstreams="svc:50051")):
         hcm = _hcm(render(settings, descriptor=Path("d.pb")))
-        assert FILTER_ADMISSION not in [f["name"] for f in hcm["http_filters"]]
-        assert all("metadata_filter" not in m["filter"] for m in hcm["local_reply_config"]["mappers"])
+        names = [f["name"] for f in hcm["http_filters"]]
+        assert names[:4] == [FILTER_EDGE, FILTER_CHECK, FILTER_SESSION, FILTER_BUFFER]
+        check = hcm["http_filters"][1]["typed_config"]
+        assert check["grpc_service"]["envoy_grpc"]["cluster_name"] == "rerank_grpc"  # the replicas themselves
+        assert check["grpc_service"]["timeout"] == "0.25s" and check["failure_mode_allow"] is True
+        assert "with_request_body" not in check  # headers only: the body is not read for it
+        assert [p["exact"] for p in check["allowed_headers"]["patterns"]] == list(contract.CHECKED_HEADERS)
+        session = hcm["http_filters"][2]["typed_config"]["session_state"]["typed_config"]
+        assert session["name"] == contract.REPLICA_HEADER
+        # The check's denials keep their own JSON body (Envoy's other replies are mapped).
+        (uaex,) = [m for m in hcm["local_reply_config"]["mappers"] if "response_flag_filter" in m["filter"]]
+        assert uaex["filter"]["response_flag_filter"]["flags"] == ["UAEX"]
+        assert uaex["body_format_override"]["text_format_source"]["inline_string"] == "%LOCAL_REPLY_BODY%"
 
 
-def test_with_replicas_an_admitted_body_goes_to_the_replica_that_holds_its_place():
-    import base64
+def test_routes_envoy_answers_itself_skip_the_check():
+    from rerank.gateway.envoy_config.filters import FILTER_CHECK
 
-    from rerank.gateway.envoy_config.filters import FILTER_ADMISSION, FILTER_BUFFER, FILTER_SESSION
+    routes = _hcm(render(Settings(metrics_port=9100), descriptor=Path("d.pb")))["route_config"]["virtual_hosts"][0]
+    for route in routes["routes"]:
+        disabled = route.get("typed_per_filter_config", {}).get(FILTER_CHECK, {}).get("disabled", False)
+        assert disabled == ("direct_response" in route), route["match"]
 
-    hcm = _hcm(render(Settings(metrics_port=9100, grpc_port=50051, replicas=2), descriptor=Path("d.pb")))
-    names = [f["name"] for f in hcm["http_filters"]]
-    assert names[:3] == [FILTER_ADMISSION, FILTER_SESSION, FILTER_BUFFER]
-    session = hcm["http_filters"][1]["typed_config"]["session_state"]["typed_config"]
-    assert session["name"] == "x-rerank-replica"
-    code = hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
-    for metrics, grpc in ((9100, 50051), (9101, 50052)):  # replica i: metrics port i -> gRPC port i
-        assert f'["{metrics}"] = "{base64.b64encode(f"127.0.0.1:{grpc}".encode()).decode()}"' in code
-    # The check asks the replicas in turn, each through its own cluster (its own queue).
-    assert 'local CHECKS = {"rerank_admission_0", "rerank_admission_1"}' in code
-    ports = {
-        c["name"]: [
-            e["endpoint"]["address"]["socket_address"]["port_value"]
-            for e in c["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        ]
-        for c in render(Settings(metrics_port=9100, replicas=2), descriptor=Path("d.pb"))["static_resources"][
-            "clusters"
-        ]
-    }
-    assert ports["rerank_admission_0"] == [9100] and ports["rerank_admission_1"] == [9101]
-    # Never a client's: removed before anything else, and from every response.
-    assert 'local REPLICA_HEADER = "x-rerank-replica"' in code
-    assert code.index("headers:remove(REPLICA_HEADER)") < code.index('headers:get(":method")')
-    assert "handle:headers():remove(REPLICA_HEADER)" in code.split("function envoy_on_request")[0]
-    one = _hcm(render(Settings(metrics_port=9100, replicas=1), descriptor=Path("d.pb")))
-    assert FILTER_SESSION not in [f["name"] for f in one["http_filters"]]
-    assert "local REPLICAS = {}" in one["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+
+def test_a_clients_own_edge_headers_never_reach_anything():
+    from rerank.gateway.envoy_config.filters import FILTER_EDGE
+
+    hcm = _hcm(render(Settings(), descriptor=Path("d.pb")))
+    edge = next(f for f in hcm["http_filters"] if f["name"] == FILTER_EDGE)
+    code = edge["typed_config"]["default_source_code"]["inline_string"]
+    assert 'local PREFIX = "x-rerank-"' in code and "headers:remove(key)" in code
+    assert code.index("headers:remove(key)") < code.index("respond(")  # dropped before anything else
+
+
+def test_replicas_are_pinged_every_second():
+    """A replica that stops answering (a stopped process) is cut off within seconds and the calls
+    on its connections retried elsewhere, instead of waiting for the route's timeout."""
+    options = _cluster(render(Settings(), descriptor=Path("d.pb")))["typed_extension_protocol_options"]
+    http2 = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+    assert http2["http2_protocol_options"]["connection_keepalive"] == {"interval": "1s", "timeout": "1s"}

@@ -106,7 +106,7 @@ def test_envoy_reaches_the_service_pods_through_the_headless_service():
     assert address["port_value"] == service["spec"]["ports"][0]["port"]
     rerank = containers(deployment)["rerank"]
     assert rerank["ports"][0]["containerPort"] == address["port_value"]
-    env = {e["name"]: e["value"] for e in rerank["env"]}
+    env = {e["name"]: e.get("value") for e in rerank["env"]}
     assert env["RERANK_GRPC_HOST"] == "0.0.0.0" and env["RERANK_GRPC_PORT"] == str(address["port_value"])
 
 
@@ -125,7 +125,7 @@ def test_the_service_pods_are_probed_drained_and_locked_down():
         assert {"cpu", "memory"} <= set(rerank["resources"][part]), part
     # Every path the service writes is a volume: the root filesystem is read-only.
     mounts = {m["mountPath"] for m in rerank["volumeMounts"]}
-    env = {e["name"]: e["value"] for e in rerank["env"]}
+    env = {e["name"]: e.get("value") for e in rerank["env"]}
     assert {env["RERANK_STATE_DIR"], "/tmp", env["RERANK_MODELS_DIR"]} <= mounts
     # The init container converts into the volume the service reads.
     (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
@@ -147,7 +147,7 @@ def test_envoy_runs_the_configmap():
 def test_the_secret_holds_digests_not_keys():
     secret = resource("Secret", "rerank-api-keys")
     deployment = resource("Deployment", "rerank-service")
-    env = {e["name"]: e["value"] for e in containers(deployment)["rerank"]["env"]}
+    env = {e["name"]: e.get("value") for e in containers(deployment)["rerank"]["env"]}
     (name,) = secret["stringData"]
     assert env["RERANK_API_KEYS_FILE"].endswith("/" + name)
     lines = [line.split("#", 1)[0].strip() for line in secret["stringData"][name].splitlines()]
@@ -163,3 +163,25 @@ def test_budget_and_autoscaler_select_the_service():
     hpa = resource("HorizontalPodAutoscaler", "rerank-service")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "rerank-service"
     assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"]
+
+
+def test_only_the_scraper_reaches_the_metrics_port_which_therefore_needs_no_key():
+    """The pods serve /metrics without a key (Prometheus' annotations cannot send one) only
+    because a NetworkPolicy lets no one but the scraper reach that port."""
+    deployment = resource("Deployment", "rerank-service")
+    env = {e["name"]: e.get("value") for e in containers(deployment)["rerank"]["env"]}
+    assert env["RERANK_METRICS_REQUIRE_KEY"] == "false"
+    policy = resource("NetworkPolicy", "rerank-service")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {"grpc", "metrics"} and rules["grpc"] is None  # gRPC: from anywhere (keys)
+    (scraper,) = rules["metrics"]
+    assert scraper["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+
+
+def test_each_pod_knows_the_address_envoy_reaches_it_by():
+    deployment = resource("Deployment", "rerank-service")
+    env = {e["name"]: e for e in containers(deployment)["rerank"]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["RERANK_REPLICA_ADDRESS"]["value"] == f"$(POD_IP):{env['RERANK_GRPC_PORT']['value']}"

@@ -16,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rerank.service.backends.base import Batch
 from rerank.service.errors import ConfigurationError
-from tests.support import AUTH
+from tests.support import API_KEY, AUTH
 from tests.support.calls import rerank_request
+from tests.support.edge import check, ok_headers
 from tests.support.servers import InProcessServer, server_settings
 from tests.support.stand_in import StandInBackend, write_stand_in_model
 
@@ -40,6 +41,19 @@ def test_insecure_no_auth_serves_without_keys(stand_in_models: Path) -> None:
     ):
         reply = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(rerank_request("alpha", ["a"], query="a"), timeout=10)
     assert len(reply.results) == 1
+
+
+def test_the_log_says_why_the_cpu_serves_without_openvino(
+    stand_in_models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rerank.service.backends import loader
+
+    monkeypatch.setattr(loader, "runtime_available", lambda runtime: runtime == "onnxruntime")
+    caplog.set_level("INFO", logger="rerank")
+    with serve(stand_in_models, device="cpu"):
+        pass
+    said = [r.getMessage() for r in caplog.records if "OpenVINO" in r.getMessage()]
+    assert said == [loader.runtime_note("cpu")]
 
 
 def test_no_model_folder_is_a_configuration_error(tmp_path: Path) -> None:
@@ -112,19 +126,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 
 def test_a_draining_replica_holds_no_place_for_a_body(stand_in_models: Path) -> None:
-    """From the moment a stop begins (NOT_SERVING, still serving for the drain delay) the early
-    check admits without a hold: a body pinned by its hold to a replica on its way out would
-    meet a closed port or a queue about to be answered UNAVAILABLE, and that replica's queue
-    says nothing about the replica Envoy sends the body to."""
+    """From the moment a stop begins (NOT_SERVING, still serving for the drain delay) the edge's
+    check admits without a hold or a pin: a body pinned to a replica on its way out would meet a
+    closed port or a queue about to be answered UNAVAILABLE, and that replica's queue says nothing
+    about the replica Envoy sends the body to."""
+    from rerank.service.admission.contract import HOLD_HEADER
+
     server = serve(stand_in_models, drain_delay=2.0).start()
     stopper = threading.Thread(target=server.stop, kwargs={"delay": None})
+    body = {"authorization": f"Bearer {API_KEY}", "content-length": str(64 * 1024)}
     try:
-        assert server.server.early_admission(64 * 1024) != ""  # serving: a place held
+        assert HOLD_HEADER in ok_headers(check(server.target, "/v1/rerank", body))  # serving: a place held
         stopper.start()
         with grpc.insecure_channel(server.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             wait_for(lambda: health_status(health) == health_pb2.HealthCheckResponse.NOT_SERVING)
-        assert [server.server.early_admission(64 * 1024) for _ in range(5)] == [""] * 5
+        assert [ok_headers(check(server.target, "/v1/rerank", body)) for _ in range(5)] == [{}] * 5
     finally:
         if stopper.ident is None:
             stopper.start()

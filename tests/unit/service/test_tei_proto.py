@@ -1,4 +1,5 @@
-"""Our ``tei.v1`` proto declares exactly what TEI publishes for Info and Rerank.
+"""Our ``tei.v1`` proto declares exactly what TEI publishes for Info and Rerank, plus our one
+extension (``instruction`` on the rerank requests) under a field number TEI does not use.
 
 The reference is the stubs that ``tei-client`` generated from TEI's own ``proto/tei.proto``
 (an independent copy: we never generate them); ours is read from the descriptor set the build
@@ -38,8 +39,26 @@ def upstream() -> descriptor_pb2.FileDescriptorProto:
     raise AssertionError(f"{source} has no serialized descriptor")
 
 
+EXTENSIONS = {"RerankRequest": "instruction", "RerankStreamRequest": "instruction"}
+"""Our fields that TEI's proto lacks, by message."""
+EXTENSION_NUMBER = 1001
+
+
 def _fields(message: descriptor_pb2.DescriptorProto) -> list[tuple[str, int, int, int, str, bool]]:
-    return [(f.name, f.number, f.type, f.label, f.type_name, f.proto3_optional) for f in message.field]
+    return [
+        (f.name, f.number, f.type, f.label, f.type_name, f.proto3_optional)
+        for f in message.field
+        if f.name != EXTENSIONS.get(message.name)
+    ]
+
+
+def test_the_extension_is_an_optional_string_under_a_number_tei_does_not_use():
+    mine = {m.name: m for m in ours().message_type}
+    theirs = {m.name: m for m in upstream().message_type}
+    for name, field_name in EXTENSIONS.items():
+        (field,) = [f for f in mine[name].field if f.name == field_name]
+        assert (field.number, field.type, field.proto3_optional) == (EXTENSION_NUMBER, field.TYPE_STRING, True)
+        assert EXTENSION_NUMBER not in {f.number for f in theirs[name].field}
 
 
 def test_package_services_messages_and_enums_match_tei():

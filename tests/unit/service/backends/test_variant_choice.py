@@ -175,3 +175,23 @@ def test_the_converters_timing_table_decides_on_the_cpu_it_was_measured_on() -> 
     assert loader.table_choice(FOLDER, ["fp32-fused", "fp32"], ZEN5) is None  # no table (older folders)
     tie = with_table({"fp32-fused": 5.0, "fp32": 5.0})
     assert loader.table_choice(tie, ["fp32-fused", "fp32"], ZEN5).key == "fp32-fused"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("platform", "machine", "says"),
+    [
+        ("linux", "ppc64le", "OpenVINO has no package for linux ppc64le on PyPI, so models run on ONNX Runtime only"),
+        ("linux", "x86_64", "OpenVINO is not installed, so models run on ONNX Runtime only; install it"),
+    ],
+)
+def test_the_log_says_why_the_cpu_serves_without_openvino(
+    monkeypatch: pytest.MonkeyPatch, platform: str, machine: str, says: str
+) -> None:
+    monkeypatch.setattr(loader.sys, "platform", platform)
+    monkeypatch.setattr(loader.platform, "machine", lambda: machine)
+    if loader.runtime_available("openvino"):
+        assert loader.runtime_note("cpu") is None
+    monkeypatch.setattr(loader, "runtime_available", lambda runtime: runtime == "onnxruntime")
+    note = loader.runtime_note("cpu")
+    assert note is not None and note.startswith(says) and "\n" not in note
+    assert loader.runtime_note("cuda") is None  # OpenVINO runs on the CPU only: nothing is missed there

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from rerank.service.backends.base import Batch
-from rerank.service.core.admission import cost_of
-from rerank.service.core.batching import DynamicBatcher
+from rerank.service.core.batching import DynamicBatcher, cost_of
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
 from rerank.service.core.throughput import Throughput

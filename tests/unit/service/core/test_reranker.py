@@ -119,7 +119,7 @@ async def test_the_early_price_of_a_body_follows_the_exact_estimate_per_byte(tmp
             await served.score(query, documents, "truncate")
         cost, _ = served.estimate(query, documents, "truncate")
         body = len(json.dumps({"query": query, "documents": documents}).encode())
-        early = served.cost_of_body(body)
+        early = served.price.of(body)
     assert 0.8 * cost <= early <= cost
 
 

@@ -13,12 +13,10 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from rerank.service.backends.base import Batch
 from tests.support import AUTH
-from tests.support.calls import rerank_request
+from tests.support.calls import fields_of, reasons_of, rerank_request
 from tests.support.servers import InProcessServer, server_settings
 from tests.support.stand_in import StandInBackend, word_overlap
 
@@ -168,28 +166,6 @@ def test_bad_requests(
     assert info.value.code() == code
     assert text in info.value.details()
     assert (fields_of(info.value), reasons_of(info.value)) == ([field], [reason])
-
-
-def _details(error: grpc.RpcError) -> list[Any]:
-    """The unpacked ``google.rpc`` details of a failed call's rich status."""
-    status = rpc_status.from_call(error)
-    assert status is not None and status.message == error.details()
-    unpacked: list[Any] = []
-    for detail in status.details:
-        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
-            if detail.Is(kind.DESCRIPTOR):
-                unpacked.append(kind())
-                detail.Unpack(unpacked[-1])
-    assert len(unpacked) == len(status.details), "a detail of an unexpected type"
-    return unpacked
-
-
-def fields_of(error: grpc.RpcError) -> list[str]:
-    return [v.field for d in _details(error) if isinstance(d, error_details_pb2.BadRequest) for v in d.field_violations]
-
-
-def reasons_of(error: grpc.RpcError) -> list[str]:
-    return [d.reason for d in _details(error) if isinstance(d, error_details_pb2.ErrorInfo)]
 
 
 def test_a_message_over_the_limit_is_resource_exhausted(stand_in_stub: Any) -> None:

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="needs the [tracing] extra")
+
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rerank.service.core.batching import DynamicBatcher
