@@ -3,22 +3,19 @@
 OpenVINO's bf16 inference precision puts every matrix product (and the element-wise work
 between them) in bf16: fast, but on some trained encoders it fails the gate (docs/parity.md),
 and OpenVINO's CPU plugin ignores the marks that should keep chosen nodes in fp32. So the choice
-is written into the graph, in one of two ways (:class:`Recipe`):
+is written into the graph, in one of two ways (:class:`Recipe`), one variant each:
 
-* **split** (:attr:`Recipe.split`): the graph is cut before its last layers at a tensor named
-  :data:`~rerank.service.backends.openvino.BF16_UNTIL`; the server compiles what computes it at
-  precision bf16 and the rest at f32. In the layers after the cut, the chosen weight products
-  run as **bf16 pairs**: the input split into a bf16 high part and a bf16 remainder, both
-  multiplied by the bf16 weights and summed in fp32, so the input keeps ~16 bits of mantissa
-  at two AMX products' cost (rounding a product's *input* to bf16 is what moves the rankings
-  most; rounding its weights or output moves them far less). The last layer computes only the
-  first token's row (:mod:`rerank.converters.onnx_graph`), so its keys and values are what
-  costs there.
-* **casts**: each chosen product gets ``Cast(bfloat16)`` on both inputs and ``Cast(float)`` on
-  its output, and the whole graph runs at precision f32, where OpenVINO executes exactly those
-  products in bf16 and everything else (attention, softmax, LayerNorm, the head) in fp32.
+* **split** (``ov-bf16-split``, :data:`SPLIT_RECIPES`): the graph is cut before its last layers
+  at a tensor named :data:`~rerank.service.backends.openvino.BF16_UNTIL`; the server compiles
+  what computes it at precision bf16 and the rest at f32. The last layer computes only the
+  first token's row (:mod:`rerank.converters.onnx_graph`), so what the fp32 part costs is
+  mostly that layer's keys and values.
+* **casts** (``ov-bf16-mixed``, :data:`RECIPES`): each chosen product gets ``Cast(bfloat16)``
+  on both inputs and ``Cast(float)`` on its output, and the whole graph runs at precision f32,
+  where OpenVINO executes exactly those products in bf16 and everything else (attention,
+  softmax, LayerNorm, the head) in fp32.
 
-Which: a ladder of recipes, fastest first (:data:`RECIPES`); the converter gates each in turn and
+Each variant has a ladder of recipes, fastest first; the converter gates each in turn and
 keeps the first that passes (:func:`rerank.converters.variants.write_variants`). The layers are
 our graph builder's (:mod:`rerank.converters.onnx_graph` names a layer's nodes ``l<i>_...``; the
 head's are ``head_...``), and only products with a weight (an initializer) change.
@@ -40,6 +37,10 @@ _KINDS = {"q": "qkv", "kv": "qkv"}
 """The last layer's query and key-value products (it computes queries for one token) count as ``qkv``."""
 
 
+class NotOurLayers(ValueError):
+    """The graph lacks the layer structure a recipe rewrites (our encoder builder's node names)."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Which weight products of which layers run in bf16, and how."""
@@ -51,26 +52,27 @@ class Recipe:
     spare_last: int
     """How many of the last layers stay fp32 (where an error has the least room to average out)."""
     split: bool = False
-    """Split: everything before the spared layers in bf16, their ``kinds`` products as bf16
-    pairs. Casts (False): the ``kinds`` products of the other layers in bf16, the rest fp32."""
+    """Split: everything before the spared layers in bf16 (``kinds`` is empty). Casts (False):
+    the ``kinds`` products of the other layers in bf16, the rest fp32."""
 
     def chooses(self, layer: int, kind: str, layers: int) -> bool:
-        spared = layer >= layers - self.spare_last
-        return kind in self.kinds and spared == self.split
+        return kind in self.kinds and layer < layers - self.spare_last
 
 
 ALL_PRODUCTS = frozenset({"qkv", "o", "up", "down"})
+SPLIT_RECIPES = (
+    Recipe("bf16 but the last layer", frozenset(), 1, split=True),
+    Recipe("bf16 but the last two layers", frozenset(), 2, split=True),
+)
+"""``ov-bf16-split``'s ladder: fastest first (each keeps more of the graph in fp32)."""
 RECIPES = (
-    Recipe("bf16 but the last layer, its query, key and value products as bf16 pairs", frozenset({"qkv"}), 1, True),
-    Recipe("bf16 but the last layer", frozenset(), 1, True),
-    Recipe("bf16 but the last two layers, their products as bf16 pairs", ALL_PRODUCTS, 2, True),
     Recipe("every layer", ALL_PRODUCTS, 0),
     Recipe("all but the last layer", ALL_PRODUCTS, 1),
     Recipe("feed-forward, all but the last layer", frozenset({"up", "down"}), 1),
     Recipe("feed-forward, all but the last two layers", frozenset({"up", "down"}), 2),
 )
-"""Fastest first (each keeps more of the graph in fp32 than the one before, in its kind);
-timings: docs/performance.md."""
+"""``ov-bf16-mixed``'s ladder: fastest first (each spares more of the graph than the one
+before); timings: docs/performance.md."""
 
 
 def weight_products(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, str]]:
@@ -86,22 +88,21 @@ def weight_products(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, s
 
 def to_mixed_bf16(model: onnx.ModelProto, recipe: Recipe) -> int:
     """Rewrites ``model`` in place for ``recipe``; returns how many weight products run in bf16
-    (split: before the cut, and the pairs after it)."""
+    (split: those before the cut)."""
     products = weight_products(model)
     if not products:
-        raise ValueError("the graph has no layer weight products (l<i>_... MatMuls) to put in bf16")
+        raise NotOurLayers("the graph has no layer weight products (l<i>_... MatMuls) to put in bf16")
     layers = 1 + max(layer for _, layer, _ in products)
     chosen = {node.name for node, layer, kind in products if recipe.chooses(layer, kind, layers)}
-    rewrite = _in_pairs if recipe.split else _in_bf16
+    if recipe.split:
+        _cut_before(model, layers - recipe.spare_last)
+        return sum(1 for _, layer, _ in products if layer < layers - recipe.spare_last)
     rewritten: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        rewritten += rewrite(node) if node.name in chosen else [node]
+        rewritten += _in_bf16(node) if node.name in chosen else [node]
     del model.graph.node[:]
     model.graph.node.extend(rewritten)
-    if not recipe.split:
-        return len(chosen)
-    _cut_before(model, layers - recipe.spare_last)
-    return len(chosen) + sum(1 for _, layer, _ in products if layer < layers - recipe.spare_last)
+    return len(chosen)
 
 
 def _cut_before(model: onnx.ModelProto, layer: int) -> None:
@@ -112,7 +113,7 @@ def _cut_before(model: onnx.ModelProto, layer: int) -> None:
     norm = re.compile(rf"^l{layer - 1}_ffn_ln_\d+$")
     found = [n for n in model.graph.node if norm.match(n.name) and n.op_type == "LayerNormalization"]
     if len(found) != 1:
-        raise ValueError(f"the graph has no single output LayerNorm of layer {layer - 1} (l{layer - 1}_ffn_ln_...)")
+        raise NotOurLayers(f"the graph has no single output LayerNorm of layer {layer - 1} (l{layer - 1}_ffn_ln_...)")
     hidden = found[0].output[0]
     for node in model.graph.node:
         node.input[:] = [BF16_UNTIL if name == hidden else name for name in node.input]
@@ -131,30 +132,6 @@ def _in_bf16(node: onnx.NodeProto) -> list[onnx.NodeProto]:
         ),
         helper.make_node("MatMul", inputs, [product], name=node.name),
         helper.make_node("Cast", [product], list(node.output), name=cast("out"), to=TensorProto.FLOAT),
-    ]
-
-
-def _in_pairs(node: onnx.NodeProto) -> list[onnx.NodeProto]:
-    """``node`` (a MatMul ``x @ w``) as ``high @ w' + low @ w'`` in bf16, summed in float: ``high``
-    is ``x`` rounded to bf16, ``low`` the remainder rounded to bf16, ``w'`` the weight in bf16."""
-    x, weight = node.input
-    name = _namer(node.name)
-
-    def op(op_type: str, inputs: list[str], out: str, **attrs: int) -> onnx.NodeProto:
-        return helper.make_node(op_type, inputs, [out], name=out, **attrs)
-
-    bf16, fp32 = TensorProto.BFLOAT16, TensorProto.FLOAT
-    return [
-        op("Cast", [x], name("high"), to=bf16),
-        op("Cast", [name("high")], name("high_f32"), to=fp32),
-        op("Sub", [x, name("high_f32")], name("low_f32")),
-        op("Cast", [name("low_f32")], name("low"), to=bf16),
-        op("Cast", [weight], name("weight"), to=bf16),
-        helper.make_node("MatMul", [name("high"), name("weight")], [name("high_product")], name=node.name),
-        op("MatMul", [name("low"), name("weight")], name("low_product")),
-        op("Cast", [name("high_product")], name("high_out"), to=fp32),
-        op("Cast", [name("low_product")], name("low_out"), to=fp32),
-        helper.make_node("Add", [name("high_out"), name("low_out")], list(node.output), name=name("sum")),
     ]
 
 

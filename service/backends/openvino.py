@@ -6,11 +6,11 @@ compiles the same ONNX file with oneDNN and runs it at the variant's precision:
 * ``fp32``: ``INFERENCE_PRECISION_HINT=f32``; scores equal ONNX Runtime fp32 within ~1e-5;
 * ``bf16``: matrix products in bf16 on AMX tiles or AVX-512 BF16 dot products, accumulation,
   softmax and LayerNorm statistics in fp32;
-* ``bf16-mixed``: a graph split in two at the tensor named :data:`BF16_UNTIL`, the part that
-  computes it at precision bf16 and the rest at f32 (two compiled models, run one after the
-  other); or, without that tensor, a graph whose chosen matrix products take bf16 inputs, at
-  precision f32: those products in bf16, the rest f32 (:mod:`rerank.converters.mixed_precision`
-  writes both kinds);
+* ``bf16-mixed``: a graph split in two at the tensor named :data:`BF16_UNTIL` (variant
+  ``ov-bf16-split``), the part that computes it at precision bf16 and the rest at f32 (two
+  compiled models, run one after the other); or, without that tensor (``ov-bf16-mixed``), a
+  graph whose chosen matrix products take bf16 inputs, at precision f32: those products in
+  bf16, the rest f32 (:mod:`rerank.converters.mixed_precision` writes both kinds);
 * ``int8``: a graph with QuantizeLinear/DequantizeLinear pairs (``rerank.converters.quantize``) runs
   its MatMuls in int8 (AMX-INT8 / VNNI); what is left unquantised runs in f32.
 
@@ -120,7 +120,7 @@ class OpenVinoBackend:
         self._output = self.parts[-1].output(0)
         self.execution_precision = " then ".join(_precision(part) for part in self.parts)
         """What OpenVINO says it computes in: ``f32`` or ``bf16`` (a split graph: ``bf16 then f32``)."""
-        if self.precision == "bf16" and self.execution_precision != "bf16":
+        if any(hint == "bf16" != _precision(part) for (_, hint), part in zip(parts, self.parts, strict=True)):
             # OpenVINO quietly runs a bf16 hint in f32 on a CPU without bf16 units: serving that
             # as "bf16" would claim a speed-up and a gate that are not this machine's.
             raise ValueError(f"variant {variant!r}: this CPU cannot run bf16 (OpenVINO runs it in f32)")

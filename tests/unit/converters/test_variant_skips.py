@@ -51,3 +51,34 @@ def test_an_int8_variant_needs_the_cpus_int8_units(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(scoring, "runs_natively", lambda variant: variant.precision != "int8")
     assert variants.missing_runtime("ov-fp32") is None
     assert "no int8 units" in (variants.missing_runtime("ov-int8") or "")
+
+
+def test_a_split_variant_of_a_graph_without_our_encoders_layers_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A pre-norm decoder's layers (RMSNorm, no l<i>_ffn_ln_ LayerNorm) have no cut point.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(scoring, "runtime_available", lambda runtime: True)
+    monkeypatch.setattr(scoring, "runs_natively", lambda variant: True)
+    weights = [numpy_helper.from_array(np.eye(4, dtype=np.float32), f"w{i}") for i in range(2)]
+    nodes = [
+        helper.make_node("MatMul", [x, f"w{i}"], [y], name=f"l{i}_up_{i}") for i, (x, y) in enumerate(["xh", "hy"])
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in "xy"]
+    onnx.save_model(helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], weights)), tmp_path / "model.onnx")
+    lines: list[str] = []
+    kept, figures = variants.write_variants(
+        tmp_path,
+        None,
+        ("ov-bf16-split",),
+        never_scored,
+        np.zeros(3),
+        ["q"] * 3,
+        progress=lines.append,  # type: ignore[arg-type]
+    )
+    assert kept == {} and figures["ov-bf16-split"]["passed"] is False
+    assert "no single output LayerNorm of layer 0" in figures["ov-bf16-split"]["skipped"]
+    assert any(line.startswith("variants: ov-bf16-split: skipped") for line in lines)
+    assert not (tmp_path / variants.FILES["ov-bf16-split"]).exists()
