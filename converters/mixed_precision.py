@@ -38,7 +38,7 @@ _KINDS = {"q": "qkv", "kv": "qkv"}
 
 
 class NotOurLayers(ValueError):
-    """The graph lacks the layer structure a recipe rewrites (our encoder builder's node names)."""
+    """The graph lacks the layers a recipe rewrites (our encoder builder's, or as many as it spares)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _cut_before(model: onnx.ModelProto, layer: int) -> None:
     """Renames the hidden state entering ``layer`` (layer ``layer - 1``'s output LayerNorm's)
     :data:`BF16_UNTIL`, where the server splits the graph."""
     if layer < 1:
-        raise ValueError("a split recipe needs at least one layer before the cut")
+        raise NotOurLayers("a split recipe needs at least one layer before the cut")
     norm = re.compile(rf"^l{layer - 1}_ffn_ln_\d+$")
     found = [n for n in model.graph.node if norm.match(n.name) and n.op_type == "LayerNormalization"]
     if len(found) != 1:

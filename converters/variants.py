@@ -194,7 +194,8 @@ def _mixed_bf16(
     """Writes and gates variant ``name``'s recipes (:data:`MIXED`) fastest first, into ``path``
     (from ``model.onnx`` beside it); stops at the first that passes (gate off: the first). The
     figures are that recipe's, with its name and every tried recipe's outcome; a graph the
-    recipes cannot rewrite (not our encoder builder's layers) gives ``skipped`` and why."""
+    recipes cannot rewrite (not our encoder builder's layers, or too few of them) gives
+    ``skipped`` and why, and the ladder ends at a recipe that spares more layers than it has."""
     tried: dict[str, str] = {}
     figures: dict[str, Any] = {}
     for recipe in MIXED[name]:
@@ -202,6 +203,9 @@ def _mixed_bf16(
         try:
             products = mixed_precision.to_mixed_bf16(model, recipe)
         except mixed_precision.NotOurLayers as exc:
+            if tried:  # a later recipe spares more layers than the model has: the ladder ends
+                progress(f"variants: {name}, {recipe.name}: not tried, {exc}")
+                break
             return {"passed": False, "skipped": f"its recipes do not apply to this graph: {exc}"}
         onnx_graph.save(model, path)
         del model
