@@ -6,7 +6,7 @@ and OpenVINO's CPU plugin ignores the marks that should keep chosen nodes in fp3
 is written into the graph, in one of two ways (:class:`Recipe`), one variant each:
 
 * **split** (``ov-bf16-split``, :data:`SPLIT_RECIPES`): the graph is cut before its last layers
-  at a tensor named :data:`~rerank.service.backends.openvino.BF16_UNTIL`; the server compiles
+  at a tensor named :data:`~rerank.service.model_folder.BF16_UNTIL`; the server compiles
   what computes it at precision bf16 and the rest at f32. The last layer computes only the
   first token's row (:mod:`rerank.converters.onnx_graph`), so what the fp32 part costs is
   mostly that layer's keys and values.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from rerank.service.backends.openvino import BF16_UNTIL
+from rerank.service.model_folder import BF16_UNTIL
 
 _LAYER = re.compile(r"^l(\d+)_([a-z]+)_")
 _KINDS = {"q": "qkv", "kv": "qkv"}

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from rerank.service.backends.base import Batch
-from rerank.service.model_folder import ModelFolderConfig, Variant
+from rerank.service.model_folder import BF16_UNTIL, ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ DEFAULT_STREAMS = 2
 """Micro-batches run at once unless ``RERANK_STREAMS`` says otherwise (never more than threads)."""
 WARM_UP_SHAPES = ((1, 16), (8, 32), (32, 224))
 """(pairs, length) shapes run once by :meth:`OpenVinoBackend.warm_up`: short, W3-like, W1-like."""
-BF16_UNTIL = "rerank_bf16_until"
-"""The tensor at which a ``bf16-mixed`` graph changes precision: what computes it runs in bf16,
-what reads it in f32. (OpenVINO's CPU plugin has one precision per compiled model and puts
-every matrix product in bf16 at precision bf16, whatever the graph marks.)"""
 
 
 def available() -> bool:
@@ -104,6 +100,8 @@ class OpenVinoBackend:
         core = ov.Core()
         model = core.read_model(str(folder / self.variant.file))
         parts = [(model, HINTS[self.precision])]
+        # Split at BF16_UNTIL: OpenVINO's CPU plugin has one precision per compiled model, and at
+        # bf16 it puts every matrix product in bf16 whatever the graph marks.
         if self.precision == "bf16-mixed" and _producer(model, BF16_UNTIL) is not None:
             parts = list(zip(split_at(model, BF16_UNTIL), ("bf16", "f32"), strict=True))
         self.parts = [

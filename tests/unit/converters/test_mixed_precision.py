@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rerank.converters.mixed_precision import RECIPES, SPLIT_RECIPES, Recipe, to_mixed_bf16
-from rerank.service.backends.openvino import BF16_UNTIL
+from rerank.service.model_folder import BF16_UNTIL
 
 
 def graph(layers: int = 3) -> onnx.ModelProto:

@@ -1,6 +1,6 @@
 """The split bf16 graph on a real (tiny, seeded) BERT cross-encoder: the last layer computing
 only the first token's row still gives transformers' logits, and the graph split at
-:data:`~rerank.service.backends.openvino.BF16_UNTIL` is the unsplit fp32 graph when both parts
+:data:`~rerank.service.model_folder.BF16_UNTIL` is the unsplit fp32 graph when both parts
 run in f32, with only the spared layers and the head after the cut."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rerank.converters.hf_checkpoint import load_checkpoint
 from rerank.converters.mixed_precision import SPLIT_RECIPES, to_mixed_bf16, weight_products
 from rerank.converters.spec import EncoderSpec
 from rerank.converters.testing.checkpoints import make_checkpoint
-from rerank.service.backends.openvino import BF16_UNTIL
+from rerank.service.model_folder import BF16_UNTIL
 
 
 @pytest.fixture(scope="module")
