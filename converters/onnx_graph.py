@@ -114,7 +114,13 @@ def build_graph(
         else _StandardAttention.build(b, spec, positions, seq_len)
     )
     for i in range(spec.num_layers):
-        x = _residual_norm(b, spec, w, i, "attn_ln", attention(b, w, i, x), x)
+        if i < spec.num_layers - 1:
+            x = _residual_norm(b, spec, w, i, "attn_ln", attention(b, w, i, x), x)
+        else:
+            # Only the first token's output reaches the head: the last layer computes keys and
+            # values for every token and everything else for the first token alone.
+            first = _first_row(b, x, 1, f"l{i}_first")
+            x = _residual_norm(b, spec, w, i, "attn_ln", attention(b, w, i, x, first), first)
         x = _feed_forward(b, spec, w, i, x)
     b.nodes.append(helper.make_node("Squeeze", [_head(b, spec, w, x), b.const(_ints([1]))], [LOGITS], name=LOGITS))
 
@@ -219,9 +225,16 @@ def _rotate_half(b: _Builder, t: str, rope: _Rope, hint: str | None = None) -> s
     return b.op("Add", b.op("Mul", t, rope.cos), b.op("Mul", rotated, rope.sin), hint=hint)
 
 
+def _first_row(b: _Builder, t: str, axis: int, hint: str | None = None) -> str:
+    """``t`` cut to its first row on ``axis`` (the axis kept, of size 1)."""
+    return b.op("Slice", t, b.const(_ints([0])), b.const(_ints([1])), b.const(_ints([axis])), hint=hint)
+
+
 class _Attention(Protocol):
-    def __call__(self, b: _Builder, w: Weights, i: int, x: str) -> str:
-        """Layer ``i``'s self-attention on ``x`` [B, S, H], output projection included."""
+    def __call__(self, b: _Builder, w: Weights, i: int, x: str, queries: str | None = None) -> str:
+        """Layer ``i``'s self-attention on ``x`` [B, S, H], output projection included: for every
+        token, or for ``queries`` alone ([B, 1, H], the first token of ``x``), whose keys and
+        values are still every token's."""
         ...
 
 
@@ -230,6 +243,7 @@ class _StandardAttention:
     """Attention in standard operators, heads as [B, N, S, D]; padding (and ALiBi) as one
     additive bias on the scores."""
 
+    spec: EncoderSpec
     bias: str
     """[B, 1, 1, S] padding bias, plus ALiBi's [1, N, S, S] where used."""
     rope: _Rope | None
@@ -247,21 +261,35 @@ class _StandardAttention:
         merge_shape = b.const(_ints([0, 0, spec.hidden]))
         qkv_shape = b.const(_ints([0, 0, 3, spec.heads, spec.head_dim]))
         scale = b.const(np.float32(1.0 / math.sqrt(spec.head_dim)))
-        return cls(bias, rope, merge_shape, qkv_shape, scale)
+        return cls(spec, bias, rope, merge_shape, qkv_shape, scale)
 
-    def __call__(self, b: _Builder, w: Weights, i: int, x: str) -> str:
+    def __call__(self, b: _Builder, w: Weights, i: int, x: str, queries: str | None = None) -> str:
         p = f"L{i}."
-        qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
-        qkv = b.op("Transpose", b.op("Reshape", qkv, self.qkv_shape), perm=[2, 0, 3, 1, 4])  # [3,B,N,S,D]
-        q, k, v = (
-            b.op("Squeeze", part, b.const(_ints([0]))) for part in b.ops("Split", [qkv], 3, f"l{i}_split", axis=0)
-        )
+        rope, bias = self.rope, self.bias
+        if queries is None:
+            qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
+            qkv = b.op("Transpose", b.op("Reshape", qkv, self.qkv_shape), perm=[2, 0, 3, 1, 4])  # [3,B,N,S,D]
+            q, k, v = (
+                b.op("Squeeze", part, b.const(_ints([0]))) for part in b.ops("Split", [qkv], 3, f"l{i}_split", axis=0)
+            )
+        else:
+            h, heads, dim = self.spec.hidden, self.spec.heads, self.spec.head_dim
+            q = b.linear(queries, w[p + "qkv.w"][:h], w[p + "qkv.b"][:h], f"l{i}_q")
+            q = b.op("Transpose", b.op("Reshape", q, b.const(_ints([0, 0, heads, dim]))), perm=[0, 2, 1, 3])
+            kv = b.linear(x, w[p + "qkv.w"][h:], w[p + "qkv.b"][h:], f"l{i}_kv")
+            kv = b.op("Transpose", b.op("Reshape", kv, b.const(_ints([0, 0, 2, heads, dim]))), perm=[2, 0, 3, 1, 4])
+            k, v = (
+                b.op("Squeeze", part, b.const(_ints([0]))) for part in b.ops("Split", [kv], 2, f"l{i}_split", axis=0)
+            )
+            rope = _Rope(_first_row(b, rope.cos, 0), _first_row(b, rope.sin, 0)) if rope is not None else None
+            bias = _first_row(b, bias, 2) if self.spec.positions == "alibi" else bias
         if self.rope is not None:
-            q, k = _rotate_half(b, q, self.rope, "rope"), _rotate_half(b, k, self.rope, "rope")
+            assert rope is not None
+            q, k = _rotate_half(b, q, rope, "rope"), _rotate_half(b, k, self.rope, "rope")
         scores = b.op(
             "MatMul", b.op("Mul", q, self.scale), b.op("Transpose", k, perm=[0, 1, 3, 2]), hint=f"l{i}_scores"
         )
-        probs = b.op("Softmax", b.op("Add", scores, self.bias), axis=-1, hint=f"l{i}_probs")
+        probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")
         context = b.op("Transpose", b.op("MatMul", probs, v), perm=[0, 2, 1, 3])
         context = b.op("Reshape", context, self.merge_shape, hint=f"l{i}_context")
         return b.linear(context, w[p + "o.w"], w[p + "o.b"], f"l{i}_o")
@@ -304,15 +332,25 @@ class _FusedAttention:
         rotated = _rotate_half(b, b.op("Reshape", t, self.split_shape), rope)
         return b.op("Reshape", rotated, self.merge_shape, hint="rope")
 
-    def __call__(self, b: _Builder, w: Weights, i: int, x: str) -> str:
+    def __call__(self, b: _Builder, w: Weights, i: int, x: str, queries: str | None = None) -> str:
         p = f"L{i}."
-        qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
-        q, k, v = b.ops("Split", [qkv], 3, f"l{i}_qkv_split", axis=-1)
+        rope, alibi = self.rope, self.alibi
+        if queries is None:
+            qkv = b.linear(x, w[p + "qkv.w"], w[p + "qkv.b"], f"l{i}_qkv")
+            q, k, v = b.ops("Split", [qkv], 3, f"l{i}_qkv_split", axis=-1)
+        else:
+            h = self.spec.hidden
+            q = b.linear(queries, w[p + "qkv.w"][:h], w[p + "qkv.b"][:h], f"l{i}_q")
+            kv = b.linear(x, w[p + "qkv.w"][h:], w[p + "qkv.b"][h:], f"l{i}_kv")
+            k, v = b.ops("Split", [kv], 2, f"l{i}_kv_split", axis=-1)
+            rope = _Rope(_first_row(b, rope.cos, 0), _first_row(b, rope.sin, 0)) if rope is not None else None
+            alibi = _first_row(b, alibi, 2) if alibi else alibi
         if self.rope is not None:
-            q, k = self._rotate(b, q, self.rope), self._rotate(b, k, self.rope)
+            assert rope is not None
+            q, k = self._rotate(b, q, rope), self._rotate(b, k, self.rope)
         mha = helper.make_node(
             "MultiHeadAttention",
-            [q, k, v, "", self.key_lengths, self.alibi],
+            [q, k, v, "", self.key_lengths, alibi],
             [b.name(f"l{i}_mha")],
             name=b.name(f"l{i}_mha_node"),
             domain="com.microsoft",

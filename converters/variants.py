@@ -17,9 +17,14 @@ OpenVINO (``runtime = "openvino"``, CPU; :mod:`rerank.service.backends.openvino`
 
 * ``ov-fp32``: the plain ``model.onnx`` at precision f32 (no new file);
 * ``ov-bf16``: the same file at precision bf16 (AMX / AVX-512 BF16);
-* ``ov-bf16-mixed``: most layers' weight products in bf16, the rest fp32
-  (:mod:`rerank.converters.mixed_precision`): its recipes are gated fastest first and the first that
-  passes is kept; not built where ``ov-bf16`` passed (all in bf16 is faster);
+* ``ov-bf16-split``: the graph cut before its last layer(s), what comes before at precision
+  bf16 and the rest (the last layer computing only the first token's row) at f32;
+* ``ov-bf16-mixed``: casts around chosen weight products put those in bf16, the rest of the
+  graph runs at f32;
+
+  both from :mod:`rerank.converters.mixed_precision`, each with its own recipes, gated fastest
+  first, the first that passes kept; neither is built where ``ov-bf16`` passed (all in bf16 is
+  faster);
 * ``ov-int8``: a static int8 graph from NNCF (:mod:`rerank.converters.quantize`, extra ``quantize``);
   not in :data:`DEFAULT`: calibration costs minutes on a large model, and int8 often fails the
   gate on trained encoders.
@@ -47,14 +52,15 @@ from rerank.converters.quiet import quiet_onnxruntime_tools
 from rerank.converters.spec import LoadedModel
 from rerank.service.model_folder import GATE_VERSION, ONNXRUNTIME, OPENVINO, ModelFolderConfig, Variant
 
-KNOWN = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-mixed", "ov-int8")
-DEFAULT = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-mixed")
+KNOWN = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-split", "ov-bf16-mixed", "ov-int8")
+DEFAULT = ("fp32-fused", "int8", "fp16", "ov-fp32", "ov-bf16", "ov-bf16-split", "ov-bf16-mixed")
 FILES = {
     "fp32-fused": "model.fused.onnx",
     "int8": "model.int8.onnx",
     "fp16": "model.fp16.onnx",
     "ov-fp32": "model.onnx",
     "ov-bf16": "model.onnx",
+    "ov-bf16-split": "model.bf16-split.onnx",
     "ov-bf16-mixed": "model.bf16-mixed.onnx",
     "ov-int8": "model.ov-int8.onnx",
 }
@@ -65,6 +71,7 @@ SHAPES = {
     "fp16": ("fp16", "cuda", ONNXRUNTIME, True),
     "ov-fp32": ("fp32", "cpu", OPENVINO, False),
     "ov-bf16": ("bf16", "cpu", OPENVINO, False),
+    "ov-bf16-split": ("bf16-mixed", "cpu", OPENVINO, False),
     "ov-bf16-mixed": ("bf16-mixed", "cpu", OPENVINO, False),
     "ov-int8": ("int8", "cpu", OPENVINO, False),
 }
@@ -171,7 +178,12 @@ def build_fused(folder: Path, loaded: LoadedModel, progress: Callable[[str], Non
     return path
 
 
+MIXED = {"ov-bf16-split": mixed_precision.SPLIT_RECIPES, "ov-bf16-mixed": mixed_precision.RECIPES}
+"""The variants written by :mod:`rerank.converters.mixed_precision`, each with its recipes."""
+
+
 def _mixed_bf16(
+    name: str,
     path: Path,
     score: Callable[[Variant], np.ndarray],
     reference: np.ndarray,
@@ -179,20 +191,28 @@ def _mixed_bf16(
     enforce_gate: bool,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Writes and gates :data:`~rerank.converters.mixed_precision.RECIPES` fastest first, into ``path``
+    """Writes and gates variant ``name``'s recipes (:data:`MIXED`) fastest first, into ``path``
     (from ``model.onnx`` beside it); stops at the first that passes (gate off: the first). The
-    figures are that recipe's, with its name and every tried recipe's outcome."""
+    figures are that recipe's, with its name and every tried recipe's outcome; a graph the
+    recipes cannot rewrite (not our encoder builder's layers, or too few of them) gives
+    ``skipped`` and why, and the ladder ends at a recipe that spares more layers than it has."""
     tried: dict[str, str] = {}
     figures: dict[str, Any] = {}
-    for recipe in mixed_precision.RECIPES:
+    for recipe in MIXED[name]:
         model = onnx.load(str(path.parent / "model.onnx"))
-        products = mixed_precision.to_mixed_bf16(model, recipe)
+        try:
+            products = mixed_precision.to_mixed_bf16(model, recipe)
+        except mixed_precision.NotOurLayers as exc:
+            if tried:  # a later recipe spares more layers than the model has: the ladder ends
+                progress(f"variants: {name}, {recipe.name}: not tried, {exc}")
+                break
+            return {"passed": False, "skipped": f"its recipes do not apply to this graph: {exc}"}
         onnx_graph.save(model, path)
         del model
         release_memory()
-        figures = gate_figures(reference, score(candidate("ov-bf16-mixed")), groups)
+        figures = gate_figures(reference, score(candidate(name)), groups)
         tried[recipe.name] = gate_probes.summary(figures)
-        progress(f"variants: ov-bf16-mixed, {recipe.name} ({products} products in bf16): {tried[recipe.name]}")
+        progress(f"variants: {name}, {recipe.name} ({products} weight products in bf16): {tried[recipe.name]}")
         figures.update(recipe=recipe.name, recipes_tried=dict(tried))
         if figures["passed"] or not enforce_gate:
             break
@@ -236,7 +256,7 @@ def write_variants(
             figures[name] = {"passed": False, "skipped": why}
             continue
         path = folder / FILES[name]
-        if name == "ov-bf16-mixed" and figures.get("ov-bf16", {}).get("passed"):
+        if name in MIXED and figures.get("ov-bf16", {}).get("passed"):
             why = "ov-bf16 passed its gate, and all of it in bf16 is faster"
             progress(f"variants: {name}: skipped, {why}")
             figures[name] = {"passed": False, "skipped": why}
@@ -253,8 +273,11 @@ def write_variants(
             progress("variants: ov-int8 static quantisation (NNCF, SmoothQuant), calibrating")
             quantize_int8(folder, config, path.name)
         release_memory()
-        if name == "ov-bf16-mixed":
-            figures[name] = _mixed_bf16(path, score, reference, groups, enforce_gate, progress)
+        if name in MIXED:
+            figures[name] = _mixed_bf16(name, path, score, reference, groups, enforce_gate, progress)
+            if "skipped" in figures[name]:
+                progress(f"variants: {name}: skipped, {figures[name]['skipped']}")
+                continue
         else:
             figures[name] = gate_figures(reference, score(candidate(name)), groups)
         passed = figures[name]["passed"]

@@ -37,6 +37,9 @@ GATE_VERSION = 2
 """``Variant.gate["version"]`` of the per-query gate on ``rerank.converters.gate_probes``' ~300 pairs
 (version 1, unversioned: Spearman over the 13 conversion probes). Only a variant that passed a
 gate of this version is chosen without being asked for."""
+BF16_UNTIL = "rerank_bf16_until"
+"""The tensor at which a split ``bf16-mixed`` graph changes precision: what computes it runs in
+bf16, what reads it in f32 (:mod:`rerank.service.backends.openvino`)."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,11 @@ compiles the same ONNX file with oneDNN and runs it at the variant's precision:
 * ``fp32``: ``INFERENCE_PRECISION_HINT=f32``; scores equal ONNX Runtime fp32 within ~1e-5;
 * ``bf16``: matrix products in bf16 on AMX tiles or AVX-512 BF16 dot products, accumulation,
   softmax and LayerNorm statistics in fp32;
-* ``bf16-mixed``: a graph whose chosen matrix products take bf16 inputs
-  (:mod:`rerank.converters.mixed_precision`), at precision f32: those products in bf16, the rest f32;
+* ``bf16-mixed``: a graph split in two at the tensor named :data:`BF16_UNTIL` (variant
+  ``ov-bf16-split``), the part that computes it at precision bf16 and the rest at f32 (two
+  compiled models, run one after the other); or, without that tensor (``ov-bf16-mixed``), a
+  graph whose chosen matrix products take bf16 inputs, at precision f32: those products in
+  bf16, the rest f32 (:mod:`rerank.converters.mixed_precision` writes both kinds);
 * ``int8``: a graph with QuantizeLinear/DequantizeLinear pairs (``rerank.converters.quantize``) runs
   its MatMuls in int8 (AMX-INT8 / VNNI); what is left unquantised runs in f32.
 
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from rerank.service.backends.base import Batch
-from rerank.service.model_folder import ModelFolderConfig, Variant
+from rerank.service.model_folder import BF16_UNTIL, ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +98,35 @@ class OpenVinoBackend:
             properties["NUM_STREAMS"] = self.streams
         started = time.perf_counter()
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(folder / self.variant.file)), "CPU", properties)
+        model = core.read_model(str(folder / self.variant.file))
+        parts = [(model, HINTS[self.precision])]
+        # Split at BF16_UNTIL: OpenVINO's CPU plugin has one precision per compiled model, and at
+        # bf16 it puts every matrix product in bf16 whatever the graph marks.
+        if self.precision == "bf16-mixed" and _producer(model, BF16_UNTIL) is not None:
+            parts = list(zip(split_at(model, BF16_UNTIL), ("bf16", "f32"), strict=True))
+        self.parts = [
+            core.compile_model(part, "CPU", {**properties, "INFERENCE_PRECISION_HINT": hint}) for part, hint in parts
+        ]
+        """The compiled models a batch runs through in turn (one, or a bf16-mixed graph's two)."""
+        self.compiled = self.parts[0]
         self.compile_seconds = time.perf_counter() - started
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         missing = {"input_ids", "attention_mask"} - set(self.input_names)
         if missing:
             raise ValueError(f"{folder / self.variant.file}: the graph has no input {sorted(missing)[0]!r}")
-        self._output = self.compiled.output(0)
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.execution_precision = str(hint.to_string() if hasattr(hint, "to_string") else hint)
-        """What OpenVINO says it computes in: ``f32`` or ``bf16``."""
-        if self.precision == "bf16" and self.execution_precision != "bf16":
+        self._part_inputs = [[port.get_any_name() for port in part.inputs] for part in self.parts]
+        self._output = self.parts[-1].output(0)
+        self.execution_precision = " then ".join(_precision(part) for part in self.parts)
+        """What OpenVINO says it computes in: ``f32`` or ``bf16`` (a split graph: ``bf16 then f32``)."""
+        if any(hint == "bf16" != _precision(part) for (_, hint), part in zip(parts, self.parts, strict=True)):
             # OpenVINO quietly runs a bf16 hint in f32 on a CPU without bf16 units: serving that
             # as "bf16" would claim a speed-up and a gate that are not this machine's.
             raise ValueError(f"variant {variant!r}: this CPU cannot run bf16 (OpenVINO runs it in f32)")
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        """One infer request per stream: a run takes one, so concurrent runs use different streams."""
+        self._requests: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        """One infer request per stream and part: a run takes one set, so concurrent runs use
+        different streams."""
         for _ in range(self.streams):
-            self._requests.put(self.compiled.create_infer_request())
+            self._requests.put([part.create_infer_request() for part in self.parts])
         self._warm_up_token = config.template.timing_token
         log.info(
             "loaded %s variant %s (%s) on %s at %s, %d threads in %d streams, compiled in %.2f s",
@@ -136,14 +150,55 @@ class OpenVinoBackend:
 
     def run(self, batch: Batch) -> np.ndarray:
         """float64 logits ``[pairs]`` for ``batch``, on a free stream (thread-safe)."""
-        request = self._requests.get()
+        requests = self._requests.get()
         try:
-            result = request.infer(self._feed(batch))
+            values: dict[str, Any] = self._feed(batch)
+            for part, request, inputs in zip(self.parts, requests, self._part_inputs, strict=True):
+                result = request.infer({name: values[name] for name in inputs})
+                values.update({port.get_any_name(): result[port] for port in part.outputs})
             return np.asarray(result[self._output], dtype=np.float64).reshape(-1)
         finally:
-            self._requests.put(request)
+            self._requests.put(requests)
 
     def warm_up(self) -> None:
         """Runs a few typical shapes once, so the first requests do not pay for kernel creation."""
         for pairs, length in WARM_UP_SHAPES:
             self.run(Batch.filled(pairs, length, self._warm_up_token))
+
+
+def _precision(compiled: Any) -> str:
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return str(hint.to_string() if hasattr(hint, "to_string") else hint)
+
+
+def _producer(model: Any, tensor: str) -> Any:
+    """The output port that computes the tensor named ``tensor`` in ``model``, or None."""
+    for node in model.get_ordered_ops():
+        for port in node.outputs():
+            if tensor in port.get_names():
+                return port
+    return None
+
+
+def split_at(model: Any, tensor: str) -> tuple[Any, Any]:
+    """``model`` (an ``ov.Model``, changed) cut at the tensor named ``tensor``: a model from the
+    inputs to that tensor, and one from that tensor (an input of the same name) and the inputs it
+    still reads to the outputs."""
+    import openvino as ov
+
+    head_model = model.clone()
+    head = ov.Model([ov.opset13.result(_producer(head_model, tensor))], head_model.get_parameters(), "head")
+    port = _producer(model, tensor)
+    parameter = ov.opset13.parameter(port.get_partial_shape(), port.get_element_type(), name=tensor)
+    parameter.output(0).set_names({tensor})
+    for target in list(port.get_target_inputs()):
+        target.replace_source_output(parameter.output(0))
+    reached: set[str] = set()
+    nodes = list(model.get_results())
+    while nodes:
+        node = nodes.pop()
+        if node.get_name() not in reached:
+            reached.add(node.get_name())
+            nodes.extend(i.get_source_output().get_node() for i in node.inputs())
+    inputs = [parameter] + [p for p in model.get_parameters() if p.get_name() in reached]
+    return head, ov.Model(model.get_results(), inputs, "tail")

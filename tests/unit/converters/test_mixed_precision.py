@@ -11,22 +11,27 @@ pytest.importorskip("onnx", reason="needs the [convert] extra")
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rerank.converters.mixed_precision import RECIPES, Recipe, to_mixed_bf16
+from rerank.converters.mixed_precision import RECIPES, SPLIT_RECIPES, Recipe, to_mixed_bf16
+from rerank.service.model_folder import BF16_UNTIL
 
 
 def graph(layers: int = 3) -> onnx.ModelProto:
-    """``layers`` layers in our builder's names, each a weight product (``qkv``, ``up``) and an
-    activation product (``scores``), then a head product."""
+    """``layers`` layers in our builder's names, each a weight product (``qkv``, ``up``), an
+    activation product (``scores``) and its output LayerNorm (``ffn_ln``), then a head product."""
     nodes, weights, x = [], [], "x"
     for i in range(layers):
-        for kind in ("qkv", "scores", "up"):
+        for kind in ("qkv", "scores", "up", "ffn_ln"):
             out = f"t{i}_{kind}"
+            name = f"l{i}_{kind}_{len(nodes)}"
             if kind == "scores":
-                nodes.append(helper.make_node("MatMul", [x, x], [out], name=f"l{i}_{kind}_{len(nodes)}"))
+                nodes.append(helper.make_node("MatMul", [x, x], [out], name=name))
+            elif kind == "ffn_ln":
+                nodes.append(helper.make_node("LayerNormalization", [x, "gamma"], [out], name=name, axis=-1))
             else:
                 weights.append(numpy_helper.from_array(np.eye(4, dtype=np.float32), f"w{i}_{kind}"))
-                nodes.append(helper.make_node("MatMul", [x, f"w{i}_{kind}"], [out], name=f"l{i}_{kind}_{len(nodes)}"))
+                nodes.append(helper.make_node("MatMul", [x, f"w{i}_{kind}"], [out], name=name))
             x = out
+    weights.append(numpy_helper.from_array(np.ones(4, dtype=np.float32), "gamma"))
     weights.append(numpy_helper.from_array(np.eye(4, dtype=np.float32), "w_head"))
     nodes.append(helper.make_node("MatMul", [x, "w_head"], ["y"], name="head_out_99"))
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "y")]
@@ -46,9 +51,9 @@ def in_bf16(model: onnx.ModelProto) -> list[str]:
     [
         (
             Recipe("all", frozenset({"qkv", "up"}), 0),
-            ["l0_qkv_0", "l0_up_2", "l1_qkv_3", "l1_up_5", "l2_qkv_6", "l2_up_8"],
+            ["l0_qkv_0", "l0_up_2", "l1_qkv_4", "l1_up_6", "l2_qkv_8", "l2_up_10"],
         ),
-        (Recipe("spare one", frozenset({"qkv", "up"}), 1), ["l0_qkv_0", "l0_up_2", "l1_qkv_3", "l1_up_5"]),
+        (Recipe("spare one", frozenset({"qkv", "up"}), 1), ["l0_qkv_0", "l0_up_2", "l1_qkv_4", "l1_up_6"]),
         (Recipe("up, spare two", frozenset({"up"}), 2), ["l0_up_2"]),
     ],
 )
@@ -60,9 +65,27 @@ def test_only_the_recipes_weight_products_take_bf16(recipe: Recipe, expected: li
     assert [o.name for o in model.graph.output] == ["y"]
 
 
-def test_the_ladder_is_fastest_first() -> None:
+def test_each_ladder_is_fastest_first() -> None:
+    # Each recipe keeps more of the graph in fp32 than the one before: the casts put fewer
+    # products in bf16, the splits cut earlier.
     counts = [to_mixed_bf16(graph(6), recipe) for recipe in RECIPES]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] > 0
+    assert all(recipe.split for recipe in SPLIT_RECIPES)
+    spared = [recipe.spare_last for recipe in SPLIT_RECIPES]
+    assert spared == sorted(set(spared)) and spared[0] == 1
+
+
+def test_a_split_recipe_cuts_before_its_spared_layers_and_changes_nothing_else() -> None:
+    model, before = graph(), graph()
+    # Layers 0 and 1 run at bf16 precision (2 x 2 weight products), layer 2 stays as it was.
+    assert to_mixed_bf16(model, Recipe("split", frozenset(), 1, split=True)) == 4
+    assert not in_bf16(model) and [n.name for n in model.graph.node] == [n.name for n in before.graph.node]
+    (cut,) = [n for n in model.graph.node if BF16_UNTIL in n.output]
+    assert cut.name == "l1_ffn_ln_7"  # the hidden state entering the first spared layer
+    assert [n.name for n in model.graph.node if BF16_UNTIL in n.input] == ["l2_qkv_8"]
+    onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(ValueError, match="at least one layer before the cut"):
+        to_mixed_bf16(graph(), Recipe("all spared", frozenset(), 3, split=True))
 
 
 def test_a_graph_not_of_our_builder_is_refused() -> None:

@@ -3,7 +3,9 @@ with figures that are not theirs (no model: the scorer must not even be called).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,3 +53,62 @@ def test_an_int8_variant_needs_the_cpus_int8_units(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(scoring, "runs_natively", lambda variant: variant.precision != "int8")
     assert variants.missing_runtime("ov-fp32") is None
     assert "no int8 units" in (variants.missing_runtime("ov-int8") or "")
+
+
+def split_variant(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, norms: bool, scores: Callable[[object], np.ndarray]
+) -> tuple[dict[str, Any], list[str]]:
+    """``ov-bf16-split``'s figures and the progress lines, for a ``model.onnx`` of two layers of
+    one weight product each, followed by an ``l<i>_ffn_ln_`` LayerNorm when ``norms``; the
+    reference is six pairs of two queries."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(scoring, "runtime_available", lambda runtime: True)
+    monkeypatch.setattr(scoring, "runs_natively", lambda variant: True)
+    weights = [numpy_helper.from_array(np.eye(4, dtype=np.float32), f"w{i}") for i in range(2)]
+    weights.append(numpy_helper.from_array(np.ones(4, dtype=np.float32), "gamma"))
+    nodes = []
+    for i, (x, y) in enumerate([("x", "h"), ("h", "y")]):
+        product = f"{y}_up" if norms else y
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [product], name=f"l{i}_up_{2 * i}"))
+        if norms:
+            nodes.append(
+                helper.make_node("LayerNormalization", [product, "gamma"], [y], name=f"l{i}_ffn_ln_{2 * i + 1}")
+            )
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in "xy"]
+    onnx.save_model(helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], weights)), folder / "model.onnx")
+    lines: list[str] = []
+    reference, groups = np.array([0.0, 0.5, 1.0, 0.0, 0.5, 1.0]), ["q"] * 3 + ["r"] * 3
+    kept, figures = variants.write_variants(
+        folder,
+        None,
+        ("ov-bf16-split",),
+        scores,
+        reference,
+        groups,
+        progress=lines.append,  # type: ignore[arg-type]
+    )
+    assert kept == {} and not (folder / variants.FILES["ov-bf16-split"]).exists()
+    return figures["ov-bf16-split"], lines
+
+
+def test_a_split_variant_of_a_graph_without_our_encoders_layers_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A pre-norm decoder's layers (RMSNorm, no l<i>_ffn_ln_ LayerNorm) have no cut point.
+    split, lines = split_variant(monkeypatch, tmp_path, norms=False, scores=never_scored)
+    assert split["passed"] is False and "no single output LayerNorm of layer 0" in split["skipped"]
+    assert any(line.startswith("variants: ov-bf16-split: skipped") for line in lines)
+
+
+def test_the_split_ladder_ends_where_a_recipe_spares_every_layer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Two post-LayerNorm layers: "the last layer" applies (and fails its gate here), "the last
+    # two layers" leaves nothing before the cut, so the ladder ends with the first's figures.
+    reversed_ranks = np.array([1.0, 0.5, 0.0, 1.0, 0.5, 0.0])
+    split, lines = split_variant(monkeypatch, tmp_path, norms=True, scores=lambda variant: reversed_ranks)
+    assert not split["passed"] and "skipped" not in split
+    assert list(split["recipes_tried"]) == ["bf16 but the last layer"]
+    assert any("bf16 but the last two layers: not tried, a split recipe needs at least one layer" in x for x in lines)
