@@ -44,6 +44,8 @@ class Plan:
     warmup_documents: int
     """Documents in the one warm-up request per peer and workload (fewer than W1's 64 only
     where a full request costs minutes: it compiles no new kernels, it only fills caches)."""
+    probe_documents: int | None = None
+    """Documents per accuracy probe query (:func:`bench.accuracy.probes`); None: all of them."""
 
 
 PLANS = {
@@ -55,7 +57,20 @@ PLANS = {
     # Minutes per W1 request on 2 cores: one repetition, short warm-ups (~13 minutes). W2 (8 W1
     # requests per peer, about 1.5 hours) only when --workloads names it.
     "bge-shape": Plan(reps={"W1": 1, "W3": 1}, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
+    # Qwen3-Reranker-0.6B's shape (440M parameters a token multiplies, plus a ~60-token prompt per
+    # pair): about a minute per W1 request on 2 cores. W1 twice, W3 3 x 5 requests, the accuracy
+    # probes at 8 documents a query (80 pairs); --budget bounds each workload's repetitions. W2
+    # only when --workloads names it.
+    "qwen3-0.6b-shape": Plan(
+        reps={"W1": 2, "W3": 3}, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8, probe_documents=8
+    ),
+    # The fixture's tiny shape: the bench's code on a decoder in seconds (a smoke model, no figures).
+    "qwen3-tiny": Plan(
+        reps={"W1": 2, "W3": 2}, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8, probe_documents=8
+    ),
 }
+DEFAULT_MODELS = ("minilm-ce", "bert-small", "bge-shape", "qwen3-0.6b-shape")
+"""``--models`` left out (qwen3-tiny is named to run)."""
 
 
 def _csv(value: str) -> list[str]:
@@ -64,15 +79,27 @@ def _csv(value: str) -> list[str]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", type=_csv, default=list(PLANS), help=f"comma-separated, of {', '.join(PLANS)}")
+    p.add_argument(
+        "--models",
+        type=_csv,
+        default=list(DEFAULT_MODELS),
+        help=f"comma-separated, of {', '.join(PLANS)} (default: {','.join(DEFAULT_MODELS)})",
+    )
     p.add_argument(
         "--peers",
         type=_csv,
-        default=list(bench_peers.PEERS),
-        help=f"comma-separated, of {', '.join(bench_peers.PEERS)}",
+        help=f"comma-separated, of {', '.join(bench_peers.PEERS)} (default: every peer that scores the model: "
+        f"for a decoder model {','.join(bench_peers.DECODER_DEFAULT)})",
     )
     p.add_argument("--workloads", type=_csv, help="comma-separated, of W1,W2,W3 (default: per model, see PLANS)")
     p.add_argument("--reps", type=int, help="repetitions per peer and workload (default: per model, see PLANS)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="per model and workload: start no further repetition that would end past this many seconds of "
+        "measuring, estimated from the repetitions so far (each workload gets one at least)",
+    )
     p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
     p.add_argument("--no-accuracy", action="store_true", help="skip scoring the gate's probes with every peer")
     p.add_argument(
@@ -99,6 +126,25 @@ def plan_for(model: str, args: argparse.Namespace) -> Plan:
     if args.quick:
         plan = dataclasses.replace(plan, requests={**plan.requests, "W3": 5}, warmup_documents=8)
     return plan
+
+
+def peers_for(name: str, args: argparse.Namespace) -> list[str]:
+    """The peers measured on model ``name``: ``--peers`` (or, left out, every peer, a decoder
+    model's :data:`bench.peers.DECODER_DEFAULT`), less those that do not score its kind."""
+    kind = bench_models.kind(name)
+    chosen = args.peers or list(bench_peers.DECODER_DEFAULT if kind == bench_models.DECODER else bench_peers.PEERS)
+    return bench_peers.applicable(chosen, kind)
+
+
+def another_repetition(done: int, planned: int, seconds: float, budget: float | None) -> bool:
+    """Whether to start repetition ``done + 1`` of ``planned`` after ``done`` took ``seconds``:
+    always the first; the others while the plan asks for them and, with a ``budget`` (seconds),
+    while one more of their average length would end within it."""
+    if done == 0:
+        return True
+    if done >= planned:
+        return False
+    return budget is None or seconds + seconds / done <= budget
 
 
 def shrink(workload: workloads.Workload, documents: int | None) -> workloads.Workload:
@@ -130,13 +176,24 @@ def sweep_batch_sizes(peer: bench_peers.Peer, workload: workloads.Workload, trie
 
 
 def probe_accuracy(
-    name: str, model: bench_models.BenchModel, live: list[bench_peers.Peer], notes: list[str]
+    name: str,
+    model: bench_models.BenchModel,
+    live: list[bench_peers.Peer],
+    notes: list[str],
+    per_query: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every live peer's :class:`bench.accuracy.Accuracy` on the gate's probes against
-    transformers fp32 (a peer that cannot return logits, or fails, is noted instead)."""
-    probe_set = accuracy.probes()
+    """Every live peer's :class:`bench.accuracy.Accuracy` on the gate's probes (``per_query``
+    documents of each query) against transformers fp32: a decoder model as its model card scores
+    it (:func:`bench.model_card.reference`). A peer that cannot return logits, or fails, is
+    noted instead."""
+    probe_set = accuracy.probes(per_query)
     log(f"{name}: reference logits (transformers fp32) on {sum(len(p[2]) for p in probe_set)} probe pairs")
-    reference = accuracy.reference(model.checkpoint, probe_set)
+    if model.kind == bench_models.DECODER:
+        from bench import model_card
+
+        reference = model_card.reference(model.checkpoint, probe_set)
+    else:
+        reference = accuracy.reference(model.checkpoint, probe_set)
     out: dict[str, dict[str, Any]] = {}
     for peer in live:
         try:
@@ -158,7 +215,8 @@ def bench_model(
 ) -> tuple[list[Measurement], dict[str, Any]]:
     """Measures every chosen peer and workload on model ``name``; returns the measurements and the
     model's facts (parameters, tokens, padding, plan, each peer's accuracy and environment)."""
-    model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in args.peers))
+    peers = peers_for(name, args)
+    model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in peers))
     plan = plan_for(name, args)
     loads = [shrink(workloads.make(w), args.documents) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}
@@ -170,11 +228,17 @@ def bench_model(
         "padding": {w.name: padding_fraction(lengths[w.name], w.clients) for w in loads},
         "failed": {},
         "batch_sweep": {},
+        "repetitions": {},
     }
     results: list[Measurement] = []
     with contextlib.ExitStack() as running:
         live: list[bench_peers.Peer] = []
-        for peer in lineup.build(args.peers, model, workdir):
+        if name in bench_models.GATED:
+            info["gate"] = bench_models.gate_figures(model)
+            for line in bench_models.gate_lines(model):
+                notes.append(line)
+                log(line)
+        for peer in lineup.build(peers, model, workdir):
             log(f"{name}: starting {peer.name}")
             running.callback(peer.stop)
             try:
@@ -195,10 +259,11 @@ def bench_model(
                 timed = sweep_batch_sizes(peer, sweep_load, tries=1 if args.quick else 2)
                 info["batch_sweep"][peer.name] = {"seconds": timed, "chosen": peer.batch_size}
                 log(f"{name}: {peer.name}: batch size {peer.batch_size} ({timed})")
-        # Random weights (bert-small, bge-shape) score nothing in particular: accuracy means
-        # something on the real encoder only.
-        probe = not args.no_accuracy and name == bench_models.REAL
-        info["accuracy"] = probe_accuracy(name, model, live, notes) if probe else {}
+        # Random encoder weights (bert-small, bge-shape) score nothing in particular: accuracy
+        # means something on the real encoder, and on the decoders, whose seeded weights the gate
+        # judges their variants on.
+        probe = not args.no_accuracy and name in bench_models.GATED
+        info["accuracy"] = probe_accuracy(name, model, live, notes, plan.probe_documents) if probe else {}
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
@@ -206,7 +271,9 @@ def bench_model(
                 log(f"{name} {workload.name}: warming up {peer.name}")
                 peer.score(workload.query, workload.documents[: plan.warmup_documents])
             reps = plan.reps[workload.name]
-            for rep in range(reps):
+            rep, spent = 0, 0.0
+            while another_repetition(rep, reps, spent, args.budget):
+                started = time.perf_counter()
                 for peer in active[rep % len(active) :] + active[: rep % len(active)]:
                     cell = cells[peer.name]
                     measure(
@@ -216,6 +283,13 @@ def bench_model(
                         f"{name} {workload.name} rep {rep + 1}/{reps} {peer.name}: "
                         f"{cell.pairs_per_s:.1f} pairs/s so far, last {cell.latencies[-1]:.2f} s"
                     )
+                rep, spent = rep + 1, spent + time.perf_counter() - started
+            if rep < reps:
+                notes.append(
+                    f"{name} {workload.name}: {rep} of {reps} repetitions within the {args.budget:g} s budget."
+                )
+                log(notes[-1])
+            info["repetitions"][workload.name] = rep
             results += cells.values()
             for cell in cells.values():
                 if cell.other_cpu > BUSY:
