@@ -240,10 +240,13 @@ COMPARISON_COLUMNS = (
 
 
 def comparison(
-    measurements: list[Measurement], accuracy: dict[str, dict[str, dict[str, Any]]] | None = None
+    measurements: list[Measurement],
+    accuracy: dict[str, dict[str, dict[str, Any]]] | None = None,
+    failed: dict[str, dict[str, str]] | None = None,
 ) -> list[list[str]]:
     """One row per (model, peer): W1 and W2 pairs/s and W3 p50, each with our front doors'
-    ratios (:func:`speed_ratio`, grpc-auto / rest-auto), and the peer's accuracy on the probes."""
+    ratios (:func:`speed_ratio`, grpc-auto / rest-auto), and the peer's accuracy on the probes;
+    then a row per peer in ``failed[model]`` (peer -> why it did not start, a line), saying so."""
     at = _index(measurements)
     out = []
     for model in dict.fromkeys(m.model for m in measurements):
@@ -265,6 +268,9 @@ def comparison(
             figures = (accuracy or {}).get(model, {}).get(peer)
             cells += Accuracy(**figures).cells() if figures else NO_CELLS
             out.append(cells)
+    for model, peers in (failed or {}).items():
+        for peer, why in peers.items():
+            out.append([model, peer, f"not measured: {why}", *[""] * (len(COMPARISON_COLUMNS) - 3)])
     return out
 
 

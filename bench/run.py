@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import re
 import shlex
 import signal
 import sys
@@ -136,6 +137,16 @@ def peers_for(name: str, args: argparse.Namespace) -> list[str]:
     return bench_peers.applicable(chosen, kind)
 
 
+def failure_line(error: str) -> str:
+    """Why a peer did not start, in a line: the error's first line and, where its log tail names
+    an exception further down (a server's traceback), the last such line."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    named = [line for line in lines[1:] if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return lines[0] + (f" ({named[-1][:400]})" if named else "")
+
+
 def another_repetition(done: int, planned: int, seconds: float, budget: float | None) -> bool:
     """Whether to start repetition ``done + 1`` of ``planned`` after ``done`` took ``seconds``:
     always the first; the others while the plan asks for them and, with a ``budget`` (seconds),
@@ -227,6 +238,7 @@ def bench_model(
         "tokens_per_request": {w: sum(v) for w, v in lengths.items()},
         "padding": {w.name: padding_fraction(lengths[w.name], w.clients) for w in loads},
         "failed": {},
+        "not_started": {},
         "batch_sweep": {},
         "repetitions": {},
     }
@@ -245,7 +257,8 @@ def bench_model(
                 peer.start()
             except Exception as exc:  # noqa: BLE001 - one broken peer must not sink the others
                 info["failed"][peer.name] = str(exc)[-3000:]
-                notes.append(f"{name}: {peer.name} did not start: {str(exc).strip().splitlines()[0]}")
+                info["not_started"][peer.name] = failure_line(str(exc))
+                notes.append(f"{name}: {peer.name} did not start: {info['not_started'][peer.name]}")
                 log(f"{notes[-1]}\n{str(exc)[-1500:]}")
                 continue
             live.append(peer)
@@ -380,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report.rows(measurements, facts, peak.gflops)
     found = {model: info.get("accuracy", {}) for model, info in facts.items()}
     ratio_rows, checks = report.ratios(measurements), report.targets(measurements, found)
-    compared = report.comparison(measurements, found)
+    compared = report.comparison(measurements, found, {model: info["not_started"] for model, info in facts.items()})
     spread = report.spreads(measurements)
     report.print_console(table, ratio_rows, checks, compared, cpu["line"])
 

@@ -88,3 +88,20 @@ def test_a_decoder_is_held_to_twice_the_best_peer_and_half_llama_servers_latency
     assert goals["W1 throughput grpc-auto / best peer (llama-f16)"] == (pytest.approx(1.8), False)
     assert goals["W3 p50 grpc-auto / llama-f16"] == (pytest.approx(0.4), True)
     assert not any("vllm" in goal or "fastest server" in goal for goal in goals)  # the encoders' targets
+
+
+def test_a_peer_that_did_not_start_has_a_row_saying_why() -> None:
+    from bench.report import COMPARISON_COLUMNS, comparison
+
+    error = (
+        'vllm exited with status 1\n  File "arg_utils.py", line 1955\n'
+        "pydantic_core.ValidationError: 1 validation error for ModelConfig\n    more context\n"
+    )
+    why = run.failure_line(error)
+    assert why == "vllm exited with status 1 (pydantic_core.ValidationError: 1 validation error for ModelConfig)"
+    assert run.failure_line("llama-q8_0 exited with signal 4 (SIGILL)\nload_model: loading") == (
+        "llama-q8_0 exited with signal 4 (SIGILL)"
+    )
+    rows = comparison([cell("grpc-auto", "W3", 0, [1.0])], None, {"qwen3-0.6b-shape": {"llama-q8_0": why}})
+    failed = dict(zip(COMPARISON_COLUMNS, rows[-1], strict=True))
+    assert (failed["peer"], failed["precision"]) == ("llama-q8_0", f"not measured: {why}")
