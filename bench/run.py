@@ -47,6 +47,8 @@ class Plan:
     where a full request costs minutes: it compiles no new kernels, it only fills caches)."""
     probe_documents: int | None = None
     """Documents per accuracy probe query (:func:`bench.accuracy.probes`); None: all of them."""
+    budget: float | None = None
+    """Seconds of measuring per workload, unless ``--budget`` says otherwise (:func:`another_repetition`)."""
 
 
 PLANS = {
@@ -59,11 +61,15 @@ PLANS = {
     # requests per peer, about 1.5 hours) only when --workloads names it.
     "bge-shape": Plan(reps={"W1": 1, "W3": 1}, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
     # Qwen3-Reranker-0.6B's shape (440M parameters a token multiplies, plus a ~60-token prompt per
-    # pair): about a minute per W1 request on 2 cores. W1 twice, W3 3 x 5 requests, the accuracy
-    # probes at 8 documents a query (80 pairs); --budget bounds each workload's repetitions. W2
-    # only when --workloads names it.
+    # pair): about a minute per W1 request on 2 cores. Up to W1 twice and W3 3 x 5 requests within
+    # 240 s of measuring per workload, the accuracy probes at 8 documents a query (80 pairs): about
+    # 20 minutes with the default peers. W2 only when --workloads names it.
     "qwen3-0.6b-shape": Plan(
-        reps={"W1": 2, "W3": 3}, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8, probe_documents=8
+        reps={"W1": 2, "W3": 3},
+        requests={"W1": 1, "W2": 1, "W3": 5},
+        warmup_documents=8,
+        probe_documents=8,
+        budget=240.0,
     ),
     # The fixture's tiny shape: the bench's code on a decoder in seconds (a smoke model, no figures).
     "qwen3-tiny": Plan(
@@ -99,7 +105,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         metavar="SECONDS",
         help="per model and workload: start no further repetition that would end past this many seconds of "
-        "measuring, estimated from the repetitions so far (each workload gets one at least)",
+        "measuring, estimated from the repetitions so far (each workload gets one at least; default: per model, "
+        "see PLANS)",
     )
     p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
     p.add_argument("--no-accuracy", action="store_true", help="skip scoring the gate's probes with every peer")
@@ -285,7 +292,8 @@ def bench_model(
                 peer.score(workload.query, workload.documents[: plan.warmup_documents])
             reps = plan.reps[workload.name]
             rep, spent = 0, 0.0
-            while another_repetition(rep, reps, spent, args.budget):
+            budget = args.budget if args.budget is not None else plan.budget
+            while another_repetition(rep, reps, spent, budget):
                 started = time.perf_counter()
                 for peer in active[rep % len(active) :] + active[: rep % len(active)]:
                     cell = cells[peer.name]
@@ -298,9 +306,7 @@ def bench_model(
                     )
                 rep, spent = rep + 1, spent + time.perf_counter() - started
             if rep < reps:
-                notes.append(
-                    f"{name} {workload.name}: {rep} of {reps} repetitions within the {args.budget:g} s budget."
-                )
+                notes.append(f"{name} {workload.name}: {rep} of {reps} repetitions within the {budget:g} s budget.")
                 log(notes[-1])
             info["repetitions"][workload.name] = rep
             results += cells.values()
@@ -374,6 +380,18 @@ def main(argv: list[str] | None = None) -> int:
         "slot per W2 client, -c 65536) measured 3.5x slower on bert-small W1 and W2. st-fp32: "
         "CrossEncoder.predict, torch 2 threads, calls serialised. rest-fp32 runs W3 only.",
     ]
+    if any(bench_models.kind(m) == bench_models.DECODER for m in args.models):
+        notes.append(
+            "Decoder models (Qwen3-Reranker): seeded weights in the 0.6B model's exact dimensions, converted with the "
+            "gate on (its per-variant figures below). hf-fp32 / hf-bf16: the model card's code (AutoModelForCausalLM, "
+            "left padding, each request one batch, torch 2 threads, calls serialised); its fp32 scoring of each pair "
+            "alone is the accuracy reference, on 8 documents of each probe query. The fixture's vocabulary has 3k "
+            "tokens: the card's LM head over every position costs ~1% here, ~35% more per token with the real "
+            "151,936 rows (ours, vLLM and llama-server compute the last position's yes/no rows only), so hf-* "
+            "are faster here than on the real model. vllm: --hf-overrides to Qwen3ForSequenceClassification "
+            "from the no/yes rows, a chat template with the card's prompt, --max-model-len 8192. llama-server "
+            "answers the card's probability: its accuracy is taken as the logit log(p / (1 - p))."
+        )
     if args.documents:
         notes.insert(0, f"SMOKE RUN: W1/W2 sent {args.documents} of their 64 documents; these figures are no result.")
     measurements: list[Measurement] = []
