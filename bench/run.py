@@ -126,11 +126,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan_for(model: str, args: argparse.Namespace) -> Plan:
-    """The model's plan, with the workloads, repetitions and sizes that the flags override."""
+    """The model's plan, with the workloads, repetitions, sizes and budget that the flags override
+    (``--reps`` asks for that many repetitions: the plan's own budget then does not cut them)."""
     plan = PLANS[model]
     chosen = args.workloads or [w for w in workloads.WORKLOADS if w in plan.reps]
     reps = args.reps or (1 if args.quick else None)
-    plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen})
+    budget = args.budget if args.budget is not None else None if args.reps else plan.budget
+    plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen}, budget=budget)
     if args.quick:
         plan = dataclasses.replace(plan, requests={**plan.requests, "W3": 5}, warmup_documents=8)
     return plan
@@ -292,8 +294,7 @@ def bench_model(
                 peer.score(workload.query, workload.documents[: plan.warmup_documents])
             reps = plan.reps[workload.name]
             rep, spent = 0, 0.0
-            budget = args.budget if args.budget is not None else plan.budget
-            while another_repetition(rep, reps, spent, budget):
+            while another_repetition(rep, reps, spent, plan.budget):
                 started = time.perf_counter()
                 for peer in active[rep % len(active) :] + active[: rep % len(active)]:
                     cell = cells[peer.name]
@@ -306,7 +307,9 @@ def bench_model(
                     )
                 rep, spent = rep + 1, spent + time.perf_counter() - started
             if rep < reps:
-                notes.append(f"{name} {workload.name}: {rep} of {reps} repetitions within the {budget:g} s budget.")
+                notes.append(
+                    f"{name} {workload.name}: {rep} of {reps} repetitions within the {plan.budget:g} s budget."
+                )
                 log(notes[-1])
             info["repetitions"][workload.name] = rep
             results += cells.values()
@@ -402,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(
                 f"{name}: repetitions {plan.reps}; requests per client per repetition "
                 f"{ {w: plan.requests[w] for w in plan.reps} }; warm-up: 1 request of "
-                f"{plan.warmup_documents} documents per peer and workload."
+                f"{plan.warmup_documents} documents per peer and workload"
+                + (f"; at most {plan.budget:g} s of measuring per workload." if plan.budget else ".")
             )
             done, facts[name] = bench_model(name, args, Path(tmp), notes)
             measurements += done

@@ -105,3 +105,10 @@ def test_a_peer_that_did_not_start_has_a_row_saying_why() -> None:
     rows = comparison([cell("grpc-auto", "W3", 0, [1.0])], None, {"qwen3-0.6b-shape": {"llama-q8_0": why}})
     failed = dict(zip(COMPARISON_COLUMNS, rows[-1], strict=True))
     assert (failed["peer"], failed["precision"]) == ("llama-q8_0", f"not measured: {why}")
+
+
+def test_the_plans_budget_gives_way_to_the_flags() -> None:
+    assert run.plan_for("qwen3-0.6b-shape", run.parse(["--models", "qwen3-0.6b-shape"])).budget == 240.0
+    assert run.plan_for("qwen3-0.6b-shape", run.parse(["--budget", "60"])).budget == 60.0
+    assert run.plan_for("qwen3-0.6b-shape", run.parse(["--reps", "3"])).budget is None  # 3 asked, 3 run
+    assert run.plan_for("minilm-ce", run.parse([])).budget is None
