@@ -61,19 +61,20 @@ PLANS = {
     # requests per peer, about 1.5 hours) only when --workloads names it.
     "bge-shape": Plan(reps={"W1": 1, "W3": 1}, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
     # Qwen3-Reranker-0.6B's shape (440M parameters a token multiplies, plus a ~60-token prompt per
-    # pair): about a minute per W1 request on 2 cores. Up to W1 twice and W3 3 x 5 requests within
-    # 240 s of measuring per workload, the accuracy probes at 8 documents a query (80 pairs): about
-    # 20 minutes with the default peers. W2 only when --workloads names it.
+    # pair): one to four minutes per W1 request on 2 cores, by peer and precision. Up to W1 twice
+    # and W3 3 x 5 requests within 240 s of measuring per workload (one W1 round of every peer
+    # outlasts it), the accuracy probes at 6 documents a query (60 pairs): about half an hour with
+    # the default peers, W1's one round the most of it. W2 only when --workloads names it.
     "qwen3-0.6b-shape": Plan(
         reps={"W1": 2, "W3": 3},
         requests={"W1": 1, "W2": 1, "W3": 5},
         warmup_documents=8,
-        probe_documents=8,
+        probe_documents=6,
         budget=240.0,
     ),
     # The fixture's tiny shape: the bench's code on a decoder in seconds (a smoke model, no figures).
     "qwen3-tiny": Plan(
-        reps={"W1": 2, "W3": 2}, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8, probe_documents=8
+        reps={"W1": 2, "W3": 2}, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8, probe_documents=6
     ),
 }
 DEFAULT_MODELS = ("minilm-ce", "bert-small", "bge-shape", "qwen3-0.6b-shape")
@@ -385,15 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if any(bench_models.kind(m) == bench_models.DECODER for m in args.models):
         notes.append(
-            "Decoder models (Qwen3-Reranker): seeded weights in the 0.6B model's exact dimensions, converted with the "
-            "gate on (its per-variant figures below). hf-fp32 / hf-bf16: the model card's code (AutoModelForCausalLM, "
-            "left padding, each request one batch, torch 2 threads, calls serialised); its fp32 scoring of each pair "
-            "alone is the accuracy reference, on 8 documents of each probe query. The fixture's vocabulary has 3k "
-            "tokens: the card's LM head over every position costs ~1% here, ~35% more per token with the real "
-            "151,936 rows (ours, vLLM and llama-server compute the last position's yes/no rows only), so hf-* "
-            "are faster here than on the real model. vllm: --hf-overrides to Qwen3ForSequenceClassification "
-            "from the no/yes rows, a chat template with the card's prompt, --max-model-len 8192. llama-server "
-            "answers the card's probability: its accuracy is taken as the logit log(p / (1 - p))."
+            "Decoder models (Qwen3-Reranker): seeded weights in the 0.6B model's exact dimensions, converted "
+            "with the gate on (its per-variant figures below). hf-fp32 / hf-bf16: the model card's code "
+            "(AutoModelForCausalLM, left padding, each request one batch, torch 2 threads, calls serialised); "
+            "its fp32 scoring of each pair alone is the accuracy reference, on a spread of each probe query's "
+            "documents (the plan's probe_documents). The fixture's vocabulary has 3k tokens: the card's LM "
+            "head over every position costs ~1% here, ~35% more per token with the real 151,936 rows (ours, "
+            "vLLM and llama-server compute the last position's yes/no rows only), so hf-* are faster here "
+            "than on the real model. vllm: --hf-overrides to Qwen3ForSequenceClassification from the no/yes "
+            "rows, a chat template with the card's prompt, --max-model-len 8192. llama-server answers the "
+            "card's probability: its accuracy is taken as the logit log(p / (1 - p))."
         )
     if args.documents:
         notes.insert(0, f"SMOKE RUN: W1/W2 sent {args.documents} of their 64 documents; these figures are no result.")
