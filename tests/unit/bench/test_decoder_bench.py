@@ -16,16 +16,16 @@ from rerank.converters.qwen3.prompt import PREFIX, SUFFIX, middle
 
 
 def test_vllms_chat_template_renders_the_model_cards_prompt() -> None:
-    """Rendered as vLLM renders chat templates (transformers' Jinja environment, which drops a
-    template's last newline): the card's exact prompt, its ``\\n\\n`` end included."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+    """Rendered as vLLM renders chat templates (transformers' sandboxed Jinja environment, with
+    its trim_blocks and lstrip_blocks, which drops a template's last newline): the card's exact
+    prompt, its ``\n\n`` end included."""
+    sandbox = pytest.importorskip("jinja2.sandbox")
 
     query, document = "what is a {panda}?", "The giant panda is a bear.\n"
-    rendered, *_ = render_jinja_template(
-        [[{"role": "query", "content": query}, {"role": "document", "content": document}]],
-        chat_template=qwen3_chat_template(),
-    )
-    assert rendered[0] == PREFIX + middle(query, document) + SUFFIX
+    environment = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+    rendered = environment.from_string(qwen3_chat_template()).render(messages=messages)
+    assert rendered == PREFIX + middle(query, document) + SUFFIX
 
 
 @pytest.mark.parametrize(
