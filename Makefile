@@ -146,7 +146,7 @@ test-parity: install
 	bash tools/build_llama_cpp.sh
 	RERANK_PARITY=1 $(BIN)/python -m pytest -q -m parity tests/integration $(PYTEST_ARGS)
 
-# Every model (minilm-ce, bert-small, bge-shape), every peer, W1-W3: the ratio table with each
+# Every model (minilm-ce, bert-small, bge-shape, qwen3-0.6b-shape), every peer, W1-W3: the ratio table with each
 # peer's accuracy (bench/README.md). BENCH_ARGS narrows it, e.g. BENCH_ARGS='--models minilm-ce'.
 # The other projects' peers install themselves once into .cache/bench/<name>-venv (bench/venvs.py).
 # Not part of `make test`: minutes to hours, and meaningful only on a quiet machine.

@@ -63,13 +63,25 @@ NO_CELLS = ["", "", "", ""]
 """The accuracy columns of a peer that was not probed."""
 
 
-def probes() -> list[Probe]:
-    """The gate's probe set, one entry per query, in the set's order."""
+def probes(per_query: int | None = None) -> list[Probe]:
+    """The gate's probe set, one entry per query, in the set's order. With ``per_query``, each
+    query keeps that many of its documents, spread evenly over its list (which runs through
+    related documents, near-duplicates, unrelated, long, short and other-script ones), so that
+    each kind stays represented in a fraction of the time (for a model that takes seconds a pair)."""
     pairs, groups = gate_probes.gate_pairs()
     out: dict[str, Probe] = {}
     for (query, document), group in zip(pairs, groups, strict=True):
         out.setdefault(group, (group, query, []))[2].append(document)
-    return list(out.values())
+    if per_query is None:
+        return list(out.values())
+    return [(group, query, spread(documents, per_query)) for group, query, documents in out.values()]
+
+
+def spread(items: list[str], count: int) -> list[str]:
+    """``count`` of ``items``, evenly spaced from the first (all of them if there are no more)."""
+    if count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def flatten(

