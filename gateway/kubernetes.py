@@ -36,17 +36,11 @@ HEADER = """\
 """
 
 
-CHECK_PORT = 50052
-"""The port the service pods answer the edge's check on (``RERANK_CHECK_PORT`` in
-``deploy/kubernetes/service.yaml``): on threads of their own, not their event loop."""
-
-
 def settings() -> Settings:
     """The settings the Kubernetes configuration is rendered for: the defaults, with the
-    service pods behind the headless Service on the default gRPC port as the upstream, asked
-    for the edge's check on :data:`CHECK_PORT`."""
+    service pods behind the headless Service on the default gRPC port as the upstream."""
     defaults = Settings()
-    return Settings(upstreams=f"{HEADLESS_SERVICE}:{defaults.grpc_port}", check_port=CHECK_PORT)
+    return Settings(upstreams=f"{HEADLESS_SERVICE}:{defaults.grpc_port}")
 
 
 IMAGE_ASSETS = Path("/opt/rerank/assets")

@@ -15,7 +15,7 @@ import yaml
 from rerank.gateway import kubernetes
 from rerank.gateway.envoy_config import bootstrap
 from rerank.gateway.envoy_config.bootstrap import to_yaml
-from rerank.gateway.envoy_config.clusters import CHECK_CLUSTER, CLUSTER
+from rerank.gateway.envoy_config.clusters import CLUSTER
 from rerank.gateway.proxy import main as gateway_main
 from tests.support import REPO
 
@@ -89,7 +89,6 @@ def test_rerank_gateway_renders_the_same_configuration(capsys, monkeypatch):
     for name in [n for n in os.environ if n.startswith("RERANK_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("RERANK_UPSTREAMS", f"{kubernetes.HEADLESS_SERVICE}:50051")
-    monkeypatch.setenv("RERANK_CHECK_PORT", str(kubernetes.CHECK_PORT))
     # In the image, the installed package's assets are where IMAGE_ASSETS links to.
     monkeypatch.setattr(bootstrap, "packaged_assets", lambda: kubernetes.IMAGE_ASSETS)
     assert gateway_main(["--print-config", "--inline-descriptor"]) == 0
@@ -176,23 +175,9 @@ def test_only_the_scraper_reaches_the_metrics_port_which_therefore_needs_no_key(
     assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
-    assert set(rules) == {"grpc", "check", "metrics"} and rules["grpc"] is None  # gRPC: from anywhere (keys)
+    assert set(rules) == {"grpc", "metrics"} and rules["grpc"] is None  # gRPC: from anywhere (keys)
     (scraper,) = rules["metrics"]
     assert scraper["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
-    (envoy,) = rules["check"]
-    assert (
-        envoy["podSelector"]["matchLabels"] == resource("Deployment", "rerank-envoy")["spec"]["selector"]["matchLabels"]
-    )
-
-
-def test_envoy_asks_the_pods_check_on_the_port_they_answer_it_on():
-    deployment = resource("Deployment", "rerank-service")
-    env = {e["name"]: e.get("value") for e in containers(deployment)["rerank"]["env"]}
-    ports = {p["name"]: p["containerPort"] for p in containers(deployment)["rerank"]["ports"]}
-    assert env["RERANK_CHECK_PORT"] == str(ports["check"]) == str(kubernetes.CHECK_PORT)
-    (cluster,) = [c for c in kubernetes.envoy_config()["static_resources"]["clusters"] if c["name"] == CHECK_CLUSTER]
-    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert address == {"address": kubernetes.HEADLESS_SERVICE, "port_value": ports["check"]}
 
 
 def test_each_pod_knows_the_address_envoy_reaches_it_by():
