@@ -16,9 +16,6 @@
   ``--metrics-port``; free ones when it is 0), and all of them write into one folder,
   ``<state dir>/metrics`` (emptied at start), so that any replica's ``/metrics`` is the whole
   stack's. Envoy routes ``GET /metrics`` on the REST port to them.
-* The edge's check: each replica answers Envoy's ext_authz on a port of its own (consecutive
-  from ``--check-port``; free ones when it is 0), on threads of its own rather than its event
-  loop, so that refusals stay fast while the loop is busy with the calls admitted.
 * One stack, one set of limits and one admission: the replicas count per-key limits in one
   SQLite file (``<state dir>/limits.sqlite``, unless ``RERANK_LIMITS_STORE`` names another), each
   knows the address Envoy reaches it by (a body the edge's check admitted is pinned to the
@@ -44,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank.gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
-from rerank.gateway.envoy_config.clusters import check_upstreams, upstreams
+from rerank.gateway.envoy_config.clusters import upstreams
 from rerank.gateway.processes import Child, StartupFailure, Supervisor, grpc_serving
 from rerank.service import __version__
 from rerank.service.errors import ConfigurationError
@@ -95,9 +92,6 @@ def check_ports(settings: Settings) -> None:
         wanted.append(
             (settings.grpc_host, settings.metrics_port + i, f"{which} (RERANK_METRICS_PORT / --metrics-port)")
         )
-    for i in range(settings.replicas if settings.check_port else 0):
-        which = "the check port" if i == 0 else f"replica {i + 1}'s check port (the check port + {i})"
-        wanted.append((settings.grpc_host, settings.check_port + i, f"{which} (RERANK_CHECK_PORT / --check-port)"))
     for host, port, what in wanted:
         if port == 0:
             continue
@@ -115,18 +109,16 @@ def replica_env(settings: Settings, index: int, peer_secret: str = "") -> dict[s
     with its own address and its peers' (as Envoy reaches them) and the stack's ``peer_secret``.
     Replicas serving TLS are not given peers (a peer's check would need the stack's CA)."""
     addresses = [f"{e.host}:{e.port}" for e in upstreams(settings)]
-    checks = [f"{e.host}:{e.port}" for e in check_upstreams(settings) or upstreams(settings)]
     peered = peer_secret and settings.grpc_tls_cert is None
     replica = dataclasses.replace(
         settings,
         grpc_port=settings.grpc_port + index,
         metrics_port=settings.metrics_port + index,
-        check_port=settings.check_port + index if settings.check_port else 0,
         threads=settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas),
         metrics_dir=settings.state_dir / METRICS_FOLDER,
         limits_store=settings.limits_store or str(settings.state_dir / LIMITS_FILE),
         replica_address=addresses[index],
-        peers=",".join(a for i, a in enumerate(checks) if i != index) if peered else "",
+        peers=",".join(a for i, a in enumerate(addresses) if i != index) if peered else "",
         peer_secret=peer_secret if peered else "",
     )
     return replica.to_env("serve")
@@ -191,11 +183,6 @@ class Stack:
         if self.settings.metrics_port == 0:
             self.settings = dataclasses.replace(
                 self.settings, metrics_port=free_ports(self.settings.replicas, self.settings.grpc_host)
-            )
-        if self.settings.check_port == 0 and not self.settings.upstreams:
-            # The check on threads of its own (rerank.service.router.check_server), not the event loop.
-            self.settings = dataclasses.replace(
-                self.settings, check_port=free_ports(self.settings.replicas, self.settings.grpc_host)
             )
         s = self.settings
         check_ports(s)

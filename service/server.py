@@ -45,7 +45,6 @@ from rerank.service.protocol import (
     tei_rest_pb2_grpc,
 )
 from rerank.service.router.auth import ApiKeyInterceptor, Keyring
-from rerank.service.router.check_server import CheckServer
 from rerank.service.router.cohere_service import CohereService
 from rerank.service.router.edge import EdgeCheck
 from rerank.service.router.guard import CallGuard
@@ -146,9 +145,6 @@ class RerankServer:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self.check_port: int | None = None
-        """The edge's check's own port (None: it is answered on the gRPC port)."""
-        self._check_server: CheckServer | None = None
         try:
             self.keyring = Keyring.load(settings.api_keys, settings.api_keys_file)
         except (OSError, ValueError) as exc:
@@ -317,8 +313,6 @@ class RerankServer:
                 f"cannot listen on {address} (is the port in use?); choose another with RERANK_GRPC_PORT / --grpc-port"
             )
         self.metrics_port = self._metrics_endpoint.start(s.grpc_host, s.metrics_port)
-        if s.check_port:
-            self._start_check_server()
         await self.server.start()
         for model in self.models.values():
             model.batcher.start()
@@ -332,20 +326,6 @@ class RerankServer:
             f" (the sum of every process sharing {s.metrics_dir})" if s.metrics_dir else "",
         )
         return self.port
-
-    def _start_check_server(self) -> None:
-        s = self.settings
-        self._check_server = CheckServer(
-            self.edge, options=[("grpc.max_metadata_size", MAX_METADATA_BYTES), *PING_OPTIONS]
-        )
-        tls = s.grpc_tls_cert is not None and s.grpc_tls_key is not None
-        address = f"{s.grpc_host}:{s.check_port}"
-        self.check_port = self._check_server.start(address, server_credentials(s) if tls else None)
-        if not self.check_port:
-            raise ConfigurationError(
-                f"cannot listen on {address} (is the port in use?); choose another with RERANK_CHECK_PORT"
-            )
-        log.info("the edge's check on %s:%d", s.grpc_host, self.check_port)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -411,9 +391,7 @@ class RerankServer:
             await stopping
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if self._check_server is not None:
-            await asyncio.to_thread(self._check_server.stop, 1.0)
-        self.edge.close()
+        await self.edge.close()
         for model in self.models.values():
             await model.close()
         self._tokenizers.shutdown()

@@ -149,15 +149,6 @@ class Settings:
     grpc_port: int = setting(
         50051, "gRPC port (with --replicas N, the first of N consecutive ports).", roles=ALL, minimum=0
     )
-    check_port: int = setting(
-        0,
-        "The edge's check (Envoy's ext_authz) on a port of its own, on the gRPC host, answered on threads of its "
-        "own rather than the event loop; with --replicas N, the first of N consecutive ports. 0: rerank-stack picks "
-        "free ports; a service alone answers the check on its gRPC port; Envoy alone (RERANK_UPSTREAMS) asks the "
-        "upstreams' gRPC ports. Envoy alone with a port: each upstream host answers the check on it.",
-        roles=ALL,
-        minimum=0,
-    )
     rest_host: str = setting("0.0.0.0", "Address Envoy's REST and gRPC listener binds.", roles=GATEWAY)
     rest_port: int = setting(8080, "Envoy's listener: REST (JSON) and gRPC on one port.", roles=GATEWAY, minimum=0)
     admin_port: int = setting(
@@ -243,9 +234,8 @@ class Settings:
     )
     peers: str = setting(
         "",
-        "host:port[,host:port...] of the other replicas' checks (their check ports, else their gRPC ports) behind the "
-        "same Envoy: a body this replica has no room for is asked of one of them before it is refused (needs "
-        "RERANK_PEER_SECRET).",
+        "host:port[,host:port...] of the other replicas behind the same Envoy: a body this replica has no room for "
+        "is asked of one of them before it is refused (needs RERANK_PEER_SECRET).",
     )
     peer_secret: str = setting(
         "", "Secret the replicas of one stack share to ask each other for room (environment only).", secret=True

@@ -10,15 +10,7 @@ from typing import Literal
 import yaml
 
 from rerank.gateway.envoy_config.base import Descriptor, Json
-from rerank.gateway.envoy_config.clusters import (
-    Upstream,
-    check_cluster,
-    check_upstreams,
-    cluster,
-    metrics_cluster,
-    metrics_upstreams,
-    upstreams,
-)
+from rerank.gateway.envoy_config.clusters import Upstream, cluster, metrics_cluster, metrics_upstreams, upstreams
 from rerank.gateway.envoy_config.listener import listener
 from rerank.service.settings import Settings
 
@@ -34,9 +26,6 @@ def render(
         assets = descriptor.parent if isinstance(descriptor, Path) else packaged_assets()
     metrics = metrics_upstreams(settings)
     clusters = [cluster(settings, endpoints)]
-    checks = check_upstreams(settings)
-    if checks is not None:
-        clusters.append(check_cluster(settings, checks))
     if metrics:
         clusters.append(metrics_cluster(metrics))
     return {

@@ -1,5 +1,5 @@
-"""Envoy's upstream clusters: the service's replicas, their edge's checks (on the replicas' check
-ports where they have them, else on the replicas' own cluster) and their metrics ports.
+"""Envoy's upstream clusters: the service's replicas (for calls and the edge's checks alike) and
+their metrics ports.
 
 Upstream: HTTP/2, least-request balancing across replicas, active gRPC health checks, retries
 under a retry budget (the routes say on what), outlier detection, and a ping on every connection
@@ -16,7 +16,6 @@ from rerank.gateway.envoy_config.base import Json, seconds
 from rerank.service.settings import Settings
 
 CLUSTER = "rerank_grpc"
-CHECK_CLUSTER = "rerank_check"
 METRICS_CLUSTER = "rerank_metrics"
 HEALTH_SERVICE = "rerank.v1.RerankService"
 PING_SECONDS = 1.0
@@ -53,22 +52,6 @@ def upstreams(settings: Settings) -> list[Upstream]:
             found.append(Upstream(host.strip("[]"), int(port)))
         return found
     return [Upstream("127.0.0.1", settings.grpc_port + i) for i in range(settings.replicas)]
-
-
-def check_upstreams(settings: Settings) -> list[Upstream] | None:
-    """Where the edge's check is asked, when not on the replicas' gRPC ports (None): the stack's
-    replicas' check ports (consecutive from ``RERANK_CHECK_PORT``), or with ``RERANK_UPSTREAMS``
-    that port on every upstream host."""
-    if not settings.check_port:
-        return None
-    if settings.upstreams:
-        return [Upstream(u.host, settings.check_port) for u in upstreams(settings)]
-    return [Upstream("127.0.0.1", settings.check_port + i) for i in range(settings.replicas)]
-
-
-def check_cluster_name(settings: Settings) -> str:
-    """The cluster the ext_authz filter asks."""
-    return CHECK_CLUSTER if settings.check_port else CLUSTER
 
 
 def metrics_upstreams(settings: Settings) -> list[Upstream]:
@@ -167,17 +150,6 @@ def cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
     if dns:
         result["dns_refresh_rate"] = "5s"
         result["dns_lookup_family"] = "V4_PREFERRED"
-    return result
-
-
-def check_cluster(settings: Settings, endpoints: list[Upstream]) -> Json:
-    """The replicas' check ports: the replicas' cluster (HTTP/2, pings, TLS, outlier detection)
-    without its health checks, which the check servers do not answer (a replica whose check does
-    not answer is ejected; with none answering, ext_authz lets requests on and the service checks
-    each call itself)."""
-    result = cluster(settings, endpoints)
-    result["name"] = result["load_assignment"]["cluster_name"] = CHECK_CLUSTER
-    del result["health_checks"]
     return result
 
 

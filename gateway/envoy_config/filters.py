@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 
 from rerank.gateway.envoy_config.base import Descriptor, Json, seconds
-from rerank.gateway.envoy_config.clusters import check_cluster_name
+from rerank.gateway.envoy_config.clusters import CLUSTER
 from rerank.gateway.envoy_config.local_reply import HTTP_TO_GRPC
 from rerank.gateway.envoy_config.lua_source import script
 from rerank.gateway.routes import LIST_FIELDS, SERVICES
@@ -47,7 +47,7 @@ MAX_ECHO_BYTES = 1024
 """An error body Envoy passes on quotes at most this many bytes of its message (``lua/common.lua``)."""
 
 
-def edge_check(settings: Settings) -> Json:
+def edge_check() -> Json:
     """The ext_authz filter: the replicas' check, before the body is read, failing open."""
     return {
         "name": FILTER_CHECK,
@@ -55,7 +55,7 @@ def edge_check(settings: Settings) -> Json:
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             "transport_api_version": "V3",
             "grpc_service": {
-                "envoy_grpc": {"cluster_name": check_cluster_name(settings)},
+                "envoy_grpc": {"cluster_name": CLUSTER},
                 "timeout": seconds(contract.CHECK_TIMEOUT_SECONDS),
             },
             # Unanswered (no replica in time): on, unchecked; the service checks every call itself.
@@ -95,7 +95,7 @@ def http_filters(settings: Settings, descriptor: Descriptor) -> list[Json]:
                 },
             },
         },
-        edge_check(settings),
+        edge_check(),
         # Where the check left a replica's session header, the request goes to that replica (it
         # holds the request's place); elsewhere, and on retries, load balancing as usual.
         {

@@ -19,14 +19,12 @@ A token is unforgeable and proves nothing beyond what it was placed for:
 * its place lapses after :data:`HOLD_SECONDS` (a body that never comes blocks no longer); the
   token still proves the charge for :data:`MEMORY_SECONDS`, so a slow upload is not charged twice.
 
-Shared by the check (on its own threads, or the event loop's) and the batchers (on the event
-loop): every operation holds the table's lock.
+Used on the event loop only (the check and the batchers share it there).
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -80,57 +78,52 @@ class Holds:
         self._record = record or (lambda outcome: None)
         self._held: dict[str, _Token] = {}
         self._lapsed: dict[str, _Token] = {}
-        self._lock = threading.RLock()
 
     def place(self, key: str, costs: Mapping[str, float]) -> str:
         """Holds ``costs`` (by model) for :attr:`seconds` for a request charged to ``key`` (an
         opaque identity; '' without keys); returns the token that claims them."""
-        with self._lock:
-            self.expire()
-            token = secrets.token_urlsafe(16)
-            now = self._clock()
-            self._held[token] = _Token(key, dict(costs), now + self.seconds, now + self.seconds + self.memory)
-            while len(self._held) + len(self._lapsed) > self.limit:
-                self._forget_oldest()
-            self._record("placed")
-            return token
+        self.expire()
+        token = secrets.token_urlsafe(16)
+        now = self._clock()
+        self._held[token] = _Token(key, dict(costs), now + self.seconds, now + self.seconds + self.memory)
+        while len(self._held) + len(self._lapsed) > self.limit:
+            self._forget_oldest()
+        self._record("placed")
+        return token
 
     def costs(self, model: str) -> list[float]:
         """The costs held on ``model`` now."""
-        with self._lock:
-            self.expire()
-            return [t.costs[model] for t in self._held.values() if model in t.costs]
+        self.expire()
+        return [t.costs[model] for t in self._held.values() if model in t.costs]
 
     def claim(self, token: str, key: str) -> Claim | None:
         """What ``token`` proves for a call with ``key``, taken (once); None when it proves
         nothing (never placed here, taken already, forgotten, or placed for another key)."""
-        with self._lock:
-            self.expire()
-            for table, outcome in ((self._held, "taken"), (self._lapsed, "late")):
-                found = table.get(token)
-                if found is not None and secrets.compare_digest(found.key, key):
-                    del table[token]
-                    self._record(outcome)
-                    return Claim(found.costs if outcome == "taken" else {})
-            self._record("invalid")
-            return None
+        self.expire()
+        for table, outcome in ((self._held, "taken"), (self._lapsed, "late")):
+            found = table.get(token)
+            if found is not None and secrets.compare_digest(found.key, key):
+                del table[token]
+                self._record(outcome)
+                return Claim(found.costs if outcome == "taken" else {})
+        self._record("invalid")
+        return None
 
     def expire(self) -> None:
         """Lets the places whose time is up go (counted as lapsed), and forgets old tokens."""
-        with self._lock:
-            now = self._clock()
-            while self._held:
-                token, first = next(iter(self._held.items()))
-                if first.lapses > now:
-                    break
-                del self._held[token]
-                self._lapsed[token] = first
-                self._record("lapsed")
-            while self._lapsed:
-                token, first = next(iter(self._lapsed.items()))
-                if first.forgotten > now:
-                    break
-                del self._lapsed[token]
+        now = self._clock()
+        while self._held:
+            token, first = next(iter(self._held.items()))
+            if first.lapses > now:
+                break
+            del self._held[token]
+            self._lapsed[token] = first
+            self._record("lapsed")
+        while self._lapsed:
+            token, first = next(iter(self._lapsed.items()))
+            if first.forgotten > now:
+                break
+            del self._lapsed[token]
 
     def _forget_oldest(self) -> None:
         table = self._lapsed or self._held

@@ -58,9 +58,6 @@ MIN_BATCH_TOKENS = 512
 STALL_FACTOR = 4.0
 """A micro-batch is stuck once it has run this many times its expected duration, and at least
 ``stall_seconds`` past its expected end (:attr:`BatchingConfig.stall_seconds`)."""
-STATE_READS = 100
-"""Tries at reading the queue from another thread before giving up (each takes microseconds; the
-loop changes the queue a few times per call)."""
 
 
 def cost_of(pairs: list[Pair]) -> float:
@@ -133,18 +130,9 @@ class DynamicBatcher:
     # ------------------------------------------------------------------------- admission
 
     def state(self) -> QueueState:
-        """The queue as admission sees it now. The edge's check reads it from its own threads while
-        the event loop changes the queue; a read that meets a change (Python raises RuntimeError
-        for a dict or deque changed while iterated) is made again."""
-        for _ in range(STATE_READS):
-            try:
-                costs = [r.remaining_cost for r in self._queue.requests()]
-                costs += self._reserved.values()
-                break
-            except RuntimeError:
-                continue
-        else:
-            raise RuntimeError(f"the queue changed under {STATE_READS} reads in a row")
+        """The queue as admission sees it now (on the event loop's thread)."""
+        costs = [r.remaining_cost for r in self._queue.requests()]
+        costs += self._reserved.values()
         return QueueState(tuple(costs), self._running_until, self._model_speed(), self.config.max_queue_seconds)
 
     def with_holds(self, state: QueueState) -> QueueState:

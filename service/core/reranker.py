@@ -172,7 +172,7 @@ class ServedModel:
     def early_refusal(self, size: int) -> tuple[QueueFull | None, float]:
         """The refusal a request body of ``size`` bytes gets before it is read (None: admitted),
         and the cost it is priced at (:class:`~rerank.service.admission.estimate.BodyPrice`),
-        counting the places already held. On any thread (the edge's check calls it from its own)."""
+        counting the places already held. On the event loop."""
         cost = self.price.of(size)
         return queue_time_refusal(self.batcher.with_holds(self.batcher.state()), cost), cost
 

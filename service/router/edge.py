@@ -25,12 +25,10 @@ and is counted (``rerank_edge_checks_total``). A denial's body is the service's 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,29 +157,20 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
         self.peers = list(peers) if peer_secret else []
         self.peer_secret = peer_secret
         self.draining = draining
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._turn = 0
-        self._lock = threading.Lock()
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
-        """The check on the gRPC port (the event loop's server): answered on a worker thread, as
-        on its own port (:class:`CheckServer`), so that asking a peer never blocks the loop."""
-        return await asyncio.to_thread(self.check, request, context.invocation_metadata() or ())
-
-    def check(
-        self, request: external_auth_pb2.CheckRequest, metadata: Iterable[tuple[str, str | bytes]] = ()
-    ) -> external_auth_pb2.CheckResponse:
-        """The answer to Envoy's ``request``; ``metadata``: the call's (a peer's carries the secret)."""
         http = request.attributes.request.http
         grpc_call = is_grpc(http.headers.get("content-type", ""))
-        verdict = self.decide(http, forwarded=self._forwarded(metadata))
+        verdict = await self.decide(http, forwarded=self._forwarded(context))
         if self.metrics is not None:
             self.metrics.edge_checks.labels(verdict.key.name if verdict.key else NONE, verdict.outcome).inc()
         return self.response(verdict, grpc_call)
 
-    def decide(self, http: Any, *, forwarded: bool = False) -> Verdict:
+    async def decide(self, http: Any, *, forwarded: bool = False) -> Verdict:
         """The verdict on the request ``http`` (an ``AttributeContext.HttpRequest``); ``forwarded``:
         a peer asks (it charged the key already; this replica only holds a place, or not)."""
         path = request_path(http.path)
@@ -209,9 +198,9 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
         priced = length.isdigit() and not is_grpc(http.headers.get("content-type", ""))
         if priced and self.max_request_bytes is not None and int(length) > self.max_request_bytes:
             return Verdict(contract.ADMITTED, key)
-        return self._admit(http, key, int(length) if priced else None, forwarded)
+        return await self._admit(http, key, int(length) if priced else None, forwarded)
 
-    def _admit(self, http: Any, key: ApiKey | None, size: int | None, forwarded: bool) -> Verdict:
+    async def _admit(self, http: Any, key: ApiKey | None, size: int | None, forwarded: bool) -> Verdict:
         """Holds a place for a body of ``size`` bytes (None: unknown) here, or at a peer."""
         open_models = [m for m in self.models.values() if not m.batcher.stalled]
         room: dict[str, float] = {}
@@ -239,7 +228,7 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
             error = Unavailable("inference is stuck on this replica; retry the request", reason="STALLED")
         outcome = contract.REFUSED if refusals else contract.UNAVAILABLE
         if not forwarded:
-            peer = self._ask_peer(http)
+            peer = await self._ask_peer(http)
             headers = {h.header.key: h.header.value for h in peer.ok_response.headers} if peer is not None else {}
             if contract.HOLD_HEADER in headers:
                 return Verdict(contract.HELD, key, headers, checks=2)
@@ -249,21 +238,20 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
                     error.retry_after = delay
         return Verdict(outcome, key, error=error, checks=1 + bool(self.peers and not forwarded))
 
-    def _ask_peer(self, http: Any) -> external_auth_pb2.CheckResponse | None:
+    async def _ask_peer(self, http: Any) -> external_auth_pb2.CheckResponse | None:
         """The next peer's verdict on ``http`` (asked in turn), or None if none answered in time."""
         if not self.peers:
             return None
-        with self._lock:
-            self._turn = (self._turn + 1) % len(self.peers)
-            address = self.peers[self._turn]
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address)
+        self._turn = (self._turn + 1) % len(self.peers)
+        address = self.peers[self._turn]
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         request = external_auth_pb2.CheckRequest()
         request.attributes.request.http.CopyFrom(http)
         try:
-            response: external_auth_pb2.CheckResponse = stub.Check(
+            response: external_auth_pb2.CheckResponse = await stub.Check(
                 request, metadata=((contract.PEER_HEADER, self.peer_secret),), timeout=PEER_TIMEOUT_SECONDS
             )
         except grpc.RpcError as exc:
@@ -271,11 +259,11 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
             return None
         return response
 
-    def _forwarded(self, metadata: Iterable[tuple[str, str | bytes]]) -> bool:
+    def _forwarded(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
         """The call is a peer's (it presents the stack's shared secret)."""
         if not self.peer_secret:
             return False
-        for name, value in metadata:
+        for name, value in context.invocation_metadata() or ():
             if name == contract.PEER_HEADER:
                 text = value if isinstance(value, str) else value.decode("latin-1")
                 return secrets.compare_digest(text.encode(), self.peer_secret.encode())
@@ -310,11 +298,9 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
             dynamic_metadata=metadata,
         )
 
-    def close(self) -> None:
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
 
 
 def denial(error: RerankError, grpc_call: bool) -> external_auth_pb2.DeniedHttpResponse:

@@ -177,19 +177,3 @@ def test_replicas_are_pinged_every_second():
     options = _cluster(render(Settings(), descriptor=Path("d.pb")))["typed_extension_protocol_options"]
     http2 = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
     assert http2["http2_protocol_options"]["connection_keepalive"] == {"interval": "1s", "timeout": "1s"}
-
-
-def test_the_check_is_asked_on_the_replicas_check_ports_where_they_have_them():
-    config = render(Settings(grpc_port=7000, check_port=7100, replicas=2), descriptor=Path("d.pb"))
-    check = _filter(config, "envoy.filters.http.ext_authz")
-    assert check["grpc_service"]["envoy_grpc"]["cluster_name"] == "rerank_check"
-    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "rerank_check"]
-    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [7100, 7101]
-    assert "health_checks" not in cluster  # the check servers answer checks only
-    assert cluster["typed_extension_protocol_options"] == _cluster(config)["typed_extension_protocol_options"]
-    # Envoy alone: the port on every upstream host.
-    alone = render(Settings(upstreams="svc:50051", check_port=50052), descriptor=Path("d.pb"))
-    (cluster,) = [c for c in alone["static_resources"]["clusters"] if c["name"] == "rerank_check"]
-    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-    assert address["socket_address"] == {"address": "svc", "port_value": 50052}

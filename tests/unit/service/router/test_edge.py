@@ -208,22 +208,3 @@ def test_a_body_over_the_limit_passes_unpriced_for_envoy_to_refuse(server) -> No
     """Too large is 413 (Envoy's buffer filter), which a client must not retry, never a 429."""
     too_large = check(server.target, "/v1/rerank", keyed(**{"content-length": str(64 * 1024 * 1024)}))
     assert denied(too_large) is None and ok_headers(too_large) == {}
-
-
-def test_on_its_own_port_the_check_answers_while_the_event_loop_is_busy(stand_in_models: Path) -> None:
-    import time
-
-    from tests.support.processes import free_port
-
-    with serve(stand_in_models, check_port=free_port(), replica_address="127.0.0.1:7001") as running:
-        target = f"127.0.0.1:{running.server.check_port}"
-        assert ok_headers(check(target, "/v1/rerank", keyed(**BODY)))[contract.HOLD_HEADER]
-        assert running._loop is not None
-        running._loop.call_soon_threadsafe(time.sleep, 3)  # the loop busy with something else for 3 s
-        time.sleep(0.1)
-        start = time.monotonic()
-        held = check(target, "/v1/rerank", keyed(**BODY))
-        assert time.monotonic() - start < 1.0
-        assert held.dynamic_metadata["admission"] == contract.HELD
-        status, _, _ = denied(check(target, "/v1/rerank", {"authorization": "Bearer wrong"}))
-        assert status == 401
