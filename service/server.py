@@ -27,6 +27,7 @@ from rerank.service.backends.loader import (
 )
 from rerank.service.core.batch_sizing import BatchSizing, size_batches
 from rerank.service.core.batching_config import BatchingConfig
+from rerank.service.core.priority import run_lowered
 from rerank.service.core.reranker import ServedModel
 from rerank.service.core.tokenization import TokenizerPool
 from rerank.service.errors import ConfigurationError, Unavailable
@@ -98,6 +99,7 @@ def batching_config(settings: Settings) -> BatchingConfig:
         batch_seconds=settings.batch_seconds,
         batch_tokens=settings.batch_tokens,
         stall_seconds=settings.stall_seconds,
+        inference_nice=settings.inference_nice,
     )
 
 
@@ -275,7 +277,8 @@ class RerankServer:
         interceptors = self._interceptors()
         if s.otlp_endpoint:
             tracing.configure(s.otlp_endpoint)
-        self.load_models()
+        # On a thread of lowered priority: the runtimes' thread pools created while loading inherit it.
+        run_lowered(s.inference_nice, self.load_models)
         options = [
             ("grpc.max_receive_message_length", s.max_request_bytes),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),

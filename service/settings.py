@@ -92,6 +92,13 @@ class Settings:
         "(at most the threads). ONNX Runtime and CUDA run one at a time.",
         minimum=1,
     )
+    inference_nice: int = setting(
+        10,
+        "Niceness added to inference threads (the runtime's pools and the threads that call it), so the event loop "
+        "answering admission checks, health and I/O is not queued behind inference on saturated cores; 0: same "
+        "priority as the rest.",
+        minimum=0,
+    )
     tokenizer_threads: int = setting(2, "Threads that tokenize requests.", minimum=1)
     verify_checksums: bool = setting(
         True,

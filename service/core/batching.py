@@ -106,6 +106,7 @@ class DynamicBatcher:
             with_types=with_types,
             streams=streams,
             name=name,
+            nice=self.config.inference_nice,
             on_taken=self._schedule,
             on_done=self._finish,
         )

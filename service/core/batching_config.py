@@ -27,3 +27,5 @@ class BatchingConfig:
     """How far past its expected end a micro-batch runs (and a request waits past the queue's
     bound for its first micro-batch) before the model counts as stuck
     (:meth:`~rerank.service.core.batching.DynamicBatcher.stall`)."""
+    inference_nice: int = 10
+    """Niceness added to the threads that run micro-batches (:mod:`rerank.service.core.priority`)."""

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from rerank.service.backends.base import Batch, pad
+from rerank.service.core.priority import lower_current_thread
 from rerank.service.core.scheduler import Job
 from rerank.service.core.tokenization import Pair
 
@@ -43,6 +44,7 @@ class Worker:
         with_types: bool,
         streams: int,
         name: str,
+        nice: int = 0,
         on_taken: Callable[[], None],
         on_done: Callable[[Job], None],
     ) -> None:
@@ -52,7 +54,9 @@ class Worker:
         self._streams = streams
         self._on_taken = on_taken
         self._on_done = on_done
-        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=streams, thread_name_prefix=f"infer-{name}", initializer=lower_current_thread, initargs=(nice,)
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._slot: list[Job] = []
