@@ -157,7 +157,7 @@ bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The overload check: rerank-stack under 24 clients x 600 documents for 30 s plus a
-# 1-document probe (bench/overload.py; OVERLOAD_ARGS=... passes flags, e.g. --seconds 10).
+# 1-document probe and a refusal probe (bench/overload.py; OVERLOAD_ARGS=... passes flags, e.g. --seconds 10).
 OVERLOAD_ARGS ?=
 bench-overload: install
 	$(PIP_INSTALL) -e '.[bench]'
