@@ -366,16 +366,25 @@ def service_counts(base_url: str) -> dict[str, dict[str, float]]:
     return counts
 
 
+def _refusals(stack_log: Path) -> list[dict[str, Any]]:
+    """Envoy's access-log entries for the 429s (a line it cut short is skipped)."""
+    entries = []
+    for line in stack_log.read_text(errors="replace").splitlines():
+        entry = line.split("envoy | ", 1)[-1]
+        if entry.startswith("{") and '"status":429' in entry:
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(entry))
+    return entries
+
+
 def gateway_refusals(stack_log: Path) -> list[float]:
     """Envoy's own time for each 429 (seconds; its access log's ``duration_ms``: from the
     request's first byte to the response's last, whole milliseconds): the refusal's latency
     without the client's share (its event loop's lag, sending the body)."""
     durations = []
-    for line in stack_log.read_text(errors="replace").splitlines():
-        entry = line.split("envoy | ", 1)[-1]
-        if entry.startswith("{") and '"status":429' in entry:
-            with contextlib.suppress(ValueError, TypeError):
-                durations.append(float(json.loads(entry)["duration_ms"]) / 1e3)
+    for entry in _refusals(stack_log):
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            durations.append(float(entry["duration_ms"]) / 1e3)
     return durations
 
 
@@ -383,14 +392,7 @@ def late_refusals(stack_log: Path) -> list[dict[str, Any]]:
     """Envoy's access-log entries for the 429s given after the body was read (not by the early
     check: its ``admission`` is not ``refused``), to tell what the check had done for each
     (held, admitted, unchecked; none for a body too small to be checked)."""
-    entries = []
-    for line in stack_log.read_text(errors="replace").splitlines():
-        entry = line.split("envoy | ", 1)[-1]
-        if entry.startswith("{") and '"status":429' in entry:
-            parsed = json.loads(entry)
-            if parsed.get("admission") != "refused":
-                entries.append(parsed)
-    return entries
+    return [e for e in _refusals(stack_log) if e.get("admission") != "refused"]
 
 
 def _percentiles(values: list[float], which: tuple[float, ...]) -> dict[str, float | None]:
