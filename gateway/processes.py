@@ -9,8 +9,16 @@ start their servers through :func:`spawn` and :class:`Supervisor`.
   it and execs the child (so the pid is the child's): not Python code run between fork and exec
   (``preexec_fn``), which in a process with other threads (gRPC's, say) can crash or deadlock the
   child before exec (Envoy "exited with signal 11" with an empty log, once in a CI run). It
-  also runs in its own session, so a Ctrl-C in the terminal reaches the parent only, which then
-  stops the children in order.
+  also runs in its own process group, so a Ctrl-C in the terminal reaches the parent only, which
+  then stops the children in order.
+* A child stays in its parent's session. Where the kernel groups tasks by session for CPU
+  fairness (``CONFIG_SCHED_AUTOGROUP``, on in most distributions' kernels; it applies to tasks
+  outside any container's cgroup), each session's processes together get one share of the CPU,
+  and niceness only orders threads within a session: a replica in a session of its own keeps its
+  share busy with inference, so its event loop's wake-ups (Envoy's admission check, a refusal)
+  wait behind other sessions' slices however nice its inference threads are. In one session the
+  inference threads' lower priority (:mod:`rerank.service.core.priority`) holds across Envoy,
+  the replicas and the parent (docs/performance.md#overload has what it changed).
 * :class:`Supervisor` restarts a child that exits unexpectedly, with exponential backoff, and
   gives up (raising :class:`StartupFailure` with that child's last output) when it keeps failing
   before it ever becomes ready.
@@ -45,6 +53,14 @@ def dying_with_parent(argv: Sequence[str]) -> list[str]:
     sets the signal a moment after Popen returns; a parent gone within that moment, before any
     child could be ready, leaves it running."""
     return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else list(argv)
+
+
+_OWN_PROCESS_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+)
+"""Popen's arguments for a child in a process group of its own, in the parent's session (see the
+module's docstring); Python 3.10's Popen can only do that from ``preexec_fn``, so there the child
+gets a session of its own, as before."""
 
 
 class StartupFailure(RuntimeError):
@@ -96,7 +112,7 @@ class Child:
             cwd=self.cwd,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,
+            **_OWN_PROCESS_GROUP,
         )
 
     def _echo(self, popen: subprocess.Popen[bytes]) -> None:

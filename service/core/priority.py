@@ -6,7 +6,10 @@ before inference does rather than share the cores fairly with it. So inference t
 runtime's own pools, which inherit the priority of the thread that creates them, and the worker
 threads that call the runtime) run ``nice`` steps lower: they still get every cycle nothing else
 wants. Raising one's own niceness needs no privilege; where the kernel refuses anyway, the
-replica runs as before and says so. What it buys is measured in docs/performance.md#overload.
+replica runs as before and says so. Niceness orders threads within one CPU group (a container's
+cgroup; outside containers, the session under the kernel's autogroup): ``rerank-stack`` keeps
+Envoy and its replicas in its own session for that (:mod:`rerank.gateway.processes`). What it
+buys is measured in docs/performance.md#overload.
 """
 
 from __future__ import annotations

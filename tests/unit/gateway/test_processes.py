@@ -70,3 +70,18 @@ def test_the_child_is_the_program_itself_and_no_python_runs_before_its_exec(
         child.send(9)
         child.wait(5)
     assert os.path.basename(processes.SETPRIV or "") == "setpriv"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Popen's process_group is Python 3.11's")
+def test_a_child_shares_the_parents_session_in_a_process_group_of_its_own() -> None:
+    # Its own group: a Ctrl-C at the terminal reaches the parent only, which stops children in
+    # order. The parent's session: under the kernel's per-session CPU groups (autogroup) a child
+    # with a session of its own would take an equal share whatever its threads' niceness, which
+    # is what kept a replica's event loop waiting behind its own inference (issue 20's 429 p99).
+    child = Child("sleeper", ["sleep", "60"]).start()
+    try:
+        assert os.getsid(child.pid) == os.getsid(0)
+        assert os.getpgid(child.pid) == child.pid != os.getpgid(0)
+    finally:
+        child.send(9)
+        child.wait(5)
