@@ -18,12 +18,11 @@ Starts ``rerank-stack`` (one service replica and Envoy, a real API key) on a ben
   schedule (open loop: a slow answer does not delay the next probe).
 * the refusal probe: one heavy request (as the heavy clients send) every ``--refusal-interval``
   s, open loop, on its own connections. Its 429s are the target's figure: the heavy clients
-  time their own 429s too, but on a small machine their event loops, busy sending ~420 KB
-  bodies for two dozen clients, lag tens of milliseconds (printed), which is the client's
-  share, not the refusal's. Envoy's own time for every 429 (its access log) is printed too.
-  ``--realtime-probes`` runs the probes' process SCHED_FIFO, so the scheduler's delay in waking
-  it (tens of ms at p99 on a saturated 2-vCPU VM, docs/performance.md#overload) is out of the
-  probes' figures too.
+  time their own 429s too, but their event loops, busy sending ~420 KB bodies for two dozen
+  clients, lag (printed), which is the client's share, not the refusal's. Envoy's own time for
+  every 429 (its access log) is printed too. ``--realtime-probes`` runs the probes' process
+  SCHED_FIFO, so the scheduler's delay in waking it is out of the probes' figures too (on a
+  host busier than the bench itself).
 
 Heavy clients run in ``--processes`` worker processes (asyncio + httpx, one keep-alive
 connection per client), the probes in this process, so a busy client loop does not delay the
