@@ -2,6 +2,7 @@
 
     python -m bench.overload                       # 24 clients x 600 documents for 30 s, + the probe
     python -m bench.overload --seconds 10 --clients 4     # a short look
+    python -m bench.overload --model qwen3-tiny           # a Qwen3-Reranker (decoder) served
 
 Starts ``rerank-stack`` (one service replica and Envoy, a real API key) on a bench model
 (:func:`bench.models.ensure`, default bert-small: MiniLM-L6's shape, random weights), then for
@@ -15,7 +16,8 @@ Starts ``rerank-stack`` (one service replica and Envoy, a real API key) on a ben
   while clients keep pushing. ``--honour-retry-after``: a client waits the 429's Retry-After
   (or ``--pause`` where it is longer or absent) instead: how well-behaved clients fare.
 * one probe client sending 1 query x 1 short document every ``--probe-interval`` s on a fixed
-  schedule (open loop: a slow answer does not delay the next probe).
+  schedule (open loop: a slow answer does not delay the next probe, and each probe gets a
+  connection of its own when the kept ones are busy, so none waits for the client's pool).
 * the refusal probe: one heavy request (as the heavy clients send) every ``--refusal-interval``
   s, open loop, on its own connections. Its 429s are the target's figure: the heavy clients
   time their own 429s too, but their event loops, busy sending ~420 KB bodies for two dozen
@@ -31,8 +33,9 @@ timer fires), which bounds how much of a latency is the client's own. The servic
 VmRSS (``/proc/<pid>/status``) is sampled every 0.25 s from before the load until ``--after``
 seconds after the last answer.
 
-Prints a table with the targets, and writes ``bench/results/overload.json`` (or
-``overload-honour-retry-after.json``) and ``.png`` (latency of every request over time,
+Prints a table with the targets, and writes ``bench/results/overload.json`` (with another
+``--model``, ``overload-<model>.json``; with ``--honour-retry-after``, ``-honour-retry-after``
+added) and ``.png`` (latency of every request over time,
 coloured by status, and the RSS).
 """
 
@@ -85,7 +88,12 @@ TARGETS = {
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="bert-small", choices=sorted(bench_models.SHAPES), help="bench model")
+    p.add_argument(
+        "--model",
+        default="bert-small",
+        choices=[*bench_models.SHAPES, *bench_models.QWEN3],
+        help="bench model (a Qwen3-Reranker one: the decoder's cost under the same admission)",
+    )
     p.add_argument("--variant", help="graph variant to serve (default: the server's choice for the CPU)")
     p.add_argument("--clients", type=int, default=24, help="heavy clients (default 24)")
     p.add_argument("--documents", type=int, default=600, help="documents per heavy request (default 600)")
@@ -156,11 +164,13 @@ async def _post(client: httpx.AsyncClient, body: bytes, documents: int) -> tuple
     return start, outcome, time.monotonic() - start, retry_after, early
 
 
-def _http_client(base_url: str, connections: int, timeout: float) -> httpx.AsyncClient:
+def _http_client(base_url: str, connections: int | None, timeout: float) -> httpx.AsyncClient:
+    """``connections`` None: as many as requests in flight (an open-loop sender must not wait for a
+    pooled connection: its figure would be the pool's queue), keeping 8 alive between them."""
     return httpx.AsyncClient(
         base_url=base_url,
         headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections or 8),
         timeout=timeout,
     )
 
@@ -250,8 +260,8 @@ async def _probe(
         records.append((kind, -1, start - origin, outcome, took))
 
     async with (
-        _http_client(base_url, 8, timeout) as client,
-        _http_client(base_url, 8, timeout) as refusals,
+        _http_client(base_url, None, timeout) as client,
+        _http_client(base_url, None, timeout) as refusals,
     ):
         with LagMeter() as lag:
             count = int(seconds / interval)
@@ -710,7 +720,11 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"rerank-stack's log ends with:\n{log_tail}")
     text = table(result["summary"], result["context"])
     print(text, flush=True)
-    stem = "overload" + ("-honour-retry-after" if args.honour_retry_after else "")
+    stem = "-".join(
+        ["overload"]
+        + ([args.model] if args.model != "bert-small" else [])
+        + (["honour-retry-after"] if args.honour_retry_after else [])
+    )
     c = result["context"]
     args.out.mkdir(parents=True, exist_ok=True)
     chart(

@@ -7,6 +7,11 @@ windows, and the script's bytes per character are all in it). The price leans lo
 (:data:`BODY_SHARE`): a body let through holds a place at that price and is queued on it, and a
 body whose estimate then exceeds the price by far is checked again
 (:data:`~rerank.service.admission.queue.MISESTIMATE`).
+
+Before the first request the price is that of a sample request (:data:`SAMPLE_QUERY`,
+:data:`SAMPLE_DOCUMENT`) as the model's own tokenizer and template size it: a constant would be
+far off for some models (a decoder's prompt adds ~60 tokens to every pair; a short context
+truncates every document), and the first burst of bodies is admitted at that price.
 """
 
 from __future__ import annotations
@@ -16,26 +21,36 @@ from rerank.service.admission.queue import PADDING_ALLOWANCE
 BODY_SHARE = 0.9
 """The share of a body's bytes priced at the learned cost per byte: the rest is allowance for
 field names, whitespace and the like, so that the check errs toward admitting."""
-CHARACTERS_PER_TOKEN = 4.0
-"""Where the learned cost per byte starts, before any request was scored."""
 LEARNING_RATE = 0.1
+SAMPLE_QUERY = "how do glaciers shape the valleys they move through"
+SAMPLE_DOCUMENT = (
+    "A glacier moves slowly downhill under its own weight, and the rock frozen into its base "
+    "scrapes the ground beneath it like coarse sandpaper. Over thousands of years this grinding "
+    "turns a narrow river valley, shaped like the letter V, into a broad trough with steep walls "
+    "and a flat floor, shaped like the letter U. When the ice melts it leaves behind long ridges "
+    "of loose gravel and boulders, lakes in the hollows it carved, and smaller hanging valleys "
+    "whose streams now fall as waterfalls into the main one."
+)
+"""A sample request (English prose, a passage of a typical retrieval chunk's size) that prices a
+model's bodies before it has scored any."""
+SAMPLE_DOCUMENTS = 16
 
 
 class BodyPrice:
     """One model's learned price of a body's bytes, in padded tokens."""
 
-    def __init__(self) -> None:
-        self.cost_per_byte = PADDING_ALLOWANCE / CHARACTERS_PER_TOKEN
+    def __init__(self, cost_per_byte: float = PADDING_ALLOWANCE / 4) -> None:
+        self.cost_per_byte = cost_per_byte
 
     def of(self, size: int) -> float:
         """The cost, in padded tokens, of a request whose body is ``size`` bytes."""
         return BODY_SHARE * size * self.cost_per_byte
 
-    def learn(self, query: str, documents: list[str], cost: float) -> None:
-        """Moves the price toward what a request of ``query`` and ``documents`` was estimated to
-        cost (``cost``): bytes as a JSON body carries them, each document a string with its
-        quotes, comma and space (documents sent as ``{"text": ...}`` objects take more: the price
-        then leans low)."""
+    def learn(self, query: str, documents: list[str], cost: float, rate: float = LEARNING_RATE) -> None:
+        """Moves the price ``rate`` of the way toward what a request of ``query`` and
+        ``documents`` was estimated to cost (``cost``): bytes as a JSON body carries them, each
+        document a string with its quotes, comma and space (documents sent as ``{"text": ...}``
+        objects take more: the price then leans low)."""
         text = len(query.encode()) + sum(len(d.encode()) + 4 for d in documents)
         if text:
-            self.cost_per_byte += LEARNING_RATE * (cost / text - self.cost_per_byte)
+            self.cost_per_byte += rate * (cost / text - self.cost_per_byte)

@@ -7,6 +7,7 @@ answers "score these documents for this query". :func:`rank` turns scores into t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rerank.service.admission.estimate import BodyPrice
+from rerank.service.admission.estimate import SAMPLE_DOCUMENT, SAMPLE_DOCUMENTS, SAMPLE_QUERY, BodyPrice
 from rerank.service.admission.holds import Holds
 from rerank.service.admission.queue import PADDING_ALLOWANCE, queue_time_refusal
 from rerank.service.backends.base import Backend, VariantChoice
@@ -32,7 +33,7 @@ from rerank.service.core.tokenization import (
     TokenizerPool,
     TruncationSide,
 )
-from rerank.service.errors import QueueFull, RateLimited
+from rerank.service.errors import QueryTooLong, QueueFull, RateLimited
 from rerank.service.model_folder import ModelFolderConfig
 from rerank.service.telemetry import tracing
 
@@ -136,9 +137,14 @@ class ServedModel:
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
-        """Learned from the requests tokenized so far: what sizes a request before tokenizing it."""
+        """Learned from the requests tokenized so far (first from a sample): what sizes a request
+        before tokenizing it."""
+        with contextlib.suppress(QueryTooLong):  # a context too short for the sample's query
+            self._learn_characters(self.encoder.encode(SAMPLE_QUERY, [SAMPLE_DOCUMENT]), rate=1.0)
         self.price = BodyPrice()
         """What the edge's check prices a body's bytes at, learned from every request's estimate."""
+        samples = [SAMPLE_DOCUMENT] * SAMPLE_DOCUMENTS
+        self.price.learn(SAMPLE_QUERY, samples, self.estimate(SAMPLE_QUERY, samples, "truncate")[0], rate=1.0)
 
     def estimate(
         self,
@@ -168,6 +174,12 @@ class ServedModel:
                 tokens += head + min(size, room)
                 pairs += 1
         return PADDING_ALLOWANCE * tokens, pairs
+
+    def _learn_characters(self, encoded: EncodedRequest, rate: float = 0.1) -> None:
+        """Moves :attr:`characters_per_token` ``rate`` of the way toward what ``encoded`` had."""
+        if encoded.document_tokens:
+            ratio = min(10.0, max(1.0, encoded.characters / encoded.document_tokens))
+            self.characters_per_token += rate * (ratio - self.characters_per_token)
 
     def early_refusal(self, size: int) -> tuple[QueueFull | None, float]:
         """The refusal a request body of ``size`` bytes gets before it is read (None: admitted),
@@ -217,9 +229,7 @@ class ServedModel:
                     side=side,
                     instruction=instruction,
                 )
-            if encoded.document_tokens:
-                ratio = encoded.characters / encoded.document_tokens
-                self.characters_per_token += 0.1 * (min(10.0, max(1.0, ratio)) - self.characters_per_token)
+            self._learn_characters(encoded)
             caller.charge(encoded.total_tokens)
         except BaseException:
             self.batcher.release(reservation)

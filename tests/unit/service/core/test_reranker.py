@@ -123,6 +123,35 @@ async def test_the_early_price_of_a_body_follows_the_exact_estimate_per_byte(tmp
     assert 0.8 * cost <= early <= cost
 
 
+async def test_before_any_request_a_body_is_priced_by_the_models_own_tokenizer_and_context(tmp_path: Path) -> None:
+    """The first burst of bodies is admitted at the price the model starts with: that must be
+    the model's, not a constant. The stand-in reads 16 tokens a pair, so a passage of ~80 words
+    costs a fraction of what 4 characters a token would say (a decoder's long prompt is the
+    opposite case)."""
+    words = [
+        "panda",
+        "bamboo",
+        "forest",
+        "mountain",
+        "river",
+        "dog",
+        "cat",
+        "red",
+        "car",
+        "bear",
+        "eats",
+        "leaves",
+        "sleeps",
+    ]
+    query = "where do pandas live"
+    documents = [" ".join(words[(i + k) % len(words)] for k in range(80)) for i in range(30)]
+    async with served_stand_in(tmp_path) as served:
+        assert served.metrics.requests == 0
+        cost, _ = served.estimate(query, documents, "truncate")
+        early = served.price.of(len(json.dumps({"query": query, "documents": documents}).encode()))
+    assert 0.7 * cost <= early <= 1.1 * cost
+
+
 async def test_a_request_is_queued_on_the_admission_it_got_before_tokenizing(tmp_path: Path) -> None:
     """The served model admits a request on its estimated cost, tokenizes it, and queues it on
     that admission: not checked a second time, which refused work already begun (and bodies the
