@@ -35,8 +35,7 @@ seconds after the last answer.
 
 Prints a table with the targets, and writes ``bench/results/overload.json`` (with another
 ``--model``, ``overload-<model>.json``; with ``--honour-retry-after``, ``-honour-retry-after``
-added) and ``.png`` (latency of every request over time,
-coloured by status, and the RSS).
+added) and ``.png`` (latency of every request over time, coloured by status, and the RSS).
 """
 
 from __future__ import annotations

@@ -31,16 +31,19 @@ SAMPLE_DOCUMENT = (
     "of loose gravel and boulders, lakes in the hollows it carved, and smaller hanging valleys "
     "whose streams now fall as waterfalls into the main one."
 )
-"""A sample request (English prose, a passage of a typical retrieval chunk's size) that prices a
-model's bodies before it has scored any."""
 SAMPLE_DOCUMENTS = 16
+"""A sample request (:data:`SAMPLE_QUERY` and this many copies of :data:`SAMPLE_DOCUMENT`: English
+prose, a passage of a typical retrieval chunk's size) prices a model's bodies before it has
+scored any."""
 
 
 class BodyPrice:
     """One model's learned price of a body's bytes, in padded tokens."""
 
-    def __init__(self, cost_per_byte: float = PADDING_ALLOWANCE / 4) -> None:
-        self.cost_per_byte = cost_per_byte
+    def __init__(self) -> None:
+        self.cost_per_byte = PADDING_ALLOWANCE / 4
+        """Padded tokens a byte: 4 characters a token until :meth:`learn` (which a served model
+        first calls with :data:`SAMPLE_QUERY` and :data:`SAMPLE_DOCUMENT`)."""
 
     def of(self, size: int) -> float:
         """The cost, in padded tokens, of a request whose body is ``size`` bytes."""

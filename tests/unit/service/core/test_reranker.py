@@ -128,21 +128,7 @@ async def test_before_any_request_a_body_is_priced_by_the_models_own_tokenizer_a
     the model's, not a constant. The stand-in reads 16 tokens a pair, so a passage of ~80 words
     costs a fraction of what 4 characters a token would say (a decoder's long prompt is the
     opposite case)."""
-    words = [
-        "panda",
-        "bamboo",
-        "forest",
-        "mountain",
-        "river",
-        "dog",
-        "cat",
-        "red",
-        "car",
-        "bear",
-        "eats",
-        "leaves",
-        "sleeps",
-    ]
+    words = ("panda", "bamboo", "forest", "mountain", "river", "dog", "cat", "red", "car", "bear", "leaves")
     query = "where do pandas live"
     documents = [" ".join(words[(i + k) % len(words)] for k in range(80)) for i in range(30)]
     async with served_stand_in(tmp_path) as served:
