@@ -4,14 +4,25 @@ from __future__ import annotations
 
 
 class Throughput:
-    """The model's measured speed in padded tokens per second: an exponentially weighted
-    average over micro-batches, so it follows the machine's load."""
+    """The model's measured speed in padded tokens per second, from an exponentially weighted
+    average over micro-batches of the seconds each token took, so it follows the machine's load.
+
+    Seconds a token, not tokens a second: what admission asks is how long a queue of tokens
+    takes, and when batch speeds vary (a batch slowed by Envoy, the event loop or tokenizing
+    taking a core from inference, which runs at a lower priority) the average of their speeds
+    runs ahead of the speed the queue drains at, the mean of the times being what adds up. With
+    a Qwen3-Reranker under the overload bench it ran 1.3-2x ahead, and admitted calls waited
+    that much past the queue's bound (docs/performance.md#overload)."""
 
     def __init__(self, tokens_per_second: float = 2000.0, weight: float = 0.2, *, measured: bool = False) -> None:
-        self.tokens_per_second = tokens_per_second
+        self.seconds_per_token = 1.0 / tokens_per_second
         self.weight = weight
         self.measured = measured
-        """Whether ``tokens_per_second`` was measured (else the first micro-batch replaces it)."""
+        """Whether the speed was measured (else the first micro-batch replaces it)."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 1.0 / self.seconds_per_token
 
     def record(self, tokens: int, seconds: float, full: int) -> None:
         """One micro-batch of ``tokens`` padded tokens took ``seconds``; ``full`` is the size of
@@ -19,12 +30,12 @@ class Throughput:
         letting it drag the average down would shrink the next batches in turn."""
         if seconds <= 0 or tokens <= 0:
             return
-        rate = tokens / seconds
+        cost = seconds / tokens
         if not self.measured:
-            self.tokens_per_second, self.measured = rate, True
+            self.seconds_per_token, self.measured = cost, True
         else:
             weight = self.weight * min(1.0, tokens / max(1, full))
-            self.tokens_per_second += weight * (rate - self.tokens_per_second)
+            self.seconds_per_token += weight * (cost - self.seconds_per_token)
 
     def seconds(self, tokens: float) -> float:
-        return tokens / self.tokens_per_second
+        return tokens * self.seconds_per_token
