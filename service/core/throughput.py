@@ -10,9 +10,8 @@ class Throughput:
     Seconds a token, not tokens a second: what admission asks is how long a queue of tokens
     takes, and when batch speeds vary (a batch slowed by Envoy, the event loop or tokenizing
     taking a core from inference, which runs at a lower priority) the average of their speeds
-    runs ahead of the speed the queue drains at, the mean of the times being what adds up. With
-    a Qwen3-Reranker under the overload bench it ran 1.3-2x ahead, and admitted calls waited
-    that much past the queue's bound (docs/performance.md#overload)."""
+    runs ahead of the speed the queue drains at, the mean of the times being what adds up
+    (measured in docs/performance.md#overload)."""
 
     def __init__(self, tokens_per_second: float = 2000.0, weight: float = 0.2, *, measured: bool = False) -> None:
         self.seconds_per_token = 1.0 / tokens_per_second
