@@ -85,11 +85,15 @@ TARGETS = {
 """The issue's figures; ``rss_return_mb``: how far above its start the RSS may end ("near its start")."""
 
 
+DEFAULT_MODEL = "bert-small"
+"""The bench model unless ``--model`` says otherwise (its record has no model in its name)."""
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
-        default="bert-small",
+        default=DEFAULT_MODEL,
         choices=[*bench_models.SHAPES, *bench_models.QWEN3],
         help="bench model (a Qwen3-Reranker one: the decoder's cost under the same admission)",
     )
@@ -721,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     stem = "-".join(
         ["overload"]
-        + ([args.model] if args.model != "bert-small" else [])
+        + ([args.model] if args.model != DEFAULT_MODEL else [])
         + (["honour-retry-after"] if args.honour_retry_after else [])
     )
     c = result["context"]

@@ -3,7 +3,9 @@ one refusal rule.
 
 Before a request is queued (before it is even tokenized, from an estimate of its size) the
 batcher estimates how long it would wait under the fair schedule: every other request delays it
-by at most the smaller of its own remaining work and this request's work. Above
+by at most the smaller of its own remaining work and this request's work. That is exact if no
+other request arrives meanwhile; under sustained overload later arrivals share the model with it
+too, and a large request's wait runs past the estimate (docs/performance.md#overload). Above
 ``max_queue_seconds`` the request is refused at once (:class:`~rerank.service.errors.QueueFull`,
 HTTP 429) with a retry delay derived from the estimate. The decision is one pure function
 (:func:`queue_time_refusal`) of an immutable :class:`QueueState`, so that the batcher on the
