@@ -1,15 +1,15 @@
 """The bench models and their converted forms.
 
 * **minilm-ce**: all-MiniLM-L6-v2's real encoder with a seeded head
-  (:mod:`rerank.converters.testing.minilm_ce`), converted with the default variants and the accuracy
-  gate on: the model quality claims are made on, and the one the server's own choice
-  (``grpc-auto``) is measured on.
+  (:mod:`rerank.converters.testing.minilm_ce`), converted with the default variants this machine
+  serves (:func:`gated_variants`) and the accuracy gate on: the model quality claims are made on,
+  and the one the server's own choice (``grpc-auto``) is measured on.
 * **bert-small**, **bge-shape**: random weights (seeded) in published shapes with fixture
   tokenizers, converted with ``--no-gate`` (accuracy means nothing on random weights): speed only.
 * **qwen3-0.6b-shape**: a Qwen3-Reranker with Qwen3-Reranker-0.6B's exact dimensions (28 layers,
   hidden 1024, 16 query / 8 KV heads of 128, FFN 3072), seeded weights and the fixture's
   byte-level BPE with Qwen3's special tokens (:mod:`rerank.converters.testing.qwen3`), converted
-  with the default variants and the gate on (the gate decides its precision, as for a real
+  like minilm-ce (the gate decides its precision, as for a real
   checkpoint; its figures are in ``rerank.json``). **qwen3-tiny** is the same at the fixture's
   tiny shape: a smoke model for the bench's own code, no figures.
 
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rerank.converters.variants import DEFAULT as DEFAULT_VARIANTS
+from rerank.converters.variants import candidate
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
@@ -93,7 +94,7 @@ SHAPES: dict[str, Shape] = {
 }
 NAMES = (REAL, *SHAPES, *QWEN3)
 GATED = (REAL, *QWEN3)
-"""Converted with the default variants and the gate on: the gate decides which variants exist."""
+"""Converted with :func:`gated_variants` and the gate on: the gate decides which variants exist."""
 
 
 def kind(name: str) -> str:
@@ -202,12 +203,20 @@ def _run(command: list[str], what: str) -> None:
         )
 
 
-def _convert_ours(name: str, checkpoint: Path, models_dir: Path, variants: tuple[str, ...] | None) -> None:
-    """``rerank.converters.cli`` with ``variants`` and the gate off (random weights), or with the
-    default variants and the gate on (``variants`` None: real weights)."""
+def gated_variants() -> tuple[str, ...]:
+    """The default variants less those this machine cannot serve (fp16 is CUDA's: without a CUDA
+    provider its gate would score ~300 pairs at the CPU's fp16 speed for a variant the bench never
+    runs here)."""
+    import onnxruntime
+
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return tuple(v for v in DEFAULT_VARIANTS if cuda or candidate(v).device != "cuda")
+
+
+def _convert_ours(name: str, checkpoint: Path, models_dir: Path, variants: tuple[str, ...], gate: bool) -> None:
+    """``rerank.converters.cli`` with ``variants``, the gate on (real or gated weights) or off."""
     command = [sys.executable, "-m", "rerank.converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir)]
-    if variants is not None:
-        command += ["--variants", ",".join(variants), "--no-gate"]
+    command += ["--variants", ",".join(variants), *([] if gate else ["--no-gate"])]
     _run(command, f"converting {name}")
 
 
@@ -251,14 +260,14 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
             _atomic_dir(checkpoint, lambda tmp: _write_checkpoint(name, SHAPES[name], tmp))
     models_dir = root / "models"
     rerank_json = models_dir / name / "rerank.json"
-    variants = SHAPES[name].variants if name in SHAPES else None
+    gate = name not in SHAPES
+    variants = gated_variants() if gate else SHAPES[name].variants
     present = json.loads(rerank_json.read_text()) if rerank_json.exists() else {}
     gated = present.get("verification", {}).get("variant_gates", {})
-    wanted = set(variants) if variants is not None else set(DEFAULT_VARIANTS)
-    if not present or not wanted <= set(gated) | set(present.get("variants", {})):
-        log(f"{name}: converting to our model folder ({', '.join(sorted(wanted))}, gate {'off' if variants else 'on'})")
+    if not present or not set(variants) <= set(gated) | set(present.get("variants", {})):
+        log(f"{name}: converting to our model folder ({', '.join(variants)}, gate {'on' if gate else 'off'})")
         shutil.rmtree(models_dir, ignore_errors=True)
-        _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp, variants))
+        _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp, variants, gate))
     paths: dict[str, Path] = {}
     for outtype in GGUF_TYPES if gguf else ():
         from rerank.converters.testing.llama_cpp import convert_to_gguf
