@@ -74,8 +74,6 @@ class OpenVinoBackend:
         threads: int | None = None,
         streams: int | None = None,
     ) -> None:
-        import openvino as ov
-
         if variant not in config.variants:
             raise ValueError(f"model {config.name!r} has no variant {variant!r}; it has {sorted(config.variants)}")
         self.variant_key = variant
@@ -97,16 +95,8 @@ class OpenVinoBackend:
         else:
             properties["NUM_STREAMS"] = self.streams
         started = time.perf_counter()
-        core = ov.Core()
-        model = core.read_model(str(folder / self.variant.file))
-        parts = [(model, HINTS[self.precision])]
-        # Split at BF16_UNTIL: OpenVINO's CPU plugin has one precision per compiled model, and at
-        # bf16 it puts every matrix product in bf16 whatever the graph marks.
-        if self.precision == "bf16-mixed" and _producer(model, BF16_UNTIL) is not None:
-            parts = list(zip(split_at(model, BF16_UNTIL), ("bf16", "f32"), strict=True))
-        self.parts = [
-            core.compile_model(part, "CPU", {**properties, "INFERENCE_PRECISION_HINT": hint}) for part, hint in parts
-        ]
+        compiled = compile_variant(folder, self.variant, properties)
+        self.parts = [part for part, _ in compiled]
         """The compiled models a batch runs through in turn (one, or a bf16-mixed graph's two)."""
         self.compiled = self.parts[0]
         self.compile_seconds = time.perf_counter() - started
@@ -118,7 +108,7 @@ class OpenVinoBackend:
         self._output = self.parts[-1].output(0)
         self.execution_precision = " then ".join(_precision(part) for part in self.parts)
         """What OpenVINO says it computes in: ``f32`` or ``bf16`` (a split graph: ``bf16 then f32``)."""
-        if any(hint == "bf16" != _precision(part) for (_, hint), part in zip(parts, self.parts, strict=True)):
+        if any(hint == "bf16" != _precision(part) for part, hint in compiled):
             # OpenVINO quietly runs a bf16 hint in f32 on a CPU without bf16 units: serving that
             # as "bf16" would claim a speed-up and a gate that are not this machine's.
             raise ValueError(f"variant {variant!r}: this CPU cannot run bf16 (OpenVINO runs it in f32)")
@@ -164,6 +154,25 @@ class OpenVinoBackend:
         """Runs a few typical shapes once, so the first requests do not pay for kernel creation."""
         for pairs, length in WARM_UP_SHAPES:
             self.run(Batch.filled(pairs, length, self._warm_up_token))
+
+
+def compile_variant(folder: Path, variant: Variant, properties: dict[str, Any]) -> list[tuple[Any, str]]:
+    """``variant``'s graph compiled for the CPU plugin with ``properties``, each part with the
+    precision hint it asked for: one compiled model, or a split bf16-mixed graph's two (run in
+    turn)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(folder / variant.file))
+    parts = [(model, HINTS[variant.precision])]
+    # Split at BF16_UNTIL: OpenVINO's CPU plugin has one precision per compiled model, and at
+    # bf16 it puts every matrix product in bf16 whatever the graph marks.
+    if variant.precision == "bf16-mixed" and _producer(model, BF16_UNTIL) is not None:
+        parts = list(zip(split_at(model, BF16_UNTIL), ("bf16", "f32"), strict=True))
+    return [
+        (core.compile_model(part, "CPU", {**properties, "INFERENCE_PRECISION_HINT": hint}), hint)
+        for part, hint in parts
+    ]
 
 
 def _precision(compiled: Any) -> str:
