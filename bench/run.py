@@ -289,6 +289,8 @@ def bench_model(
         info["accuracy"] = probe_accuracy(name, model, live, notes, plan.probe_documents) if probe else {}
         for workload in loads:
             active = [p for p in live if workload.name in p.workloads]
+            if not active:
+                continue
             cells = {p.name: Measurement(name, p.name, p.precision, workload.name) for p in active}
             for peer in active:
                 log(f"{name} {workload.name}: warming up {peer.name}")

@@ -160,14 +160,17 @@ def llama_server_command(
     context: int,
     slots: int = 1,
     batch_threads: int | None = None,
+    repack: bool = True,
 ) -> list[str]:
     """``llama-server --reranking`` on ``gguf`` at ``127.0.0.1:port``: ``threads`` (and
     ``batch_threads`` for prompt processing), ``batch`` tokens per logical and physical batch,
-    ``context`` tokens shared by ``slots`` parallel sequences, flash attention off, no web UI."""
+    ``context`` tokens shared by ``slots`` parallel sequences, flash attention off, no web UI;
+    ``repack=False``: quantized weights stay in the file's layout (``--no-repack``, so none of
+    ggml's repacked kernels, its AMX ones included)."""
     command = [str(binary), "-m", str(gguf), "--reranking", "--host", "127.0.0.1", "--port", str(port)]
     command += ["-t", str(threads), *(["-tb", str(batch_threads)] if batch_threads else [])]
     command += ["-c", str(context), "-b", str(batch), "-ub", str(batch), "-np", str(slots)]
-    return [*command, "-fa", "off", "--no-webui"]
+    return [*command, "-fa", "off", "--no-webui", *([] if repack else ["--no-repack"])]
 
 
 class LlamaServerExited(RuntimeError):
