@@ -17,8 +17,9 @@ is written into the graph, in one of two ways (:class:`Recipe`), one variant eac
 
 Each variant has a ladder of recipes, fastest first; the converter gates each in turn and
 keeps the first that passes (:func:`rerank.converters.variants.write_variants`). The layers are
-our graph builder's (:mod:`rerank.converters.onnx_graph` names a layer's nodes ``l<i>_...``; the
-head's are ``head_...``), and only products with a weight (an initializer) change.
+our graph builders' (:mod:`rerank.converters.onnx_graph` and :mod:`rerank.converters.qwen3.graph`
+name a layer's nodes ``l<i>_...``; the head's are ``head_...``), and only products with a weight
+(an initializer) change.
 """
 
 from __future__ import annotations
@@ -105,15 +106,28 @@ def to_mixed_bf16(model: onnx.ModelProto, recipe: Recipe) -> int:
     return len(chosen)
 
 
+_LAYER_OUTPUTS = (("LayerNormalization", "ffn_ln"), ("Add", "out"))
+"""(op, name) of the node whose output is a layer's hidden state in our builders' graphs: a
+post-norm encoder layer's output LayerNorm (``l<i>_ffn_ln_...``), a pre-norm decoder layer's
+residual sum (``l<i>_out_...``, :mod:`rerank.converters.qwen3.graph`)."""
+
+
 def _cut_before(model: onnx.ModelProto, layer: int) -> None:
-    """Renames the hidden state entering ``layer`` (layer ``layer - 1``'s output LayerNorm's)
-    :data:`BF16_UNTIL`, where the server splits the graph."""
+    """Renames the hidden state entering ``layer`` (layer ``layer - 1``'s output,
+    :data:`_LAYER_OUTPUTS`) :data:`BF16_UNTIL`, where the server splits the graph."""
     if layer < 1:
         raise NotOurLayers("a split recipe needs at least one layer before the cut")
-    norm = re.compile(rf"^l{layer - 1}_ffn_ln_\d+$")
-    found = [n for n in model.graph.node if norm.match(n.name) and n.op_type == "LayerNormalization"]
+    found = [
+        n
+        for n in model.graph.node
+        for op, name in _LAYER_OUTPUTS
+        if n.op_type == op and re.fullmatch(rf"l{layer - 1}_{name}_\d+", n.name)
+    ]
     if len(found) != 1:
-        raise NotOurLayers(f"the graph has no single output LayerNorm of layer {layer - 1} (l{layer - 1}_ffn_ln_...)")
+        raise NotOurLayers(
+            f"the graph has no single output of layer {layer - 1} (an l{layer - 1}_ffn_ln_... LayerNorm or an "
+            f"l{layer - 1}_out_... residual sum)"
+        )
     hidden = found[0].output[0]
     for node in model.graph.node:
         node.input[:] = [BF16_UNTIL if name == hidden else name for name in node.input]

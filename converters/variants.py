@@ -207,6 +207,11 @@ def _mixed_bf16(
                 progress(f"variants: {name}, {recipe.name}: not tried, {exc}")
                 break
             return {"passed": False, "skipped": f"its recipes do not apply to this graph: {exc}"}
+        if products == 0:  # it spares every product: an fp32 graph, not a bf16 variant
+            if tried:
+                progress(f"variants: {name}, {recipe.name}: not tried, it leaves no weight product in bf16 here")
+                break
+            return {"passed": False, "skipped": "its recipes leave no weight product of this graph in bf16"}
         onnx_graph.save(model, path)
         del model
         release_memory()

@@ -94,3 +94,31 @@ def test_a_graph_not_of_our_builder_is_refused() -> None:
         node.name = "anonymous"
     with pytest.raises(ValueError, match="no layer weight products"):
         to_mixed_bf16(model, RECIPES[0])
+
+
+def decoder_graph(layers: int = 3) -> onnx.ModelProto:
+    """``layers`` pre-norm layers as the Qwen3 builder names them: a weight product and a
+    residual sum for attention (``l<i>_attn_out``) and for the feed-forward (``l<i>_out``)."""
+    nodes, weights, x = [], [], "x"
+    for i in range(layers):
+        for kind, sum_name in (("qkv_q", "attn_out"), ("down", "out")):
+            weights.append(numpy_helper.from_array(np.eye(4, dtype=np.float32), f"w{i}_{kind}"))
+            product = f"l{i}_{kind}_{len(nodes)}"
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}_{kind}"], [product], name=product))
+            total = f"l{i}_{sum_name}_{len(nodes)}"
+            nodes.append(helper.make_node("Add", [x, product], [total], name=total))
+            x = total
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="head_out_99"))
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "y")]
+    return helper.make_model(
+        helper.make_graph(nodes, "g", [io[0]], [io[1]], weights), opset_imports=[helper.make_opsetid("", 17)]
+    )
+
+
+def test_a_decoder_is_cut_at_its_layers_residual_sum() -> None:
+    model = decoder_graph()
+    assert to_mixed_bf16(model, SPLIT_RECIPES[0]) == 4  # layers 0 and 1, two products each
+    (cut,) = [n for n in model.graph.node if BF16_UNTIL in n.output]
+    assert cut.name == "l1_out_7"  # not the attention's residual sum, l1_attn_out_5
+    assert sorted(n.name for n in model.graph.node if BF16_UNTIL in n.input) == ["l2_attn_out_9", "l2_qkv_q_8"]
+    onnx.checker.check_model(model, full_check=True)

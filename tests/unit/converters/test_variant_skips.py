@@ -56,9 +56,13 @@ def test_an_int8_variant_needs_the_cpus_int8_units(monkeypatch: pytest.MonkeyPat
 
 
 def split_variant(
-    monkeypatch: pytest.MonkeyPatch, folder: Path, norms: bool, scores: Callable[[object], np.ndarray]
+    monkeypatch: pytest.MonkeyPatch,
+    folder: Path,
+    norms: bool,
+    scores: Callable[[object], np.ndarray],
+    name: str = "ov-bf16-split",
 ) -> tuple[dict[str, Any], list[str]]:
-    """``ov-bf16-split``'s figures and the progress lines, for a ``model.onnx`` of two layers of
+    """Variant ``name``'s figures and the progress lines, for a ``model.onnx`` of two layers of
     one weight product each, followed by an ``l<i>_ffn_ln_`` LayerNorm when ``norms``; the
     reference is six pairs of two queries."""
     import onnx
@@ -83,22 +87,22 @@ def split_variant(
     kept, figures = variants.write_variants(
         folder,
         None,
-        ("ov-bf16-split",),
+        (name,),
         scores,
         reference,
         groups,
         progress=lines.append,  # type: ignore[arg-type]
     )
-    assert kept == {} and not (folder / variants.FILES["ov-bf16-split"]).exists()
-    return figures["ov-bf16-split"], lines
+    assert kept == {} and not (folder / variants.FILES[name]).exists()
+    return figures[name], lines
 
 
-def test_a_split_variant_of_a_graph_without_our_encoders_layers_is_skipped(
+def test_a_split_variant_of_a_graph_without_our_builders_layer_outputs_is_skipped(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # A pre-norm decoder's layers (RMSNorm, no l<i>_ffn_ln_ LayerNorm) have no cut point.
+    # Layers that end in neither an l<i>_ffn_ln_ LayerNorm nor an l<i>_out_ residual sum have no cut point.
     split, lines = split_variant(monkeypatch, tmp_path, norms=False, scores=never_scored)
-    assert split["passed"] is False and "no single output LayerNorm of layer 0" in split["skipped"]
+    assert split["passed"] is False and "no single output of layer 0" in split["skipped"]
     assert any(line.startswith("variants: ov-bf16-split: skipped") for line in lines)
 
 
@@ -112,3 +116,16 @@ def test_the_split_ladder_ends_where_a_recipe_spares_every_layer(
     assert not split["passed"] and "skipped" not in split
     assert list(split["recipes_tried"]) == ["bf16 but the last layer"]
     assert any("bf16 but the last two layers: not tried, a split recipe needs at least one layer" in x for x in lines)
+
+
+def test_the_cast_ladder_ends_where_a_recipe_leaves_nothing_in_bf16(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Two layers of one feed-forward product: "feed-forward, all but the last two layers" puts no
+    # product in bf16 (an fp32 graph): not gated, so it cannot pass as a "bf16-mixed" variant.
+    reversed_ranks = np.array([1.0, 0.5, 0.0, 1.0, 0.5, 0.0])
+    mixed, lines = split_variant(
+        monkeypatch, tmp_path, norms=False, scores=lambda variant: reversed_ranks, name="ov-bf16-mixed"
+    )
+    assert not mixed["passed"] and "feed-forward, all but the last two layers" not in mixed["recipes_tried"]
+    assert any("all but the last two layers: not tried, it leaves no weight product in bf16" in x for x in lines)
