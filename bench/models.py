@@ -9,9 +9,9 @@
 * **qwen3-0.6b-shape**: a Qwen3-Reranker with Qwen3-Reranker-0.6B's exact dimensions (28 layers,
   hidden 1024, 16 query / 8 KV heads of 128, FFN 3072), seeded weights and the fixture's
   byte-level BPE with Qwen3's special tokens (:mod:`rerank.converters.testing.qwen3`), converted
-  like minilm-ce (the gate decides its precision, as for a real
-  checkpoint; its figures are in ``rerank.json``). **qwen3-tiny** is the same at the fixture's
-  tiny shape: a smoke model for the bench's own code, no figures.
+  like minilm-ce (the gate decides its precision, as for a real checkpoint; its figures are in
+  ``rerank.json``). **qwen3-tiny** is the same at the fixture's tiny shape: a smoke model for the
+  bench's own code, no figures.
 
 Each model exists in up to three forms, all cached under ``.cache/bench/<model>/`` (git-ignored):
 
@@ -214,7 +214,7 @@ def gated_variants() -> tuple[str, ...]:
 
 
 def _convert_ours(name: str, checkpoint: Path, models_dir: Path, variants: tuple[str, ...], gate: bool) -> None:
-    """``rerank.converters.cli`` with ``variants``, the gate on (real or gated weights) or off."""
+    """``rerank.converters.cli`` with ``variants``, the accuracy gate on or off."""
     command = [sys.executable, "-m", "rerank.converters.cli", str(checkpoint), "--name", name, "--out", str(models_dir)]
     command += ["--variants", ",".join(variants), *([] if gate else ["--no-gate"])]
     _run(command, f"converting {name}")

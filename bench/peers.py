@@ -444,8 +444,8 @@ class LlamaServer(_ServerPeer):
 
     On a CPU with AMX-INT8, a quantized file runs with ``--no-repack``: ggml's AMX kernels (for
     repacked quantized weights) die with SIGILL at their first tile instruction on the bench's
-    AMX machine (ggml-org/llama.cpp#26954: the tile permission is requested on the main thread
-    only; not in the pinned build), so its AVX-512 kernels run the file's own layout instead.
+    AMX machine (the crash that ggml-org/llama.cpp pull request 26954, still open, addresses), so its
+    AVX-512 kernels run the file's own layout instead.
     """
 
     def __init__(self, model: BenchModel, outtype: str, workdir: Path) -> None:
