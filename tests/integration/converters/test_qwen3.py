@@ -126,6 +126,48 @@ def test_windows_each_keep_the_template_and_score_as_the_card(qwen3_folder, card
         assert abs(float(score) - card.logit_of(ids)) <= TOLERANCE
 
 
+def test_the_shared_prefix_form_scores_as_the_card(qwen3_checkpoint, qwen3_folder, card):
+    """Two requests in one micro-batch, their heads of different lengths (the shorter one
+    padded), each read once; rows of several lengths after them."""
+    import onnxruntime as ort
+
+    from rerank.converters.hf_checkpoint import load_checkpoint
+    from rerank.converters.qwen3.graph import build_graph
+    from rerank.service.backends.base import pad
+    from rerank.service.core.tokenization import Pair
+
+    config = read_model_folder(qwen3_folder)
+    encoder = PairEncoder(qwen3_folder / "tokenizer.json", config.template, config.max_length)
+    requests = [
+        ("what do pandas eat?", [d for _, d in tricky_pairs()[:5]], None),
+        ("where do giant pandas live in the wild today?", [d for _, d in tricky_pairs()[5:9]], INSTRUCTION),
+    ]
+    heads, rows, row_of, expected = [], [], [], []
+    for r, (query, documents, instruction) in enumerate(requests):
+        pairs = encoder.encode(query, documents, instruction=instruction).pairs
+        head = len(config.template.prefix) + len(encoder.tokenizer.encode(encoder.query_text(query, instruction)).ids)
+        assert all(p.ids[:head].tolist() == pairs[0].ids[:head].tolist() for p in pairs)
+        heads.append(Pair(r, pairs[0].ids[:head], pairs[0].type_ids[:head]))
+        rows += [Pair(r, p.ids[head:], p.type_ids[head:]) for p in pairs]
+        row_of += [r] * len(pairs)
+        expected += [card.logit_of(p.ids.tolist()) for p in pairs]
+    assert len(heads[0].ids) != len(heads[1].ids)
+    loaded = load_checkpoint(str(qwen3_checkpoint()))
+    graph = build_graph(loaded.spec, loaded.weights, shared_prefix=True)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    head_batch, row_batch = pad(heads, config.template.pad_id, False), pad(rows, config.template.pad_id, False)
+    feed = {
+        "prefix_ids": head_batch.input_ids,
+        "prefix_mask": head_batch.attention_mask,
+        "prefix_row": np.array(row_of, dtype=np.int64),
+        "input_ids": row_batch.input_ids,
+        "attention_mask": row_batch.attention_mask,
+    }
+    (ours,) = session.run(None, feed)
+    assert float(np.max(np.abs(ours - np.array(expected)))) <= TOLERANCE
+    assert np.ptp(expected) > 1.0
+
+
 @pytest.fixture(scope="module")
 def ggufs(qwen3_checkpoint, tmp_path_factory):
     """outtype -> GGUF of the tiny fixture, made by llama.cpp's convert_hf_to_gguf.py."""
