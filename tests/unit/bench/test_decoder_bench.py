@@ -88,6 +88,21 @@ def test_a_decoder_is_held_to_twice_the_best_peer_and_half_llama_servers_latency
     assert goals["W1 throughput grpc-auto / best peer (llama-f16)"] == (pytest.approx(1.8), False)
     assert goals["W3 p50 grpc-auto / llama-f16"] == (pytest.approx(0.4), True)
     assert not any("vllm" in goal or "fastest server" in goal for goal in goals)  # the encoders' targets
+    assert not any("passing the gate" in goal for goal in goals)  # no accuracy measured: no such line
+
+
+def test_a_decoder_is_also_compared_with_the_best_peer_whose_scores_pass_the_gate() -> None:
+    measured = [
+        cell("grpc-auto", "W1", 9.0, [7.0]),
+        cell("hf-fp32", "W1", 3.0, [21.0]),
+        cell("hf-bf16", "W1", 12.0, [5.3]),
+        cell("llama-f16", "W1", 4.0, [16.0]),
+    ]
+    gates = {"grpc-auto": True, "hf-fp32": True, "hf-bf16": False, "llama-f16": True}
+    accuracy = {"qwen3-0.6b-shape": {peer: {"gate": ok} for peer, ok in gates.items()}}
+    goals = {t.goal: (t.value, t.passed) for t in targets(measured, accuracy)}
+    assert goals["W1 throughput grpc-auto / best peer (hf-bf16)"] == (pytest.approx(0.75), False)
+    assert goals["W1 throughput grpc-auto / best peer passing the gate (llama-f16)"] == (pytest.approx(2.25), True)
 
 
 def test_a_peer_that_did_not_start_has_a_row_saying_why() -> None:
