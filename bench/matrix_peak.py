@@ -28,6 +28,7 @@ from bench import models as bench_models
 from bench import results
 from bench.measure import cpu_summary
 from bench.peers import THREADS
+from rerank.service.backends.base import graph_feed
 from rerank.service.backends.loader import load_backend, measure, timing_batch
 from rerank.service.backends.openvino import compile_variant
 from rerank.service.model_folder import ModelFolderConfig, read_model_folder
@@ -86,9 +87,7 @@ def op_times(folder: Path, config: ModelFolderConfig, key: str, runs: int = 5) -
     properties = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": "YES"}
     parts = [part for part, _ in compile_variant(folder, variant, properties)]
     requests = [part.create_infer_request() for part in parts]
-    batch = timing_batch(config)
-    values = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    values["token_type_ids"] = np.zeros_like(batch.input_ids)
+    values = graph_feed(timing_batch(config), [port.get_any_name() for port in parts[0].inputs])
     best: dict[tuple[str, str], float] = {}
     for _ in range(runs):
         feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in values.items()}

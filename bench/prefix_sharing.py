@@ -7,12 +7,12 @@ serves at this shape).
     python -m bench.prefix_sharing                          # qwen3-0.6b-shape
     python -m bench.prefix_sharing --model qwen3-tiny       # the code in seconds, no figures
 
-The plain graph is the model folder's own ``model.onnx``; the shared form is built from the same
-checkpoint. Pairs are sorted by length and cut into micro-batches of ``--batch`` pairs (what the
-server does, at a fixed size here so that both forms get identical batches). Rounds alternate
-the two forms and each keeps its best. It also reports the largest |Δ logit| between the forms
-(they compute the same products on the same values) and the tokens each form runs. Writes
-``bench/results/prefix-sharing-<model>.json``.
+Both forms are built from the model's checkpoint. Pairs are sorted by length and cut into
+micro-batches of ``--batch`` pairs (what the server does, at a fixed size here so that both forms
+get identical batches), each fed as the backends feed it (:func:`rerank.service.backends.base.graph_feed`).
+Rounds alternate the two forms and each keeps its best. It also reports the largest |Δ logit|
+between the forms (they compute the same products on the same values) and the tokens each form
+runs. Writes ``bench/results/prefix-sharing-<model>.json``.
 """
 
 from __future__ import annotations
@@ -32,50 +32,37 @@ from bench.measure import cpu_summary
 from bench.peers import THREADS
 from rerank.converters.hf_checkpoint import load_checkpoint
 from rerank.converters.onnx_graph import save
-from rerank.converters.qwen3.graph import PREFIX_IDS, PREFIX_MASK, PREFIX_ROW, build_graph
-from rerank.service.backends.base import pad
+from rerank.converters.qwen3.graph import build_graph
+from rerank.service.backends.base import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    PREFIX_IDS,
+    PREFIX_MASK,
+    PREFIX_ROW,
+    graph_feed,
+    pad,
+)
 from rerank.service.core.tokenization import Pair, PairEncoder
 from rerank.service.model_folder import read_model_folder
 
 Feeds = list[dict[str, np.ndarray]]
-
-
-def head_length(pairs: list[Pair]) -> int:
-    """How many leading tokens every pair of one request has in common."""
-    first = pairs[0].ids
-    n = min(len(p.ids) for p in pairs)
-    for p in pairs[1:]:
-        differ = np.nonzero(p.ids[:n] != first[:n])[0]
-        n = int(differ[0]) if len(differ) else n
-    return n
+PLAIN = (INPUT_IDS, ATTENTION_MASK)
+SHARED = (PREFIX_IDS, PREFIX_MASK, PREFIX_ROW, INPUT_IDS, ATTENTION_MASK)
 
 
 def feeds(pairs: list[Pair], batch: int, pad_id: int) -> tuple[Feeds, Feeds, int, int]:
     """The plain and the shared-prefix forms' inputs for ``pairs`` in micro-batches of ``batch``
-    (sorted by length), and the tokens each form runs (padding included)."""
+    (sorted by length, as the server feeds them), and the tokens each form runs (padding included)."""
     ordered = sorted(pairs, key=lambda p: len(p.ids))
-    head = head_length(pairs)
-    # The head always keeps the suffix out: at least one token of each row is its own.
-    head = min(head, min(len(p.ids) for p in pairs) - 1)
     plain: Feeds = []
     shared: Feeds = []
     plain_tokens = shared_tokens = 0
     for start in range(0, len(ordered), batch):
-        chunk = ordered[start : start + batch]
-        whole = pad(chunk, pad_id, with_types=False)
-        plain.append({"input_ids": whole.input_ids, "attention_mask": whole.attention_mask})
-        rows = pad([Pair(p.document, p.ids[head:], p.type_ids[head:]) for p in chunk], pad_id, with_types=False)
-        shared.append(
-            {
-                PREFIX_IDS: chunk[0].ids[None, :head].astype(np.int64),
-                PREFIX_MASK: np.ones((1, head), dtype=np.int64),
-                PREFIX_ROW: np.zeros(len(chunk), dtype=np.int64),
-                "input_ids": rows.input_ids,
-                "attention_mask": rows.attention_mask,
-            }
-        )
-        plain_tokens += whole.input_ids.size
-        shared_tokens += head + rows.input_ids.size
+        padded = pad(ordered[start : start + batch], pad_id, with_types=False)
+        plain.append(graph_feed(padded, PLAIN))
+        shared.append(graph_feed(padded, SHARED))
+        plain_tokens += padded.input_ids.size
+        shared_tokens += shared[-1][PREFIX_IDS].size + shared[-1][INPUT_IDS].size
     return plain, shared, plain_tokens, shared_tokens
 
 
@@ -109,14 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     config = read_model_folder(model.folder)
     encoder = PairEncoder(model.folder / "tokenizer.json", config.template, config.max_length)
     loaded = load_checkpoint(str(model.checkpoint))
+    forms = {}
     with tempfile.TemporaryDirectory() as tmp:
-        shared_path = Path(tmp) / "shared.onnx"
-        save(build_graph(loaded.spec, loaded.weights, shared_prefix=True), shared_path)
-        del loaded
-        forms = {
-            "plain": compile_f32(model.folder / config.variants["ov-fp32"].file),
-            "shared": compile_f32(shared_path),
-        }
+        for form in ("plain", "shared"):
+            path = Path(tmp) / f"{form}.onnx"
+            save(build_graph(loaded.spec, loaded.weights, shared_prefix=form == "shared"), path)
+            forms[form] = compile_f32(path)
     rows: dict[str, dict[str, Any]] = {}
     for name in args.workloads.split(","):
         w = workloads.make(name)
@@ -133,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 best[form] = min(best[form], seconds)
         rows[name] = {
             "pairs": len(pairs),
-            "head_tokens": head_length(pairs),
+            "head_tokens": int(min(f[PREFIX_IDS].shape[1] for f in shared)),
             "tokens_plain": plain_tokens,
             "tokens_shared": shared_tokens,
             "seconds_plain": round(best["plain"], 4),

@@ -122,7 +122,9 @@ def quantize_int8(
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    feeds = padded_batches(folder, config, list(pairs or calibration_pairs()))
+    model = onnx.load(str(folder / source))
+    inputs = [i.name for i in model.graph.input]
+    feeds = padded_batches(folder, config, list(pairs or calibration_pairs()), inputs=inputs)
     advanced = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
     )
@@ -130,7 +132,7 @@ def quantize_int8(
     # not our user's business; the converter reports its own progress.
     with quiet_loggers("nncf"), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         quantized = nncf.quantize(
-            onnx.load(str(folder / source)),
+            model,
             nncf.Dataset(feeds),
             model_type=nncf.ModelType.TRANSFORMER,
             preset=nncf.QuantizationPreset.PERFORMANCE,

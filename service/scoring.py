@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rerank.service.backends.base import pad
+from rerank.service.backends.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, graph_feed, pad
 from rerank.service.backends.loader import load_backend
 from rerank.service.backends.loader import runtime_available as _runtime_available
 from rerank.service.core.tokenization import PairEncoder
@@ -58,22 +58,25 @@ def pair_ids(
 
 
 def padded_batches(
-    folder: Path, config: ModelFolderConfig, pairs: Sequence[tuple[str, str]], *, batch_pairs: int = 8
+    folder: Path,
+    config: ModelFolderConfig,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_pairs: int = 8,
+    inputs: Collection[str] = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS),
 ) -> list[dict[str, np.ndarray]]:
     """``pairs`` as the server feeds them: encoded, sorted by length, right-padded, in batches of
-    ``batch_pairs``; each a graph feed (``input_ids``, ``attention_mask``, ``token_type_ids``
-    when the graph reads them). Calibration data for static quantisation."""
+    ``batch_pairs``; each the feed of a graph with ``inputs`` (:func:`graph_feed`; token type ids
+    only for a model that reads them). Calibration data for static quantisation."""
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
     encoded = [pair for query, document in pairs for pair in encoder.encode(query, [document]).pairs]
     encoded.sort(key=lambda pair: len(pair.ids))
-    feeds = []
-    for start in range(0, len(encoded), batch_pairs):
-        batch = pad(encoded[start : start + batch_pairs], config.template.pad_id, config.type_ids_input)
-        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if config.type_ids_input and batch.token_type_ids is not None:
-            feed["token_type_ids"] = batch.token_type_ids
-        feeds.append(feed)
-    return feeds
+    if not config.type_ids_input:
+        inputs = [name for name in inputs if name != TOKEN_TYPE_IDS]
+    return [
+        graph_feed(pad(encoded[start : start + batch_pairs], config.template.pad_id, config.type_ids_input), inputs)
+        for start in range(0, len(encoded), batch_pairs)
+    ]
 
 
 def runtime_available(runtime: str) -> bool:

@@ -58,12 +58,14 @@ def _gguf_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
 def build_graph(
     spec: Qwen3Spec, weights: Weights, *, graph_name: str = "qwen3_reranker", fused_attention: bool = False
 ) -> onnx.ModelProto:
-    """The decoder graph (:mod:`rerank.converters.qwen3.graph`); it has no fused form."""
+    """The decoder graph (:mod:`rerank.converters.qwen3.graph`) in its shared-prefix form: the
+    backends read each micro-batch's common head (prompt prefix, instruction, query) once. It has
+    no fused form."""
     from rerank.converters.qwen3.graph import build_graph as build
 
     if fused_attention:
         raise ValueError("the Qwen3-Reranker graph has no fused-attention form")
-    return build(spec, weights, graph_name=graph_name)
+    return build(spec, weights, graph_name=graph_name, shared_prefix=True)
 
 
 def graph_facts(loaded: LoadedModel) -> dict[str, int]:

@@ -251,8 +251,10 @@ class _Layer:
         probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")
         return b.op("MatMul", probs, v, hint=f"l{i}_context")
 
-    def _feed_forward(self, i: int, x: str) -> str:
-        """x + down(silu(gate h) * up h), h = RMSNorm(x); gate and up as one product."""
+    def _feed_forward(self, i: int, x: str, out: str = "out") -> str:
+        """x + down(silu(gate h) * up h), h = RMSNorm(x); gate and up as one product. The sum is
+        named ``l<i>_<out>``: a layer's output, where a split recipe may cut
+        (:mod:`rerank.converters.mixed_precision`), is the rows' (``out``), never the heads'."""
         b, w, p = self.b, self.w, f"L{i}."
 
         def gate_up_weight() -> np.ndarray:
@@ -264,9 +266,9 @@ class _Layer:
         )
         gate, up = b.ops("Split", [gate_up], 2, f"l{i}_split_gate_up", axis=-1)
         hidden = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate), hint=f"l{i}_silu"), up)
-        return b.op("Add", x, self._linear(hidden, i, "down", f"l{i}_down"), hint=f"l{i}_out")
+        return b.op("Add", x, self._linear(hidden, i, "down", f"l{i}_down"), hint=f"l{i}_{out}")
 
-    def _rest(self, i: int, x: str, h: str, k: str, v: str, stream: _Stream) -> str:
+    def _rest(self, i: int, x: str, h: str, k: str, v: str, stream: _Stream, out: str = "out") -> str:
         """Layer ``i`` on every position of x [B,S,H] (h its RMSNorm), its queries reading k, v."""
         b = self.b
         q = b.op("Reshape", self._linear(h, i, "q", f"l{i}_qkv_q"), self.q_shape)
@@ -274,7 +276,7 @@ class _Layer:
         context = self._attend(i, _rotate_half(b, q, stream.rope_q, "rope_q"), k, v, stream.bias)
         context = b.op("Reshape", b.op("Transpose", context, perm=[0, 3, 1, 2, 4]), self.merge_shape)
         x = b.op("Add", x, self._linear(context, i, "o", f"l{i}_o"), hint=f"l{i}_attn_out")
-        return self._feed_forward(i, x)
+        return self._feed_forward(i, x, out)
 
     def full(self, i: int, x: str, stream: _Stream) -> str:
         """Layer ``i`` on every position of x [B, S, H]."""
@@ -296,7 +298,8 @@ class _Layer:
     def full_shared(self, i: int, x_head: str, head: _Stream, x: str, rows: _Rows) -> tuple[str, str]:
         """Layer ``i`` on the heads [R,P,H] and on the rows [B,S,H] after them."""
         h_head, k_head, v_head, h, k, v = self._with_heads(i, x_head, head, x, rows)
-        return self._rest(i, x_head, h_head, k_head, v_head, head), self._rest(i, x, h, k, v, rows.stream)
+        heads = self._rest(i, x_head, h_head, k_head, v_head, head, out="head_out")
+        return heads, self._rest(i, x, h, k, v, rows.stream)
 
     def last_shared(self, i: int, x_head: str, head: _Stream, x: str, rows: _Rows) -> str:
         """The last layer of the shared-prefix form: the heads' keys and values, then each row's

@@ -8,12 +8,17 @@ the concrete backends (:mod:`rerank.service.backends.onnx`, ...) implement the p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
+PREFIX_IDS, PREFIX_MASK, PREFIX_ROW = "prefix_ids", "prefix_mask", "prefix_row"
+"""A graph's inputs. A decoder's graph may have a shared-prefix form (the ``prefix_*`` inputs,
+:mod:`rerank.converters.qwen3.graph`): the rows' common head is read once, each row only after it."""
 
 
 @dataclass(frozen=True)
@@ -23,13 +28,17 @@ class Batch:
     input_ids: np.ndarray
     attention_mask: np.ndarray
     token_type_ids: np.ndarray | None
+    shared: int = 1
+    """Leading tokens every row has in common, fewer than any row has: what a shared-prefix
+    graph reads once (:func:`pad` counts them)."""
 
     @classmethod
     def filled(cls, pairs: int, length: int, token: int) -> Batch:
         """``pairs`` rows of ``token`` repeated ``length`` times, unpadded: what start-up timing
-        and warm-up run (the speed of a batch does not depend on its tokens)."""
+        and warm-up run (the speed of a batch does not depend on its tokens). Its rows count as
+        sharing one token only, so a shared-prefix graph is timed at the most a batch can cost."""
         ids = np.full((pairs, length), token, dtype=np.int64)
-        return cls(ids, np.ones_like(ids), np.zeros_like(ids))
+        return cls(ids, np.ones_like(ids), np.zeros_like(ids), shared=1)
 
 
 class Tokens(Protocol):
@@ -54,7 +63,31 @@ def pad(pairs: Sequence[Tokens], pad_id: int, with_types: bool) -> Batch:
         mask[row, :n] = 1
         if types is not None:
             types[row, :n] = pair.type_ids
-    return Batch(ids, mask, types)
+    shortest = min(len(p.ids) for p in pairs)
+    differ = np.flatnonzero((ids[:, :shortest] != ids[:1, :shortest]).any(axis=0))
+    shared = int(differ[0]) if len(differ) else shortest
+    return Batch(ids, mask, types, shared=min(shared, shortest - 1))
+
+
+def graph_feed(batch: Batch, inputs: Collection[str]) -> dict[str, np.ndarray]:
+    """What a graph with ``inputs`` reads for ``batch``: the padded rows, or for a shared-prefix
+    graph their common head once (``batch.shared`` tokens) and each row from there on."""
+    if PREFIX_IDS not in inputs:
+        feed = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask}
+        if TOKEN_TYPE_IDS in inputs:
+            types = batch.token_type_ids
+            feed[TOKEN_TYPE_IDS] = types if types is not None else np.zeros_like(batch.input_ids)
+        return feed
+    head = batch.shared
+    if head < 1 or head >= int(batch.attention_mask.sum(axis=1).min()):
+        raise ValueError(f"a shared-prefix graph needs a common head shorter than every row (shared: {head})")
+    return {
+        PREFIX_IDS: np.ascontiguousarray(batch.input_ids[:1, :head]),
+        PREFIX_MASK: np.ones((1, head), dtype=np.int64),
+        PREFIX_ROW: np.zeros(len(batch.input_ids), dtype=np.int64),
+        INPUT_IDS: np.ascontiguousarray(batch.input_ids[:, head:]),
+        ATTENTION_MASK: np.ascontiguousarray(batch.attention_mask[:, head:]),
+    }
 
 
 class Backend(Protocol):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from rerank.service.backends.base import Batch
+from rerank.service.backends.base import Batch, graph_feed
 from rerank.service.model_folder import ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,7 @@ class OnnxBackend:
         log.info("loaded %s variant %s (%s) on %s", config.name, self.variant_key, self.variant.file, self.provider)
 
     def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
-        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = (
-                batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)
-            )
-        return feed
+        return graph_feed(batch, self.input_names)
 
     def run(self, batch: Batch) -> np.ndarray:
         """Returns float64 logits ``[pairs]`` for ``batch``."""

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from rerank.service.backends.base import Batch
+from rerank.service.backends.base import Batch, graph_feed
 from rerank.service.model_folder import BF16_UNTIL, ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,7 @@ class OpenVinoBackend:
         )
 
     def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
-        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = (
-                batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)
-            )
+        feed = graph_feed(batch, self.input_names)
         return {name: np.ascontiguousarray(feed[name], dtype=np.int64) for name in self.input_names}
 
     def run(self, batch: Batch) -> np.ndarray:

@@ -168,6 +168,40 @@ def test_the_shared_prefix_form_scores_as_the_card(qwen3_checkpoint, qwen3_folde
     assert np.ptp(expected) > 1.0
 
 
+def test_the_split_recipe_cuts_the_shared_prefix_form_at_its_rows(qwen3_checkpoint, qwen3_folder, card):
+    """ov-bf16-split's cut on the served graph: one layer output (the rows', not the heads'),
+    and the two parts, both compiled at f32 here, score as the card."""
+    import onnx
+    import openvino as ov
+
+    from rerank.converters.hf_checkpoint import load_checkpoint
+    from rerank.converters.mixed_precision import SPLIT_RECIPES, to_mixed_bf16
+    from rerank.converters.qwen3.graph import build_graph
+    from rerank.service.backends.base import graph_feed, pad
+    from rerank.service.backends.openvino import split_at
+    from rerank.service.model_folder import BF16_UNTIL
+
+    loaded = load_checkpoint(str(qwen3_checkpoint()))
+    graph = build_graph(loaded.spec, loaded.weights, shared_prefix=True)
+    assert to_mixed_bf16(graph, SPLIT_RECIPES[0]) > 0
+    core = ov.Core()
+    parts = [
+        core.compile_model(part, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        for part in split_at(core.read_model(graph.SerializeToString(), b""), BF16_UNTIL)
+    ]
+    config = read_model_folder(qwen3_folder)
+    encoder = PairEncoder(qwen3_folder / "tokenizer.json", config.template, config.max_length)
+    pairs = encoder.encode("what do pandas eat?", [d for _, d in tricky_pairs()[:6]]).pairs
+    values = graph_feed(pad(pairs, config.template.pad_id, False), [p.get_any_name() for p in parts[0].inputs])
+    for part in parts:
+        result = part({p.get_any_name(): values[p.get_any_name()] for p in part.inputs})
+        values.update({p.get_any_name(): result[p] for p in part.outputs})
+    ours = np.asarray(result[parts[-1].output(0)], dtype=np.float64)
+    theirs = np.array([card.logit_of(p.ids.tolist()) for p in pairs])
+    assert float(np.max(np.abs(ours - theirs))) <= TOLERANCE
+    assert onnx.checker.check_model(graph) is None
+
+
 @pytest.fixture(scope="module")
 def ggufs(qwen3_checkpoint, tmp_path_factory):
     """outtype -> GGUF of the tiny fixture, made by llama.cpp's convert_hf_to_gguf.py."""
