@@ -264,7 +264,10 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
     variants = gated_variants() if gate else SHAPES[name].variants
     present = json.loads(rerank_json.read_text()) if rerank_json.exists() else {}
     gated = present.get("verification", {}).get("variant_gates", {})
-    if not present or not set(variants) <= set(gated) | set(present.get("variants", {})):
+    # A decoder folder from before the shared-prefix graph would bench a graph the converter no
+    # longer writes.
+    stale = name in QWEN3 and present and not present.get("graph", {}).get("shared_prefix")
+    if not present or stale or not set(variants) <= set(gated) | set(present.get("variants", {})):
         log(f"{name}: converting to our model folder ({', '.join(variants)}, gate {'on' if gate else 'off'})")
         shutil.rmtree(models_dir, ignore_errors=True)
         _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp, variants, gate))

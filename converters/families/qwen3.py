@@ -69,11 +69,13 @@ def build_graph(
 
 
 def graph_facts(loaded: LoadedModel) -> dict[str, int]:
-    """The vocabulary's rows; RoPE tables are built for ``max_length``."""
+    """The vocabulary's rows; RoPE tables are built for ``max_length``; the graph reads a shared
+    head (:func:`build_graph`)."""
     return {
         "vocab_rows": int(loaded.weights["emb.word"].shape[0]),
         "position_rows": loaded.spec.max_length,
         "position_offset": 0,
+        "shared_prefix": 1,
     }
 
 

@@ -11,6 +11,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from rerank.converters.testing.llama_cpp import convert_to_gguf
@@ -71,6 +72,8 @@ def test_the_folder_declares_the_prompt(qwen3_folder, card):
     assert data["spec"]["yes_id"] == card.token_true_id and data["spec"]["no_id"] == card.token_false_id
     assert data["verification"]["max_abs_diff"] <= TOLERANCE
     assert data["verification"]["reference"].endswith("(AutoModelForCausalLM)")
+    assert data["graph"]["shared_prefix"] == 1  # and the graph reads the head apart:
+    assert "prefix_ids" in {i.name for i in onnx.load(str(qwen3_folder / "model.onnx")).graph.input}
 
 
 def test_variants_are_gated_as_for_the_encoders(qwen3_folder, card):
@@ -171,7 +174,6 @@ def test_the_shared_prefix_form_scores_as_the_card(qwen3_checkpoint, qwen3_folde
 def test_the_split_recipe_cuts_the_shared_prefix_form_at_its_rows(qwen3_checkpoint, qwen3_folder, card):
     """ov-bf16-split's cut on the served graph: one layer output (the rows', not the heads'),
     and the two parts, both compiled at f32 here, score as the card."""
-    import onnx
     import openvino as ov
 
     from rerank.converters.hf_checkpoint import load_checkpoint

@@ -24,3 +24,24 @@ def test_a_machine_with_cuda_gates_every_default_variant(monkeypatch: pytest.Mon
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     assert models.gated_variants() == models.DEFAULT_VARIANTS
+
+
+@pytest.mark.parametrize(("graph", "reconverted"), [({}, True), ({"shared_prefix": 1}, False)])
+def test_a_decoder_folder_without_the_shared_prefix_graph_is_converted_again(
+    graph: dict[str, int], reconverted: bool, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    name = "qwen3-tiny"
+    (tmp_path / name / "checkpoint").mkdir(parents=True)
+    (tmp_path / name / "checkpoint" / "model.safetensors").touch()
+    folder = tmp_path / name / "models" / name
+    folder.mkdir(parents=True)
+    gates = {v: {"passed": False, "skipped": "no"} for v in models.gated_variants()}
+    (folder / "rerank.json").write_text(json.dumps({"graph": graph, "verification": {"variant_gates": gates}}))
+    converted: list[str] = []
+    monkeypatch.setattr(models, "CACHE", tmp_path)
+    monkeypatch.setattr(models, "_convert_ours", lambda name, *_: converted.append(name))
+    monkeypatch.setattr(models, "_count_params", lambda _: (0, 0))
+    models.ensure(name, log=lambda _: None, gguf=False)
+    assert converted == ([name] if reconverted else [])
