@@ -239,9 +239,10 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
     return total, matmul
 
 
-def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) -> BenchModel:
+def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True, fresh: bool = True) -> BenchModel:
     """Builds whatever form of model ``name`` is missing from the cache and returns all of them
-    (the GGUF files only with ``gguf``)."""
+    (the GGUF files only with ``gguf``). ``fresh=False`` keeps a model folder an older converter
+    wrote (for a tool that reads only its tokenizer and template, and builds graphs itself)."""
     root = CACHE / name
     checkpoint = root / "checkpoint"
     if not (checkpoint / "model.safetensors").exists():
@@ -266,7 +267,7 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True) 
     gated = present.get("verification", {}).get("variant_gates", {})
     # A decoder folder from before the shared-prefix graph would bench a graph the converter no
     # longer writes.
-    stale = name in QWEN3 and present and not present.get("graph", {}).get("shared_prefix")
+    stale = fresh and name in QWEN3 and present and not present.get("graph", {}).get("shared_prefix")
     if not present or stale or not set(variants) <= set(gated) | set(present.get("variants", {})):
         log(f"{name}: converting to our model folder ({', '.join(variants)}, gate {'on' if gate else 'off'})")
         shutil.rmtree(models_dir, ignore_errors=True)

@@ -92,7 +92,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    model = bench_models.ensure(args.model, gguf=False)
+    model = bench_models.ensure(args.model, gguf=False, fresh=False)  # its tokenizer and template
     config = read_model_folder(model.folder)
     encoder = PairEncoder(model.folder / "tokenizer.json", config.template, config.max_length)
     loaded = load_checkpoint(str(model.checkpoint))

@@ -26,9 +26,12 @@ def test_a_machine_with_cuda_gates_every_default_variant(monkeypatch: pytest.Mon
     assert models.gated_variants() == models.DEFAULT_VARIANTS
 
 
-@pytest.mark.parametrize(("graph", "reconverted"), [({}, True), ({"shared_prefix": 1}, False)])
+@pytest.mark.parametrize(
+    ("graph", "fresh", "reconverted"),
+    [({}, True, True), ({"shared_prefix": 1}, True, False), ({}, False, False)],
+)
 def test_a_decoder_folder_without_the_shared_prefix_graph_is_converted_again(
-    graph: dict[str, int], reconverted: bool, tmp_path, monkeypatch: pytest.MonkeyPatch
+    graph: dict[str, int], fresh: bool, reconverted: bool, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
 
@@ -43,5 +46,5 @@ def test_a_decoder_folder_without_the_shared_prefix_graph_is_converted_again(
     monkeypatch.setattr(models, "CACHE", tmp_path)
     monkeypatch.setattr(models, "_convert_ours", lambda name, *_: converted.append(name))
     monkeypatch.setattr(models, "_count_params", lambda _: (0, 0))
-    models.ensure(name, log=lambda _: None, gguf=False)
+    models.ensure(name, log=lambda _: None, gguf=False, fresh=fresh)
     assert converted == ([name] if reconverted else [])
