@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.prefix_sharing" + (f" --model {args.model}" if args.model != "qwen3-0.6b-shape" else "")
     record = {
         "date": results.now(),
-        "command": command + (f" --batch {args.batch}" if args.batch != 8 else ""),
+        "command": command
+        + (f" --batch {args.batch}" if args.batch != 8 else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 3 else ""),
         "cpu": cpu_summary(),
         "threads": THREADS,
         "rounds": args.rounds,
