@@ -30,8 +30,9 @@ for every document. This form runs them once per request instead of once per doc
   at positions after its head's; ``logits`` as above.
 
 The same products, in the same order, on the same values: it scores as the plain form does
-(to float32 rounding of the softmax's sums). The server does not feed this form yet (its
-micro-batches carry whole pairs); ``python -m bench.prefix_sharing`` measures what it saves.
+(to float32 rounding of the softmax's sums). The backends feed it each micro-batch's common head
+(:func:`rerank.service.backends.base.graph_feed`); ``python -m bench.prefix_sharing`` measures
+what it saves. The converter writes this form (:mod:`rerank.converters.families.qwen3`).
 """
 
 from __future__ import annotations
@@ -60,9 +61,8 @@ from rerank.converters.onnx_graph import (
 )
 from rerank.converters.qwen3.spec import Qwen3Spec
 from rerank.converters.spec import Weights
+from rerank.service.backends.base import PREFIX_IDS, PREFIX_MASK, PREFIX_ROW
 
-PREFIX_IDS, PREFIX_MASK, PREFIX_ROW = "prefix_ids", "prefix_mask", "prefix_row"
-"""The shared-prefix form's extra inputs (see the module docstring)."""
 FAR = 1 << 40
 """A key position past every query's: how a padded head token is masked (``key > query``)."""
 
@@ -198,8 +198,9 @@ def _shared_streams(b: _Builder, spec: Qwen3Spec) -> tuple[_Stream, _Rows]:
 
 
 class _Layer:
-    """The decoder layer: over every position of a stream (:meth:`full`), for each row's last
-    position (:meth:`last`), or both over a shared-prefix form's heads and rows."""
+    """The decoder layer: over every position of a stream (:meth:`full`) or for each row's last
+    position (:meth:`last_plain`); :meth:`full_shared` and :meth:`last_shared` the same over a
+    shared-prefix form's heads and the rows after them."""
 
     def __init__(self, spec: Qwen3Spec, w: Weights, b: _Builder) -> None:
         self.spec, self.w, self.b = spec, w, b
