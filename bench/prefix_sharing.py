@@ -33,17 +33,16 @@ from bench.peers import THREADS
 from rerank.converters.hf_checkpoint import load_checkpoint
 from rerank.converters.onnx_graph import save
 from rerank.converters.qwen3.graph import build_graph
-from rerank.service.backends.base import (
+from rerank.service.backends.base import graph_feed, pad
+from rerank.service.core.tokenization import Pair, PairEncoder
+from rerank.service.model_folder import (
     ATTENTION_MASK,
     INPUT_IDS,
     PREFIX_IDS,
     PREFIX_MASK,
     PREFIX_ROW,
-    graph_feed,
-    pad,
+    read_model_folder,
 )
-from rerank.service.core.tokenization import Pair, PairEncoder
-from rerank.service.model_folder import read_model_folder
 
 Feeds = list[dict[str, np.ndarray]]
 PLAIN = (INPUT_IDS, ATTENTION_MASK)

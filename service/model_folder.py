@@ -40,6 +40,11 @@ gate of this version is chosen without being asked for."""
 BF16_UNTIL = "rerank_bf16_until"
 """The tensor at which a split ``bf16-mixed`` graph changes precision: what computes it runs in
 bf16, what reads it in f32 (:mod:`rerank.service.backends.openvino`)."""
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
+PREFIX_IDS, PREFIX_MASK, PREFIX_ROW = "prefix_ids", "prefix_mask", "prefix_row"
+"""A model folder's graph inputs. A decoder's graph may read a shared head apart (the ``prefix_*``
+inputs, ``graph.shared_prefix``): the rows' common head once, each row after it
+(:func:`rerank.service.backends.base.graph_feed`)."""
 
 
 @dataclass(frozen=True)

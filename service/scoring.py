@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from rerank.service.backends.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, graph_feed, pad
+from rerank.service.backends.base import graph_feed, pad
 from rerank.service.backends.loader import load_backend
 from rerank.service.backends.loader import runtime_available as _runtime_available
 from rerank.service.core.tokenization import PairEncoder
-from rerank.service.model_folder import ModelFolderConfig, Variant
+from rerank.service.model_folder import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, ModelFolderConfig, Variant
 
 
 def score_pairs(

@@ -61,7 +61,7 @@ from rerank.converters.onnx_graph import (
 )
 from rerank.converters.qwen3.spec import Qwen3Spec
 from rerank.converters.spec import Weights
-from rerank.service.backends.base import PREFIX_IDS, PREFIX_MASK, PREFIX_ROW
+from rerank.service.model_folder import PREFIX_IDS, PREFIX_MASK, PREFIX_ROW
 
 FAR = 1 << 40
 """A key position past every query's: how a padded head token is masked (``key > query``)."""

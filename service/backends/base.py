@@ -15,10 +15,14 @@ from typing import Protocol
 
 import numpy as np
 
-INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
-PREFIX_IDS, PREFIX_MASK, PREFIX_ROW = "prefix_ids", "prefix_mask", "prefix_row"
-"""A graph's inputs. A decoder's graph may have a shared-prefix form (the ``prefix_*`` inputs,
-:mod:`rerank.converters.qwen3.graph`): the rows' common head is read once, each row only after it."""
+from rerank.service.model_folder import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    PREFIX_IDS,
+    PREFIX_MASK,
+    PREFIX_ROW,
+    TOKEN_TYPE_IDS,
+)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from rerank.service.backends.base import (
+from rerank.service.backends.base import Batch, graph_feed, pad
+from rerank.service.model_folder import (
     ATTENTION_MASK,
     INPUT_IDS,
     PREFIX_IDS,
     PREFIX_MASK,
     PREFIX_ROW,
     TOKEN_TYPE_IDS,
-    Batch,
-    graph_feed,
-    pad,
 )
 
 SHARED_FORM = (PREFIX_IDS, PREFIX_MASK, PREFIX_ROW, INPUT_IDS, ATTENTION_MASK)
