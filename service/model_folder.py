@@ -185,7 +185,7 @@ class ModelFolderConfig:
     graph: dict[str, int] = field(default_factory=dict)
     """Facts of the graph the checks compare the rest with: ``vocab_rows`` (word embeddings),
     ``position_rows`` and ``position_offset`` (learned position tables, where the model has one);
-    ``shared_prefix`` 1 where the graph reads a shared head (:data:`~rerank.service.backends.base.PREFIX_IDS`)."""
+    ``shared_prefix`` 1 where the graph reads a shared head (:data:`PREFIX_IDS`)."""
     check_pairs: list[tuple[str, str]] = field(default_factory=list)
     """A few (query, document) pairs whose scores each variant recorded (``probe_scores``)."""
     speed: dict[str, Any] = field(default_factory=dict)
