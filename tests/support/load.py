@@ -17,6 +17,13 @@ class Outcome:
     status: int | None
     """HTTP status, or None when the request failed without one (refused, reset, timeout)."""
     error: str = ""
+    refusals: int = 0
+    """Times it was refused with 429 and ``Retry-After`` and sent again after waiting that long
+    (only with :attr:`Load.honour_retry_after`)."""
+
+
+MAX_REFUSALS = 5
+"""Retries of one request a client honouring ``Retry-After`` makes before it keeps the 429."""
 
 
 @dataclass
@@ -26,6 +33,9 @@ class Load:
     request: Callable[[httpx.Client], httpx.Response]
     base_url: str
     clients: int = 8
+    honour_retry_after: bool = False
+    """Clients as the API asks them to be: a 429 with ``Retry-After`` is sent again after that
+    many seconds (a refusal is an answer, not a lost request; a 429 without it still fails)."""
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -42,14 +52,22 @@ class Load:
         with httpx.Client(base_url=self.base_url, timeout=60) as client:
             while not self._stop.is_set():
                 started = time.monotonic()
-                try:
-                    response = self.request(client)
-                    status: int | None = response.status_code
-                    error = "" if status == 200 else response.text[:200]
-                except httpx.HTTPError as exc:
-                    status, error = None, f"{type(exc).__name__}: {exc}"
+                refusals = 0
+                while True:
+                    try:
+                        response = self.request(client)
+                        status: int | None = response.status_code
+                        error = "" if status == 200 else response.text[:200]
+                    except httpx.HTTPError as exc:
+                        status, error = None, f"{type(exc).__name__}: {exc}"
+                        break
+                    wait = response.headers.get("retry-after", "")
+                    if not (self.honour_retry_after and status == 429 and wait.isdigit() and refusals < MAX_REFUSALS):
+                        break
+                    refusals += 1
+                    time.sleep(int(wait))
                 with self._lock:
-                    self.outcomes.append(Outcome(started, time.monotonic(), status, error))
+                    self.outcomes.append(Outcome(started, time.monotonic(), status, error, refusals))
 
     def stop(self) -> list[Outcome]:
         self._stop.set()
