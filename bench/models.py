@@ -239,10 +239,19 @@ def _count_params(checkpoint: Path) -> tuple[int, int]:
     return total, matmul
 
 
-def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True, fresh: bool = True) -> BenchModel:
+def ensure(
+    name: str,
+    log: Callable[[str], None] = print,
+    *,
+    gguf: bool = True,
+    fresh: bool = True,
+    variants: tuple[str, ...] | None = None,
+) -> BenchModel:
     """Builds whatever form of model ``name`` is missing from the cache and returns all of them
     (the GGUF files only with ``gguf``). ``fresh=False`` keeps a model folder an older converter
-    wrote (for a tool that reads only its tokenizer and template, and builds graphs itself)."""
+    wrote (for a tool that reads only its tokenizer and template, and builds graphs itself).
+    ``variants`` narrows a gated model's conversion to those (the gate still judges each): a
+    folder with at least them is kept."""
     root = CACHE / name
     checkpoint = root / "checkpoint"
     if not (checkpoint / "model.safetensors").exists():
@@ -262,7 +271,7 @@ def ensure(name: str, log: Callable[[str], None] = print, *, gguf: bool = True, 
     models_dir = root / "models"
     rerank_json = models_dir / name / "rerank.json"
     gate = name not in SHAPES
-    variants = gated_variants() if gate else SHAPES[name].variants
+    variants = variants or (gated_variants() if gate else SHAPES[name].variants)
     present = json.loads(rerank_json.read_text()) if rerank_json.exists() else {}
     gated = present.get("verification", {}).get("variant_gates", {})
     # A decoder folder from before the shared-prefix graph would bench a graph the converter no

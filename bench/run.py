@@ -85,6 +85,12 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _probe_documents(value: str) -> str:
+    if value != "all" and (not value.isdigit() or int(value) < 1):
+        raise argparse.ArgumentTypeError("a positive number of documents, or 'all'")
+    return value
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -112,6 +118,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 repetition, 5 W3 requests, 8-document warm-ups")
     p.add_argument("--no-accuracy", action="store_true", help="skip scoring the gate's probes with every peer")
     p.add_argument(
+        "--probe-documents",
+        type=_probe_documents,
+        help="documents per accuracy probe query, or 'all' for the gate's whole set (default: per model, see PLANS)",
+    )
+    p.add_argument(
+        "--variants",
+        type=_csv,
+        help="convert a gated model with only these of our variants (the gate still judges each; default: every "
+        "variant this machine can serve); a cached folder holding at least them is kept",
+    )
+    p.add_argument(
         "--documents", type=int, help="W1/W2 with only this many of their 64 documents (a smoke run, not a result)"
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
@@ -136,6 +153,9 @@ def plan_for(model: str, args: argparse.Namespace) -> Plan:
     plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen}, budget=budget)
     if args.quick:
         plan = dataclasses.replace(plan, requests={**plan.requests, "W3": 5}, warmup_documents=8)
+    if getattr(args, "probe_documents", None):
+        every = args.probe_documents == "all"
+        plan = dataclasses.replace(plan, probe_documents=None if every else int(args.probe_documents))
     return plan
 
 
@@ -237,7 +257,9 @@ def bench_model(
     """Measures every chosen peer and workload on model ``name``; returns the measurements and the
     model's facts (parameters, tokens, padding, plan, each peer's accuracy and environment)."""
     peers = peers_for(name, args)
-    model = bench_models.ensure(name, log, gguf=any(p.startswith("llama-") for p in peers))
+    model = bench_models.ensure(
+        name, log, gguf=any(p.startswith("llama-") for p in peers), variants=tuple(args.variants or ()) or None
+    )
     plan = plan_for(name, args)
     loads = [shrink(workloads.make(w), args.documents) for w in plan.reps]
     lengths = {w.name: request_lengths(model.folder, w) for w in loads}

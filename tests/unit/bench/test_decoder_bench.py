@@ -127,3 +127,12 @@ def test_the_plans_budget_gives_way_to_the_flags() -> None:
     assert run.plan_for("qwen3-0.6b-shape", run.parse(["--budget", "60"])).budget == 60.0
     assert run.plan_for("qwen3-0.6b-shape", run.parse(["--reps", "3"])).budget is None  # 3 asked, 3 run
     assert run.plan_for("minilm-ce", run.parse([])).budget is None
+
+
+def test_the_probe_set_size_gives_way_to_the_flag() -> None:
+    """The plan's 6 documents a query, or every probe pair (the gate's own set) when asked."""
+    assert run.plan_for("qwen3-0.6b-shape", run.parse([])).probe_documents == 6
+    assert run.plan_for("qwen3-0.6b-shape", run.parse(["--probe-documents", "all"])).probe_documents is None
+    assert run.plan_for("qwen3-0.6b-shape", run.parse(["--probe-documents", "12"])).probe_documents == 12
+    with pytest.raises(SystemExit):
+        run.parse(["--probe-documents", "0"])

@@ -26,6 +26,23 @@ def test_a_machine_with_cuda_gates_every_default_variant(monkeypatch: pytest.Mon
     assert models.gated_variants() == models.DEFAULT_VARIANTS
 
 
+def _cached_folder(tmp_path, monkeypatch: pytest.MonkeyPatch, name: str, config: dict) -> list[tuple]:
+    """A cached checkpoint and model folder with ``config`` as its rerank.json; returns the list
+    that records each conversion ``ensure`` starts: (name, variants)."""
+    import json
+
+    (tmp_path / name / "checkpoint").mkdir(parents=True)
+    (tmp_path / name / "checkpoint" / "model.safetensors").touch()
+    folder = tmp_path / name / "models" / name
+    folder.mkdir(parents=True)
+    (folder / "rerank.json").write_text(json.dumps(config))
+    converted: list[tuple] = []
+    monkeypatch.setattr(models, "CACHE", tmp_path)
+    monkeypatch.setattr(models, "_convert_ours", lambda name, _c, _m, variants, _g: converted.append((name, variants)))
+    monkeypatch.setattr(models, "_count_params", lambda _: (0, 0))
+    return converted
+
+
 @pytest.mark.parametrize(
     ("graph", "fresh", "reconverted"),
     [({}, True, True), ({"shared_prefix": 1}, True, False), ({}, False, False)],
@@ -33,18 +50,22 @@ def test_a_machine_with_cuda_gates_every_default_variant(monkeypatch: pytest.Mon
 def test_a_decoder_folder_without_the_shared_prefix_graph_is_converted_again(
     graph: dict[str, int], fresh: bool, reconverted: bool, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
-
     name = "qwen3-tiny"
-    (tmp_path / name / "checkpoint").mkdir(parents=True)
-    (tmp_path / name / "checkpoint" / "model.safetensors").touch()
-    folder = tmp_path / name / "models" / name
-    folder.mkdir(parents=True)
     gates = {v: {"passed": False, "skipped": "no"} for v in models.gated_variants()}
-    (folder / "rerank.json").write_text(json.dumps({"graph": graph, "verification": {"variant_gates": gates}}))
-    converted: list[str] = []
-    monkeypatch.setattr(models, "CACHE", tmp_path)
-    monkeypatch.setattr(models, "_convert_ours", lambda name, *_: converted.append(name))
-    monkeypatch.setattr(models, "_count_params", lambda _: (0, 0))
+    config = {"graph": graph, "verification": {"variant_gates": gates}}
+    converted = _cached_folder(tmp_path, monkeypatch, name, config)
     models.ensure(name, log=lambda _: None, gguf=False, fresh=fresh)
-    assert converted == ([name] if reconverted else [])
+    assert [n for n, _ in converted] == ([name] if reconverted else [])
+
+
+def test_narrowed_variants_convert_only_those_and_keep_a_folder_that_has_them(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "qwen3-tiny"
+    gates = {"ov-fp32": {"passed": True}, "ov-bf16-split": {"passed": False}}
+    config = {"graph": {"shared_prefix": 1}, "verification": {"variant_gates": gates}}
+    converted = _cached_folder(tmp_path, monkeypatch, name, config)
+    models.ensure(name, log=lambda _: None, gguf=False, variants=("ov-fp32", "ov-bf16-split"))
+    assert converted == []  # the folder has them: kept
+    models.ensure(name, log=lambda _: None, gguf=False, variants=("ov-fp32", "int8"))
+    assert converted == [(name, ("ov-fp32", "int8"))]  # int8 is missing: only the asked ones converted
