@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rerank.service.backends.base import Batch, graph_feed
-from rerank.service.model_folder import ModelFolderConfig, Variant
+from rerank.service.model_folder import ATTENTION_MASK, INPUT_IDS, ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(folder / self.variant.file), options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.input_names = {i.name for i in self.session.get_inputs()}
-        missing = {"input_ids", "attention_mask"} - self.input_names
+        missing = {INPUT_IDS, ATTENTION_MASK} - self.input_names
         if missing:
             raise ValueError(f"{folder / self.variant.file}: the graph has no input {sorted(missing)[0]!r}")
         self.precision = self.variant.precision

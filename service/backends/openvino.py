@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from rerank.service.backends.base import Batch, graph_feed
-from rerank.service.model_folder import BF16_UNTIL, ModelFolderConfig, Variant
+from rerank.service.model_folder import ATTENTION_MASK, BF16_UNTIL, INPUT_IDS, ModelFolderConfig, Variant
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class OpenVinoBackend:
         self.compiled = self.parts[0]
         self.compile_seconds = time.perf_counter() - started
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        missing = {"input_ids", "attention_mask"} - set(self.input_names)
+        missing = {INPUT_IDS, ATTENTION_MASK} - set(self.input_names)
         if missing:
             raise ValueError(f"{folder / self.variant.file}: the graph has no input {sorted(missing)[0]!r}")
         self._part_inputs = [[port.get_any_name() for port in part.inputs] for part in self.parts]
