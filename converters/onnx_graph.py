@@ -412,18 +412,33 @@ def rope_tables(spec: EncoderSpec) -> tuple[np.ndarray, np.ndarray]:
     return emb.cos().numpy().astype(np.float32), emb.sin().numpy().astype(np.float32)
 
 
+EXTERNAL_WEIGHTS_BYTES = 64 << 20
+"""Weights over this go to ``<graph>.data`` beside the graph. OpenVINO maps that file rather than
+copying it: its CPU plugin keeps the weights it read besides its own repacked copy, so weights
+inside the graph cost their size twice in anonymous memory, in a file once (and the mapped copy
+is page cache, shared between processes and reclaimable). Protobuf also caps a graph at 2 GiB."""
+
+
 def save(model: onnx.ModelProto, path) -> None:
-    """Saves ``model``; weights go to ``<name>.data`` beside it when over protobuf's 2 GiB cap."""
+    """Saves ``model``; weights go to ``<name>.data`` beside it when over :data:`EXTERNAL_WEIGHTS_BYTES`."""
     size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > 1_800_000_000:
+    data = path.parent / f"{path.name}.data"
+    data.unlink(missing_ok=True)  # a graph saved whole must not leave an older one's weights beside it
+    if size > EXTERNAL_WEIGHTS_BYTES:
         onnx.save_model(
             model,
             str(path),
             save_as_external_data=True,
             all_tensors_to_one_file=True,
-            location=f"{path.name}.data",
+            location=data.name,
             size_threshold=1024,
         )
-        (path.parent / f"{path.name}.data").chmod(0o644)  # onnx writes it private; model folders are shared
+        data.chmod(0o644)  # onnx writes it private; model folders are shared
     else:
         onnx.save_model(model, str(path))
+
+
+def remove(path) -> None:
+    """Deletes a graph :func:`save` wrote, with its external weights if it has them."""
+    path.unlink(missing_ok=True)
+    (path.parent / f"{path.name}.data").unlink(missing_ok=True)

@@ -141,6 +141,8 @@ def quantize_int8(
             advanced_parameters=advanced,
             ignored_scope=nncf.IgnoredScope(patterns=list(keep_fp32), validate=False) if keep_fp32 else None,
         )
+    from rerank.converters import onnx_graph  # onnx, like the rest of this function
+
     out = folder / out_name
-    onnx.save(quantized, str(out))
+    onnx_graph.save(quantized, out)
     return out

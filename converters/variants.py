@@ -295,10 +295,8 @@ def write_variants(
         if passed or not enforce_gate:
             kept[name] = candidate(name, figures[name]) if fused else _unfused(candidate(name, figures[name]))
         elif path.name != "model.onnx":  # the OpenVINO fp32/bf16 variants read the reference graph
-            path.unlink(missing_ok=True)
+            onnx_graph.remove(path)
     if "fp32-fused" not in kept:
         # The fused graph was only a stepping stone (or failed its gate): don't ship it.
-        fused_path.unlink(missing_ok=True)
-        for data in folder.glob(f"{FILES['fp32-fused']}.data"):
-            data.unlink()
+        onnx_graph.remove(fused_path)
     return kept, figures

@@ -5,7 +5,7 @@ Layout::
     models/<name>/
         rerank.json        this file's :class:`ModelFolderConfig`
         tokenizer.json     a Hugging Face ``tokenizers`` file
-        model.onnx         float32 reference graph (``model.onnx.data`` beside it when > 2 GiB)
+        model.onnx         float32 reference graph (its weights in ``model.onnx.data`` beside it when over 64 MiB)
         model.*.onnx       optional optimised variants, listed in ``rerank.json``
 
 The service reads only this folder: no network, no torch, no transformers.
