@@ -47,6 +47,7 @@ def build(names: list[str], model: BenchModel, workdir: Path) -> list[Peer]:
         **{name: (lambda name=name: library_peers.make(name, model, workdir)) for name in library_peers.NAMES},
         "infinity-fp32": lambda: Infinity(model, workdir),
         "vllm": lambda: Vllm(model, workdir),
+        "vllm-fp32": lambda: Vllm(model, workdir, "float32"),
         "llama-f16": lambda: LlamaServer(model, "f16", workdir),
         "llama-q8_0": lambda: LlamaServer(model, "q8_0", workdir),
     }

@@ -87,18 +87,19 @@ PEERS = (
     "fastembed",
     "infinity-fp32",
     "vllm",
+    "vllm-fp32",
     "llama-f16",
     "llama-q8_0",
 )
 OURS = ("grpc-auto", "rest-auto", "grpc-fp32", "grpc-ov-fp32", "grpc-ov-bf16", "rest-fp32", "grpc-int8")
 """Our server's peers (the rest are the others')."""
-SERVER_PEERS = ("infinity-fp32", "vllm", "llama-f16", "llama-q8_0")
+SERVER_PEERS = ("infinity-fp32", "vllm", "vllm-fp32", "llama-f16", "llama-q8_0")
 """The other servers (the remaining peers are libraries called in-process)."""
 ENCODER_ONLY = ("st-fp32", "st-ov", "st-ov-fp32", "st-onnx", "fastembed", "infinity-fp32")
 """Peers that score encoder cross-encoders only (a sequence-classification head)."""
 DECODER_ONLY = ("hf-fp32", "hf-bf16")
 """Peers that score decoder rerankers only (the model card's yes/no logits)."""
-DECODER_DEFAULT = ("grpc-auto", "rest-auto", "hf-fp32", "hf-bf16", "vllm", "llama-f16", "llama-q8_0")
+DECODER_DEFAULT = ("grpc-auto", "rest-auto", "hf-fp32", "hf-bf16", "vllm", "vllm-fp32", "llama-f16", "llama-q8_0")
 """A decoder model's peers unless ``--peers`` names others: our server as users call it, and the
 others (our pinned variants would each cost a server and every workload at minutes a request)."""
 OUR_VARIANTS = {"grpc-fp32": "fp32-fused", "grpc-ov-fp32": "ov-fp32", "grpc-ov-bf16": "ov-bf16", "grpc-int8": "int8"}
@@ -532,13 +533,17 @@ class Vllm(_VenvServer):
     ``POST /rerank``, sigmoid scores unless ``use_activation`` is false. vLLM refuses a pair
     past the model's 512 tokens (HTTP 400) unless asked to truncate, which every other peer
     does by itself: ``truncate_prompt_tokens: -1`` (to the model's length) on every request.
-    A decoder reranker is served as vLLM documents Qwen3-Reranker (:mod:`bench.vllm`)."""
+    A decoder reranker is served as vLLM documents Qwen3-Reranker (:mod:`bench.vllm`). With
+    ``dtype`` (``vllm-fp32``: float32), that dtype instead of vLLM's default for the CPU (bf16
+    where the CPU has it): vLLM as a user who needs the model's own scores would run it."""
 
     _fields = {"truncate_prompt_tokens": -1}  # noqa: RUF012
     _raw = {"use_activation": False}  # noqa: RUF012
 
-    def __init__(self, model: BenchModel, workdir: Path) -> None:
-        super().__init__(model, workdir, "vllm", "default")
+    def __init__(self, model: BenchModel, workdir: Path, dtype: str | None = None) -> None:
+        name, precision = ("vllm-fp32", "fp32") if dtype == "float32" else ("vllm", "default")
+        super().__init__(model, workdir, name, precision)
+        self.dtype = dtype
 
     def start(self) -> None:
         from bench import vllm
@@ -549,7 +554,7 @@ class Vllm(_VenvServer):
         if self.model.kind == DECODER:
             template = self.workdir / "qwen3-reranker.jinja"
             template.write_text(vllm.qwen3_chat_template())
-        command = vllm.command(self.model.checkpoint, self.model.name, port, template)
+        command = vllm.command(self.model.checkpoint, self.model.name, port, template, self.dtype)
         kv_cache = vllm.QWEN3_KV_CACHE_GIB if template else 1
         self._serve(command, port, env=vllm.environment(THREADS, kv_cache))
         self.precision = vllm.dtype(self.workdir / f"{self.name}.log") or self.precision

@@ -54,9 +54,12 @@ def qwen3_chat_template() -> str:
     return PREFIX + middle + SUFFIX + "\n"
 
 
-def command(checkpoint: Path, name: str, port: int, chat_template: Path | None = None) -> list[str]:
+def command(
+    checkpoint: Path, name: str, port: int, chat_template: Path | None = None, dtype: str | None = None
+) -> list[str]:
     """vLLM's server for ``checkpoint`` under ``name`` on loopback ``port``; with
-    ``chat_template`` (a file holding :func:`qwen3_chat_template`), as a Qwen3-Reranker."""
+    ``chat_template`` (a file holding :func:`qwen3_chat_template`), as a Qwen3-Reranker; with
+    ``dtype``, in that dtype (vLLM's ``--dtype``) instead of its default."""
     qwen3 = (
         ["--hf-overrides", json.dumps(QWEN3_OVERRIDES), "--chat-template", str(chat_template)] if chat_template else []
     )
@@ -77,6 +80,7 @@ def command(checkpoint: Path, name: str, port: int, chat_template: Path | None =
         "--max-model-len",
         str(max_model_len),
         *qwen3,
+        *(["--dtype", dtype] if dtype else []),
     ]
 
 

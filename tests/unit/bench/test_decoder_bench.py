@@ -136,3 +136,14 @@ def test_the_probe_set_size_gives_way_to_the_flag() -> None:
     assert run.plan_for("qwen3-0.6b-shape", run.parse(["--probe-documents", "12"])).probe_documents == 12
     with pytest.raises(SystemExit):
         run.parse(["--probe-documents", "0"])
+
+
+def test_vllm_fp32_asks_for_float32_and_vllm_for_its_default(tmp_path) -> None:
+    from bench.vllm import command
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 40960}')
+    default = command(tmp_path, "m", 8000, tmp_path / "t.jinja")
+    fp32 = command(tmp_path, "m", 8000, tmp_path / "t.jinja", "float32")
+    assert "--dtype" not in default and fp32[-2:] == ["--dtype", "float32"]
+    assert fp32[: len(default)] == default
+    assert "vllm-fp32" in peers.DECODER_DEFAULT and "vllm-fp32" in peers.SERVER_PEERS
