@@ -7,11 +7,22 @@ import pytest
 
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from bench import memory
 from rerank.converters import onnx_graph
-from tests.unit.converters.test_onnx_graph_save import model
+
+
+def model() -> onnx.ModelProto:
+    """y = x @ w, 256 KiB of weights."""
+    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 256]) for n in ("x", "y")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [io[0]], [io[1]], [numpy_helper.from_array(w, "w")]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_the_whole_copy_holds_the_weights_inside_its_graph(tmp_path, monkeypatch) -> None:
