@@ -125,6 +125,7 @@ def calibrate(backend: Backend, config: ModelFolderConfig, batching: BatchingCon
         max_batch_pairs=batching.max_batch_pairs,
         pinned=batching.batch_tokens,
         streams=backend.streams,
+        batch_seconds=batching.batch_seconds,
     )
     log.info(
         "%s: micro-batches of %d padded tokens (%s), %.0f padded tokens/s there; timed: %s",

@@ -31,9 +31,21 @@ one estimate's error. The estimate, from characters at a learned rate, is usuall
 text whose tokens are far denser (another script) meets the queue's check again at its real cost."""
 
 
-def padded_cost(tokens: int) -> float:
+def padded_cost(tokens: float) -> float:
     """What a request of ``tokens`` tokens (over all its pairs) will cost the model, in padded tokens."""
     return PADDING_ALLOWANCE * tokens
+
+
+def shared_head_tokens(tokens: float, pairs: int, head: float, budget: float) -> float:
+    """The tokens a graph that reads a micro-batch's common head once runs for ``pairs`` rows
+    of ``tokens`` in all that begin with the same ``head`` tokens (one request's prompt: a
+    decoder's template and query), cut into micro-batches of at most ``budget`` tokens: each
+    micro-batch runs the head once and every row's tail."""
+    if head <= 0 or pairs <= 1:
+        return tokens
+    tails = max(0.0, tokens - pairs * head)
+    batches = min(pairs, max(1, math.ceil(tails / max(1.0, budget - head))))
+    return tails + batches * head
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,12 @@ class Batch:
     """Leading tokens every row has in common, fewer than any row has: what a shared-prefix
     graph reads once (:func:`pad` counts them)."""
 
+    def work(self, shares_head: bool) -> int:
+        """Tokens the graph runs for this batch (:func:`work_tokens`): every padded one, or for a
+        graph that ``shares_head`` the common head once."""
+        pairs, longest = self.input_ids.shape
+        return work_tokens(pairs, longest, self.shared if shares_head else 0)
+
     @classmethod
     def filled(cls, pairs: int, length: int, token: int) -> Batch:
         """``pairs`` rows of ``token`` repeated ``length`` times, unpadded: what start-up timing
@@ -43,6 +49,21 @@ class Batch:
         sharing one token only, so a shared-prefix graph is timed at the most a batch can cost."""
         ids = np.full((pairs, length), token, dtype=np.int64)
         return cls(ids, np.ones_like(ids), np.zeros_like(ids), shared=1)
+
+
+def work_tokens(pairs: int, longest: int, shared: int) -> int:
+    """Tokens a graph runs for ``pairs`` rows padded to ``longest`` whose first ``shared``
+    tokens it reads once (0: a graph that reads every row whole): the unit micro-batches are
+    cut, timed and priced in. The rows' attention to the head is left out (small beside the
+    projections at reranking lengths)."""
+    return shared + pairs * (longest - shared)
+
+
+def common_head(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 class Tokens(Protocol):

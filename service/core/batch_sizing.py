@@ -9,10 +9,14 @@ docs/performance.md, "Batching"). Where the curve bends depends on the model, th
 machine, so the server measures it at start-up (:func:`size_batches`) instead of guessing: a
 short sweep of batch sizes on one typical length, and the batcher then cuts micro-batches at
 the fastest size (:class:`~rerank.service.core.batching.DynamicBatcher`), within its other limits.
+The sweep skips the sizes those limits rule out: above ``batch_seconds`` of work (or
+:data:`~rerank.service.core.batching.MIN_BATCH_TOKENS`) the batcher never cuts, so a large
+model is timed on the sizes it can use instead of on one.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerank.service.backends.base import Batch, timed_runs
+from rerank.service.core.batching import MIN_BATCH_TOKENS
 
 SWEEP_PAIRS = (1, 2, 4, 8, 16, 32, 64)
 """Batch sizes timed, smallest first."""
@@ -29,9 +34,12 @@ SWEEP_LENGTH = 192
 SWEEP_WORK_PAIRS = 8
 """Pairs each size scores per round (a size above it: one batch), so that the small sizes are
 timed on as much work as the middle ones."""
+SIZE_SECONDS = 0.5
+"""A size is timed on fewer runs than :data:`SWEEP_WORK_PAIRS` asks where its first (untimed)
+run says they would take longer than this (at least one): a large model's runs are long enough
+to time alone."""
 SWEEP_SECONDS = 3.0
-"""The sweep stops at the first size that would start after this long (a large model on a few
-cores times only the small sizes, which are the ones that win there)."""
+"""The sweep stops at the first size that would start after this long."""
 ROUNDS = 2
 """Timed rounds over the sizes (after one untimed run of each shape); the best counts."""
 TIE = 0.02
@@ -76,15 +84,22 @@ def size_batches(
     max_batch_pairs: int,
     pinned: int | None = None,
     streams: int = 1,
+    batch_seconds: float = math.inf,
     seconds: float = SWEEP_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> BatchSizing:
     """Times ``run`` (a backend's, with ``streams`` streams: each size runs on all of them at
     once, as the batcher keeps them) on micro-batches of :func:`sweep_sizes` pairs of
     :data:`SWEEP_LENGTH` tokens each (``token`` repeated: speed does not depend on it) and
-    returns the :func:`fastest`. With ``pinned`` (the ``RERANK_BATCH_TOKENS`` setting) only that
-    size is timed, for the speed estimate."""
+    returns the :func:`fastest`. Sizes above what the batcher's time limit allows at the speed
+    timed so far (``batch_seconds`` of one stream's work, at least :data:`MIN_BATCH_TOKENS`)
+    are not timed. With ``pinned`` (the ``RERANK_BATCH_TOKENS`` setting) only that size is
+    timed, for the speed estimate."""
     length = min(SWEEP_LENGTH, max_length)
+
+    def usable(pairs: int) -> bool:
+        fastest_yet = max(best.values(), default=math.inf) / streams
+        return pairs * length <= max(MIN_BATCH_TOKENS, fastest_yet * batch_seconds)
 
     def rate(pairs: int, runs: int) -> float:
         batch = Batch.filled(pairs, length, token)
@@ -98,14 +113,16 @@ def size_batches(
         return BatchSizing(pinned, speed / streams, "pinned by RERANK_BATCH_TOKENS", {pairs * length: speed})
     sizes = sweep_sizes(length, max_batch_tokens, max_batch_pairs)
     best: dict[int, float] = {}
+    runs: dict[int, int] = {}
     began = clock()
     for round_ in range(ROUNDS):
         for pairs in sizes:
-            if best and clock() - began > seconds:
+            if best and (clock() - began > seconds or not usable(pairs)):
                 break
-            if round_ == 0:
-                timed_runs(run, Batch.filled(pairs, length, token), streams=streams)  # (untimed) builds its kernels
-            speed = rate(pairs, runs=max(1, SWEEP_WORK_PAIRS // pairs))
+            if round_ == 0:  # (untimed) builds its kernels, and says how long a run takes
+                first = timed_runs(run, Batch.filled(pairs, length, token), streams=streams, clock=clock)
+                runs[pairs] = max(1, min(SWEEP_WORK_PAIRS // pairs, int(SIZE_SECONDS / max(first, 1e-9))))
+            speed = rate(pairs, runs=runs[pairs])
             best[pairs * length] = max(speed, best.get(pairs * length, 0.0))
     chosen = fastest(best)
     reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"

@@ -40,8 +40,15 @@ from dataclasses import replace
 import numpy as np
 
 from rerank.service.admission.holds import Holds
-from rerank.service.admission.queue import MISESTIMATE, QueueState, padded_cost, queue_time_refusal, retry_after
-from rerank.service.backends.base import Batch
+from rerank.service.admission.queue import (
+    MISESTIMATE,
+    QueueState,
+    padded_cost,
+    queue_time_refusal,
+    retry_after,
+    shared_head_tokens,
+)
+from rerank.service.backends.base import Batch, common_head
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
 from rerank.service.core.scheduler import Job, Request, Scheduler
@@ -60,9 +67,17 @@ STALL_FACTOR = 4.0
 ``stall_seconds`` past its expected end (:attr:`BatchingConfig.stall_seconds`)."""
 
 
-def cost_of(pairs: list[Pair]) -> float:
-    """What ``pairs`` will cost the model, in padded tokens."""
-    return padded_cost(sum(len(p.ids) for p in pairs))
+def cost_of(pairs: list[Pair], head: int = 0, budget: int = 0) -> float:
+    """What ``pairs`` will cost the model, in padded tokens; with ``head`` (their common head,
+    where the graph reads it once) in micro-batches of ``budget`` tokens
+    (:func:`~rerank.service.admission.queue.shared_head_tokens`)."""
+    return padded_cost(shared_head_tokens(sum(len(p.ids) for p in pairs), len(pairs), head, budget))
+
+
+def common_head_of(pairs: list[Pair]) -> int:
+    """The leading tokens every one of ``pairs`` has, fewer than the shortest has (:func:`pad`'s count)."""
+    first = pairs[0].ids
+    return min(min(common_head(first, p.ids), len(p.ids) - 1) for p in pairs)
 
 
 class DynamicBatcher:
@@ -81,8 +96,13 @@ class DynamicBatcher:
         holds: Holds | None = None,
         batch_tokens: int | None = None,
         streams: int = 1,
+        shares_head: bool = False,
     ) -> None:
         self.name = name
+        self.shares_head = shares_head
+        """Whether the graph reads a micro-batch's common head once (a decoder's shared-prefix
+        graph): costs, cuts and speeds then count the tokens it runs
+        (:func:`~rerank.service.backends.base.work_tokens`)."""
         self.holds = holds if holds is not None else Holds()
         """The edge's check's places, this batcher's and its sibling models' (:class:`Holds`)."""
         self.config = config
@@ -91,7 +111,7 @@ class DynamicBatcher:
         self.batch_tokens = batch_tokens or config.batch_tokens or config.max_batch_tokens
         """Padded tokens a micro-batch is cut at: the model's fastest size, timed at start-up
         (:mod:`rerank.service.core.batch_sizing`), or the ``batch_tokens`` setting; within ``max_batch_tokens``."""
-        self._queue = Scheduler()
+        self._queue = Scheduler(shares_head)
         self._reserved: dict[int, float] = {}
         """Costs admitted but not yet queued (the requests being tokenized)."""
         self._running_until = 0.0
@@ -288,7 +308,8 @@ class DynamicBatcher:
             if reservation is not None:
                 self.release(reservation)
             return np.zeros(0)
-        cost = cost_of(pairs)
+        head = common_head_of(pairs) if self.shares_head else 0
+        cost = cost_of(pairs, head, self.budget())
         estimated = self._reserved.get(reservation, 0.0) if reservation is not None else 0.0
         if reservation is None or cost > MISESTIMATE * estimated or len(pairs) > self.config.max_queue_pairs:
             if reservation is not None:
@@ -300,7 +321,7 @@ class DynamicBatcher:
         # Shortest first: requests served round-robin then advance through similar lengths
         # together, so a micro-batch mixing them pads little.
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
-        request = Request(pairs, order, asyncio.get_running_loop().create_future(), client, request_id, cost)
+        request = Request(pairs, order, asyncio.get_running_loop().create_future(), client, request_id, cost, head)
         request.trace = tracing.capture()
         self._queue.add(request)
         self._schedule()
@@ -321,7 +342,7 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------------- scheduling
 
-    def _budget(self) -> int:
+    def budget(self) -> int:
         """Padded tokens the next micro-batch may hold: the model's fastest size
         (:attr:`batch_tokens`), and at most ``batch_seconds`` of work, but never fewer than
         :data:`MIN_BATCH_TOKENS` by that time limit (below that, per-call overhead dominates)."""
@@ -331,7 +352,9 @@ class DynamicBatcher:
     def _commit(self, job: Job) -> None:
         """The worker started ``job``: its pairs leave the queue, and it runs until its estimated end."""
         self._queue.commit(job)
-        job.until = job.started + self.throughput.seconds(cost_of(job.pairs))
+        pairs = job.pairs
+        head = common_head_of(pairs) if self.shares_head else 0
+        job.until = job.started + self.throughput.seconds(cost_of(pairs, head, self.budget()))
         self._running.add(job)
         self._update_running_until()
         self._record_first_batch(job.taken, job.started, job.started_ns)
@@ -361,7 +384,7 @@ class DynamicBatcher:
             jobs = (
                 []
                 if self._refusal is not None
-                else self._queue.compose(self._budget(), self.config.max_batch_pairs, free)
+                else self._queue.compose(self.budget(), self.config.max_batch_pairs, free)
             )
             if self._worker.offer(jobs):  # else a worker took from the previous slot meanwhile: commit it first
                 break
@@ -394,7 +417,7 @@ class DynamicBatcher:
             return
         assert job.outcome is not None
         logits, batch = job.outcome
-        self.throughput.record(int(batch.input_ids.size), job.seconds, full=self._budget())
+        self.throughput.record(batch.work(self.shares_head), job.seconds, full=self.budget())
         self.metrics.record_batch(
             pairs=len(job.pairs),
             padded_tokens=int(batch.input_ids.size),

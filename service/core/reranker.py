@@ -17,7 +17,7 @@ import numpy as np
 
 from rerank.service.admission.estimate import SAMPLE_DOCUMENT, SAMPLE_DOCUMENTS, SAMPLE_QUERY, BodyPrice
 from rerank.service.admission.holds import Holds
-from rerank.service.admission.queue import PADDING_ALLOWANCE, queue_time_refusal
+from rerank.service.admission.queue import PADDING_ALLOWANCE, queue_time_refusal, shared_head_tokens
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import CpuFeatures
 from rerank.service.core.batch_sizing import BatchSizing
@@ -134,6 +134,7 @@ class ServedModel:
             holds=holds,
             batch_tokens=sizing.batch_tokens if sizing is not None else None,
             streams=backend.streams,
+            shares_head=bool(config.graph.get("shared_prefix")),
         )
         self._tokenizers = tokenizers
         self.characters_per_token = 4.0
@@ -173,6 +174,8 @@ class ServedModel:
             else:
                 tokens += head + min(size, room)
                 pairs += 1
+        if self.batcher.shares_head:
+            tokens = shared_head_tokens(tokens, pairs, head, self.batcher.budget())
         return PADDING_ALLOWANCE * tokens, pairs
 
     def _learn_characters(self, encoded: EncodedRequest, rate: float = 0.1) -> None:

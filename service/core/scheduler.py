@@ -5,8 +5,10 @@ across API keys, and within a key across its requests, each getting an equal sha
 what a share leaves unused goes to whoever still has pairs. So a one-document request joins the
 next micro-batch even behind requests of thousands of pairs, and one key cannot take every slot.
 With several idle streams, what waits is spread over them (a lone small request then uses every
-core, a batch per stream). Composing does not change the queue: :meth:`Scheduler.commit` does,
-once a worker has taken the batch. Event loop only.
+core, a batch per stream). Where the graph reads a batch's common head once (a decoder's prompt),
+a batch is cut by the tokens it runs, so one request's pairs fit many to a batch. Composing does
+not change the queue: :meth:`Scheduler.commit` does, once a worker has taken the batch. Event
+loop only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rerank.service.backends.base import Batch
+from rerank.service.backends.base import Batch, common_head, work_tokens
 from rerank.service.core.tokenization import Pair
 from rerank.service.telemetry import tracing
 
@@ -36,6 +38,8 @@ class Request:
     request_id: str
     cost: float
     """Padded tokens it will cost (see :data:`~rerank.service.admission.queue.PADDING_ALLOWANCE`)."""
+    head: int = 0
+    """Leading tokens its pairs have in common, where the graph reads them once (else 0)."""
     taken: int = 0
     done: int = 0
     cancelled: bool = False
@@ -90,7 +94,11 @@ class Scheduler:
     """One model's queue: the requests with pairs still waiting, by client (the first client is
     served first next), and how the next micro-batches are composed from it."""
 
-    def __init__(self) -> None:
+    def __init__(self, shares_head: bool = False) -> None:
+        self.shares_head = shares_head
+        """Whether the graph reads a micro-batch's common head once (a decoder's shared-prefix
+        graph): a batch is then cut by the tokens it runs, the head counted once
+        (:func:`~rerank.service.backends.base.work_tokens`)."""
         self.clients: collections.OrderedDict[str, collections.deque[Request]] = collections.OrderedDict()
         self.queued_pairs = 0
         """Pairs waiting (not yet taken by a worker) of the requests not dropped."""
@@ -162,29 +170,39 @@ class Scheduler:
         nothing waits."""
         job = Job(first_client=clients[0][0], queues=[queue for _, queue in clients])
         longest = 0
+        shared = 0  # leading tokens the taken pairs have in common, as pad() counts them
 
         def position(request: Request) -> int:
             return request.taken + pending.get(request, 0) + job.counts.get(request, 0)
 
-        def fits(length: int) -> bool:
+        def head_with(ids: np.ndarray) -> int:
+            if not self.shares_head:
+                return 0
+            if not job.taken:
+                return len(ids) - 1
+            first = job.taken[0][0].pairs[job.taken[0][1]].ids
+            return min(shared, common_head(first, ids), len(ids) - 1)
+
+        def fits(ids: np.ndarray) -> bool:
             if not job.taken:
                 return True  # a pair longer than the budget still runs, alone
             pairs = len(job.taken) + 1
-            return max(longest, length) * pairs <= budget and pairs <= most
+            return pairs <= most and work_tokens(pairs, max(longest, len(ids)), head_with(ids)) <= budget
 
         def take(request: Request, pairs: float, tokens: float) -> None:
-            nonlocal longest
+            nonlocal longest, shared
             spent_pairs = spent_tokens = 0
             while position(request) < len(request.pairs) and spent_pairs < pairs and spent_tokens < tokens:
                 index = request.order[position(request)]
-                length = len(request.pairs[index].ids)
-                if not fits(length):
+                ids = request.pairs[index].ids
+                if not fits(ids):
                     break
+                shared = head_with(ids)
                 job.taken.append((request, index))
                 job.counts[request] = job.counts.get(request, 0) + 1
-                longest = max(longest, length)
+                longest = max(longest, len(ids))
                 spent_pairs += 1
-                spent_tokens += length
+                spent_tokens += len(ids)
 
         slots = most
         for (_, queue), client_slots in zip(clients, _split(slots, len(clients)), strict=True):
@@ -206,6 +224,8 @@ class Scheduler:
                 for position in range(request.taken, len(request.pairs)):
                     pairs += 1
                     tokens += len(request.pairs[request.order[position]].ids)
+                    if position > request.taken:  # a shared head counts once a request
+                        tokens -= request.head
                     if tokens >= enough:
                         return pairs, tokens
         return pairs, tokens

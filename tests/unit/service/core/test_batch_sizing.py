@@ -11,6 +11,7 @@ import pytest
 
 from rerank.service.backends.base import Batch
 from rerank.service.core.batch_sizing import SWEEP_PAIRS, fastest, size_batches, sweep_sizes
+from rerank.service.core.batching import MIN_BATCH_TOKENS
 
 
 class TimedModel:
@@ -72,14 +73,31 @@ def test_short_models_are_swept_at_their_length() -> None:
     assert sweep_sizes(512, max_batch_tokens=100, max_batch_pairs=64) == [1]  # one pair always runs
 
 
-def test_a_slow_model_stops_the_sweep_at_its_time_budget() -> None:
-    # A pair of 192 tokens takes 1.92 s. One pair at a time: a warm-up run and 8 timed ones,
-    # 17.3 s, under the budget of 20 s; two at a time: 1 + 4 runs of 3.84 s, 36.5 s in all. The
-    # budget is spent: the larger sizes never run.
+def test_a_slow_model_times_each_size_once_and_stops_at_its_time_budget() -> None:
+    # A pair of 192 tokens takes 1.92 s: over SIZE_SECONDS, so each size is timed on one run
+    # after its untimed first. One pair: 3.84 s; two: 7.68 s more (11.5 s); four: 15.4 s more
+    # (26.9 s). The budget of 20 s is spent: eight pairs never run.
     model = TimedModel(dict.fromkeys(SWEEP_PAIRS, 0.01))
     sizing = sized(model, seconds=20.0)
-    assert sorted(sizing.measured) == [192, 384]
-    assert max(pairs for pairs, _ in model.shapes) == 2 and len(model.shapes) == 1 + 8 + 1 + 4
+    assert sorted(sizing.measured) == [192, 384, 768]
+    assert model.shapes == [(1, 192)] * 2 + [(2, 192)] * 2 + [(4, 192)] * 2
+
+
+def test_sizes_over_the_batchers_time_limit_are_not_timed() -> None:
+    # 1,000 tokens a second: a quarter of a second is 250 tokens, under the batcher's floor of
+    # MIN_BATCH_TOKENS (512), which it cuts at however slow the model: 1 and 2 pairs of 192 fit.
+    slow = TimedModel(lambda pairs: 1e-3)
+    sizing = sized(slow, batch_seconds=0.25)
+    assert sorted(sizing.measured) == [192, 384] and MIN_BATCH_TOKENS == 512
+    assert max(pairs for pairs, _ in slow.shapes) == 2
+    # 100,000 tokens a second: 25,000 tokens in a quarter of a second, so up to 64 pairs of 192.
+    assert sorted(sized(TimedModel(lambda pairs: 1e-5), batch_seconds=0.25).measured) == [p * 192 for p in SWEEP_PAIRS]
+    # Two streams on the fake clock: 1,000 tokens a second in all, 500 each. A micro-batch runs
+    # at one stream's speed: 0.8 s of it is 400 tokens, so the floor (512) decides again.
+    model = TimedModel(lambda pairs: 1e-3)
+    two = sized(model, streams=2, batch_seconds=0.8)
+    assert two.measured[192] == pytest.approx(1000)
+    assert sorted(two.measured) == [192, 384]
 
 
 def test_a_pinned_size_is_timed_only_for_the_speed_estimate() -> None:

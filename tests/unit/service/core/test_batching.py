@@ -9,8 +9,9 @@ import threading
 import numpy as np
 import pytest
 
+from rerank.service.admission.queue import PADDING_ALLOWANCE
 from rerank.service.backends.base import Batch
-from rerank.service.core.batching import DynamicBatcher, cost_of
+from rerank.service.core.batching import DynamicBatcher, common_head_of, cost_of
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
 from rerank.service.core.throughput import Throughput
@@ -384,3 +385,79 @@ async def test_an_idle_server_admits_any_size():
     scores = await batcher.score([pair(i, 100) for i in range(40)])
     assert len(scores) == 40
     await batcher.close()
+
+
+def prompted(doc: int, head: int, tail: int, query: int = 3) -> Pair:
+    """A decoder's pair: ``head`` tokens of its request's prompt (``query`` sets them apart from
+    another request's), then ``tail`` of its own."""
+    ids = np.concatenate([np.full(head, query), np.full(tail, 100 + doc)]).astype(np.int64)
+    return Pair(doc, ids, np.zeros(len(ids), dtype=np.int64))
+
+
+class RecordedThroughput(Throughput):
+    """Keeps the tokens each micro-batch is recorded at."""
+
+    def __init__(self) -> None:
+        super().__init__(1000.0, measured=True)
+        self.tokens: list[int] = []
+
+    def record(self, tokens: int, seconds: float, full: int) -> None:
+        self.tokens.append(tokens)
+
+
+def shared_batcher(model: GatedModel, *, shares_head: bool, throughput: Throughput | None = None) -> DynamicBatcher:
+    config = BatchingConfig(max_batch_tokens=10_000, batch_seconds=1e9, max_queue_seconds=1e9)
+    return DynamicBatcher(
+        model,
+        pad_id=0,
+        with_types=False,
+        config=config,
+        metrics=ModelMetrics(),
+        batch_tokens=110,
+        shares_head=shares_head,
+        throughput=throughput,
+    )
+
+
+async def test_a_graph_that_reads_the_head_once_gets_micro_batches_cut_by_the_tokens_it_runs() -> None:
+    # Eight pairs of 40 tokens, the first 30 their request's prompt. A graph that reads the head
+    # once runs 30 + 8 x 10 = 110 tokens for all of them: one micro-batch at a budget of 110,
+    # where padded rows (320 tokens) would take four of two.
+    model, throughput = GatedModel(), RecordedThroughput()
+    batcher = shared_batcher(model, shares_head=True, throughput=throughput)
+    await batcher.score([prompted(i, 30, 10) for i in range(8)])
+    assert [len(b.input_ids) for b in model.batches] == [8] and model.batches[0].shared == 30
+    assert throughput.tokens == [110]  # its speed is counted in the tokens it ran
+    await batcher.close()
+    model = GatedModel()
+    padded = shared_batcher(model, shares_head=False)
+    await padded.score([prompted(i, 30, 10) for i in range(8)])
+    assert [len(b.input_ids) for b in model.batches] == [2, 2, 2, 2]
+    await padded.close()
+
+
+async def test_pairs_of_another_prompt_join_a_micro_batch_only_where_they_fit_unshared() -> None:
+    # Two requests whose prompts differ from the first token. Mixed, a micro-batch shares no head
+    # and three pairs (120 tokens) overrun the budget; one request's four pairs run 70 tokens. So
+    # each request's pairs go together, one micro-batch each.
+    model = GatedModel(held=True)
+    batcher = shared_batcher(model, shares_head=True)
+    blocker = asyncio.create_task(batcher.score([prompted(0, 30, 10, query=9)]))
+    await until(lambda: model.entered == 1, "the model busy")
+    first = asyncio.create_task(batcher.score([prompted(i, 30, 10, query=1) for i in range(4)]))
+    second = asyncio.create_task(batcher.score([prompted(i, 30, 10, query=2) for i in range(4)]))
+    await until(lambda: batcher.queued_pairs == 8, "both requests queued")
+    model.gate.set()
+    await asyncio.gather(blocker, first, second)
+    assert [b.input_ids[:, 0].tolist() for b in model.batches[1:]] == [[1] * 4, [2] * 4]
+    assert [(b.shared, b.work(True)) for b in model.batches[1:]] == [(30, 70), (30, 70)]
+    await batcher.close()
+
+
+def test_a_requests_cost_counts_its_head_once_a_micro_batch() -> None:
+    pairs = [prompted(i, 30, 10) for i in range(8)]
+    assert cost_of(pairs) == pytest.approx(PADDING_ALLOWANCE * 320)
+    assert cost_of(pairs, head=30, budget=110) == pytest.approx(PADDING_ALLOWANCE * 110)  # one micro-batch
+    assert cost_of(pairs, head=30, budget=70) == pytest.approx(PADDING_ALLOWANCE * (80 + 2 * 30))  # two
+    assert cost_of(pairs, head=30, budget=10) == pytest.approx(PADDING_ALLOWANCE * 320)  # one pair each
+    assert common_head_of(pairs) == 30 and common_head_of(pairs[:1]) == 39

@@ -6,11 +6,13 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rerank.service.core.batching import common_head_of, cost_of
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.reranker import Ranked, Scored, ServedModel, rank
 from rerank.service.core.tokenization import EncodedRequest, TokenizerPool
@@ -90,6 +92,29 @@ async def served_stand_in(models_dir: Path) -> AsyncIterator[ServedModel]:
         yield model
     finally:
         await model.close()
+        pool.shutdown()
+
+
+async def test_a_graph_that_reads_the_head_once_is_priced_with_the_query_once(tmp_path: Path) -> None:
+    """Eight three-word documents under a forty-word query: where the graph reads the rows'
+    common head once (a decoder's shared-prefix graph), the estimate made before tokenizing
+    counts the query once, as the exact cost after tokenizing does, not once a document."""
+    folder = write_stand_in_model(tmp_path, "shared-head", max_length=128)
+    config = replace(read_model_folder(folder), graph={"shared_prefix": 1})
+    pool = TokenizerPool(threads=1, max_waiting=4)
+    served = ServedModel(
+        folder, config, StandInBackend.for_folder(folder, config), batching=BatchingConfig(), tokenizers=pool
+    )
+    query, documents = " ".join(["panda"] * 40), ["a bamboo forest"] * 8
+    try:
+        estimated, pairs = served.estimate(query, documents, "truncate")
+        encoded = served.encoder.encode(query, documents, "truncate")
+        exact = cost_of(encoded.pairs, common_head_of(encoded.pairs), served.batcher.budget())
+        assert served.batcher.shares_head and pairs == 8
+        assert 0.75 * exact <= estimated <= 1.5 * exact  # (characters per token: a learned guess)
+        assert exact < 0.3 * cost_of(encoded.pairs)  # the query once, not eight times
+    finally:
+        await served.close()
         pool.shutdown()
 
 
