@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench import workloads
 from bench.peers import THREADS, Peer
 from bench.workloads import Workload
 from rerank.service.backends.cpu_features import CpuFeatures
@@ -102,17 +103,22 @@ class Monitor:
 
 
 def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, tokens_per_request: int) -> None:
-    """Runs one repetition: each of ``workload.clients`` clients sends ``requests`` requests in turn.
+    """Runs one repetition: each of ``workload.clients`` clients sends ``requests`` requests in
+    turn, each with a query of its own (:func:`bench.workloads.query`, numbered on from the
+    requests ``into`` has counted, so that repetitions ask new ones too and every peer the same).
 
     A peer that times its own calls (a library in a worker process, :meth:`Peer.score`) is
     charged those times; with one client the repetition's time is then their sum, so the pipe
     to the worker counts for nothing. Otherwise the client's clock and the wall time count."""
 
-    def client() -> list[float]:
+    asked = len(into.latencies)
+
+    def client(number: int) -> list[float]:
         times = []
-        for _ in range(requests):
+        for k in range(requests):
+            query = workloads.query(workload, 1 + asked + number * requests + k)
             start = time.perf_counter()
-            own = peer.score(workload.query, workload.documents)
+            own = peer.score(query, workload.documents)
             times.append(time.perf_counter() - start if own is None else own)
         return times
 
@@ -122,7 +128,7 @@ def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, to
     try:
         with Monitor(peer.pids(), peer.rss_baseline()) as monitor:
             start = time.perf_counter()
-            futures = [pool.submit(client) for _ in range(workload.clients)]
+            futures = [pool.submit(client, number) for number in range(workload.clients)]
             latencies = [t for future in futures for t in future.result()]
             wall = time.perf_counter() - start
     finally:

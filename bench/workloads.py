@@ -11,6 +11,11 @@ W1     1 query x 64 documents of ~150 words        throughput of one large reque
 W2     W1 sent by 8 concurrent clients             throughput and tail latency under load
 W3     1 query x 8 documents of ~12 words          latency of a small request
 =====  ==========================================  ========================================
+
+Every request measured asks a query of its own (:func:`query`), the documents staying the same:
+a server that keeps prompts across requests (vLLM's prefix cache, llama-server's prompt cache)
+would otherwise answer a repeated request from what it kept of the last one, which no real
+traffic of distinct queries lets it do.
 """
 
 from __future__ import annotations
@@ -72,3 +77,11 @@ def make(name: str) -> Workload:
     query = _text(rng, 9).rstrip(".") + "?"
     lengths = [rng.randint(8, 16) if small else rng.randint(135, 165) for _ in range(8 if small else 64)]
     return Workload(name, query, tuple(_text(rng, n) for n in lengths), clients=8 if name == "W2" else 1)
+
+
+def query(workload: Workload, n: int) -> str:
+    """The query of the ``n``-th request measured with ``workload`` (0: its own
+    :attr:`Workload.query`, which warm-ups ask): 9 words like it, drawn for ``n``."""
+    if n == 0:
+        return workload.query
+    return _text(random.Random(f"{SEED}/{workload.name}/query/{n}"), 9).rstrip(".") + "?"
