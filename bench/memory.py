@@ -43,7 +43,7 @@ def resident() -> dict[str, int]:
 
 def child(folder: Path, variant: str) -> None:
     """Loads ``variant`` of ``folder`` and prints one JSON line per stage."""
-    from rerank.service.backends.base import pad
+    from bench.prefix_sharing import micro_batches
     from rerank.service.backends.openvino import OpenVinoBackend
     from rerank.service.core.tokenization import PairEncoder
     from rerank.service.model_folder import read_model_folder
@@ -56,9 +56,8 @@ def child(folder: Path, variant: str) -> None:
     print(json.dumps({"stage": "warm", **resident()}), flush=True)
     for name in ("W3", "W1"):
         w = workloads.make(name)
-        pairs = sorted(encoder.encode(w.query, list(w.documents)).pairs, key=lambda p: len(p.ids))
-        for start in range(0, len(pairs), 8):
-            backend.run(pad(pairs[start : start + 8], config.template.pad_id, with_types=False))
+        for batch in micro_batches(encoder.encode(w.query, list(w.documents)).pairs, 8, config.template.pad_id):
+            backend.run(batch)
         print(json.dumps({"stage": name, **resident()}), flush=True)
 
 

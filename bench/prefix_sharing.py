@@ -33,7 +33,7 @@ from bench.peers import THREADS
 from rerank.converters.hf_checkpoint import load_checkpoint
 from rerank.converters.onnx_graph import save
 from rerank.converters.qwen3.graph import build_graph
-from rerank.service.backends.base import graph_feed, pad
+from rerank.service.backends.base import Batch, graph_feed, pad
 from rerank.service.core.tokenization import Pair, PairEncoder
 from rerank.service.model_folder import (
     ATTENTION_MASK,
@@ -49,20 +49,19 @@ PLAIN = (INPUT_IDS, ATTENTION_MASK)
 SHARED = (PREFIX_IDS, PREFIX_MASK, PREFIX_ROW, INPUT_IDS, ATTENTION_MASK)
 
 
-def feeds(pairs: list[Pair], batch: int, pad_id: int) -> tuple[Feeds, Feeds, int, int]:
-    """The plain and the shared-prefix forms' inputs for ``pairs`` in micro-batches of ``batch``
-    (sorted by length, as the server feeds them), and the tokens each form runs (padding included)."""
+def micro_batches(pairs: list[Pair], batch: int, pad_id: int) -> list[Batch]:
+    """``pairs`` sorted by length, as the server takes them, padded in micro-batches of ``batch``."""
     ordered = sorted(pairs, key=lambda p: len(p.ids))
-    plain: Feeds = []
-    shared: Feeds = []
-    plain_tokens = shared_tokens = 0
-    for start in range(0, len(ordered), batch):
-        padded = pad(ordered[start : start + batch], pad_id, with_types=False)
-        plain.append(graph_feed(padded, PLAIN))
-        shared.append(graph_feed(padded, SHARED))
-        plain_tokens += padded.input_ids.size
-        shared_tokens += shared[-1][PREFIX_IDS].size + shared[-1][INPUT_IDS].size
-    return plain, shared, plain_tokens, shared_tokens
+    return [pad(ordered[start : start + batch], pad_id, with_types=False) for start in range(0, len(ordered), batch)]
+
+
+def feeds(pairs: list[Pair], batch: int, pad_id: int) -> tuple[Feeds, Feeds, int, int]:
+    """The plain and the shared-prefix forms' inputs for ``pairs`` in :func:`micro_batches` of
+    ``batch``, and the tokens each form runs (padding included)."""
+    batches = micro_batches(pairs, batch, pad_id)
+    plain = [graph_feed(padded, PLAIN) for padded in batches]
+    shared = [graph_feed(padded, SHARED) for padded in batches]
+    return plain, shared, sum(b.work(False) for b in batches), sum(b.work(True) for b in batches)
 
 
 def compile_f32(path: Path) -> Any:

@@ -153,7 +153,7 @@ def plan_for(model: str, args: argparse.Namespace) -> Plan:
     plan = dataclasses.replace(plan, reps={w: reps or plan.reps.get(w, 1) for w in chosen}, budget=budget)
     if args.quick:
         plan = dataclasses.replace(plan, requests={**plan.requests, "W3": 5}, warmup_documents=8)
-    if getattr(args, "probe_documents", None):
+    if args.probe_documents:
         every = args.probe_documents == "all"
         plan = dataclasses.replace(plan, probe_documents=None if every else int(args.probe_documents))
     return plan

@@ -7,29 +7,18 @@ import pytest
 
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from bench import memory
 from rerank.converters import onnx_graph
-
-
-def model() -> onnx.ModelProto:
-    """y = x @ w, 256 KiB of weights."""
-    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 256]) for n in ("x", "y")]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [io[0]], [io[1]], [numpy_helper.from_array(w, "w")]
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+from tests.support.onnx_graphs import matmul
 
 
 def test_the_whole_copy_holds_the_weights_inside_its_graph(tmp_path, monkeypatch) -> None:
     folder = tmp_path / "m"
     folder.mkdir()
     monkeypatch.setattr(onnx_graph, "EXTERNAL_WEIGHTS_BYTES", 64 << 10)
-    onnx_graph.save(model(), folder / "model.onnx")
+    onnx_graph.save(matmul(), folder / "model.onnx")
     (folder / "rerank.json").write_text("{}")
     (tmp_path / "into").mkdir()
     copy = memory.whole_copy(folder, tmp_path / "into")

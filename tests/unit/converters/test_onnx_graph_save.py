@@ -8,21 +8,10 @@ import pytest
 
 pytest.importorskip("onnx", reason="needs the [convert] extra")
 
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 from rerank.converters import onnx_graph
-
-
-def model(rows: int = 256) -> onnx.ModelProto:
-    """y = x @ w for a ``[rows, rows]`` float weight."""
-    w = np.random.default_rng(0).standard_normal((rows, rows)).astype(np.float32)
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, rows]) for n in ("x", "y")]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [io[0]], [io[1]], [numpy_helper.from_array(w, "w")]
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+from tests.support.onnx_graphs import matmul
 
 
 def outputs(path) -> list[np.ndarray]:
@@ -40,9 +29,9 @@ def outputs(path) -> list[np.ndarray]:
 def test_weights_over_the_limit_go_beside_the_graph_and_read_the_same(tmp_path, monkeypatch) -> None:
     whole, beside = tmp_path / "whole" / "model.onnx", tmp_path / "beside" / "model.onnx"
     whole.parent.mkdir(), beside.parent.mkdir()
-    onnx_graph.save(model(), whole)  # 256 KiB of weights: under the limit
+    onnx_graph.save(matmul(), whole)  # 256 KiB of weights: under the limit
     monkeypatch.setattr(onnx_graph, "EXTERNAL_WEIGHTS_BYTES", 64 << 10)
-    onnx_graph.save(model(), beside)
+    onnx_graph.save(matmul(), beside)
     assert not (whole.parent / "model.onnx.data").exists()
     data = beside.parent / "model.onnx.data"
     assert data.stat().st_size == 256 * 256 * 4 and beside.stat().st_size < 4096
@@ -54,11 +43,11 @@ def test_weights_over_the_limit_go_beside_the_graph_and_read_the_same(tmp_path, 
 def test_a_graph_saved_whole_over_one_with_weights_beside_leaves_none_behind(tmp_path, monkeypatch) -> None:
     path = tmp_path / "model.int8.onnx"
     monkeypatch.setattr(onnx_graph, "EXTERNAL_WEIGHTS_BYTES", 64 << 10)
-    onnx_graph.save(model(), path)
+    onnx_graph.save(matmul(), path)
     monkeypatch.setattr(onnx_graph, "EXTERNAL_WEIGHTS_BYTES", 1 << 30)
-    onnx_graph.save(model(), path)
+    onnx_graph.save(matmul(), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
     monkeypatch.setattr(onnx_graph, "EXTERNAL_WEIGHTS_BYTES", 64 << 10)
-    onnx_graph.save(model(), path)
+    onnx_graph.save(matmul(), path)
     onnx_graph.remove(path)
     assert list(tmp_path.iterdir()) == []
