@@ -125,6 +125,15 @@ def size_batches(
             speed = rate(pairs, runs=runs[pairs])
             best[pairs * length] = max(speed, best.get(pairs * length, 0.0))
     chosen = fastest(best)
+    speed = best[chosen] / streams
     reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"
     reason += f", {streams} at once)" if streams > 1 else ")"
-    return BatchSizing(min(chosen, max_batch_tokens), best[chosen] / streams, reason, best)
+    untimed = [pairs * length for pairs in sizes if pairs * length not in best and usable(pairs)]
+    if untimed and chosen == max(best):
+        # The time ran out on a model still speeding up: one this slow spends its time in the
+        # matrix products, where a larger batch reuses each weight more, so it is cut where
+        # the batcher's time limit cuts (measured: docs/performance.md#batching).
+        limit = speed * batch_seconds
+        chosen = max_batch_tokens if limit >= max_batch_tokens else max(MIN_BATCH_TOKENS, int(limit))
+        reason += f"; larger sizes untimed (the sweep's {seconds:g} s ran out): the time limit's {chosen}"
+    return BatchSizing(min(chosen, max_batch_tokens), speed, reason, best)

@@ -100,6 +100,23 @@ def test_sizes_over_the_batchers_time_limit_are_not_timed() -> None:
     assert sorted(two.measured) == [192, 384]
 
 
+def test_a_model_still_speeding_up_when_the_time_runs_out_is_cut_at_the_time_limit() -> None:
+    # About 1,000 tokens a second on pairs of 64 tokens, a little faster at two pairs. The sweep's
+    # second is spent on one and two pairs (0.51 s, then 0.51 s more); four and eight would be
+    # allowed (the floor of 512 tokens, over a quarter second's 250) but are not timed.
+    # Micro-batches are cut at the time limit, 512 tokens.
+    model = TimedModel({1: 1e-3, 2: 0.95e-3, 4: 0.9e-3, 8: 0.9e-3})
+    sizing = sized(model, max_length=64, batch_seconds=0.25, seconds=1.0)
+    assert sorted(sizing.measured) == [64, 128]
+    assert sizing.batch_tokens == MIN_BATCH_TOKENS and "ran out" in sizing.reason
+    # Where the curve had already turned, the fastest size timed stands.
+    turned = sized(TimedModel({1: 0.9e-3, 2: 1e-3}), max_length=64, batch_seconds=0.25, seconds=1.0)
+    assert turned.batch_tokens == 64 and "ran out" not in turned.reason
+    # A model timed at every size it may run at gets the fastest of them.
+    timed = sized(TimedModel({1: 1e-3, 2: 0.95e-3, 4: 0.9e-3, 8: 0.92e-3}), max_length=64, batch_seconds=0.25)
+    assert timed.batch_tokens == 256 and sorted(timed.measured) == [64, 128, 256, 512]
+
+
 def test_a_pinned_size_is_timed_only_for_the_speed_estimate() -> None:
     model = TimedModel(lambda pairs: 2e-5)
     sizing = sized(model, pinned=1000)
