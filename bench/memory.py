@@ -7,8 +7,9 @@ as the converter writes a graph over 64 MiB) against the same graph saved whole.
     python -m bench.memory --model qwen3-tiny       # the code in seconds, no figures
 
 Each form is measured in a fresh process (``/proc/self/status``: RssAnon, RssFile) after
-compiling, after the backend's warm-up, and after each micro-batch of W3 then W1 (8 pairs each,
-as ``bench.prefix_sharing`` feeds them). The whole form is a copy of the model folder with its
+compiling, after the server's start-up timing and warm-up (:func:`rerank.service.server.calibrate`,
+then the warm-up up to the micro-batch size it found), and after the micro-batches of W3 then W1
+(8 pairs each, as ``bench.prefix_sharing`` feeds them). The whole form is a copy of the model folder with its
 graph saved in one file. Writes ``bench/results/memory-<model>.json``.
 """
 
@@ -45,14 +46,17 @@ def child(folder: Path, variant: str) -> None:
     """Loads ``variant`` of ``folder`` and prints one JSON line per stage."""
     from bench.prefix_sharing import micro_batches
     from rerank.service.backends.openvino import OpenVinoBackend
+    from rerank.service.core.batching_config import BatchingConfig
     from rerank.service.core.tokenization import PairEncoder
     from rerank.service.model_folder import read_model_folder
+    from rerank.service.server import calibrate
 
     config = read_model_folder(folder)
     encoder = PairEncoder(folder / "tokenizer.json", config.template, config.max_length)
     backend = OpenVinoBackend(folder, config, variant=variant, threads=THREADS)
     print(json.dumps({"stage": "compiled", **resident()}), flush=True)
-    backend.warm_up()
+    sizing = calibrate(backend, config, BatchingConfig())  # then warmed up as the server does
+    backend.warm_up(sizing.batch_tokens)
     print(json.dumps({"stage": "warm", **resident()}), flush=True)
     for name in ("W3", "W1"):
         w = workloads.make(name)

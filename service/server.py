@@ -212,15 +212,16 @@ class RerankServer:
                 choice.reason,
                 "".join(f"; {k} {ms:.1f} ms" for k, ms in choice.milliseconds.items()),
             )
-            backend.warm_up()
             batching = batching_config(s)
+            sizing = calibrate(backend, config, batching)  # (its untimed runs build each size's kernels)
+            backend.warm_up(sizing.batch_tokens)
             self.models[config.name] = ServedModel(
                 folder,
                 config,
                 backend,
                 batching=batching,
                 tokenizers=self._tokenizers,
-                sizing=calibrate(backend, config, batching),
+                sizing=sizing,
                 metrics=self.metrics.model(config.name),
                 choice=choice,
                 cpu=cpu,

@@ -139,8 +139,11 @@ class Backend(Protocol):
         """float64 logits ``[pairs]``. Blocking: called from the model's worker threads
         (:attr:`streams` of them)."""
 
-    def warm_up(self) -> None:
-        """Runs a small batch once, so the first request does not pay for lazy initialisation."""
+    def warm_up(self, most_tokens: int) -> None:
+        """Runs a small batch once, so the first request does not pay for lazy initialisation;
+        none of more than ``most_tokens`` padded tokens (the micro-batch size the model is
+        served at: a larger shape would only cost start-up time and the scratch memory a
+        runtime keeps for it)."""
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class OnnxBackend:
         (logits,) = self.session.run(["logits"], self._feed(batch))
         return np.asarray(logits, dtype=np.float64).reshape(-1)
 
-    def warm_up(self) -> None:
+    def warm_up(self, most_tokens: int) -> None:
         """One tiny batch (the pair template's special tokens), so that the first request does
         not pay for ONNX Runtime's lazy initialisation."""
         ids = np.asarray([self._warm_up_ids], dtype=np.int64)

@@ -146,10 +146,12 @@ class OpenVinoBackend:
         finally:
             self._requests.put(requests)
 
-    def warm_up(self) -> None:
-        """Runs a few typical shapes once, so the first requests do not pay for kernel creation."""
+    def warm_up(self, most_tokens: int) -> None:
+        """Runs a few typical shapes once, so the first requests do not pay for kernel creation:
+        those of :data:`WARM_UP_SHAPES` within ``most_tokens`` (the smallest at least)."""
         for pairs, length in WARM_UP_SHAPES:
-            self.run(Batch.filled(pairs, length, self._warm_up_token))
+            if pairs * length <= most_tokens or (pairs, length) == WARM_UP_SHAPES[0]:
+                self.run(Batch.filled(pairs, length, self._warm_up_token))
 
 
 def compile_variant(folder: Path, variant: Variant, properties: dict[str, Any]) -> list[tuple[Any, str]]:

@@ -109,7 +109,7 @@ class StandInBackend:
             logits.append(sum(1.0 for i, t in real if t == 1 and i in query))
         return np.asarray(logits, dtype=np.float64)
 
-    def warm_up(self) -> None:
+    def warm_up(self, most_tokens: int) -> None:
         ids = np.asarray([[2, 3, 3]], dtype=np.int64)  # [CLS] [SEP] [SEP]
         self.run(Batch(ids, np.ones_like(ids), np.zeros_like(ids)))
 

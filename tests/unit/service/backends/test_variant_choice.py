@@ -127,7 +127,7 @@ class Sleeper:
         time.sleep(self.seconds)
         return np.zeros(batch.input_ids.shape[0])
 
-    def warm_up(self) -> None:
+    def warm_up(self, most_tokens: int) -> None:
         pass
 
 
