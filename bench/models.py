@@ -249,9 +249,9 @@ def ensure(
 ) -> BenchModel:
     """Builds whatever form of model ``name`` is missing from the cache and returns all of them
     (the GGUF files only with ``gguf``). ``fresh=False`` keeps a model folder an older converter
-    wrote (for a tool that reads only its tokenizer and template, and builds graphs itself).
-    ``variants`` narrows a gated model's conversion to those (the gate still judges each): a
-    folder with at least them is kept."""
+    wrote, whatever variants it has unless ``variants`` names some (for a tool that reads only its
+    tokenizer and template, and builds graphs itself). ``variants`` narrows a gated model's
+    conversion to those (the gate still judges each): a folder with at least them is kept."""
     root = CACHE / name
     checkpoint = root / "checkpoint"
     if not (checkpoint / "model.safetensors").exists():
@@ -271,13 +271,15 @@ def ensure(
     models_dir = root / "models"
     rerank_json = models_dir / name / "rerank.json"
     gate = name not in SHAPES
+    asked = bool(variants)
     variants = variants or (gated_variants() if gate else SHAPES[name].variants)
     present = json.loads(rerank_json.read_text()) if rerank_json.exists() else {}
     gated = present.get("verification", {}).get("variant_gates", {})
     # A decoder folder from before the shared-prefix graph would bench a graph the converter no
     # longer writes.
     stale = fresh and name in QWEN3 and present and not present.get("graph", {}).get("shared_prefix")
-    if not present or stale or not set(variants) <= set(gated) | set(present.get("variants", {})):
+    missing = not set(variants) <= set(gated) | set(present.get("variants", {}))
+    if not present or stale or (missing and (fresh or asked)):
         log(f"{name}: converting to our model folder ({', '.join(variants)}, gate {'on' if gate else 'off'})")
         shutil.rmtree(models_dir, ignore_errors=True)
         _atomic_dir(models_dir, lambda tmp: _convert_ours(name, checkpoint, tmp, variants, gate))

@@ -58,6 +58,20 @@ def test_a_decoder_folder_without_the_shared_prefix_graph_is_converted_again(
     assert [n for n, _ in converted] == ([name] if reconverted else [])
 
 
+def test_a_tool_that_builds_its_own_graphs_keeps_a_folder_without_the_default_variants(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder converted with --variants ov-fp32 has the tokenizer and template such a tool reads:
+    # converting it again with every variant (an hour and a half at 0.6B's shape) is not asked for.
+    name = "qwen3-tiny"
+    config = {"graph": {"shared_prefix": 1}, "variants": {"ov-fp32": {}}, "verification": {"variant_gates": {}}}
+    converted = _cached_folder(tmp_path, monkeypatch, name, config)
+    models.ensure(name, log=lambda _: None, gguf=False, fresh=False)
+    assert converted == []
+    models.ensure(name, log=lambda _: None, gguf=False, fresh=False, variants=("int8",))
+    assert converted == [(name, ("int8",))]  # named, and missing: converted
+
+
 def test_narrowed_variants_convert_only_those_and_keep_a_folder_that_has_them(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
