@@ -44,16 +44,29 @@ class BodyPrice:
         self.cost_per_byte = PADDING_ALLOWANCE / 4
         """Padded tokens a byte: 4 characters a token until :meth:`learn` (which a served model
         first calls with :data:`SAMPLE_QUERY` and :data:`SAMPLE_DOCUMENT`)."""
+        self.pairs_per_byte = 1 / 1000
+        """Pairs a byte (documents and their windows), learned alike: the queue's size bound
+        checked before a body is read."""
 
     def of(self, size: int) -> float:
         """The cost, in padded tokens, of a request whose body is ``size`` bytes."""
         return BODY_SHARE * size * self.cost_per_byte
 
-    def learn(self, query: str, documents: list[str], cost: float, rate: float = LEARNING_RATE) -> None:
+    def pairs_of(self, size: int) -> float:
+        """The pairs a request whose body is ``size`` bytes will queue (leaning low, as :meth:`of`)."""
+        return BODY_SHARE * size * self.pairs_per_byte
+
+    @property
+    def pairs_per_cost(self) -> float:
+        """Pairs a padded token of a priced body stands for: the pairs of places held at a cost."""
+        return self.pairs_per_byte / self.cost_per_byte
+
+    def learn(self, query: str, documents: list[str], cost: float, pairs: int, rate: float = LEARNING_RATE) -> None:
         """Moves the price ``rate`` of the way toward what a request of ``query`` and
-        ``documents`` was estimated to cost (``cost``): bytes as a JSON body carries them, each
-        document a string with its quotes, comma and space (documents sent as ``{"text": ...}``
-        objects take more: the price then leans low)."""
+        ``documents`` was estimated to cost (``cost``) and queue (``pairs``): bytes as a JSON body
+        carries them, each document a string with its quotes, comma and space (documents sent as
+        ``{"text": ...}`` objects take more: the price then leans low)."""
         text = len(query.encode()) + sum(len(d.encode()) + 4 for d in documents)
         if text:
             self.cost_per_byte += rate * (cost / text - self.cost_per_byte)
+            self.pairs_per_byte += rate * (pairs / text - self.pairs_per_byte)

@@ -200,6 +200,23 @@ class DynamicBatcher:
         self._queue_changed()
         return reservation
 
+    def early_size_refusal(self, pairs: float, pairs_per_cost: float) -> QueueFull | None:
+        """The queue's size bound (``max_queue_pairs``) for a body of about ``pairs`` pairs before
+        it is read: the pairs queued, and those of the requests admitted or held but not yet
+        queued (their costs at ``pairs_per_cost``). A body let through is checked exactly once
+        tokenized (:meth:`admit`); one larger than the whole queue is left to that check, whose
+        answer (:class:`TooManyDocuments`) retrying would not change, and holds no room here."""
+        limit = self.config.max_queue_pairs
+        unqueued = [cost * pairs_per_cost for cost in (*self._reserved.values(), *self.holds.costs(self.name))]
+        ahead = self._queue.queued_pairs + sum(p for p in unqueued if p <= limit)
+        if pairs > limit or ahead + pairs <= limit:
+            return None
+        return QueueFull(
+            f"the queue holds about {ahead:.0f} pairs and this request adds about {pairs:.0f}; "
+            f"the limit is {limit}: retry later",
+            retry_after=retry_after(self._queue.queued_cost() / self._model_speed()),
+        )
+
     def release(self, reservation: int) -> None:
         if self._reserved.pop(reservation, None) is not None:
             self._queue_changed()

@@ -145,7 +145,7 @@ class ServedModel:
         self.price = BodyPrice()
         """What the edge's check prices a body's bytes at, learned from every request's estimate."""
         samples = [SAMPLE_DOCUMENT] * SAMPLE_DOCUMENTS
-        self.price.learn(SAMPLE_QUERY, samples, self.estimate(SAMPLE_QUERY, samples, "truncate")[0], rate=1.0)
+        self.price.learn(SAMPLE_QUERY, samples, *self.estimate(SAMPLE_QUERY, samples, "truncate"), rate=1.0)
 
     def estimate(
         self,
@@ -184,12 +184,17 @@ class ServedModel:
             ratio = min(10.0, max(1.0, encoded.characters / encoded.document_tokens))
             self.characters_per_token += rate * (ratio - self.characters_per_token)
 
-    def early_refusal(self, size: int) -> tuple[QueueFull | None, float]:
+    def early_refusal(self, size: int) -> tuple[QueueFull | None, float, str]:
         """The refusal a request body of ``size`` bytes gets before it is read (None: admitted),
-        and the cost it is priced at (:class:`~rerank.service.admission.estimate.BodyPrice`),
-        counting the places already held. On the event loop."""
+        the cost it is priced at (:class:`~rerank.service.admission.estimate.BodyPrice`) and the
+        refusal's reason for the metrics: the queue's time bound, then its size bound, counting
+        the places already held. On the event loop."""
         cost = self.price.of(size)
-        return queue_time_refusal(self.batcher.with_holds(self.batcher.state()), cost), cost
+        refusal = queue_time_refusal(self.batcher.with_holds(self.batcher.state()), cost)
+        if refusal is not None:
+            return refusal, cost, "queue_time"
+        refusal = self.batcher.early_size_refusal(self.price.pairs_of(size), self.price.pairs_per_cost)
+        return refusal, cost, "queue_full"
 
     async def score(
         self,
@@ -218,7 +223,7 @@ class ServedModel:
             self.metrics.reject("rate_limited")
             raise
         cost, pairs = self.estimate(query, documents, long_documents, max_document_tokens, instruction)
-        self.price.learn(query, documents, cost)
+        self.price.learn(query, documents, cost, pairs)
         reservation = self.batcher.admit(cost, pairs, caller.held(self.name))
         try:
             with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):

@@ -204,15 +204,15 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
         """Holds a place for a body of ``size`` bytes (None: unknown) here, or at a peer."""
         open_models = [m for m in self.models.values() if not m.batcher.stalled]
         room: dict[str, float] = {}
-        refusals: list[tuple[QueueFull, ServedModel]] = []
+        refusals: list[tuple[QueueFull, ServedModel, str]] = []
         for model in open_models:
             if size is None:
                 break
-            refusal, cost = model.early_refusal(size)
+            refusal, cost, reason = model.early_refusal(size)
             if refusal is None:
                 room[model.name] = cost
             else:
-                refusals.append((refusal, model))
+                refusals.append((refusal, model, reason))
         if open_models and (room or not refusals):
             held = self.callers.holds.place(identity(key), room)
             headers = {contract.HOLD_HEADER: held}
@@ -222,8 +222,8 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
             return Verdict(outcome, key, headers, checks=1 if size is not None else 0)
         error: RerankError
         if refusals:
-            error, refused = min(refusals, key=lambda pair: pair[0].retry_after or 0)
-            self._reject(refused.name, "queue_time")
+            error, refused, reason = min(refusals, key=lambda refusal: refusal[0].retry_after or 0)
+            self._reject(refused.name, reason)
         else:
             error = Unavailable("inference is stuck on this replica; retry the request", reason="STALLED")
         outcome = contract.REFUSED if refusals else contract.UNAVAILABLE

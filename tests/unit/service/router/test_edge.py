@@ -208,3 +208,28 @@ def test_a_body_over_the_limit_passes_unpriced_for_envoy_to_refuse(server) -> No
     """Too large is 413 (Envoy's buffer filter), which a client must not retry, never a 429."""
     too_large = check(server.target, "/v1/rerank", keyed(**{"content-length": str(64 * 1024 * 1024)}))
     assert denied(too_large) is None and ok_headers(too_large) == {}
+
+
+def test_bodies_past_the_queues_size_bound_are_refused_before_they_are_read(stand_in_models, keys_file) -> None:
+    """The queue holds at most ``max_queue_pairs`` pairs. Priced at the learned pairs a byte, the
+    places held for bodies on their way count toward it: a body that would pass it is refused
+    early, not read and then refused (the waits allowed here are long: time is not the bound)."""
+    with serve(
+        stand_in_models, api_keys=(), api_keys_file=keys_file, max_queue_seconds=1e6, max_queue_pairs=100
+    ) as replica:
+        price = replica.server.models["alpha"].price
+        body = int(60 / (0.9 * price.pairs_per_byte))  # about 60 pairs
+        assert contract.HOLD_HEADER in ok_headers(check(replica.target, "/v1/rerank", keyed(**length(body))))
+        status, headers, body_text = denied(check(replica.target, "/v1/rerank", keyed(**length(body))))
+        assert status == 429 and headers[contract.EARLY_HEADER] == contract.EARLY
+        assert "the limit is 100" in json.loads(body_text)["message"]
+        registry = replica.server.metrics.registry
+        refused = Samples.parse(generate_latest(registry).decode())
+        assert refused.total("rerank_rejected_requests_total", model="alpha", reason="queue_full") >= 1
+        # One body larger than the whole queue is left to the exact check, whose answer (too many
+        # documents) a retry would not change.
+        assert denied(check(replica.target, "/v1/rerank", keyed(**length(3 * body)))) is None
+
+
+def length(size: int) -> dict[str, str]:
+    return {"content-length": str(size)}
