@@ -132,7 +132,7 @@ def size_batches(
     if untimed and chosen == max(best):
         # The time ran out on a model still speeding up: one this slow spends its time in the
         # matrix products, where a larger batch reuses each weight more, so it is cut where
-        # the batcher's time limit cuts (measured: docs/performance.md#batching).
+        # the batcher's time limit cuts (its W3 figures: docs/performance.md, Qwen3-Reranker on Zen 4).
         limit = speed * batch_seconds
         chosen = max_batch_tokens if limit >= max_batch_tokens else max(MIN_BATCH_TOKENS, int(limit))
         reason += f"; larger sizes untimed (the sweep's {seconds:g} s ran out): the time limit's {chosen}"
