@@ -77,7 +77,11 @@ def cost_of(pairs: list[Pair], head: int = 0, budget: int = 0) -> float:
 def common_head_of(pairs: list[Pair]) -> int:
     """The leading tokens every one of ``pairs`` has, fewer than the shortest has (:func:`pad`'s count)."""
     first = pairs[0].ids
-    return min(min(common_head(first, p.ids), len(p.ids) - 1) for p in pairs)
+    most = min(len(p.ids) for p in pairs) - 1
+    if len(pairs) > 1:
+        most = min(most, common_head(first, pairs[1].ids))  # no longer than any two have: one array
+    rows = np.stack([p.ids[:most] for p in pairs])  # (a loop over pairs would hold the event loop)
+    return common_head(rows.min(axis=0), rows.max(axis=0)) if len(rows) > 1 else most
 
 
 class DynamicBatcher:
@@ -315,17 +319,28 @@ class DynamicBatcher:
         self._worker.shutdown()
 
     async def score(
-        self, pairs: list[Pair], *, client: str = "", request_id: str = "", reservation: int | None = None
+        self,
+        pairs: list[Pair],
+        *,
+        client: str = "",
+        request_id: str = "",
+        reservation: int | None = None,
+        head: int | None = None,
     ) -> np.ndarray:
         """Logits for ``pairs``, in their order. Admits the request first unless ``reservation``
         (from :meth:`admit`, on the request's estimated cost) says it was: then it is queued at
         once, unless it costs over :data:`MISESTIMATE` times its estimate or has more pairs than
-        the queue holds. Raises :class:`QueueFull` or :class:`TooManyDocuments`."""
+        the queue holds. ``head``: their :func:`common_head_of` where the caller found it off the
+        event loop (found here otherwise, where it counts). Raises :class:`QueueFull` or
+        :class:`TooManyDocuments`."""
         if not pairs:
             if reservation is not None:
                 self.release(reservation)
             return np.zeros(0)
-        head = common_head_of(pairs) if self.shares_head else 0
+        if not self.shares_head:
+            head = 0
+        elif head is None:
+            head = common_head_of(pairs)
         cost = cost_of(pairs, head, self.budget())
         estimated = self._reserved.get(reservation, 0.0) if reservation is not None else 0.0
         if reservation is None or cost > MISESTIMATE * estimated or len(pairs) > self.config.max_queue_pairs:

@@ -461,3 +461,7 @@ def test_a_requests_cost_counts_its_head_once_a_micro_batch() -> None:
     assert cost_of(pairs, head=30, budget=70) == pytest.approx(PADDING_ALLOWANCE * (80 + 2 * 30))  # two
     assert cost_of(pairs, head=30, budget=10) == pytest.approx(PADDING_ALLOWANCE * 320)  # one pair each
     assert common_head_of(pairs) == 30 and common_head_of(pairs[:1]) == 39
+    late = [*pairs[:5], Pair(5, np.concatenate([pairs[0].ids[:12], [9] * 28]), np.zeros(40)), *pairs[6:]]
+    assert common_head_of(late) == 12  # one pair far down the list that parts early
+    short = [*pairs, Pair(8, pairs[0].ids[:20], np.zeros(20))]
+    assert common_head_of(short) == 19  # fewer than the shortest has, as pad() counts

@@ -113,6 +113,16 @@ async def test_a_graph_that_reads_the_head_once_is_priced_with_the_query_once(tm
         assert served.batcher.shares_head and pairs == 8
         assert 0.75 * exact <= estimated <= 1.5 * exact  # (characters per token: a learned guess)
         assert exact < 0.3 * cost_of(encoded.pairs)  # the query once, not eight times
+        heads: list[int | None] = []
+        score = served.batcher.score
+
+        async def spy(pairs, **kwargs):  # type: ignore[no-untyped-def]
+            heads.append(kwargs.get("head"))
+            return await score(pairs, **kwargs)
+
+        served.batcher.score = spy  # type: ignore[method-assign]
+        await served.score(query, documents)
+        assert heads == [common_head_of(encoded.pairs)]  # found on the tokenizer's thread
     finally:
         await served.close()
         pool.shutdown()
