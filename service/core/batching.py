@@ -330,8 +330,9 @@ class DynamicBatcher:
         """Logits for ``pairs``, in their order. Admits the request first unless ``reservation``
         (from :meth:`admit`, on the request's estimated cost) says it was: then it is queued at
         once, unless it costs over :data:`MISESTIMATE` times its estimate or has more pairs than
-        the queue holds. ``head``: their :func:`common_head_of` where the caller found it off the
-        event loop (found here otherwise, where it counts). Raises :class:`QueueFull` or
+        the queue holds. ``head``: leading tokens the caller knows they have in common (the
+        encoder's :attr:`~rerank.service.core.tokenization.EncodedRequest.head`); found here,
+        on the event loop, otherwise. Raises :class:`QueueFull` or
         :class:`TooManyDocuments`."""
         if not pairs:
             if reservation is not None:
@@ -384,9 +385,7 @@ class DynamicBatcher:
     def _commit(self, job: Job) -> None:
         """The worker started ``job``: its pairs leave the queue, and it runs until its estimated end."""
         self._queue.commit(job)
-        pairs = job.pairs
-        head = common_head_of(pairs) if self.shares_head else 0
-        job.until = job.started + self.throughput.seconds(cost_of(pairs, head, self.budget()))
+        job.until = job.started + self.throughput.seconds(cost_of(job.pairs, job.head, self.budget()))
         self._running.add(job)
         self._update_running_until()
         self._record_first_batch(job.taken, job.started, job.started_ns)

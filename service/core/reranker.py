@@ -11,7 +11,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from rerank.service.admission.queue import PADDING_ALLOWANCE, queue_time_refusal
 from rerank.service.backends.base import Backend, VariantChoice
 from rerank.service.backends.cpu_features import CpuFeatures
 from rerank.service.core.batch_sizing import BatchSizing
-from rerank.service.core.batching import DynamicBatcher, common_head_of
+from rerank.service.core.batching import DynamicBatcher
 from rerank.service.core.batching_config import BatchingConfig
 from rerank.service.core.metrics import ModelMetrics
 from rerank.service.core.throughput import Throughput
@@ -227,8 +227,8 @@ class ServedModel:
         reservation = self.batcher.admit(cost, pairs, caller.held(self.name))
         try:
             with tracing.span("rerank.tokenize", {"rerank.documents": len(documents)}):
-                encoded, head = await self._tokenizers.run(
-                    self._encode,
+                encoded = await self._tokenizers.run(
+                    self.encoder.encode,
                     query,
                     documents,
                     long_documents,
@@ -245,19 +245,12 @@ class ServedModel:
         # Admitted before tokenizing: queued on that admission (the reservation), not checked
         # again, so that no request is refused after its work has begun (see MISESTIMATE).
         logits = await self.batcher.score(
-            encoded.pairs, client=caller.name, request_id=request_id, reservation=reservation, head=head
+            encoded.pairs, client=caller.name, request_id=request_id, reservation=reservation, head=encoded.head
         )
         best = np.full(len(documents), -np.inf)
         for pair, logit in zip(encoded.pairs, logits, strict=True):
             best[pair.document] = max(best[pair.document], logit)
         return Scored(best, encoded)
-
-    def _encode(self, *args: Any, **kwargs: Any) -> tuple[EncodedRequest, int]:
-        """:meth:`PairEncoder.encode`, and the pairs' common head where the graph reads it once
-        (on a tokenizer thread: for thousands of pairs it takes milliseconds)."""
-        encoded = self.encoder.encode(*args, **kwargs)
-        shares = self.batcher.shares_head and bool(encoded.pairs)
-        return encoded, common_head_of(encoded.pairs) if shares else 0
 
     async def close(self) -> None:
         await self.batcher.close()

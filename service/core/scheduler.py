@@ -76,6 +76,9 @@ class Job:
     """(request, pair index) in batch order."""
     counts: dict[Request, int] = field(default_factory=dict)
     """Pairs taken from each request: the next ones in its order."""
+    head: int = 0
+    """Leading tokens its pairs have in common, as :func:`~rerank.service.backends.base.pad`
+    counts them, where the graph reads them once (else 0): tracked while it is filled."""
     started: float = 0.0
     started_ns: int = 0
     until: float = 0.0
@@ -170,7 +173,6 @@ class Scheduler:
         nothing waits."""
         job = Job(first_client=clients[0][0], queues=[queue for _, queue in clients])
         longest = 0
-        shared = 0  # leading tokens the taken pairs have in common, as pad() counts them
 
         def position(request: Request) -> int:
             return request.taken + pending.get(request, 0) + job.counts.get(request, 0)
@@ -181,7 +183,7 @@ class Scheduler:
             if not job.taken:
                 return len(ids) - 1
             first = job.taken[0][0].pairs[job.taken[0][1]].ids
-            return min(shared, common_head(first, ids), len(ids) - 1)
+            return min(job.head, common_head(first, ids), len(ids) - 1)
 
         def fits(ids: np.ndarray) -> bool:
             if not job.taken:
@@ -190,14 +192,14 @@ class Scheduler:
             return pairs <= most and work_tokens(pairs, max(longest, len(ids)), head_with(ids)) <= budget
 
         def take(request: Request, pairs: float, tokens: float) -> None:
-            nonlocal longest, shared
+            nonlocal longest
             spent_pairs = spent_tokens = 0
             while position(request) < len(request.pairs) and spent_pairs < pairs and spent_tokens < tokens:
                 index = request.order[position(request)]
                 ids = request.pairs[index].ids
                 if not fits(ids):
                     break
-                shared = head_with(ids)
+                job.head = head_with(ids)
                 job.taken.append((request, index))
                 job.counts[request] = job.counts.get(request, 0) + 1
                 longest = max(longest, len(ids))

@@ -66,6 +66,10 @@ class EncodedRequest:
     """Characters in the documents (what admission estimates sizes from, before tokenizing)."""
     document_tokens: int = 0
     """Tokens in the documents before any cut."""
+    head: int = 0
+    """Leading tokens every pair has by construction (the template's prefix, the query, the
+    template's middle), fewer than any pair has: where the graph reads a common head once, what
+    it will share at least (documents that begin alike share more, which :func:`pad` finds)."""
 
     @property
     def total_tokens(self) -> int:
@@ -177,8 +181,14 @@ class PairEncoder:
                 pairs.append(Pair(index, np.asarray(seq, dtype=np.int64), np.asarray(types, dtype=np.int64)))
             truncated.append(cut + capped)
             windows.append(len(chunks))
+        shortest = min((len(p.ids) for p in pairs), default=0)
         return EncodedRequest(
-            pairs, truncated, windows, characters=sum(map(len, documents)), document_tokens=sum(doc_tokens)
+            pairs,
+            truncated,
+            windows,
+            characters=sum(map(len, documents)),
+            document_tokens=sum(doc_tokens),
+            head=max(0, min(len(head), shortest - 1)),
         )
 
     def _encode_documents(

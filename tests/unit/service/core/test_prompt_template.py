@@ -144,6 +144,23 @@ def test_instruction_replaces_only_the_default(encoder):
     assert default != custom
 
 
+def test_the_head_every_pair_shares_is_the_prompt_up_to_the_document(encoder):
+    # What a shared-prefix graph is sure to read once: the prefix and the query part, counted
+    # from the whole text here. The documents all open with a space token, so the pairs share
+    # one token more: the head is what they share by construction, never more than they share.
+    for query, instruction in [("what is a panda?", None), ("熊猫", "Find the passage.")]:
+        documents = [document for _, document in TRICKY]
+        encoded = encoder.encode(query, documents, instruction=instruction)
+        instruction = DEFAULT if instruction is None else instruction
+        part = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>:"
+        assert encoded.head == len(ids(PREFIX)) + len(ids(part))
+        cards = [model_card(query, d, instruction) for d in documents]
+        shared = next(n for n in range(len(cards[0]) + 1) if n == len(cards[0]) or len({c[n] for c in cards}) > 1)
+        assert encoded.head < shared
+    lone = encoder.encode("q", [""])
+    assert lone.head == len(ids(PREFIX)) + len(ids(PROMPT.query_text("q", None)))
+
+
 def test_a_model_without_a_prompt_refuses_an_instruction(tokenizer_file):
     plain = PairEncoder(tokenizer_file, PairTemplate(prefix=((0, 0),), middle=((1, 0),), suffix=((1, 0),)), 64)
     assert not plain.takes_instruction

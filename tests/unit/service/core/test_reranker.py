@@ -105,7 +105,8 @@ async def test_a_graph_that_reads_the_head_once_is_priced_with_the_query_once(tm
     served = ServedModel(
         folder, config, StandInBackend.for_folder(folder, config), batching=BatchingConfig(), tokenizers=pool
     )
-    query, documents = " ".join(["panda"] * 40), ["a bamboo forest"] * 8
+    query = " ".join(["panda"] * 40)
+    documents = [f"{word} bamboo forest" for word in ("a", "the", "red", "car", "fox", "dog", "quick", "river")]
     try:
         estimated, pairs = served.estimate(query, documents, "truncate")
         encoded = served.encoder.encode(query, documents, "truncate")
@@ -122,7 +123,7 @@ async def test_a_graph_that_reads_the_head_once_is_priced_with_the_query_once(tm
 
         served.batcher.score = spy  # type: ignore[method-assign]
         await served.score(query, documents)
-        assert heads == [common_head_of(encoded.pairs)]  # found on the tokenizer's thread
+        assert heads == [common_head_of(encoded.pairs)]  # the encoder's, not scanned for on the event loop
     finally:
         await served.close()
         pool.shutdown()
