@@ -59,11 +59,16 @@ def _text(rng: random.Random, words: int) -> str:
     return " ".join(sentences)
 
 
+def _query(rng: random.Random) -> str:
+    """A question of 9 words."""
+    return _text(rng, 9).rstrip(".") + "?"
+
+
 def texts(seed: str, count: int, words: int) -> tuple[str, tuple[str, ...]]:
     """A query of 9 words and ``count`` documents of ``words`` words ± 10 %, from the generator
     seeded with ``seed`` (the same text for the same arguments; ``bench.overload``'s requests)."""
     rng = random.Random(f"{SEED}/{seed}")
-    query = _text(rng, 9).rstrip(".") + "?"
+    query = _query(rng)
     spread = max(1, words // 10)
     return query, tuple(_text(rng, rng.randint(words - spread, words + spread)) for _ in range(count))
 
@@ -74,7 +79,7 @@ def make(name: str) -> Workload:
         raise ValueError(f"unknown workload {name!r}; expected one of {WORKLOADS}")
     small = name == "W3"
     rng = random.Random(f"{SEED}/{'W3' if small else 'W1'}")  # W2 sends W1's exact request
-    query = _text(rng, 9).rstrip(".") + "?"
+    query = _query(rng)
     lengths = [rng.randint(8, 16) if small else rng.randint(135, 165) for _ in range(8 if small else 64)]
     return Workload(name, query, tuple(_text(rng, n) for n in lengths), clients=8 if name == "W2" else 1)
 
@@ -84,4 +89,4 @@ def query(workload: Workload, n: int) -> str:
     :attr:`Workload.query`, which warm-ups ask): 9 words like it, drawn for ``n``."""
     if n == 0:
         return workload.query
-    return _text(random.Random(f"{SEED}/{workload.name}/query/{n}"), 9).rstrip(".") + "?"
+    return _query(random.Random(f"{SEED}/{workload.name}/query/{n}"))
