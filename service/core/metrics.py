@@ -153,8 +153,9 @@ class Metrics:
         self.edge_checks = Counter(
             "rerank_edge_checks",
             "Requests Envoy asked this replica about before reading their bodies (its ext_authz check), by API "
-            "key name and outcome: unauthenticated, rate_limited, held, admitted, refused (429 before the body "
-            "was read), unavailable (inference stuck), passed (not a rerank).",
+            "key name and outcome: unauthenticated, rate_limited, held (here or at the peer asked), admitted, "
+            "refused (429 before the body was read), unavailable (inference stuck), passed (not a rerank). A "
+            "peer's question is not counted.",
             ["key", "outcome"],
             registry=r,
         )

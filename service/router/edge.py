@@ -19,8 +19,10 @@ filter calls with a request's method, path and a few headers before it reads the
    elsewhere, where it is charged).
 
 Each answer carries the key's name and the outcome as dynamic metadata for Envoy's access log,
-and is counted (``rerank_edge_checks_total``). A denial's body is the service's own error
-(``{"code", "message", "details"}`` for REST; for native gRPC its status, message and details).
+and is counted (``rerank_edge_checks_total``, and a refusal in ``rerank_rejected_requests_total``)
+by the replica Envoy asked, with what became of the request: a peer does not count the question.
+A denial's body is the service's own error (``{"code", "message", "details"}`` for REST; for
+native gRPC its status, message and details).
 """
 
 from __future__ import annotations
@@ -165,8 +167,9 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
     ) -> external_auth_pb2.CheckResponse:
         http = request.attributes.request.http
         grpc_call = is_grpc(http.headers.get("content-type", ""))
-        verdict = await self.decide(http, forwarded=self._forwarded(context))
-        if self.metrics is not None:
+        forwarded = self._forwarded(context)
+        verdict = await self.decide(http, forwarded=forwarded)
+        if self.metrics is not None and not forwarded:  # a peer's question is the asking replica's request
             self.metrics.edge_checks.labels(verdict.key.name if verdict.key else NONE, verdict.outcome).inc()
         return self.response(verdict, grpc_call)
 
@@ -221,9 +224,10 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
             outcome = contract.HELD if room else contract.ADMITTED
             return Verdict(outcome, key, headers, checks=1 if size is not None else 0)
         error: RerankError
+        refused: tuple[str, str] | None = None
         if refusals:
-            error, refused, reason = min(refusals, key=lambda refusal: refusal[0].retry_after or 0)
-            self._reject(refused.name, reason)
+            error, model, reason = min(refusals, key=lambda refusal: refusal[0].retry_after or 0)
+            refused = (model.name, reason)
         else:
             error = Unavailable("inference is stuck on this replica; retry the request", reason="STALLED")
         outcome = contract.REFUSED if refusals else contract.UNAVAILABLE
@@ -236,6 +240,8 @@ class EdgeCheck(external_auth_pb2_grpc.AuthorizationServicer):
                 delay = _retry_after(peer.denied_response)
                 if delay is not None and delay < (error.retry_after or 0):
                     error.retry_after = delay
+            if refused is not None:  # counted once, here: a peer does not count what it was asked
+                self._reject(*refused)
         return Verdict(outcome, key, error=error, checks=1 + bool(self.peers and not forwarded))
 
     async def _ask_peer(self, http: Any) -> external_auth_pb2.CheckResponse | None:

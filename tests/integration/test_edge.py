@@ -137,8 +137,7 @@ def test_a_request_that_never_sends_its_body_is_charged_lets_its_place_go_and_is
         connection.sendall(
             (
                 # 8 kB: a body the queue's bounds admit however many pairs a byte the earlier tests
-                # taught the replicas (one refused would be asked of the peer, which holds it too:
-                # two checks for one request).
+                # taught the replicas.
                 "POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8000\r\n"
                 f"Authorization: Bearer {SLOW}\r\nX-Request-Id: headers-only-{run}-{i}\r\n\r\n"
             ).encode()

@@ -160,14 +160,35 @@ def big(server: InProcessServer) -> dict[str, str]:
     return keyed(**{"content-length": str(size)})
 
 
+def counts(server: InProcessServer) -> tuple[float, ...]:
+    """What ``server`` counted of the checks: held, refused, and requests refused."""
+    registry = Samples.parse(generate_latest(server.server.metrics.registry).decode())
+    return (
+        registry.total("rerank_edge_checks_total", outcome="held"),
+        registry.total("rerank_edge_checks_total", outcome="refused"),
+        registry.total("rerank_rejected_requests_total"),
+    )
+
+
 def test_a_replica_without_room_asks_its_peer_then_refuses_early(tiny_queues) -> None:
     first, second = tiny_queues
+    before = [counts(first), counts(second)]
+
+    def moved() -> tuple[tuple[float, ...], ...]:
+        now = [counts(first), counts(second)]
+        return tuple(tuple(n - b for n, b in zip(*pair, strict=True)) for pair in zip(now, before, strict=True))
+
     held_here = ok_headers(check(first.target, "/v1/rerank", big(first)))
     assert base64.b64decode(held_here[contract.REPLICA_HEADER]).decode() == first.target
+    assert moved() == ((1, 0, 0), (0, 0, 0))
     asked = check(first.target, "/v1/rerank", big(first))  # no room here: the peer holds it
     assert base64.b64decode(ok_headers(asked)[contract.REPLICA_HEADER]).decode() == second.target
     assert asked.dynamic_metadata["admission_checks"] == "2"
+    # Each request is counted once, by the replica Envoy asked, with what became of it: the
+    # peer's check of it is not another request, and a request a peer held was not refused.
+    assert moved() == ((2, 0, 0), (0, 0, 0))
     status, headers, body = denied(check(first.target, "/v1/rerank", big(first)))  # no room anywhere
+    assert moved() == ((2, 1, 1), (0, 0, 0))
     assert status == 429 and headers[contract.EARLY_HEADER] == contract.EARLY and int(headers["retry-after"]) >= 1
     error = json.loads(body)
     assert error["code"] == 8 and error["message"].startswith("the server is busy: this request would wait")
