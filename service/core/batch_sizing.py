@@ -117,8 +117,8 @@ def size_batches(
     began = clock()
     for round_ in range(ROUNDS):
         for pairs in sizes:
-            if best and (clock() - began > seconds or not usable(pairs)):
-                break
+            if best and (clock() - began > seconds or not usable(pairs) or (round_ > 0 and pairs not in runs)):
+                break  # (a size left out of the first round has had no untimed run: it stays out)
             if round_ == 0:  # (untimed) builds its kernels, and says how long a run takes
                 first = timed_runs(run, Batch.filled(pairs, length, token), streams=streams, clock=clock)
                 runs[pairs] = max(1, min(SWEEP_WORK_PAIRS // pairs, int(SIZE_SECONDS / max(first, 1e-9))))
@@ -135,5 +135,6 @@ def size_batches(
         # the batcher's time limit cuts (its W3 figures: docs/performance.md, Qwen3-Reranker on Zen 4).
         limit = speed * batch_seconds
         chosen = max_batch_tokens if limit >= max_batch_tokens else max(MIN_BATCH_TOKENS, int(limit))
-        reason += f"; larger sizes untimed (the sweep's {seconds:g} s ran out): the time limit's {chosen}"
+        why = f"the sweep's {seconds:g} s ran out" if clock() - began > seconds else "too slow in the first round"
+        reason += f"; larger sizes untimed ({why}): the time limit's {chosen}"
     return BatchSizing(min(chosen, max_batch_tokens), speed, reason, best)

@@ -100,6 +100,21 @@ def test_sizes_over_the_batchers_time_limit_are_not_timed() -> None:
     assert sorted(two.measured) == [192, 384]
 
 
+def test_a_size_the_first_round_left_out_stays_out_when_the_model_speeds_up() -> None:
+    # 1,000 tokens a second through the first round (a machine busy at start-up): four pairs
+    # (768 tokens) are over the time limit's floor and not run. Then 100,000 a second: the time
+    # limit would allow four pairs now, but a size is timed only after its untimed first run.
+    calls: list[int] = []
+
+    def per_token(pairs: int) -> float:
+        calls.append(pairs)
+        return 1e-3 if len(calls) <= 5 else 1e-5
+
+    sizing = sized(TimedModel(per_token), batch_seconds=0.25)
+    assert sorted(sizing.measured) == [192, 384] and max(calls) == 2
+    assert "too slow in the first round" in sizing.reason
+
+
 def test_a_model_still_speeding_up_when_the_time_runs_out_is_cut_at_the_time_limit() -> None:
     # About 1,000 tokens a second on pairs of 64 tokens, a little faster at two pairs. The sweep's
     # second is spent on one and two pairs (0.51 s, then 0.51 s more); four and eight would be
