@@ -51,6 +51,16 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "bf16-mixed": "f32", "int8": "f32"}
 bf16-mixed: the graph's own casts say which products run in bf16, the rest stays f32)."""
 DEFAULT_STREAMS = 2
 """Micro-batches run at once unless ``RERANK_STREAMS`` says otherwise (never more than threads)."""
+SHAPE_CACHE = 32
+"""``CPU_RUNTIME_CACHE_CAPACITY``: input shapes whose prepared operators the CPU plugin keeps.
+The batcher pads to each micro-batch's longest pair, so a server meets thousands of shapes, and
+each kept shape holds memory: at OpenVINO's default of 5,000 a served model grew by megabytes
+a new shape without end. A shape seen again runs as fast as before (docs/performance.md,
+"Overload", the RSS note)."""
+KERNEL_CACHE = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+"""oneDNN's own cache of built kernels (1,024 by default), which grew the same way below the
+plugin's: bounded through its environment variable (an operator's own value is kept), read
+when the process builds its first kernel."""
 WARM_UP_SHAPES = ((1, 16), (8, 32), (32, 224))
 """(pairs, length) shapes run once by :meth:`OpenVinoBackend.warm_up`: short, W3-like, W1-like."""
 
@@ -89,6 +99,7 @@ class OpenVinoBackend:
         properties: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": HINTS[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
+            "CPU_RUNTIME_CACHE_CAPACITY": SHAPE_CACHE,
         }
         if self.streams == 1:
             properties["PERFORMANCE_HINT"] = "LATENCY"  # one stream on every thread
@@ -160,6 +171,7 @@ def compile_variant(folder: Path, variant: Variant, properties: dict[str, Any]) 
     turn)."""
     import openvino as ov
 
+    os.environ.setdefault(*KERNEL_CACHE)
     core = ov.Core()
     model = core.read_model(str(folder / variant.file))
     parts = [(model, HINTS[variant.precision])]

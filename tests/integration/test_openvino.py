@@ -93,6 +93,53 @@ def test_the_warm_up_runs_no_shape_over_the_micro_batch_size(models_dir: Path) -
         assert len(shapes) == {10: 1, 512: 2, 100_000: 3}[most]
 
 
+SHAPES_CHILD = """
+import sys
+from pathlib import Path
+import numpy as np
+from rerank.service.backends.base import Batch
+from rerank.service.backends.openvino import OpenVinoBackend
+from rerank.service.model_folder import Variant, read_model_folder
+import dataclasses
+
+folder = Path(sys.argv[1])
+config = read_model_folder(folder)
+variant = Variant("model.onnx", "fp32", device="cpu", runtime="openvino")
+config = dataclasses.replace(config, variants={**config.variants, "probe-ov": variant})
+backend = OpenVinoBackend(folder, config, variant="probe-ov", threads=2, streams=1)
+
+def anonymous() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) // 1024
+    raise RuntimeError("no RssAnon")
+
+shapes = [(pairs, length) for pairs in range(1, 33) for length in range(20, 120, 7)]
+np.random.default_rng(5).shuffle(shapes)
+for pairs, length in shapes[:100]:
+    backend.run(Batch.filled(pairs, length, 5))
+settled = anonymous()
+for pairs, length in shapes[100:400]:
+    backend.run(Batch.filled(pairs, length, 5))
+print(settled, anonymous())
+"""
+
+
+def test_new_shapes_do_not_grow_the_memory_without_bound(models_dir: Path) -> None:
+    """The batcher pads to each micro-batch's longest pair, so a server meets thousands of
+    (pairs, length) shapes; OpenVINO's CPU plugin caches per shape (5,000 entries by default),
+    which kept megabytes for each: 300 more shapes must not grow the process by tens of MB."""
+    found = subprocess.run(
+        [sys.executable, "-c", SHAPES_CHILD, str(models_dir / "xlmr-tiny")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    settled, after = map(int, found.stdout.split())
+    assert after - settled < 30, f"anonymous memory {settled} -> {after} MiB over 300 new shapes"
+
+
 def test_two_streams_run_two_batches_at_once_with_the_same_scores(models_dir: Path) -> None:
     import concurrent.futures
 
