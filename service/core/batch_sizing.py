@@ -128,13 +128,15 @@ def size_batches(
     speed = best[chosen] / streams
     reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"
     reason += f", {streams} at once)" if streams > 1 else ")"
-    untimed = [pairs * length for pairs in sizes if pairs * length not in best and usable(pairs)]
+    untimed = [pairs * length for pairs in sizes if pairs * length not in best]
     if untimed and chosen == max(best):
-        # The time ran out on a model still speeding up: one this slow spends its time in the
-        # matrix products, where a larger batch reuses each weight more, so it is cut where
-        # the batcher's time limit cuts (its W3 figures: docs/performance.md, Qwen3-Reranker on Zen 4).
-        limit = speed * batch_seconds
-        chosen = max_batch_tokens if limit >= max_batch_tokens else max(MIN_BATCH_TOKENS, int(limit))
-        why = f"the sweep's {seconds:g} s ran out" if clock() - began > seconds else "too slow in the first round"
+        # A model still speeding up at the largest size timed (the sweep's time ran out, or the
+        # next size is over the time limit): one this slow spends its time in the matrix
+        # products, where a larger batch reuses each weight more (and a decoder's shared head
+        # is read once for more rows), so it is cut where the batcher's time limit cuts (its W3
+        # figures: docs/performance.md, Qwen3-Reranker on Zen 4).
+        limit = max(MIN_BATCH_TOKENS, speed * batch_seconds)
+        chosen = max(chosen, max_batch_tokens if limit >= max_batch_tokens else int(limit))
+        why = f"the sweep's {seconds:g} s ran out" if clock() - began > seconds else "over the time limit when reached"
         reason += f"; larger sizes untimed ({why}): the time limit's {chosen}"
     return BatchSizing(min(chosen, max_batch_tokens), speed, reason, best)
