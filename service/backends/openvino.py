@@ -55,8 +55,8 @@ SHAPE_CACHE = 32
 """``CPU_RUNTIME_CACHE_CAPACITY``: input shapes whose prepared operators the CPU plugin keeps.
 The batcher pads to each micro-batch's longest pair, so a server meets thousands of shapes, and
 each kept shape holds memory: at OpenVINO's default of 5,000 a served model grew by megabytes
-a new shape without end. A shape seen again runs as fast as before (docs/performance.md,
-"Overload", the RSS note)."""
+a new shape without end. A kept shape met again runs as fast as before, and preparing one again
+cost no throughput under the overload bench (docs/performance.md, "Overload", the RSS note)."""
 KERNEL_CACHE = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 """oneDNN's own cache of built kernels (1,024 by default), which grew the same way below the
 plugin's: bounded through its environment variable (an operator's own value is kept), read
