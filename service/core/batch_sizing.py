@@ -116,9 +116,9 @@ def size_batches(
     runs: dict[int, int] = {}
     began = clock()
     for round_ in range(ROUNDS):
-        for pairs in sizes:
-            if best and (clock() - began > seconds or not usable(pairs) or (round_ > 0 and pairs not in runs)):
-                break  # (a size left out of the first round has had no untimed run: it stays out)
+        for pairs in sizes if round_ == 0 else list(runs):  # later rounds: the sizes the first one ran
+            if best and (clock() - began > seconds or not usable(pairs)):
+                break
             if round_ == 0:  # (untimed) builds its kernels, and says how long a run takes
                 first = timed_runs(run, Batch.filled(pairs, length, token), streams=streams, clock=clock)
                 runs[pairs] = max(1, min(SWEEP_WORK_PAIRS // pairs, int(SIZE_SECONDS / max(first, 1e-9))))
