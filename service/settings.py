@@ -74,8 +74,8 @@ class Settings:
     variant: str | None = setting(
         None,
         "Graph variant to serve (fp32, fp32-fused, int8, fp16, ov-fp32, ov-bf16, ov-bf16-split, ov-bf16-mixed, "
-        "ov-int8; fp32 gives the exact scores); default: on CUDA fp16, on the CPU the fastest, timed at start-up, "
-        "of the variants that are exact or passed their gate and that the CPU runs natively.",
+        "ov-int8-dynamic, ov-int8; fp32 gives the exact scores); default: on CUDA fp16, on the CPU the fastest, "
+        "timed at start-up, of the variants that are exact or passed their gate and that the CPU runs natively.",
     )
     device: str | None = setting(
         None, "cpu or cuda; default: cuda when ONNX Runtime sees a GPU.", choices=("cpu", "cuda")

@@ -7,7 +7,7 @@ on a CPU, in CPU time (wall time on N free cores is about CPU time / N): measure
 0.6B-shaped fixture (``converters/testing/qwen3.py``: the 0.6B model's 28 layers exactly, with a
 3k-token vocabulary instead of 151k, so 444M parameters): peak RSS 8.5 GB and 6.3 CPU-minutes
 to convert and verify the exact graph (``--variants none``), and 17.5 CPU-minutes for one pass
-over the 309 gate pairs, which every variant's gate takes once (the default variants: 6 to 9
+over the 309 gate pairs, which every variant's gate takes once (the default variants: 7 to 10
 passes). Memory scales with all parameters (0.55 GB + 17.8 bytes each: the real 0.6B's embedding
 table adds about 2.5 GB), time with the layers' (x8.2 for 4B, x15.8 for 8B); the 4B and 8B
 figures are those scalings, not measurements. GGUF repositories: ggml-org's build of 0.6B was

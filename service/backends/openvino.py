@@ -12,7 +12,9 @@ compiles the same ONNX file with oneDNN and runs it at the variant's precision:
   graph whose chosen matrix products take bf16 inputs, at precision f32: those products in
   bf16, the rest f32 (:mod:`rerank.converters.mixed_precision` writes both kinds);
 * ``int8``: a graph with QuantizeLinear/DequantizeLinear pairs (``rerank.converters.quantize``) runs
-  its MatMuls in int8 (AMX-INT8 / VNNI); what is left unquantised runs in f32.
+  its MatMuls in int8 (AMX-INT8 / VNNI); what is left unquantised runs in f32. A graph with int8
+  weights alone (``ov-int8-dynamic``, ``rerank.converters.int8_weights``) keeps them in int8 and
+  rounds the activations of those products to int8 as it runs (:data:`DYNAMIC_QUANTIZATION_GROUP`).
 
 The precision hint is always set: on a CPU with AVX-512 BF16 or AMX, OpenVINO's *default* is
 bf16, which would silently change an "exact" variant's scores.
@@ -49,6 +51,10 @@ PROVIDER = "OpenVINO CPU"
 HINTS = {"fp32": "f32", "bf16": "bf16", "bf16-mixed": "f32", "int8": "f32"}
 """``INFERENCE_PRECISION_HINT`` per variant precision (int8: the unquantised rest stays f32;
 bf16-mixed: the graph's own casts say which products run in bf16, the rest stays f32)."""
+DYNAMIC_QUANTIZATION_GROUP = 128
+"""``DYNAMIC_QUANTIZATION_GROUP_SIZE``: activations that share one int8 scale when a product with
+int8 weights runs (it touches no other product). 128 rather than OpenVINO's default of 32: faster
+and closer to fp32 on the 0.6B Qwen3 shape (docs/performance.md, "int8 weights")."""
 DEFAULT_STREAMS = 2
 """Micro-batches run at once unless ``RERANK_STREAMS`` says otherwise (never more than threads)."""
 SHAPE_CACHE = 32
@@ -100,6 +106,7 @@ class OpenVinoBackend:
             "INFERENCE_PRECISION_HINT": HINTS[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
             "CPU_RUNTIME_CACHE_CAPACITY": SHAPE_CACHE,
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": DYNAMIC_QUANTIZATION_GROUP,
         }
         if self.streams == 1:
             properties["PERFORMANCE_HINT"] = "LATENCY"  # one stream on every thread

@@ -175,7 +175,7 @@ def test_score_pairs_runs_a_variant_on_its_own_runtime_and_precision(models_dir:
 
 @pytest.fixture(scope="module")
 def ov_models(checkpoint, tmp_path_factory) -> Path:
-    """bert-tiny converted with the three OpenVINO variants, gate off (random weights)."""
+    """bert-tiny converted with the four OpenVINO variants, gate off (random weights)."""
     out = tmp_path_factory.mktemp("ov-models")
     command = [
         sys.executable,
@@ -187,7 +187,7 @@ def ov_models(checkpoint, tmp_path_factory) -> Path:
         "--out",
         str(out),
     ]
-    command += ["--variants", "ov-fp32,ov-bf16,ov-int8", "--no-gate"]
+    command += ["--variants", "ov-fp32,ov-bf16,ov-int8-dynamic,ov-int8", "--no-gate"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Statistics collection" not in result.stdout + result.stderr  # NNCF's progress bars are kept quiet
@@ -199,11 +199,12 @@ def test_the_converter_writes_gates_and_seals_openvino_variants(ov_models: Path)
     data = json.loads((folder / "rerank.json").read_text())
     assert data["format"] == 3
     variants = data["variants"]
-    assert set(variants) == {"fp32", "ov-fp32", "ov-bf16", "ov-int8"}
+    assert set(variants) == {"fp32", "ov-fp32", "ov-bf16", "ov-int8-dynamic", "ov-int8"}
     assert variants["fp32"]["runtime"] == "onnxruntime"
     for key, precision, file in (
         ("ov-fp32", "fp32", "model.onnx"),
         ("ov-bf16", "bf16", "model.onnx"),
+        ("ov-int8-dynamic", "int8", "model.int8-weights.onnx"),
         ("ov-int8", "int8", "model.ov-int8.onnx"),
     ):
         v = variants[key]
@@ -216,13 +217,45 @@ def test_the_converter_writes_gates_and_seals_openvino_variants(ov_models: Path)
     assert variants["ov-fp32"]["gate"]["max_abs_diff"] < 1e-4 and variants["ov-fp32"]["gate"]["passed"]
     # The timing table a server on this CPU chooses from: every variant this CPU runs natively.
     cpu = detect()
-    native = {"fp32", "ov-fp32", *(["ov-bf16"] if cpu.native_bf16 else []), *(["ov-int8"] if cpu.native_int8 else [])}
+    int8 = ["ov-int8-dynamic", "ov-int8"] if cpu.native_int8 else []
+    native = {"fp32", "ov-fp32", *(["ov-bf16"] if cpu.native_bf16 else []), *int8}
     assert set(data["speed"]["milliseconds"]) == native
     assert data["speed"]["cpu"] == {"model": cpu.model, "flags": cpu.flags()}
     assert all(ms > 0 for ms in data["speed"]["milliseconds"].values())
     fp32_checks = np.asarray(variants["fp32"]["probe_scores"])
     assert np.max(np.abs(np.asarray(variants["ov-fp32"]["probe_scores"]) - fp32_checks)) < 1e-4
-    assert np.max(np.abs(np.asarray(variants["ov-int8"]["probe_scores"]) - fp32_checks)) > 1e-4
+    for key in ("ov-int8-dynamic", "ov-int8"):
+        assert np.max(np.abs(np.asarray(variants[key]["probe_scores"]) - fp32_checks)) > 1e-4, key
+
+
+def held(op) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """An operator of OpenVINO's runtime model: its layer type and the element type of what it
+    holds (a product's weights: its second input; a lookup's table: its first)."""
+    kind = op.get_rt_info()["layerType"].astype(str)
+    port = 0 if kind == "Gather" else 1
+    return kind, str(op.input(port).get_element_type()) if op.get_input_size() > port else ""
+
+
+def test_int8_dynamic_is_held_in_int8(ov_models: Path) -> None:
+    """OpenVINO keeps ov-int8-dynamic's weights in int8 (the point of it: no fp32 copy is
+    built), in every layer product and the token table, and rounds the products' activations
+    per the backend's group."""
+    import onnx
+
+    from rerank.service.backends.openvino import DYNAMIC_QUANTIZATION_GROUP
+
+    folder = ov_models / "bert-ov"
+    config = read_model_folder(folder)
+    graph = onnx.load(str(folder / config.variants["ov-int8-dynamic"].file))
+    stored = {n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    products = sum(1 for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in stored)
+    assert products >= 4  # a layer's query-key-value, output, up and down products at least
+    backend = load_backend(folder, config, variant="ov-int8-dynamic", device="cpu", threads=2)
+    ops = backend.compiled.get_runtime_model().get_ordered_ops()
+    kinds = [held(op) for op in ops]
+    assert sum(1 for kind, weights in kinds if kind == "FullyConnected" and "int8" in weights) == products
+    assert any(kind == "Gather" and "int8" in table for kind, table in kinds)  # the token table
+    assert backend.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == DYNAMIC_QUANTIZATION_GROUP
 
 
 def card(port: int, name: str):  # type: ignore[no-untyped-def]

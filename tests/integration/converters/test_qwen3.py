@@ -84,7 +84,7 @@ def test_variants_are_gated_as_for_the_encoders(qwen3_folder, card):
     data = json.loads((qwen3_folder / "rerank.json").read_text())
     gates = data["verification"]["variant_gates"]
     assert set(gates) == set(DEFAULT) and gates["fp32-fused"] == {"passed": False, "skipped": NO_FUSED_GRAPH}
-    for name in ("int8", "fp16", "ov-fp32", "ov-bf16"):
+    for name in ("int8", "fp16", "ov-fp32", "ov-bf16", "ov-int8-dynamic"):
         figures = gates[name]
         if "skipped" not in figures:  # the CPU may lack bf16 units: then it says so
             assert figures["pairs"] >= 300 and figures["passed"] == (name in data["variants"])

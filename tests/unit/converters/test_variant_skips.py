@@ -53,6 +53,7 @@ def test_an_int8_variant_needs_the_cpus_int8_units(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(scoring, "runs_natively", lambda variant: variant.precision != "int8")
     assert variants.missing_runtime("ov-fp32") is None
     assert "no int8 units" in (variants.missing_runtime("ov-int8") or "")
+    assert "no int8 units" in (variants.missing_runtime("ov-int8-dynamic") or "")
 
 
 def split_variant(
@@ -129,3 +130,42 @@ def test_the_cast_ladder_ends_where_a_recipe_leaves_nothing_in_bf16(
     )
     assert not mixed["passed"] and "feed-forward, all but the last two layers" not in mixed["recipes_tried"]
     assert any("all but the last two layers: not tried, it leaves no weight product in bf16" in x for x in lines)
+
+
+def test_int8_weights_are_skipped_for_a_graph_without_our_layers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only our builders' layer products are known weights: a graph without them (its token
+    table alone could be stored in int8) gets no ov-int8-dynamic, and says why."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setattr(scoring, "runtime_available", lambda runtime: True)
+    monkeypatch.setattr(scoring, "runs_natively", lambda variant: True)
+    table = numpy_helper.from_array(np.ones((5, 4), np.float32), "table")
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["x"], name="embed_1", axis=0),
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="product_2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 4])],
+        [table, weight],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    lines: list[str] = []
+    kept, figures = variants.write_variants(
+        tmp_path,
+        None,  # type: ignore[arg-type]
+        ("ov-int8-dynamic",),
+        never_scored,
+        np.zeros(3),
+        ["q"] * 3,
+        progress=lines.append,  # type: ignore[arg-type]
+    )
+    assert kept == {} and "no layer weight products" in figures["ov-int8-dynamic"]["skipped"]
+    assert not (tmp_path / variants.FILES["ov-int8-dynamic"]).exists()
+    assert any("ov-int8-dynamic: skipped" in line for line in lines)
