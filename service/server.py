@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -212,6 +213,9 @@ class RerankServer:
                 choice.reason,
                 "".join(f"; {k} {ms:.1f} ms" for k, ms in choice.milliseconds.items()),
             )
+            if s.max_input_length is not None and s.max_input_length < config.max_length:
+                # After the folder's checks, which score its check pairs at the folder's own length.
+                config = dataclasses.replace(config, max_length=s.max_input_length)
             batching = batching_config(s)
             sizing = calibrate(backend, config, batching)  # (its untimed runs build each size's kernels)
             backend.warm_up(sizing.batch_tokens)

@@ -114,6 +114,13 @@ class Settings:
     max_request_bytes: int = setting(
         4 * 1024 * 1024, "Largest request: the gRPC message limit and Envoy's body limit.", roles=ALL, minimum=1024
     )
+    max_input_length: int | None = setting(
+        None,
+        "Most tokens a pair is read in (query, document and template), below each model's own max_length; longer "
+        "documents follow the request's long_documents rule. Attention memory grows with the square of a pair's "
+        "length: bound it on a small host (docs/operating.md, Long pairs). Default: each model's own.",
+        minimum=32,
+    )
     max_batch_tokens: int = setting(8192, "Padded tokens per micro-batch (longest sequence x pairs).", minimum=1)
     max_batch_pairs: int = setting(64, "Pairs per micro-batch.", minimum=1)
     batch_tokens: int | None = setting(

@@ -91,6 +91,29 @@ def test_a_truncated_document_keeps_the_template(stub, card):
     assert abs(result.relevance_score - card.logit_of(ids)) <= TOLERANCE
 
 
+def test_a_lower_max_input_length_reads_pairs_that_long(served_dir, in_process_server, card):
+    """RERANK_MAX_INPUT_LENGTH: a pair is read in at most that many tokens, template kept, and the
+    score is the card's for the pair cut there (what bounds a long pair's attention memory)."""
+    import copy
+
+    from rerank.service.protocol import rerank_pb2, rerank_pb2_grpc
+
+    server = in_process_server(served_dir, variant="fp32", max_input_length=96)
+    short = copy.copy(card)
+    short.max_length = 96
+    long = "Giant pandas eat bamboo in the mountains of Sichuan. " * 20
+    with grpc.insecure_channel(server.target) as channel:
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        reply = stub.Rerank(rerank_request("qwen3-tiny", [long], query=QUERY), metadata=AUTH, timeout=60)
+        cards = stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10).data
+    (result,) = reply.results
+    (ids,) = short.ids([(QUERY, long)])
+    assert len(ids) == 96 and result.truncated_tokens > 0
+    assert abs(result.relevance_score - short.logit_of(ids)) <= TOLERANCE
+    own = json.loads((served_dir / "bert-tiny" / "rerank.json").read_text())["max_length"]
+    assert {c.id: c.max_length for c in cards} == {"qwen3-tiny": 96, "bert-tiny": min(96, own)}
+
+
 def test_an_encoder_refuses_an_instruction(stub):
     with pytest.raises(grpc.RpcError) as error:
         stub.Rerank(rerank_request("bert-tiny", DOCS, instruction=INSTRUCTION), metadata=AUTH, timeout=30)
