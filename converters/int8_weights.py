@@ -1,4 +1,4 @@
-"""Int8 weights for OpenVINO (variant ``ov-int8-dynamic``): a quarter of the memory, products in int8.
+"""Int8 weights for OpenVINO (variant ``ov-int8-dynamic``): a quarter of the weights' bytes, products in int8.
 
 The weight matrix of each layer's products (:func:`rerank.converters.mixed_precision.weight_products`)
 and the token embedding table are stored as int8 with one fp32 scale per output channel (per
