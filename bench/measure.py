@@ -59,13 +59,26 @@ class Measurement:
         return 2 * matmul_params * self.tokens / self.seconds / 1e9
 
 
+def process_tree(pids: list[int]) -> list[psutil.Process]:
+    """``pids`` and, but for this process's own, their descendants: a server's workers (vLLM's
+    engine core) are its; the servers this process started for other peers are not this one's."""
+    found: dict[int, psutil.Process] = {}
+    for pid in pids:
+        process = psutil.Process(pid)
+        found[pid] = process
+        if pid != os.getpid():
+            found.update((child.pid, child) for child in process.children(recursive=True))
+    return list(found.values())
+
+
 class Monitor:
-    """While a repetition runs: the peak summed RSS of ``pids`` (minus ``baseline``), sampled every
-    ``interval`` seconds, and the share of the machine's CPU time spent outside them and this process."""
+    """While a repetition runs: the peak summed RSS of ``pids``' process trees (:func:`process_tree`,
+    minus ``baseline``), sampled every ``interval`` seconds, and the share of the machine's CPU
+    time spent outside them and this process."""
 
     def __init__(self, pids: list[int], baseline: int = 0, interval: float = 0.02) -> None:
-        self._processes = [psutil.Process(pid) for pid in pids]
-        self._ours = [psutil.Process(pid) for pid in {*pids, os.getpid()}]
+        self._processes = process_tree(pids)
+        self._ours = process_tree(sorted({*pids, os.getpid()}))
         self._baseline, self._interval = baseline, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,7 +87,7 @@ class Monitor:
         self.other_cpu = 0.0
 
     def _sample(self) -> None:
-        self.peak = max(self.peak, sum(p.memory_info().rss for p in self._processes) - self._baseline)
+        self.peak = max(self.peak, sum(_rss(p) for p in self._processes) - self._baseline)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -84,7 +97,7 @@ class Monitor:
         """(wall, CPU seconds busy machine-wide, CPU seconds of our processes)."""
         machine = psutil.cpu_times()
         busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-        ours = sum(t.user + t.system for t in (p.cpu_times() for p in self._ours))
+        ours = sum(_cpu_seconds(p) for p in self._ours)
         return time.perf_counter(), busy, ours
 
     def __enter__(self) -> Monitor:
@@ -100,6 +113,21 @@ class Monitor:
         end = self._clocks()
         wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=False))
         self.other_cpu = max(0.0, (busy - ours) / (wall * (psutil.cpu_count() or 1)))
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return int(process.memory_info().rss)
+    except psutil.NoSuchProcess:  # a worker that ended: it holds nothing now
+        return 0
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
 
 
 def measure(peer: Peer, workload: Workload, requests: int, into: Measurement, tokens_per_request: int) -> None:
