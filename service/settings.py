@@ -117,8 +117,8 @@ class Settings:
     max_input_length: int | None = setting(
         None,
         "Most tokens a pair is read in (query, document and template), below each model's own max_length; longer "
-        "documents follow the request's long_documents rule. Attention memory grows with the square of a pair's "
-        "length: bound it on a small host (docs/operating.md, Long pairs). Default: each model's own.",
+        "documents follow the request's long_documents rule. A pair's memory grows with its length: bound it on a "
+        "small host (docs/operating.md, Long pairs). Default: each model's own.",
         minimum=32,
     )
     max_batch_tokens: int = setting(8192, "Padded tokens per micro-batch (longest sequence x pairs).", minimum=1)

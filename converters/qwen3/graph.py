@@ -192,7 +192,7 @@ def _shared_streams(b: _Builder, spec: Qwen3Spec) -> tuple[_Stream, _Rows]:
         "Greater", b.op("Unsqueeze", key_positions, axis1), b.op("Unsqueeze", row_positions, b.const(_ints([2])))
     )
     bias = b.op("Mul", b.op("Cast", after, to=TensorProto.FLOAT), b.const(np.float32(MASK_VALUE)))
-    rows = _Stream(rope_q, rope_k, b.op("Unsqueeze", bias, axes12, hint="row_bias"), row_positions)  # [B,1,1,S,P+S]
+    rows = _Stream(rope_q, rope_k, b.op("Unsqueeze", bias, axis1, hint="row_bias"), row_positions)  # [B,1,S,P+S]
     last = b.op("Sub", b.op("ReduceSum", ATTENTION_MASK, axis1, keepdims=0), b.const(_ints(1)), hint="last_position")
     return head, _Rows(rows, key_positions, last, _Rope(cos_table, sin_table))
 
@@ -209,6 +209,8 @@ class _Layer:
         self.q_shape = b.const(_ints([0, 0, s.kv_heads, s.groups, s.head_dim]))  # [B,S,KV,G,D]
         self.kv_shape = b.const(_ints([0, 0, s.kv_heads, s.head_dim]))  # [B,S,KV,D]
         self.merge_shape = b.const(_ints([0, 0, s.heads * s.head_dim]))
+        self.group_shape = b.const(_ints([1, 1, s.groups, 1, 1]))  # a KV head's keys for each of its queries
+        self.grouped_shape = b.const(_ints([0, s.kv_heads, s.groups, -1, s.head_dim]))  # [B,KV,G,Q,D]
         self._consts: dict[str, str] = {}
 
     def _const(self, key: str, hint: str, make: Callable[[], np.ndarray] | None = None) -> str:
@@ -244,13 +246,23 @@ class _Layer:
         return b.op("Unsqueeze", k, group, hint=f"l{i}_keys"), b.op("Unsqueeze", v, group, hint=f"l{i}_values")
 
     def _attend(self, i: int, q: str, k: str, v: str, bias: str) -> str:
-        """softmax(q k^T / sqrt(D) + bias) v for q [B,KV,G,Q,D], k and v [B,KV,1,S,D]: [B,KV,G,Q,D]."""
+        """softmax(q k^T / sqrt(D) + bias) v for q [B,KV,G,Q,D], k and v [B,KV,1,S,D] and a bias
+        that broadcasts to [B,H,Q,S]: [B,KV,G,Q,D].
+
+        Computed over four dimensions, each query head with its group's keys and values repeated
+        for it: the form OpenVINO fuses into one attention kernel, which never holds a layer's
+        [H,Q,S] scores whole. Over five it ran each step apart and held several of them, memory
+        that grew with the square of a pair's length (docs/performance.md, "Long pairs")."""
         b = self.b
+        heads = b.const(_ints([0, self.spec.heads, -1, self.spec.head_dim]))
+        q = b.op("Reshape", q, heads)
+        k, v = (b.op("Reshape", b.op("Expand", t, self.group_shape), heads) for t in (k, v))
         scores = b.op(
-            "MatMul", b.op("Mul", q, self.scale), b.op("Transpose", k, perm=[0, 1, 2, 4, 3]), hint=f"l{i}_scores"
+            "MatMul", b.op("Mul", q, self.scale), b.op("Transpose", k, perm=[0, 1, 3, 2]), hint=f"l{i}_scores"
         )
         probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")
-        return b.op("MatMul", probs, v, hint=f"l{i}_context")
+        context = b.op("MatMul", probs, v, hint=f"l{i}_context")  # [B,H,Q,D]
+        return b.op("Reshape", context, self.grouped_shape)
 
     def _feed_forward(self, i: int, x: str, out: str = "out") -> str:
         """x + down(silu(gate h) * up h), h = RMSNorm(x); gate and up as one product. The sum is
@@ -339,10 +351,10 @@ class _Layer:
         cos = b.op("Reshape", b.op("Gather", table.cos, position, axis=0), row_shape)
         sin = b.op("Reshape", b.op("Gather", table.sin, position, axis=0), row_shape)
         q = _rotate_half(b, q, _Rope(cos, sin), "rope_q_last")
-        # Keys after the query (padding, and a padded head's tokens) are masked: [B,1,1,1,K].
+        # Keys after the query (padding, and a padded head's tokens) are masked: [B,1,1,K].
         after = b.op("Greater", key_positions, b.op("Unsqueeze", position, b.const(_ints([1]))))
         bias = b.op("Mul", b.op("Cast", after, to=TensorProto.FLOAT), b.const(np.float32(MASK_VALUE)))
-        bias = b.op("Unsqueeze", bias, b.const(_ints([1, 2, 3])), hint="padding_bias_last")
+        bias = b.op("Unsqueeze", bias, b.const(_ints([1, 2])), hint="padding_bias_last")
         context = self._attend(i, q, k, v, bias)
         context = b.op("Reshape", context, b.const(_ints([-1, s.heads * s.head_dim])))
         x_last = b.op("Add", x_last, self._linear(context, i, "o", f"l{i}_o"), hint=f"l{i}_attn_out")

@@ -95,6 +95,21 @@ def test_variants_are_gated_as_for_the_encoders(qwen3_folder, card):
     assert float(np.max(np.abs(ours - card.logits(pairs)))) <= TOLERANCE
 
 
+def test_openvino_runs_each_attention_as_one_kernel(qwen3_folder):
+    """The graph's attention is in the form OpenVINO fuses (one kernel from the scores to the
+    context, run in tiles): a Softmax of its own would mean every layer's [heads, query, key]
+    scores held whole, memory that grows with the square of a pair's length (6.3 GB for one
+    4,000-token pair at 0.6B's shape; docs/performance.md, "Long pairs")."""
+    ov = pytest.importorskip("openvino")
+    graph = onnx.load(str(qwen3_folder / "model.onnx"))
+    softmaxes = sum(1 for node in graph.graph.node if node.op_type == "Softmax")
+    assert softmaxes >= 3  # the heads' and the rows' attention, and the last layer's
+    compiled = ov.Core().compile_model(str(qwen3_folder / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    kinds = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+    assert "Softmax" not in kinds and "MatMul" not in kinds  # only the weight products' FullyConnected
+    assert kinds.count("Subgraph") >= softmaxes
+
+
 def test_a_truncated_pair_keeps_the_suffix_and_scores_as_the_card(qwen3_folder, card):
     config = read_model_folder(qwen3_folder)
     encoder = PairEncoder(qwen3_folder / "tokenizer.json", config.template, config.max_length)
