@@ -245,24 +245,26 @@ class _Layer:
         group = b.const(_ints([2]))
         return b.op("Unsqueeze", k, group, hint=f"l{i}_keys"), b.op("Unsqueeze", v, group, hint=f"l{i}_values")
 
-    def _attend(self, i: int, q: str, k: str, v: str, bias: str) -> str:
+    def _attend(self, i: int, q: str, k: str, v: str, bias: str, *, one_query: bool = False) -> str:
         """softmax(q k^T / sqrt(D) + bias) v for q [B,KV,G,Q,D], k and v [B,KV,1,S,D] and a bias
-        that broadcasts to [B,H,Q,S]: [B,KV,G,Q,D].
+        that broadcasts to the scores: [B,KV,G,Q,D].
 
         Computed over four dimensions, each query head with its group's keys and values repeated
         for it: the form OpenVINO fuses into one attention kernel, which never holds a layer's
         [H,Q,S] scores whole. Over five it ran each step apart and held several of them, memory
-        that grew with the square of a pair's length (docs/performance.md, "Long pairs")."""
+        that grew with the square of a pair's length (docs/performance.md, "Long pairs"). With
+        ``one_query`` (the last layer: Q is 1, so the scores are one row a head) it stays grouped
+        over five: fused, it ran slower."""
         b = self.b
-        heads = b.const(_ints([0, self.spec.heads, -1, self.spec.head_dim]))
-        q = b.op("Reshape", q, heads)
-        k, v = (b.op("Reshape", b.op("Expand", t, self.group_shape), heads) for t in (k, v))
-        scores = b.op(
-            "MatMul", b.op("Mul", q, self.scale), b.op("Transpose", k, perm=[0, 1, 3, 2]), hint=f"l{i}_scores"
-        )
+        if not one_query:
+            heads = b.const(_ints([0, self.spec.heads, -1, self.spec.head_dim]))
+            q = b.op("Reshape", q, heads)
+            k, v = (b.op("Reshape", b.op("Expand", t, self.group_shape), heads) for t in (k, v))
+        keys = b.op("Transpose", k, perm=[0, 1, 2, 4, 3] if one_query else [0, 1, 3, 2])
+        scores = b.op("MatMul", b.op("Mul", q, self.scale), keys, hint=f"l{i}_scores")
         probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")
-        context = b.op("MatMul", probs, v, hint=f"l{i}_context")  # [B,H,Q,D]
-        return b.op("Reshape", context, self.grouped_shape)
+        context = b.op("MatMul", probs, v, hint=f"l{i}_context")
+        return context if one_query else b.op("Reshape", context, self.grouped_shape)
 
     def _feed_forward(self, i: int, x: str, out: str = "out") -> str:
         """x + down(silu(gate h) * up h), h = RMSNorm(x); gate and up as one product. The sum is
@@ -354,8 +356,8 @@ class _Layer:
         # Keys after the query (padding, and a padded head's tokens) are masked: [B,1,1,K].
         after = b.op("Greater", key_positions, b.op("Unsqueeze", position, b.const(_ints([1]))))
         bias = b.op("Mul", b.op("Cast", after, to=TensorProto.FLOAT), b.const(np.float32(MASK_VALUE)))
-        bias = b.op("Unsqueeze", bias, b.const(_ints([1, 2])), hint="padding_bias_last")
-        context = self._attend(i, q, k, v, bias)
+        bias = b.op("Unsqueeze", bias, b.const(_ints([1, 2, 3])), hint="padding_bias_last")
+        context = self._attend(i, q, k, v, bias, one_query=True)
         context = b.op("Reshape", context, b.const(_ints([-1, s.heads * s.head_dim])))
         x_last = b.op("Add", x_last, self._linear(context, i, "o", f"l{i}_o"), hint=f"l{i}_attn_out")
         return self._feed_forward(i, x_last)
