@@ -353,7 +353,7 @@ class _Layer:
         cos = b.op("Reshape", b.op("Gather", table.cos, position, axis=0), row_shape)
         sin = b.op("Reshape", b.op("Gather", table.sin, position, axis=0), row_shape)
         q = _rotate_half(b, q, _Rope(cos, sin), "rope_q_last")
-        # Keys after the query (padding, and a padded head's tokens) are masked: [B,1,1,K].
+        # Keys after the query (padding, and a padded head's tokens) are masked: [B,1,1,1,K].
         after = b.op("Greater", key_positions, b.op("Unsqueeze", position, b.const(_ints([1]))))
         bias = b.op("Mul", b.op("Cast", after, to=TensorProto.FLOAT), b.const(np.float32(MASK_VALUE)))
         bias = b.op("Unsqueeze", bias, b.const(_ints([1, 2, 3])), hint="padding_bias_last")
