@@ -19,6 +19,7 @@ Runtime fp32, within ~5e-6 of OpenVINO fp32 on these models). Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -45,7 +46,7 @@ def scratch_folder(folder: Path, into: Path) -> Path:
 
     from rerank.converters import int8_weights, onnx_graph
     from rerank.converters.variants import FILES, candidate
-    from rerank.service.model_folder import CONFIG_NAME
+    from rerank.service.model_folder import CONFIG_NAME, read_model_folder
 
     copy = into / folder.name
     copy.mkdir()
@@ -56,16 +57,9 @@ def scratch_folder(folder: Path, into: Path) -> Path:
     for item in folder.iterdir():
         if item.is_file() and item.name != CONFIG_NAME:
             os.link(item.resolve(), copy / item.name)  # OpenVINO reads no weights through a symlink out
-    data = json.loads((folder / CONFIG_NAME).read_text())
-    entry = candidate("ov-int8-dynamic")
-    data["variants"]["ov-int8-dynamic"] = {
-        "file": entry.file,
-        "precision": entry.precision,
-        "device": entry.device,
-        "runtime": entry.runtime,
-        "fused": entry.fused,
-        "gate": {},
-    }
+    config = read_model_folder(folder)
+    variants = {**config.variants, "ov-int8-dynamic": candidate("ov-int8-dynamic")}
+    data = dataclasses.replace(config, variants=variants).to_json()
     (copy / CONFIG_NAME).write_text(json.dumps(data))
     return copy
 
