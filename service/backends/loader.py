@@ -3,8 +3,10 @@
 Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 
 * **CUDA** (ONNX Runtime): ``fp16`` if it passed its gate, else ``fp32-fused``, else ``fp32``.
-* **CPU**: the candidates are every CPU variant that is exact (fp32, on either runtime) or that
-  passed the current gate against fp32 (``Variant.passed_gate``), whose runtime is installed
+* **CPU**: the candidates are every CPU variant that is exact (fp32, on either runtime; the plain
+  ``fp32`` graph not beside ``fp32-fused`` for models reading over
+  :data:`QUADRATIC_ATTENTION_LENGTH` tokens) or that passed the current gate against
+  fp32 (``Variant.passed_gate``), whose runtime is installed
   (OpenVINO is a dependency wherever PyPI has its wheels, :data:`OPENVINO_PLATFORMS`; elsewhere
   :func:`runtime_note` says so in the log) and whose arithmetic this CPU runs natively
   (:func:`runs_natively`: emulated bf16 is slower than fp32). The fastest is served: by the
@@ -38,6 +40,11 @@ TIMING_LENGTH = 192
 from a request of ~150-word documents. Smaller batches rank the candidates by per-call overheads,
 which weigh less in the batches the server runs."""
 
+
+QUADRATIC_ATTENTION_LENGTH = 1024
+"""Longest pairs for which the plain ``fp32`` graph stays a CPU candidate beside ``fp32-fused``:
+its attention's memory grows with the square of a pair's length, and at 512 tokens, where the
+micro-batch size bounds it, it can be the faster of the two."""
 
 OPENVINO_PLATFORMS = frozenset({("linux", "x86_64"), ("linux", "aarch64"), ("win32", "AMD64"), ("darwin", "arm64")})
 """(``sys.platform``, ``platform.machine()``) where PyPI has OpenVINO's wheels, and where
@@ -117,6 +124,10 @@ def candidate_variants(
         and runtime_available(v.runtime)
         and runs_natively(v, cpu)
     ]
+    if "fp32-fused" in keys and "fp32" in keys and config.max_length > QUADRATIC_ATTENTION_LENGTH:
+        # The same scores; the plain graph's attention holds every [pairs, heads, S, S] score
+        # tensor (9 GB for one 8,192-token pair at bge-m3's shape), so a close timing must not pick it.
+        keys.remove("fp32")
     # Ties go to today's default, then the other exact graphs, then the rest as listed.
     preference = {"fp32-fused": 0, "fp32": 1, "ov-fp32": 2}
     return sorted(keys, key=lambda k: preference.get(k, 3)) or ["fp32"]

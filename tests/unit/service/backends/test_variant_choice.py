@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -68,6 +69,16 @@ def test_cpu_candidates_are_exact_or_gated_and_native() -> None:
     assert loader.candidate_variants(FOLDER, variant=None, device="cpu", cpu=ZEN5)[-2:] == ["ov-bf16", "ov-int8"]
     # AVX2 only: bf16 would be emulated and int8 has no VNNI; only the exact graphs are timed.
     assert loader.candidate_variants(FOLDER, variant=None, device="cpu", cpu=AVX2) == ["fp32-fused", "fp32", "ov-fp32"]
+
+
+@pytest.mark.usefixtures("openvino_installed")
+def test_a_long_model_is_not_served_by_the_plain_graph_beside_the_fused_one() -> None:
+    # Its attention holds every score tensor whole: 9 GB for one 8,192-token pair at bge-m3's shape.
+    long = dataclasses.replace(FOLDER, max_length=8192)
+    assert loader.candidate_variants(long, variant=None, device="cpu", cpu=AVX2) == ["fp32-fused", "ov-fp32"]
+    assert loader.candidate_variants(long, variant="fp32", device="cpu", cpu=AVX2) == ["fp32"]  # pinned: served
+    alone = dataclasses.replace(long, variants={k: v for k, v in long.variants.items() if k != "fp32-fused"})
+    assert loader.candidate_variants(alone, variant=None, device="cpu", cpu=AVX2) == ["fp32", "ov-fp32"]
 
 
 @pytest.mark.usefixtures("openvino_installed")
