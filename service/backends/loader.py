@@ -4,12 +4,12 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
 
 * **CUDA** (ONNX Runtime): ``fp16`` if it passed its gate, else ``fp32-fused``, else ``fp32``.
 * **CPU**: the candidates are every CPU variant that is exact (fp32, on either runtime; the plain
-  ``fp32`` graph not beside ``fp32-fused`` for models reading over
-  :data:`QUADRATIC_ATTENTION_LENGTH` tokens) or that passed the current gate against
-  fp32 (``Variant.passed_gate``), whose runtime is installed
-  (OpenVINO is a dependency wherever PyPI has its wheels, :data:`OPENVINO_PLATFORMS`; elsewhere
-  :func:`runtime_note` says so in the log) and whose arithmetic this CPU runs natively
-  (:func:`runs_natively`: emulated bf16 is slower than fp32). The fastest is served: by the
+  ``fp32`` graph not beside another for models reading over :data:`QUADRATIC_ATTENTION_LENGTH`
+  tokens) or that passed the current gate against fp32 (``Variant.passed_gate``), whose runtime
+  is installed (OpenVINO is a dependency wherever PyPI has its wheels,
+  :data:`OPENVINO_PLATFORMS`; elsewhere :func:`runtime_note` says so in the log) and whose
+  arithmetic this CPU runs natively (:func:`runs_natively`: emulated bf16 is slower than fp32).
+  The fastest is served: by the
   converter's timing table when it was measured on this CPU (:func:`table_choice`), else by
   timing a few micro-batches of each at start-up, interleaved (:func:`time_candidates`). With
   one candidate nothing is timed.
@@ -42,9 +42,9 @@ which weigh less in the batches the server runs."""
 
 
 QUADRATIC_ATTENTION_LENGTH = 1024
-"""Longest pairs for which the plain ``fp32`` graph stays a CPU candidate beside ``fp32-fused``:
-its attention's memory grows with the square of a pair's length, and at 512 tokens, where the
-micro-batch size bounds it, it can be the faster of the two."""
+"""Longest pairs for which the plain ``fp32`` graph stays a CPU candidate beside another exact
+graph (``fp32-fused``, ``ov-fp32``): its attention's memory grows with the square of a pair's
+length, and at 512 tokens, where the micro-batch size bounds it, it can be the fastest."""
 
 OPENVINO_PLATFORMS = frozenset({("linux", "x86_64"), ("linux", "aarch64"), ("win32", "AMD64"), ("darwin", "arm64")})
 """(``sys.platform``, ``platform.machine()``) where PyPI has OpenVINO's wheels, and where
@@ -124,9 +124,10 @@ def candidate_variants(
         and runtime_available(v.runtime)
         and runs_natively(v, cpu)
     ]
-    if "fp32-fused" in keys and "fp32" in keys and config.max_length > QUADRATIC_ATTENTION_LENGTH:
-        # The same scores; the plain graph's attention holds every [pairs, heads, S, S] score
-        # tensor (9 GB for one 8,192-token pair at bge-m3's shape), so a close timing must not pick it.
+    if "fp32" in keys and {"fp32-fused", "ov-fp32"} & set(keys) and config.max_length > QUADRATIC_ATTENTION_LENGTH:
+        # They score as it does, in memory that grows with a pair's length; on ONNX Runtime the
+        # plain graph's attention holds every [pairs, heads, S, S] score tensor (9 GB for one
+        # 8,192-token pair at bge-m3's shape), so a close timing must not pick it.
         keys.remove("fp32")
     # Ties go to today's default, then the other exact graphs, then the rest as listed.
     preference = {"fp32-fused": 0, "fp32": 1, "ov-fp32": 2}

@@ -72,13 +72,20 @@ def test_cpu_candidates_are_exact_or_gated_and_native() -> None:
 
 
 @pytest.mark.usefixtures("openvino_installed")
-def test_a_long_model_is_not_served_by_the_plain_graph_beside_the_fused_one() -> None:
+def test_a_long_model_is_not_served_by_the_plain_graph_beside_another_exact_one() -> None:
     # Its attention holds every score tensor whole: 9 GB for one 8,192-token pair at bge-m3's shape.
     long = dataclasses.replace(FOLDER, max_length=8192)
     assert loader.candidate_variants(long, variant=None, device="cpu", cpu=AVX2) == ["fp32-fused", "ov-fp32"]
     assert loader.candidate_variants(long, variant="fp32", device="cpu", cpu=AVX2) == ["fp32"]  # pinned: served
-    alone = dataclasses.replace(long, variants={k: v for k, v in long.variants.items() if k != "fp32-fused"})
-    assert loader.candidate_variants(alone, variant=None, device="cpu", cpu=AVX2) == ["fp32", "ov-fp32"]
+    decoder = dataclasses.replace(long, variants={k: v for k, v in long.variants.items() if k != "fp32-fused"})
+    assert loader.candidate_variants(decoder, variant=None, device="cpu", cpu=AVX2) == ["ov-fp32"]
+
+
+def test_the_plain_graph_alone_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "runtime_available", lambda runtime: runtime == "onnxruntime")
+    long = dataclasses.replace(FOLDER, max_length=8192)
+    decoder = dataclasses.replace(long, variants={k: v for k, v in long.variants.items() if k != "fp32-fused"})
+    assert loader.candidate_variants(decoder, variant=None, device="cpu", cpu=AVX2) == ["fp32"]
 
 
 @pytest.mark.usefixtures("openvino_installed")
