@@ -277,18 +277,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = Stack(settings)
     signal.signal(signal.SIGINT, stack.on_signal)
     signal.signal(signal.SIGTERM, stack.on_signal)
+    failure: Exception | None = None
     try:
         stack.start()
         if not stack._signals:
             print(stack.banner(), flush=True)
             stack.run_until_signal()
         log.info("stopping: draining the replicas, then Envoy")
-        return 0
     except (ConfigurationError, StartupFailure, EnvoyError) as exc:
-        print(f"rerank-stack: {exc}", file=sys.stderr)
-        return 1
+        failure = exc
     finally:
         stack.stop()
+    if failure is None:
+        return 0
+    report_failure(str(failure))
+    return 1
+
+
+def report_failure(message: str) -> None:
+    """Prints why the stack gave up once everything has stopped, the reason (the message's
+    first line) last: a log read from its end (a test's, a supervisor's) then shows it, whatever
+    the failed child's output quoted above it and the children's output while stopping."""
+    reason, _, output = message.partition("\n")
+    if output.strip():
+        print(f"rerank-stack: {reason}; its last output:\n{output.rstrip()}", file=sys.stderr)
+    print(f"rerank-stack: {reason}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

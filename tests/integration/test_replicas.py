@@ -191,6 +191,20 @@ def test_killing_the_stack_leaves_no_orphan_and_the_ports_free(one_model, tmp_pa
         second.child.stop(grace=30)
 
 
+def test_a_replica_that_keeps_failing_stops_the_stack_with_the_reason_last(one_model, tmp_path):
+    broken = tmp_path / "models"
+    shutil.copytree(one_model, broken)
+    for graph in broken.glob("*/*.onnx"):
+        graph.write_bytes(b"not a graph")
+    stack = RunningStack(broken, tmp_path / "state", replicas=1)
+    stack.child.start()
+    assert stack.child.wait(120) == 1
+    lines = [line for line in stack.output().splitlines() if line.strip()]
+    # The last line, after the replica's and Envoy's output: what a log's tail shows.
+    assert lines[-1] == "rerank-stack: replica 1 exited with status 1 before it was ready, 3 times in a row"
+    assert any("model.onnx" in line for line in lines[:-1]), "the replica's own error is quoted above it"
+
+
 def test_a_busy_port_is_a_one_line_error_naming_its_setting(one_model, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
