@@ -211,6 +211,7 @@ class _Layer:
         self.merge_shape = b.const(_ints([0, 0, s.heads * s.head_dim]))
         self.group_shape = b.const(_ints([1, 1, s.groups, 1, 1]))  # a KV head's keys for each of its queries
         self.grouped_shape = b.const(_ints([0, s.kv_heads, s.groups, -1, s.head_dim]))  # [B,KV,G,Q,D]
+        self.heads_shape = b.const(_ints([0, s.heads, -1, s.head_dim]))  # [B,H,Q,D]
         self._consts: dict[str, str] = {}
 
     def _const(self, key: str, hint: str, make: Callable[[], np.ndarray] | None = None) -> str:
@@ -257,9 +258,8 @@ class _Layer:
         over five: fused, it ran slower."""
         b = self.b
         if not one_query:
-            heads = b.const(_ints([0, self.spec.heads, -1, self.spec.head_dim]))
-            q = b.op("Reshape", q, heads)
-            k, v = (b.op("Reshape", b.op("Expand", t, self.group_shape), heads) for t in (k, v))
+            q = b.op("Reshape", q, self.heads_shape)
+            k, v = (b.op("Reshape", b.op("Expand", t, self.group_shape), self.heads_shape) for t in (k, v))
         keys = b.op("Transpose", k, perm=[0, 1, 2, 4, 3] if one_query else [0, 1, 3, 2])
         scores = b.op("MatMul", b.op("Mul", q, self.scale), keys, hint=f"l{i}_scores")
         probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1, hint=f"l{i}_probs")

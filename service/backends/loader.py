@@ -9,10 +9,9 @@ Which variant a model is served with, unless ``RERANK_VARIANT`` names one:
   is installed (OpenVINO is a dependency wherever PyPI has its wheels,
   :data:`OPENVINO_PLATFORMS`; elsewhere :func:`runtime_note` says so in the log) and whose
   arithmetic this CPU runs natively (:func:`runs_natively`: emulated bf16 is slower than fp32).
-  The fastest is served: by the
-  converter's timing table when it was measured on this CPU (:func:`table_choice`), else by
-  timing a few micro-batches of each at start-up, interleaved (:func:`time_candidates`). With
-  one candidate nothing is timed.
+  The fastest is served: by the converter's timing table when it was measured on this CPU
+  (:func:`table_choice`), else by timing a few micro-batches of each at start-up, interleaved
+  (:func:`time_candidates`). With one candidate nothing is timed.
 """
 
 from __future__ import annotations
