@@ -202,7 +202,8 @@ def test_a_replica_that_keeps_failing_stops_the_stack_with_the_reason_last(one_m
     lines = [line for line in stack.output().splitlines() if line.strip()]
     # The last line, after the replica's and Envoy's output: what a log's tail shows.
     assert lines[-1] == "rerank-stack: replica 1 exited with status 1 before it was ready, 3 times in a row"
-    assert any("model.onnx" in line for line in lines[:-1]), "the replica's own error is quoted above it"
+    # The replica's own error above it (which damaged graph it names first may vary).
+    assert any("the file is damaged" in line for line in lines[:-1]), "the replica's own error is quoted above it"
 
 
 def test_a_busy_port_is_a_one_line_error_naming_its_setting(one_model, tmp_path):
