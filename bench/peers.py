@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import threading
 from abc import ABC, abstractmethod
@@ -57,6 +56,7 @@ from bench.http_client import LeanHttpClient
 from bench.models import DECODER, REPO, BenchModel
 from bench.workloads import WORKLOADS
 from rerank.converters.testing.llama_cpp import LLAMA_SERVER, llama_server_command
+from rerank.gateway.ports import free_ports
 from rerank.gateway.processes import Child
 from rerank.service.backends.cpu_features import detect
 
@@ -114,10 +114,8 @@ def applicable(names: list[str] | tuple[str, ...], kind: str) -> list[str]:
 
 
 def free_port() -> int:
-    """A loopback port that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that nothing listens on right now (:func:`rerank.gateway.ports.free_ports`)."""
+    return free_ports(1)
 
 
 def spawn_server(command: list[str], log: Path, env: dict[str, str] | None = None) -> Child:

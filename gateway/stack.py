@@ -13,7 +13,8 @@
   key is generated once, stored in the state directory as ``api-key`` (mode 0600) beside its
   SHA-256 digest, and printed that one time.
 * Metrics: each replica serves ``GET /metrics`` on its own port (consecutive from
-  ``--metrics-port``; free ones when it is 0), and all of them write into one folder,
+  ``--metrics-port``; when it is 0, free ones outside the kernel's range for outgoing
+  connections: ``ports.py``), and all of them write into one folder,
   ``<state dir>/metrics`` (emptied at start), so that any replica's ``/metrics`` is the whole
   stack's. Envoy routes ``GET /metrics`` on the REST port to them.
 * One stack, one set of limits and one admission: the replicas count per-key limits in one
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from rerank.gateway.envoy import Envoy, EnvoyError, envoy_log_level, write_config
 from rerank.gateway.envoy_config.clusters import upstreams
+from rerank.gateway.ports import free_ports
 from rerank.gateway.processes import Child, StartupFailure, Supervisor, grpc_serving
 from rerank.service import __version__
 from rerank.service.errors import ConfigurationError
@@ -124,29 +126,6 @@ def replica_env(settings: Settings, index: int, peer_secret: str = "") -> dict[s
     return replica.to_env("serve")
 
 
-def free_ports(count: int, host: str) -> int:
-    """The first of ``count`` consecutive ports that are free on ``host`` now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(100):
-        with socket.socket(family) as probe:
-            probe.bind((host, 0))
-            first = int(probe.getsockname()[1])
-        if first + count > 65536:
-            continue
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(first, first + count):
-                sockets.append(socket.socket(family))
-                sockets[-1].bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return first
-    raise ConfigurationError(f"no {count} consecutive free ports on {host} for the metrics")
-
-
 def _replica_serving(port: int, tls_ca: Path | None, _child: Child) -> bool:
     return grpc_serving(port, tls_ca=tls_ca)
 
@@ -181,9 +160,11 @@ class Stack:
         """Starts everything and returns once it answers; raises ConfigurationError,
         StartupFailure or EnvoyError."""
         if self.settings.metrics_port == 0:
-            self.settings = dataclasses.replace(
-                self.settings, metrics_port=free_ports(self.settings.replicas, self.settings.grpc_host)
-            )
+            try:
+                first = free_ports(self.settings.replicas, self.settings.grpc_host)
+            except OSError as e:
+                raise ConfigurationError(f"{e} for the metrics; set RERANK_METRICS_PORT") from e
+            self.settings = dataclasses.replace(self.settings, metrics_port=first)
         s = self.settings
         check_ports(s)
         check_tls(s)

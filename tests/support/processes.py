@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
+
+from rerank.gateway.ports import free_ports
+
+__all__ = ["children_of", "environ_of", "free_port", "free_ports"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports."""
-    for _ in range(200):
-        start = free_port()
-        if start + n > 65535:
-            continue
-        try:
-            sockets = []
-            for port in range(start, start + n):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return start
-    raise RuntimeError(f"no {n} consecutive free ports")
+    """A loopback port for a server a test starts (:func:`rerank.gateway.ports.free_ports`)."""
+    return free_ports(1)
 
 
 def children_of(pid: int) -> list[int]:
