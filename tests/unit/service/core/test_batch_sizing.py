@@ -51,6 +51,22 @@ def test_the_sweep_picks_the_bottom_of_the_curve() -> None:
     assert {length for _, length in model.shapes} == {192}
 
 
+def test_one_reading_far_off_is_outvoted() -> None:
+    # U_SHAPE's curve, but 32 pairs' second timed round reads 6x too fast (a VM's clock jump):
+    # the best of two rounds would choose it, at six times its speed.
+    calls: dict[int, int] = {}
+
+    def per_token(pairs: int) -> float:
+        calls[pairs] = calls.get(pairs, 0) + 1
+        glitch = 1 / 6 if (pairs, calls[pairs]) == (32, 3) else 1.0  # untimed, round 1, round 2
+        return U_SHAPE[pairs] * 1e-5 * glitch
+
+    sizing = sized(TimedModel(per_token))
+    assert sizing.batch_tokens == 8 * 192
+    assert sizing.measured[32 * 192] == pytest.approx(1 / 1.2e-5)
+    assert calls[32] == 4 and calls[8] == 3  # a third round for the size whose rounds disagree only
+
+
 def test_near_ties_go_to_the_larger_batch() -> None:
     assert fastest({192: 100.0, 384: 120.0, 768: 119.0, 1536: 117.9}) == 1536  # 1.75 % behind the best: tied
     assert fastest({192: 100.0, 384: 120.0, 768: 119.0, 1536: 117.5}) == 768  # 2.1 % behind: not tied
