@@ -71,21 +71,22 @@ def test_cpu_candidates_are_exact_or_gated_and_native() -> None:
     assert loader.candidate_variants(FOLDER, variant=None, device="cpu", cpu=AVX2) == ["fp32-fused", "fp32", "ov-fp32"]
 
 
+LONG = dataclasses.replace(FOLDER, max_length=8192)
+LONG_DECODER = dataclasses.replace(LONG, variants={k: v for k, v in LONG.variants.items() if k != "fp32-fused"})
+"""A model reading 8,192 tokens, and one like a decoder's folder: no ONNX Runtime fused graph."""
+
+
 @pytest.mark.usefixtures("openvino_installed")
 def test_a_long_model_is_not_served_by_the_plain_graph_beside_another_exact_one() -> None:
     # Its attention holds every score tensor whole: 9 GB for one 8,192-token pair at bge-m3's shape.
-    long = dataclasses.replace(FOLDER, max_length=8192)
-    assert loader.candidate_variants(long, variant=None, device="cpu", cpu=AVX2) == ["fp32-fused", "ov-fp32"]
-    assert loader.candidate_variants(long, variant="fp32", device="cpu", cpu=AVX2) == ["fp32"]  # pinned: served
-    decoder = dataclasses.replace(long, variants={k: v for k, v in long.variants.items() if k != "fp32-fused"})
-    assert loader.candidate_variants(decoder, variant=None, device="cpu", cpu=AVX2) == ["ov-fp32"]
+    assert loader.candidate_variants(LONG, variant=None, device="cpu", cpu=AVX2) == ["fp32-fused", "ov-fp32"]
+    assert loader.candidate_variants(LONG, variant="fp32", device="cpu", cpu=AVX2) == ["fp32"]  # pinned: served
+    assert loader.candidate_variants(LONG_DECODER, variant=None, device="cpu", cpu=AVX2) == ["ov-fp32"]
 
 
 def test_the_plain_graph_alone_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loader, "runtime_available", lambda runtime: runtime == "onnxruntime")
-    long = dataclasses.replace(FOLDER, max_length=8192)
-    decoder = dataclasses.replace(long, variants={k: v for k, v in long.variants.items() if k != "fp32-fused"})
-    assert loader.candidate_variants(decoder, variant=None, device="cpu", cpu=AVX2) == ["fp32"]
+    assert loader.candidate_variants(LONG_DECODER, variant=None, device="cpu", cpu=AVX2) == ["fp32"]
 
 
 @pytest.mark.usefixtures("openvino_installed")
