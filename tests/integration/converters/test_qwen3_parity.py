@@ -22,6 +22,7 @@ from rerank.converters.testing.llama_cpp import (
     llama_server_binary,
     record_parity,
 )
+from rerank.converters.testing.qwen3 import make_qwen3_checkpoint, published_tokenizer
 from rerank.converters.variants import spearman
 from rerank.service.model_folder import read_model_folder
 from rerank.service.scoring import score_pairs
@@ -43,8 +44,9 @@ DOCS = [
 ]
 RESULTS = REPO / "build" / "parity.json"
 # llama.cpp's own kernels against ours on the same weights: measured on the fixture 2.4e-3 (f32)
-# and 1.9e-3 (f16) logit; the bounds leave room for another CPU's kernels. q8_0 (llama.cpp also
-# quantises the activations to 8 bits) could not be measured here: see the SIGILL note below.
+# and 1.9e-3 to 5.4e-3 (f16) logit; the bounds leave room for another CPU's kernels. q8_0
+# (llama.cpp also quantises the activations to 8 bits): 0.150 on Zen 4; on the AMX machine it
+# could not be measured (see the SIGILL note below).
 TOLERANCE = {"f32": 0.01, "f16": 0.01, "q8_0": 0.2}
 
 
@@ -56,10 +58,21 @@ def server_binary() -> Path:
     return binary
 
 
-@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
-def test_llama_server_agrees_with_our_conversion_of_its_gguf(outtype, server_binary, qwen3_checkpoint, tmp_path):
-    gguf = convert_to_gguf(qwen3_checkpoint(), tmp_path / f"qwen3-reranker-tiny-{outtype}.gguf", outtype)
-    folder = convert_with_cli(gguf, tmp_path, f"qwen3-{outtype}", "--variants", "none")
+@pytest.mark.parametrize(
+    ("outtype", "tokenizer"), [("f32", "trained"), ("f16", "trained"), ("q8_0", "trained"), ("f32", "published")]
+)
+def test_llama_server_agrees_with_our_conversion_of_its_gguf(
+    outtype, tokenizer, server_binary, qwen3_checkpoint, tmp_path
+):
+    # "published": Qwen3's real tokenizer, which llama-server then splits text with as it splits
+    # the published models' (its qwen2 pre-tokenizer, recognised without a fallback).
+    if tokenizer == "published":
+        checkpoint = make_qwen3_checkpoint(tmp_path / "published", "tiny", tokenizer=published_tokenizer())
+    else:
+        checkpoint = qwen3_checkpoint()
+    name = f"qwen3-reranker-tiny-{outtype}" + ("-published" if tokenizer == "published" else "")
+    gguf = convert_to_gguf(checkpoint, tmp_path / f"{name}.gguf", outtype, fallback=tokenizer == "trained")
+    folder = convert_with_cli(gguf, tmp_path, name, "--variants", "none")
     ours = score_pairs(folder, read_model_folder(folder), [(QUERY, d) for d in DOCS])
     try:
         probabilities = np.clip(llama_rerank(server_binary, gguf, QUERY, DOCS), 1e-12, 1 - 1e-12)
@@ -73,10 +86,15 @@ def test_llama_server_agrees_with_our_conversion_of_its_gguf(outtype, server_bin
     diff, rho = float(np.max(np.abs(ours - theirs))), spearman(ours, theirs)
     sigmoid_diff = float(np.max(np.abs(1 / (1 + np.exp(-ours)) - probabilities)))
     record_parity(
-        RESULTS, f"qwen3-tiny {outtype}", max_abs_logit_diff=diff, max_abs_probability_diff=sigmoid_diff, spearman=rho
+        RESULTS,
+        f"qwen3-tiny {outtype}" + (" published tokenizer" if tokenizer == "published" else ""),
+        max_abs_logit_diff=diff,
+        max_abs_probability_diff=sigmoid_diff,
+        spearman=rho,
     )
     print(
-        f"qwen3 {outtype}: llama-server vs ours max |Δ logit| {diff:.3e}, |Δ p| {sigmoid_diff:.3e}, Spearman {rho:.4f}"
+        f"qwen3 {outtype} ({tokenizer} tokenizer): llama-server vs ours max |Δ logit| {diff:.3e}, "
+        f"|Δ p| {sigmoid_diff:.3e}, Spearman {rho:.4f}"
     )
     assert rho >= 0.95 and diff <= TOLERANCE[outtype]
     assert not math.isnan(diff)
