@@ -135,7 +135,7 @@ def size_batches(
     for pairs, seen in readings.items():
         if len(seen) > 1 and max(seen) > DISAGREE * min(seen):
             seen.append(rate(pairs, runs=runs[pairs]))
-            best[pairs * length] = sorted(seen)[1]
+            best[pairs * length] = float(np.median(seen))
     chosen = fastest(best)
     speed = best[chosen] / streams
     reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"
