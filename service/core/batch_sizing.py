@@ -104,7 +104,7 @@ def size_batches(
     length = min(SWEEP_LENGTH, max_length)
 
     def usable(pairs: int) -> bool:
-        fastest_yet = max(best.values(), default=math.inf) / streams
+        fastest_yet = max((max(seen) for seen in readings.values()), default=math.inf) / streams
         return pairs * length <= max(MIN_BATCH_TOKENS, fastest_yet * batch_seconds)
 
     def rate(pairs: int, runs: int) -> float:
@@ -118,24 +118,24 @@ def size_batches(
         speed = rate(pairs, runs=1)
         return BatchSizing(pinned, speed / streams, "pinned by RERANK_BATCH_TOKENS", {pairs * length: speed})
     sizes = sweep_sizes(length, max_batch_tokens, max_batch_pairs)
-    best: dict[int, float] = {}
-    readings: dict[int, list[float]] = {}
+    readings: dict[int, list[float]] = {}  # pairs -> each timed round's speed
     runs: dict[int, int] = {}
     began = clock()
     for round_ in range(ROUNDS):
         for pairs in sizes if round_ == 0 else list(runs):  # later rounds: the sizes the first one ran
-            if best and (clock() - began > seconds or not usable(pairs)):
+            if readings and (clock() - began > seconds or not usable(pairs)):
                 break
             if round_ == 0:  # (untimed) builds its kernels, and says how long a run takes
                 first = timed_runs(run, Batch.filled(pairs, length, token), streams=streams, clock=clock)
                 runs[pairs] = max(1, min(SWEEP_WORK_PAIRS // pairs, int(SIZE_SECONDS / max(first, 1e-9))))
-            speed = rate(pairs, runs=runs[pairs])
-            best[pairs * length] = max(speed, best.get(pairs * length, 0.0))
-            readings.setdefault(pairs, []).append(speed)
+            readings.setdefault(pairs, []).append(rate(pairs, runs=runs[pairs]))
+    best: dict[int, float] = {}
     for pairs, seen in readings.items():
         if len(seen) > 1 and max(seen) > DISAGREE * min(seen):
             seen.append(rate(pairs, runs=runs[pairs]))
             best[pairs * length] = float(np.median(seen))
+        else:
+            best[pairs * length] = max(seen)
     chosen = fastest(best)
     speed = best[chosen] / streams
     reason = f"fastest of {len(best)} sizes timed at start-up ({length}-token pairs"
