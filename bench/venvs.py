@@ -119,6 +119,7 @@ ST_OPENVINO = Venv(
         "optimum==2.3.0",
         "openvino==2026.4.1",
         "openvino-tokenizers==2026.4.1.0",
+        "openvino-genai==2026.4.1.0",
         "transformers==5.5.4",
         TORCH,
     ),

@@ -3,6 +3,8 @@ the repetition budget, the probe subset, the peers a decoder gets and its target
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 # bench.measure imports bench.models, which reads rerank.converters.variants: the [convert] extra.
@@ -43,6 +45,22 @@ def test_a_repetition_starts_only_if_it_should_end_within_the_budget(
     done: int, planned: int, seconds: float, budget: float | None, expected: bool
 ) -> None:
     assert run.another_repetition(done, planned, seconds, budget) is expected
+
+
+def test_openvino_genais_query_and_document_join_into_the_model_cards_prompt(tmp_path: Path) -> None:
+    """OpenVINO GenAI's rerank pipeline scores the text ``query + document`` of a Qwen3-Reranker
+    and writes no template: the bench's two halves must make the card's whole prompt."""
+    from bench.library_peers import OvGenai
+    from bench.models import BenchModel
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 40960}')
+    model = BenchModel("qwen3-tiny", tmp_path, tmp_path, {}, 0, 0)
+    peer = OvGenai("ov-genai", model, tmp_path)
+    query, documents = "what is a {panda}?", ["The giant panda is a bear.\n", ""]
+    pairs = peer.pairs(query, documents)
+    assert [q + d for q, d in pairs] == [PREFIX + middle(query, d) + SUFFIX for d in documents]
+    assert len({q for q, _ in pairs}) == 1  # one query text: the pipeline's one query per call
+    assert peer.arguments[peer.arguments.index("--max-length") + 1] == "8192"  # the card's, not the positions'
 
 
 def test_a_probe_subset_spreads_over_each_querys_documents() -> None:
