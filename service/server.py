@@ -126,6 +126,7 @@ def calibrate(backend: Backend, config: ModelFolderConfig, batching: BatchingCon
         max_batch_pairs=batching.max_batch_pairs,
         pinned=batching.batch_tokens,
         streams=backend.streams,
+        shares_head=bool(config.graph.get("shared_prefix")),
         batch_seconds=batching.batch_seconds,
     )
     log.info(

@@ -43,12 +43,13 @@ class Batch:
         return work_tokens(pairs, longest, self.shared if shares_head else 0)
 
     @classmethod
-    def filled(cls, pairs: int, length: int, token: int) -> Batch:
+    def filled(cls, pairs: int, length: int, token: int, shared: int = 1) -> Batch:
         """``pairs`` rows of ``token`` repeated ``length`` times, unpadded: what start-up timing
         and warm-up run (the speed of a batch does not depend on its tokens). Its rows count as
-        sharing one token only, so a shared-prefix graph is timed at the most a batch can cost."""
+        sharing ``shared`` tokens: by default one, so a shared-prefix graph runs the most a
+        batch of them can cost."""
         ids = np.full((pairs, length), token, dtype=np.int64)
-        return cls(ids, np.ones_like(ids), np.zeros_like(ids), shared=1)
+        return cls(ids, np.ones_like(ids), np.zeros_like(ids), shared=shared)
 
 
 def work_tokens(pairs: int, longest: int, shared: int) -> int:
