@@ -119,8 +119,8 @@ def ov_genai(args: argparse.Namespace) -> tuple[Scorer, dict[str, Any]]:
     text-classification`` folder. ``rerank(query, documents)`` scores a request's documents as
     one batch (its API has no batch size) and returns ``(index, score)`` best first, the score
     being the sigmoid of the model's logit (for a Qwen3-Reranker sequence-classification export
-    ``sigmoid(logit(yes) - logit(no))``): ``raw`` inverts the sigmoid, so raw logits carry its
-    float32 rounding (about 1e-7 relative to ``1 - score``, ~1e-3 at a logit of 10)."""
+    ``sigmoid(logit(yes) - logit(no))``): ``raw`` inverts the sigmoid, so a raw logit carries
+    the float32 score's rounding (scores near 1 lie 6e-8 apart: ~1e-3 at a logit of 10)."""
     import math
 
     import openvino
