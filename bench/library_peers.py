@@ -176,15 +176,7 @@ class OvGenai(WorkerPeer):
     def __init__(self, name: str, model: BenchModel, workdir: Path) -> None:
         self.export = model.checkpoint.parent / "ov-genai-export"
         self.checkpoint, self.decoder = model.checkpoint, model.kind == DECODER
-        config = json.loads((model.checkpoint / "config.json").read_text())
-        positions = int(config.get("max_position_embeddings", 512))
-        if self.decoder:
-            from rerank.converters.qwen3.prompt import MODEL_CARD_MAX_LENGTH
-
-            max_length = min(MODEL_CARD_MAX_LENGTH, positions)
-        else:
-            max_length = min(512, positions)
-        arguments = ["ov-genai", "--model-dir", str(self.export), "--max-length", str(max_length)]
+        arguments = ["ov-genai", "--model-dir", str(self.export), "--max-length", str(model.max_length)]
         if name == "ov-genai-fp32":
             arguments += ["--precision", "f32"]
         super().__init__(name, venvs.ST_OPENVINO, arguments, workdir)

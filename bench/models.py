@@ -134,6 +134,16 @@ class BenchModel:
         """Our model folder (served by name ``self.name``)."""
         return self.models_dir / self.name
 
+    @property
+    def max_length(self) -> int:
+        """The longest pair a peer is told to take (longer ones it truncates, as every peer does):
+        a decoder's model-card length, an encoder's 512, or the checkpoint's positions if fewer."""
+        from rerank.converters.qwen3.prompt import MODEL_CARD_MAX_LENGTH
+
+        config = json.loads((self.checkpoint / "config.json").read_text())
+        longest = MODEL_CARD_MAX_LENGTH if self.kind == DECODER else 512
+        return min(longest, int(config.get("max_position_embeddings", longest)))
+
 
 def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
     """Runs ``build(tmp)`` in a temporary sibling of ``final`` and renames it into place."""

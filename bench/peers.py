@@ -557,7 +557,9 @@ class Vllm(_VenvServer):
         if self.model.kind == DECODER:
             template = self.workdir / "qwen3-reranker.jinja"
             template.write_text(vllm.qwen3_chat_template())
-        command = vllm.command(self.model.checkpoint, self.model.name, port, template, self.dtype)
+        command = vllm.command(
+            self.model.checkpoint, self.model.name, port, self.model.max_length, template, self.dtype
+        )
         kv_cache = vllm.QWEN3_KV_CACHE_GIB if template else 1
         self._serve(command, port, env=vllm.environment(THREADS, kv_cache))
         self.precision = vllm.dtype(self.workdir / f"{self.name}.log") or self.precision

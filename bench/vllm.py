@@ -27,10 +27,6 @@ from bench.venvs import VLLM as VENV
 
 __all__ = ["VENV", "command", "dtype", "environment", "qwen3_chat_template"]
 
-MAX_MODEL_LEN = 512
-"""The checkpoint's own limit (BERT positions); longer pairs are truncated, as every peer does."""
-QWEN3_MAX_MODEL_LEN = 8192
-"""The Qwen3-Reranker model card's ``max_length`` (or the checkpoint's positions, if fewer)."""
 QWEN3_KV_CACHE_GIB = 2
 """KV cache for a decoder: one 8192-token sequence of the 0.6B model's shape takes 0.9 GiB in bf16."""
 QWEN3_OVERRIDES = {
@@ -55,16 +51,20 @@ def qwen3_chat_template() -> str:
 
 
 def command(
-    checkpoint: Path, name: str, port: int, chat_template: Path | None = None, dtype: str | None = None
+    checkpoint: Path,
+    name: str,
+    port: int,
+    max_model_len: int,
+    chat_template: Path | None = None,
+    dtype: str | None = None,
 ) -> list[str]:
-    """vLLM's server for ``checkpoint`` under ``name`` on loopback ``port``; with
+    """vLLM's server for ``checkpoint`` under ``name`` on loopback ``port``, taking pairs of up
+    to ``max_model_len`` tokens (:attr:`bench.models.BenchModel.max_length`); with
     ``chat_template`` (a file holding :func:`qwen3_chat_template`), as a Qwen3-Reranker; with
     ``dtype``, in that dtype (vLLM's ``--dtype``) instead of its default."""
     qwen3 = (
         ["--hf-overrides", json.dumps(QWEN3_OVERRIDES), "--chat-template", str(chat_template)] if chat_template else []
     )
-    positions = json.loads((checkpoint / "config.json").read_text()).get("max_position_embeddings", MAX_MODEL_LEN)
-    max_model_len = min(QWEN3_MAX_MODEL_LEN, int(positions)) if chat_template else MAX_MODEL_LEN
     return [
         str(VENV.python),
         "-m",

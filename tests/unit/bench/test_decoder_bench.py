@@ -159,9 +159,8 @@ def test_the_probe_set_size_gives_way_to_the_flag() -> None:
 def test_vllm_fp32_asks_for_float32_and_vllm_for_its_default(tmp_path) -> None:
     from bench.vllm import command
 
-    (tmp_path / "config.json").write_text('{"max_position_embeddings": 40960}')
-    default = command(tmp_path, "m", 8000, tmp_path / "t.jinja")
-    fp32 = command(tmp_path, "m", 8000, tmp_path / "t.jinja", "float32")
+    default = command(tmp_path, "m", 8000, 8192, tmp_path / "t.jinja")
+    fp32 = command(tmp_path, "m", 8000, 8192, tmp_path / "t.jinja", "float32")
     assert "--dtype" not in default and fp32[-2:] == ["--dtype", "float32"]
     assert fp32[: len(default)] == default
     assert "vllm-fp32" in peers.DECODER_DEFAULT and "vllm-fp32" in peers.SERVER_PEERS
